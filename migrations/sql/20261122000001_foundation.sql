@@ -161,7 +161,10 @@ CREATE TABLE work_order_events (
     work_order_id  uuid NOT NULL REFERENCES work_orders (id),
     kind           text NOT NULL,
     detail         jsonb NOT NULL DEFAULT '{}'::jsonb,
-    at             timestamptz NOT NULL DEFAULT now()
+    -- Set for events caused by an alarm transition, so a retried transition adds no event.
+    idempotency_key text,
+    at             timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (tenant_id, idempotency_key)
 );
 CREATE INDEX work_order_events_order ON work_order_events (work_order_id, id);
 

@@ -106,7 +106,7 @@ where
         }
     }
     let mut unknown = Vec::new();
-    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(key_path(&p));
     let de = serde_ignored::Deserializer::new(toml::Value::Table(table), &mut on_unknown);
     let built: Result<T, _> = serde_path_to_error::deserialize(de);
     errors.extend(unknown.into_iter().map(|path| ConfigError {
@@ -131,6 +131,27 @@ where
         Ok(value)
     } else {
         Err(fail(errors))
+    }
+}
+
+/// Formats a path like serde_path_to_error does (`device[0].tag[2].name`), so that unknown
+/// keys and type errors read alike.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
     }
 }
 

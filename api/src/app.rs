@@ -1,0 +1,66 @@
+//! The router and the server around it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::TokenKeys;
+use crate::config::ApiConfig;
+use crate::routes::{health, login, work_orders};
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub keys: Arc<TokenKeys>,
+}
+
+/// The router, without a socket (tests drive it with `oneshot`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/api/v1/auth/login", post(login::login))
+        .route("/api/v1/work-orders", get(work_orders::list))
+        .route("/api/v1/work-orders/{id}", get(work_orders::get))
+        .with_state(state)
+}
+
+/// A bound API server, ready to serve.
+#[derive(Debug)]
+pub struct Api {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Api {
+    /// Binds the listen address (port 0 picks a free port).
+    pub async fn build(config: &ApiConfig, pool: PgPool) -> std::io::Result<Api> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let state = AppState {
+            pool,
+            keys: TokenKeys::new(config),
+        };
+        Ok(Api {
+            listener,
+            router: router(state),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr()?, "API listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

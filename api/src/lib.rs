@@ -1,0 +1,25 @@
+//! The CMMS API: tenants, users, work orders, and the work-order service rules call.
+//!
+//! # Layout
+//! - [`config`]: listen address and token settings (`[api]` in the server's file).
+//! - [`auth`]: password hashing, access tokens, and the extractor that authenticates a request.
+//! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
+//! - [`work_orders`]: the work-order service: at most one open work order per asset and
+//!   failure mode, idempotent under retries.
+//! - [`routes`]: the HTTP handlers, one module per resource.
+//! - [`app`]: builds the router and serves it until shutdown.
+//!
+//! Every query on tenant data runs in a transaction that set the tenant for row-level security
+//! (`migrations::begin_tenant`); the application also filters by tenant itself, so isolation
+//! holds twice. Internal error details never reach an HTTP response.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod work_orders;
+
+pub use app::{Api, AppState};
+pub use config::ApiConfig;
+pub use work_orders::{AlarmOutcome, WorkOrderService};

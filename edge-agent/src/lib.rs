@@ -1,0 +1,21 @@
+//! The edge agent: reads PLCs and sensors on the factory floor and publishes their readings to
+//! the plant's MQTT broker in MaintAInPro's wire format.
+//!
+//! # Layout
+//! - [`config`]: the agent's TOML configuration, validated as a whole before anything starts.
+//! - [`modbus`]: the Modbus source: pure decoding and request planning, and the polling task.
+//! - [`buffer`]: the bounded store of readings waiting for the broker's acknowledgement.
+//! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
+//! - [`agent`]: wires sources, buffer and uplink together and shuts them down gracefully.
+//!
+//! The agent runs on small gateways for years: it never links a database driver or an HTTP
+//! server framework, keeps every queue bounded, and never drops a reading without counting it.
+
+pub mod agent;
+pub mod buffer;
+pub mod config;
+pub mod modbus;
+pub mod uplink;
+
+pub use agent::{Agent, AgentError, AgentStats};
+pub use config::AgentConfig;

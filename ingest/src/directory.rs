@@ -1,0 +1,114 @@
+//! Resolves what a batch names (tenant, gateway code, tag names) to database ids and the
+//! context rules need, caching per gateway. Tags created after a gateway was cached are found
+//! by a fresh lookup of just the missing names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
+use rules::TagContext;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// A gateway of a tenant and the tags resolved so far.
+#[derive(Debug)]
+pub struct GatewayEntry {
+    pub id: Uuid,
+    pub tags: HashMap<TagName, Arc<TagContext>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    gateways: HashMap<(TenantId, GatewayId), GatewayEntry>,
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Resolved<'a> {
+    Gateway(&'a GatewayEntry),
+    UnknownGateway { tenant_exists: bool },
+}
+
+impl Directory {
+    /// Resolves the gateway and the given tag names, querying only what is not cached.
+    pub async fn resolve<'a>(
+        &'a mut self,
+        pool: &PgPool,
+        tenant: TenantId,
+        gateway: &GatewayId,
+        names: &[TagName],
+    ) -> Result<Resolved<'a>, StoreError> {
+        let key = (tenant, gateway.clone());
+        if !self.gateways.contains_key(&key) {
+            let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
+            let row = sqlx::query("SELECT id FROM gateways WHERE code = $1")
+                .bind(gateway.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                let tenant_exists = sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
+                    .bind(tenant.as_uuid())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                tx.commit().await?;
+                return Ok(Resolved::UnknownGateway { tenant_exists });
+            };
+            tx.commit().await?;
+            self.gateways.insert(
+                key.clone(),
+                GatewayEntry {
+                    id: row.try_get("id")?,
+                    tags: HashMap::new(),
+                },
+            );
+        }
+        let entry = self
+            .gateways
+            .get_mut(&key)
+            .expect("inserted above when missing");
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|n| !entry.tags.contains_key(*n))
+            .map(TagName::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
+            let rows = sqlx::query(
+                "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality
+                 FROM tags t LEFT JOIN assets a ON a.id = t.asset_id
+                 WHERE t.gateway_id = $1 AND t.name = ANY($2)",
+            )
+            .bind(entry.id)
+            .bind(&missing)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            for row in rows {
+                let name: String = row.try_get("name")?;
+                let Ok(tag) = TagName::parse(name) else {
+                    continue; // a name the edge could never send; nothing to resolve
+                };
+                let criticality: Option<i16> = row.try_get("criticality")?;
+                let ctx = TagContext {
+                    tenant,
+                    tag_id: row.try_get("id")?,
+                    tag: tag.clone(),
+                    unit: row.try_get("unit")?,
+                    asset: row.try_get::<Option<Uuid>, _>("asset_id")?.map(AssetId::from_uuid),
+                    asset_name: row
+                        .try_get::<Option<String>, _>("asset_name")?
+                        .unwrap_or_default(),
+                    criticality: criticality
+                        .and_then(|c| u8::try_from(c).ok())
+                        .and_then(Criticality::new)
+                        .unwrap_or(Criticality::DEFAULT),
+                };
+                entry.tags.insert(tag, Arc::new(ctx));
+            }
+        }
+        Ok(Resolved::Gateway(entry))
+    }
+}

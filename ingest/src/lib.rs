@@ -1,0 +1,24 @@
+//! Ingest: MQTT batches from edge agents into PostgreSQL, exactly once, and on to the rules.
+//!
+//! # Layout
+//! - [`config`]: broker, client id and subscription settings.
+//! - [`copy`]: the binary COPY encoding of reading rows (pure).
+//! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
+//! - [`store`]: the PostgreSQL side: one transaction per batch with the batch ledger, dead
+//!   letters, partition upkeep.
+//! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
+//!   per-message flow: decode, resolve, store, ack, feed rules.
+//!
+//! Ingest acknowledges an MQTT message only after what it carried is committed: stored readings
+//! or a dead letter. It never writes a batch twice: (gateway, seq) is recorded in the same
+//! transaction as the rows.
+
+pub mod config;
+pub mod consumer;
+pub mod copy;
+pub mod directory;
+pub mod store;
+
+pub use config::IngestConfig;
+pub use consumer::{Consumer, IngestStats, RuleInput};
+pub use store::{PgStore, StoreError};

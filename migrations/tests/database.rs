@@ -1,0 +1,594 @@
+//! The migrations against a real PostgreSQL: the cluster named by
+//! `MAINTAINPRO_TEST_PG_ADMIN_URL`, or a throwaway one started for this test process.
+//!
+//! Every test creates its own database. Every bootstrap here uses the test passwords, because
+//! the two roles are shared by all databases of a cluster and other tests log in with them at
+//! the same time; the test that needs other passwords starts a cluster of its own.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use std::{env, fs};
+
+use migrations::testing::{TEST_APP_PASSWORD, TEST_OWNER_PASSWORD, TestDatabase, admin_url};
+use migrations::throwaway::{Cluster, ClusterOptions};
+use migrations::{
+    APP_ROLE, DbError, MIGRATOR, OWNER_ROLE, RoleSecrets, StorageLayout, bootstrap, migrate,
+};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+fn test_secrets() -> RoleSecrets {
+    RoleSecrets {
+        owner_password: TEST_OWNER_PASSWORD.to_owned(),
+        app_password: TEST_APP_PASSWORD.to_owned(),
+    }
+}
+
+/// A transaction with `tenant` as the current tenant (none when `None`).
+async fn begin_as(
+    pool: &PgPool,
+    tenant: Option<Uuid>,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(tenant) = tenant {
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}
+
+async fn count_as(pool: &PgPool, tenant: Option<Uuid>, sql: &str) -> Result<i64, sqlx::Error> {
+    let mut tx = begin_as(pool, tenant).await?;
+    let count = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+    tx.rollback().await?;
+    Ok(count)
+}
+
+/// The rows one tenant needs before its work orders and tags.
+struct Seeded {
+    tenant: Uuid,
+    asset: Uuid,
+    tag: i64,
+}
+
+/// Creates, as the app role, a tenant with a site, an asset, a gateway and a tag.
+async fn seed_tenant(app: &PgPool, slug: &str) -> Result<Seeded, sqlx::Error> {
+    let tenant = Uuid::new_v4();
+    let site = Uuid::new_v4();
+    let asset = Uuid::new_v4();
+    let gateway = Uuid::new_v4();
+    let mut tx = begin_as(app, Some(tenant)).await?;
+    // The tenants INSERT policy only admits the tenant set for the transaction.
+    sqlx::query("INSERT INTO tenants (id, slug, name) VALUES ($1, $2, $2)")
+        .bind(tenant)
+        .bind(slug)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO sites (id, tenant_id, name) VALUES ($1, $2, 'North plant')")
+        .bind(site)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO assets (id, tenant_id, site_id, name) VALUES ($1, $2, $3, 'Pump P-101')",
+    )
+    .bind(asset)
+    .bind(tenant)
+    .bind(site)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO gateways (id, tenant_id, code, name) VALUES ($1, $2, 'gw-1', 'Gateway 1')",
+    )
+    .bind(gateway)
+    .bind(tenant)
+    .execute(&mut *tx)
+    .await?;
+    let tag: i64 = sqlx::query_scalar(
+        "INSERT INTO tags (tenant_id, gateway_id, name, asset_id, unit) \
+         VALUES ($1, $2, 'pump.p101.vibration', $3, 'mm/s') RETURNING id",
+    )
+    .bind(tenant)
+    .bind(gateway)
+    .bind(asset)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Seeded { tenant, asset, tag })
+}
+
+const INSERT_WORK_ORDER: &str = "INSERT INTO work_orders (id, tenant_id, asset_id, title, priority, source) \
+     VALUES ($1, $2, $3, 'High vibration on P-101', 'high', 'rule')";
+
+fn sql_state(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()?
+        .code()
+        .map(|code| code.into_owned())
+}
+
+#[tokio::test]
+async fn fresh_database_gets_the_servers_layout_and_migrating_again_changes_nothing() -> TestResult
+{
+    let db = TestDatabase::create().await?;
+    let mut admin = PgConnection::connect(db.admin_url()).await?;
+    let available: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+    )
+    .fetch_one(&mut admin)
+    .await?;
+    let owner = db.owner_pool().await;
+    let installed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+    )
+    .fetch_one(&owner)
+    .await?;
+    if !available {
+        assert_eq!(db.layout, StorageLayout::NativePartitions);
+    }
+    let expected = if installed {
+        StorageLayout::TimescaleDb
+    } else {
+        StorageLayout::NativePartitions
+    };
+    assert_eq!(db.layout, expected);
+    if db.layout == StorageLayout::NativePartitions {
+        let kind: String = sqlx::query_scalar(
+            "SELECT relkind::text FROM pg_class \
+             WHERE relname = 'readings' AND relnamespace = 'public'::regnamespace",
+        )
+        .fetch_one(&owner)
+        .await?;
+        assert_eq!(kind, "p", "readings is a partitioned table");
+    }
+
+    assert_eq!(migrate(&db.urls.owner_url).await?, expected);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&owner)
+        .await?;
+    assert_eq!(usize::try_from(applied)?, MIGRATOR.iter().count());
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenant_tables_force_row_level_security_and_the_app_role_is_unprivileged() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let owner = db.owner_pool().await;
+    let tables: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') \
+           AND (c.relname = 'tenants' OR EXISTS ( \
+                SELECT 1 FROM pg_attribute a \
+                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)) \
+         ORDER BY 1",
+    )
+    .fetch_all(&owner)
+    .await?;
+    for (table, enabled, forced) in &tables {
+        assert!(
+            *enabled && *forced,
+            "{table}: rowsecurity={enabled} force={forced}"
+        );
+    }
+    let names: Vec<&str> = tables.iter().map(|(name, _, _)| name.as_str()).collect();
+    for expected in [
+        "tenants",
+        "users",
+        "sites",
+        "assets",
+        "gateways",
+        "tags",
+        "ingest_batches",
+        "dead_letters",
+        "rule_sets",
+        "alarms",
+        "work_orders",
+        "work_order_events",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    for role in [APP_ROLE, OWNER_ROLE] {
+        let (superuser, bypass_rls, login): (bool, bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(role)
+        .fetch_one(&owner)
+        .await?;
+        assert!(
+            !superuser && !bypass_rls && login,
+            "{role}: super={superuser} bypassrls={bypass_rls} login={login}"
+        );
+    }
+    let owned_by_app: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(&owner)
+    .await?;
+    assert_eq!(owned_by_app, 0, "the app role owns no relation");
+    let owned_by_owner: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relname = 'work_orders' \
+           AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+    )
+    .bind(OWNER_ROLE)
+    .fetch_one(&owner)
+    .await?;
+    assert_eq!(owned_by_owner, 1, "the owner role owns the tables");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_app_role_sees_only_the_current_tenants_rows() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let app = db.app_pool().await;
+    let a = seed_tenant(&app, "tenant-a").await?;
+    let b = seed_tenant(&app, "tenant-b").await?;
+
+    let mut tx = begin_as(&app, Some(a.tenant)).await?;
+    for _ in 0..2 {
+        sqlx::query(INSERT_WORK_ORDER)
+            .bind(Uuid::new_v4())
+            .bind(a.tenant)
+            .bind(a.asset)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+
+    let count = "SELECT count(*) FROM work_orders";
+    assert_eq!(count_as(&app, Some(a.tenant), count).await?, 2);
+    assert_eq!(count_as(&app, None, count).await?, 0, "no tenant set");
+    assert_eq!(count_as(&app, Some(b.tenant), count).await?, 0, "tenant B");
+    // FORCEd: the owner is no exception.
+    let owner = db.owner_pool().await;
+    assert_eq!(
+        count_as(&owner, None, count).await?,
+        0,
+        "owner, no tenant set"
+    );
+
+    // Tenant B can neither write rows for A nor change A's rows.
+    let mut tx = begin_as(&app, Some(b.tenant)).await?;
+    let error = sqlx::query(INSERT_WORK_ORDER)
+        .bind(Uuid::new_v4())
+        .bind(a.tenant)
+        .bind(a.asset)
+        .execute(&mut *tx)
+        .await
+        .err()
+        .ok_or("tenant B inserted a work order for tenant A")?;
+    assert_eq!(sql_state(&error).as_deref(), Some("42501"), "{error}");
+    tx.rollback().await?;
+    let mut tx = begin_as(&app, Some(b.tenant)).await?;
+    let updated = sqlx::query("UPDATE work_orders SET status = 'cancelled'")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    assert_eq!(updated, 0);
+    assert_eq!(
+        count_as(
+            &app,
+            Some(a.tenant),
+            "SELECT count(*) FROM work_orders WHERE status = 'open'"
+        )
+        .await?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_app_role_reads_readings_only_through_tenant_readings() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let app = db.app_pool().await;
+    let a = seed_tenant(&app, "tenant-a").await?;
+    let b = seed_tenant(&app, "tenant-b").await?;
+
+    let mut tx = begin_as(&app, Some(a.tenant)).await?;
+    sqlx::query("INSERT INTO readings (tag_id, ts, value, quality) VALUES ($1, now(), 4.2, 192)")
+        .bind(a.tag)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let error = count_as(&app, Some(a.tenant), "SELECT count(*) FROM readings")
+        .await
+        .err()
+        .ok_or("the app role read readings directly")?;
+    assert_eq!(sql_state(&error).as_deref(), Some("42501"), "{error}");
+
+    let view = "SELECT count(*) FROM tenant_readings";
+    assert_eq!(count_as(&app, Some(a.tenant), view).await?, 1);
+    assert_eq!(count_as(&app, Some(b.tenant), view).await?, 0, "tenant B");
+    assert_eq!(count_as(&app, None, view).await?, 0, "no tenant set");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_app_role_can_create_readings_partitions() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let app = db.app_pool().await;
+    let created: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(1, 2)")
+        .fetch_one(&app)
+        .await?;
+    // The migration made the partitions of today - 7 ..= today + 3 (UTC); a midnight since
+    // then only moves this window further into that range.
+    assert_eq!(created, 0);
+
+    // One transaction, so both calls see the same now() even across midnight.
+    let mut tx = app.begin().await?;
+    let first: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(0, 10)")
+        .fetch_one(&mut *tx)
+        .await?;
+    let second: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(0, 10)")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    match db.layout {
+        StorageLayout::NativePartitions => assert!(first >= 7, "created {first}"),
+        StorageLayout::TimescaleDb => assert_eq!(first, 0),
+    }
+    assert_eq!(second, 0, "partitions are created once");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bootstrap_is_idempotent() -> TestResult {
+    let admin = admin_url().await?;
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let first = bootstrap(&admin, &name, &test_secrets()).await?;
+    let second = bootstrap(&admin, &name, &test_secrets()).await?;
+    assert_eq!(first, second);
+    let layout = migrate(&first.owner_url).await?;
+    // Again after the migrations: nothing to redo, nothing broken.
+    let third = bootstrap(&admin, &name, &test_secrets()).await?;
+    assert_eq!(first, third);
+    assert_eq!(migrate(&third.owner_url).await?, layout);
+
+    let mut app = PgConnection::connect(&third.app_url).await?;
+    let (user, database): (String, String) =
+        sqlx::query_as("SELECT current_user::text, current_database()::text")
+            .fetch_one(&mut app)
+            .await?;
+    assert_eq!(
+        (user.as_str(), database.as_str()),
+        (APP_ROLE, name.as_str())
+    );
+    let can_create: bool = sqlx::query_scalar("SELECT has_schema_privilege('public', 'CREATE')")
+        .fetch_one(&mut app)
+        .await?;
+    assert!(
+        !can_create,
+        "the app role must not create objects in public"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bootstrap_rejects_bad_names_before_connecting() {
+    // Nothing listens on port 1: a name check that needed the server would fail differently.
+    let admin = "postgres://postgres:pw@127.0.0.1:1/postgres";
+    let too_long = format!("a{}", "b".repeat(63));
+    for name in [
+        "",
+        "Bad",
+        "1abc",
+        "a-b",
+        "a;drop table x",
+        "t\"x",
+        too_long.as_str(),
+    ] {
+        let error = bootstrap(admin, name, &test_secrets())
+            .await
+            .expect_err("a bad name is rejected");
+        assert!(
+            matches!(error, DbError::InvalidDatabaseName { .. }),
+            "{name:?}: {error}"
+        );
+        assert!(
+            error.to_string().contains("^[a-z_][a-z0-9_]{0,62}$"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_leaves_other_owners_databases_alone() -> TestResult {
+    let admin = admin_url().await?;
+    let error = bootstrap(&admin, "postgres", &test_secrets())
+        .await
+        .expect_err("the postgres database belongs to the superuser");
+    assert!(
+        matches!(error, DbError::DatabaseOwnedByOtherRole { .. }),
+        "{error}"
+    );
+    let mut conn = PgConnection::connect(&admin).await?;
+    let public_can_connect: bool =
+        sqlx::query_scalar("SELECT has_database_privilege('public', 'postgres', 'CONNECT')")
+            .fetch_one(&mut conn)
+            .await?;
+    assert!(
+        public_can_connect,
+        "bootstrap must not lock down a database it refused"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn connect_errors_name_the_server_and_role_but_not_the_password() -> TestResult {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let url = format!("postgres://postgres:hunter2-secret@127.0.0.1:{port}/postgres");
+    let error = bootstrap(&url, "t_unreachable", &test_secrets())
+        .await
+        .expect_err("nothing listens there");
+    let message = error.to_string();
+    assert!(matches!(error, DbError::Connect { .. }), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("\"postgres\""), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!format!("{error:?}").contains("hunter2"));
+    Ok(())
+}
+
+/// Whether process `pid` has ended (a zombie waiting to be reaped counts as ended).
+fn process_gone(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    if kill(Pid::from_raw(raw), None).is_err() {
+        return true;
+    }
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            == Some('Z')
+    })
+}
+
+async fn wait_until_gone(pids: &[u32], dir: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let running: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&pid| !process_gone(pid))
+            .collect();
+        if running.is_empty() && !dir.exists() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {within:?}: processes {running:?} still running, {} exists: {}",
+            dir.display(),
+            dir.exists()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The postmaster and every server process of `cluster`, as the server lists them.
+async fn server_pids(
+    cluster: &Cluster,
+    admin: &mut PgConnection,
+) -> Result<Vec<u32>, Box<dyn Error>> {
+    let backends: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity")
+        .fetch_all(admin)
+        .await?;
+    let mut pids = vec![cluster.pid()];
+    for pid in backends {
+        pids.push(u32::try_from(pid)?);
+    }
+    Ok(pids)
+}
+
+#[tokio::test]
+async fn stopping_a_throwaway_cluster_leaves_no_process_and_no_data() -> TestResult {
+    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
+    // Passwords that need quoting in SQL and encoding in URLs, on a cluster of its own.
+    let secrets = RoleSecrets {
+        owner_password: "o'wner\\ p@ss/w:rd?%41".to_owned(),
+        app_password: "äpp \"pass\" #1&x=y".to_owned(),
+    };
+    let urls = bootstrap(&cluster.admin_url(), "maintainpro", &secrets).await?;
+    migrate(&urls.owner_url).await?;
+    let mut app = PgConnection::connect(&urls.app_url).await?;
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut app)
+        .await?;
+    assert_eq!(user, APP_ROLE);
+
+    // Open sessions must not hold the shutdown up.
+    let mut admin = PgConnection::connect(&cluster.admin_url()).await?;
+    let pids = server_pids(&cluster, &mut admin).await?;
+    assert!(pids.len() > 2, "{pids:?}");
+    let dir = cluster.root_dir().to_owned();
+    let started = Instant::now();
+    cluster.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fast shutdown took {:?}",
+        started.elapsed()
+    );
+    // Stopped and reaped by stop(): nothing to wait for.
+    wait_until_gone(&pids, &dir, Duration::ZERO).await;
+    drop((app, admin));
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_a_throwaway_cluster_leaves_no_process_and_no_data() -> TestResult {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mut admin = PgConnection::connect(&cluster.admin_url()).await?;
+    let pids = server_pids(&cluster, &mut admin).await?;
+    let dir = cluster.root_dir().to_owned();
+    assert!(dir.join("data").is_dir());
+    drop(cluster);
+    wait_until_gone(&pids, &dir, Duration::ZERO).await;
+    Ok(())
+}
+
+/// Set in the child process of the test below.
+const EXIT_CHILD_VAR: &str = "MAINTAINPRO_MIGRATIONS_EXIT_TEST_CHILD";
+
+#[tokio::test]
+async fn a_throwaway_cluster_stops_when_its_process_exits() -> TestResult {
+    if env::var_os(EXIT_CHILD_VAR).is_some() {
+        // The child: start a cluster and exit without running any destructor, as a process
+        // does with a cluster in a `static`, or when it is killed.
+        let cluster = Cluster::start(ClusterOptions::default()).await?;
+        println!("CLUSTER {} {}", cluster.pid(), cluster.root_dir().display());
+        std::process::exit(0);
+    }
+
+    let child = tokio::process::Command::new(env::current_exe()?)
+        .args([
+            "--exact",
+            "a_throwaway_cluster_stops_when_its_process_exits",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(EXIT_CHILD_VAR, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // Returning at all also shows that neither the server nor its guardian kept the child's
+    // stdout open.
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        // libtest may print the test's name on the same line first.
+        .find_map(|line| line.split_once("CLUSTER ").map(|(_, rest)| rest))
+        .ok_or_else(|| {
+            format!(
+                "the child printed no cluster ({}):\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let (pid, dir) = line.split_once(' ').ok_or("malformed CLUSTER line")?;
+    let pid: u32 = pid.parse()?;
+    let dir = PathBuf::from(dir);
+    wait_until_gone(&[pid], &dir, Duration::from_secs(20)).await;
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The embedded MQTT broker: rumqttd on a loopback port, for the demo and for running without
+//! an external broker. Production plants use their own broker (Mosquitto, EMQX, ...).
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot find a free port for the embedded broker: {0}")]
+    Port(std::io::Error),
+    #[error("embedded broker configuration: {0}")]
+    Config(String),
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running embedded broker. Its threads end with the process.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+}
+
+impl EmbeddedBroker {
+    /// Starts rumqttd on 127.0.0.1 with a free port. It binds in its own thread; clients
+    /// connecting before it listens simply retry.
+    pub fn start() -> Result<Self, BrokerError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(BrokerError::Port)?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let text = format!(
+            r#"
+id = 0
+[router]
+max_connections = 1000
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "{addr}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = {payload}
+max_inflight_count = 200
+dynamic_filters = true
+"#,
+            payload = model::wire::MAX_MESSAGE_BYTES + 4096
+        );
+        let config: rumqttd::Config = toml::from_str(&text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let mut broker = rumqttd::Broker::new(config);
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                }
+            })
+            .map_err(BrokerError::Thread)?;
+        Ok(Self { addr })
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+}

@@ -1,0 +1,152 @@
+//! The server's configuration file.
+//!
+//! ```toml
+//! roles = ["api", "ingest", "rules"]     # which parts this process runs (default: all)
+//!
+//! [database]
+//! url = "postgres://maintainpro_app:...@db:5432/maintainpro"   # the application role
+//! owner_url = "postgres://maintainpro_owner:...@db:5432/maintainpro"  # optional: migrate on start
+//! max_connections = 10
+//!
+//! [api]
+//! listen = "0.0.0.0:8080"
+//! jwt_secret = "..."                     # at least 32 bytes; prefer MAINTAINPRO_API__JWT_SECRET
+//!
+//! [ingest]
+//! broker = "mqtt://127.0.0.1:1883"
+//!
+//! [rules]
+//! files = ["rules/plant.toml"]
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"             # Prometheus text format at /metrics
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use api::ApiConfig;
+use ingest::IngestConfig;
+use model::settings::{self, ConfigErrors, Report, Validate};
+use serde::Deserialize;
+
+pub const ENV_PREFIX: &str = "MAINTAINPRO_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Api,
+    Ingest,
+    Rules,
+}
+
+fn all_roles() -> Vec<Role> {
+    vec![Role::Api, Role::Ingest, Role::Rules]
+}
+fn default_max_connections() -> u32 {
+    10
+}
+
+#[derive(Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub owner_url: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &"***")
+            .field("owner_url", &self.owner_url.as_ref().map(|_| "***"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RulesConfig {
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    #[serde(default = "all_roles")]
+    pub roles: Vec<Role>,
+    pub database: DatabaseConfig,
+    pub api: Option<ApiConfig>,
+    pub ingest: Option<IngestConfig>,
+    #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+impl ServerConfig {
+    pub fn from_toml(source_name: &str, text: &str) -> Result<Self, ConfigErrors> {
+        settings::load(source_name, text, ENV_PREFIX, std::env::vars())
+    }
+
+    pub fn runs(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self, report: &mut Report) {
+        if self.roles.is_empty() {
+            report.error("roles", "name at least one of \"api\", \"ingest\", \"rules\"");
+        }
+        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
+            report.error("database.url", "must be a postgres:// URL");
+        }
+        match (&self.api, self.runs(Role::Api)) {
+            (None, true) => report.error("api", "the api role needs an [api] section with jwt_secret"),
+            (Some(api), _) => {
+                for (key, message) in api.problems() {
+                    report.error(key, message);
+                }
+            }
+            _ => {}
+        }
+        if self.runs(Role::Ingest) && self.ingest.is_none() {
+            report.error("ingest", "the ingest role needs an [ingest] section with broker");
+        }
+        if self.runs(Role::Rules) && !self.runs(Role::Ingest) {
+            report.error(
+                "roles",
+                "the rules role evaluates what this process ingests; run it together with \"ingest\"",
+            );
+        }
+        if self.runs(Role::Rules) && self.rules.files.is_empty() {
+            report.error("rules.files", "the rules role needs at least one rule file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_sections_are_all_reported() {
+        let err = settings::load::<ServerConfig, _>(
+            "server.toml",
+            "[database]\nurl = 'mysql://x'\n[api]\njwt_secret = 'short'\nlisten = '127.0.0.1:1'",
+            ENV_PREFIX,
+            Vec::new(),
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        for want in ["database.url", "api.jwt_secret", "ingest", "rules.files"] {
+            assert!(paths.contains(&want), "missing {want}: {err}");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Starts the configured roles against one database pool, and stops them in order: ingest
+//! first (finish the message in hand, ack, disconnect), then the rules engine (drain what
+//! ingest handed it), then the API (let requests in flight finish).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use api::{Api, WorkOrderService};
+use ingest::{Consumer, IngestStats, PgStore};
+use rules::RuleSet;
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Role, ServerConfig};
+use crate::rules_task::{self, RulesStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error("cannot connect to the database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] migrations::DbError),
+    #[error("cannot bind the API listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the rules role is enabled but no rules were loaded")]
+    NoRules,
+    #[error("cannot read rule file {path}: {source}")]
+    RuleFile { path: String, source: std::io::Error },
+    #[error("rule files have errors:\n{0}")]
+    RuleErrors(String),
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Metrics { addr: SocketAddr, reason: String },
+}
+
+/// What the services did, as the demo and scripts report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub readings_stored: u64,
+    pub batches_duplicate: u64,
+    pub dead_letters: u64,
+    pub alarms_raised: u64,
+    pub work_orders_opened: u64,
+}
+
+/// Loads and merges rule files, reporting every problem of every file.
+pub fn load_rule_files(paths: &[std::path::PathBuf]) -> Result<RuleSet, ServicesError> {
+    let mut rules = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ServicesError::RuleFile {
+            path: name.clone(),
+            source,
+        })?;
+        match RuleSet::parse(&name, &text) {
+            Ok(set) => rules.extend(set.rules),
+            Err(diags) => problems.extend(diags.iter().map(ToString::to_string)),
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    for r in &rules {
+        if !ids.insert(r.id.clone()) {
+            problems.push(format!("rule id {:?} is defined in more than one file", r.id));
+        }
+    }
+    if problems.is_empty() {
+        Ok(RuleSet {
+            source_name: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            rules,
+        })
+    } else {
+        Err(ServicesError::RuleErrors(problems.join("\n")))
+    }
+}
+
+/// The running roles of one process.
+#[derive(Debug)]
+pub struct Services {
+    pool: PgPool,
+    api_addr: Option<SocketAddr>,
+    ingest_stats: Arc<IngestStats>,
+    rules_stats: Arc<RulesStats>,
+    stop_ingest: CancellationToken,
+    stop_api: CancellationToken,
+    ingest: Option<JoinHandle<()>>,
+    rules: Option<JoinHandle<()>>,
+    api: Option<JoinHandle<()>>,
+}
+
+impl Services {
+    /// Connects, migrates when an owner URL is configured, and starts the configured roles.
+    /// `rules` is required when the rules role runs.
+    pub async fn start(config: &ServerConfig, rules: Option<RuleSet>) -> Result<Services, ServicesError> {
+        if let Some(owner_url) = &config.database.owner_url {
+            migrations::migrate(owner_url).await?;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&config.database.url)
+            .await?;
+        if let Some(addr) = config.metrics.listen {
+            serve_metrics(addr).await?;
+        }
+        let stop_ingest = CancellationToken::new();
+        let stop_api = CancellationToken::new();
+        let rules_stats = Arc::new(RulesStats::default());
+        let mut services = Services {
+            pool: pool.clone(),
+            api_addr: None,
+            ingest_stats: Arc::new(IngestStats::default()),
+            rules_stats: Arc::clone(&rules_stats),
+            stop_ingest: stop_ingest.clone(),
+            stop_api: stop_api.clone(),
+            ingest: None,
+            rules: None,
+            api: None,
+        };
+        if let (Some(api_config), true) = (&config.api, config.runs(Role::Api)) {
+            let api = Api::build(api_config, pool.clone())
+                .await
+                .map_err(|source| ServicesError::Bind {
+                    addr: api_config.listen,
+                    source,
+                })?;
+            services.api_addr = Some(api.local_addr().map_err(|source| ServicesError::Bind {
+                addr: api_config.listen,
+                source,
+            })?);
+            let stop = stop_api.clone();
+            services.api = Some(tokio::spawn(async move {
+                if let Err(e) = api.run_until(async move { stop.cancelled().await }).await {
+                    tracing::error!(error = %e, "API server failed");
+                }
+            }));
+        }
+        let rules_tx = if config.runs(Role::Rules) {
+            let rules = Arc::new(rules.ok_or(ServicesError::NoRules)?);
+            tracing::info!(rules = rules.rules.len(), source = %rules.source_name, "rules loaded");
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let wo = WorkOrderService::new(pool.clone());
+            services.rules = Some(tokio::spawn(rules_task::run(rules, rx, wo, rules_stats)));
+            Some(tx)
+        } else {
+            None
+        };
+        if let (Some(ingest_config), true) = (&config.ingest, config.runs(Role::Ingest)) {
+            let consumer = Consumer::new(ingest_config.clone(), PgStore::new(pool.clone()), rules_tx);
+            services.ingest_stats = consumer.stats();
+            let stop = stop_ingest.clone();
+            services.ingest = Some(tokio::spawn(async move {
+                if let Err(e) = consumer.run_until(async move { stop.cancelled().await }).await {
+                    tracing::error!(error = %e, "ingest failed");
+                }
+            }));
+        }
+        Ok(services)
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn summary(&self) -> Summary {
+        let i = &self.ingest_stats;
+        let r = &self.rules_stats;
+        Summary {
+            readings_stored: i.readings_stored.load(Ordering::Relaxed),
+            batches_duplicate: i.batches_duplicate.load(Ordering::Relaxed),
+            dead_letters: i.dead_letters.load(Ordering::Relaxed),
+            alarms_raised: r.alarms_raised.load(Ordering::Relaxed),
+            work_orders_opened: r.work_orders_opened.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops every role in order and closes the pool.
+    pub async fn stop(mut self) -> Summary {
+        self.stop_ingest.cancel();
+        for task in [self.ingest.take(), self.rules.take()].into_iter().flatten() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a service task panicked");
+            }
+        }
+        self.stop_api.cancel();
+        if let Some(task) = self.api.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the API task panicked");
+        }
+        let summary = self.summary();
+        self.pool.close().await;
+        summary
+    }
+}
+
+async fn serve_metrics(addr: SocketAddr) -> Result<(), ServicesError> {
+    let err = |reason: String| ServicesError::Metrics { addr, reason };
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| err(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "metrics at /metrics");
+    Ok(())
+}

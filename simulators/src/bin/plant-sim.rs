@@ -1,0 +1,63 @@
+//! `plant-sim`: serves a simulated plant as a Modbus TCP PLC until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use simulators::{Scenario, spawn_modbus_plc};
+use tracing_subscriber::EnvFilter;
+
+/// Serve a simulated plant as a Modbus TCP PLC.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    listen: SocketAddr,
+    /// Scenario file (TOML); without it, the built-in demo plant is served.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::from_file(path)?,
+        None => Scenario::demo(),
+    };
+    let plc = spawn_modbus_plc(args.listen, scenario)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    stop_requested().await?;
+    tracing::info!("stopping");
+    let served = plc.requests_served();
+    plc.shutdown().await?;
+    tracing::info!(served, "stopped");
+    Ok(())
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (what service managers and containers send).
+async fn stop_requested() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("cannot watch for Ctrl-C"),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot watch for Ctrl-C")
+    }
+}

@@ -1,0 +1,32 @@
+//! Simulated plant equipment for demos, CI and benchmarks.
+//!
+//! The crate owns everything that pretends to be a plant: signals that behave like sensors
+//! (waveforms, noise, faults that develop over time), scenarios that group them, and a
+//! Modbus TCP PLC that serves them, so that the edge agent, ingest and the rules can be run
+//! end to end without hardware.
+//!
+//! # Layout
+//! - [`signal`]: one measurement's waveform, noise and optional breach, as a pure function
+//!   of a seed and the time since start.
+//! - [`scenario`]: a checked set of signals loaded from TOML (`config/scenarios/demo.toml`)
+//!   or built in ([`Scenario::demo`]), and the register reads it answers.
+//! - [`registers`]: the register map's rules: `f32` in two registers high word first, which
+//!   reads are legal. Pure.
+//! - [`plc`]: the Modbus TCP server around a scenario ([`spawn_modbus_plc`]).
+//! - `src/bin/plant-sim.rs`: the command-line program serving a scenario.
+//!
+//! Simulated values are deterministic: the same scenario and seed give the same value at
+//! the same time since start, so a failing test or a benchmark can be replayed.
+//!
+//! This crate never binds anything but the listener address its caller gives it (the
+//! program's default is 127.0.0.1), never connects anywhere on its own, and has no database.
+
+pub mod plc;
+pub mod registers;
+pub mod scenario;
+pub mod signal;
+
+pub use plc::{ModbusPlc, PlcHandle, spawn_modbus_plc};
+pub use registers::ReadError;
+pub use scenario::{Scenario, ScenarioError};
+pub use signal::{Breach, Signal, SignalKind};
