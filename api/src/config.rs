@@ -70,10 +70,16 @@ impl ApiConfig {
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if self.jwt_secret.expose().len() < 32 {
-            out.push(("api.jwt_secret", "must be at least 32 bytes of random data".to_owned()));
+            out.push((
+                "api.jwt_secret",
+                "must be at least 32 bytes of random data".to_owned(),
+            ));
         }
         if self.access_token_ttl > Duration::from_secs(15 * 60) || self.access_token_ttl.is_zero() {
-            out.push(("api.access_token_ttl", "must be between 1s and 15m".to_owned()));
+            out.push((
+                "api.access_token_ttl",
+                "must be between 1s and 15m".to_owned(),
+            ));
         }
         out
     }

@@ -6,8 +6,8 @@
 //! redelivered alarm changes nothing the second time. The database backs both rules with
 //! unique indexes.
 
-use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft};
 use model::Priority;
+use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -32,11 +32,18 @@ pub fn decide(open: Option<Priority>, incoming: Priority) -> Decision {
 /// What handling an alarm event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlarmOutcome {
-    Created { work_order: Uuid },
-    Appended { work_order: Uuid, escalated: bool },
+    Created {
+        work_order: Uuid,
+    },
+    Appended {
+        work_order: Uuid,
+        escalated: bool,
+    },
     /// This event was handled before (same idempotency key): nothing changed.
     AlreadyApplied,
-    Cleared { work_order: Option<Uuid> },
+    Cleared {
+        work_order: Option<Uuid>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,16 +72,24 @@ impl WorkOrderService {
         let mut tx = migrations::begin_tenant(&self.pool, subject.tenant.as_uuid()).await?;
         let outcome = match event {
             AlarmEvent::Raised {
-                at, value, work_order, ..
+                at,
+                value,
+                work_order,
+                ..
             } => raised(&mut tx, subject, &key, *at, *value, work_order).await?,
-            AlarmEvent::Cleared { at, value, .. } => cleared(&mut tx, subject, &key, *at, *value).await?,
+            AlarmEvent::Cleared { at, value, .. } => {
+                cleared(&mut tx, subject, &key, *at, *value).await?
+            }
         };
         tx.commit().await?;
         Ok(outcome)
     }
 }
 
-async fn already_applied(tx: &mut Transaction<'_, Postgres>, key: &str) -> Result<bool, sqlx::Error> {
+async fn already_applied(
+    tx: &mut Transaction<'_, Postgres>,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
     let hit = sqlx::query(
         "SELECT 1 FROM work_orders WHERE idempotency_key = $1
          UNION ALL SELECT 1 FROM work_order_events WHERE idempotency_key = $1 LIMIT 1",
@@ -154,12 +169,22 @@ async fn raised(
         (Some((id, _)), Decision::Append { escalate_to }) => {
             insert_event(tx, tenant, id, "alarm_repeated", detail, Some(key)).await?;
             if let Some(p) = escalate_to {
-                sqlx::query("UPDATE work_orders SET priority = $1, updated_at = now() WHERE id = $2")
-                    .bind(p.as_str())
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
-                insert_event(tx, tenant, id, "escalated", json!({ "priority": p.as_str() }), None).await?;
+                sqlx::query(
+                    "UPDATE work_orders SET priority = $1, updated_at = now() WHERE id = $2",
+                )
+                .bind(p.as_str())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+                insert_event(
+                    tx,
+                    tenant,
+                    id,
+                    "escalated",
+                    json!({ "priority": p.as_str() }),
+                    None,
+                )
+                .await?;
             }
             Ok(AlarmOutcome::Appended {
                 work_order: id,
@@ -171,7 +196,11 @@ async fn raised(
             let description = if draft.checklist.is_empty() {
                 draft.description.clone()
             } else {
-                let lines: Vec<String> = draft.checklist.iter().map(|c| format!("- [ ] {c}")).collect();
+                let lines: Vec<String> = draft
+                    .checklist
+                    .iter()
+                    .map(|c| format!("- [ ] {c}"))
+                    .collect();
                 format!("{}\n\nChecklist:\n{}", draft.description, lines.join("\n"))
             };
             sqlx::query(
@@ -268,8 +297,19 @@ mod tests {
     fn dedup_decisions() {
         use Priority::*;
         assert_eq!(decide(None, Low), Decision::Create);
-        assert_eq!(decide(Some(Medium), Low), Decision::Append { escalate_to: None });
-        assert_eq!(decide(Some(Medium), Medium), Decision::Append { escalate_to: None });
-        assert_eq!(decide(Some(Medium), Critical), Decision::Append { escalate_to: Some(Critical) });
+        assert_eq!(
+            decide(Some(Medium), Low),
+            Decision::Append { escalate_to: None }
+        );
+        assert_eq!(
+            decide(Some(Medium), Medium),
+            Decision::Append { escalate_to: None }
+        );
+        assert_eq!(
+            decide(Some(Medium), Critical),
+            Decision::Append {
+                escalate_to: Some(Critical)
+            }
+        );
     }
 }

@@ -22,6 +22,14 @@ pub struct IngestConfig {
     /// Messages received but not yet processed; a full queue stops reading from the broker.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Topic filters to subscribe to. The default takes every tenant's gateways; a process that
+    /// serves some tenants only lists theirs (`maintainpro/v1/<tenant>/+/readings`).
+    #[serde(default = "default_subscribe")]
+    pub subscribe: Vec<String>,
+}
+
+fn default_subscribe() -> Vec<String> {
+    vec![model::topic::all_readings_filter()]
 }
 
 impl IngestConfig {
@@ -32,6 +40,7 @@ impl IngestConfig {
             username: None,
             password: None,
             queue: default_queue(),
+            subscribe: default_subscribe(),
         }
     }
 }

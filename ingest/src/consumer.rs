@@ -58,7 +58,10 @@ impl IngestStats {
 
 fn parse_broker(url: &str) -> Result<(String, u16), IngestError> {
     let bad = || IngestError::BadBroker(url.to_owned());
-    let rest = url.strip_prefix("mqtt://").ok_or_else(bad)?.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(bad)?
+        .trim_end_matches('/');
     match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
         None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
@@ -83,7 +86,11 @@ enum Outcome {
 
 impl Consumer {
     /// `rules` receives every stored batch's readings, sorted by event time.
-    pub fn new(config: IngestConfig, store: PgStore, rules: Option<mpsc::Sender<Vec<RuleInput>>>) -> Self {
+    pub fn new(
+        config: IngestConfig,
+        store: PgStore,
+        rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+    ) -> Self {
         Self {
             config,
             store,
@@ -99,7 +106,10 @@ impl Consumer {
 
     /// Consumes until `shutdown` completes; then finishes the message in hand and disconnects.
     #[tracing::instrument(skip_all, fields(client_id = %self.config.client_id))]
-    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), IngestError> {
         let (host, port) = parse_broker(&self.config.broker)?;
         let mut options = MqttOptions::new(self.config.client_id.clone(), host, port);
         options
@@ -116,7 +126,13 @@ impl Consumer {
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (tx, mut rx) = mpsc::channel(self.config.queue);
         let stop_driver = CancellationToken::new();
-        let driver = tokio::spawn(drive(eventloop, client.clone(), tx, stop_driver.clone()));
+        let driver = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            self.config.subscribe.clone(),
+            tx,
+            stop_driver.clone(),
+        ));
         let cancel = CancellationToken::new();
         tokio::pin!(shutdown);
         if let Err(e) = self.store.ensure_partitions().await {
@@ -174,7 +190,11 @@ impl Consumer {
 
     /// Processes one message, retrying transient database errors with backoff. `None` when
     /// cancelled before it could be stored.
-    async fn process_with_retry(&mut self, publish: &Publish, cancel: &CancellationToken) -> Option<Outcome> {
+    async fn process_with_retry(
+        &mut self,
+        publish: &Publish,
+        cancel: &CancellationToken,
+    ) -> Option<Outcome> {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.process(publish).await {
@@ -213,7 +233,8 @@ impl Consumer {
                         }
                         Err(e2) => {
                             tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
-                            metrics::counter!("maintainpro_ingest_messages_lost_total").increment(1);
+                            metrics::counter!("maintainpro_ingest_messages_lost_total")
+                                .increment(1);
                             return Some(Outcome::Nothing);
                         }
                     }
@@ -253,13 +274,19 @@ impl Consumer {
         metrics::counter!("maintainpro_ingest_messages_total").increment(1);
         let (tenant, gateway) = match model::topic::parse_readings(&publish.topic) {
             Ok(t) => t,
-            Err(e) => return self.dead_letter(None, publish, "bad_topic", e.to_string()).await,
+            Err(e) => {
+                return self
+                    .dead_letter(None, publish, "bad_topic", e.to_string())
+                    .await;
+            }
         };
         let batch = match Batch::decode(&publish.payload) {
             Ok(b) => b,
             Err(e) => {
                 let known = self.tenant_if_known(tenant, &gateway).await?;
-                return self.dead_letter(known, publish, e.reason(), e.to_string()).await;
+                return self
+                    .dead_letter(known, publish, e.reason(), e.to_string())
+                    .await;
             }
         };
         if batch.gateway != gateway {
@@ -269,7 +296,9 @@ impl Consumer {
                 batch.gateway.as_str(),
                 gateway.as_str()
             );
-            return self.dead_letter(known, publish, "gateway_mismatch", detail).await;
+            return self
+                .dead_letter(known, publish, "gateway_mismatch", detail)
+                .await;
         }
         let resolved = self
             .directory
@@ -278,14 +307,25 @@ impl Consumer {
         let entry = match resolved {
             Resolved::Gateway(entry) => entry,
             Resolved::UnknownGateway { tenant_exists } => {
-                let detail = format!("gateway {:?} is not registered for tenant {tenant}", gateway.as_str());
+                let detail = format!(
+                    "gateway {:?} is not registered for tenant {tenant}",
+                    gateway.as_str()
+                );
                 return self
-                    .dead_letter(tenant_exists.then_some(tenant), publish, "unknown_gateway", detail)
+                    .dead_letter(
+                        tenant_exists.then_some(tenant),
+                        publish,
+                        "unknown_gateway",
+                        detail,
+                    )
                     .await;
             }
         };
-        let contexts: Vec<Option<Arc<TagContext>>> =
-            batch.tags.iter().map(|t| entry.tags.get(t).cloned()).collect();
+        let contexts: Vec<Option<Arc<TagContext>>> = batch
+            .tags
+            .iter()
+            .map(|t| entry.tags.get(t).cloned())
+            .collect();
         let unknown: Vec<&TagName> = batch
             .tags
             .iter()
@@ -320,7 +360,11 @@ impl Consumer {
                 batch.points.len() - rows.len(),
                 batch.points.len(),
                 gateway.as_str(),
-                unknown.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                unknown
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             payload: &publish.payload,
         });
@@ -332,9 +376,12 @@ impl Consumer {
             .await?
         {
             Written::Stored { rows: n } => {
-                metrics::histogram!("maintainpro_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("maintainpro_ingest_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
                 self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
-                self.stats.readings_stored.fetch_add(n as u64, Ordering::Relaxed);
+                self.stats
+                    .readings_stored
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 metrics::counter!("maintainpro_ingest_readings_stored_total").increment(n as u64);
                 if !unknown.is_empty() {
                     self.count_dead_letter("unknown_tag");
@@ -357,9 +404,18 @@ impl Consumer {
         gateway: &model::GatewayId,
     ) -> Result<Option<TenantId>, StoreError> {
         Ok(
-            match self.directory.resolve(self.store.pool(), tenant, gateway, &[]).await? {
-                Resolved::Gateway(_) | Resolved::UnknownGateway { tenant_exists: true } => Some(tenant),
-                Resolved::UnknownGateway { tenant_exists: false } => None,
+            match self
+                .directory
+                .resolve(self.store.pool(), tenant, gateway, &[])
+                .await?
+            {
+                Resolved::Gateway(_)
+                | Resolved::UnknownGateway {
+                    tenant_exists: true,
+                } => Some(tenant),
+                Resolved::UnknownGateway {
+                    tenant_exists: false,
+                } => None,
             },
         )
     }
@@ -368,10 +424,10 @@ impl Consumer {
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
+    filters: Vec<String>,
     tx: mpsc::Sender<Publish>,
     cancel: CancellationToken,
 ) {
-    let filter = model::topic::all_readings_filter();
     let mut backoff = Duration::from_millis(200);
     loop {
         let polled = tokio::select! {
@@ -382,12 +438,16 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(200);
                 tracing::info!(session_present = ack.session_present, "connected to broker");
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                let topics = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.try_subscribe_many(topics) {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                metrics::gauge!("maintainpro_ingest_queue_depth").set((tx.max_capacity() - tx.capacity()) as f64);
+                metrics::gauge!("maintainpro_ingest_queue_depth")
+                    .set((tx.max_capacity() - tx.capacity()) as f64);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     sent = tx.send(p) => if sent.is_err() { break },

@@ -97,7 +97,9 @@ impl Directory {
                     tag_id: row.try_get("id")?,
                     tag: tag.clone(),
                     unit: row.try_get("unit")?,
-                    asset: row.try_get::<Option<Uuid>, _>("asset_id")?.map(AssetId::from_uuid),
+                    asset: row
+                        .try_get::<Option<Uuid>, _>("asset_id")?
+                        .map(AssetId::from_uuid),
                     asset_name: row
                         .try_get::<Option<String>, _>("asset_name")?
                         .unwrap_or_default(),

@@ -57,7 +57,9 @@ impl From<sqlx::Error> for StoreError {
 /// What writing a batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    Stored { rows: usize },
+    Stored {
+        rows: usize,
+    },
     /// The ledger already had this (gateway, seq): nothing was written.
     Duplicate,
 }

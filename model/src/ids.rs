@@ -18,9 +18,7 @@ pub enum IdError {
         len: usize,
         max: usize,
     },
-    #[error(
-        "{kind} {value:?} contains {found:?}; allowed are letters, digits and {allowed}"
-    )]
+    #[error("{kind} {value:?} contains {found:?}; allowed are letters, digits and {allowed}")]
     BadCharacter {
         kind: &'static str,
         value: String,
@@ -207,6 +205,11 @@ mod tests {
     fn uuid_ids_parse_or_say_why() {
         let id = TenantId::new_random();
         assert_eq!(TenantId::parse(&id.to_string()), Ok(id));
-        assert!(TenantId::parse("acme").unwrap_err().to_string().contains("not a UUID"));
+        assert!(
+            TenantId::parse("acme")
+                .unwrap_err()
+                .to_string()
+                .contains("not a UUID")
+        );
     }
 }

@@ -120,10 +120,22 @@ mod tests {
     fn matrix_matches_the_documented_table() {
         let c = |l| Criticality::new(l).unwrap();
         let table = [
-            (Severity::Low, [Priority::Low, Priority::Low, Priority::Medium]),
-            (Severity::Medium, [Priority::Low, Priority::Medium, Priority::High]),
-            (Severity::High, [Priority::Medium, Priority::High, Priority::Critical]),
-            (Severity::Critical, [Priority::High, Priority::Critical, Priority::Critical]),
+            (
+                Severity::Low,
+                [Priority::Low, Priority::Low, Priority::Medium],
+            ),
+            (
+                Severity::Medium,
+                [Priority::Low, Priority::Medium, Priority::High],
+            ),
+            (
+                Severity::High,
+                [Priority::Medium, Priority::High, Priority::Critical],
+            ),
+            (
+                Severity::Critical,
+                [Priority::High, Priority::Critical, Priority::Critical],
+            ),
         ];
         for (sev, row) in table {
             assert_eq!(Priority::from_matrix(sev, c(1)), row[0]);

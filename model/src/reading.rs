@@ -47,7 +47,11 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.to_datetime() {
-            Some(at) => write!(f, "{}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            Some(at) => write!(
+                f,
+                "{}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ),
             None => write!(f, "{}us", self.0),
         }
     }

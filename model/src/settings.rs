@@ -149,9 +149,9 @@ fn key_path(path: &serde_ignored::Path<'_>) -> String {
                 format!("{parent}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            key_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -248,8 +248,13 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_key_and_unknown_keys_still_show() {
-        let err = load::<Conf, _>("t.toml", "name = 'a'\nbogus = 1\nport = 'x'", "T_", env(&[]))
-            .unwrap_err();
+        let err = load::<Conf, _>(
+            "t.toml",
+            "name = 'a'\nbogus = 1\nport = 'x'",
+            "T_",
+            env(&[]),
+        )
+        .unwrap_err();
         let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"bogus"), "{err}");
         assert!(paths.contains(&"port"), "{err}");
@@ -263,8 +268,8 @@ mod tests {
 
     #[test]
     fn semantic_errors_follow_unknown_keys() {
-        let err = load::<Conf, _>("t.toml", "name = 'a'\nport = 1\nzzz = 0", "T_", env(&[]))
-            .unwrap_err();
+        let err =
+            load::<Conf, _>("t.toml", "name = 'a'\nport = 1\nzzz = 0", "T_", env(&[])).unwrap_err();
         assert_eq!(err.errors.len(), 2, "{err}");
     }
 }

@@ -205,21 +205,18 @@ mod tests {
         let tags = proptest::collection::vec(tag_name(), 1..8);
         tags.prop_flat_map(|tags| {
             let n = tags.len();
-            proptest::collection::vec(
-                (0..n, any::<i64>(), -1e12f64..1e12, quality()),
-                0..64,
-            )
-            .prop_map(move |points| {
-                points
-                    .into_iter()
-                    .map(|(i, ts, value, quality)| Reading {
-                        tag: tags[i].clone(),
-                        ts: Timestamp::from_micros(ts),
-                        value,
-                        quality,
-                    })
-                    .collect()
-            })
+            proptest::collection::vec((0..n, any::<i64>(), -1e12f64..1e12, quality()), 0..64)
+                .prop_map(move |points| {
+                    points
+                        .into_iter()
+                        .map(|(i, ts, value, quality)| Reading {
+                            tag: tags[i].clone(),
+                            ts: Timestamp::from_micros(ts),
+                            value,
+                            quality,
+                        })
+                        .collect()
+                })
         })
     }
 
@@ -277,13 +274,20 @@ mod tests {
         for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             let mut b = sample();
             b.points[0].value = value;
-            assert_eq!(Batch::decode(&b.encode()).map_err(|e| e.reason()), Err("non_finite_value"));
+            assert_eq!(
+                Batch::decode(&b.encode()).map_err(|e| e.reason()),
+                Err("non_finite_value")
+            );
         }
         let mut b = sample();
         b.points[0].tag = 5;
         assert_eq!(
             Batch::decode(&b.encode()),
-            Err(WireError::TagOutOfRange { index: 0, tag: 5, tags: 1 })
+            Err(WireError::TagOutOfRange {
+                index: 0,
+                tag: 5,
+                tags: 1
+            })
         );
     }
 }

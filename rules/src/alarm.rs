@@ -44,7 +44,12 @@ pub struct Delays {
 
 impl AlarmState {
     /// Advances the state with one verdict at event time `ts`.
-    pub fn step(self, verdict: Verdict, ts: Timestamp, delays: Delays) -> (Self, Option<Transition>) {
+    pub fn step(
+        self,
+        verdict: Verdict,
+        ts: Timestamp,
+        delays: Delays,
+    ) -> (Self, Option<Transition>) {
         use AlarmState::{Active, Normal, Pending};
         use Verdict::{Breach, Clear, Hold};
         match (self, verdict) {
@@ -74,14 +79,26 @@ impl AlarmState {
                 },
                 None,
             ),
-            (Active { since, clearing_since }, Hold) => (
+            (
+                Active {
+                    since,
+                    clearing_since,
+                },
+                Hold,
+            ) => (
                 Active {
                     since,
                     clearing_since,
                 },
                 None,
             ),
-            (Active { since, clearing_since }, Clear) => {
+            (
+                Active {
+                    since,
+                    clearing_since,
+                },
+                Clear,
+            ) => {
                 let clearing = clearing_since.unwrap_or(ts);
                 if ts.micros_since(clearing) >= delays.off {
                     (
@@ -138,7 +155,10 @@ mod tests {
     #[test]
     fn on_delay_needs_the_breach_to_hold() {
         let d = Delays { on: 10, off: 0 };
-        assert_eq!(run(&[(0, Breach), (5, Clear), (6, Breach), (15, Breach)], d), []);
+        assert_eq!(
+            run(&[(0, Breach), (5, Clear), (6, Breach), (15, Breach)], d),
+            []
+        );
         assert_eq!(
             run(&[(0, Breach), (5, Hold), (10, Breach)], d),
             [Transition::Raised { at: ts(10) }]
@@ -147,12 +167,18 @@ mod tests {
 
     #[test]
     fn hysteresis_band_keeps_the_alarm_active() {
-        let got = run(&[(0, Breach), (1, Hold), (2, Breach), (3, Hold), (4, Clear)], Delays::default());
+        let got = run(
+            &[(0, Breach), (1, Hold), (2, Breach), (3, Hold), (4, Clear)],
+            Delays::default(),
+        );
         assert_eq!(
             got,
             [
                 Transition::Raised { at: ts(0) },
-                Transition::Cleared { raised_at: ts(0), at: ts(4) }
+                Transition::Cleared {
+                    raised_at: ts(0),
+                    at: ts(4)
+                }
             ]
         );
     }
@@ -160,12 +186,25 @@ mod tests {
     #[test]
     fn off_delay_restarts_when_the_breach_returns() {
         let d = Delays { on: 0, off: 10 };
-        let got = run(&[(0, Breach), (1, Clear), (5, Breach), (6, Clear), (15, Clear), (16, Clear)], d);
+        let got = run(
+            &[
+                (0, Breach),
+                (1, Clear),
+                (5, Breach),
+                (6, Clear),
+                (15, Clear),
+                (16, Clear),
+            ],
+            d,
+        );
         assert_eq!(
             got,
             [
                 Transition::Raised { at: ts(0) },
-                Transition::Cleared { raised_at: ts(0), at: ts(16) }
+                Transition::Cleared {
+                    raised_at: ts(0),
+                    at: ts(16)
+                }
             ]
         );
     }

@@ -208,7 +208,13 @@ description = "{tag} at {value} {unit}, limit {limit}"
     fn feed(engine: &mut Engine, ctx: &TagContext, points: &[(i64, f64)]) -> Vec<AlarmEvent> {
         let mut out = Vec::new();
         for &(s, v) in points {
-            engine.evaluate(ctx, Timestamp::from_micros(s * 1_000_000), v, Quality::Good, &mut out);
+            engine.evaluate(
+                ctx,
+                Timestamp::from_micros(s * 1_000_000),
+                v,
+                Quality::Good,
+                &mut out,
+            );
         }
         out
     }
@@ -221,14 +227,21 @@ description = "{tag} at {value} {unit}, limit {limit}"
     fn a_held_breach_raises_one_alarm_with_a_rendered_work_order() {
         let mut e = engine();
         let c = ctx("press-1.temp");
-        let events = feed(&mut e, &c, &[(0, 70.0), (1, 81.0), (2, 82.0), (3, 90.0), (4, 95.0)]);
+        let events = feed(
+            &mut e,
+            &c,
+            &[(0, 70.0), (1, 81.0), (2, 82.0), (3, 90.0), (4, 95.0)],
+        );
         assert_eq!(events.len(), 1, "{events:?}");
         let AlarmEvent::Raised { work_order, at, .. } = &events[0] else {
             panic!("expected a raise, got {events:?}");
         };
         assert_eq!(*at, Timestamp::from_micros(3_000_000));
         assert_eq!(work_order.title, "Press 1 is hot");
-        assert_eq!(work_order.description, "press-1.temp at 90.00 degC, limit 80");
+        assert_eq!(
+            work_order.description,
+            "press-1.temp at 90.00 degC, limit 80"
+        );
         assert_eq!(work_order.priority, Priority::Critical);
         assert_eq!(e.active_alarms(), 1);
     }
@@ -259,7 +272,13 @@ description = "{tag} at {value} {unit}, limit {limit}"
         let c = ctx("press-1.temp");
         let mut out = Vec::new();
         for s in 0..5 {
-            e.evaluate(&c, Timestamp::from_micros(s * 1_000_000), 999.0, Quality::Bad, &mut out);
+            e.evaluate(
+                &c,
+                Timestamp::from_micros(s * 1_000_000),
+                999.0,
+                Quality::Bad,
+                &mut out,
+            );
         }
         assert!(out.is_empty());
     }

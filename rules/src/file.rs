@@ -55,7 +55,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -218,7 +222,10 @@ impl RuleSet {
         if *raw.version.get_ref() != VERSION {
             diags.push(loc.at(
                 raw.version.span().start,
-                format!("rule-file version {} is not supported", raw.version.get_ref()),
+                format!(
+                    "rule-file version {} is not supported",
+                    raw.version.get_ref()
+                ),
                 Some("this build reads `version = 1`"),
             ));
         }
@@ -375,7 +382,10 @@ description = "{tag} reached {value}"
     fn every_semantic_problem_is_reported_with_a_position() {
         let text = GOOD
             .replace("version = 1", "version = 2")
-            .replace("failure_mode = \"bearing-overheat\"", "failure_mode = \"bad mode\"")
+            .replace(
+                "failure_mode = \"bearing-overheat\"",
+                "failure_mode = \"bad mode\"",
+            )
             .replace("{value}", "{valu}");
         let diags = RuleSet::parse("r.toml", &text).unwrap_err();
         assert_eq!(diags.len(), 3, "{diags:#?}");
@@ -400,11 +410,20 @@ description = "{tag} reached {value}"
     fn a_rule_without_a_kind_says_which_kinds_exist() {
         let text = GOOD.replace("[rule.threshold]\nabove = 85.0\nclear_below = 80.0\n", "");
         let diags = RuleSet::parse("r.toml", &text).unwrap_err();
-        assert!(diags[0].hint.as_deref().unwrap_or("").contains("[rule.threshold]"));
+        assert!(
+            diags[0]
+                .hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("[rule.threshold]")
+        );
     }
 
     #[test]
     fn render_fills_placeholders() {
-        assert_eq!(render("{asset}: {value}", &[("asset", "P1"), ("value", "3")]), "P1: 3");
+        assert_eq!(
+            render("{asset}: {value}", &[("asset", "P1"), ("value", "3")]),
+            "P1: 3"
+        );
     }
 }

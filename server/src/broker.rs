@@ -49,7 +49,8 @@ dynamic_filters = true
 "#,
             payload = model::wire::MAX_MESSAGE_BYTES + 4096
         );
-        let config: rumqttd::Config = toml::from_str(&text).map_err(|e| BrokerError::Config(e.to_string()))?;
+        let config: rumqttd::Config =
+            toml::from_str(&text).map_err(|e| BrokerError::Config(e.to_string()))?;
         let mut broker = rumqttd::Broker::new(config);
         std::thread::Builder::new()
             .name("mqtt-broker".into())

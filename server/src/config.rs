@@ -102,13 +102,20 @@ impl ServerConfig {
 impl Validate for ServerConfig {
     fn validate(&self, report: &mut Report) {
         if self.roles.is_empty() {
-            report.error("roles", "name at least one of \"api\", \"ingest\", \"rules\"");
+            report.error(
+                "roles",
+                "name at least one of \"api\", \"ingest\", \"rules\"",
+            );
         }
-        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
             report.error("database.url", "must be a postgres:// URL");
         }
         match (&self.api, self.runs(Role::Api)) {
-            (None, true) => report.error("api", "the api role needs an [api] section with jwt_secret"),
+            (None, true) => {
+                report.error("api", "the api role needs an [api] section with jwt_secret")
+            }
             (Some(api), _) => {
                 for (key, message) in api.problems() {
                     report.error(key, message);
@@ -117,7 +124,10 @@ impl Validate for ServerConfig {
             _ => {}
         }
         if self.runs(Role::Ingest) && self.ingest.is_none() {
-            report.error("ingest", "the ingest role needs an [ingest] section with broker");
+            report.error(
+                "ingest",
+                "the ingest role needs an [ingest] section with broker",
+            );
         }
         if self.runs(Role::Rules) && !self.runs(Role::Ingest) {
             report.error(

@@ -75,17 +75,28 @@ fn secret() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-struct Seeded {
-    tenant: Uuid,
+/// A seeded demo plant.
+#[derive(Debug, Clone, Copy)]
+pub struct SeededPlant {
+    pub tenant: Uuid,
 }
 
-async fn seed(app_url: &str, password_hash: &str) -> Result<Seeded, sqlx::Error> {
-    let pool = PgPoolOptions::new().max_connections(1).connect(app_url).await?;
+/// Creates a tenant `slug` with an admin user, a site, the asset "Press 1" (criticality 4), the
+/// gateway [`DEMO_GATEWAY`] and the press's tags, connected as the application role.
+pub async fn seed_plant(
+    app_url: &str,
+    slug: &str,
+    password_hash: &str,
+) -> Result<SeededPlant, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(app_url)
+        .await?;
     let tenant = Uuid::new_v4();
     let mut tx = migrations::begin_tenant(&pool, tenant).await?;
     sqlx::query("INSERT INTO tenants (id, slug, name) VALUES ($1, $2, 'Demo Plant')")
         .bind(tenant)
-        .bind(DEMO_TENANT_SLUG)
+        .bind(slug)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -112,12 +123,14 @@ async fn seed(app_url: &str, password_hash: &str) -> Result<Seeded, sqlx::Error>
         .execute(&mut *tx)
         .await?;
     let gateway = Uuid::new_v4();
-    sqlx::query("INSERT INTO gateways (id, tenant_id, code, name) VALUES ($1, $2, $3, 'Line 1 gateway')")
-        .bind(gateway)
-        .bind(tenant)
-        .bind(DEMO_GATEWAY)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO gateways (id, tenant_id, code, name) VALUES ($1, $2, $3, 'Line 1 gateway')",
+    )
+    .bind(gateway)
+    .bind(tenant)
+    .bind(DEMO_GATEWAY)
+    .execute(&mut *tx)
+    .await?;
     for (name, unit) in DEMO_TAGS {
         sqlx::query("INSERT INTO tags (tenant_id, gateway_id, name, asset_id, unit) VALUES ($1, $2, $3, $4, $5)")
             .bind(tenant)
@@ -130,7 +143,7 @@ async fn seed(app_url: &str, password_hash: &str) -> Result<Seeded, sqlx::Error>
     }
     tx.commit().await?;
     pool.close().await;
-    Ok(Seeded { tenant })
+    Ok(SeededPlant { tenant })
 }
 
 /// The demo PLC's signals (see `config/scenarios/demo.toml`) and their units; the register of
@@ -142,7 +155,8 @@ const DEMO_TAGS: [(&str, &str); 4] = [
     ("cycle_count", "cycles"),
 ];
 
-fn agent_config(tenant: Uuid, broker: &str, plc: SocketAddr) -> String {
+/// The demo edge agent's configuration file for a plant of `tenant`.
+pub fn agent_config(tenant: Uuid, broker: &str, plc: SocketAddr) -> String {
     let mut text = format!(
         r#"
 [gateway]
@@ -169,7 +183,8 @@ poll_interval = "500ms"
     text
 }
 
-fn demo_scenario(breach_after: Duration) -> Result<Scenario, DemoError> {
+/// The demo PLC's scenario with the bearing breach moved to `breach_after`.
+pub fn demo_scenario(breach_after: Duration) -> Result<Scenario, DemoError> {
     let base = Scenario::demo();
     let signals = base
         .signals()
@@ -194,10 +209,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&DemoAccess),
 ) -> Result<Summary, DemoError> {
-    let rules = RuleSet::parse("config/rules/demo.toml", DEMO_RULES).map_err(|d| DemoError::BuiltIn {
-        what: "rule file",
-        detail: d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-    })?;
+    let rules =
+        RuleSet::parse("config/rules/demo.toml", DEMO_RULES).map_err(|d| DemoError::BuiltIn {
+            what: "rule file",
+            detail: d
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
 
     // Database: a throwaway cluster unless one was given.
     let (cluster, admin_url) = match &options.admin_url {
@@ -209,7 +229,10 @@ pub async fn run(
             (Some(c), url)
         }
     };
-    let db_name = format!("maintainpro_demo_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let db_name = format!(
+        "maintainpro_demo_{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
     let secrets = RoleSecrets {
         owner_password: secret(),
         app_password: secret(),
@@ -226,7 +249,7 @@ pub async fn run(
             .map_err(|e| DemoError::Hash(e.to_string()))?
             .map_err(|e| DemoError::Hash(e.to_string()))?
     };
-    let seeded = seed(&urls.app_url, &hash).await?;
+    let seeded = seed_plant(&urls.app_url, DEMO_TENANT_SLUG, &hash).await?;
 
     let (embedded, broker_url) = match &options.broker {
         Some(url) => (None, url.clone()),
@@ -262,9 +285,12 @@ pub async fn run(
     };
     let services = Services::start(&config, Some(rules)).await?;
 
-    let plc = spawn_modbus_plc(SocketAddr::from(([127, 0, 0, 1], 0)), demo_scenario(options.breach_after)?)
-        .await
-        .map_err(DemoError::Plc)?;
+    let plc = spawn_modbus_plc(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        demo_scenario(options.breach_after)?,
+    )
+    .await
+    .map_err(DemoError::Plc)?;
     tracing::info!(addr = %plc.local_addr(), breach_after = ?options.breach_after, "simulated press PLC running");
     let agent_config = AgentConfig::from_toml_with_env(
         "demo edge agent",
@@ -328,10 +354,15 @@ pub async fn run(
 /// Removes the demo database from a cluster the demo did not start.
 async fn drop_database(admin_url: &str, db_name: &str) {
     let result = async {
-        let pool = PgPoolOptions::new().max_connections(1).connect(admin_url).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"))
-            .execute(&pool)
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin_url)
             .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .execute(&pool)
+        .await?;
         pool.close().await;
         Ok::<_, sqlx::Error>(())
     }

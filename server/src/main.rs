@@ -10,7 +10,11 @@ use server::demo::{self, DemoOptions};
 use server::{ServerConfig, Services};
 
 #[derive(Debug, Parser)]
-#[command(name = "maintainpro", version, about = "MaintAInPro: industrial IoT ingestion and automatic work orders")]
+#[command(
+    name = "maintainpro",
+    version,
+    about = "MaintAInPro: industrial IoT ingestion and automatic work orders"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,8 +70,9 @@ enum RulesCommand {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -91,10 +96,16 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    if let Command::Rules { command: RulesCommand::Check { files } } = &cli.command {
+    if let Command::Rules {
+        command: RulesCommand::Check { files },
+    } = &cli.command
+    {
         return rules_check(files);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -103,8 +114,23 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Demo { run_for, database_url, broker, listen, breach_after } => {
-                run_demo(DemoOptions { admin_url: database_url, broker, listen, breach_after }, run_for).await
+            Command::Demo {
+                run_for,
+                database_url,
+                broker,
+                listen,
+                breach_after,
+            } => {
+                run_demo(
+                    DemoOptions {
+                        admin_url: database_url,
+                        broker,
+                        listen,
+                        breach_after,
+                    },
+                    run_for,
+                )
+                .await
             }
             Command::Serve { config } => serve(&config).await,
             Command::Migrate { owner_url } => match migrations::migrate(&owner_url).await {
@@ -143,7 +169,11 @@ fn rules_check(files: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::from(2) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn run_demo(options: DemoOptions, run_for: Option<Duration>) -> ExitCode {

@@ -66,7 +66,10 @@ async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &Rules
                 tracing::info!(%work_order, rule = %s.rule_id, "work order opened");
                 return;
             }
-            Ok(AlarmOutcome::Appended { work_order, escalated }) => {
+            Ok(AlarmOutcome::Appended {
+                work_order,
+                escalated,
+            }) => {
                 stats.work_orders_appended.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%work_order, escalated, "alarm added to the open work order");
                 return;

@@ -26,11 +26,17 @@ pub enum ServicesError {
     #[error("migration failed: {0}")]
     Migrate(#[from] migrations::DbError),
     #[error("cannot bind the API listener {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the rules role is enabled but no rules were loaded")]
     NoRules,
     #[error("cannot read rule file {path}: {source}")]
-    RuleFile { path: String, source: std::io::Error },
+    RuleFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("rule files have errors:\n{0}")]
     RuleErrors(String),
     #[error("cannot serve metrics on {addr}: {reason}")]
@@ -65,12 +71,19 @@ pub fn load_rule_files(paths: &[std::path::PathBuf]) -> Result<RuleSet, Services
     let mut ids = std::collections::HashSet::new();
     for r in &rules {
         if !ids.insert(r.id.clone()) {
-            problems.push(format!("rule id {:?} is defined in more than one file", r.id));
+            problems.push(format!(
+                "rule id {:?} is defined in more than one file",
+                r.id
+            ));
         }
     }
     if problems.is_empty() {
         Ok(RuleSet {
-            source_name: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            source_name: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             rules,
         })
     } else {
@@ -95,7 +108,10 @@ pub struct Services {
 impl Services {
     /// Connects, migrates when an owner URL is configured, and starts the configured roles.
     /// `rules` is required when the rules role runs.
-    pub async fn start(config: &ServerConfig, rules: Option<RuleSet>) -> Result<Services, ServicesError> {
+    pub async fn start(
+        config: &ServerConfig,
+        rules: Option<RuleSet>,
+    ) -> Result<Services, ServicesError> {
         if let Some(owner_url) = &config.database.owner_url {
             migrations::migrate(owner_url).await?;
         }
@@ -150,11 +166,15 @@ impl Services {
             None
         };
         if let (Some(ingest_config), true) = (&config.ingest, config.runs(Role::Ingest)) {
-            let consumer = Consumer::new(ingest_config.clone(), PgStore::new(pool.clone()), rules_tx);
+            let consumer =
+                Consumer::new(ingest_config.clone(), PgStore::new(pool.clone()), rules_tx);
             services.ingest_stats = consumer.stats();
             let stop = stop_ingest.clone();
             services.ingest = Some(tokio::spawn(async move {
-                if let Err(e) = consumer.run_until(async move { stop.cancelled().await }).await {
+                if let Err(e) = consumer
+                    .run_until(async move { stop.cancelled().await })
+                    .await
+                {
                     tracing::error!(error = %e, "ingest failed");
                 }
             }));
@@ -185,7 +205,10 @@ impl Services {
     /// Stops every role in order and closes the pool.
     pub async fn stop(mut self) -> Summary {
         self.stop_ingest.cancel();
-        for task in [self.ingest.take(), self.rules.take()].into_iter().flatten() {
+        for task in [self.ingest.take(), self.rules.take()]
+            .into_iter()
+            .flatten()
+        {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a service task panicked");
             }

@@ -1,1 +1,159 @@
-//! placeholder
+//! End-to-end test harness for MaintAInPro.
+//!
+//! # Layout
+//! - [`mqtt_url`]: the broker the tests talk to (Mosquitto, started by `scripts/test.sh`).
+//! - [`Plant`]: a fresh database with a seeded demo plant and the server's services running
+//!   against it, plus helpers to log in and call the API.
+//!
+//! Tests built on this harness use real services only: PostgreSQL, an MQTT broker, the
+//! simulated PLC and the edge agent. Each test owns its database, its tenants and its MQTT
+//! client ids.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use api::ApiConfig;
+use api::config::Secret;
+use ingest::IngestConfig;
+use migrations::testing::TestDatabase;
+use server::config::{DatabaseConfig, MetricsConfig, Role, RulesConfig};
+use server::demo::{DEMO_RULES, SeededPlant, seed_plant};
+use server::{ServerConfig, Services};
+use uuid::Uuid;
+
+/// The environment variable naming the test broker.
+pub const MQTT_URL_VAR: &str = "MAINTAINPRO_TEST_MQTT_URL";
+
+/// The test broker's URL. Tests need a real broker; `scripts/test.sh` starts Mosquitto.
+pub fn mqtt_url() -> anyhow::Result<String> {
+    std::env::var(MQTT_URL_VAR).with_context(|| {
+        format!(
+            "{MQTT_URL_VAR} is not set: run the suite with scripts/test.sh, which starts Mosquitto"
+        )
+    })
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A database with two seeded tenants and the server running against it.
+#[derive(Debug)]
+pub struct Plant {
+    pub db: TestDatabase,
+    pub services: Services,
+    pub tenant_a: SeededPlant,
+    pub tenant_b: SeededPlant,
+    pub broker: String,
+    pub api: String,
+    pub http: reqwest::Client,
+}
+
+impl Plant {
+    /// Seeds tenants "plant-a" and "plant-b" (same layout) and starts api, ingest and rules.
+    pub async fn start() -> anyhow::Result<Plant> {
+        let broker = mqtt_url()?;
+        let db = TestDatabase::create().await?;
+        let hash = api::auth::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tenant_a = seed_plant(&db.urls.app_url, "plant-a", &hash).await?;
+        let tenant_b = seed_plant(&db.urls.app_url, "plant-b", &hash).await?;
+        let config = ServerConfig {
+            roles: vec![Role::Api, Role::Ingest, Role::Rules],
+            database: DatabaseConfig {
+                url: db.urls.app_url.clone(),
+                owner_url: None,
+                max_connections: 5,
+            },
+            api: Some(ApiConfig::new(
+                "127.0.0.1:0".parse()?,
+                Secret::new(format!(
+                    "{}{}",
+                    Uuid::new_v4().simple(),
+                    Uuid::new_v4().simple()
+                )),
+            )),
+            // Tests share one broker: each ingest takes only its own tenants' topics.
+            ingest: Some(IngestConfig {
+                client_id: format!("ingest-{}", Uuid::new_v4().simple()),
+                subscribe: [tenant_a.tenant, tenant_b.tenant]
+                    .iter()
+                    .map(|t| format!("{}/{t}/+/readings", model::topic::PREFIX))
+                    .collect(),
+                ..IngestConfig::new(broker.clone())
+            }),
+            rules: RulesConfig::default(),
+            metrics: MetricsConfig::default(),
+        };
+        let rules = rules::RuleSet::parse("demo.toml", DEMO_RULES)
+            .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?;
+        let services = Services::start(&config, Some(rules)).await?;
+        let api = format!("http://{}", services.api_addr().context("api role runs")?);
+        Ok(Plant {
+            db,
+            services,
+            tenant_a,
+            tenant_b,
+            broker,
+            api,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    /// Logs in as the admin of tenant `slug` and returns the access token.
+    pub async fn login(&self, slug: &str) -> anyhow::Result<String> {
+        let res = self
+            .http
+            .post(format!("{}/api/v1/auth/login", self.api))
+            .json(&serde_json::json!({
+                "tenant": slug, "email": server::demo::DEMO_EMAIL, "password": PASSWORD
+            }))
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            bail!("login as {slug} failed: {}", res.status());
+        }
+        let body: serde_json::Value = res.json().await?;
+        Ok(body["access_token"]
+            .as_str()
+            .context("token in response")?
+            .to_owned())
+    }
+
+    /// `GET path` with an optional bearer token: status and JSON body.
+    pub async fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut req = self.http.get(format!("{}{path}", self.api));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
+    /// Polls `check` every 250 ms until it returns `Some`, or fails after `within`.
+    pub async fn eventually<T, F, Fut>(
+        within: Duration,
+        what: &str,
+        mut check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("timed out after {within:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

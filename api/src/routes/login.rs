@@ -60,7 +60,12 @@ pub async fn login(
             .await?;
             tx.commit().await?;
             row.map(|r| -> Result<_, sqlx::Error> {
-                Ok((t, r.try_get::<Uuid, _>("id")?, r.try_get::<String, _>("password_hash")?, r.try_get::<String, _>("role")?))
+                Ok((
+                    t,
+                    r.try_get::<Uuid, _>("id")?,
+                    r.try_get::<String, _>("password_hash")?,
+                    r.try_get::<String, _>("role")?,
+                ))
             })
             .transpose()?
         }

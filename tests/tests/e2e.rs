@@ -1,0 +1,200 @@
+//! End to end: simulated PLC -> edge agent -> Mosquitto -> ingest -> PostgreSQL -> rules ->
+//! work order -> HTTP API. Needs `scripts/test.sh` (PostgreSQL cluster and Mosquitto).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use edge_agent::{Agent, AgentConfig};
+use maintainpro_tests::Plant;
+use model::wire::Batch;
+use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use server::demo::{DEMO_GATEWAY, agent_config, demo_scenario};
+use simulators::spawn_modbus_plc;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let plc = spawn_modbus_plc(
+        "127.0.0.1:0".parse()?,
+        demo_scenario(Duration::from_secs(1))?,
+    )
+    .await?;
+    let config = AgentConfig::from_toml_with_env(
+        "test agent",
+        &agent_config(plant.tenant_a.tenant, &plant.broker, plc.local_addr()),
+        Vec::new(),
+    )?;
+    let stop_agent = CancellationToken::new();
+    let agent = {
+        let stop = stop_agent.clone();
+        tokio::spawn(Agent::build(config).run_until(async move { stop.cancelled().await }))
+    };
+
+    let token_a = plant.login("plant-a").await?;
+    let orders = Plant::eventually(Duration::from_secs(60), "a work order", || async {
+        let (status, body) = plant.get("/api/v1/work-orders", Some(&token_a)).await?;
+        anyhow::ensure!(status == 200, "list answered {status}: {body}");
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        Ok((!items.is_empty()).then_some(items))
+    })
+    .await?;
+    assert_eq!(orders.len(), 1, "{orders:#?}");
+    let wo = &orders[0];
+    assert_eq!(wo["title"], "Bearing overheating on Press 1");
+    // Severity high on an asset of criticality 4: critical by the documented matrix.
+    assert_eq!(wo["priority"], "critical");
+    assert_eq!(wo["source"], "rule");
+    assert_eq!(wo["failure_mode"], "bearing-overheat");
+
+    // The breach continues: readings keep arriving, and still one work order.
+    let stored_before = plant.services.summary().readings_stored;
+    Plant::eventually(Duration::from_secs(20), "more readings", || async {
+        Ok((plant.services.summary().readings_stored >= stored_before + 16).then_some(()))
+    })
+    .await?;
+    let (_, body) = plant.get("/api/v1/work-orders", Some(&token_a)).await?;
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(1), "{body}");
+    let id = wo["id"].as_str().context("id")?;
+    let (status, detail) = plant
+        .get(&format!("/api/v1/work-orders/{id}"), Some(&token_a))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(detail["events"][0]["kind"], "opened_by_alarm", "{detail}");
+
+    // No token: 401. Another tenant: sees nothing, and the id answers 404.
+    let (status, body) = plant.get("/api/v1/work-orders", None).await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = plant
+        .get("/api/v1/work-orders", Some("not-a-token"))
+        .await?;
+    assert_eq!(status, 401);
+    let token_b = plant.login("plant-b").await?;
+    let (status, body) = plant.get("/api/v1/work-orders", Some(&token_b)).await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(0), "{body}");
+    let (status, body) = plant
+        .get(&format!("/api/v1/work-orders/{id}"), Some(&token_b))
+        .await?;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.get("title").is_none());
+
+    stop_agent.cancel();
+    agent.await??;
+    plc.shutdown().await?;
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.work_orders_opened, 1);
+    assert_eq!(summary.dead_letters, 0);
+    Ok(())
+}
+
+/// Publishes raw payloads with QoS 1 and waits for every PUBACK.
+async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let (host, port) = broker
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .context("broker url has a port")?;
+    let mut options = MqttOptions::new(
+        format!("pub-{}", uuid::Uuid::new_v4().simple()),
+        host,
+        port.parse()?,
+    );
+    options.set_max_packet_size(2 << 20, 2 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let n = payloads.len();
+    for p in payloads {
+        client.publish(topic, QoS::AtLeastOnce, false, p).await?;
+    }
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while acked < n {
+            match eventloop.poll().await? {
+                Event::Incoming(Packet::PubAck(_)) => acked += 1,
+                Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(_) | Event::Outgoing(_) => {
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    client.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_batches_are_stored_once_and_poison_becomes_dead_letters() -> anyhow::Result<()>
+{
+    let plant = Plant::start().await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let topic = model::topic::readings(tenant, &gateway);
+    let reading = |tag: &str, s: i64| -> anyhow::Result<Reading> {
+        Ok(Reading {
+            tag: TagName::parse(tag)?,
+            ts: Timestamp::from_micros(Timestamp::now().as_micros() - 60_000_000 + s * 1_000_000),
+            value: 50.0 + s as f64,
+            quality: Quality::Good,
+        })
+    };
+    let good: Vec<Reading> = (0..10)
+        .map(|s| reading("press-1.bearing_temp", s))
+        .collect::<Result<_, _>>()?;
+    let batch = Batch::from_readings(gateway.clone(), 42, &good).encode();
+    let mut mixed = good[..2].to_vec();
+    mixed.push(reading("press-1.not_registered", 3)?);
+    let mixed = Batch::from_readings(gateway.clone(), 43, &mixed).encode();
+    let mut truncated = batch.clone();
+    truncated.truncate(batch.len() / 2);
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![
+            batch.clone(),
+            batch,
+            b"{\"not\":\"ours\"}".to_vec(),
+            truncated,
+            mixed,
+        ],
+    )
+    .await?;
+
+    let pool = plant.db.app_pool().await;
+    Plant::eventually(
+        Duration::from_secs(20),
+        "all five messages handled",
+        || async {
+            let s = plant.services.summary();
+            Ok(
+                (s.readings_stored + s.batches_duplicate + s.dead_letters >= 12 + 1 + 3)
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    let readings: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_readings")
+        .fetch_one(&mut *tx)
+        .await?;
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_batches")
+        .fetch_one(&mut *tx)
+        .await?;
+    let letters =
+        sqlx::query("SELECT reason, length(payload) AS bytes FROM dead_letters ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    assert_eq!(readings, 12, "10 from batch 42 once, 2 known from batch 43");
+    assert_eq!(batches, 2);
+    let reasons: Vec<String> = letters.iter().map(|r| r.get("reason")).collect();
+    assert_eq!(reasons, ["bad_magic", "malformed", "unknown_tag"]);
+    assert!(
+        letters.iter().all(|r| r.get::<i32, _>("bytes") > 0),
+        "raw bytes are kept"
+    );
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.batches_duplicate, 1);
+    assert_eq!(summary.dead_letters, 3);
+    Ok(())
+}
