@@ -1,9 +1,16 @@
-//! The agent: sources -> buffer -> uplink, and a graceful stop.
+//! The agent: sources -> outbox -> uplink, and a graceful stop.
 //!
-//! On shutdown the pollers stop first, whatever they read is buffered and published, and the
-//! agent waits (up to a grace period) for the broker to acknowledge every batch before it
-//! disconnects; anything still unacknowledged is reported.
+//! Readings from the pollers are sealed into numbered batches (by size or age), written to the
+//! outbox, and only then published. A batch leaves the outbox when the broker acknowledges it.
+//! Whatever is not published at once (the broker is unreachable, the in-flight window is full,
+//! or a previous run left it) is the backlog: it is replayed oldest first at a bounded rate, in
+//! at most half of the in-flight window, so live batches keep going out during the replay.
+//!
+//! On shutdown the pollers stop first, what they read is sealed, and the agent waits (up to a
+//! grace period) for acknowledgements; whatever is still unacknowledged stays in the outbox for
+//! the next start.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,24 +20,29 @@ use model::Reading;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::Buffer;
 use crate::config::AgentConfig;
 use crate::modbus::poller::DevicePoller;
+use crate::outbox::{DirStorage, Outbox, OutboxError};
 use crate::uplink::{Uplink, UplinkError, UplinkEvent};
 
 /// How long a stopping agent waits for outstanding acknowledgements.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the backlog is replayed (the rate is spread over these ticks).
+const REPLAY_TICK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
 
 /// Counters the agent keeps; also exported as Prometheus metrics.
 #[derive(Debug, Default)]
 pub struct AgentStats {
     pub readings_polled: AtomicU64,
+    pub readings_sealed: AtomicU64,
     pub readings_acked: AtomicU64,
     pub batches_acked: AtomicU64,
     pub readings_dropped: AtomicU64,
@@ -81,6 +93,18 @@ pub struct Agent {
     stats: Arc<AgentStats>,
 }
 
+/// The loop's state between events.
+struct Flow {
+    outbox: Outbox<DirStorage>,
+    uplink: Uplink,
+    /// Readings not yet sealed into a batch.
+    unsealed: VecDeque<Reading>,
+    /// Sealed batches not yet published, oldest first.
+    backlog: BTreeSet<u64>,
+    connected: bool,
+    outbox_dropped: u64,
+}
+
 impl Agent {
     pub fn build(config: AgentConfig) -> Self {
         Self {
@@ -97,10 +121,30 @@ impl Agent {
     #[tracing::instrument(skip_all, fields(gateway = %self.config.gateway.id))]
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let cfg = &self.config;
+        // A gateway whose outbox is new numbers its batches from the wall clock, so that a
+        // replaced or wiped gateway never reuses a number ingest has already seen.
+        let floor = u64::try_from(model::Timestamp::now().as_micros()).unwrap_or(1);
+        let (outbox, recovery) =
+            Outbox::open_dir(cfg.outbox.clone(), cfg.gateway.id.clone(), floor)?;
+        if recovery.batches > 0 || !recovery.damage.is_empty() {
+            tracing::info!(
+                batches = recovery.batches,
+                readings = recovery.readings,
+                damaged_ranges = recovery.damage.len(),
+                "outbox recovered; unacknowledged batches will be replayed"
+            );
+        }
         let stop_sources = CancellationToken::new();
         let stop_uplink = CancellationToken::new();
         let (uplink, mut events, driver) = Uplink::start(cfg, stop_uplink.clone())?;
-        let mut uplink = uplink;
+        let mut flow = Flow {
+            backlog: outbox.unacked().collect(),
+            outbox,
+            uplink,
+            unsealed: VecDeque::new(),
+            connected: false,
+            outbox_dropped: 0,
+        };
         let (tx, mut readings) = mpsc::channel::<Vec<Reading>>(64);
         let mut pollers = tokio::task::JoinSet::new();
         for device in &cfg.device {
@@ -112,25 +156,30 @@ impl Agent {
             devices = cfg.device.len(),
             tags = cfg.tag_count(),
             broker = %cfg.uplink.broker,
+            outbox = %cfg.outbox.dir.display(),
             "edge agent started"
         );
 
-        let mut buffer = Buffer::new(cfg.uplink.buffer_max_readings);
         let mut flush = tokio::time::interval(cfg.uplink.batch_max_age);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fsync = tokio::time::interval(cfg.outbox.fsync_interval);
+        fsync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replay = tokio::time::interval(REPLAY_TICK);
+        replay.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(chunk) = readings.recv() => {
-                    self.stats.count_polled(chunk.len());
-                    self.stats.count_dropped(buffer.push(chunk));
-                    if buffer.waiting() >= cfg.uplink.batch_max_readings {
-                        self.publish_ready(&mut uplink, &mut buffer, false).await?;
+                    self.accept(&mut flow, chunk);
+                    if flow.unsealed.len() >= cfg.uplink.batch_max_readings {
+                        self.seal(&mut flow, false).await?;
                     }
                 }
-                _ = flush.tick() => self.publish_ready(&mut uplink, &mut buffer, true).await?,
-                Some(event) = events.recv() => self.on_event(&mut uplink, &mut buffer, &event),
+                _ = flush.tick() => self.seal(&mut flow, true).await?,
+                _ = fsync.tick() => flow.outbox.sync()?,
+                _ = replay.tick() => self.replay(&mut flow).await?,
+                Some(event) = events.recv() => self.on_event(&mut flow, &event)?,
             }
         }
 
@@ -138,25 +187,26 @@ impl Agent {
         stop_sources.cancel();
         while pollers.join_next().await.is_some() {}
         while let Ok(chunk) = readings.try_recv() {
-            self.stats.count_polled(chunk.len());
-            self.stats.count_dropped(buffer.push(chunk));
+            self.accept(&mut flow, chunk);
         }
+        self.seal(&mut flow, true).await?;
+        flow.outbox.sync()?;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while buffer.waiting() + buffer.in_flight() > 0 {
-            self.publish_ready(&mut uplink, &mut buffer, true).await?;
+        while flow.outbox.unacked_count() > 0 && flow.connected {
+            self.replay(&mut flow).await?;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
-                Some(event) = events.recv() => self.on_event(&mut uplink, &mut buffer, &event),
+                Some(event) = events.recv() => self.on_event(&mut flow, &event)?,
             }
         }
-        let left = buffer.waiting() + buffer.in_flight();
+        let left = flow.outbox.unacked_count();
         if left > 0 {
-            tracing::warn!(
-                readings = left,
-                "stopped with readings not acknowledged by the broker"
+            tracing::info!(
+                batches = left,
+                "unacknowledged batches stay in the outbox for the next start"
             );
         }
-        uplink.disconnect().await;
+        flow.uplink.disconnect().await;
         stop_uplink.cancel();
         // The driver ends on cancel; a panic in it has already been logged by tokio.
         let _ = driver.await;
@@ -168,34 +218,94 @@ impl Agent {
         Ok(())
     }
 
-    fn on_event(&self, uplink: &mut Uplink, buffer: &mut Buffer, event: &UplinkEvent) {
-        match event {
-            UplinkEvent::Connected => tracing::info!("connected to broker"),
-            UplinkEvent::Disconnected(e) => {
-                tracing::warn!(error = %e, "broker connection lost; retrying")
-            }
-            _ => {}
-        }
-        if let Some(batch) = uplink.on_event(event) {
-            buffer.acknowledged(batch.readings);
-            self.stats.count_acked(batch.readings);
+    /// Takes polled readings into memory, dropping (and counting) the oldest beyond the bound.
+    fn accept(&self, flow: &mut Flow, chunk: Vec<Reading>) {
+        self.stats.count_polled(chunk.len());
+        flow.unsealed.extend(chunk);
+        let max = self.config.uplink.buffer_max_readings;
+        if flow.unsealed.len() > max {
+            let excess = flow.unsealed.len() - max;
+            flow.unsealed.drain(..excess);
+            self.stats.count_dropped(excess as u64);
+            tracing::warn!(
+                readings = excess,
+                "unsealed readings dropped: the outbox is not keeping up"
+            );
         }
     }
 
-    /// Publishes full batches, and with `partial` also a last partial one, while the in-flight
-    /// window has room.
-    async fn publish_ready(
-        &self,
-        uplink: &mut Uplink,
-        buffer: &mut Buffer,
-        partial: bool,
-    ) -> Result<(), AgentError> {
+    /// Seals full batches (and with `partial` a last partial one) into the outbox and publishes
+    /// them if the window has room; otherwise they join the backlog.
+    async fn seal(&self, flow: &mut Flow, partial: bool) -> Result<(), AgentError> {
         let max = self.config.uplink.batch_max_readings;
-        while uplink.in_flight() < self.config.uplink.max_in_flight
-            && (buffer.waiting() >= max || (partial && buffer.waiting() > 0))
-        {
-            let batch = buffer.take(max);
-            uplink.publish(&batch).await?;
+        while flow.unsealed.len() >= max || (partial && !flow.unsealed.is_empty()) {
+            let n = max.min(flow.unsealed.len());
+            let batch: Vec<Reading> = flow.unsealed.iter().take(n).cloned().collect();
+            let sealed = match flow.outbox.append(&batch) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Keep the readings in memory and retry on the next tick.
+                    tracing::error!(error = %e, "cannot write to the outbox");
+                    return Ok(());
+                }
+            };
+            flow.unsealed.drain(..n);
+            self.stats
+                .readings_sealed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            let dropped = flow.outbox.dropped().readings;
+            self.stats.count_dropped(dropped - flow.outbox_dropped);
+            flow.outbox_dropped = dropped;
+            tracing::debug!(seq = sealed.seq, readings = sealed.readings, "sealed");
+            if flow.connected && flow.uplink.in_flight() < self.config.uplink.max_in_flight {
+                flow.uplink.publish(sealed).await?;
+            } else {
+                flow.backlog.insert(sealed.seq);
+            }
+        }
+        metrics::gauge!("maintainpro_edge_outbox_bytes").set(flow.outbox.bytes() as f64);
+        metrics::gauge!("maintainpro_edge_backlog_batches").set(flow.backlog.len() as f64);
+        Ok(())
+    }
+
+    /// Publishes the oldest backlog batches within the replay rate and half the window.
+    async fn replay(&self, flow: &mut Flow) -> Result<(), AgentError> {
+        if !flow.connected || flow.backlog.is_empty() {
+            return Ok(());
+        }
+        let per_tick = (self.config.outbox.replay_batches_per_second as usize / 10).max(1);
+        let window = (self.config.uplink.max_in_flight / 2).max(1);
+        let mut sent = 0;
+        while sent < per_tick && flow.uplink.in_flight() < window {
+            let Some(seq) = flow.backlog.pop_first() else {
+                break;
+            };
+            // A batch dropped from a full outbox has nothing left to send.
+            if let Some(sealed) = flow.outbox.load(seq)? {
+                flow.uplink.publish(sealed).await?;
+                sent += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&self, flow: &mut Flow, event: &UplinkEvent) -> Result<(), AgentError> {
+        match event {
+            UplinkEvent::Connected => {
+                flow.connected = true;
+                tracing::info!(backlog = flow.backlog.len(), "connected to broker");
+            }
+            UplinkEvent::Disconnected(e) => {
+                if flow.connected {
+                    tracing::warn!(error = %e, "broker connection lost; readings go to the outbox");
+                }
+                flow.connected = false;
+            }
+            _ => {}
+        }
+        if let Some(batch) = flow.uplink.on_event(event) {
+            flow.outbox.ack(batch.seq)?;
+            self.stats.count_acked(batch.readings);
         }
         Ok(())
     }

@@ -10,8 +10,16 @@
 //! client_id = "edge-line-1-gw"   # default: "edge-<gateway id>"
 //! batch_max_readings = 1000      # publish when this many readings wait ...
 //! batch_max_age = "1s"           # ... or when the oldest has waited this long
-//! buffer_max_readings = 200000   # readings kept until acked; beyond, the oldest are dropped
+//! buffer_max_readings = 100000   # readings in memory waiting to be sealed into a batch
 //! max_in_flight = 16             # batches published but not yet acknowledged
+//!
+//! [outbox]
+//! dir = "/var/lib/maintainpro-edge/outbox"
+//! max_bytes = 268435456          # bound on disk; beyond, the oldest batches are dropped and counted
+//! segment_bytes = 8388608
+//! fsync = "always"               # always | interval | never
+//! fsync_interval = "1s"          # with fsync = "interval"
+//! replay_batches_per_second = 50 # backlog replay rate after an outage, on top of live data
 //!
 //! [[device]]
 //! name = "press-1"
@@ -42,6 +50,7 @@ use model::{GatewayId, TagName, TenantId};
 use serde::Deserialize;
 
 use crate::modbus::decode::{ByteOrder, DataType};
+use crate::outbox::OutboxConfig;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "EDGE_AGENT_";
@@ -50,6 +59,8 @@ pub const ENV_PREFIX: &str = "EDGE_AGENT_";
 pub struct AgentConfig {
     pub gateway: GatewaySection,
     pub uplink: UplinkConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
 }
@@ -67,7 +78,7 @@ fn default_batch_max_age() -> Duration {
     Duration::from_secs(1)
 }
 fn default_buffer_max_readings() -> usize {
-    200_000
+    100_000
 }
 fn default_max_in_flight() -> usize {
     16
@@ -99,6 +110,9 @@ pub struct UplinkConfig {
     pub batch_max_readings: usize,
     #[serde(default = "default_batch_max_age", with = "humantime_serde")]
     pub batch_max_age: Duration,
+    /// Readings held in memory before they are sealed into a batch in the outbox (normally at
+    /// most one batch; more only while the outbox cannot be written). Beyond it the oldest are
+    /// dropped and counted.
     #[serde(default = "default_buffer_max_readings")]
     pub buffer_max_readings: usize,
     #[serde(default = "default_max_in_flight")]
@@ -237,8 +251,9 @@ impl Validate for AgentConfig {
                 "must be at least uplink.batch_max_readings",
             );
         }
-        if u.max_in_flight == 0 || u.max_in_flight > 1000 {
-            report.error("uplink.max_in_flight", "must be between 1 and 1000");
+        self.outbox.validate(report);
+        if u.max_in_flight < 2 || u.max_in_flight > 1000 {
+            report.error("uplink.max_in_flight", "must be between 2 and 1000");
         }
         if u.batch_max_age < Duration::from_millis(10) {
             report.error("uplink.batch_max_age", "must be at least 10ms");

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: the agent's TOML configuration, validated as a whole before anything starts.
 //! - [`modbus`]: the Modbus source: pure decoding and request planning, and the polling task.
-//! - [`buffer`]: the bounded store of readings waiting for the broker's acknowledgement.
+//! - [`outbox`]: the durable, bounded, checksummed store of batches waiting for the broker's
+//!   acknowledgement.
 //! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
 //! - [`agent`]: wires sources, buffer and uplink together and shuts them down gracefully.
 //!
@@ -12,9 +13,9 @@
 //! server framework, keeps every queue bounded, and never drops a reading without counting it.
 
 pub mod agent;
-pub mod buffer;
 pub mod config;
 pub mod modbus;
+pub mod outbox;
 pub mod uplink;
 
 pub use agent::{Agent, AgentError, AgentStats};

@@ -1,4 +1,5 @@
-//! The MQTT uplink: publishes numbered batches with QoS 1 and reports which were acknowledged.
+//! The MQTT uplink: publishes the outbox's numbered batches with QoS 1 and reports which were
+//! acknowledged.
 //!
 //! rumqttc's event loop owns the socket; a driver task polls it and forwards what matters
 //! (a publish went out with packet id N, packet id N was acknowledged, the connection dropped)
@@ -10,13 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use model::wire::Batch;
-use model::{GatewayId, Reading};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, parse_broker_url};
+use crate::outbox::Sealed;
 
 /// What the driver task reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,16 +79,7 @@ impl AckTracker {
 pub struct Uplink {
     client: AsyncClient,
     topic: String,
-    gateway: GatewayId,
-    next_seq: u64,
     tracker: AckTracker,
-}
-
-/// Sequence numbers must keep increasing across restarts so that ingest never mistakes a new
-/// batch for a redelivered one. Starting from the wall clock in microseconds does that as long
-/// as a gateway publishes fewer than a million batches a second.
-fn initial_seq() -> u64 {
-    u64::try_from(model::Timestamp::now().as_micros()).unwrap_or(1)
 }
 
 impl Uplink {
@@ -126,8 +117,6 @@ impl Uplink {
             Uplink {
                 client,
                 topic: model::topic::readings(config.gateway.tenant, &config.gateway.id),
-                gateway: config.gateway.id.clone(),
-                next_seq: initial_seq(),
                 tracker: AckTracker::default(),
             },
             rx,
@@ -135,26 +124,21 @@ impl Uplink {
         ))
     }
 
-    /// Publishes one batch; it stays in flight until its PUBACK.
-    pub async fn publish(&mut self, readings: &[Reading]) -> Result<InFlight, UplinkError> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let payload = Batch::from_readings(self.gateway.clone(), seq, readings).encode();
-        let batch = InFlight {
-            seq,
-            readings: readings.len(),
-        };
-        self.tracker.published(batch);
+    /// Publishes one sealed batch; it stays in flight until its PUBACK.
+    pub async fn publish(&mut self, batch: Sealed) -> Result<(), UplinkError> {
+        self.tracker.published(InFlight {
+            seq: batch.seq,
+            readings: batch.readings as usize,
+        });
         self.client
             .publish_bytes(
                 self.topic.clone(),
                 QoS::AtLeastOnce,
                 false,
-                Bytes::from(payload),
+                Bytes::from(batch.payload),
             )
             .await
-            .map_err(|e| UplinkError::ClientGone(e.to_string()))?;
-        Ok(batch)
+            .map_err(|e| UplinkError::ClientGone(e.to_string()))
     }
 
     /// Applies a driver event; returns the batch it acknowledged, if any.

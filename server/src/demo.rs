@@ -52,7 +52,7 @@ pub enum DemoError {
     Seed(#[from] sqlx::Error),
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
-    #[error("cannot start the simulated PLC: {0}")]
+    #[error("cannot start the simulated PLC or its gateway: {0}")]
     Plc(std::io::Error),
     #[error("the built-in {what} is invalid: {detail}")]
     BuiltIn { what: &'static str, detail: String },
@@ -155,8 +155,14 @@ const DEMO_TAGS: [(&str, &str); 4] = [
     ("cycle_count", "cycles"),
 ];
 
-/// The demo edge agent's configuration file for a plant of `tenant`.
-pub fn agent_config(tenant: Uuid, broker: &str, plc: SocketAddr) -> String {
+/// The demo edge agent's configuration file for a plant of `tenant`, with its outbox in
+/// `outbox_dir`.
+pub fn agent_config(
+    tenant: Uuid,
+    broker: &str,
+    plc: SocketAddr,
+    outbox_dir: &std::path::Path,
+) -> String {
     let mut text = format!(
         r#"
 [gateway]
@@ -167,12 +173,16 @@ id = "{DEMO_GATEWAY}"
 broker = "{broker}"
 batch_max_age = "500ms"
 
+[outbox]
+dir = {outbox}
+
 [[device]]
 name = "press-1"
 protocol = "modbus-tcp"
 address = "{plc}"
 poll_interval = "500ms"
-"#
+"#,
+        outbox = toml::Value::String(outbox_dir.display().to_string()),
     );
     for (i, (name, unit)) in DEMO_TAGS.iter().enumerate() {
         text.push_str(&format!(
@@ -292,9 +302,15 @@ pub async fn run(
     .await
     .map_err(DemoError::Plc)?;
     tracing::info!(addr = %plc.local_addr(), breach_after = ?options.breach_after, "simulated press PLC running");
+    let outbox_dir = tempfile::tempdir().map_err(DemoError::Plc)?;
     let agent_config = AgentConfig::from_toml_with_env(
         "demo edge agent",
-        &agent_config(seeded.tenant, &broker_url, plc.local_addr()),
+        &agent_config(
+            seeded.tenant,
+            &broker_url,
+            plc.local_addr(),
+            outbox_dir.path(),
+        ),
         Vec::new(),
     )
     .map_err(|e| DemoError::BuiltIn {

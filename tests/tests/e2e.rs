@@ -22,9 +22,15 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
         demo_scenario(Duration::from_secs(1))?,
     )
     .await?;
+    let outbox = tempfile::tempdir()?;
     let config = AgentConfig::from_toml_with_env(
         "test agent",
-        &agent_config(plant.tenant_a.tenant, &plant.broker, plc.local_addr()),
+        &agent_config(
+            plant.tenant_a.tenant,
+            &plant.broker,
+            plc.local_addr(),
+            outbox.path(),
+        ),
         Vec::new(),
     )?;
     let stop_agent = CancellationToken::new();
