@@ -192,7 +192,7 @@ impl Agent {
         self.seal(&mut flow, true).await?;
         flow.outbox.sync()?;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while flow.outbox.unacked_count() > 0 && flow.connected {
+        while flow.outbox.unacked_count() > 0 {
             self.replay(&mut flow).await?;
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,

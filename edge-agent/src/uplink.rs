@@ -185,7 +185,8 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<UplinkEvent>, cancel: 
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                // Short: a gateway should be back on line within seconds of the broker.
+                backoff = (backoff * 2).min(Duration::from_secs(2));
                 None
             }
         };
