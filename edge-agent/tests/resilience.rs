@@ -204,12 +204,14 @@ async fn sigkill_mid_stream_loses_no_confirmed_batch() -> anyhow::Result<()> {
         let missing: Vec<_> = sealed.keys().filter(|s| !l.contains_key(s)).collect();
         format!("missing batches {missing:?}")
     })?;
-    let l = ledger.lock().expect("ledger lock");
-    for (seq, readings) in &sealed {
-        assert_eq!(
-            l[seq].0, *readings,
-            "batch {seq} arrived with other content"
-        );
+    {
+        let l = ledger.lock().expect("ledger lock");
+        for (seq, readings) in &sealed {
+            assert_eq!(
+                l[seq].0, *readings,
+                "batch {seq} arrived with other content"
+            );
+        }
     }
     assert!(
         log_text.contains("outbox recovered"),

@@ -48,6 +48,8 @@ pub struct IngestStats {
     pub batches_duplicate: AtomicU64,
     pub dead_letters: AtomicU64,
     pub retries: AtomicU64,
+    /// Subscriptions the broker confirmed (one per connect): non-zero once messages flow.
+    pub subscriptions: AtomicU64,
 }
 
 impl IngestStats {
@@ -125,11 +127,13 @@ impl Consumer {
         }
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (tx, mut rx) = mpsc::channel(self.config.queue);
+        let stats = Arc::clone(&self.stats);
         let stop_driver = CancellationToken::new();
         let driver = tokio::spawn(drive(
             eventloop,
             client.clone(),
             self.config.subscribe.clone(),
+            stats,
             tx,
             stop_driver.clone(),
         ));
@@ -425,6 +429,7 @@ async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
+    stats: Arc<IngestStats>,
     tx: mpsc::Sender<Publish>,
     cancel: CancellationToken,
 ) {
@@ -444,6 +449,9 @@ async fn drive(
                 if let Err(e) = client.try_subscribe_many(topics) {
                     tracing::error!(error = %e, "cannot subscribe");
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics::gauge!("maintainpro_ingest_queue_depth")

@@ -186,6 +186,11 @@ impl Services {
         self.api_addr
     }
 
+    /// Whether ingest (if it runs) has its subscriptions confirmed by the broker.
+    pub fn ingest_subscribed(&self) -> bool {
+        self.ingest.is_none() || self.ingest_stats.subscriptions.load(Ordering::Relaxed) > 0
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
