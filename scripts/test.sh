@@ -84,7 +84,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
-export MAINTAINPRO_TEST_PG_ADMIN_URL="postgres://postgres:$pg_password@127.0.0.1:$pg_port/postgres"
-export MAINTAINPRO_TEST_MQTT_URL="mqtt://127.0.0.1:$mq_port"
+export MPTEST_PG_ADMIN_URL="postgres://postgres:$pg_password@127.0.0.1:$pg_port/postgres"
+export MPTEST_MQTT_URL="mqtt://127.0.0.1:$mq_port"
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"

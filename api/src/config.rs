@@ -1,9 +1,9 @@
 //! API settings: `[api]` in the server's configuration file.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use model::settings::Secret;
 use serde::Deserialize;
 
 fn default_listen() -> SocketAddr {
@@ -17,27 +17,6 @@ fn default_audience() -> String {
 }
 fn default_ttl() -> Duration {
     Duration::from_secs(15 * 60)
-}
-
-/// A secret that never appears in logs or Debug output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

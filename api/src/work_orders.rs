@@ -52,12 +52,22 @@ pub enum WorkOrderError {
     Database(#[from] sqlx::Error),
 }
 
+impl WorkOrderError {
+    /// Whether retrying the same event may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkOrderError::Database(e) => migrations::is_transient(e),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkOrderService {
     pool: PgPool,
 }
 
-const OPEN_STATUSES: &str = "('completed', 'verified', 'cancelled')";
+/// The statuses in which a work order is no longer open.
+const CLOSED_STATUSES: &str = "('completed', 'verified', 'cancelled')";
 
 impl WorkOrderService {
     pub fn new(pool: PgPool) -> Self {
@@ -141,7 +151,7 @@ async fn raised(
 
     let open = sqlx::query(&format!(
         "SELECT id, priority FROM work_orders
-         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {OPEN_STATUSES}
+         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}
          FOR UPDATE"
     ))
     .bind(tenant)
@@ -253,7 +263,7 @@ async fn cleared(
     .await?;
     let open: Option<Uuid> = sqlx::query_scalar(&format!(
         "SELECT id FROM work_orders
-         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {OPEN_STATUSES}"
+         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}"
     ))
     .bind(tenant)
     .bind(s.asset.as_uuid())

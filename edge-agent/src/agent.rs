@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::modbus::poller::DevicePoller;
-use crate::outbox::{DirStorage, Outbox, OutboxError};
+use crate::outbox::{DirStorage, FsyncPolicy, Outbox, OutboxError};
 use crate::uplink::{Uplink, UplinkError, UplinkEvent};
 
 /// How long a stopping agent waits for outstanding acknowledgements.
@@ -103,6 +103,9 @@ struct Flow {
     backlog: BTreeSet<u64>,
     connected: bool,
     outbox_dropped: u64,
+    /// Batches the replay may still send: refilled at the configured rate, capped at one
+    /// second's worth.
+    replay_budget: f64,
 }
 
 impl Agent {
@@ -144,6 +147,7 @@ impl Agent {
             unsealed: VecDeque::new(),
             connected: false,
             outbox_dropped: 0,
+            replay_budget: 0.0,
         };
         let (tx, mut readings) = mpsc::channel::<Vec<Reading>>(64);
         let mut pollers = tokio::task::JoinSet::new();
@@ -177,7 +181,7 @@ impl Agent {
                     }
                 }
                 _ = flush.tick() => self.seal(&mut flow, true).await?,
-                _ = fsync.tick() => flow.outbox.sync()?,
+                _ = fsync.tick(), if cfg.outbox.fsync == FsyncPolicy::Interval => flow.outbox.sync()?,
                 _ = replay.tick() => self.replay(&mut flow).await?,
                 Some(event) = events.recv() => self.on_event(&mut flow, &event)?,
             }
@@ -273,17 +277,17 @@ impl Agent {
         if !flow.connected || flow.backlog.is_empty() {
             return Ok(());
         }
-        let per_tick = (self.config.outbox.replay_batches_per_second as usize / 10).max(1);
+        let rate = f64::from(self.config.outbox.replay_batches_per_second);
+        flow.replay_budget = (flow.replay_budget + rate * REPLAY_TICK.as_secs_f64()).min(rate);
         let window = (self.config.uplink.max_in_flight / 2).max(1);
-        let mut sent = 0;
-        while sent < per_tick && flow.uplink.in_flight() < window {
+        while flow.replay_budget >= 1.0 && flow.uplink.in_flight() < window {
             let Some(seq) = flow.backlog.pop_first() else {
                 break;
             };
             // A batch dropped from a full outbox has nothing left to send.
             if let Some(sealed) = flow.outbox.load(seq)? {
                 flow.uplink.publish(sealed).await?;
-                sent += 1;
+                flow.replay_budget -= 1.0;
             }
         }
         Ok(())

@@ -40,12 +40,13 @@
 //! unit = "degC"
 //! ```
 //!
-//! Every key can be overridden by an environment variable: `EDGE_AGENT_UPLINK__BROKER`.
+//! Every key outside the `[[device]]` lists can be overridden by an environment variable:
+//! `EDGE_AGENT_UPLINK__BROKER`, `EDGE_AGENT_UPLINK__PASSWORD`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use model::settings::{self, ConfigErrors, Report, Validate};
+use model::settings::{self, ConfigErrors, Report, Secret, Validate};
 use model::{GatewayId, TagName, TenantId};
 use serde::Deserialize;
 
@@ -105,7 +106,7 @@ pub struct UplinkConfig {
     pub broker: String,
     pub client_id: Option<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default = "default_batch_max_readings")]
     pub batch_max_readings: usize,
     #[serde(default = "default_batch_max_age", with = "humantime_serde")]

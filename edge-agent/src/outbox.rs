@@ -150,20 +150,31 @@ pub trait Storage {
     fn replace(&mut self, name: &str, bytes: &[u8]) -> io::Result<()>;
 }
 
-/// Segment files in a directory.
+/// Segment files in a directory, locked against a second agent for as long as it is open.
 #[derive(Debug)]
 pub struct DirStorage {
     dir: PathBuf,
     /// The segment being appended to, kept open.
     open: Option<(String, File)>,
+    /// Holds the directory's advisory lock; released when dropped.
+    _lock: File,
 }
 
 impl DirStorage {
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            fs::TryLockError::WouldBlock => io::Error::other(format!(
+                "{} is in use by another edge agent; give each agent its own outbox.dir",
+                dir.display()
+            )),
+            fs::TryLockError::Error(e) => e,
+        })?;
         Ok(Self {
             dir: dir.to_owned(),
             open: None,
+            _lock: lock,
         })
     }
 
@@ -928,6 +939,19 @@ mod tests {
         assert!(recovery.batches < 30);
         let next = reopened.append(&readings(1, 0)).unwrap().seq;
         assert!(next > 30 && next <= 30 + SEQ_LEASE + 1, "{next}");
+    }
+
+    #[test]
+    fn a_directory_serves_one_agent_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirStorage::open(dir.path()).unwrap();
+        let err = DirStorage::open(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another edge agent"),
+            "{err}"
+        );
+        drop(first);
+        assert!(DirStorage::open(dir.path()).is_ok());
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Uplink {
             )
             .set_inflight(u16::try_from(config.uplink.max_in_flight).unwrap_or(u16::MAX));
         if let (Some(user), Some(password)) = (&config.uplink.username, &config.uplink.password) {
-            options.set_credentials(user, password);
+            options.set_credentials(user, password.expose());
         }
         let (client, eventloop) = AsyncClient::new(options, config.uplink.max_in_flight * 2 + 8);
         let (tx, rx) = mpsc::channel(1024);

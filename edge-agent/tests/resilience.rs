@@ -2,7 +2,7 @@
 //! load. A ledger subscriber on the broker records every batch that arrives; the test checks
 //! that every batch the agent confirmed to its outbox arrives, whatever happened in between.
 //!
-//! Needs Mosquitto: `MAINTAINPRO_TEST_MQTT_URL` for a shared broker and the `mosquitto` binary
+//! Needs Mosquitto: `MPTEST_MQTT_URL` for a shared broker and the `mosquitto` binary
 //! for a private one (both provided by `scripts/test.sh`).
 
 use std::collections::BTreeMap;
@@ -149,8 +149,8 @@ fn spawn_agent(config: &Path, log: &Path) -> anyhow::Result<Child> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_confirmed_batch() -> anyhow::Result<()> {
-    let broker = std::env::var("MAINTAINPRO_TEST_MQTT_URL")
-        .context("MAINTAINPRO_TEST_MQTT_URL is not set: run scripts/test.sh")?;
+    let broker = std::env::var("MPTEST_MQTT_URL")
+        .context("MPTEST_MQTT_URL is not set: run scripts/test.sh")?;
     let tenant = TenantId::new_random();
     let topic = model::topic::readings(tenant, &GatewayId::parse("gw-test")?);
     let stop = CancellationToken::new();

@@ -1,5 +1,6 @@
 //! Ingest settings, a section of the server's configuration file (`[ingest]`).
 
+use model::settings::Secret;
 use serde::Deserialize;
 
 fn default_client_id() -> String {
@@ -18,7 +19,7 @@ pub struct IngestConfig {
     #[serde(default = "default_client_id")]
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Messages received but not yet processed; a full queue stops reading from the broker.
     #[serde(default = "default_queue")]
     pub queue: usize,
@@ -42,5 +43,41 @@ impl IngestConfig {
             queue: default_queue(),
             subscribe: default_subscribe(),
         }
+    }
+}
+
+impl IngestConfig {
+    /// Problems with these settings, as (key, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if crate::consumer::parse_broker(&self.broker).is_err() {
+            out.push((
+                "ingest.broker",
+                format!("{:?} is not mqtt://host[:port]", self.broker),
+            ));
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 128 {
+            out.push(("ingest.client_id", "must be 1-128 characters".to_owned()));
+        }
+        if self.queue == 0 {
+            out.push((
+                "ingest.queue",
+                "must be at least 1, and should exceed the broker's in-flight limit per client"
+                    .to_owned(),
+            ));
+        }
+        if self.subscribe.is_empty() {
+            out.push((
+                "ingest.subscribe",
+                "list at least one topic filter".to_owned(),
+            ));
+        }
+        if self.password.is_some() != self.username.is_some() {
+            out.push((
+                "ingest.password",
+                "username and password go together".to_owned(),
+            ));
+        }
+        out
     }
 }

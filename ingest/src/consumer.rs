@@ -58,7 +58,7 @@ impl IngestStats {
     }
 }
 
-fn parse_broker(url: &str) -> Result<(String, u16), IngestError> {
+pub(crate) fn parse_broker(url: &str) -> Result<(String, u16), IngestError> {
     let bad = || IngestError::BadBroker(url.to_owned());
     let rest = url
         .strip_prefix("mqtt://")
@@ -123,7 +123,7 @@ impl Consumer {
                 model::wire::MAX_MESSAGE_BYTES + 4096,
             );
         if let (Some(u), Some(p)) = (&self.config.username, &self.config.password) {
-            options.set_credentials(u, p);
+            options.set_credentials(u, p.expose());
         }
         let (client, eventloop) = AsyncClient::new(options, 64);
         let (tx, mut rx) = mpsc::channel(self.config.queue);

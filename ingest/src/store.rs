@@ -29,24 +29,7 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        let transient = match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                // Class 08 connection exceptions, 40 transaction rollback, 53 insufficient
-                // resources, 57P0x operator intervention (shutdown, restart).
-                code.starts_with("08")
-                    || code.starts_with("40")
-                    || code.starts_with("53")
-                    || code.starts_with("57P")
-            }),
-            _ => false,
-        };
-        if transient {
+        if migrations::is_transient(&e) {
             StoreError::Transient(e)
         } else {
             StoreError::Permanent(e)

@@ -43,7 +43,7 @@ pub use bootstrap::bootstrap;
 pub use error::DbError;
 pub use migrate::{StorageLayout, migrate};
 pub use roles::RoleSecrets;
-pub use tenant::{TENANT_SETTING, begin_tenant};
+pub use tenant::{TENANT_SETTING, begin_tenant, is_transient};
 pub use urls::DatabaseUrls;
 
 /// The schema migrations of `sql/`, embedded at compile time. Run them as [`OWNER_ROLE`]

@@ -20,3 +20,26 @@ pub async fn begin_tenant(
         .await?;
     Ok(tx)
 }
+
+/// Whether a database error may pass by itself (connection lost, server restarting, too many
+/// connections, serialization failure), so that the same operation should be retried, as
+/// opposed to an error the same input will always get.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08 connection exceptions, 40 transaction rollback, 53 insufficient
+            // resources, 57P0x operator intervention (shutdown, restart).
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+        }),
+        _ => false,
+    }
+}

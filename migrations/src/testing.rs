@@ -2,7 +2,7 @@
 //! migrated database per test, so each test owns its world.
 //!
 //! Where the databases live:
-//! - `MAINTAINPRO_TEST_PG_ADMIN_URL` set: on that cluster, as its superuser. The project's
+//! - `MPTEST_PG_ADMIN_URL` set: on that cluster, as its superuser. The project's
 //!   test script sets it to a cluster it starts once for the whole run. Point it only at a
 //!   disposable cluster: the test databases are never dropped, and bootstrapping them sets the
 //!   shared MaintAInPro roles' passwords to the fixed test passwords below.
@@ -24,7 +24,7 @@ use crate::urls::redacted;
 use crate::{DatabaseUrls, RoleSecrets, StorageLayout, bootstrap, migrate};
 
 /// The variable naming the superuser URL of the cluster to create test databases on.
-pub const ADMIN_URL_VAR: &str = "MAINTAINPRO_TEST_PG_ADMIN_URL";
+pub const ADMIN_URL_VAR: &str = "MPTEST_PG_ADMIN_URL";
 
 /// The owner role's password in test databases.
 pub const TEST_OWNER_PASSWORD: &str = "owner-test-pw";
@@ -35,12 +35,12 @@ pub const TEST_APP_PASSWORD: &str = "app-test-pw";
 /// running at once stay under the server's connection limit.
 const POOL_SIZE: u32 = 5;
 
-/// The process-wide cluster, when `MAINTAINPRO_TEST_PG_ADMIN_URL` is unset. Its server is a
+/// The process-wide cluster, when `MPTEST_PG_ADMIN_URL` is unset. Its server is a
 /// child process, not a task, so it serves every test's runtime.
 static SHARED_CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
 
 /// The superuser URL of the cluster test databases are created on: the one named by
-/// `MAINTAINPRO_TEST_PG_ADMIN_URL`, or the process-wide throwaway cluster, started on first use.
+/// `MPTEST_PG_ADMIN_URL`, or the process-wide throwaway cluster, started on first use.
 pub async fn admin_url() -> Result<String, DbError> {
     match env::var(ADMIN_URL_VAR) {
         Ok(url) if !url.is_empty() => Ok(url),

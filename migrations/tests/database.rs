@@ -1,5 +1,5 @@
 //! The migrations against a real PostgreSQL: the cluster named by
-//! `MAINTAINPRO_TEST_PG_ADMIN_URL`, or a throwaway one started for this test process.
+//! `MPTEST_PG_ADMIN_URL`, or a throwaway one started for this test process.
 //!
 //! Every test creates its own database. Every bootstrap here uses the test passwords, because
 //! the two roles are shared by all databases of a cluster and other tests log in with them at

@@ -11,6 +11,28 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
+/// A secret read from configuration (a password, a signing key). It never appears in logs,
+/// `Debug` output or error messages; `expose` is the one way to the value.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// One problem in a configuration, tied to the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -214,6 +236,13 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.expose(), "hunter2");
     }
 
     #[test]

@@ -126,6 +126,19 @@ impl Engine {
     }
 }
 
+/// The longest work-order title the CMMS stores.
+pub const MAX_TITLE_CHARS: usize = 300;
+
+/// Cuts `text` to at most `max` characters, marking the cut with an ellipsis.
+fn truncate(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
 fn event(rule: &Rule, ctx: &TagContext, asset: AssetId, t: Transition, value: f64) -> AlarmEvent {
     let subject = AlarmSubject {
         tenant: ctx.tenant,
@@ -156,7 +169,7 @@ fn event(rule: &Rule, ctx: &TagContext, asset: AssetId, t: Transition, value: f6
                 at,
                 value,
                 work_order: WorkOrderDraft {
-                    title: render(&t.title, &vars),
+                    title: truncate(render(&t.title, &vars), MAX_TITLE_CHARS),
                     description: render(&t.description, &vars),
                     work_type: t.work_type,
                     priority: Priority::from_matrix(rule.severity, ctx.criticality),
@@ -264,6 +277,14 @@ description = "{tag} at {value} {unit}, limit {limit}"
         let mut orphan = ctx("press-2.temp");
         orphan.asset = None;
         assert!(feed(&mut e, &orphan, &[(0, 999.0), (5, 999.0)]).is_empty());
+    }
+
+    #[test]
+    fn long_rendered_titles_are_cut_to_what_the_cmms_stores() {
+        let t = truncate("é".repeat(400), MAX_TITLE_CHARS);
+        assert_eq!(t.chars().count(), MAX_TITLE_CHARS);
+        assert!(t.ends_with('…'));
+        assert_eq!(truncate("short".into(), MAX_TITLE_CHARS), "short");
     }
 
     #[test]

@@ -75,10 +75,17 @@ async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &Rules
                 return;
             }
             Ok(AlarmOutcome::AlreadyApplied | AlarmOutcome::Cleared { .. }) => return,
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "work-order service unavailable; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                // Retrying cannot help; the alarm stays in the log and the metric, and the
+                // engine moves on rather than stall every tenant's rules behind it.
+                metrics::counter!("maintainpro_rules_alarm_events_rejected_total").increment(1);
+                tracing::error!(error = %e, rule = %s.rule_id, tag = %s.tag, "alarm event rejected by the database");
+                return;
             }
         }
     }

@@ -22,7 +22,7 @@ use server::{ServerConfig, Services};
 use uuid::Uuid;
 
 /// The environment variable naming the test broker.
-pub const MQTT_URL_VAR: &str = "MAINTAINPRO_TEST_MQTT_URL";
+pub const MQTT_URL_VAR: &str = "MPTEST_MQTT_URL";
 
 /// The test broker's URL. Tests need a real broker; `scripts/test.sh` starts Mosquitto.
 pub fn mqtt_url() -> anyhow::Result<String> {
