@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use model::wire::Batch;
-use model::{Quality, TagName, TenantId, Timestamp};
+use model::{Quality, TenantId, Timestamp};
 use rules::TagContext;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::IngestConfig;
 use crate::copy::Row;
 use crate::directory::{Directory, Resolved};
-use crate::store::{DeadLetter, PgStore, StoreError, Written};
+use crate::store::{DeadLetter, Item, PgStore, StoreError, Written};
 
 /// A stored reading on its way to the rules engine.
 #[derive(Debug, Clone)]
@@ -80,11 +80,9 @@ pub struct Consumer {
     directory: Directory,
 }
 
-/// What became of one message.
-enum Outcome {
-    Stored(Vec<RuleInput>),
-    Nothing,
-}
+/// Most messages stored in one transaction. A busy queue fills groups up to this; a quiet one
+/// commits each message at once, so grouping adds no latency.
+const MAX_GROUP_MESSAGES: usize = 64;
 
 impl Consumer {
     /// `rules` receives every stored batch's readings, sorted by event time.
@@ -106,7 +104,7 @@ impl Consumer {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `shutdown` completes; then finishes the message in hand and disconnects.
+    /// Consumes until `shutdown` completes; then finishes the group in hand and disconnects.
     #[tracing::instrument(skip_all, fields(client_id = %self.config.client_id))]
     pub async fn run_until(
         mut self,
@@ -144,7 +142,7 @@ impl Consumer {
         }
         let mut upkeep = tokio::time::interval(Duration::from_secs(3600));
         loop {
-            let publish = tokio::select! {
+            let first = tokio::select! {
                 _ = &mut shutdown => break,
                 _ = upkeep.tick() => {
                     match self.store.ensure_partitions().await {
@@ -159,28 +157,39 @@ impl Consumer {
                     None => break,
                 },
             };
-            let outcome = tokio::select! {
-                o = self.process_with_retry(&publish, &cancel) => o,
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP_MESSAGES {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            let stored = tokio::select! {
+                o = self.store_with_retry(&group, &cancel) => o,
                 _ = &mut shutdown => {
                     // Finish what is in hand: the retry loop stops waiting once cancelled.
                     cancel.cancel();
-                    self.process_with_retry(&publish, &cancel).await
+                    self.store_with_retry(&group, &cancel).await
                 }
             };
-            let Some(outcome) = outcome else {
+            let Some(inputs) = stored else {
                 break; // cancelled while the database was down: not stored, so not acked
             };
-            if let Err(e) = client.ack(&publish).await {
-                tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
-                break;
+            let mut acked = true;
+            for publish in &group {
+                if let Err(e) = client.ack(publish).await {
+                    tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
+                    acked = false;
+                    break;
+                }
             }
-            if let (Outcome::Stored(inputs), Some(rules)) = (outcome, &self.rules)
+            if let Some(rules) = &self.rules
                 && !inputs.is_empty()
                 && rules.send(inputs).await.is_err()
             {
                 tracing::warn!("rules engine stopped; readings are still stored");
             }
-            if cancel.is_cancelled() {
+            if !acked || cancel.is_cancelled() {
                 break;
             }
         }
@@ -192,59 +201,82 @@ impl Consumer {
         Ok(())
     }
 
-    /// Processes one message, retrying transient database errors with backoff. `None` when
-    /// cancelled before it could be stored.
-    async fn process_with_retry(
+    /// Stores a group, retrying transient database errors with backoff. A group the database
+    /// refuses for good is split, so that one poison message becomes a dead letter without
+    /// holding back the others. Returns the stored readings for the rules, or `None` when
+    /// cancelled before the group could be stored.
+    async fn store_with_retry(
         &mut self,
-        publish: &Publish,
+        group: &[Publish],
         cancel: &CancellationToken,
-    ) -> Option<Outcome> {
+    ) -> Option<Vec<RuleInput>> {
         let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.process(publish).await {
-                Ok(o) => return Some(o),
-                Err(e) if e.is_transient() => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("maintainpro_ingest_retries_total").increment(1);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the message");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
+        let mut parts: Vec<&[Publish]> = vec![group];
+        let mut inputs = Vec::new();
+        while let Some(part) = parts.pop() {
+            loop {
+                let attempt = async {
+                    let prepared = self.prepare_all(part).await?;
+                    let written = self.store.write_group(&prepared.items).await?;
+                    Ok::<_, StoreError>((prepared, written))
+                };
+                match attempt.await {
+                    Ok((prepared, written)) => {
+                        inputs.extend(self.account(prepared, &written));
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    // The database refuses this message for good: keep it as a dead letter so
-                    // nothing is lost, and move on.
-                    tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
-                    let letter = DeadLetter {
-                        tenant: None,
-                        topic: &publish.topic,
-                        reason: "store_rejected",
-                        detail: e.to_string(),
-                        payload: &publish.payload,
-                    };
-                    match self.store.dead_letter(letter).await {
-                        Ok(()) => {
-                            self.count_dead_letter("store_rejected");
-                            return Some(Outcome::Nothing);
+                    Err(e) if e.is_transient() => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("maintainpro_ingest_retries_total").increment(1);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return None,
+                            _ = tokio::time::sleep(backoff) => {}
                         }
-                        Err(e2) if e2.is_transient() => {
-                            tokio::select! {
-                                _ = cancel.cancelled() => return None,
-                                _ = tokio::time::sleep(backoff) => {}
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) if part.len() > 1 => {
+                        tracing::warn!(error = %e, messages = part.len(), "group refused; storing its messages one by one");
+                        let (a, b) = part.split_at(part.len() / 2);
+                        parts.push(b);
+                        parts.push(a);
+                        break;
+                    }
+                    Err(e) => {
+                        // The database refuses this message for good: keep it as a dead letter
+                        // so nothing is lost, and move on.
+                        tracing::error!(error = %e, topic = %part[0].topic, "message rejected by the database");
+                        let letter = Item::Dead(DeadLetter {
+                            tenant: None,
+                            topic: part[0].topic.clone(),
+                            reason: "store_rejected",
+                            detail: e.to_string(),
+                            payload: part[0].payload.clone(),
+                        });
+                        match self.store.write_group(&[letter]).await {
+                            Ok(_) => {
+                                self.count_dead_letter("store_rejected");
+                                break;
                             }
-                        }
-                        Err(e2) => {
-                            tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
-                            metrics::counter!("maintainpro_ingest_messages_lost_total")
-                                .increment(1);
-                            return Some(Outcome::Nothing);
+                            Err(e2) if e2.is_transient() => {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => return None,
+                                    _ = tokio::time::sleep(backoff) => {}
+                                }
+                            }
+                            Err(e2) => {
+                                tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
+                                metrics::counter!("maintainpro_ingest_messages_lost_total")
+                                    .increment(1);
+                                break;
+                            }
                         }
                     }
                 }
             }
         }
+        inputs.sort_by_key(|i| i.ts);
+        Some(inputs)
     }
 
     fn count_dead_letter(&self, reason: &'static str) {
@@ -252,45 +284,77 @@ impl Consumer {
         metrics::counter!("maintainpro_ingest_dead_letters_total", "reason" => reason).increment(1);
     }
 
-    async fn dead_letter(
-        &self,
-        tenant: Option<TenantId>,
-        publish: &Publish,
-        reason: &'static str,
-        detail: String,
-    ) -> Result<Outcome, StoreError> {
-        tracing::warn!(topic = %publish.topic, reason, %detail, "dead letter");
-        self.store
-            .dead_letter(DeadLetter {
-                tenant: tenant.map(|t| t.as_uuid()),
-                topic: &publish.topic,
-                reason,
-                detail,
-                payload: &publish.payload,
-            })
-            .await?;
-        self.count_dead_letter(reason);
-        Ok(Outcome::Nothing)
+    /// Counts what a stored group did; returns the readings of its new batches.
+    fn account(&self, prepared: Prepared, written: &[Written]) -> Vec<RuleInput> {
+        let mut inputs = Vec::new();
+        for ((item, rule_inputs), w) in prepared.items.iter().zip(prepared.inputs).zip(written) {
+            match (w, item) {
+                (Written::Stored { rows }, Item::Batch { rejected, .. }) => {
+                    self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .readings_stored
+                        .fetch_add(*rows as u64, Ordering::Relaxed);
+                    metrics::counter!("maintainpro_ingest_readings_stored_total")
+                        .increment(*rows as u64);
+                    if let Some(letter) = rejected {
+                        self.count_dead_letter(letter.reason);
+                    }
+                    inputs.extend(rule_inputs);
+                }
+                (Written::Duplicate, _) => {
+                    self.stats.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("maintainpro_ingest_duplicate_batches_total").increment(1);
+                }
+                (Written::DeadLettered, Item::Dead(letter)) => {
+                    tracing::warn!(topic = %letter.topic, reason = letter.reason, detail = %letter.detail, "dead letter");
+                    self.count_dead_letter(letter.reason);
+                }
+                _ => {}
+            }
+        }
+        metrics::histogram!("maintainpro_ingest_group_messages").record(written.len() as f64);
+        inputs
     }
 
-    async fn process(&mut self, publish: &Publish) -> Result<Outcome, StoreError> {
-        self.stats.messages.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("maintainpro_ingest_messages_total").increment(1);
+    async fn prepare_all(&mut self, group: &[Publish]) -> Result<Prepared, StoreError> {
+        let mut prepared = Prepared {
+            items: Vec::with_capacity(group.len()),
+            inputs: Vec::with_capacity(group.len()),
+        };
+        for publish in group {
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("maintainpro_ingest_messages_total").increment(1);
+            let (item, inputs) = self.prepare(publish).await?;
+            prepared.items.push(item);
+            prepared.inputs.push(inputs);
+        }
+        Ok(prepared)
+    }
+
+    /// Decodes and resolves one message into what to store, and the readings for the rules
+    /// should it be stored.
+    async fn prepare(&mut self, publish: &Publish) -> Result<(Item, Vec<RuleInput>), StoreError> {
+        let dead = |tenant: Option<TenantId>, reason: &'static str, detail: String| {
+            (
+                Item::Dead(DeadLetter {
+                    tenant: tenant.map(|t| t.as_uuid()),
+                    topic: publish.topic.clone(),
+                    reason,
+                    detail,
+                    payload: publish.payload.clone(),
+                }),
+                Vec::new(),
+            )
+        };
         let (tenant, gateway) = match model::topic::parse_readings(&publish.topic) {
             Ok(t) => t,
-            Err(e) => {
-                return self
-                    .dead_letter(None, publish, "bad_topic", e.to_string())
-                    .await;
-            }
+            Err(e) => return Ok(dead(None, "bad_topic", e.to_string())),
         };
         let batch = match Batch::decode(&publish.payload) {
             Ok(b) => b,
             Err(e) => {
                 let known = self.tenant_if_known(tenant, &gateway).await?;
-                return self
-                    .dead_letter(known, publish, e.reason(), e.to_string())
-                    .await;
+                return Ok(dead(known, e.reason(), e.to_string()));
             }
         };
         if batch.gateway != gateway {
@@ -300,29 +364,32 @@ impl Consumer {
                 batch.gateway.as_str(),
                 gateway.as_str()
             );
-            return self
-                .dead_letter(known, publish, "gateway_mismatch", detail)
-                .await;
+            return Ok(dead(known, "gateway_mismatch", detail));
         }
-        let resolved = self
+        let Ok(seq) = i64::try_from(batch.seq) else {
+            let known = self.tenant_if_known(tenant, &gateway).await?;
+            let detail = format!(
+                "batch sequence number {} exceeds the ledger's range",
+                batch.seq
+            );
+            return Ok(dead(known, "bad_sequence", detail));
+        };
+        let entry = match self
             .directory
             .resolve(self.store.pool(), tenant, &gateway, &batch.tags)
-            .await?;
-        let entry = match resolved {
+            .await?
+        {
             Resolved::Gateway(entry) => entry,
             Resolved::UnknownGateway { tenant_exists } => {
                 let detail = format!(
                     "gateway {:?} is not registered for tenant {tenant}",
                     gateway.as_str()
                 );
-                return self
-                    .dead_letter(
-                        tenant_exists.then_some(tenant),
-                        publish,
-                        "unknown_gateway",
-                        detail,
-                    )
-                    .await;
+                return Ok(dead(
+                    tenant_exists.then_some(tenant),
+                    "unknown_gateway",
+                    detail,
+                ));
             }
         };
         let contexts: Vec<Option<Arc<TagContext>>> = batch
@@ -330,12 +397,12 @@ impl Consumer {
             .iter()
             .map(|t| entry.tags.get(t).cloned())
             .collect();
-        let unknown: Vec<&TagName> = batch
+        let unknown: Vec<&str> = batch
             .tags
             .iter()
             .zip(&contexts)
             .filter(|(_, c)| c.is_none())
-            .map(|(t, _)| t)
+            .map(|(t, _)| t.as_str())
             .collect();
         let mut rows = Vec::with_capacity(batch.points.len());
         let mut inputs = Vec::with_capacity(batch.points.len());
@@ -357,49 +424,27 @@ impl Consumer {
         }
         let rejected = (!unknown.is_empty()).then(|| DeadLetter {
             tenant: Some(tenant.as_uuid()),
-            topic: &publish.topic,
+            topic: publish.topic.clone(),
             reason: "unknown_tag",
             detail: format!(
                 "{} of {} readings name tags not registered for gateway {:?}: {}",
                 batch.points.len() - rows.len(),
                 batch.points.len(),
                 gateway.as_str(),
-                unknown
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                unknown.join(", ")
             ),
-            payload: &publish.payload,
+            payload: publish.payload.clone(),
         });
-        let gateway_id = entry.id;
-        let started = std::time::Instant::now();
-        match self
-            .store
-            .write_batch(tenant.as_uuid(), gateway_id, batch.seq, &rows, rejected)
-            .await?
-        {
-            Written::Stored { rows: n } => {
-                metrics::histogram!("maintainpro_ingest_commit_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .readings_stored
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                metrics::counter!("maintainpro_ingest_readings_stored_total").increment(n as u64);
-                if !unknown.is_empty() {
-                    self.count_dead_letter("unknown_tag");
-                }
-                inputs.sort_by_key(|i| i.ts);
-                Ok(Outcome::Stored(inputs))
-            }
-            Written::Duplicate => {
-                self.stats.batches_duplicate.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("maintainpro_ingest_duplicate_batches_total").increment(1);
-                tracing::debug!(gateway = %gateway, seq = batch.seq, "redelivered batch skipped");
-                Ok(Outcome::Nothing)
-            }
-        }
+        Ok((
+            Item::Batch {
+                tenant: tenant.as_uuid(),
+                gateway: entry.id,
+                seq,
+                rows,
+                rejected,
+            },
+            inputs,
+        ))
     }
 
     async fn tenant_if_known(
@@ -423,6 +468,12 @@ impl Consumer {
             },
         )
     }
+}
+
+/// A group of messages decoded and resolved, with each one's readings for the rules.
+struct Prepared {
+    items: Vec<Item>,
+    inputs: Vec<Vec<RuleInput>>,
 }
 
 async fn drive(

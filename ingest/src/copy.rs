@@ -26,7 +26,7 @@ pub const COPY_READINGS: &str =
 /// Bytes per row: field count (2) + 4 fields with length prefixes (4 each) + 8 + 8 + 8 + 2.
 const ROW_BYTES: usize = 2 + 4 * 4 + 8 + 8 + 8 + 2;
 
-pub fn encode(rows: &[Row]) -> Vec<u8> {
+pub fn encode<'a>(rows: impl ExactSizeIterator<Item = &'a Row>) -> Vec<u8> {
     let mut out = Vec::with_capacity(19 + rows.len() * ROW_BYTES + 2);
     out.extend_from_slice(SIGNATURE);
     out.extend_from_slice(&0i32.to_be_bytes());
@@ -53,12 +53,15 @@ mod tests {
 
     #[test]
     fn layout_of_one_row() {
-        let bytes = encode(&[Row {
-            tag_id: 1,
-            ts: Timestamp::from_micros(PG_EPOCH_OFFSET_MICROS + 5),
-            value: 1.0,
-            quality: Quality::Bad,
-        }]);
+        let bytes = encode(
+            [Row {
+                tag_id: 1,
+                ts: Timestamp::from_micros(PG_EPOCH_OFFSET_MICROS + 5),
+                value: 1.0,
+                quality: Quality::Bad,
+            }]
+            .iter(),
+        );
         assert_eq!(&bytes[..11], SIGNATURE);
         assert_eq!(bytes.len(), 19 + ROW_BYTES + 2);
         let row = &bytes[19..19 + ROW_BYTES];

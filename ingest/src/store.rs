@@ -1,8 +1,12 @@
 //! The PostgreSQL side of ingest.
 //!
-//! A batch is written in one transaction: first its (gateway, seq) row in `ingest_batches`,
-//! which conflicts if the batch was stored before, then its readings by binary COPY. Either
-//! both commit or neither does, so a redelivered batch is skipped exactly when it was stored.
+//! Messages are written in groups, one transaction per group: first the (gateway, seq) rows of
+//! its batches in `ingest_batches`, which conflict for batches stored before, then the readings
+//! of the new batches by one binary COPY. Either all of it commits or none does, so a
+//! redelivered batch is skipped exactly when it was stored. Grouping is what lets ingest keep
+//! up with the database: one commit (one WAL flush) serves many messages.
+
+use std::collections::{BTreeMap, HashSet};
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -37,24 +41,41 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// What writing a batch did.
+/// A message ingest could not turn into readings.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub tenant: Option<Uuid>,
+    pub topic: String,
+    pub reason: &'static str,
+    pub detail: String,
+    pub payload: bytes::Bytes,
+}
+
+/// One message, ready to store.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A decoded batch: its ledger key, its rows, and the dead letter for the part of it that
+    /// could not be stored (readings of unknown tags), if any.
+    Batch {
+        tenant: Uuid,
+        gateway: Uuid,
+        seq: i64,
+        rows: Vec<Row>,
+        rejected: Option<DeadLetter>,
+    },
+    Dead(DeadLetter),
+}
+
+/// What storing an item did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Stored {
         rows: usize,
     },
-    /// The ledger already had this (gateway, seq): nothing was written.
+    /// The ledger already had this (gateway, seq), or an earlier item of the same group did:
+    /// nothing was written.
     Duplicate,
-}
-
-/// A message ingest could not turn into readings.
-#[derive(Debug, Clone)]
-pub struct DeadLetter<'a> {
-    pub tenant: Option<Uuid>,
-    pub topic: &'a str,
-    pub reason: &'a str,
-    pub detail: String,
-    pub payload: &'a [u8],
+    DeadLettered,
 }
 
 #[derive(Debug, Clone)]
@@ -71,58 +92,94 @@ impl PgStore {
         &self.pool
     }
 
-    /// Writes one batch's rows, once, together with the dead letter for the part of the batch
-    /// that could not be stored (readings of unknown tags), if any.
-    pub async fn write_batch(
-        &self,
-        tenant: Uuid,
-        gateway: Uuid,
-        seq: u64,
-        rows: &[Row],
-        rejected: Option<DeadLetter<'_>>,
-    ) -> Result<Written, StoreError> {
-        let seq = i64::try_from(seq).map_err(|_| {
-            StoreError::Permanent(sqlx::Error::Protocol(format!(
-                "batch sequence number {seq} exceeds the ledger's range"
-            )))
-        })?;
-        let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
-        let fresh = sqlx::query(
-            "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(gateway)
-        .bind(seq)
-        .bind(i32::try_from(rows.len()).unwrap_or(i32::MAX))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !fresh {
-            tx.rollback().await?;
-            return Ok(Written::Duplicate);
+    /// Stores a group of messages in one transaction: the ledger rows of every batch (per
+    /// tenant, with row-level security scoped to that tenant), the dead letters, and one
+    /// binary COPY with the rows of every batch not stored before. Either all of it commits or
+    /// none does. Returns what became of each item, in order.
+    pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
+        let mut outcome = vec![Written::Duplicate; items.len()];
+        let mut by_tenant: BTreeMap<Option<Uuid>, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let tenant = match item {
+                Item::Batch { tenant, .. } => Some(*tenant),
+                Item::Dead(d) => d.tenant,
+            };
+            by_tenant.entry(tenant).or_default().push(i);
         }
-        if !rows.is_empty() {
+        let mut tx = self.pool.begin().await?;
+        let mut fresh_rows: Vec<&Row> = Vec::new();
+        for (tenant, indexes) in &by_tenant {
+            sqlx::query("SELECT set_config($1, $2, true)")
+                .bind(migrations::TENANT_SETTING)
+                .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
+            // The first item with a given (gateway, seq) claims it; later copies in the same
+            // group are duplicates, like copies already in the ledger.
+            let mut claimed = HashSet::new();
+            let (mut gateways, mut seqs, mut counts, mut candidates) =
+                (vec![], vec![], vec![], vec![]);
+            for &i in indexes {
+                if let Item::Batch {
+                    gateway, seq, rows, ..
+                } = &items[i]
+                    && claimed.insert((*gateway, *seq))
+                {
+                    gateways.push(*gateway);
+                    seqs.push(*seq);
+                    counts.push(i32::try_from(rows.len()).unwrap_or(i32::MAX));
+                    candidates.push(i);
+                }
+            }
+            let inserted: HashSet<(Uuid, i64)> = if candidates.is_empty() {
+                HashSet::new()
+            } else {
+                sqlx::query_as::<_, (Uuid, i64)>(
+                    "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
+                     SELECT $1, g, s, r FROM UNNEST($2::uuid[], $3::bigint[], $4::int[]) AS t(g, s, r)
+                     ON CONFLICT DO NOTHING
+                     RETURNING gateway_id, seq",
+                )
+                .bind(tenant)
+                .bind(&gateways)
+                .bind(&seqs)
+                .bind(&counts)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+            };
+            for &i in &candidates {
+                if let Item::Batch {
+                    gateway,
+                    seq,
+                    rows,
+                    rejected,
+                    ..
+                } = &items[i]
+                    && inserted.contains(&(*gateway, *seq))
+                {
+                    outcome[i] = Written::Stored { rows: rows.len() };
+                    fresh_rows.extend(rows.iter());
+                    if let Some(letter) = rejected {
+                        insert_dead_letter(&mut tx, letter).await?;
+                    }
+                }
+            }
+            for &i in indexes {
+                if let Item::Dead(letter) = &items[i] {
+                    insert_dead_letter(&mut tx, letter).await?;
+                    outcome[i] = Written::DeadLettered;
+                }
+            }
+        }
+        if !fresh_rows.is_empty() {
             let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
-            copy_in.send(copy::encode(rows)).await?;
+            copy_in.send(copy::encode(fresh_rows.into_iter())).await?;
             copy_in.finish().await?;
         }
-        if let Some(letter) = rejected {
-            insert_dead_letter(&mut tx, &letter).await?;
-        }
         tx.commit().await?;
-        Ok(Written::Stored { rows: rows.len() })
-    }
-
-    pub async fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<(), StoreError> {
-        let mut tx = match letter.tenant {
-            Some(t) => migrations::begin_tenant(&self.pool, t).await?,
-            None => self.pool.begin().await?,
-        };
-        insert_dead_letter(&mut tx, &letter).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(outcome)
     }
 
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.
@@ -136,17 +193,17 @@ impl PgStore {
 
 async fn insert_dead_letter(
     conn: &mut sqlx::PgConnection,
-    letter: &DeadLetter<'_>,
+    letter: &DeadLetter,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (tenant_id, topic, reason, detail, payload)
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(letter.tenant)
-    .bind(letter.topic)
+    .bind(&letter.topic)
     .bind(letter.reason)
     .bind(&letter.detail)
-    .bind(letter.payload)
+    .bind(letter.payload.as_ref())
     .execute(conn)
     .await?;
     Ok(())
