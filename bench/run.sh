@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|edge|all]
+#   bench/run.sh [outbox|ingest|edge|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -8,6 +8,11 @@ cargo build --release -p edge-agent -p maintainpro-bench
 if [ "$what" = outbox ] || [ "$what" = all ]; then
     echo "== outbox append throughput"
     target/release/outbox-bench --duration 5s
+fi
+if [ "$what" = ingest ] || [ "$what" = all ]; then
+    echo "== ingest end to end vs raw COPY, 10,000 tags"
+    MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    target/release/ingest-bench --mosquitto "$MOSQUITTO"
 fi
 if [ "$what" = edge ] || [ "$what" = all ]; then
     echo "== edge agent: 1,000 tags at 1 s on 10 Modbus PLCs"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole MaintAInPro test suite against real services it starts itself:
 # a throwaway PostgreSQL cluster (from the installed server binaries) and Mosquitto (installed
-# from the OS packages when absent). Everything is stopped and removed on exit.
+# from the OS packages when absent), plus a Python virtual environment with pymodbus for the
+# Modbus interoperability test (Python 3.10 or later). Everything is stopped and removed on exit.
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
@@ -83,6 +84,19 @@ for _ in $(seq 50); do
     (exec 3<>"/dev/tcp/127.0.0.1/$mq_port") 2>/dev/null && break
     sleep 0.1
 done
+
+# pymodbus, an implementation independent of the agent's, serves the values that
+# edge-agent/tests/modbus_interop.rs decodes. Pinned, so that a new release cannot change the test.
+PYMODBUS_VERSION=3.16.1
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    log "installing python3-venv (for the pymodbus test server) from the OS packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+log "installing pymodbus $PYMODBUS_VERSION into a virtual environment"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$PYMODBUS_VERSION"
+export MPTEST_PYTHON="$work/venv/bin/python"
 
 export MPTEST_PG_ADMIN_URL="postgres://postgres:$pg_password@127.0.0.1:$pg_port/postgres"
 export MPTEST_MQTT_URL="mqtt://127.0.0.1:$mq_port"

@@ -81,7 +81,15 @@ impl WorkOrderService {
         let key = event.idempotency_key();
         let mut tx = migrations::begin_tenant(&self.pool, subject.tenant.as_uuid()).await?;
         let outcome = match event {
+            // An escalation is a raise at a higher severity: appended to the open work order,
+            // whose priority `decide` raises.
             AlarmEvent::Raised {
+                at,
+                value,
+                work_order,
+                ..
+            }
+            | AlarmEvent::Escalated {
                 at,
                 value,
                 work_order,

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `bin/outbox-bench.rs`: edge outbox append throughput under each fsync policy.
+//! - `bin/ingest-bench.rs`: ingest end to end (load generator -> Mosquitto -> ingest ->
+//!   PostgreSQL) against raw binary COPY of the same rows, and latency at a fixed rate.
 //! - `bin/edge-bench.rs`: the edge agent polling 1,000 tags on 10 simulated PLCs: resident
 //!   memory, CPU, and Modbus requests per cycle against the coalesced minimum.
 //! - this library: small helpers shared by the programs (process sampling from `/proc`).

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::modbus::poller::DevicePoller;
 use crate::outbox::{DirStorage, FsyncPolicy, Outbox, OutboxError};
 use crate::uplink::{Uplink, UplinkError, UplinkEvent};
 
@@ -151,8 +150,8 @@ impl Agent {
         };
         let (tx, mut readings) = mpsc::channel::<Vec<Reading>>(64);
         let mut pollers = tokio::task::JoinSet::new();
-        for device in &cfg.device {
-            let poller = DevicePoller::new(device.clone(), tx.clone(), Arc::clone(&self.stats));
+        // One task per line: a TCP device, or all units sharing one serial port or converter.
+        for poller in crate::modbus::poller::pollers(&cfg.device, &tx, &self.stats) {
             pollers.spawn(poller.run(stop_sources.clone()));
         }
         drop(tx);

@@ -23,34 +23,49 @@
 //!
 //! [[device]]
 //! name = "press-1"
-//! protocol = "modbus-tcp"
-//! address = "127.0.0.1:5020"
+//! protocol = "modbus-tcp"        # modbus-tcp | modbus-rtu-over-tcp | modbus-rtu
+//! address = "127.0.0.1:5020"     # host:port; modbus-rtu takes `device` and `baud_rate` instead
 //! unit_id = 1
 //! poll_interval = "1s"
 //! timeout = "1s"
+//! retries = 2                    # per request, after a timeout or a transport error
+//! retry_backoff = "100ms"        # before the first retry, doubling after each
+//! request_pause = "0ms"          # between two requests to this device
 //!
 //! [[device.tag]]
 //! name = "press-1.bearing_temp"
 //! table = "holding"              # holding | input | coil | discrete
 //! address = 0
-//! data_type = "f32"              # bool u16 i16 u32 i32 f32 u64 i64 f64
+//! data_type = "f32"              # bool u16 i16 u32 i32 f32 u64 i64 f64 string
 //! byte_order = "ABCD"            # ABCD | CDAB | BADC | DCBA
-//! scale = 1.0                    # engineering value = raw * scale + offset
-//! offset = 0.0
+//! scale = 1.0                    # engineering value = raw * scale + offset ...
+//! offset = 0.0                   # ... or raw_min, raw_max, eng_min, eng_max
+//! deadband = 0.5                 # report by exception; heartbeat = "60s" by default
 //! unit = "degC"
+//!
+//! [[device]]
+//! name = "meter-3"
+//! protocol = "modbus-rtu"        # devices with the same `device` share the serial line
+//! device = "/dev/ttyUSB0"
+//! baud_rate = 19200
+//! parity = "even"                # none | even | odd
+//! unit_id = 3
 //! ```
 //!
 //! Every key outside the `[[device]]` lists can be overridden by an environment variable:
 //! `EDGE_AGENT_UPLINK__BROKER`, `EDGE_AGENT_UPLINK__PASSWORD`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use model::settings::{self, ConfigErrors, Report, Secret, Validate};
 use model::{GatewayId, TagName, TenantId};
 use serde::Deserialize;
 
-use crate::modbus::decode::{ByteOrder, DataType};
+use crate::exception::Deadband;
+use crate::modbus::decode::{ByteOrder, DataType, Scaling};
+use crate::modbus::plan::MAX_REGISTERS;
 use crate::outbox::OutboxConfig;
 
 /// Prefix of environment variables that override configuration keys.
@@ -99,6 +114,23 @@ fn default_max_gap() -> u16 {
 fn default_scale() -> f64 {
     1.0
 }
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// Upper bound of `retries`.
+pub const MAX_RETRIES: u32 = 10;
+/// Upper bound of `retry_backoff` and `request_pause`.
+pub const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// The heartbeat of a tag with a deadband that does not set one.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// Defaults of a serial line, after the Modbus over Serial Line specification (8E1).
+pub const DEFAULT_PARITY: Parity = Parity::Even;
+pub const DEFAULT_STOP_BITS: u8 = 1;
+pub const DEFAULT_DATA_BITS: u8 = 8;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct UplinkConfig {
@@ -123,15 +155,54 @@ pub struct UplinkConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
+    /// Modbus TCP (MBAP framing) to a device or a gateway.
     ModbusTcp,
+    /// RTU frames over a TCP socket, as serial-to-Ethernet converters in transparent mode
+    /// forward them.
+    ModbusRtuOverTcp,
+    /// RTU frames on a local serial port (RS-485 or RS-232).
+    ModbusRtu,
+}
+
+impl Protocol {
+    pub fn is_rtu(self) -> bool {
+        matches!(self, Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// The settings of a serial line, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SerialSettings {
+    pub path: PathBuf,
+    pub baud_rate: u32,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub data_bits: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeviceConfig {
     pub name: String,
     pub protocol: Protocol,
-    /// `host:port` of the Modbus TCP server.
-    pub address: String,
+    /// `host:port` of the Modbus TCP server or of the serial-to-Ethernet converter; not for
+    /// `modbus-rtu`.
+    pub address: Option<String>,
+    /// The serial port of a `modbus-rtu` device, such as `/dev/ttyUSB0`. Devices naming the
+    /// same port share it.
+    pub device: Option<PathBuf>,
+    /// Serial line settings, `modbus-rtu` only.
+    pub baud_rate: Option<u32>,
+    pub parity: Option<Parity>,
+    pub stop_bits: Option<u8>,
+    pub data_bits: Option<u8>,
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
@@ -141,8 +212,35 @@ pub struct DeviceConfig {
     /// Registers that may be read in between two tags to merge their requests.
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
+    /// Further attempts of a request after a timeout or a transport error (not after a Modbus
+    /// exception: the device answered).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Wait before the first retry; doubled before each further one.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Wait between two consecutive requests to this device, for devices that need a rest.
+    #[serde(default, with = "humantime_serde")]
+    pub request_pause: Duration,
     #[serde(default)]
     pub tag: Vec<TagConfig>,
+}
+
+impl DeviceConfig {
+    /// The serial line of a `modbus-rtu` device with defaults filled in; `None` for other
+    /// protocols or when `device` or `baud_rate` is missing.
+    pub fn serial_settings(&self) -> Option<SerialSettings> {
+        if self.protocol != Protocol::ModbusRtu {
+            return None;
+        }
+        Some(SerialSettings {
+            path: self.device.clone()?,
+            baud_rate: self.baud_rate?,
+            parity: self.parity.unwrap_or(DEFAULT_PARITY),
+            stop_bits: self.stop_bits.unwrap_or(DEFAULT_STOP_BITS),
+            data_bits: self.data_bits.unwrap_or(DEFAULT_DATA_BITS),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -170,10 +268,22 @@ pub struct TagConfig {
     pub byte_order: ByteOrder,
     /// For `bool` tags in a register table: which bit (0 = least significant).
     pub bit: Option<u8>,
+    /// For `string` tags: how many registers the text spans (two characters each).
+    pub length: Option<u16>,
     #[serde(default = "default_scale")]
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
+    /// Linear range mapping, the alternative to scale and offset: all four or none.
+    pub raw_min: Option<f64>,
+    pub raw_max: Option<f64>,
+    pub eng_min: Option<f64>,
+    pub eng_max: Option<f64>,
+    /// Report by exception: forward a reading only when it moved by more than this.
+    pub deadband: Option<f64>,
+    /// With a deadband: forward at least this often (default 60 s).
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
     pub unit: Option<String>,
 }
 
@@ -183,8 +293,41 @@ impl TagConfig {
         if self.table.is_bits() {
             1
         } else {
-            self.data_type.registers()
+            self.data_type
+                .registers()
+                .unwrap_or_else(|| self.length.unwrap_or(1).max(1))
         }
+    }
+
+    /// Whether the agent publishes the tag. Readings are numbers, so a `string` tag is only
+    /// shown by `edge-agent read`.
+    pub fn is_published(&self) -> bool {
+        self.data_type != DataType::String
+    }
+
+    /// How the decoded number becomes the engineering value (not used for bool tags).
+    pub fn scaling(&self) -> Scaling {
+        match (self.raw_min, self.raw_max, self.eng_min, self.eng_max) {
+            (Some(raw_min), Some(raw_max), Some(eng_min), Some(eng_max)) => Scaling::Range {
+                raw_min,
+                raw_max,
+                eng_min,
+                eng_max,
+            },
+            _ => Scaling::Linear {
+                scale: self.scale,
+                offset: self.offset,
+            },
+        }
+    }
+
+    /// The tag's report-by-exception state, if it has a deadband.
+    pub fn deadband(&self) -> Option<Deadband> {
+        let band = self.deadband?;
+        Some(Deadband::new(
+            band,
+            self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+        ))
     }
 }
 
@@ -212,6 +355,23 @@ impl AgentConfig {
     pub fn tag_count(&self) -> usize {
         self.device.iter().map(|d| d.tag.len()).sum()
     }
+
+    /// Tags that `edge-agent read` shows but the agent does not publish (`string` tags).
+    pub fn unpublished_tag_count(&self) -> usize {
+        self.device
+            .iter()
+            .flat_map(|d| &d.tag)
+            .filter(|t| !t.is_published())
+            .count()
+    }
+}
+
+/// Whether `address` looks like `host:port` (a hostname is resolved only on connect).
+fn is_host_port(address: &str) -> bool {
+    address.parse::<std::net::SocketAddr>().is_ok()
+        || address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// Splits `mqtt://host:port` (port defaults to 1883).
@@ -269,23 +429,8 @@ impl Validate for AgentConfig {
                     format!("device name {:?} is used twice", d.name),
                 );
             }
-            if d.address.parse::<std::net::SocketAddr>().is_err()
-                && d.address
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_none()
-            {
-                report.error(
-                    format!("{at}.address"),
-                    format!("{:?} is not host:port (e.g. 192.168.1.20:502)", d.address),
-                );
-            }
-            if d.poll_interval < Duration::from_millis(10) {
-                report.error(format!("{at}.poll_interval"), "must be at least 10ms");
-            }
-            if d.timeout.is_zero() {
-                report.error(format!("{at}.timeout"), "must be greater than 0");
-            }
+            validate_transport(&at, d, report);
+            validate_polling(&at, d, report);
             for (j, t) in d.tag.iter().enumerate() {
                 let at = format!("{at}.tag[{j}]");
                 if !tag_names.insert(t.name.as_str()) {
@@ -297,39 +442,266 @@ impl Validate for AgentConfig {
                         ),
                     );
                 }
-                if t.table.is_bits() && t.data_type != DataType::Bool {
+                validate_tag(&at, t, report);
+            }
+        }
+        validate_shared_lines(&self.device, report);
+    }
+}
+
+const SERIAL_KEYS: [&str; 5] = ["device", "baud_rate", "parity", "stop_bits", "data_bits"];
+
+fn validate_transport(at: &str, d: &DeviceConfig, report: &mut Report) {
+    let serial_keys_set = [
+        d.device.is_some(),
+        d.baud_rate.is_some(),
+        d.parity.is_some(),
+        d.stop_bits.is_some(),
+        d.data_bits.is_some(),
+    ];
+    match d.protocol {
+        Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
+            match &d.address {
+                None => report.error(
+                    format!("{at}.address"),
+                    "required: host:port of the device (e.g. 192.168.1.20:502)",
+                ),
+                Some(a) if !is_host_port(a) => report.error(
+                    format!("{at}.address"),
+                    format!("{a:?} is not host:port (e.g. 192.168.1.20:502)"),
+                ),
+                Some(_) => {}
+            }
+            for (key, set) in SERIAL_KEYS.iter().zip(serial_keys_set) {
+                if set {
                     report.error(
-                        format!("{at}.data_type"),
-                        format!(
-                            "{:?} tables hold single bits; use data_type = \"bool\"",
-                            t.table
-                        ),
+                        format!("{at}.{key}"),
+                        "serial line settings apply only to protocol = \"modbus-rtu\"",
                     );
                 }
-                if t.bit.is_some() && (t.table.is_bits() || t.data_type != DataType::Bool) {
-                    report.error(
-                        format!("{at}.bit"),
-                        "bit selects one bit of a register; use it only with data_type = \"bool\" in a holding or input table",
-                    );
+            }
+        }
+        Protocol::ModbusRtu => {
+            if d.address.is_some() {
+                report.error(
+                    format!("{at}.address"),
+                    "a modbus-rtu device is reached through `device`, its serial port; \
+                     for a serial-to-Ethernet converter use protocol = \"modbus-rtu-over-tcp\"",
+                );
+            }
+            match &d.device {
+                None => report.error(
+                    format!("{at}.device"),
+                    "required: the serial port (e.g. /dev/ttyUSB0)",
+                ),
+                Some(p) if p.as_os_str().is_empty() => {
+                    report.error(format!("{at}.device"), "must not be empty")
                 }
-                if t.bit.is_some_and(|b| b > 15) {
-                    report.error(format!("{at}.bit"), "must be 0-15");
-                }
-                if !t.table.is_bits() && t.data_type == DataType::Bool && t.bit.is_none() {
-                    report.error(
-                        format!("{at}.bit"),
-                        "a bool tag in a register table needs `bit` (0-15)",
-                    );
-                }
-                if u32::from(t.address) + u32::from(t.width()) > 65536 {
-                    report.error(format!("{at}.address"), "the tag runs past address 65535");
-                }
-                if !t.scale.is_finite() || t.scale == 0.0 || !t.offset.is_finite() {
-                    report.error(
-                        format!("{at}.scale"),
-                        "scale must be finite and non-zero, offset finite",
-                    );
-                }
+                Some(_) => {}
+            }
+            match d.baud_rate {
+                None => report.error(
+                    format!("{at}.baud_rate"),
+                    "required for a serial line (e.g. 9600 or 19200)",
+                ),
+                Some(0) => report.error(format!("{at}.baud_rate"), "must be greater than 0"),
+                Some(_) => {}
+            }
+            if d.stop_bits.is_some_and(|b| !(1..=2).contains(&b)) {
+                report.error(format!("{at}.stop_bits"), "must be 1 or 2");
+            }
+            if d.data_bits.is_some_and(|b| !(7..=8).contains(&b)) {
+                report.error(format!("{at}.data_bits"), "must be 7 or 8");
+            }
+        }
+    }
+    // RTU addresses a device on a bus: 0 is broadcast (never answered), 248-255 are reserved.
+    if d.protocol.is_rtu() && !(1..=247).contains(&d.unit_id) {
+        report.error(
+            format!("{at}.unit_id"),
+            "must be 1-247 on an RTU line (0 is broadcast, which no device answers)",
+        );
+    }
+}
+
+fn validate_polling(at: &str, d: &DeviceConfig, report: &mut Report) {
+    if d.poll_interval < Duration::from_millis(10) {
+        report.error(format!("{at}.poll_interval"), "must be at least 10ms");
+    }
+    if d.timeout.is_zero() {
+        report.error(format!("{at}.timeout"), "must be greater than 0");
+    }
+    if d.retries > MAX_RETRIES {
+        report.error(format!("{at}.retries"), format!("must be 0-{MAX_RETRIES}"));
+    }
+    if d.retry_backoff > MAX_PAUSE {
+        report.error(format!("{at}.retry_backoff"), "must be at most 10s");
+    }
+    if d.request_pause > MAX_PAUSE {
+        report.error(format!("{at}.request_pause"), "must be at most 10s");
+    }
+}
+
+fn validate_tag(at: &str, t: &TagConfig, report: &mut Report) {
+    let is_string = t.data_type == DataType::String;
+    if t.table.is_bits() && t.data_type != DataType::Bool {
+        report.error(
+            format!("{at}.data_type"),
+            format!(
+                "{:?} tables hold single bits; use data_type = \"bool\"",
+                t.table
+            ),
+        );
+    }
+    if t.bit.is_some() && (t.table.is_bits() || t.data_type != DataType::Bool) {
+        report.error(
+            format!("{at}.bit"),
+            "bit selects one bit of a register; use it only with data_type = \"bool\" in a holding or input table",
+        );
+    }
+    if t.bit.is_some_and(|b| b > 15) {
+        report.error(format!("{at}.bit"), "must be 0-15");
+    }
+    if !t.table.is_bits() && t.data_type == DataType::Bool && t.bit.is_none() {
+        report.error(
+            format!("{at}.bit"),
+            "a bool tag in a register table needs `bit` (0-15)",
+        );
+    }
+    match (is_string, t.length) {
+        (true, None) => report.error(
+            format!("{at}.length"),
+            format!(
+                "a string tag needs `length`: registers of two characters each, 1-{MAX_REGISTERS}"
+            ),
+        ),
+        (true, Some(n)) if n == 0 || n > MAX_REGISTERS => report.error(
+            format!("{at}.length"),
+            format!("must be 1-{MAX_REGISTERS} (one read request)"),
+        ),
+        (false, Some(_)) => report.error(
+            format!("{at}.length"),
+            "length applies only to data_type = \"string\"",
+        ),
+        _ => {}
+    }
+    if u32::from(t.address) + u32::from(t.width()) > 65536 {
+        report.error(format!("{at}.address"), "the tag runs past address 65535");
+    }
+    if !t.scale.is_finite() || t.scale == 0.0 || !t.offset.is_finite() {
+        report.error(
+            format!("{at}.scale"),
+            "scale must be finite and non-zero, offset finite",
+        );
+    }
+    let linear_is_default = t.scale == 1.0 && t.offset == 0.0;
+    if is_string && !linear_is_default {
+        report.error(
+            format!("{at}.scale"),
+            "a string tag is text; scale and offset do not apply",
+        );
+    }
+    validate_range(at, t, linear_is_default, report);
+    validate_deadband(at, t, report);
+}
+
+fn validate_range(at: &str, t: &TagConfig, linear_is_default: bool, report: &mut Report) {
+    let keys = [
+        ("raw_min", t.raw_min),
+        ("raw_max", t.raw_max),
+        ("eng_min", t.eng_min),
+        ("eng_max", t.eng_max),
+    ];
+    let Some((first, _)) = keys.iter().find(|(_, v)| v.is_some()) else {
+        return;
+    };
+    for (key, value) in keys {
+        match value {
+            None => report.error(
+                format!("{at}.{key}"),
+                "missing: raw_min, raw_max, eng_min and eng_max are set together or not at all",
+            ),
+            Some(v) if !v.is_finite() => {
+                report.error(format!("{at}.{key}"), "must be a finite number")
+            }
+            Some(_) => {}
+        }
+    }
+    if let (Some(lo), Some(hi)) = (t.raw_min, t.raw_max)
+        && lo == hi
+    {
+        report.error(
+            format!("{at}.raw_max"),
+            "must differ from raw_min: the range maps raw_min..raw_max onto eng_min..eng_max",
+        );
+    }
+    if !linear_is_default {
+        report.error(
+            format!("{at}.scale"),
+            "scale/offset and raw_min/raw_max/eng_min/eng_max are two ways to scale; use one",
+        );
+    }
+    if matches!(t.data_type, DataType::Bool | DataType::String) {
+        report.error(
+            format!("{at}.{first}"),
+            "a range mapping scales numbers; it does not apply to bool or string tags",
+        );
+    }
+}
+
+fn validate_deadband(at: &str, t: &TagConfig, report: &mut Report) {
+    if let Some(band) = t.deadband {
+        if !(band.is_finite() && band >= 0.0) {
+            report.error(
+                format!("{at}.deadband"),
+                "must be a finite amount of 0 or more, in engineering units",
+            );
+        }
+        if !t.is_published() {
+            report.error(
+                format!("{at}.deadband"),
+                "string tags are not published, so they have no deadband",
+            );
+        }
+    }
+    match t.heartbeat {
+        Some(_) if t.deadband.is_none() => report.error(
+            format!("{at}.heartbeat"),
+            "applies only with a deadband (without one, every reading is forwarded)",
+        ),
+        Some(h) if h.is_zero() => report.error(format!("{at}.heartbeat"), "must be greater than 0"),
+        _ => {}
+    }
+}
+
+/// Devices on one serial port share its settings, since they share the wire.
+fn validate_shared_lines(devices: &[DeviceConfig], report: &mut Report) {
+    let mut first_on: HashMap<PathBuf, (usize, SerialSettings)> = HashMap::new();
+    for (i, d) in devices.iter().enumerate() {
+        let Some(line) = d.serial_settings() else {
+            continue;
+        };
+        let Some((first, settings)) = first_on.get(&line.path) else {
+            first_on.insert(line.path.clone(), (i, line));
+            continue;
+        };
+        let differing = [
+            ("baud_rate", settings.baud_rate != line.baud_rate),
+            ("parity", settings.parity != line.parity),
+            ("stop_bits", settings.stop_bits != line.stop_bits),
+            ("data_bits", settings.data_bits != line.data_bits),
+        ];
+        for (key, differs) in differing {
+            if differs {
+                report.error(
+                    format!("device[{i}].{key}"),
+                    format!(
+                        "differs from device[{first}] ({:?}) on the same serial port {}: \
+                         devices on one line share its settings",
+                        devices[*first].name,
+                        line.path.display()
+                    ),
+                );
             }
         }
     }
@@ -400,6 +772,248 @@ data_type = "f32"
         let err = load(&GOOD.replace("gw-1", "gw/1")).unwrap_err();
         assert_eq!(err.errors[0].path, "gateway.id", "{err}");
         assert!(err.to_string().contains("'/'"), "{err}");
+    }
+
+    fn paths(err: &ConfigErrors) -> Vec<&str> {
+        let mut paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        paths.sort_unstable();
+        paths
+    }
+
+    const HEAD: &str = r#"
+[gateway]
+tenant = "8c1c5a4e-3f57-4d8e-9d55-1c1f6f0c9a11"
+id = "gw-1"
+
+[uplink]
+broker = "mqtt://127.0.0.1:1883"
+"#;
+
+    #[test]
+    fn transports_polling_and_tag_options_parse_with_their_defaults() {
+        let text = format!(
+            r#"{HEAD}
+[[device]]
+name = "meter-1"
+protocol = "modbus-rtu"
+device = "/dev/ttyUSB0"
+baud_rate = 9600
+unit_id = 3
+retries = 0
+request_pause = "20ms"
+
+[[device.tag]]
+name = "meter-1.serial"
+table = "holding"
+address = 0
+data_type = "string"
+length = 8
+byte_order = "BADC"
+
+[[device.tag]]
+name = "meter-1.level"
+table = "input"
+address = 8
+data_type = "u16"
+raw_min = 0
+raw_max = 27648
+eng_min = 0.0
+eng_max = 100.0
+deadband = 0.5
+
+[[device]]
+name = "drive-2"
+protocol = "modbus-rtu-over-tcp"
+address = "10.0.0.9:4001"
+unit_id = 2
+"#
+        );
+        let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+        let serial = c.device[0].serial_settings().expect("a serial device");
+        assert_eq!(
+            (
+                serial.baud_rate,
+                serial.parity,
+                serial.stop_bits,
+                serial.data_bits
+            ),
+            (9600, Parity::Even, 1, 8)
+        );
+        assert_eq!(c.device[0].retries, 0);
+        assert_eq!(c.device[0].request_pause, Duration::from_millis(20));
+        assert_eq!(c.device[1].retries, 2);
+        assert_eq!(c.device[1].retry_backoff, Duration::from_millis(100));
+        assert_eq!(c.device[1].request_pause, Duration::ZERO);
+        assert_eq!(c.device[1].serial_settings(), None);
+        let [text_tag, level] = [&c.device[0].tag[0], &c.device[0].tag[1]];
+        assert_eq!(text_tag.width(), 8);
+        assert!(!text_tag.is_published());
+        assert_eq!(c.unpublished_tag_count(), 1);
+        assert_eq!(level.scaling().apply(13824.0), 50.0);
+        assert_eq!(
+            level.deadband(),
+            Some(Deadband::new(0.5, DEFAULT_HEARTBEAT))
+        );
+        assert_eq!(c.device[0].tag[0].deadband(), None);
+    }
+
+    #[test]
+    fn every_misused_option_is_listed_with_its_key() {
+        let text = format!(
+            r#"{HEAD}
+[[device]]
+name = "a"
+protocol = "modbus-rtu"
+address = "10.0.0.1:502"
+stop_bits = 3
+data_bits = 9
+unit_id = 0
+retries = 11
+retry_backoff = "11s"
+request_pause = "1m"
+
+[[device.tag]]
+name = "text"
+table = "holding"
+address = 0
+data_type = "string"
+scale = 2.0
+deadband = 1.0
+
+[[device.tag]]
+name = "text-too-long"
+table = "holding"
+address = 100
+data_type = "string"
+length = 126
+
+[[device.tag]]
+name = "half-range"
+table = "holding"
+address = 300
+data_type = "u16"
+raw_min = 0
+eng_max = inf
+length = 2
+
+[[device.tag]]
+name = "both-scalings"
+table = "holding"
+address = 301
+data_type = "i16"
+offset = 1.5
+raw_min = 5
+raw_max = 5
+eng_min = 0
+eng_max = 1
+
+[[device.tag]]
+name = "bool-range"
+table = "coil"
+address = 0
+data_type = "bool"
+eng_min = 0
+raw_min = 0
+raw_max = 1
+eng_max = 1
+
+[[device.tag]]
+name = "bad-deadband"
+table = "holding"
+address = 302
+data_type = "u16"
+deadband = -1
+heartbeat = "0s"
+
+[[device.tag]]
+name = "heartbeat-alone"
+table = "holding"
+address = 303
+data_type = "u16"
+heartbeat = "5s"
+
+[[device]]
+name = "b"
+protocol = "modbus-tcp"
+address = "10.0.0.2:502"
+device = "/dev/ttyS0"
+baud_rate = 9600
+parity = "odd"
+
+[[device]]
+name = "c"
+protocol = "modbus-rtu-over-tcp"
+unit_id = 248
+"#
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(
+            paths(&err),
+            [
+                "device[0].address",
+                "device[0].baud_rate",
+                "device[0].data_bits",
+                "device[0].device",
+                "device[0].request_pause",
+                "device[0].retries",
+                "device[0].retry_backoff",
+                "device[0].stop_bits",
+                "device[0].tag[0].deadband",
+                "device[0].tag[0].length",
+                "device[0].tag[0].scale",
+                "device[0].tag[1].length",
+                "device[0].tag[2].eng_max",
+                "device[0].tag[2].eng_min",
+                "device[0].tag[2].length",
+                "device[0].tag[2].raw_max",
+                "device[0].tag[3].raw_max",
+                "device[0].tag[3].scale",
+                "device[0].tag[4].raw_min",
+                "device[0].tag[5].deadband",
+                "device[0].tag[5].heartbeat",
+                "device[0].tag[6].heartbeat",
+                "device[0].unit_id",
+                "device[1].baud_rate",
+                "device[1].device",
+                "device[1].parity",
+                "device[2].address",
+                "device[2].unit_id",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn devices_on_one_serial_port_must_agree_on_its_settings() {
+        let device = |name: &str, unit: u8, extra: &str| {
+            format!(
+                "[[device]]\nname = \"{name}\"\nprotocol = \"modbus-rtu\"\ndevice = \"/dev/ttyUSB0\"\n\
+                 baud_rate = 9600\nunit_id = {unit}\n{extra}\n"
+            )
+        };
+        let agreeing = format!(
+            "{HEAD}{}{}",
+            device("m1", 1, ""),
+            device("m2", 2, "parity = \"even\"")
+        );
+        load(&agreeing).unwrap_or_else(|e| panic!("{e}"));
+        let differing = format!(
+            "{HEAD}{}{}{}",
+            device("m1", 1, ""),
+            device("m2", 2, "parity = \"none\"\nstop_bits = 2"),
+            device("m3", 3, "").replace("9600", "19200")
+        );
+        let err = load(&differing).unwrap_err();
+        assert_eq!(
+            paths(&err),
+            [
+                "device[1].parity",
+                "device[1].stop_bits",
+                "device[2].baud_rate"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("device[0] (\"m1\")"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //! - [`config`]: the agent's TOML configuration, validated as a whole before anything starts.
-//! - [`modbus`]: the Modbus source: pure decoding and request planning, and the polling task.
+//! - [`modbus`]: the Modbus source (TCP, RTU over TCP, RTU on serial lines): pure decoding,
+//!   request planning and line grouping, and the polling task.
+//! - [`exception`]: report by exception (deadband and heartbeat), pure.
+//! - [`read`]: what `edge-agent read` prints.
 //! - [`outbox`]: the durable, bounded, checksummed store of batches waiting for the broker's
 //!   acknowledgement.
 //! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
@@ -14,8 +17,10 @@
 
 pub mod agent;
 pub mod config;
+pub mod exception;
 pub mod modbus;
 pub mod outbox;
+pub mod read;
 pub mod uplink;
 
 pub use agent::{Agent, AgentError, AgentStats};

@@ -50,6 +50,8 @@ pub struct IngestStats {
     pub retries: AtomicU64,
     /// Subscriptions the broker confirmed (one per connect): non-zero once messages flow.
     pub subscriptions: AtomicU64,
+    /// From a message's receipt to the commit of what it carried.
+    pub receipt_to_commit: crate::latency::Histogram,
 }
 
 impl IngestStats {
@@ -157,10 +159,14 @@ impl Consumer {
                     None => break,
                 },
             };
-            let mut group = vec![first];
+            let mut received = vec![first.0];
+            let mut group = vec![first.1];
             while group.len() < MAX_GROUP_MESSAGES {
                 match rx.try_recv() {
-                    Ok(p) => group.push(p),
+                    Ok((at, p)) => {
+                        received.push(at);
+                        group.push(p);
+                    }
                     Err(_) => break,
                 }
             }
@@ -175,6 +181,12 @@ impl Consumer {
             let Some(inputs) = stored else {
                 break; // cancelled while the database was down: not stored, so not acked
             };
+            for at in &received {
+                let latency = at.elapsed();
+                self.stats.receipt_to_commit.record(latency);
+                metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
+                    .record(latency.as_secs_f64());
+            }
             let mut acked = true;
             for publish in &group {
                 if let Err(e) = client.ack(publish).await {
@@ -481,7 +493,7 @@ async fn drive(
     client: AsyncClient,
     filters: Vec<String>,
     stats: Arc<IngestStats>,
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::Sender<(std::time::Instant, Publish)>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -509,7 +521,7 @@ async fn drive(
                     .set((tx.max_capacity() - tx.capacity()) as f64);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    sent = tx.send(p) => if sent.is_err() { break },
+                    sent = tx.send((std::time::Instant::now(), p)) => if sent.is_err() { break },
                 }
             }
             Ok(_) => {}

@@ -4,6 +4,7 @@
 //! - [`config`]: broker, client id and subscription settings.
 //! - [`copy`]: the binary COPY encoding of reading rows (pure).
 //! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
+//! - [`latency`]: the receipt-to-commit latency histogram.
 //! - [`store`]: the PostgreSQL side: one transaction per batch with the batch ledger, dead
 //!   letters, partition upkeep.
 //! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
@@ -17,6 +18,7 @@ pub mod config;
 pub mod consumer;
 pub mod copy;
 pub mod directory;
+pub mod latency;
 pub mod store;
 
 pub use config::IngestConfig;

@@ -1,4 +1,5 @@
-//! What the rules engine tells the work-order service: an alarm was raised or cleared.
+//! What the rules engine tells the work-order service: an alarm was raised, escalated or
+//! cleared.
 //!
 //! An `AlarmEvent` carries everything needed to open or update a work order without looking
 //! anything up: the tenant, asset, failure mode, the rendered work-order draft, and a
@@ -65,6 +66,16 @@ pub enum AlarmEvent {
         value: f64,
         work_order: WorkOrderDraft,
     },
+    /// The alarm has stayed active long enough to reach the next step of its rule's
+    /// escalation: `subject.severity` is the new severity and `work_order` carries the
+    /// priority that goes with it. `at` is the moment the step was reached (event time).
+    Escalated {
+        subject: AlarmSubject,
+        raised_at: Timestamp,
+        at: Timestamp,
+        value: f64,
+        work_order: WorkOrderDraft,
+    },
     /// The clear condition held long enough: the alarm returned to normal at `at`.
     Cleared {
         subject: AlarmSubject,
@@ -77,24 +88,80 @@ pub enum AlarmEvent {
 impl AlarmEvent {
     pub fn subject(&self) -> &AlarmSubject {
         match self {
-            AlarmEvent::Raised { subject, .. } | AlarmEvent::Cleared { subject, .. } => subject,
+            AlarmEvent::Raised { subject, .. }
+            | AlarmEvent::Escalated { subject, .. }
+            | AlarmEvent::Cleared { subject, .. } => subject,
         }
     }
 
     /// The same alarm occurrence always yields the same key: rule, tag and the event time at
-    /// which it became active.
+    /// which it became active; an escalation adds the severity it escalated to
+    /// (`alarm:<rule>:<tag>:<raised_at>:escalated:<severity>`).
     pub fn idempotency_key(&self) -> String {
         let (subject, raised_at) = match self {
             AlarmEvent::Raised { subject, at, .. } => (subject, at),
-            AlarmEvent::Cleared {
+            AlarmEvent::Escalated {
+                subject, raised_at, ..
+            }
+            | AlarmEvent::Cleared {
                 subject, raised_at, ..
             } => (subject, raised_at),
         };
-        format!(
+        let key = format!(
             "alarm:{}:{}:{}",
             subject.rule_id,
             subject.tag_id,
             raised_at.as_micros()
-        )
+        );
+        match self {
+            AlarmEvent::Escalated { subject, .. } => {
+                format!("{key}:escalated:{}", subject.severity)
+            }
+            _ => key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Severity;
+
+    #[test]
+    fn keys_name_the_raise_and_an_escalation_its_severity() {
+        let subject = AlarmSubject {
+            tenant: TenantId::from_uuid(uuid::Uuid::nil()),
+            asset: AssetId::from_uuid(uuid::Uuid::nil()),
+            tag_id: 7,
+            tag: TagName::parse("press-1.temp").expect("valid tag name"),
+            rule_id: "hot".into(),
+            failure_mode: "overheat".into(),
+            severity: Severity::Critical,
+        };
+        let draft = WorkOrderDraft {
+            title: "t".into(),
+            description: String::new(),
+            work_type: WorkType::Corrective,
+            priority: Priority::Critical,
+            checklist: Vec::new(),
+        };
+        let raised = AlarmEvent::Raised {
+            subject: subject.clone(),
+            at: Timestamp::from_micros(5),
+            value: 1.0,
+            work_order: draft.clone(),
+        };
+        let escalated = AlarmEvent::Escalated {
+            subject,
+            raised_at: Timestamp::from_micros(5),
+            at: Timestamp::from_micros(9),
+            value: 1.0,
+            work_order: draft,
+        };
+        assert_eq!(raised.idempotency_key(), "alarm:hot:7:5");
+        assert_eq!(
+            escalated.idempotency_key(),
+            "alarm:hot:7:5:escalated:critical"
+        );
     }
 }

@@ -1,18 +1,36 @@
 //! The evaluation engine: readings in, alarm events out.
 //!
-//! State is kept per tag: the event time of the last reading evaluated and one alarm state per
-//! rule that selects the tag. A reading whose event time is not after the tag's last one
-//! (a redelivery, or a late reading) is skipped, so evaluating the same batch twice changes
-//! nothing. An engine instance is owned by one task (one shard of tags): no locks.
+//! State is kept per tag: the event time of the last reading evaluated and, for every rule
+//! that selects the tag, one slot with the alarm state and the rule kind's memory. A
+//! combination keeps its alarm per rule and asset instead, shared by the slots of the asset's
+//! tags. A reading whose event time is not after the tag's last one (a redelivery, or a late
+//! reading) is skipped, so evaluating the same batch twice changes nothing. An engine
+//! instance is owned by one task (one shard of tags): no locks.
+//!
+//! The engine reads no clock. Time moves with the readings' event time, and with
+//! [`Engine::advance`], which the caller invokes periodically with the current time (the
+//! wall clock live, event time in a backtest) so that silence can raise `stale` alarms, and
+//! stale alarms escalate, while no reading arrives. Every other alarm runs on its readings'
+//! event time alone, escalation included: a replayed backlog escalates only as far as its own
+//! data shows. The latest time given to `advance` is the engine's time for stale rules: a
+//! reading already older than `after` by then leaves its tag stale, and the stale alarm's
+//! escalation steps due by then fire. Feeding the same calls again therefore emits nothing.
+//!
+//! The hot path (one reading) does one hash lookup for the tag and then walks the tag's
+//! slots by index; it allocates only when it emits an event or meets a tag for the first
+//! time.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft};
-use model::{AssetId, Criticality, Priority, Quality, TagName, TenantId, Timestamp};
+use model::{AssetId, Criticality, Priority, Quality, Severity, TagName, TenantId, Timestamp};
 
-use crate::alarm::{AlarmState, Delays, Transition};
+use crate::alarm::{AlarmState, Transition, Verdict};
 use crate::file::{Rule, RuleSet, render};
+use crate::kinds::combination::Member;
+use crate::kinds::{Kind, Memory};
 
 /// What the engine needs to know about a tag besides its readings.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,18 +45,137 @@ pub struct TagContext {
     pub criticality: Criticality,
 }
 
+/// One alarm: its state, how many escalation steps have fired since it was raised, and the
+/// value and observed quantity of the last reading judged, which escalation events carry.
+#[derive(Debug, Clone, Copy)]
+struct Alarm {
+    state: AlarmState,
+    steps: usize,
+    value: f64,
+    observed: f64,
+}
+
+impl Alarm {
+    const NORMAL: Alarm = Alarm {
+        state: AlarmState::Normal,
+        steps: 0,
+        value: f64::NAN,
+        observed: f64::NAN,
+    };
+
+    fn step(&mut self, rule: &Rule, verdict: Verdict, ts: Timestamp) -> Option<Transition> {
+        let (next, transition) = self.state.step(verdict, ts, rule.delays());
+        self.state = next;
+        if let Some(Transition::Raised { .. }) = transition {
+            self.steps = 0;
+        }
+        transition
+    }
+
+    /// The next escalation step due at `now`, if the alarm is active: (raise time, the
+    /// time the step was reached). Marks the step fired.
+    fn next_step(&mut self, rule: &Rule, now: Timestamp) -> Option<(Timestamp, Timestamp)> {
+        let AlarmState::Active { since, .. } = self.state else {
+            return None;
+        };
+        let step = rule.escalation.get(self.steps)?;
+        if now.micros_since(since) < step.after_micros() {
+            return None;
+        }
+        self.steps += 1;
+        Some((since, since.plus_micros(step.after_micros())))
+    }
+}
+
+/// How a slot is driven.
+#[derive(Debug)]
+enum Watch {
+    /// A value kind, with its memory.
+    Value(Memory),
+    Stale,
+    BadQuality,
+    /// A tag of an asset in a combination: the alarm lives in the group.
+    Member {
+        group: usize,
+        member: usize,
+    },
+}
+
+/// One rule on one tag.
+#[derive(Debug)]
+struct Slot {
+    rule: usize,
+    alarm: Alarm,
+    watch: Watch,
+}
+
+/// What the hot path needs of a tag.
 #[derive(Debug)]
 struct TagState {
-    last_ts: Option<Timestamp>,
-    /// (index into the rule set, alarm state) for every rule that selects this tag.
-    alarms: Vec<(usize, AlarmState)>,
+    last_ts: Timestamp,
+    /// The last value of good or uncertain quality.
+    last_value: f64,
+    slots: Vec<Slot>,
+}
+
+/// What events need of a tag, kept apart from [`TagState`] so that the hot path does not
+/// drag it through the cache.
+#[derive(Debug)]
+struct TagIdentity {
+    /// The context of the tag's first reading, refreshed by each reading that produces an
+    /// event: what events that no reading of the tag triggers name (from
+    /// [`Engine::advance`], or a combination cleared by another tag).
+    ctx: TagContext,
+    asset: AssetId,
+}
+
+/// A combination rule on one asset.
+#[derive(Debug)]
+struct Group {
+    alarm: Alarm,
+    /// The latest event time among the members' readings: the combination's clock.
+    now: Option<Timestamp>,
+    members: Vec<Member>,
+    /// The tag (index into the engine's tags) whose reading raised the active alarm.
+    raised_by: usize,
+}
+
+/// Tag ids are assigned by the database, not chosen by clients, so a fast multiplicative
+/// hash is safe here and saves most of a lookup's cost over SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+struct TagIdHasher(u64);
+
+impl Hasher for TagIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        let x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
 }
 
 /// Evaluates one rule set over the tags it is fed.
 #[derive(Debug)]
 pub struct Engine {
     rules: Arc<RuleSet>,
-    tags: HashMap<i64, TagState>,
+    index: HashMap<i64, usize, BuildHasherDefault<TagIdHasher>>,
+    tags: Vec<TagState>,
+    /// Parallel to `tags`.
+    identities: Vec<TagIdentity>,
+    groups: Vec<Group>,
+    group_index: HashMap<(usize, AssetId), usize>,
+    /// Tags with a stale rule: what [`Engine::advance`] looks at.
+    watched_tags: Vec<usize>,
+    /// The latest time given to [`Engine::advance`].
+    clock: Option<Timestamp>,
 }
 
 /// Counts of what one call to [`Engine::evaluate`] did, for metrics.
@@ -48,15 +185,26 @@ pub struct Outcome {
     pub skipped_out_of_order: bool,
 }
 
-fn micros(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+/// What an event says about the reading behind it.
+#[derive(Debug, Clone, Copy)]
+struct Facts<'a> {
+    ctx: &'a TagContext,
+    asset: AssetId,
+    value: f64,
+    observed: f64,
 }
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>) -> Self {
         Self {
             rules,
-            tags: HashMap::new(),
+            index: HashMap::default(),
+            tags: Vec::new(),
+            identities: Vec::new(),
+            groups: Vec::new(),
+            group_index: HashMap::new(),
+            watched_tags: Vec::new(),
+            clock: None,
         }
     }
 
@@ -66,11 +214,81 @@ impl Engine {
 
     /// Number of alarms currently active.
     pub fn active_alarms(&self) -> usize {
-        self.tags
-            .values()
-            .flat_map(|t| &t.alarms)
-            .filter(|(_, s)| s.is_active())
-            .count()
+        let on_tags = self
+            .tags
+            .iter()
+            .flat_map(|t| &t.slots)
+            .filter(|s| !matches!(s.watch, Watch::Member { .. }) && s.alarm.state.is_active())
+            .count();
+        let on_groups = self
+            .groups
+            .iter()
+            .filter(|g| g.alarm.state.is_active())
+            .count();
+        on_tags + on_groups
+    }
+
+    /// Sets up the state of a tag at its first reading.
+    fn add_tag(&mut self, ctx: &TagContext, asset: AssetId, ts: Timestamp) -> usize {
+        let index = self.tags.len();
+        let mut slots = Vec::new();
+        let mut watched = false;
+        for (rule_index, rule) in self.rules.rules.iter().enumerate() {
+            if !rule.selects(ctx.tag.as_str()) {
+                continue;
+            }
+            let watch = match &rule.kind {
+                Kind::Stale(_) => {
+                    watched = true;
+                    Watch::Stale
+                }
+                Kind::BadQuality(_) => Watch::BadQuality,
+                Kind::Combination(c) => {
+                    let groups = &mut self.groups;
+                    let group = *self
+                        .group_index
+                        .entry((rule_index, asset))
+                        .or_insert_with(|| {
+                            groups.push(Group {
+                                alarm: Alarm::NORMAL,
+                                now: None,
+                                members: Vec::new(),
+                                raised_by: index,
+                            });
+                            groups.len() - 1
+                        });
+                    let members = &mut self.groups[group].members;
+                    members.push(Member {
+                        conditions: c.conditions_of(ctx.tag.as_str()),
+                        latest: None,
+                    });
+                    Watch::Member {
+                        group,
+                        member: members.len() - 1,
+                    }
+                }
+                kind => Watch::Value(kind.memory()),
+            };
+            slots.push(Slot {
+                rule: rule_index,
+                alarm: Alarm::NORMAL,
+                watch,
+            });
+        }
+        self.tags.push(TagState {
+            last_ts: ts,
+            last_value: f64::NAN,
+            slots,
+        });
+        self.identities.push(TagIdentity {
+            ctx: ctx.clone(),
+            asset,
+        });
+        if watched {
+            self.watched_tags.push(index);
+        }
+        self.index.insert(ctx.tag_id, index);
+        index
     }
 
     /// Evaluates one reading of `ctx`'s tag, appending alarm events to `out`.
@@ -85,44 +303,242 @@ impl Engine {
         let Some(asset) = ctx.asset else {
             return Outcome::default();
         };
-        let rules = &self.rules;
-        let state = self.tags.entry(ctx.tag_id).or_insert_with(|| TagState {
-            last_ts: None,
-            alarms: rules
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.selects(ctx.tag.as_str()))
-                .map(|(i, _)| (i, AlarmState::Normal))
-                .collect(),
-        });
-        if state.last_ts.is_some_and(|last| ts <= last) {
-            return Outcome {
-                evaluated: false,
-                skipped_out_of_order: true,
-            };
-        }
-        state.last_ts = Some(ts);
-        // A bad-quality value is not a measurement: it neither raises nor clears.
-        if quality == Quality::Bad {
-            return Outcome::default();
-        }
-        for (index, alarm) in &mut state.alarms {
-            let rule = &rules.rules[*index];
-            let delays = Delays {
-                on: micros(rule.on_delay),
-                off: micros(rule.off_delay),
-            };
-            let (next, transition) = alarm.step(rule.kind.verdict(value), ts, delays);
-            *alarm = next;
-            if let Some(t) = transition {
-                out.push(event(rule, ctx, asset, t, value));
+        let (index, previous) = match self.index.get(&ctx.tag_id) {
+            Some(&index) => {
+                let tag = &mut self.tags[index];
+                if ts <= tag.last_ts {
+                    return Outcome {
+                        evaluated: false,
+                        skipped_out_of_order: true,
+                    };
+                }
+                let previous = (tag.last_ts, tag.last_value);
+                tag.last_ts = ts;
+                (index, Some(previous))
             }
+            None => (self.add_tag(ctx, asset, ts), None),
+        };
+        // A bad-quality value is not a measurement: the value kinds neither raise nor clear on
+        // it, and it is not the tag's value.
+        let good = quality != Quality::Bad;
+        if good {
+            self.tags[index].last_value = value;
+        }
+        let emitted = out.len();
+        let identities = &self.identities;
+        let here = Facts {
+            ctx,
+            asset,
+            value,
+            observed: value,
+        };
+        let clock = self.clock;
+        for slot in &mut self.tags[index].slots {
+            let rule = &self.rules.rules[slot.rule];
+            let alarm = &mut slot.alarm;
+            match &mut slot.watch {
+                Watch::Value(memory) => {
+                    escalate(alarm, rule, here, ts, out);
+                    if good {
+                        let measure = rule.kind.measure(memory, ts, value);
+                        let facts = Facts {
+                            observed: measure.observed,
+                            ..here
+                        };
+                        judge(alarm, rule, measure.verdict, ts, facts, out);
+                    }
+                }
+                Watch::BadQuality => {
+                    escalate(alarm, rule, here, ts, out);
+                    if let Kind::BadQuality(b) = &rule.kind {
+                        judge(alarm, rule, b.verdict(quality), ts, here, out);
+                    }
+                }
+                Watch::Stale => {
+                    let Kind::Stale(stale) = &rule.kind else {
+                        continue;
+                    };
+                    let after = stale.after_micros();
+                    let silence = Facts {
+                        observed: stale.after.as_secs_f64(),
+                        ..here
+                    };
+                    if let Some((last_ts, last_value)) = previous
+                        && ts.micros_since(last_ts) > after
+                    {
+                        // The gap before this reading was too long: record it, even though
+                        // it has ended by now.
+                        let facts = Facts {
+                            value: last_value,
+                            ..silence
+                        };
+                        judge(
+                            alarm,
+                            rule,
+                            Verdict::Breach,
+                            last_ts.plus_micros(after),
+                            facts,
+                            out,
+                        );
+                    }
+                    escalate(alarm, rule, here, ts, out);
+                    if clock.is_some_and(|now| now.micros_since(ts) > after) {
+                        // The engine's time is already more than `after` past this reading:
+                        // the tag is still silent as of now (a backlog being replayed, or a
+                        // tag first seen late). Its alarm stays, or is raised.
+                        judge(
+                            alarm,
+                            rule,
+                            Verdict::Breach,
+                            ts.plus_micros(after),
+                            silence,
+                            out,
+                        );
+                    } else {
+                        // A reading that was in transit while `advance` raised the alarm
+                        // clears it, but not before it was raised.
+                        let at = match alarm.state {
+                            AlarmState::Active { since, .. } => ts.max(since),
+                            _ => ts,
+                        };
+                        judge(alarm, rule, Verdict::Clear, at, here, out);
+                    }
+                    // Brought up to the engine's time, as `advance` would have.
+                    if let Some(now) = clock {
+                        escalate(alarm, rule, here, now, out);
+                    }
+                }
+                Watch::Member { group, member } => {
+                    let Kind::Combination(combination) = &rule.kind else {
+                        continue;
+                    };
+                    let g = &mut self.groups[*group];
+                    g.members[*member].latest = good.then_some((ts.as_micros(), value));
+                    let now = g.now.map_or(ts, |n| n.max(ts));
+                    g.now = Some(now);
+                    let raiser = |raised_by: usize| Facts {
+                        ctx: if raised_by == index {
+                            ctx
+                        } else {
+                            &identities[raised_by].ctx
+                        },
+                        ..here
+                    };
+                    escalate(&mut g.alarm, rule, raiser(g.raised_by), now, out);
+                    if good {
+                        let verdict = combination.verdict(&g.members, now.as_micros());
+                        g.alarm.value = value;
+                        g.alarm.observed = value;
+                        match g.alarm.step(rule, verdict, now) {
+                            Some(Transition::Raised { at }) => {
+                                g.raised_by = index;
+                                out.push(raised_event(rule, here, at));
+                            }
+                            Some(Transition::Cleared { raised_at, at }) => {
+                                let facts = raiser(g.raised_by);
+                                out.push(cleared_event(rule, facts, g.alarm.steps, raised_at, at));
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        let identity = &mut self.identities[index];
+        if out.len() > emitted && identity.ctx != *ctx {
+            identity.ctx = ctx.clone();
         }
         Outcome {
             evaluated: true,
             skipped_out_of_order: false,
         }
+    }
+
+    /// Moves the engine's time to `now` without a reading: raises `stale` alarms of tags
+    /// whose last reading is more than the rule's `after` older than `now`, and escalates
+    /// active stale alarms whose next step is due. Call it periodically: with the wall clock
+    /// when live, with event time in a backtest. A `now` earlier than a previous one does no
+    /// harm.
+    ///
+    /// Only tags the engine has seen are watched: a tag that never delivered a reading since
+    /// the engine started cannot go stale. Alarms of the other kinds run on their readings'
+    /// event time and are left alone.
+    pub fn advance(&mut self, now: Timestamp, out: &mut Vec<AlarmEvent>) {
+        self.clock = self.clock.max(Some(now));
+        for &index in &self.watched_tags {
+            let tag = &mut self.tags[index];
+            let identity = &self.identities[index];
+            let here = Facts {
+                ctx: &identity.ctx,
+                asset: identity.asset,
+                value: tag.last_value,
+                observed: f64::NAN,
+            };
+            for slot in &mut tag.slots {
+                let rule = &self.rules.rules[slot.rule];
+                let (Watch::Stale, Kind::Stale(stale)) = (&slot.watch, &rule.kind) else {
+                    continue;
+                };
+                if now.micros_since(tag.last_ts) > stale.after_micros() {
+                    let facts = Facts {
+                        observed: stale.after.as_secs_f64(),
+                        ..here
+                    };
+                    let became_stale = tag.last_ts.plus_micros(stale.after_micros());
+                    judge(
+                        &mut slot.alarm,
+                        rule,
+                        Verdict::Breach,
+                        became_stale,
+                        facts,
+                        out,
+                    );
+                }
+                escalate(&mut slot.alarm, rule, here, now, out);
+            }
+        }
+    }
+}
+
+/// Applies a verdict to an alarm and emits the transition, if any.
+fn judge(
+    alarm: &mut Alarm,
+    rule: &Rule,
+    verdict: Verdict,
+    ts: Timestamp,
+    facts: Facts<'_>,
+    out: &mut Vec<AlarmEvent>,
+) {
+    alarm.value = facts.value;
+    alarm.observed = facts.observed;
+    match alarm.step(rule, verdict, ts) {
+        Some(Transition::Raised { at }) => out.push(raised_event(rule, facts, at)),
+        Some(Transition::Cleared { raised_at, at }) => {
+            out.push(cleared_event(rule, facts, alarm.steps, raised_at, at));
+        }
+        None => {}
+    }
+}
+
+/// Emits every escalation step of an active alarm that is due at `now`. The event carries the
+/// value and observed quantity of the last reading judged.
+fn escalate(
+    alarm: &mut Alarm,
+    rule: &Rule,
+    facts: Facts<'_>,
+    now: Timestamp,
+    out: &mut Vec<AlarmEvent>,
+) {
+    if rule.escalation.is_empty() {
+        return;
+    }
+    let facts = Facts {
+        value: alarm.value,
+        observed: alarm.observed,
+        ..facts
+    };
+    while let Some((raised_at, at)) = alarm.next_step(rule, now) {
+        out.push(escalated_event(rule, facts, alarm.steps, raised_at, at));
     }
 }
 
@@ -139,55 +555,89 @@ fn truncate(text: String, max: usize) -> String {
     out
 }
 
-fn event(rule: &Rule, ctx: &TagContext, asset: AssetId, t: Transition, value: f64) -> AlarmEvent {
-    let subject = AlarmSubject {
-        tenant: ctx.tenant,
-        asset,
-        tag_id: ctx.tag_id,
-        tag: ctx.tag.clone(),
+fn subject(rule: &Rule, facts: Facts<'_>, severity: Severity) -> AlarmSubject {
+    AlarmSubject {
+        tenant: facts.ctx.tenant,
+        asset: facts.asset,
+        tag_id: facts.ctx.tag_id,
+        tag: facts.ctx.tag.clone(),
         rule_id: rule.id.clone(),
         failure_mode: rule.failure_mode.clone(),
-        severity: rule.severity,
-    };
-    match t {
-        Transition::Raised { at } => {
-            let value_text = format!("{value:.2}");
-            let limit_text = format!("{}", rule.kind.limit());
-            let at_text = at.to_string();
-            let vars = [
-                ("asset", ctx.asset_name.as_str()),
-                ("tag", ctx.tag.as_str()),
-                ("value", value_text.as_str()),
-                ("limit", limit_text.as_str()),
-                ("unit", ctx.unit.as_deref().unwrap_or("")),
-                ("rule", rule.id.as_str()),
-                ("at", at_text.as_str()),
-            ];
-            let t = &rule.work_order;
-            AlarmEvent::Raised {
-                subject,
-                at,
-                value,
-                work_order: WorkOrderDraft {
-                    title: truncate(render(&t.title, &vars), MAX_TITLE_CHARS),
-                    description: render(&t.description, &vars),
-                    work_type: t.work_type,
-                    priority: Priority::from_matrix(rule.severity, ctx.criticality),
-                    checklist: t.checklist.clone(),
-                },
-            }
-        }
-        Transition::Cleared { raised_at, at } => AlarmEvent::Cleared {
-            subject,
-            raised_at,
-            at,
-            value,
-        },
+        severity,
+    }
+}
+
+/// The rule's work order, rendered for an alarm at `at` with `severity`.
+fn draft(rule: &Rule, facts: Facts<'_>, at: Timestamp, severity: Severity) -> WorkOrderDraft {
+    let value_text = format!("{:.2}", facts.value);
+    let observed_text = format!("{:.2}", facts.observed);
+    let limit_text = rule.kind.limit().map(|l| l.to_string()).unwrap_or_default();
+    let at_text = at.to_string();
+    let vars = [
+        ("asset", facts.ctx.asset_name.as_str()),
+        ("tag", facts.ctx.tag.as_str()),
+        ("value", value_text.as_str()),
+        ("observed", observed_text.as_str()),
+        ("limit", limit_text.as_str()),
+        ("unit", facts.ctx.unit.as_deref().unwrap_or("")),
+        ("rule", rule.id.as_str()),
+        ("at", at_text.as_str()),
+    ];
+    let t = &rule.work_order;
+    WorkOrderDraft {
+        title: truncate(render(&t.title, &vars), MAX_TITLE_CHARS),
+        description: render(&t.description, &vars),
+        work_type: t.work_type,
+        priority: Priority::from_matrix(severity, facts.ctx.criticality),
+        checklist: t.checklist.clone(),
+    }
+}
+
+fn raised_event(rule: &Rule, facts: Facts<'_>, at: Timestamp) -> AlarmEvent {
+    AlarmEvent::Raised {
+        subject: subject(rule, facts, rule.severity),
+        at,
+        value: facts.value,
+        work_order: draft(rule, facts, at, rule.severity),
+    }
+}
+
+fn escalated_event(
+    rule: &Rule,
+    facts: Facts<'_>,
+    steps: usize,
+    raised_at: Timestamp,
+    at: Timestamp,
+) -> AlarmEvent {
+    let severity = rule.severity_after(steps);
+    AlarmEvent::Escalated {
+        subject: subject(rule, facts, severity),
+        raised_at,
+        at,
+        value: facts.value,
+        work_order: draft(rule, facts, at, severity),
+    }
+}
+
+fn cleared_event(
+    rule: &Rule,
+    facts: Facts<'_>,
+    steps: usize,
+    raised_at: Timestamp,
+    at: Timestamp,
+) -> AlarmEvent {
+    AlarmEvent::Cleared {
+        subject: subject(rule, facts, rule.severity_after(steps)),
+        raised_at,
+        at,
+        value: facts.value,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use model::alarm::WorkType;
+
     use super::*;
 
     const RULES: &str = r#"
@@ -302,5 +752,225 @@ description = "{tag} at {value} {unit}, limit {limit}"
             );
         }
         assert!(out.is_empty());
+    }
+
+    fn engine_for(text: &str) -> Engine {
+        Engine::new(Arc::new(
+            RuleSet::parse("r.toml", text).expect("valid test rules"),
+        ))
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_micros(s * 1_000_000)
+    }
+
+    fn keys(events: &[AlarmEvent]) -> Vec<String> {
+        events.iter().map(AlarmEvent::idempotency_key).collect()
+    }
+
+    const STALE: &str = r#"
+version = 1
+[[rule]]
+id = "silent"
+tags = ["press-*.temp"]
+severity = "medium"
+failure_mode = "no-data"
+escalate = [{ after = "100s", severity = "high" }]
+[rule.stale]
+after = "30s"
+[rule.work_order]
+title = "{tag} silent since {observed} s"
+"#;
+
+    #[test]
+    fn stale_is_raised_by_advance_at_the_moment_the_silence_got_too_long() {
+        let mut e = engine_for(STALE);
+        let c = ctx("press-1.temp");
+        let mut out = feed(&mut e, &c, &[(0, 70.0), (10, 71.0)]);
+        e.advance(at(40), &mut out);
+        assert!(
+            out.is_empty(),
+            "silence of exactly `after` is normal: {out:?}"
+        );
+        e.advance(at(55), &mut out);
+        e.advance(at(60), &mut out);
+        assert_eq!(keys(&out), ["alarm:silent:7:40000000"]);
+        let AlarmEvent::Raised {
+            value, work_order, ..
+        } = &out[0]
+        else {
+            panic!("expected a raise: {out:?}");
+        };
+        assert_eq!(*value, 71.0);
+        assert_eq!(work_order.title, "press-1.temp silent since 30.00 s");
+        assert_eq!(work_order.work_type, WorkType::Instrumentation);
+        out.clear();
+        // A late reading, in transit while the alarm was raised, clears it at the raise time.
+        e.evaluate(&c, at(35), 72.0, Quality::Good, &mut out);
+        let AlarmEvent::Cleared { at: cleared, .. } = &out[0] else {
+            panic!("expected a clear: {out:?}");
+        };
+        assert_eq!(*cleared, at(40));
+    }
+
+    #[test]
+    fn a_backlog_older_than_after_keeps_the_tag_stale_until_it_catches_up() {
+        let mut e = engine_for(STALE);
+        let c = ctx("press-1.temp");
+        let mut out = feed(&mut e, &c, &[(0, 70.0)]);
+        e.advance(at(100), &mut out);
+        assert_eq!(keys(&out), ["alarm:silent:7:30000000"]);
+        out.clear();
+        // Replayed readings more than 30 s behind the engine's time do not clear it ...
+        out.extend(feed(&mut e, &c, &[(20, 70.0), (60, 70.0)]));
+        assert!(out.is_empty(), "{out:?}");
+        // ... the first one within 30 s of it does.
+        out.extend(feed(&mut e, &c, &[(75, 70.0)]));
+        assert!(matches!(out[..], [AlarmEvent::Cleared { at: t, .. }] if t == at(75)));
+        // A tag first seen with a reading already older than `after` is stale at once.
+        let mut other = ctx("press-2.temp");
+        other.tag_id = 8;
+        out.clear();
+        out.extend(feed(&mut e, &other, &[(50, 70.0)]));
+        assert_eq!(keys(&out), ["alarm:silent:8:80000000"]);
+    }
+
+    #[test]
+    fn a_gap_seen_only_by_the_next_reading_is_recorded_with_the_same_key() {
+        let mut e = engine_for(STALE);
+        let c = ctx("press-1.temp");
+        let out = feed(&mut e, &c, &[(0, 70.0), (10, 71.0), (200, 72.0)]);
+        assert_eq!(
+            keys(&out),
+            [
+                "alarm:silent:7:40000000",
+                "alarm:silent:7:40000000:escalated:high",
+                "alarm:silent:7:40000000",
+            ]
+        );
+        assert!(matches!(out[2], AlarmEvent::Cleared { at: t, .. } if t == at(200)));
+        assert!(
+            matches!(&out[1], AlarmEvent::Escalated { at: t, subject, work_order, .. }
+            if *t == at(140) && subject.severity == Severity::High
+                && work_order.priority == Priority::Critical)
+        );
+    }
+
+    #[test]
+    fn escalation_runs_on_the_readings_event_time() {
+        let text = RULES.replace(
+            "on_delay = \"2s\"",
+            "escalate = [{ after = \"10s\", severity = \"critical\" }]",
+        );
+        let mut e = engine_for(&text);
+        let c = ctx("press-1.temp");
+        let mut out = feed(&mut e, &c, &[(0, 90.0), (5, 90.0)]);
+        // The wall clock says nothing about a value alarm: only its readings do.
+        e.advance(at(60), &mut out);
+        assert_eq!(keys(&out), ["alarm:hot:7:0"]);
+        out.extend(feed(&mut e, &c, &[(12, 90.0), (13, 90.0), (20, 70.0)]));
+        assert_eq!(
+            keys(&out),
+            [
+                "alarm:hot:7:0",
+                "alarm:hot:7:0:escalated:critical",
+                "alarm:hot:7:0"
+            ]
+        );
+        let AlarmEvent::Escalated { at: reached, .. } = &out[1] else {
+            panic!("expected an escalation: {out:?}");
+        };
+        assert_eq!(*reached, at(10));
+        let AlarmEvent::Cleared { subject, .. } = &out[2] else {
+            panic!("expected a clear: {out:?}");
+        };
+        assert_eq!(subject.severity, Severity::Critical);
+        // A reading that clears reports the steps reached before it first.
+        let mut e = engine_for(&text);
+        let out = feed(&mut e, &c, &[(0, 90.0), (30, 70.0)]);
+        assert_eq!(
+            keys(&out),
+            [
+                "alarm:hot:7:0",
+                "alarm:hot:7:0:escalated:critical",
+                "alarm:hot:7:0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_combination_names_the_tag_that_completed_it() {
+        let text = r#"
+version = 1
+[[rule]]
+id = "bearing"
+severity = "high"
+failure_mode = "bearing-failure"
+[rule.combination]
+max_age = "10s"
+all = [{ tag = "*.temp", above = 80.0 }, { tag = "*.vib", above = 7.0 }]
+[rule.work_order]
+title = "{tag}: {value} over {limit}"
+"#;
+        let mut e = engine_for(text);
+        let temp = ctx("press-1.temp");
+        let mut vib = ctx("press-1.vib");
+        vib.tag_id = 8;
+        let mut out = Vec::new();
+        for (c, s, v) in [
+            (&temp, 0, 85.0),
+            (&vib, 1, 8.0),
+            (&temp, 2, 86.0),
+            (&temp, 3, 70.0),
+        ] {
+            e.evaluate(c, at(s), v, Quality::Good, &mut out);
+        }
+        assert_eq!(
+            keys(&out),
+            ["alarm:bearing:8:1000000", "alarm:bearing:8:1000000"]
+        );
+        let AlarmEvent::Raised { work_order, .. } = &out[0] else {
+            panic!("expected a raise: {out:?}");
+        };
+        assert_eq!(work_order.title, "press-1.vib: 8.00 over 80");
+        assert!(matches!(&out[1], AlarmEvent::Cleared { value, .. } if *value == 70.0));
+        assert_eq!(e.active_alarms(), 0);
+    }
+
+    #[test]
+    fn bad_quality_opens_an_instrumentation_work_order_after_its_delay() {
+        let text = r#"
+version = 1
+[[rule]]
+id = "instrument"
+tags = ["press-*"]
+severity = "medium"
+failure_mode = "instrument-fault"
+on_delay = "5s"
+[rule.bad_quality]
+[rule.work_order]
+title = "Instrument fault on {tag}"
+"#;
+        let mut e = engine_for(text);
+        let c = ctx("press-1.temp");
+        let mut out = Vec::new();
+        for (s, q) in [
+            (0, Quality::Bad),
+            (3, Quality::Good),
+            (4, Quality::Bad),
+            (8, Quality::Uncertain),
+            (9, Quality::Bad),
+            (10, Quality::Good),
+        ] {
+            e.evaluate(&c, at(s), 0.0, q, &mut out);
+        }
+        assert_eq!(
+            keys(&out),
+            ["alarm:instrument:7:9000000", "alarm:instrument:7:9000000"]
+        );
+        let AlarmEvent::Raised { work_order, .. } = &out[0] else {
+            panic!("expected a raise: {out:?}");
+        };
+        assert_eq!(work_order.work_type, WorkType::Instrumentation);
     }
 }

@@ -12,7 +12,9 @@
 //! on_delay = "5s"                        # the condition must hold this long (default 0s)
 //! off_delay = "10s"                      # the clear condition must hold this long (default 0s)
 //!
-//! [rule.threshold]                       # the kind: see `kinds`
+//! escalate = [{ after = "30m", severity = "critical" }]  # while active (default none)
+//!
+//! [rule.threshold]                       # the kind, exactly one: see `kinds`
 //! above = 85.0
 //! clear_below = 80.0
 //!
@@ -23,8 +25,8 @@
 //! checklist = ["Check lubrication", "Measure bearing play"]
 //! ```
 //!
-//! Placeholders in title and description: `{asset}`, `{tag}`, `{value}`, `{limit}`, `{unit}`,
-//! `{rule}`, `{at}`.
+//! Placeholders in title and description: `{asset}`, `{tag}`, `{value}`, `{observed}`,
+//! `{limit}`, `{unit}`, `{rule}`, `{at}`.
 
 use std::fmt;
 use std::time::Duration;
@@ -35,13 +37,19 @@ use serde::Deserialize;
 use toml::Spanned;
 use wildmatch::WildMatch;
 
-use crate::kinds::{Kind, threshold::Threshold};
+use crate::alarm::Delays;
+use crate::kinds::{
+    Kind, Problem, REGISTRY, bad_quality, combination, count_in_window, flatline, micros,
+    rate_of_change, rolling, stale, threshold,
+};
 
 /// The file format version this build reads.
 pub const VERSION: u32 = 1;
 
 /// Placeholders a work-order template may use.
-pub const PLACEHOLDERS: &[&str] = &["asset", "tag", "value", "limit", "unit", "rule", "at"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "asset", "tag", "value", "observed", "limit", "unit", "rule", "at",
+];
 
 /// One problem in a rule file, where it is, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +89,32 @@ struct RawRule {
     id: Spanned<String>,
     #[serde(default)]
     description: String,
-    tags: Spanned<Vec<String>>,
+    tags: Option<Spanned<Vec<String>>>,
     severity: Severity,
     failure_mode: Spanned<String>,
     #[serde(default, with = "humantime_serde")]
     on_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     off_delay: Option<Duration>,
-    threshold: Option<Threshold>,
+    escalate: Option<Spanned<Vec<RawStep>>>,
+    // The kinds: one optional table each, exactly one per rule.
+    threshold: Option<threshold::Threshold>,
+    rate_of_change: Option<rate_of_change::Table>,
+    rolling: Option<rolling::Table>,
+    flatline: Option<flatline::Table>,
+    stale: Option<stale::Table>,
+    count_in_window: Option<count_in_window::Table>,
+    combination: Option<combination::Table>,
+    bad_quality: Option<bad_quality::BadQuality>,
     work_order: Spanned<RawWorkOrder>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    #[serde(with = "humantime_serde")]
+    after: Duration,
+    severity: Severity,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,8 +123,7 @@ struct RawWorkOrder {
     title: String,
     #[serde(default)]
     description: String,
-    #[serde(default)]
-    work_type: WorkType,
+    work_type: Option<WorkType>,
     #[serde(default)]
     checklist: Vec<String>,
 }
@@ -113,24 +137,56 @@ pub struct WorkOrderTemplate {
     pub checklist: Vec<String>,
 }
 
+/// One step of severity escalation: once the alarm has been active for `after`, its severity
+/// becomes `severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EscalationStep {
+    pub after: Duration,
+    pub severity: Severity,
+    after_micros: i64,
+}
+
+impl EscalationStep {
+    pub(crate) fn after_micros(&self) -> i64 {
+        self.after_micros
+    }
+}
+
 /// A validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub id: String,
     pub description: String,
+    /// The tag-name patterns that select the rule's tags: `tags`, or for a combination the
+    /// patterns of its conditions.
     pub tag_patterns: Vec<String>,
     matchers: Vec<WildMatch>,
     pub severity: Severity,
     pub failure_mode: String,
     pub on_delay: Duration,
     pub off_delay: Duration,
+    /// Severity steps while the alarm stays active, in order of `after`; may be empty.
+    pub escalation: Vec<EscalationStep>,
     pub kind: Kind,
     pub work_order: WorkOrderTemplate,
+    delays: Delays,
 }
 
 impl Rule {
     pub fn selects(&self, tag: &str) -> bool {
         self.matchers.iter().any(|m| m.matches(tag))
+    }
+
+    pub(crate) fn delays(&self) -> Delays {
+        self.delays
+    }
+
+    /// The severity after `steps` escalation steps have fired.
+    pub fn severity_after(&self, steps: usize) -> Severity {
+        steps
+            .checked_sub(1)
+            .and_then(|i| self.escalation.get(i))
+            .map_or(self.severity, |s| s.severity)
     }
 }
 
@@ -178,6 +234,49 @@ pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("{{{name}}}"), value);
     }
     out
+}
+
+/// Validates escalation steps: each later and more severe than the one before, all more
+/// severe than the rule itself.
+fn escalation(rule_severity: Severity, steps: Vec<RawStep>) -> (Vec<EscalationStep>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut previous: Option<&RawStep> = None;
+    for (i, step) in steps.iter().enumerate() {
+        if step.after.is_zero() {
+            problems.push(
+                Problem::new(format!("escalate[{i}]: `after` must be longer than 0s"))
+                    .hint("the time the alarm has been active, e.g. after = \"30m\""),
+            );
+        }
+        let floor = previous.map_or(rule_severity, |p| p.severity);
+        if step.severity <= floor {
+            problems.push(
+                Problem::new(format!(
+                    "escalate[{i}]: severity {} must be above {floor}",
+                    step.severity
+                ))
+                .hint("each step raises the severity above the rule's and the previous step's"),
+            );
+        }
+        if let Some(p) = previous
+            && step.after <= p.after
+        {
+            problems.push(Problem::new(format!(
+                "escalate[{i}]: `after` must be later than the previous step's ({})",
+                humantime_serde::re::humantime::format_duration(p.after)
+            )));
+        }
+        previous = Some(step);
+    }
+    let steps = steps
+        .into_iter()
+        .map(|s| EscalationStep {
+            after: s.after,
+            severity: s.severity,
+            after_micros: micros(s.after),
+        })
+        .collect();
+    (steps, problems)
 }
 
 struct Locator<'a> {
@@ -250,12 +349,24 @@ impl RuleSet {
                     Some("rule ids must be unique within a file"),
                 ));
             }
-            if r.tags.get_ref().is_empty() {
-                diags.push(loc.at(
-                    r.tags.span().start,
+            let is_combination = r.combination.is_some();
+            match &r.tags {
+                Some(tags) if is_combination => diags.push(loc.at(
+                    tags.span().start,
+                    format!("rule {id:?}: a combination selects its tags through its conditions"),
+                    Some("remove `tags`; each condition's `tag` pattern selects the tags"),
+                )),
+                Some(tags) if tags.get_ref().is_empty() => diags.push(loc.at(
+                    tags.span().start,
                     format!("rule {id:?} selects no tags"),
                     Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"]"),
-                ));
+                )),
+                None if !is_combination => diags.push(loc.at(
+                    rule_at,
+                    format!("rule {id:?} selects no tags"),
+                    Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"]"),
+                )),
+                _ => {}
             }
             if !is_plain_id(r.failure_mode.get_ref()) {
                 diags.push(loc.at(
@@ -264,31 +375,85 @@ impl RuleSet {
                     Some("use 1-100 letters, digits, `-`, `_` or `.`, e.g. \"bearing-overheat\""),
                 ));
             }
-            let kind = match r.threshold {
-                Some(t) => Some(Kind::Threshold(t)),
-                None => {
-                    diags.push(loc.at(
-                        rule_at,
-                        format!("rule {id:?} has no kind"),
-                        Some(&format!(
-                            "add one table naming the kind: {}",
-                            Kind::NAMES
-                                .iter()
-                                .map(|k| format!("[rule.{k}]"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
-                    ));
-                    None
-                }
-            };
-            if let Some(kind) = &kind {
-                let mut problems = Vec::new();
-                kind.check(&mut problems);
-                for p in problems {
-                    diags.push(loc.at(rule_at, format!("rule {id:?}: {p}"), None));
+            let kinds: Vec<Result<Kind, Vec<Problem>>> = [
+                r.threshold.map(|t| t.parse().map(Kind::Threshold)),
+                r.rate_of_change
+                    .map(|t| rate_of_change::RateOfChange::parse(t).map(Kind::RateOfChange)),
+                r.rolling
+                    .map(|t| rolling::Rolling::parse(t).map(Kind::Rolling)),
+                r.flatline
+                    .map(|t| flatline::Flatline::parse(t).map(Kind::Flatline)),
+                r.stale.map(|t| stale::Stale::parse(t).map(Kind::Stale)),
+                r.count_in_window
+                    .map(|t| count_in_window::CountInWindow::parse(t).map(Kind::CountInWindow)),
+                r.combination
+                    .map(|t| combination::Combination::parse(t).map(Kind::Combination)),
+                r.bad_quality.map(|t| Ok(Kind::BadQuality(t))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let one_kind = kinds.len() == 1;
+            match kinds.len() {
+                0 => diags.push(loc.at(
+                    rule_at,
+                    format!("rule {id:?} has no kind"),
+                    Some(&format!(
+                        "add one table naming the kind: {}",
+                        REGISTRY
+                            .iter()
+                            .map(|k| format!("[rule.{}]", k.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                )),
+                1 => {}
+                n => diags.push(loc.at(
+                    rule_at,
+                    format!("rule {id:?} has {n} kinds; a rule has exactly one"),
+                    Some("split it into one rule per kind; rules may share a failure_mode"),
+                )),
+            }
+            let mut kind = None;
+            for parsed in kinds {
+                match parsed {
+                    Ok(k) if one_kind => kind = Some(k),
+                    Ok(_) => {}
+                    Err(problems) => {
+                        for p in problems {
+                            diags.push(loc.at(
+                                rule_at,
+                                format!("rule {id:?}: {}", p.message),
+                                p.hint.as_deref(),
+                            ));
+                        }
+                    }
                 }
             }
+            let on_delay = r.on_delay.unwrap_or_default();
+            let off_delay = r.off_delay.unwrap_or_default();
+            if matches!(kind, Some(Kind::Stale(_))) && !on_delay.is_zero() {
+                diags.push(loc.at(
+                    rule_at,
+                    format!("rule {id:?}: `on_delay` does not apply to a stale rule"),
+                    Some("`after` is the delay: add the on-delay to it and remove `on_delay`"),
+                ));
+            }
+            let escalation = match r.escalate {
+                Some(steps) => {
+                    let at = steps.span().start;
+                    let (escalation, problems) = escalation(r.severity, steps.into_inner());
+                    for p in problems {
+                        diags.push(loc.at(
+                            at,
+                            format!("rule {id:?}: {}", p.message),
+                            p.hint.as_deref(),
+                        ));
+                    }
+                    escalation
+                }
+                None => Vec::new(),
+            };
             let wo_at = r.work_order.span().start;
             let wo = r.work_order.into_inner();
             for (field, text) in [("title", &wo.title), ("description", &wo.description)] {
@@ -315,7 +480,16 @@ impl RuleSet {
                 ));
             }
             if let Some(kind) = kind {
-                let tag_patterns = r.tags.into_inner();
+                let tag_patterns = match &kind {
+                    Kind::Combination(c) => c.patterns().map(str::to_owned).collect(),
+                    _ => r.tags.map(Spanned::into_inner).unwrap_or_default(),
+                };
+                // Comms and instrument faults are work for a different trade.
+                let default_work_type = if kind.judges_values() {
+                    WorkType::Corrective
+                } else {
+                    WorkType::Instrumentation
+                };
                 rules.push(Rule {
                     id,
                     description: r.description,
@@ -323,14 +497,19 @@ impl RuleSet {
                     tag_patterns,
                     severity: r.severity,
                     failure_mode: r.failure_mode.into_inner(),
-                    on_delay: r.on_delay.unwrap_or_default(),
-                    off_delay: r.off_delay.unwrap_or_default(),
+                    on_delay,
+                    off_delay,
+                    escalation,
                     kind,
                     work_order: WorkOrderTemplate {
                         title: wo.title,
                         description: wo.description,
-                        work_type: wo.work_type,
+                        work_type: wo.work_type.unwrap_or(default_work_type),
                         checklist: wo.checklist,
+                    },
+                    delays: Delays {
+                        on: micros(on_delay),
+                        off: micros(off_delay),
                     },
                 });
             }
@@ -417,6 +596,110 @@ description = "{tag} reached {value}"
                 .unwrap_or("")
                 .contains("[rule.threshold]")
         );
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        RuleSet::parse("r.toml", text)
+            .unwrap_err()
+            .into_iter()
+            .map(|d| d.message)
+            .collect()
+    }
+
+    #[test]
+    fn a_rule_has_exactly_one_kind() {
+        let text = GOOD.replace(
+            "[rule.work_order]",
+            "[rule.stale]\nafter = \"5m\"\n\n[rule.work_order]",
+        );
+        let diags = RuleSet::parse("r.toml", &text).unwrap_err();
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+        assert_eq!(
+            diags[0].message,
+            "rule \"bearing-hot\" has 2 kinds; a rule has exactly one"
+        );
+        assert_eq!((diags[0].line, diags[0].column), (4, 1));
+        assert!(diags[0].hint.is_some());
+        // Alone, the stale kind refuses the rule's on-delay.
+        let text = text.replace("[rule.threshold]\nabove = 85.0\nclear_below = 80.0\n", "");
+        assert_eq!(
+            messages(&text),
+            ["rule \"bearing-hot\": `on_delay` does not apply to a stale rule"]
+        );
+    }
+
+    #[test]
+    fn kind_problems_carry_their_hints() {
+        let text = GOOD.replace(
+            "[rule.threshold]\nabove = 85.0\nclear_below = 80.0",
+            "[rule.rolling]\nmethod = \"ewma\"\ndeviation_above = 2.0",
+        );
+        let diags = RuleSet::parse("r.toml", &text).unwrap_err();
+        assert_eq!(diags.len(), 1, "{diags:#?}");
+        assert_eq!(diags[0].message, "rule \"bearing-hot\": ewma needs `alpha`");
+        assert_eq!(
+            diags[0].hint.as_deref(),
+            Some("the weight of each new reading, e.g. alpha = 0.05")
+        );
+    }
+
+    #[test]
+    fn combinations_select_through_their_conditions() {
+        let combination = "[rule.combination]\nmax_age = \"1m\"\nall = [{ tag = \"*.temp\", above = 80.0 }, { tag = \"*.vib\", above = 7.0 }]";
+        let text = GOOD.replace(
+            "[rule.threshold]\nabove = 85.0\nclear_below = 80.0",
+            combination,
+        );
+        assert_eq!(
+            messages(&text),
+            ["rule \"bearing-hot\": a combination selects its tags through its conditions"]
+        );
+        let text = text.replace("tags = [\"press-*.bearing_temp\"]\n", "");
+        let set = RuleSet::parse("r.toml", &text).unwrap();
+        assert_eq!(set.rules[0].tag_patterns, ["*.temp", "*.vib"]);
+        assert!(set.rules[0].selects("press-1.vib"));
+        let text = GOOD.replace("tags = [\"press-*.bearing_temp\"]\n", "");
+        assert_eq!(messages(&text), ["rule \"bearing-hot\" selects no tags"]);
+    }
+
+    #[test]
+    fn escalation_steps_must_rise_in_time_and_severity() {
+        let text = GOOD.replace(
+            "on_delay = \"5s\"",
+            "escalate = [{ after = \"10m\", severity = \"critical\" }, { after = \"5m\", severity = \"critical\" }, { after = \"0s\", severity = \"medium\" }]",
+        );
+        let diags = RuleSet::parse("r.toml", &text).unwrap_err();
+        let got: Vec<_> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "rule \"bearing-hot\": escalate[1]: severity critical must be above critical",
+                "rule \"bearing-hot\": escalate[1]: `after` must be later than the previous step's (10m)",
+                "rule \"bearing-hot\": escalate[2]: `after` must be longer than 0s",
+                "rule \"bearing-hot\": escalate[2]: severity medium must be above critical",
+                "rule \"bearing-hot\": escalate[2]: `after` must be later than the previous step's (5m)",
+            ]
+        );
+        assert_eq!(diags[0].line, 9);
+        let text = GOOD.replace(
+            "on_delay = \"5s\"",
+            "[[rule.escalate]]\nafter = \"30m\"\nseverity = \"critical\"",
+        );
+        let set = RuleSet::parse("r.toml", &text).unwrap();
+        assert_eq!(set.rules[0].severity_after(0), Severity::High);
+        assert_eq!(set.rules[0].severity_after(1), Severity::Critical);
+    }
+
+    #[test]
+    fn instrument_kinds_default_to_instrumentation_work() {
+        let text = GOOD.replace("on_delay = \"5s\"\n", "").replace(
+            "[rule.threshold]\nabove = 85.0\nclear_below = 80.0",
+            "[rule.bad_quality]",
+        );
+        let set = RuleSet::parse("r.toml", &text).unwrap();
+        assert_eq!(set.rules[0].work_order.work_type, WorkType::Instrumentation);
+        let set = RuleSet::parse("r.toml", GOOD).unwrap();
+        assert_eq!(set.rules[0].work_order.work_type, WorkType::Corrective);
     }
 
     #[test]

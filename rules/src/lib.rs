@@ -1,19 +1,22 @@
 //! Anomaly rules: the rule-file format, its validation, and the pure evaluation engine.
 //!
 //! # Layout
-//! - [`file`]: the TOML rule-file format, parsed into a validated [`RuleSet`] with
+//! - [`file`](mod@file): the TOML rule-file format, parsed into a validated [`RuleSet`] with
 //!   diagnostics that carry file, line and column.
 //! - [`kinds`]: one module per rule kind; each module's doc comment is its reference page.
+//! - [`reference`](mod@reference): the rule-kind reference page, rendered from the kinds' documentation.
 //! - [`alarm`]: the alarm state machine (normal, pending, active) with on- and off-delay.
 //! - [`engine`]: readings in, [`model::alarm::AlarmEvent`]s out, on event time.
 //!
-//! This crate never does I/O: no sockets, no database, no clock. Callers hand it readings and
-//! receive alarm events; everything here runs the same live and in a backtest.
+//! This crate never does I/O: no sockets, no database, no clock. Callers hand it readings
+//! (and, for silence and escalation, the current time) and receive alarm events; everything
+//! here runs the same live and in a backtest.
 
 pub mod alarm;
 pub mod engine;
 pub mod file;
 pub mod kinds;
+pub mod reference;
 
 pub use engine::{Engine, TagContext};
 pub use file::{Diagnostic, Rule, RuleSet};

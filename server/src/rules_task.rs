@@ -10,9 +10,15 @@ use std::time::Duration;
 
 use api::{AlarmOutcome, WorkOrderService};
 use ingest::RuleInput;
+use model::Timestamp;
 use model::alarm::AlarmEvent;
 use rules::{Engine, RuleSet};
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+/// How often the engine's time is moved to the wall clock, so that silent tags go stale (and
+/// their alarms escalate) while no reading arrives.
+const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct RulesStats {
@@ -32,11 +38,20 @@ pub async fn run(
 ) {
     let mut engine = Engine::new(rules);
     let mut events = Vec::new();
-    while let Some(batch) = input.recv().await {
-        for r in &batch {
-            engine.evaluate(&r.ctx, r.ts, r.value, r.quality, &mut events);
+    let mut advance = tokio::time::interval(ADVANCE_EVERY);
+    advance.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = input.recv() => {
+                let Some(batch) = batch else { break };
+                for r in &batch {
+                    engine.evaluate(&r.ctx, r.ts, r.value, r.quality, &mut events);
+                }
+                metrics::counter!("maintainpro_rules_evaluations_total")
+                    .increment(batch.len() as u64);
+            }
+            _ = advance.tick() => engine.advance(Timestamp::now(), &mut events),
         }
-        metrics::counter!("maintainpro_rules_evaluations_total").increment(batch.len() as u64);
         for event in events.drain(..) {
             apply(&work_orders, &event, &stats).await;
         }
@@ -51,6 +66,10 @@ async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &Rules
             stats.alarms_raised.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_rules_alarms_raised_total").increment(1);
             tracing::info!(rule = %s.rule_id, tag = %s.tag, value, %at, severity = %s.severity, "alarm raised");
+        }
+        AlarmEvent::Escalated { value, at, .. } => {
+            metrics::counter!("maintainpro_rules_alarms_escalated_total").increment(1);
+            tracing::info!(rule = %s.rule_id, tag = %s.tag, value, %at, severity = %s.severity, "alarm escalated");
         }
         AlarmEvent::Cleared { value, at, .. } => {
             stats.alarms_cleared.fetch_add(1, Ordering::Relaxed);

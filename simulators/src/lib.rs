@@ -2,8 +2,8 @@
 //!
 //! The crate owns everything that pretends to be a plant: signals that behave like sensors
 //! (waveforms, noise, faults that develop over time), scenarios that group them, and a
-//! Modbus TCP PLC that serves them, so that the edge agent, ingest and the rules can be run
-//! end to end without hardware.
+//! Modbus PLC (TCP, or RTU frames over TCP) that serves them, so that the edge agent, ingest
+//! and the rules can be run end to end without hardware.
 //!
 //! # Layout
 //! - [`signal`]: one measurement's waveform, noise and optional breach, as a pure function
@@ -12,7 +12,8 @@
 //!   or built in ([`Scenario::demo`]), and the register reads it answers.
 //! - [`registers`]: the register map's rules: `f32` in two registers high word first, which
 //!   reads are legal. Pure.
-//! - [`plc`]: the Modbus TCP server around a scenario ([`spawn_modbus_plc`]).
+//! - [`plc`]: the Modbus server around a scenario: Modbus TCP ([`spawn_modbus_plc`]) or RTU
+//!   frames over TCP ([`spawn_modbus_rtu_over_tcp_plc`]).
 //! - `src/bin/plant-sim.rs`: the command-line program serving a scenario.
 //!
 //! Simulated values are deterministic: the same scenario and seed give the same value at
@@ -21,12 +22,13 @@
 //! This crate never binds anything but the listener address its caller gives it (the
 //! program's default is 127.0.0.1), never connects anywhere on its own, and has no database.
 
+pub mod load;
 pub mod plc;
 pub mod registers;
 pub mod scenario;
 pub mod signal;
 
-pub use plc::{ModbusPlc, PlcHandle, spawn_modbus_plc};
+pub use plc::{ModbusPlc, PlcHandle, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 pub use registers::ReadError;
 pub use scenario::{Scenario, ScenarioError};
 pub use signal::{Breach, Signal, SignalKind};

@@ -1,10 +1,14 @@
-//! A Modbus TCP PLC serving a [`Scenario`]'s registers.
+//! A Modbus PLC serving a [`Scenario`]'s registers, over Modbus TCP
+//! ([`spawn_modbus_plc`]) or as RTU frames over TCP ([`spawn_modbus_rtu_over_tcp_plc`]),
+//! the way a serial device behind a transparent serial-to-Ethernet converter answers.
 //!
 //! [`ModbusPlc::answer`] decides what a request gets, as a pure function of the request and
 //! the time since start; the server around it only measures that time, counts requests and
 //! moves frames. Holding and input registers are the same image, because gateways are
 //! configured for either and the demo should work with both. Nothing here writes: every
-//! function code but 3 and 4 is refused with the IllegalFunction exception.
+//! function code but 3 and 4 is refused with the IllegalFunction exception. Every unit id is
+//! answered the same, except that the RTU variant, like every RTU device, never answers a
+//! broadcast (unit 0).
 
 use std::future::{self, Future, Ready};
 use std::io;
@@ -17,8 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_modbus::server::Service;
-use tokio_modbus::server::tcp::Server;
-use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tracing::Instrument;
 
 use crate::registers::ReadError;
@@ -71,6 +74,18 @@ struct PlcService {
     served: Arc<AtomicU64>,
 }
 
+impl PlcService {
+    fn answer(&self, request: &Request<'_>) -> Result<Response, ExceptionCode> {
+        let t = self.started.elapsed().as_secs_f64();
+        let answer = self.plc.answer(t, request);
+        // Counted before the response is written, so a client that has its answer always
+        // finds it counted.
+        self.served.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(?request, ok = answer.is_ok(), t, "modbus request");
+        answer
+    }
+}
+
 impl Service for PlcService {
     type Request = Request<'static>;
     type Response = Response;
@@ -78,14 +93,34 @@ impl Service for PlcService {
     type Future = Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, request: Self::Request) -> Self::Future {
-        let t = self.started.elapsed().as_secs_f64();
-        let answer = self.plc.answer(t, &request);
-        // Counted before the response is written, so a client that has its answer always
-        // finds it counted.
-        self.served.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(?request, ok = answer.is_ok(), t, "modbus request");
-        future::ready(answer)
+        future::ready(self.answer(&request))
     }
+}
+
+/// The service of the RTU variant, which sees the unit id of each request.
+#[derive(Debug, Clone)]
+struct RtuPlcService(PlcService);
+
+impl Service for RtuPlcService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Ready<Result<Option<Response>, ExceptionCode>>;
+
+    fn call(&self, request: Self::Request) -> Self::Future {
+        if request.slave == 0 {
+            // A broadcast: every device on the bus acts on it, none answers.
+            return future::ready(Ok(None));
+        }
+        future::ready(self.0.answer(&request.request).map(Some))
+    }
+}
+
+/// How the PLC frames its answers.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Tcp,
+    RtuOverTcp,
 }
 
 /// A running PLC. Dropping the handle stops the PLC as well, without waiting for it;
@@ -120,10 +155,23 @@ impl PlcHandle {
     }
 }
 
-/// Binds `listen` (port 0 picks a free port) and serves `scenario` there until the returned
-/// handle is shut down or dropped. Time in the scenario starts now, on the tokio clock, so a
-/// test running with paused time controls what the PLC reports.
+/// Binds `listen` (port 0 picks a free port) and serves `scenario` there over Modbus TCP
+/// until the returned handle is shut down or dropped. Time in the scenario starts now, on the
+/// tokio clock, so a test running with paused time controls what the PLC reports.
 pub async fn spawn_modbus_plc(listen: SocketAddr, scenario: Scenario) -> io::Result<PlcHandle> {
+    spawn(listen, scenario, Framing::Tcp).await
+}
+
+/// Like [`spawn_modbus_plc`], but speaking RTU frames (unit id, PDU, CRC) over the TCP
+/// connection, as an RTU device behind a transparent serial-to-Ethernet converter does.
+pub async fn spawn_modbus_rtu_over_tcp_plc(
+    listen: SocketAddr,
+    scenario: Scenario,
+) -> io::Result<PlcHandle> {
+    spawn(listen, scenario, Framing::RtuOverTcp).await
+}
+
+async fn spawn(listen: SocketAddr, scenario: Scenario, framing: Framing) -> io::Result<PlcHandle> {
     let listener = TcpListener::bind(listen).await?;
     let local_addr = listener.local_addr()?;
     let service = PlcService {
@@ -141,15 +189,19 @@ pub async fn spawn_modbus_plc(listen: SocketAddr, scenario: Scenario) -> io::Res
             "serving signal"
         );
     }
-    tracing::info!(%local_addr, seed = service.plc.scenario().seed(), "modbus plc listening");
+    tracing::info!(%local_addr, ?framing, seed = service.plc.scenario().seed(), "modbus plc listening");
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        serve(listener, service, async {
-            // A dropped handle closes the channel, which stops the server just like a send.
-            let _ = stopped.await;
-        })
-        .instrument(tracing::info_span!("modbus_plc", %local_addr)),
-    );
+    let stop_signal = async {
+        // A dropped handle closes the channel, which stops the server just like a send.
+        let _ = stopped.await;
+    };
+    let span = tracing::info_span!("modbus_plc", %local_addr);
+    let task = match framing {
+        Framing::Tcp => tokio::spawn(serve_tcp(listener, service, stop_signal).instrument(span)),
+        Framing::RtuOverTcp => tokio::spawn(
+            serve_rtu_over_tcp(listener, RtuPlcService(service), stop_signal).instrument(span),
+        ),
+    };
     Ok(PlcHandle {
         local_addr,
         served,
@@ -158,29 +210,49 @@ pub async fn spawn_modbus_plc(listen: SocketAddr, scenario: Scenario) -> io::Res
     })
 }
 
-async fn serve(
+/// Hands every accepted connection its own copy of `service`.
+fn on_connected<S: Clone>(
+    service: &S,
+) -> impl Fn(TcpStream, SocketAddr) -> Ready<io::Result<Option<(S, TcpStream)>>> + '_ {
+    move |stream, peer| {
+        tracing::debug!(%peer, "client connected");
+        future::ready(Ok(Some((service.clone(), stream))))
+    }
+}
+
+fn on_process_error(error: io::Error) {
+    tracing::debug!(%error, "client connection ended with an error");
+}
+
+fn log_end<T>(result: &io::Result<T>) {
+    match result {
+        Ok(_) => tracing::info!("modbus plc stopped"),
+        Err(error) => tracing::error!(%error, "modbus plc stopped accepting connections"),
+    }
+}
+
+async fn serve_tcp(
     listener: TcpListener,
     service: PlcService,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> io::Result<()> {
-    let on_connected = |stream: TcpStream, peer: SocketAddr| {
-        let service = service.clone();
-        async move {
-            tracing::debug!(%peer, "client connected");
-            Ok(Some((service, stream)))
-        }
-    };
-    let on_process_error = |error: io::Error| {
-        tracing::debug!(%error, "client connection ended with an error");
-    };
     // Aborting drops the accept loop, which cancels every connection task it spawned.
-    let result = Server::new(listener)
-        .serve_until(&on_connected, on_process_error, stop)
+    let result = tokio_modbus::server::tcp::Server::new(listener)
+        .serve_until(&on_connected(&service), on_process_error, stop)
         .await;
-    match &result {
-        Ok(_) => tracing::info!("modbus plc stopped"),
-        Err(error) => tracing::error!(%error, "modbus plc stopped accepting connections"),
-    }
+    log_end(&result);
+    result.map(drop)
+}
+
+async fn serve_rtu_over_tcp(
+    listener: TcpListener,
+    service: RtuPlcService,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> io::Result<()> {
+    let result = tokio_modbus::server::rtu_over_tcp::Server::new(listener)
+        .serve_until(&on_connected(&service), on_process_error, stop)
+        .await;
+    log_end(&result);
     result.map(drop)
 }
 

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use simulators::registers::decode_f32;
-use simulators::{PlcHandle, Scenario, spawn_modbus_plc};
+use simulators::{PlcHandle, Scenario, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 use tokio_modbus::ExceptionCode;
-use tokio_modbus::client::{Context, Reader, Writer, tcp};
+use tokio_modbus::client::{Context, Reader, Writer, rtu, tcp};
+use tokio_modbus::slave::{Slave, SlaveContext};
 
 /// Bounds each real-time test; generous for loopback on a loaded machine, it only turns a
 /// hang into a failure. The paused-time test has no deadline: a pending timer would let
@@ -149,6 +150,44 @@ async fn every_connection_is_counted() {
             read_demo(&mut second).await;
         }
         assert_eq!(plc.requests_served(), 6);
+        stop(plc).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_rtu_variant_answers_rtu_frames_and_ignores_broadcasts() {
+    within_deadline(async {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let plc = spawn_modbus_rtu_over_tcp_plc(any_port, Scenario::demo())
+            .await
+            .expect("the PLC binds a free loopback port");
+        let stream = tokio::net::TcpStream::connect(plc.local_addr())
+            .await
+            .expect("the client connects to the PLC");
+        let mut client = rtu::attach_slave(stream, Slave(7));
+
+        let [bearing, ..] = read_demo(&mut client).await;
+        assert!((bearing - 62.0).abs() <= 0.9, "bearing_temp {bearing}");
+        let refused = client.read_holding_registers(999, 4).await;
+        assert_eq!(
+            refused.expect("the connection held"),
+            Err(ExceptionCode::IllegalDataAddress)
+        );
+
+        // No RTU device answers a broadcast: the read finds silence, not an error.
+        client.set_slave(Slave::broadcast());
+        let silence = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.read_holding_registers(0, 2),
+        )
+        .await;
+        assert!(silence.is_err(), "a broadcast was answered: {silence:?}");
+
+        // The same connection goes on serving addressed requests.
+        client.set_slave(Slave(1));
+        read_demo(&mut client).await;
+        assert_eq!(plc.requests_served(), 3);
         stop(plc).await;
     })
     .await;

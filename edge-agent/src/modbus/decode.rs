@@ -12,6 +12,12 @@
 //! | DCBA  | `DC BA`            | little-endian devices |
 //!
 //! For 64-bit values the same rule holds over four words (CDAB reverses the word order).
+//!
+//! Text (`string`) is two ASCII characters per register, in register order. Only the byte
+//! order within a word matters for text: `ABCD` and `CDAB` put the first character in the high
+//! byte, `BADC` and `DCBA` in the low byte.
+//!
+//! [`Scaling`] turns a decoded number into an engineering value.
 
 use serde::Deserialize;
 
@@ -27,15 +33,18 @@ pub enum DataType {
     U64,
     I64,
     F64,
+    /// ASCII text over a configured number of registers; see [`decode_text`].
+    String,
 }
 
 impl DataType {
-    /// Registers the type occupies.
-    pub fn registers(self) -> u16 {
+    /// Registers the type occupies; `None` for `String`, whose length is configured per tag.
+    pub fn registers(self) -> Option<u16> {
         match self {
-            DataType::Bool | DataType::U16 | DataType::I16 => 1,
-            DataType::U32 | DataType::I32 | DataType::F32 => 2,
-            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::Bool | DataType::U16 | DataType::I16 => Some(1),
+            DataType::U32 | DataType::I32 | DataType::F32 => Some(2),
+            DataType::U64 | DataType::I64 | DataType::F64 => Some(4),
+            DataType::String => None,
         }
     }
 }
@@ -62,6 +71,8 @@ pub enum DecodeError {
         needed: usize,
         got: usize,
     },
+    #[error("a string is text, not a number")]
+    NotANumber,
 }
 
 /// The bytes of the value, most significant first, after undoing the device's order.
@@ -93,7 +104,7 @@ pub fn decode_registers(
     order: ByteOrder,
     bit: Option<u8>,
 ) -> Result<f64, DecodeError> {
-    let needed = usize::from(data_type.registers());
+    let needed = usize::from(data_type.registers().ok_or(DecodeError::NotANumber)?);
     if words.len() != needed {
         return Err(DecodeError::WrongLength {
             data_type,
@@ -114,7 +125,64 @@ pub fn decode_registers(
         DataType::U64 => u64::from_be_bytes(array(&b)) as f64,
         DataType::I64 => i64::from_be_bytes(array(&b)) as f64,
         DataType::F64 => f64::from_be_bytes(array(&b)),
+        DataType::String => return Err(DecodeError::NotANumber),
     })
+}
+
+/// Decodes the text of a `string` tag: two characters per word, the first in the high byte
+/// unless `order` swaps bytes within words (`BADC`, `DCBA`). The text ends at the first NUL;
+/// trailing spaces are trimmed (devices pad with either). A byte outside printable ASCII
+/// becomes U+FFFD, so the text is always safe to print.
+pub fn decode_text(words: &[u16], order: ByteOrder) -> String {
+    let swapped = matches!(order, ByteOrder::Badc | ByteOrder::Dcba);
+    let text: String = words
+        .iter()
+        .flat_map(|w| {
+            let [high, low] = w.to_be_bytes();
+            if swapped { [low, high] } else { [high, low] }
+        })
+        .take_while(|&b| b != 0)
+        .map(|b| {
+            if b == b' ' || b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                char::REPLACEMENT_CHARACTER
+            }
+        })
+        .collect();
+    text.trim_end_matches(' ').to_owned()
+}
+
+/// How a decoded number becomes an engineering value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scaling {
+    /// `raw * scale + offset`.
+    Linear { scale: f64, offset: f64 },
+    /// The straight line through (`raw_min`, `eng_min`) and (`raw_max`, `eng_max`), for
+    /// example a 4-20 mA input counted 0..27648 shown as 0..100 %. Raw values outside the
+    /// raw range extrapolate along the same line; nothing is clamped.
+    Range {
+        raw_min: f64,
+        raw_max: f64,
+        eng_min: f64,
+        eng_max: f64,
+    },
+}
+
+impl Scaling {
+    /// The engineering value of `raw`. Not finite when the configuration is (the
+    /// configuration check refuses that) or when the result overflows.
+    pub fn apply(self, raw: f64) -> f64 {
+        match self {
+            Scaling::Linear { scale, offset } => raw * scale + offset,
+            Scaling::Range {
+                raw_min,
+                raw_max,
+                eng_min,
+                eng_max,
+            } => eng_min + (raw - raw_min) * (eng_max - eng_min) / (raw_max - raw_min),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +249,61 @@ mod tests {
     #[test]
     fn wrong_length_is_an_error_not_a_panic() {
         assert!(decode_registers(&[1], F32, Abcd, None).is_err());
+        assert_eq!(
+            decode_registers(&[1], String, Abcd, None),
+            Err(DecodeError::NotANumber)
+        );
+    }
+
+    #[test]
+    fn text_from_a_table() {
+        // "PUMP-7" is 0x5055 0x4D50 0x2D37 in the high-byte-first layout.
+        let table: &[(&[u16], ByteOrder, &str)] = &[
+            (&[0x5055, 0x4D50, 0x2D37], Abcd, "PUMP-7"),
+            (&[0x5055, 0x4D50, 0x2D37], Cdab, "PUMP-7"),
+            (&[0x5550, 0x504D, 0x372D], Badc, "PUMP-7"),
+            (&[0x5550, 0x504D, 0x372D], Dcba, "PUMP-7"),
+            // Padding: NULs and trailing spaces go, inner spaces stay.
+            (&[0x4120, 0x4200, 0x0000], Abcd, "A B"),
+            (&[0x4142, 0x2020, 0x2020], Abcd, "AB"),
+            (&[0x4100, 0x4243], Abcd, "A"),
+            (&[0x0000, 0x4142], Abcd, ""),
+            (&[0x2020], Abcd, ""),
+            // An odd length: the last register holds one character and a NUL.
+            (&[0x4142, 0x4300], Abcd, "ABC"),
+            (&[0x4241, 0x0043], Badc, "ABC"),
+            // Control characters and bytes above 0x7F cannot reach a terminal as they are.
+            (&[0x410A, 0xC342], Abcd, "A\u{FFFD}\u{FFFD}B"),
+        ];
+        for &(words, order, want) in table {
+            assert_eq!(decode_text(words, order), want, "{words:04X?} {order:?}");
+        }
+    }
+
+    #[test]
+    fn scaling_from_a_table() {
+        let linear = |scale, offset| Scaling::Linear { scale, offset };
+        let range = |raw_min, raw_max, eng_min, eng_max| Scaling::Range {
+            raw_min,
+            raw_max,
+            eng_min,
+            eng_max,
+        };
+        let table = [
+            (linear(1.0, 0.0), 42.0, 42.0),
+            (linear(0.1, -40.0), 650.0, 25.0),
+            (range(0.0, 27648.0, 0.0, 100.0), 13824.0, 50.0),
+            (range(0.0, 27648.0, 0.0, 100.0), 0.0, 0.0),
+            (range(0.0, 27648.0, 0.0, 100.0), 27648.0, 100.0),
+            // 4-20 mA in µA onto -50..150 °C, and beyond the raw range.
+            (range(4000.0, 20000.0, -50.0, 150.0), 12000.0, 50.0),
+            (range(4000.0, 20000.0, -50.0, 150.0), 2000.0, -75.0),
+            // A falling line.
+            (range(0.0, 10.0, 100.0, 0.0), 2.5, 75.0),
+        ];
+        for (scaling, raw, want) in table {
+            assert_eq!(scaling.apply(raw), want, "{scaling:?} {raw}");
+        }
     }
 
     #[test]

@@ -73,8 +73,15 @@ mod tests {
             data_type,
             byte_order: ByteOrder::Abcd,
             bit: None,
+            length: None,
             scale: 1.0,
             offset: 0.0,
+            raw_min: None,
+            raw_max: None,
+            eng_min: None,
+            eng_max: None,
+            deadband: None,
+            heartbeat: None,
             unit: None,
         }
     }

@@ -1,25 +1,14 @@
 //! # threshold
 //!
-//! **What it does.** Raises an alarm when a value goes above a limit (`above`) or below one
-//! (`below`); with both, when it leaves the band between them. It clears when the value comes
-//! back past the clear limit: `clear_below` for an upper limit and `clear_above` for a lower
-//! one. Between limit and clear limit the alarm keeps its state (hysteresis), so a value that
-//! hovers at the limit does not flap.
-//!
-//! **Why.** Most equipment limits are fixed numbers from a datasheet or a standard: a bearing
-//! above 85 °C, a tank below 10 %. A deadband is what separates a useful alarm from a flapping
-//! one.
-//!
-//! **Example.**
-//! ```toml
-//! [rule.threshold]
-//! above = 85.0        # alarm when the value exceeds 85
-//! clear_below = 80.0  # clear only once it is back under 80 (default: 85)
-//! ```
+#![doc = include_str!("threshold.md")]
 
 use serde::Deserialize;
 
 use crate::alarm::Verdict;
+use crate::kinds::{LimitNames, Problem, check_limits};
+
+/// The reference text of this kind (the module's doc comment).
+pub const DOC: &str = include_str!("threshold.md");
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,43 +48,33 @@ impl Threshold {
         }
     }
 
-    pub fn limit(&self) -> f64 {
-        self.above.or(self.below).unwrap_or(f64::NAN)
+    pub fn limit(&self) -> Option<f64> {
+        self.above.or(self.below)
     }
 
-    pub(crate) fn check(&self, problems: &mut Vec<String>) {
-        if self.above.is_none() && self.below.is_none() {
-            problems.push("threshold needs `above`, `below`, or both".into());
+    /// Validates the table as written.
+    pub(crate) fn parse(self) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        self.check(&mut problems);
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(problems)
         }
-        for (name, v) in [
-            ("above", self.above),
-            ("below", self.below),
-            ("clear_below", self.clear_below),
-            ("clear_above", self.clear_above),
-        ] {
-            if v.is_some_and(|v| !v.is_finite()) {
-                problems.push(format!("`{name}` must be a finite number"));
-            }
-        }
-        if let (Some(a), Some(b)) = (self.above, self.below)
-            && b >= a
-        {
-            problems.push(format!("`below` ({b}) must be less than `above` ({a})"));
-        }
-        match (self.above, self.clear_below) {
-            (None, Some(_)) => problems.push("`clear_below` only makes sense with `above`".into()),
-            (Some(a), Some(c)) if c > a => problems.push(format!(
-                "`clear_below` ({c}) must not exceed `above` ({a}); it is the lower edge of the deadband"
-            )),
-            _ => {}
-        }
-        match (self.below, self.clear_above) {
-            (None, Some(_)) => problems.push("`clear_above` only makes sense with `below`".into()),
-            (Some(b), Some(c)) if c < b => problems.push(format!(
-                "`clear_above` ({c}) must not be under `below` ({b}); it is the upper edge of the deadband"
-            )),
-            _ => {}
-        }
+    }
+
+    pub(crate) fn check(&self, problems: &mut Vec<Problem>) {
+        check_limits(
+            &LimitNames {
+                kind: "threshold",
+                upper: "above",
+                lower: "below",
+                clear_upper: "clear_below",
+                clear_lower: "clear_above",
+            },
+            self,
+            problems,
+        );
     }
 }
 
@@ -163,6 +142,9 @@ mod tests {
             clear_above: None,
         }
         .check(&mut p);
-        assert_eq!(p, ["threshold needs `above`, `below`, or both"]);
+        assert_eq!(
+            p,
+            [Problem::new("threshold needs `above`, `below`, or both")]
+        );
     }
 }

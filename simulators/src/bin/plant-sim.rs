@@ -1,14 +1,14 @@
-//! `plant-sim`: serves a simulated plant as a Modbus TCP PLC until Ctrl-C or SIGTERM.
+//! `plant-sim`: serves a simulated plant as a Modbus PLC until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use simulators::{Scenario, spawn_modbus_plc};
+use simulators::{Scenario, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 use tracing_subscriber::EnvFilter;
 
-/// Serve a simulated plant as a Modbus TCP PLC.
+/// Serve a simulated plant as a Modbus TCP PLC (or RTU over TCP).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -18,6 +18,10 @@ struct Args {
     /// Scenario file (TOML); without it, the built-in demo plant is served.
     #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
+    /// Speak RTU frames over TCP, like a serial device behind a converter, instead of
+    /// Modbus TCP.
+    #[arg(long)]
+    rtu_over_tcp: bool,
 }
 
 #[tokio::main]
@@ -32,9 +36,12 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Scenario::from_file(path)?,
         None => Scenario::demo(),
     };
-    let plc = spawn_modbus_plc(args.listen, scenario)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let plc = if args.rtu_over_tcp {
+        spawn_modbus_rtu_over_tcp_plc(args.listen, scenario).await
+    } else {
+        spawn_modbus_plc(args.listen, scenario).await
+    };
+    let plc = plc.with_context(|| format!("cannot listen on {}", args.listen))?;
     stop_requested().await?;
     tracing::info!("stopping");
     let served = plc.requests_served();

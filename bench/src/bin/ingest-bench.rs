@@ -1,0 +1,264 @@
+//! Ingest end to end: a load generator publishes batched readings for 10,000 tags to Mosquitto;
+//! ingest (one process, synchronous commit on) writes them to PostgreSQL. The baseline,
+//! measured in the same run against the same table: one connection COPYing the same rows in
+//! binary, 10,000 rows per commit. Then a paced run at a fixed rate measures receipt-to-commit
+//! latency. Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster with fsync on, and a
+//! private Mosquitto.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use ingest::copy::{self, Row};
+use ingest::{Consumer, IngestConfig, PgStore};
+use migrations::throwaway::{Cluster, ClusterOptions};
+use model::{GatewayId, TagName, TenantId, Timestamp};
+use simulators::load::{LoadSpec, batch_readings, publish};
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Readings in the throughput run.
+    #[arg(long, default_value_t = 3_000_000)]
+    readings: u64,
+    #[arg(long, default_value_t = 1000)]
+    readings_per_batch: usize,
+    #[arg(long, default_value_t = 10_000)]
+    tags: usize,
+    /// Rate of the latency run, in readings per second.
+    #[arg(long, default_value_t = 250_000.0)]
+    paced_rate: f64,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    paced_for: Duration,
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: std::path::PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_stored(
+    stats: &ingest::IngestStats,
+    target: u64,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if stats.readings_stored.load(Ordering::Relaxed) >= target {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "ingest did not store {target} readings within {limit:?}: stored {}, messages {}, duplicates {}, dead letters {}",
+            stats.readings_stored.load(Ordering::Relaxed),
+            stats.messages.load(Ordering::Relaxed),
+            stats.batches_duplicate.load(Ordering::Relaxed),
+            stats.dead_letters.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
+    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
+    let secrets = migrations::RoleSecrets {
+        owner_password: Uuid::new_v4().simple().to_string(),
+        app_password: Uuid::new_v4().simple().to_string(),
+    };
+    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
+    migrations::migrate(&urls.owner_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&urls.app_url)
+        .await?;
+
+    // One tenant, one gateway, the tags.
+    let tenant = TenantId::new_random();
+    let gateway = GatewayId::parse("bench-gw")?;
+    let gateway_id = Uuid::new_v4();
+    let tags: Vec<TagName> = (0..args.tags)
+        .map(|i| TagName::parse(format!("line-{}/m{}.signal", i / 100, i)))
+        .collect::<Result<_, _>>()?;
+    {
+        let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+        sqlx::query("INSERT INTO tenants (id, slug, name) VALUES ($1, 'bench', 'Bench')")
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO gateways (id, tenant_id, code, name) VALUES ($1, $2, $3, 'bench')",
+        )
+        .bind(gateway_id)
+        .bind(tenant.as_uuid())
+        .bind(gateway.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let names: Vec<&str> = tags.iter().map(TagName::as_str).collect();
+        sqlx::query(
+            "INSERT INTO tags (tenant_id, gateway_id, name) SELECT $1, $2, n FROM UNNEST($3::text[]) AS n",
+        )
+        .bind(tenant.as_uuid())
+        .bind(gateway_id)
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+
+    let dir = tempfile::tempdir()?;
+    let mq_port = free_port()?;
+    std::fs::write(
+        dir.path().join("mosquitto.conf"),
+        format!(
+            "listener {mq_port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_inflight_messages 100\nmax_queued_messages 100000\n"
+        ),
+    )?;
+    let mut mosquitto = Command::new(&args.mosquitto)
+        .arg("-c")
+        .arg(dir.path().join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", args.mosquitto.display()))?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker = format!("mqtt://127.0.0.1:{mq_port}");
+
+    let consumer = Consumer::new(
+        IngestConfig {
+            queue: 512,
+            ..IngestConfig::new(broker.clone())
+        },
+        PgStore::new(pool.clone()),
+        None,
+    );
+    let stats = consumer.stats();
+    let stop = CancellationToken::new();
+    let ingest = {
+        let stop = stop.clone();
+        tokio::spawn(consumer.run_until(async move { stop.cancelled().await }))
+    };
+    while stats.subscriptions.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let batches = args.readings / args.readings_per_batch as u64;
+    let spec = LoadSpec {
+        broker: broker.clone(),
+        tenant,
+        gateway: gateway.clone(),
+        tags: tags.clone(),
+        readings_per_batch: args.readings_per_batch,
+        batches,
+        first_seq: 1,
+        rate: None,
+        in_flight: 100,
+        start: Timestamp::now(),
+    };
+    eprintln!(
+        "throughput run: {} readings in batches of {}",
+        batches * args.readings_per_batch as u64,
+        args.readings_per_batch
+    );
+    let started = Instant::now();
+    let report = publish(&spec).await?;
+    let done = wait_stored(&stats, report.readings, Duration::from_secs(600)).await?;
+    let e2e_rate = report.readings as f64 / done.duration_since(started).as_secs_f64();
+
+    // Baseline: the same rows, COPY binary on one connection, 10,000 rows per commit.
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    let by_name: std::collections::HashMap<String, i64> =
+        sqlx::query_as::<_, (String, i64)>("SELECT name, id FROM tags")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    tx.commit().await?;
+    let mut baseline_spec = spec.clone();
+    baseline_spec.start = Timestamp::now();
+    let mut rows: Vec<Row> = Vec::with_capacity(report.readings as usize);
+    for n in 0..batches {
+        for r in batch_readings(&baseline_spec, n) {
+            rows.push(Row {
+                tag_id: by_name[r.tag.as_str()],
+                ts: r.ts,
+                value: r.value,
+                quality: r.quality,
+            });
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    for chunk in rows.chunks(10_000) {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
+        copy_in.send(copy::encode(chunk.iter())).await?;
+        copy_in.finish().await?;
+        tx.commit().await?;
+    }
+    let copy_rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+
+    // Latency at a fixed rate.
+    let before = stats.readings_stored.load(Ordering::Relaxed);
+    let paced_batches =
+        (args.paced_rate * args.paced_for.as_secs_f64() / args.readings_per_batch as f64) as u64;
+    let paced = LoadSpec {
+        batches: paced_batches,
+        first_seq: 1 + batches,
+        rate: Some(args.paced_rate),
+        start: Timestamp::now(),
+        ..spec.clone()
+    };
+    stats.receipt_to_commit.reset();
+    eprintln!(
+        "paced run: {:.0} readings/s for {:?}",
+        args.paced_rate, args.paced_for
+    );
+    let started = Instant::now();
+    let paced_report = publish(&paced).await?;
+    wait_stored(
+        &stats,
+        before + paced_report.readings,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let paced_rate = paced_report.readings as f64 / started.elapsed().as_secs_f64();
+    let p50 = stats.receipt_to_commit.quantile(0.50);
+    let p99 = stats.receipt_to_commit.quantile(0.99);
+
+    stop.cancel();
+    ingest.await??;
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    pool.close().await;
+    cluster.stop().await;
+
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "tags": args.tags,
+            "readings_per_batch": args.readings_per_batch,
+            "throughput_readings": report.readings,
+            "end_to_end_readings_per_s": e2e_rate.round(),
+            "raw_copy_readings_per_s": copy_rate.round(),
+            "end_to_end_share_of_copy": (e2e_rate / copy_rate * 100.0).round() / 100.0,
+            "paced_target_readings_per_s": args.paced_rate,
+            "paced_achieved_readings_per_s": paced_rate.round(),
+            "receipt_to_commit_p50_ms_upper_bound": ms(p50),
+            "receipt_to_commit_p99_ms_upper_bound": ms(p99),
+        })
+    );
+    Ok(())
+}
