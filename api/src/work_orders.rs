@@ -157,6 +157,13 @@ async fn raised(
     .fetch_one(&mut **tx)
     .await?;
 
+    // An escalation reuses the active alarm row: it carries the severity now in force.
+    sqlx::query("UPDATE alarms SET severity = $1 WHERE id = $2 AND severity <> $1")
+        .bind(s.severity.as_str())
+        .bind(alarm_id)
+        .execute(&mut **tx)
+        .await?;
+
     let open = sqlx::query(&format!(
         "SELECT id, priority FROM work_orders
          WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}

@@ -64,7 +64,7 @@ impl Deadband {
     }
 }
 
-/// The deadbands of one device's tags, by tag name.
+/// The deadbands of one line's tags, by tag name.
 #[derive(Debug, Clone, Default)]
 pub struct ExceptionFilter {
     tags: HashMap<TagName, Deadband>,

@@ -126,7 +126,7 @@ impl OutboxConfig {
                 "must be at least four segments (4 x outbox.segment_bytes)",
             );
         }
-        if self.fsync == FsyncPolicy::Interval && self.fsync_interval.is_zero() {
+        if self.fsync_interval.is_zero() {
             report.error("outbox.fsync_interval", "must be greater than 0");
         }
         if self.replay_batches_per_second == 0 {

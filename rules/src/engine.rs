@@ -546,6 +546,15 @@ fn escalate(
 pub const MAX_TITLE_CHARS: usize = 300;
 
 /// Cuts `text` to at most `max` characters, marking the cut with an ellipsis.
+/// A title the CMMS accepts: never empty (a template of placeholders that rendered to nothing
+/// falls back to the rule id), never longer than [`MAX_TITLE_CHARS`].
+fn fit_title(text: String, rule_id: &str) -> String {
+    if text.trim().is_empty() {
+        return truncate(format!("Alarm of rule {rule_id}"), MAX_TITLE_CHARS);
+    }
+    truncate(text, MAX_TITLE_CHARS)
+}
+
 fn truncate(text: String, max: usize) -> String {
     if text.chars().count() <= max {
         return text;
@@ -585,7 +594,7 @@ fn draft(rule: &Rule, facts: Facts<'_>, at: Timestamp, severity: Severity) -> Wo
     ];
     let t = &rule.work_order;
     WorkOrderDraft {
-        title: truncate(render(&t.title, &vars), MAX_TITLE_CHARS),
+        title: fit_title(render(&t.title, &vars), &rule.id),
         description: render(&t.description, &vars),
         work_type: t.work_type,
         priority: Priority::from_matrix(severity, facts.ctx.criticality),
@@ -735,6 +744,7 @@ description = "{tag} at {value} {unit}, limit {limit}"
         assert_eq!(t.chars().count(), MAX_TITLE_CHARS);
         assert!(t.ends_with('…'));
         assert_eq!(truncate("short".into(), MAX_TITLE_CHARS), "short");
+        assert_eq!(fit_title("  ".into(), "r1"), "Alarm of rule r1");
     }
 
     #[test]

@@ -472,7 +472,7 @@ impl RuleSet {
                     ));
                 }
             }
-            if wo.title.trim().is_empty() || wo.title.len() > 300 {
+            if wo.title.trim().is_empty() || wo.title.chars().count() > 300 {
                 diags.push(loc.at(
                     wo_at,
                     format!("rule {id:?}: work_order.title must be 1-300 characters"),

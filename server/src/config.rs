@@ -123,11 +123,17 @@ impl Validate for ServerConfig {
             }
             _ => {}
         }
-        if self.runs(Role::Ingest) && self.ingest.is_none() {
-            report.error(
+        match (&self.ingest, self.runs(Role::Ingest)) {
+            (None, true) => report.error(
                 "ingest",
                 "the ingest role needs an [ingest] section with broker",
-            );
+            ),
+            (Some(ingest), _) => {
+                for (key, message) in ingest.problems() {
+                    report.error(key, message);
+                }
+            }
+            _ => {}
         }
         if self.runs(Role::Rules) && !self.runs(Role::Ingest) {
             report.error(

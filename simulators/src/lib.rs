@@ -14,13 +14,15 @@
 //!   reads are legal. Pure.
 //! - [`plc`]: the Modbus server around a scenario: Modbus TCP ([`spawn_modbus_plc`]) or RTU
 //!   frames over TCP ([`spawn_modbus_rtu_over_tcp_plc`]).
+//! - [`load`]: the load generator: numbered batches of readings for many tags, published to a
+//!   broker as a fleet of edge agents would (benchmarks and load tests).
 //! - `src/bin/plant-sim.rs`: the command-line program serving a scenario.
 //!
 //! Simulated values are deterministic: the same scenario and seed give the same value at
 //! the same time since start, so a failing test or a benchmark can be replayed.
 //!
 //! This crate never binds anything but the listener address its caller gives it (the
-//! program's default is 127.0.0.1), never connects anywhere on its own, and has no database.
+//! program's default is 127.0.0.1), never connects anywhere but the broker its caller names, and has no database.
 
 pub mod load;
 pub mod plc;

@@ -69,6 +69,13 @@ async fn wait_stored(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
     let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
     let secrets = migrations::RoleSecrets {
