@@ -22,7 +22,8 @@
 //! the same time since start, so a failing test or a benchmark can be replayed.
 //!
 //! This crate never binds anything but the listener address its caller gives it (the
-//! program's default is 127.0.0.1), never connects anywhere but the broker its caller names, and has no database.
+//! program's default is 127.0.0.1), never connects anywhere but the broker its caller names,
+//! and has no database.
 
 pub mod load;
 pub mod plc;
