@@ -125,7 +125,12 @@ impl Consumer {
         if let (Some(u), Some(p)) = (&self.config.username, &self.config.password) {
             options.set_credentials(u, p.expose());
         }
-        let (client, eventloop) = AsyncClient::new(options, 64);
+        // rumqttc hands out buffered incoming packets before it reads its request channel, so
+        // while the broker keeps sending, acks queue up there. If the channel could fill, an
+        // ack waiting for room (with the queue full behind it) would stall ingest for good.
+        // Packet ids are 16 bits: no more than 65,535 deliveries can await an ack, so a
+        // channel of that size never makes an ack wait.
+        let (client, eventloop) = AsyncClient::new(options, usize::from(u16::MAX) + 1);
         let (tx, mut rx) = mpsc::channel(self.config.queue);
         let stats = Arc::clone(&self.stats);
         let stop_driver = CancellationToken::new();

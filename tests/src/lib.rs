@@ -50,6 +50,11 @@ pub struct Plant {
 impl Plant {
     /// Seeds tenants "plant-a" and "plant-b" (same layout) and starts api, ingest and rules.
     pub async fn start() -> anyhow::Result<Plant> {
+        Self::start_with_queue(IngestConfig::new("mqtt://unused").queue).await
+    }
+
+    /// As [`Plant::start`], with ingest's message queue of the given length.
+    pub async fn start_with_queue(queue: usize) -> anyhow::Result<Plant> {
         let broker = mqtt_url()?;
         let db = TestDatabase::create().await?;
         let hash = api::auth::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -77,6 +82,7 @@ impl Plant {
                     .iter()
                     .map(|t| format!("{}/{t}/+/readings", model::topic::PREFIX))
                     .collect(),
+                queue,
                 ..IngestConfig::new(broker.clone())
             }),
             rules: RulesConfig::default(),

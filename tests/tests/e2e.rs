@@ -8,7 +8,7 @@ use edge_agent::{Agent, AgentConfig};
 use maintainpro_tests::Plant;
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use server::demo::{DEMO_GATEWAY, agent_config, demo_scenario};
 use simulators::spawn_modbus_plc;
 use sqlx::Row;
@@ -110,22 +110,23 @@ async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyho
     options.set_max_packet_size(2 << 20, 2 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let n = payloads.len();
+    // The event loop must run while publishing: it is what drains the request channel.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                acked += 1;
+            }
+        }
+        anyhow::Ok(eventloop)
+    });
     for p in payloads {
         client.publish(topic, QoS::AtLeastOnce, false, p).await?;
     }
-    let mut acked = 0;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while acked < n {
-            match eventloop.poll().await? {
-                Event::Incoming(Packet::PubAck(_)) => acked += 1,
-                Event::Outgoing(Outgoing::Publish(_)) | Event::Incoming(_) | Event::Outgoing(_) => {
-                }
-            }
-        }
-        anyhow::Ok(())
-    })
-    .await??;
+    let mut eventloop = tokio::time::timeout(Duration::from_secs(30), acks).await???;
     client.disconnect().await?;
+    // Let the DISCONNECT go out before the connection is dropped.
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
     Ok(())
 }
 
@@ -203,5 +204,37 @@ async fn redelivered_batches_are_stored_once_and_poison_becomes_dead_letters() -
     let summary = plant.services.stop().await;
     assert_eq!(summary.batches_duplicate, 1);
     assert_eq!(summary.dead_letters, 3);
+    Ok(())
+}
+
+/// A burst far larger than ingest's queue: the broker keeps sending while ingest stores and
+/// acks, and nothing stalls (acks must never wait behind incoming messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_queue_is_stored_without_stalling() -> anyhow::Result<()> {
+    let plant = Plant::start_with_queue(4).await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let topic = model::topic::readings(tenant, &gateway);
+    let t0 = Timestamp::now().as_micros() - 3_600_000_000;
+    let payloads = (0..1500u64)
+        .map(|seq| -> anyhow::Result<Vec<u8>> {
+            let r = Reading {
+                tag: TagName::parse("press-1.vibration")?,
+                ts: Timestamp::from_micros(t0 + seq as i64 * 1000),
+                value: 1.0,
+                quality: Quality::Good,
+            };
+            Ok(Batch::from_readings(gateway.clone(), seq + 1, &[r]).encode())
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    publish_all(&plant.broker, &topic, payloads).await?;
+    Plant::eventually(
+        Duration::from_secs(60),
+        "the whole burst stored",
+        || async { Ok((plant.services.summary().readings_stored >= 1500).then_some(())) },
+    )
+    .await?;
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.readings_stored, 1500);
     Ok(())
 }

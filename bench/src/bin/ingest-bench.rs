@@ -177,8 +177,25 @@ async fn main() -> anyhow::Result<()> {
         batches * args.readings_per_batch as u64,
         args.readings_per_batch
     );
+    let progress = {
+        let stats = std::sync::Arc::clone(&stats);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                eprintln!(
+                    "  stored {} readings from {} messages",
+                    stats.readings_stored.load(Ordering::Relaxed),
+                    stats.messages.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
     let started = Instant::now();
     let report = publish(&spec).await?;
+    eprintln!(
+        "  load published and acknowledged by the broker after {:?}",
+        started.elapsed()
+    );
     let done = wait_stored(&stats, report.readings, Duration::from_secs(600)).await?;
     let e2e_rate = report.readings as f64 / done.duration_since(started).as_secs_f64();
 
@@ -244,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
     let p50 = stats.receipt_to_commit.quantile(0.50);
     let p99 = stats.receipt_to_commit.quantile(0.99);
 
+    progress.abort();
     stop.cancel();
     ingest.await??;
     let _ = mosquitto.kill();
