@@ -6,11 +6,62 @@
 //!   PostgreSQL) against raw binary COPY of the same rows, and latency at a fixed rate.
 //! - `bin/edge-bench.rs`: the edge agent polling 1,000 tags on 10 simulated PLCs: resident
 //!   memory, CPU, and Modbus requests per cycle against the coalesced minimum.
-//! - this library: small helpers shared by the programs (process sampling from `/proc`).
+//! - this library: small helpers shared by the programs (process sampling from `/proc`, a
+//!   private Mosquitto on a free loopback port).
 //!
 //! Benchmarks only touch 127.0.0.1 and stop by themselves.
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// A Mosquitto started for one benchmark on a free loopback port; killed when dropped.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    pub url: String,
+}
+
+impl Mosquitto {
+    /// Starts `binary` with its configuration in `dir`, plus `extra` configuration lines, and
+    /// waits until it accepts connections.
+    pub fn start(binary: &Path, dir: &Path, extra: &str) -> std::io::Result<Mosquitto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
+        )?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot start {}: {e}", binary.display()))
+            })?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mosquitto {
+            child,
+            url: format!("mqtt://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// CPU time (user + system) and resident memory of a process, read from `/proc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

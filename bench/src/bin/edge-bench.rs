@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use maintainpro_bench::sample;
+use maintainpro_bench::{Mosquitto, sample};
 use model::TagName;
 use simulators::{Scenario, Signal, SignalKind, spawn_modbus_plc};
 
@@ -29,12 +29,6 @@ struct Args {
     /// The mosquitto binary.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: PathBuf,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn scenario() -> anyhow::Result<Scenario> {
@@ -73,27 +67,17 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let dir = tempfile::tempdir()?;
-    let mq_port = free_port()?;
-    std::fs::write(
-        dir.path().join("mosquitto.conf"),
-        format!("listener {mq_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )?;
-    let mut mosquitto = Command::new(&args.mosquitto)
-        .arg("-c")
-        .arg(dir.path().join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.mosquitto.display()))?;
+    let mosquitto = Mosquitto::start(&args.mosquitto, dir.path(), "")?;
 
     let mut plcs = Vec::new();
     for _ in 0..DEVICES {
         plcs.push(spawn_modbus_plc("127.0.0.1:0".parse()?, scenario()?).await?);
     }
     let mut config = format!(
-        "[gateway]\ntenant = \"{}\"\nid = \"bench-gw\"\n\n[uplink]\nbroker = \"mqtt://127.0.0.1:{mq_port}\"\n\n\
+        "[gateway]\ntenant = \"{}\"\nid = \"bench-gw\"\n\n[uplink]\nbroker = \"{}\"\n\n\
          [outbox]\ndir = {}\n",
         uuid::Uuid::new_v4(),
+        mosquitto.url,
         toml::Value::String(dir.path().join("outbox").display().to_string())
     );
     for (d, plc) in plcs.iter().enumerate() {
@@ -138,8 +122,7 @@ async fn main() -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGTERM,
     )?;
     agent.wait()?;
-    let _ = mosquitto.kill();
-    let _ = mosquitto.wait();
+    drop(mosquitto);
     for p in plcs {
         p.shutdown().await?;
     }

@@ -5,14 +5,13 @@
 //! latency. Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster with fsync on, and a
 //! private Mosquitto.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use ingest::copy::{self, Row};
 use ingest::{Consumer, IngestConfig, PgStore};
+use maintainpro_bench::Mosquitto;
 use migrations::throwaway::{Cluster, ClusterOptions};
 use model::{GatewayId, TagName, TenantId, Timestamp};
 use simulators::load::{LoadSpec, batch_readings, publish};
@@ -36,12 +35,6 @@ struct Args {
     paced_for: Duration,
     #[arg(long, default_value = "mosquitto")]
     mosquitto: std::path::PathBuf,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_stored(
@@ -123,23 +116,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let dir = tempfile::tempdir()?;
-    let mq_port = free_port()?;
-    std::fs::write(
-        dir.path().join("mosquitto.conf"),
-        format!(
-            "listener {mq_port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_inflight_messages 100\nmax_queued_messages 100000\n"
-        ),
+    let mosquitto = Mosquitto::start(
+        &args.mosquitto,
+        dir.path(),
+        "max_inflight_messages 100\nmax_queued_messages 100000\n",
     )?;
-    let mut mosquitto = Command::new(&args.mosquitto)
-        .arg("-c")
-        .arg(dir.path().join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", args.mosquitto.display()))?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let broker = format!("mqtt://127.0.0.1:{mq_port}");
+    let broker = mosquitto.url.clone();
 
     let consumer = Consumer::new(
         IngestConfig {
@@ -264,8 +246,7 @@ async fn main() -> anyhow::Result<()> {
     progress.abort();
     stop.cancel();
     ingest.await??;
-    let _ = mosquitto.kill();
-    let _ = mosquitto.wait();
+    drop(mosquitto);
     pool.close().await;
     cluster.stop().await;
 
