@@ -374,30 +374,10 @@ fn is_host_port(address: &str) -> bool {
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
-/// Splits `mqtt://host:port` (port defaults to 1883).
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| format!("{url:?} must start with mqtt:// (TLS arrives with mqtts://)"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?} has an invalid port {p:?}"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} names no host"));
-    }
-    Ok((host.to_owned(), port))
-}
-
 impl Validate for AgentConfig {
     fn validate(&self, report: &mut Report) {
-        if let Err(e) = parse_broker_url(&self.uplink.broker) {
-            report.error("uplink.broker", e);
+        if let Err(e) = model::topic::broker_address(&self.uplink.broker) {
+            report.error("uplink.broker", e.to_string());
         }
         let u = &self.uplink;
         if u.batch_max_readings == 0 || u.batch_max_readings > model::wire::MAX_POINTS {
@@ -1024,7 +1004,7 @@ unit_id = 248
         )];
         let c = AgentConfig::from_toml_with_env("agent.toml", GOOD, env).unwrap();
         assert_eq!(
-            parse_broker_url(&c.uplink.broker),
+            model::topic::broker_address(&c.uplink.broker),
             Ok(("10.0.0.5".into(), 1883))
         );
     }

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, parse_broker_url};
+use crate::config::AgentConfig;
 use crate::outbox::Sealed;
 
 /// What the driver task reports.
@@ -96,8 +96,8 @@ impl Uplink {
         ),
         UplinkError,
     > {
-        let (host, port) =
-            parse_broker_url(&config.uplink.broker).map_err(UplinkError::BadBroker)?;
+        let (host, port) = model::topic::broker_address(&config.uplink.broker)
+            .map_err(|e| UplinkError::BadBroker(e.to_string()))?;
         let mut options = MqttOptions::new(config.client_id(), host, port);
         options
             .set_keep_alive(Duration::from_secs(15))

@@ -29,17 +29,9 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn split(url: &str) -> anyhow::Result<(String, u16)> {
-    let (h, p) = url
-        .trim_start_matches("mqtt://")
-        .rsplit_once(':')
-        .context("broker url has a port")?;
-    Ok((h.to_owned(), p.parse()?))
-}
-
 /// A subscriber with a persistent session that records every batch on `topic`.
 fn ledger(broker: &str, topic: String, cancel: CancellationToken) -> anyhow::Result<Ledger> {
-    let (host, port) = split(broker)?;
+    let (host, port) = model::topic::broker_address(broker)?;
     let mut options = MqttOptions::new(
         format!("ledger-{}", uuid::Uuid::new_v4().simple()),
         host,

@@ -50,7 +50,7 @@ impl IngestConfig {
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if crate::consumer::parse_broker(&self.broker).is_err() {
+        if model::topic::broker_address(&self.broker).is_err() {
             out.push((
                 "ingest.broker",
                 format!("{:?} is not mqtt://host[:port]", self.broker),

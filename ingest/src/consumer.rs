@@ -60,19 +60,6 @@ impl IngestStats {
     }
 }
 
-pub(crate) fn parse_broker(url: &str) -> Result<(String, u16), IngestError> {
-    let bad = || IngestError::BadBroker(url.to_owned());
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(bad)?
-        .trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => Ok((h.to_owned(), p.parse().map_err(|_| bad())?)),
-        None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
-        _ => Err(bad()),
-    }
-}
-
 #[derive(Debug)]
 pub struct Consumer {
     config: IngestConfig,
@@ -112,7 +99,8 @@ impl Consumer {
         mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), IngestError> {
-        let (host, port) = parse_broker(&self.config.broker)?;
+        let (host, port) = model::topic::broker_address(&self.config.broker)
+            .map_err(|_| IngestError::BadBroker(self.config.broker.clone()))?;
         let mut options = MqttOptions::new(self.config.client_id.clone(), host, port);
         options
             .set_clean_session(false)

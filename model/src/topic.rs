@@ -1,4 +1,4 @@
-//! MQTT topic names shared by edge agents and ingest.
+//! MQTT topic names shared by edge agents and ingest, and the broker URLs they connect to.
 //!
 //! Readings travel on `maintainpro/v1/<tenant uuid>/<gateway id>/readings`. The tenant is part of
 //! the topic so that a broker ACL can bind a gateway's credentials to its tenant's subtree.
@@ -15,6 +15,42 @@ pub fn readings(tenant: TenantId, gateway: &GatewayId) -> String {
 /// The subscription filter that matches every gateway of every tenant.
 pub fn all_readings_filter() -> String {
     format!("{PREFIX}/+/+/readings")
+}
+
+/// The port of `mqtt://` when the URL names none.
+pub const DEFAULT_BROKER_PORT: u16 = 1883;
+
+/// Why a broker URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} must start with mqtt:// (TLS arrives with mqtts://)")]
+    Scheme(String),
+    #[error("{url:?} has an invalid port {port:?}")]
+    Port { url: String, port: String },
+    #[error("{0:?} names no host")]
+    NoHost(String),
+}
+
+/// Splits a broker URL `mqtt://host[:port][/]` into host and port (default 1883).
+pub fn broker_address(url: &str) -> Result<(String, u16), BrokerUrlError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| BrokerUrlError::Scheme(url.to_owned()))?
+        .trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>().map_err(|_| BrokerUrlError::Port {
+                url: url.to_owned(),
+                port: p.to_owned(),
+            })?,
+        ),
+        None => (rest, DEFAULT_BROKER_PORT),
+    };
+    if host.is_empty() {
+        return Err(BrokerUrlError::NoHost(url.to_owned()));
+    }
+    Ok((host.to_owned(), port))
 }
 
 /// Why a topic is not a readings topic.
@@ -57,6 +93,30 @@ mod tests {
         let tenant = TenantId::new_random();
         let gw = GatewayId::parse("gw-1").unwrap();
         assert_eq!(parse_readings(&readings(tenant, &gw)), Ok((tenant, gw)));
+    }
+
+    #[test]
+    fn broker_urls_split_into_host_and_port() {
+        assert_eq!(
+            broker_address("mqtt://10.0.0.5"),
+            Ok(("10.0.0.5".into(), 1883))
+        );
+        assert_eq!(
+            broker_address("mqtt://broker:8883/"),
+            Ok(("broker".into(), 8883))
+        );
+        assert!(matches!(
+            broker_address("tcp://x"),
+            Err(BrokerUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            broker_address("mqtt://x:y"),
+            Err(BrokerUrlError::Port { .. })
+        ));
+        assert!(matches!(
+            broker_address("mqtt://:1"),
+            Err(BrokerUrlError::NoHost(_))
+        ));
     }
 
     #[test]

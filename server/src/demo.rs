@@ -294,14 +294,7 @@ pub async fn run(
         metrics: MetricsConfig::default(),
     };
     let services = Services::start(&config, Some(rules)).await?;
-    // Ingest's session is new: anything published before it subscribed would pass it by.
-    for _ in 0..300 {
-        if services.ingest_subscribed() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !services.ingest_subscribed() {
+    if !services.ingest_subscribed(Duration::from_secs(30)).await {
         tracing::warn!("ingest has not subscribed yet; starting the plant anyway");
     }
 

@@ -186,9 +186,21 @@ impl Services {
         self.api_addr
     }
 
-    /// Whether ingest (if it runs) has its subscriptions confirmed by the broker.
-    pub fn ingest_subscribed(&self) -> bool {
-        self.ingest.is_none() || self.ingest_stats.subscriptions.load(Ordering::Relaxed) > 0
+    /// Waits up to `within` for the broker to confirm ingest's subscriptions (at once when
+    /// ingest does not run). A new session receives nothing published before that, so
+    /// whatever starts publishing should wait for it. Returns whether it happened.
+    pub async fn ingest_subscribed(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.ingest.is_none() || self.ingest_stats.subscriptions.load(Ordering::Relaxed) > 0
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

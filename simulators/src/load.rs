@@ -70,12 +70,8 @@ pub fn batch_readings(spec: &LoadSpec, n: u64) -> Vec<Reading> {
 
 /// Publishes the whole load and returns once the broker acknowledged every batch.
 pub async fn publish(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
-    let (host, port) = spec
-        .broker
-        .strip_prefix("mqtt://")
-        .and_then(|r| r.rsplit_once(':'))
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| LoadError::BadBroker(spec.broker.clone()))?;
+    let (host, port) = model::topic::broker_address(&spec.broker)
+        .map_err(|_| LoadError::BadBroker(spec.broker.clone()))?;
     let mut options = MqttOptions::new(
         format!("load-{}", uuid::Uuid::new_v4().simple()),
         host,

@@ -92,11 +92,10 @@ impl Plant {
             .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?;
         let services = Services::start(&config, Some(rules)).await?;
         let api = format!("http://{}", services.api_addr().context("api role runs")?);
-        // Messages published before ingest subscribed would never reach it.
-        Plant::eventually(Duration::from_secs(20), "ingest's subscription", || async {
-            Ok(services.ingest_subscribed().then_some(()))
-        })
-        .await?;
+        anyhow::ensure!(
+            services.ingest_subscribed(Duration::from_secs(20)).await,
+            "ingest's subscription was not confirmed within 20 s"
+        );
         Ok(Plant {
             db,
             services,

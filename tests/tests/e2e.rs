@@ -98,15 +98,9 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
 
 /// Publishes raw payloads with QoS 1 and waits for every PUBACK.
 async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
-    let (host, port) = broker
-        .trim_start_matches("mqtt://")
-        .rsplit_once(':')
-        .context("broker url has a port")?;
-    let mut options = MqttOptions::new(
-        format!("pub-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port.parse()?,
-    );
+    let (host, port) = model::topic::broker_address(broker)?;
+    let mut options =
+        MqttOptions::new(format!("pub-{}", uuid::Uuid::new_v4().simple()), host, port);
     options.set_max_packet_size(2 << 20, 2 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let n = payloads.len();
