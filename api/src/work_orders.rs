@@ -7,27 +7,10 @@
 //! unique indexes.
 
 use model::Priority;
-use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft};
+use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, decide};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
-
-/// What to do with a raised alarm, given the open work order for its asset and failure mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Create,
-    Append { escalate_to: Option<Priority> },
-}
-
-/// The pure dedup decision.
-pub fn decide(open: Option<Priority>, incoming: Priority) -> Decision {
-    match open {
-        None => Decision::Create,
-        Some(current) => Decision::Append {
-            escalate_to: (incoming > current).then_some(incoming),
-        },
-    }
-}
 
 /// What handling an alarm event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,29 +295,4 @@ async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dedup_decisions() {
-        use Priority::*;
-        assert_eq!(decide(None, Low), Decision::Create);
-        assert_eq!(
-            decide(Some(Medium), Low),
-            Decision::Append { escalate_to: None }
-        );
-        assert_eq!(
-            decide(Some(Medium), Medium),
-            Decision::Append { escalate_to: None }
-        );
-        assert_eq!(
-            decide(Some(Medium), Critical),
-            Decision::Append {
-                escalate_to: Some(Critical)
-            }
-        );
-    }
 }

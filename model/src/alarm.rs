@@ -122,6 +122,25 @@ impl AlarmEvent {
     }
 }
 
+/// What to do with a raised alarm, given the open work order for its asset and failure mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Create,
+    Append { escalate_to: Option<Priority> },
+}
+
+/// The pure dedup decision of the CMMS: a raised alarm opens a work order unless one is
+/// already open for its asset and failure mode (`open`, with that work order's priority);
+/// then it is appended to it, raising the priority if the alarm is more urgent.
+pub fn decide(open: Option<Priority>, incoming: Priority) -> Decision {
+    match open {
+        None => Decision::Create,
+        Some(current) => Decision::Append {
+            escalate_to: (incoming > current).then_some(incoming),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +181,26 @@ mod tests {
         assert_eq!(
             escalated.idempotency_key(),
             "alarm:hot:7:5:escalated:critical"
+        );
+    }
+
+    #[test]
+    fn dedup_decisions() {
+        use Priority::*;
+        assert_eq!(decide(None, Low), Decision::Create);
+        assert_eq!(
+            decide(Some(Medium), Low),
+            Decision::Append { escalate_to: None }
+        );
+        assert_eq!(
+            decide(Some(Medium), Medium),
+            Decision::Append { escalate_to: None }
+        );
+        assert_eq!(
+            decide(Some(Medium), Critical),
+            Decision::Append {
+                escalate_to: Some(Critical)
+            }
         );
     }
 }
