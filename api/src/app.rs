@@ -11,13 +11,15 @@ use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
-use crate::routes::{health, login, work_orders};
+use crate::routes::{health, login, rules, work_orders};
+use crate::rules_status::RulesStatus;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub keys: Arc<TokenKeys>,
+    pub rules: Arc<RulesStatus>,
 }
 
 /// The router, without a socket (tests drive it with `oneshot`).
@@ -28,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/login", post(login::login))
         .route("/api/v1/work-orders", get(work_orders::list))
         .route("/api/v1/work-orders/{id}", get(work_orders::get))
+        .route("/api/v1/rules/status", get(rules::status))
         .with_state(state)
 }
 
@@ -39,12 +42,18 @@ pub struct Api {
 }
 
 impl Api {
-    /// Binds the listen address (port 0 picks a free port).
-    pub async fn build(config: &ApiConfig, pool: PgPool) -> std::io::Result<Api> {
+    /// Binds the listen address (port 0 picks a free port). `rules` is what the rules
+    /// engine of this process reports (left default when it does not run one).
+    pub async fn build(
+        config: &ApiConfig,
+        pool: PgPool,
+        rules: Arc<RulesStatus>,
+    ) -> std::io::Result<Api> {
         let listener = TcpListener::bind(config.listen).await?;
         let state = AppState {
             pool,
             keys: TokenKeys::new(config),
+            rules,
         };
         Ok(Api {
             listener,

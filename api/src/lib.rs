@@ -6,6 +6,8 @@
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
 //! - [`work_orders`]: the work-order service: at most one open work order per asset and
 //!   failure mode, idempotent under retries.
+//! - [`rules_status`]: the rule files in force and the last failed reload, written by the
+//!   rules engine and served by the API.
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`app`]: builds the router and serves it until shutdown.
 //!
@@ -18,8 +20,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod routes;
+pub mod rules_status;
 pub mod work_orders;
 
 pub use app::{Api, AppState};
 pub use config::ApiConfig;
-pub use work_orders::{AlarmOutcome, WorkOrderService};
+pub use rules_status::RulesStatus;
+pub use work_orders::{AlarmOutcome, RecordedAlarm, WorkOrderService};

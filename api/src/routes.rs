@@ -2,4 +2,5 @@
 
 pub mod health;
 pub mod login;
+pub mod rules;
 pub mod work_orders;

@@ -6,6 +6,8 @@
 //! deterministic idempotency key derived from event time, so a redelivered reading that raises
 //! the same alarm again maps to the same key.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{AssetId, Priority, Severity, TagName, TenantId, Timestamp};
@@ -42,6 +44,9 @@ pub struct WorkOrderDraft {
     pub work_type: WorkType,
     pub priority: Priority,
     pub checklist: Vec<String>,
+    /// A work order of the same asset and failure mode closed less than this long before
+    /// this one opens makes it a repeat failure.
+    pub repeat_window: Duration,
 }
 
 /// Where an alarm happened.
@@ -82,6 +87,9 @@ pub enum AlarmEvent {
         raised_at: Timestamp,
         at: Timestamp,
         value: f64,
+        /// How long the condition must stay clear before a work order nobody has started
+        /// closes by itself; `None`: it never does.
+        healthy_period: Option<Duration>,
     },
 }
 
@@ -94,10 +102,10 @@ impl AlarmEvent {
         }
     }
 
-    /// The same alarm occurrence always yields the same key: rule, tag and the event time at
-    /// which it became active; an escalation adds the severity it escalated to
-    /// (`alarm:<rule>:<tag>:<raised_at>:escalated:<severity>`).
-    pub fn idempotency_key(&self) -> String {
+    /// The alarm occurrence an event belongs to: its rule, tag and the event time at which
+    /// it became active (`alarm:<rule>:<tag_id>:<raised_at>`). Every event of one occurrence
+    /// shares it.
+    pub fn alarm_key(&self) -> String {
         let (subject, raised_at) = match self {
             AlarmEvent::Raised { subject, at, .. } => (subject, at),
             AlarmEvent::Escalated {
@@ -107,12 +115,19 @@ impl AlarmEvent {
                 subject, raised_at, ..
             } => (subject, raised_at),
         };
-        let key = format!(
+        format!(
             "alarm:{}:{}:{}",
             subject.rule_id,
             subject.tag_id,
             raised_at.as_micros()
-        );
+        )
+    }
+
+    /// The same alarm occurrence always yields the same key: [`AlarmEvent::alarm_key`], to
+    /// which an escalation adds the severity it escalated to
+    /// (`alarm:<rule>:<tag>:<raised_at>:escalated:<severity>`).
+    pub fn idempotency_key(&self) -> String {
+        let key = self.alarm_key();
         match self {
             AlarmEvent::Escalated { subject, .. } => {
                 format!("{key}:escalated:{}", subject.severity)
@@ -163,6 +178,7 @@ mod tests {
             work_type: WorkType::Corrective,
             priority: Priority::Critical,
             checklist: Vec::new(),
+            repeat_window: Duration::from_secs(86_400),
         };
         let raised = AlarmEvent::Raised {
             subject: subject.clone(),

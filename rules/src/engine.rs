@@ -176,6 +176,22 @@ pub struct Engine {
     watched_tags: Vec<usize>,
     /// The latest time given to [`Engine::advance`].
     clock: Option<Timestamp>,
+    /// Restored alarms of tags not seen yet, by tag id: (rule index, alarm). Applied when the
+    /// tag's first reading sets up its state.
+    restored: HashMap<i64, Vec<(usize, Alarm)>>,
+}
+
+/// An alarm the CMMS has on record as active, handed to a fresh engine (after a restart or a
+/// rule reload) so that it is neither forgotten nor raised a second time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlarm {
+    pub tag_id: i64,
+    pub rule_id: String,
+    pub raised_at: Timestamp,
+    /// The severity in force: tells how many escalation steps have fired.
+    pub severity: Severity,
+    /// The value that triggered it.
+    pub value: f64,
 }
 
 /// Counts of what one call to [`Engine::evaluate`] did, for metrics.
@@ -205,7 +221,52 @@ impl Engine {
             group_index: HashMap::new(),
             watched_tags: Vec::new(),
             clock: None,
+            restored: HashMap::new(),
         }
+    }
+
+    /// Takes over alarms recorded as active: when a restored alarm's tag delivers its first
+    /// reading, the alarm continues from `raised_at` instead of starting from normal. A
+    /// breach then raises nothing new, a clear emits the `Cleared` of the original raise
+    /// (same idempotency key), and escalation resumes after the step its severity shows.
+    /// Call it before the first reading. Returns the alarms whose rule this rule set does
+    /// not have (the rule was removed or renamed): the caller decides what becomes of them.
+    ///
+    /// A kind's memory (a rolling baseline, a flatline's window) is not part of an alarm and
+    /// starts empty, as for a tag seen for the first time.
+    pub fn restore(&mut self, alarms: impl IntoIterator<Item = ActiveAlarm>) -> Vec<ActiveAlarm> {
+        let mut orphans = Vec::new();
+        for a in alarms {
+            let Some(rule_index) = self.rules.rules.iter().position(|r| r.id == a.rule_id) else {
+                orphans.push(a);
+                continue;
+            };
+            let rule = &self.rules.rules[rule_index];
+            let steps = rule
+                .escalation
+                .iter()
+                .rposition(|s| s.severity == a.severity)
+                .map_or(0, |i| i + 1);
+            let alarm = Alarm {
+                state: AlarmState::Active {
+                    since: a.raised_at,
+                    clearing_since: None,
+                },
+                steps,
+                value: a.value,
+                observed: a.value,
+            };
+            self.restored
+                .entry(a.tag_id)
+                .or_default()
+                .push((rule_index, alarm));
+        }
+        orphans
+    }
+
+    /// The event time of the latest reading evaluated for a tag.
+    pub fn last_seen(&self, tag_id: i64) -> Option<Timestamp> {
+        self.index.get(&tag_id).map(|&i| self.tags[i].last_ts)
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -274,6 +335,20 @@ impl Engine {
                 alarm: Alarm::NORMAL,
                 watch,
             });
+        }
+        for (rule_index, alarm) in self.restored.remove(&ctx.tag_id).unwrap_or_default() {
+            for slot in slots.iter_mut().filter(|s| s.rule == rule_index) {
+                match slot.watch {
+                    Watch::Member { group, .. } => {
+                        let g = &mut self.groups[group];
+                        if !g.alarm.state.is_active() {
+                            g.alarm = alarm;
+                            g.raised_by = index;
+                        }
+                    }
+                    _ => slot.alarm = alarm,
+                }
+            }
         }
         self.tags.push(TagState {
             last_ts: ts,
@@ -599,6 +674,7 @@ fn draft(rule: &Rule, facts: Facts<'_>, at: Timestamp, severity: Severity) -> Wo
         work_type: t.work_type,
         priority: Priority::from_matrix(severity, facts.ctx.criticality),
         checklist: t.checklist.clone(),
+        repeat_window: t.repeat_window,
     }
 }
 
@@ -640,6 +716,7 @@ fn cleared_event(
         raised_at,
         at,
         value: facts.value,
+        healthy_period: rule.work_order.healthy_period,
     }
 }
 
@@ -982,5 +1059,61 @@ title = "Instrument fault on {tag}"
             panic!("expected a raise: {out:?}");
         };
         assert_eq!(work_order.work_type, WorkType::Instrumentation);
+    }
+
+    fn restored(rule: &str, raised: i64, severity: Severity) -> ActiveAlarm {
+        ActiveAlarm {
+            tag_id: 7,
+            rule_id: rule.into(),
+            raised_at: at(raised),
+            severity,
+            value: 90.0,
+        }
+    }
+
+    #[test]
+    fn a_restored_alarm_neither_refires_nor_is_forgotten() {
+        let mut e = engine();
+        let orphans = e.restore([
+            restored("hot", 100, Severity::High),
+            restored("gone", 100, Severity::High),
+        ]);
+        assert_eq!(orphans, [restored("gone", 100, Severity::High)]);
+        let c = ctx("press-1.temp");
+        // Still breaching after the restart: no second raise.
+        let out = feed(&mut e, &c, &[(200, 91.0), (203, 92.0)]);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(e.active_alarms(), 1);
+        // The clear belongs to the raise on record.
+        let out = feed(&mut e, &c, &[(210, 70.0)]);
+        assert_eq!(keys(&out), ["alarm:hot:7:100000000"]);
+        assert!(matches!(&out[0], AlarmEvent::Cleared { at: t, .. } if *t == at(210)));
+    }
+
+    #[test]
+    fn a_restored_alarm_clears_at_once_if_the_condition_ended_during_the_restart() {
+        let mut e = engine();
+        e.restore([restored("hot", 100, Severity::High)]);
+        let out = feed(&mut e, &ctx("press-1.temp"), &[(200, 60.0)]);
+        assert_eq!(keys(&out), ["alarm:hot:7:100000000"]);
+        assert_eq!(e.active_alarms(), 0);
+    }
+
+    #[test]
+    fn escalation_resumes_after_the_step_the_restored_severity_shows() {
+        let text = RULES.replace(
+            "on_delay = \"2s\"",
+            "escalate = [{ after = \"10s\", severity = \"critical\" }]",
+        );
+        let c = ctx("press-1.temp");
+        let mut e = engine_for(&text);
+        e.restore([restored("hot", 0, Severity::Critical)]);
+        assert!(feed(&mut e, &c, &[(30, 90.0)]).is_empty());
+        let mut e = engine_for(&text);
+        e.restore([restored("hot", 0, Severity::High)]);
+        assert_eq!(
+            keys(&feed(&mut e, &c, &[(30, 90.0)])),
+            ["alarm:hot:7:0:escalated:critical"]
+        );
     }
 }

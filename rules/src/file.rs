@@ -23,6 +23,9 @@
 //! description = "{tag} reached {value} {unit} (limit {limit}) at {at}."
 //! work_type = "corrective"               # corrective | inspection | emergency | instrumentation
 //! checklist = ["Check lubrication", "Measure bearing play"]
+//! healthy_period = "30m"                 # clear this long before work started: closes itself
+//! auto_close = true                      # false: a cleared condition only adds a note
+//! repeat_window = "30d"                  # reopening within this flags a repeat failure
 //! ```
 //!
 //! Placeholders in title and description: `{asset}`, `{tag}`, `{value}`, `{observed}`,
@@ -126,7 +129,18 @@ struct RawWorkOrder {
     work_type: Option<WorkType>,
     #[serde(default)]
     checklist: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    healthy_period: Option<Duration>,
+    auto_close: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    repeat_window: Option<Duration>,
 }
+
+/// How long a cleared condition must stay clear before an untouched work order closes.
+pub const DEFAULT_HEALTHY_PERIOD: Duration = Duration::from_secs(30 * 60);
+/// How recently a work order of the same failure mode must have closed for a new one to be a
+/// repeat failure.
+pub const DEFAULT_REPEAT_WINDOW: Duration = Duration::from_secs(30 * 86_400);
 
 /// A work-order template with validated placeholders.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +149,9 @@ pub struct WorkOrderTemplate {
     pub description: String,
     pub work_type: WorkType,
     pub checklist: Vec<String>,
+    /// `None`: the work order never closes by itself.
+    pub healthy_period: Option<Duration>,
+    pub repeat_window: Duration,
 }
 
 /// One step of severity escalation: once the alarm has been active for `after`, its severity
@@ -472,6 +489,13 @@ impl RuleSet {
                     ));
                 }
             }
+            if wo.auto_close == Some(false) && wo.healthy_period.is_some() {
+                diags.push(loc.at(
+                    wo_at,
+                    format!("rule {id:?}: work_order.healthy_period is set but auto_close is false"),
+                    Some("remove one: healthy_period only applies when work orders close by themselves"),
+                ));
+            }
             if wo.title.trim().is_empty() || wo.title.chars().count() > 300 {
                 diags.push(loc.at(
                     wo_at,
@@ -506,6 +530,9 @@ impl RuleSet {
                         description: wo.description,
                         work_type: wo.work_type.unwrap_or(default_work_type),
                         checklist: wo.checklist,
+                        healthy_period: (wo.auto_close != Some(false))
+                            .then(|| wo.healthy_period.unwrap_or(DEFAULT_HEALTHY_PERIOD)),
+                        repeat_window: wo.repeat_window.unwrap_or(DEFAULT_REPEAT_WINDOW),
                     },
                     delays: Delays {
                         on: micros(on_delay),

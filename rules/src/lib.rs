@@ -6,7 +6,10 @@
 //! - [`kinds`]: one module per rule kind; each module's doc comment is its reference page.
 //! - [`reference`](mod@reference): the rule-kind reference page, rendered from the kinds' documentation.
 //! - [`alarm`]: the alarm state machine (normal, pending, active) with on- and off-delay.
-//! - [`engine`]: readings in, [`model::alarm::AlarmEvent`]s out, on event time.
+//! - [`engine`]: readings in, [`model::alarm::AlarmEvent`]s out, on event time; restored
+//!   from the alarms the CMMS has on record as active.
+//! - [`paging`]: which events page someone now, and which (conditions that began and ended
+//!   in data replayed after an outage) only go on the asset's history.
 //!
 //! This crate never does I/O: no sockets, no database, no clock. Callers hand it readings
 //! (and, for silence and escalation, the current time) and receive alarm events; everything
@@ -16,7 +19,8 @@ pub mod alarm;
 pub mod engine;
 pub mod file;
 pub mod kinds;
+pub mod paging;
 pub mod reference;
 
-pub use engine::{Engine, TagContext};
+pub use engine::{ActiveAlarm, Engine, TagContext};
 pub use file::{Diagnostic, Rule, RuleSet};

@@ -17,6 +17,8 @@
 //!
 //! [rules]
 //! files = ["rules/plant.toml"]
+//! watch = true                           # reload on change; an invalid edit keeps the old rules
+//! replay_horizon = "5m"                  # older raises are replayed data (see docs/RULES.md)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # Prometheus text format at /metrics
@@ -24,6 +26,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use api::ApiConfig;
 use ingest::IngestConfig;
@@ -65,10 +68,35 @@ impl std::fmt::Debug for DatabaseConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+fn default_true() -> bool {
+    true
+}
+fn default_replay_horizon() -> Duration {
+    rules::paging::DEFAULT_HORIZON
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct RulesConfig {
     #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// Re-read the files when they change (checked every 2 s); an invalid edit keeps the
+    /// running rules.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// A raise whose event time is older than this is replayed data: it opens a work order
+    /// only if the condition is still active once the tag has caught up.
+    #[serde(default = "default_replay_horizon", with = "humantime_serde")]
+    pub replay_horizon: Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            files: Vec::new(),
+            watch: true,
+            replay_horizon: default_replay_horizon(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -139,6 +167,12 @@ impl Validate for ServerConfig {
             report.error(
                 "roles",
                 "the rules role evaluates what this process ingests; run it together with \"ingest\"",
+            );
+        }
+        if self.rules.replay_horizon < Duration::from_secs(10) {
+            report.error(
+                "rules.replay_horizon",
+                "must be at least 10s: live readings arrive seconds late, not less",
             );
         }
         if self.runs(Role::Rules) && self.rules.files.is_empty() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use api::{Api, WorkOrderService};
+use api::{Api, RulesStatus, WorkOrderService};
 use ingest::{Consumer, IngestStats, PgStore};
 use rules::RuleSet;
 use serde::Serialize;
@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Role, ServerConfig};
-use crate::rules_task::{self, RulesStats};
+use crate::rules_task::{self, RulesSource, RulesStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -126,6 +126,7 @@ impl Services {
         let stop_ingest = CancellationToken::new();
         let stop_api = CancellationToken::new();
         let rules_stats = Arc::new(RulesStats::default());
+        let rules_status = Arc::new(RulesStatus::default());
         let mut services = Services {
             pool: pool.clone(),
             api_addr: None,
@@ -138,7 +139,7 @@ impl Services {
             api: None,
         };
         if let (Some(api_config), true) = (&config.api, config.runs(Role::Api)) {
-            let api = Api::build(api_config, pool.clone())
+            let api = Api::build(api_config, pool.clone(), Arc::clone(&rules_status))
                 .await
                 .map_err(|source| ServicesError::Bind {
                     addr: api_config.listen,
@@ -160,7 +161,22 @@ impl Services {
             tracing::info!(rules = rules.rules.len(), source = %rules.source_name, "rules loaded");
             let (tx, rx) = tokio::sync::mpsc::channel(64);
             let wo = WorkOrderService::new(pool.clone());
-            services.rules = Some(tokio::spawn(rules_task::run(rules, rx, wo, rules_stats)));
+            let source = RulesSource {
+                rules,
+                files: if config.rules.watch {
+                    config.rules.files.clone()
+                } else {
+                    Vec::new()
+                },
+                replay_horizon: config.rules.replay_horizon,
+            };
+            services.rules = Some(tokio::spawn(rules_task::run(
+                source,
+                rx,
+                wo,
+                rules_stats,
+                rules_status,
+            )));
             Some(tx)
         } else {
             None

@@ -16,6 +16,7 @@ use api::ApiConfig;
 use api::config::Secret;
 use ingest::IngestConfig;
 use migrations::testing::TestDatabase;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use server::config::{DatabaseConfig, MetricsConfig, Role, RulesConfig};
 use server::demo::{DEMO_RULES, SeededPlant, seed_plant};
 use server::{ServerConfig, Services};
@@ -45,6 +46,7 @@ pub struct Plant {
     pub broker: String,
     pub api: String,
     pub http: reqwest::Client,
+    config: ServerConfig,
 }
 
 impl Plant {
@@ -88,14 +90,7 @@ impl Plant {
             rules: RulesConfig::default(),
             metrics: MetricsConfig::default(),
         };
-        let rules = rules::RuleSet::parse("demo.toml", DEMO_RULES)
-            .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?;
-        let services = Services::start(&config, Some(rules)).await?;
-        let api = format!("http://{}", services.api_addr().context("api role runs")?);
-        anyhow::ensure!(
-            services.ingest_subscribed(Duration::from_secs(20)).await,
-            "ingest's subscription was not confirmed within 20 s"
-        );
+        let (services, api) = start_services(&config).await?;
         Ok(Plant {
             db,
             services,
@@ -106,7 +101,36 @@ impl Plant {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            config,
         })
+    }
+
+    /// Stops the services (as a deployment would) and starts them again on the same
+    /// database, with the same ingest client id (its persistent session keeps what the broker
+    /// queued meanwhile). Returns the plant and what the stopped services did.
+    pub async fn restart(self) -> anyhow::Result<(Plant, server::services::Summary)> {
+        let summary = self.services.stop().await;
+        let (services, api) = start_services(&self.config).await?;
+        Ok((
+            Plant {
+                services,
+                api,
+                ..self
+            },
+            summary,
+        ))
+    }
+
+    /// The id of the seeded tag `name` of tenant `tenant` (e.g. "press-1.bearing_temp").
+    pub async fn tag_id(&self, tenant: Uuid, name: &str) -> anyhow::Result<i64> {
+        let pool = self.db.app_pool().await;
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        let id = sqlx::query_scalar("SELECT id FROM tags WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Logs in as the admin of tenant `slug` and returns the access token.
@@ -166,4 +190,46 @@ impl Plant {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Starts the services with the demo rules; returns them and the API's base URL once ingest's
+/// subscription is confirmed.
+async fn start_services(config: &ServerConfig) -> anyhow::Result<(Services, String)> {
+    let rules = rules::RuleSet::parse("demo.toml", DEMO_RULES)
+        .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?;
+    let services = Services::start(config, Some(rules)).await?;
+    let api = format!("http://{}", services.api_addr().context("api role runs")?);
+    anyhow::ensure!(
+        services.ingest_subscribed(Duration::from_secs(20)).await,
+        "ingest's subscription was not confirmed within 20 s"
+    );
+    Ok((services, api))
+}
+
+/// Publishes raw payloads with QoS 1 and waits for every PUBACK.
+pub async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    let (host, port) = model::topic::broker_address(broker)?;
+    let mut options =
+        MqttOptions::new(format!("pub-{}", uuid::Uuid::new_v4().simple()), host, port);
+    options.set_max_packet_size(2 << 20, 2 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let n = payloads.len();
+    // The event loop must run while publishing: it is what drains the request channel.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < n {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                acked += 1;
+            }
+        }
+        anyhow::Ok(eventloop)
+    });
+    for p in payloads {
+        client.publish(topic, QoS::AtLeastOnce, false, p).await?;
+    }
+    let mut eventloop = tokio::time::timeout(Duration::from_secs(30), acks).await???;
+    client.disconnect().await?;
+    // Let the DISCONNECT go out before the connection is dropped.
+    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+    Ok(())
 }

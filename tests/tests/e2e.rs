@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edge_agent::{Agent, AgentConfig};
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, publish_all};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use server::demo::{DEMO_GATEWAY, agent_config, demo_scenario};
 use simulators::spawn_modbus_plc;
 use sqlx::Row;
@@ -93,34 +92,6 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
     let summary = plant.services.stop().await;
     assert_eq!(summary.work_orders_opened, 1);
     assert_eq!(summary.dead_letters, 0);
-    Ok(())
-}
-
-/// Publishes raw payloads with QoS 1 and waits for every PUBACK.
-async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
-    let (host, port) = model::topic::broker_address(broker)?;
-    let mut options =
-        MqttOptions::new(format!("pub-{}", uuid::Uuid::new_v4().simple()), host, port);
-    options.set_max_packet_size(2 << 20, 2 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let n = payloads.len();
-    // The event loop must run while publishing: it is what drains the request channel.
-    let acks = tokio::spawn(async move {
-        let mut acked = 0;
-        while acked < n {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
-                acked += 1;
-            }
-        }
-        anyhow::Ok(eventloop)
-    });
-    for p in payloads {
-        client.publish(topic, QoS::AtLeastOnce, false, p).await?;
-    }
-    let mut eventloop = tokio::time::timeout(Duration::from_secs(30), acks).await???;
-    client.disconnect().await?;
-    // Let the DISCONNECT go out before the connection is dropped.
-    let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
     Ok(())
 }
 

@@ -24,6 +24,13 @@ pub struct WorkOrder {
     pub source: String,
     pub rule_id: Option<String>,
     pub alarm_id: Option<Uuid>,
+    /// How a closed work order ended, e.g. `cleared_automatically`.
+    pub resolution: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+    /// When it closes by itself if the condition stays clear and nobody starts on it.
+    pub auto_close_at: Option<DateTime<Utc>>,
+    /// The earlier work order of the same failure mode when this one is a repeat failure.
+    pub repeat_of: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -57,7 +64,8 @@ pub struct WorkOrderList {
 }
 
 const COLUMNS: &str = "id, asset_id, title, description, priority, status, work_type, failure_mode, \
-                       source, rule_id, alarm_id, created_at, updated_at";
+                       source, rule_id, alarm_id, resolution, closed_at, auto_close_at, repeat_of, \
+                       created_at, updated_at";
 
 pub async fn list(
     State(state): State<AppState>,

@@ -1,0 +1,400 @@
+//! What happens to an alarm after its raise, against a real database: healthy periods that
+//! close untouched work orders, repeat failures, replayed history, and alarms that survive a
+//! restart of the server without firing again. Needs `scripts/test.sh`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use api::{AlarmOutcome, WorkOrderService};
+use chrono::Utc;
+use maintainpro_tests::{Plant, publish_all};
+use migrations::testing::TestDatabase;
+use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
+use model::wire::Batch;
+use model::{
+    AssetId, GatewayId, Priority, Quality, Reading, Severity, TagName, TenantId, Timestamp,
+};
+use server::demo::{DEMO_GATEWAY, seed_plant};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+const MIN: i64 = 60_000_000;
+
+/// A seeded tenant and the subject of an alarm on its press bearing.
+struct Fixture {
+    db: TestDatabase,
+    pool: PgPool,
+    service: WorkOrderService,
+    subject: AlarmSubject,
+}
+
+impl Fixture {
+    async fn new() -> anyhow::Result<Fixture> {
+        let db = TestDatabase::create().await?;
+        let tenant = seed_plant(&db.urls.app_url, "plant-a", "unused")
+            .await?
+            .tenant;
+        let pool = db.app_pool().await;
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        let row = sqlx::query("SELECT id, asset_id FROM tags WHERE name = 'press-1.bearing_temp'")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let subject = AlarmSubject {
+            tenant: TenantId::from_uuid(tenant),
+            asset: AssetId::from_uuid(row.get("asset_id")),
+            tag_id: row.get("id"),
+            tag: TagName::parse("press-1.bearing_temp")?,
+            rule_id: "press-bearing-overheat".into(),
+            failure_mode: "bearing-overheat".into(),
+            severity: Severity::High,
+        };
+        Ok(Fixture {
+            service: WorkOrderService::new(pool.clone()),
+            db,
+            pool,
+            subject,
+        })
+    }
+
+    fn raised(&self, at: Timestamp) -> AlarmEvent {
+        AlarmEvent::Raised {
+            subject: self.subject.clone(),
+            at,
+            value: 91.0,
+            work_order: WorkOrderDraft {
+                title: "Bearing overheating on Press 1".into(),
+                description: String::new(),
+                work_type: WorkType::Corrective,
+                priority: Priority::Critical,
+                checklist: Vec::new(),
+                repeat_window: Duration::from_secs(30 * 86_400),
+            },
+        }
+    }
+
+    fn cleared(&self, raised_at: Timestamp, at: Timestamp, healthy: Option<u64>) -> AlarmEvent {
+        AlarmEvent::Cleared {
+            subject: self.subject.clone(),
+            raised_at,
+            at,
+            value: 70.0,
+            healthy_period: healthy.map(Duration::from_secs),
+        }
+    }
+
+    async fn query<T>(
+        &self,
+        sql: &str,
+        f: impl Fn(sqlx::postgres::PgRow) -> T,
+    ) -> anyhow::Result<Vec<T>> {
+        let mut tx = migrations::begin_tenant(&self.pool, self.subject.tenant.as_uuid()).await?;
+        let rows = sqlx::query(sql).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(f).collect())
+    }
+
+    async fn events(&self, work_order: Uuid) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+        self.query(
+            &format!("SELECT kind, detail FROM work_order_events WHERE work_order_id = '{work_order}' ORDER BY id"),
+            |r| (r.get("kind"), r.get("detail")),
+        )
+        .await
+    }
+}
+
+fn created(outcome: AlarmOutcome) -> anyhow::Result<Uuid> {
+    match outcome {
+        AlarmOutcome::Created { work_order } => Ok(work_order),
+        other => anyhow::bail!("expected a new work order, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_untouched_work_order_closes_after_its_healthy_period_and_a_reopening_is_a_repeat()
+-> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let t0 = Timestamp::now();
+    let first = created(f.service.on_alarm(&f.raised(t0)).await?)?;
+    let cleared_at = t0.plus_micros(MIN);
+    let AlarmOutcome::Cleared {
+        work_order: Some(noted),
+        auto_close_at: Some(due),
+    } = f
+        .service
+        .on_alarm(&f.cleared(t0, cleared_at, Some(600)))
+        .await?
+    else {
+        anyhow::bail!("the clear should schedule the close");
+    };
+    assert_eq!(noted, first);
+    assert_eq!(Some(due), cleared_at.plus_micros(10 * MIN).to_datetime());
+    // Not yet due; then due.
+    assert!(f.service.close_healthy(Utc::now()).await?.is_empty());
+    let closed = f
+        .service
+        .close_healthy(due + chrono::Duration::seconds(1))
+        .await?;
+    assert_eq!(closed, [first]);
+    let row = f
+        .query(
+            &format!("SELECT status, resolution, closed_at IS NOT NULL AS closed FROM work_orders WHERE id = '{first}'"),
+            |r| (r.get::<String, _>("status"), r.get::<Option<String>, _>("resolution"), r.get::<bool, _>("closed")),
+        )
+        .await?;
+    assert_eq!(
+        row,
+        [(
+            "cancelled".into(),
+            Some("cleared_automatically".into()),
+            true
+        )]
+    );
+    let events = f.events(first).await?;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["opened_by_alarm", "alarm_cleared", "closed_automatically"]
+    );
+    let evidence = &events[2].1["alarms"];
+    assert_eq!(evidence.as_array().map(Vec::len), Some(1), "{evidence}");
+    assert_eq!(evidence[0]["trigger_value"], 91.0);
+
+    // The same failure mode again, within the repeat window: a new work order, flagged.
+    let t1 = cleared_at.plus_micros(20 * MIN);
+    let second = created(f.service.on_alarm(&f.raised(t1)).await?)?;
+    let repeat_of = f
+        .query(
+            &format!("SELECT repeat_of FROM work_orders WHERE id = '{second}'"),
+            |r| r.get::<Option<Uuid>, _>("repeat_of"),
+        )
+        .await?;
+    assert_eq!(repeat_of, [Some(first)]);
+    let kinds: Vec<String> = f
+        .events(second)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(kinds, ["opened_by_alarm", "repeat_failure"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_returning_condition_or_started_work_keeps_the_work_order_open() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let t0 = Timestamp::now();
+    let wo = created(f.service.on_alarm(&f.raised(t0)).await?)?;
+    f.service
+        .on_alarm(&f.cleared(t0, t0.plus_micros(MIN), Some(60)))
+        .await?;
+    // The condition returns before the healthy period is over.
+    let t1 = t0.plus_micros(90_000_000);
+    assert!(matches!(
+        f.service.on_alarm(&f.raised(t1)).await?,
+        AlarmOutcome::Appended { work_order, .. } if work_order == wo
+    ));
+    let far = Utc::now() + chrono::Duration::days(1);
+    assert!(f.service.close_healthy(far).await?.is_empty());
+
+    // Work starts; then the condition clears: a note, no close.
+    let mut tx = migrations::begin_tenant(&f.pool, f.subject.tenant.as_uuid()).await?;
+    sqlx::query("UPDATE work_orders SET status = 'in_progress' WHERE id = $1")
+        .bind(wo)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let AlarmOutcome::Cleared { auto_close_at, .. } = f
+        .service
+        .on_alarm(&f.cleared(t1, t1.plus_micros(MIN), Some(60)))
+        .await?
+    else {
+        anyhow::bail!("expected a clear");
+    };
+    assert_eq!(auto_close_at, None);
+    assert!(f.service.close_healthy(far).await?.is_empty());
+    let events = f.events(wo).await?;
+    let (kind, detail) = events.last().context("events")?;
+    assert_eq!(kind, "alarm_cleared");
+    assert_eq!(
+        detail["stays_open"],
+        "work has started: it stays with the technician"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn replayed_history_is_recorded_once_and_active_alarms_are_listed_for_a_restart()
+-> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let t0 = Timestamp::from_micros(Timestamp::now().as_micros() - 60 * MIN);
+    let history = [f.raised(t0), f.cleared(t0, t0.plus_micros(MIN), Some(60))];
+    assert!(f.service.record_history(&history).await?);
+    assert!(
+        !f.service.record_history(&history).await?,
+        "a second replay records nothing"
+    );
+    // A redelivered live raise of the same occurrence changes nothing either.
+    assert_eq!(
+        f.service.on_alarm(&history[0]).await?,
+        AlarmOutcome::AlreadyApplied
+    );
+    let rows = f
+        .query("SELECT state, replayed FROM alarms", |r| {
+            (r.get::<String, _>("state"), r.get::<bool, _>("replayed"))
+        })
+        .await?;
+    assert_eq!(rows, [("cleared".to_owned(), true)]);
+    let work_orders = f.query("SELECT id FROM work_orders", |_| ()).await?;
+    assert!(work_orders.is_empty());
+    assert!(f.service.active_alarms().await?.is_empty());
+
+    let t1 = Timestamp::now();
+    f.service.on_alarm(&f.raised(t1)).await?;
+    let active = f.service.active_alarms().await?;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].rule_id, "press-bearing-overheat");
+    assert_eq!(active[0].tag_id, f.subject.tag_id);
+    assert_eq!(active[0].raised_at, t1);
+    assert_eq!(active[0].severity, Severity::High);
+    drop(f.db);
+    Ok(())
+}
+
+/// Readings of the demo press's bearing, one per second from `from` (microseconds), with
+/// `value(i)` for the i-th.
+fn bearing_batch(
+    seq: u64,
+    from: i64,
+    n: i64,
+    value: impl Fn(i64) -> f64,
+) -> anyhow::Result<Vec<u8>> {
+    let readings = (0..n)
+        .map(|i| {
+            Ok(Reading {
+                tag: TagName::parse("press-1.bearing_temp")?,
+                ts: Timestamp::from_micros(from + i * 1_000_000),
+                value: value(i),
+                quality: Quality::Good,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
+}
+
+async fn alarm_rows(plant: &Plant, tenant: Uuid) -> anyhow::Result<Vec<(String, bool, i64)>> {
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let rows = sqlx::query("SELECT state, replayed, extract(epoch FROM raised_at)::bigint AS raised FROM alarms ORDER BY raised_at")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get("state"), r.get("replayed"), r.get("raised")))
+        .collect())
+}
+
+async fn work_order_events(plant: &Plant, tenant: Uuid) -> anyhow::Result<Vec<String>> {
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let kinds = sqlx::query_scalar("SELECT kind FROM work_order_events ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(kinds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_alarm_survives_a_restart_and_neither_refires_nor_is_forgotten()
+-> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    let t0 = Timestamp::now().as_micros() - 20_000_000;
+    // Hot for 10 s: the demo rule's 3 s on-delay is met.
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(1, t0, 10, |_| 91.0)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(30), "the work order", || async {
+        Ok((plant.services.summary().work_orders_opened == 1).then_some(()))
+    })
+    .await?;
+
+    let (plant, before) = plant.restart().await?;
+    assert_eq!(before.alarms_raised, 1);
+    // Still hot after the restart: the restored alarm does not fire again.
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(2, t0 + 10_000_000, 5, |_| 92.0)?],
+    )
+    .await?;
+    Plant::eventually(
+        Duration::from_secs(30),
+        "the hot readings evaluated",
+        || async { Ok((plant.services.summary().readings_stored >= 5).then_some(())) },
+    )
+    .await?;
+    // Then cool for longer than the 10 s off-delay: the clear belongs to the original raise.
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(3, t0 + 15_000_000, 15, |_| 70.0)?],
+    )
+    .await?;
+    let rows = Plant::eventually(Duration::from_secs(30), "the alarm cleared", || async {
+        let rows = alarm_rows(&plant, tenant).await?;
+        Ok(rows
+            .iter()
+            .all(|(state, ..)| state == "cleared")
+            .then_some(rows))
+    })
+    .await?;
+    assert_eq!(rows.len(), 1, "one alarm row, raised once: {rows:?}");
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.alarms_raised, 0, "nothing raised after the restart");
+    assert_eq!(summary.work_orders_opened, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_that_began_and_ended_in_replayed_data_goes_on_the_history_only()
+-> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    // An outage an hour ago, replayed now: 60 s normal, 60 s hot, 60 s cool.
+    let t0 = Timestamp::now().as_micros() - 60 * MIN;
+    let replay = vec![
+        bearing_batch(1, t0, 60, |_| 70.0)?,
+        bearing_batch(2, t0 + MIN, 60, |_| 91.0)?,
+        bearing_batch(3, t0 + 2 * MIN, 60, |_| 70.0)?,
+    ];
+    publish_all(&plant.broker, &topic, replay).await?;
+    let rows = Plant::eventually(
+        Duration::from_secs(30),
+        "the replayed alarm recorded",
+        || async {
+            let rows = alarm_rows(&plant, tenant).await?;
+            Ok((!rows.is_empty()).then_some(rows))
+        },
+    )
+    .await?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1), ("cleared", true));
+    assert!(work_order_events(&plant, tenant).await?.is_empty());
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.work_orders_opened, 0);
+    assert_eq!(summary.alarms_raised, 0);
+    Ok(())
+}
