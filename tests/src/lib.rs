@@ -9,6 +9,7 @@
 //! simulated PLC and the edge agent. Each test owns its database, its tenants and its MQTT
 //! client ids.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -57,6 +58,15 @@ impl Plant {
 
     /// As [`Plant::start`], with ingest's message queue of the given length.
     pub async fn start_with_queue(queue: usize) -> anyhow::Result<Plant> {
+        Self::start_with(queue, Vec::new()).await
+    }
+
+    /// As [`Plant::start`], with the rules read (and watched) from `rule_files`.
+    pub async fn start_with_rule_files(rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
+        Self::start_with(IngestConfig::new("mqtt://unused").queue, rule_files).await
+    }
+
+    async fn start_with(queue: usize, rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
         let broker = mqtt_url()?;
         let db = TestDatabase::create().await?;
         let hash = api::auth::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -87,7 +97,10 @@ impl Plant {
                 queue,
                 ..IngestConfig::new(broker.clone())
             }),
-            rules: RulesConfig::default(),
+            rules: RulesConfig {
+                files: rule_files,
+                ..RulesConfig::default()
+            },
             metrics: MetricsConfig::default(),
         };
         let (services, api) = start_services(&config).await?;
@@ -192,11 +205,15 @@ impl Plant {
     }
 }
 
-/// Starts the services with the demo rules; returns them and the API's base URL once ingest's
-/// subscription is confirmed.
+/// Starts the services with the configured rule files, or the demo rules when there are none;
+/// returns them and the API's base URL once ingest's subscription is confirmed.
 async fn start_services(config: &ServerConfig) -> anyhow::Result<(Services, String)> {
-    let rules = rules::RuleSet::parse("demo.toml", DEMO_RULES)
-        .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?;
+    let rules = if config.rules.files.is_empty() {
+        rules::RuleSet::parse("demo.toml", DEMO_RULES)
+            .map_err(|d| anyhow::anyhow!("demo rules: {d:?}"))?
+    } else {
+        server::services::load_rule_files(&config.rules.files)?
+    };
     let services = Services::start(config, Some(rules)).await?;
     let api = format!("http://{}", services.api_addr().context("api role runs")?);
     anyhow::ensure!(

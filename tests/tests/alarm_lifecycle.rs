@@ -398,3 +398,68 @@ async fn a_breach_that_began_and_ended_in_replayed_data_goes_on_the_history_only
     assert_eq!(summary.alarms_raised, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_rule_file_is_reloaded_and_an_invalid_edit_keeps_the_running_rules()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plant.toml");
+    std::fs::write(&file, server::demo::DEMO_RULES)?;
+    let plant = Plant::start_with_rule_files(vec![file.clone()]).await?;
+    let token = plant.login("plant-a").await?;
+    let status = || async {
+        let (code, body) = plant.get("/api/v1/rules/status", Some(&token)).await?;
+        anyhow::ensure!(code == 200, "status answered {code}: {body}");
+        Ok(body)
+    };
+    let body = status().await?;
+    assert_eq!(body["running"], true, "{body}");
+    assert_eq!(body["watching"], true, "{body}");
+    assert_eq!(body["rules"], 2, "{body}");
+    assert!(body["last_error"].is_null(), "{body}");
+    let (code, _) = plant.get("/api/v1/rules/status", None).await?;
+    assert_eq!(code, 401);
+
+    // A broken edit: reported, and the two rules stay in force.
+    std::fs::write(&file, "version = 1\n[[rule]]\nid = \"half-written\"\n")?;
+    let body = Plant::eventually(Duration::from_secs(20), "the reload error", || async {
+        let body = status().await?;
+        Ok((!body["last_error"].is_null()).then_some(body))
+    })
+    .await?;
+    let message = body["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("plant.toml"), "{body}");
+    assert_eq!(body["rules"], 2, "{body}");
+
+    // A valid edit: the bearing now alarms above 60 degC; the error is gone.
+    let stricter = server::demo::DEMO_RULES
+        .replace("above = 85.0", "above = 60.0")
+        .replace("clear_below = 80.0", "clear_below = 55.0");
+    assert_ne!(stricter, server::demo::DEMO_RULES);
+    std::fs::write(&file, stricter)?;
+    Plant::eventually(Duration::from_secs(20), "the reload", || async {
+        let body = status().await?;
+        Ok(body["last_error"].is_null().then_some(()))
+    })
+    .await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    let t0 = Timestamp::now().as_micros() - 10_000_000;
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(1, t0, 8, |_| 70.0)?],
+    )
+    .await?;
+    Plant::eventually(
+        Duration::from_secs(30),
+        "a work order under the new limit",
+        || async { Ok((plant.services.summary().work_orders_opened == 1).then_some(())) },
+    )
+    .await?;
+    plant.services.stop().await;
+    Ok(())
+}
