@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
-use crate::routes::{health, login, rules, work_orders};
+use crate::routes::{alarms, health, login, rules, work_orders};
 use crate::rules_status::RulesStatus;
 
 /// What every handler can reach.
@@ -31,6 +31,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/work-orders", get(work_orders::list))
         .route("/api/v1/work-orders/{id}", get(work_orders::get))
         .route("/api/v1/rules/status", get(rules::status))
+        .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/{id}/acknowledge", post(alarms::acknowledge))
+        .route(
+            "/api/v1/alarms/{id}/shelve",
+            post(alarms::shelve).delete(alarms::unshelve),
+        )
         .with_state(state)
 }
 

@@ -128,6 +128,18 @@ pub struct AuthUser {
     pub role: String,
 }
 
+impl AuthUser {
+    /// Refuses the request (403) unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
+        if roles.contains(&self.role.as_str()) {
+            Ok(())
+        } else {
+            tracing::info!(user = %self.user, role = %self.role, "permission denied");
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 

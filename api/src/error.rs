@@ -11,6 +11,8 @@ pub enum ApiError {
     Unauthenticated,
     #[error("invalid credentials")]
     BadCredentials,
+    #[error("your role may not do this")]
+    Forbidden,
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -30,6 +32,7 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Internal(e) => {
@@ -49,5 +52,25 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+/// A JSON request body whose problems (malformed JSON, unknown or missing fields, wrong
+/// content type) answer in the API's one error shape, naming what was wrong.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Body<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
     }
 }

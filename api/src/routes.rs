@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod alarms;
 pub mod health;
 pub mod login;
 pub mod rules;

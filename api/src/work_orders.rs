@@ -18,6 +18,8 @@
 //!   asset's history ([`WorkOrderService::record_history`]) and opens nothing.
 //! - [`WorkOrderService::active_alarms`] hands the alarms on record as active back to a
 //!   restarted rules engine.
+//! - A raise while its rule is shelved on its tag (`alarm_shelves`) is recorded as a
+//!   suppressed alarm and opens or touches no work order; nor does its clear.
 
 use std::time::Duration;
 
@@ -40,6 +42,10 @@ pub enum AlarmOutcome {
     },
     /// This event was handled before (same idempotency key): nothing changed.
     AlreadyApplied,
+    /// The alarm's rule is shelved on its tag: recorded, no work order opened or touched.
+    Suppressed {
+        until: DateTime<Utc>,
+    },
     Cleared {
         work_order: Option<Uuid>,
         /// When the work order closes by itself unless the condition returns or work starts.
@@ -288,13 +294,22 @@ async fn raised(
     }
     let tenant = s.tenant.as_uuid();
     let raised_at = at.to_datetime();
+    let shelved_until: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(until) FROM alarm_shelves
+         WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND ended_at IS NULL AND until > now()",
+    )
+    .bind(tenant)
+    .bind(&s.rule_id)
+    .bind(s.tag_id)
+    .fetch_one(&mut **tx)
+    .await?;
     // The alarm row: one active per rule and tag. A raise for an alarm still recorded active
     // (a restart forgot it had been raised) reuses that row.
     let alarm_id: Uuid = sqlx::query_scalar(
         "WITH ins AS (
              INSERT INTO alarms (id, tenant_id, rule_id, tag_id, asset_id, failure_mode, severity,
-                                 state, trigger_value, raised_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9)
+                                 state, trigger_value, raised_at, suppressed, idempotency_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11)
              ON CONFLICT (tenant_id, rule_id, tag_id) WHERE state = 'active' DO NOTHING
              RETURNING id)
          SELECT id FROM ins
@@ -311,15 +326,21 @@ async fn raised(
     .bind(s.severity.as_str())
     .bind(value)
     .bind(raised_at)
+    .bind(shelved_until.is_some())
+    // A suppressed raise touches no work order: its key on the alarm row is what makes a
+    // redelivery of it a no-op.
+    .bind(shelved_until.is_some().then_some(key))
     .fetch_one(&mut **tx)
     .await?;
-
-    // An escalation reuses the active alarm row: it carries the severity now in force.
     sqlx::query("UPDATE alarms SET severity = $1 WHERE id = $2 AND severity <> $1")
         .bind(s.severity.as_str())
         .bind(alarm_id)
         .execute(&mut **tx)
         .await?;
+    if let Some(until) = shelved_until {
+        tracing::info!(rule = %s.rule_id, tag = %s.tag, %until, "alarm raised while shelved: no work order");
+        return Ok(AlarmOutcome::Suppressed { until });
+    }
 
     let open = sqlx::query(&format!(
         "SELECT id, priority FROM work_orders
@@ -468,16 +489,24 @@ async fn cleared(
         return Ok(AlarmOutcome::AlreadyApplied);
     }
     let tenant = s.tenant.as_uuid();
-    sqlx::query(
+    let suppressed: Option<bool> = sqlx::query_scalar(
         "UPDATE alarms SET state = 'cleared', cleared_at = $4
-         WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND state = 'active'",
+         WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND state = 'active'
+         RETURNING suppressed",
     )
     .bind(tenant)
     .bind(&s.rule_id)
     .bind(s.tag_id)
     .bind(at.to_datetime())
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
+    if suppressed == Some(true) {
+        // Its raise touched no work order; neither does its clear.
+        return Ok(AlarmOutcome::Cleared {
+            work_order: None,
+            auto_close_at: None,
+        });
+    }
     let open: Option<(Uuid, String)> = sqlx::query_as(&format!(
         "SELECT id, status FROM work_orders
          WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}

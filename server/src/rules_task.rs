@@ -323,6 +323,10 @@ async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &Rules
         }) => {
             tracing::info!(%work_order, ?auto_close_at, "condition cleared; noted on the work order");
         }
+        Some(AlarmOutcome::Suppressed { until }) => {
+            metrics::counter!("maintainpro_rules_alarms_suppressed_total").increment(1);
+            tracing::info!(rule = %s.rule_id, tag = %s.tag, %until, "alarm suppressed: shelved");
+        }
         Some(AlarmOutcome::AlreadyApplied | AlarmOutcome::Cleared { .. }) | None => {}
     }
 }

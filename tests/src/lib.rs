@@ -148,22 +148,7 @@ impl Plant {
 
     /// Logs in as the admin of tenant `slug` and returns the access token.
     pub async fn login(&self, slug: &str) -> anyhow::Result<String> {
-        let res = self
-            .http
-            .post(format!("{}/api/v1/auth/login", self.api))
-            .json(&serde_json::json!({
-                "tenant": slug, "email": server::demo::DEMO_EMAIL, "password": PASSWORD
-            }))
-            .send()
-            .await?;
-        if !res.status().is_success() {
-            bail!("login as {slug} failed: {}", res.status());
-        }
-        let body: serde_json::Value = res.json().await?;
-        Ok(body["access_token"]
-            .as_str()
-            .context("token in response")?
-            .to_owned())
+        self.login_as(slug, server::demo::DEMO_EMAIL).await
     }
 
     /// `GET path` with an optional bearer token: status and JSON body.
@@ -172,9 +157,43 @@ impl Plant {
         path: &str,
         token: Option<&str>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let mut req = self.http.get(format!("{}{path}", self.api));
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Logs in as `email` of tenant `slug` (password [`PASSWORD`]) and returns the token.
+    pub async fn login_as(&self, slug: &str, email: &str) -> anyhow::Result<String> {
+        let body = serde_json::json!({ "tenant": slug, "email": email, "password": PASSWORD });
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Some(body),
+            )
+            .await?;
+        if status != 200 {
+            bail!("login as {email} of {slug} failed: {status} {body}");
+        }
+        Ok(body["access_token"]
+            .as_str()
+            .context("token in response")?
+            .to_owned())
+    }
+
+    /// Any request with an optional bearer token and JSON body: status and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.api));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
