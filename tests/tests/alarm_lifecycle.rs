@@ -463,3 +463,93 @@ async fn an_edited_rule_file_is_reloaded_and_an_invalid_edit_keeps_the_running_r
     plant.services.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_and_reordered_breach_readings_open_no_duplicate_work_order()
+-> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let topic = model::topic::readings(TenantId::from_uuid(tenant), &gateway);
+    // 200 s of both press signals, ending now: three bearing episodes, two motor ones.
+    let t0 = Timestamp::now().as_micros() - 200_000_000;
+    let bearing = |s: i64| {
+        if (20..40).contains(&s) || (80..100).contains(&s) || (140..160).contains(&s) {
+            91.0
+        } else {
+            70.0
+        }
+    };
+    let motor = |s: i64| {
+        if (50..70).contains(&s) || (120..135).contains(&s) {
+            65.0
+        } else {
+            40.0
+        }
+    };
+    let mut batches = Vec::new();
+    for b in 0..20i64 {
+        let mut readings = Vec::new();
+        for s in b * 10..(b + 1) * 10 {
+            let ts = Timestamp::from_micros(t0 + s * 1_000_000);
+            readings.push(Reading {
+                tag: TagName::parse("press-1.bearing_temp")?,
+                ts,
+                value: bearing(s),
+                quality: Quality::Good,
+            });
+            readings.push(Reading {
+                tag: TagName::parse("press-1.motor_current")?,
+                ts,
+                value: motor(s),
+                quality: Quality::Good,
+            });
+        }
+        batches.push(Batch::from_readings(gateway.clone(), b as u64 + 1, &readings).encode());
+    }
+    // 10 % redelivered (two batches twice, one of them much later) and two pairs swapped.
+    let mut sent = batches.clone();
+    sent.swap(5, 6);
+    sent.swap(13, 14);
+    sent.insert(9, batches[8].clone());
+    sent.push(batches[2].clone());
+    publish_all(&plant.broker, &topic, sent).await?;
+    Plant::eventually(Duration::from_secs(30), "every batch handled", || async {
+        let s = plant.services.summary();
+        Ok((s.readings_stored >= 400 && s.batches_duplicate >= 2).then_some(()))
+    })
+    .await?;
+    // Stopping drains what ingest handed the rules task.
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.batches_duplicate, 2);
+    assert_eq!(summary.work_orders_opened, 2);
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let orders: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT w.failure_mode, count(*) OVER (PARTITION BY w.failure_mode)
+         FROM work_orders w ORDER BY w.failure_mode",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let raises: i64 = sqlx::query_scalar("SELECT count(*) FROM alarms")
+        .fetch_one(&mut *tx)
+        .await?;
+    let appended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM work_order_events WHERE kind = 'alarm_repeated'")
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    assert_eq!(
+        orders,
+        [
+            ("bearing-overheat".to_owned(), 1),
+            ("motor-overcurrent".to_owned(), 1)
+        ],
+        "one work order per failure mode"
+    );
+    // Every alarm occurrence reached its work order once: the first opened it, the others
+    // were appended.
+    assert!(raises >= 2, "{raises} alarms");
+    assert_eq!(appended, raises - 2);
+    Ok(())
+}
