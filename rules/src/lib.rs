@@ -8,8 +8,12 @@
 //! - [`alarm`]: the alarm state machine (normal, pending, active) with on- and off-delay.
 //! - [`engine`]: readings in, [`model::alarm::AlarmEvent`]s out, on event time; restored
 //!   from the alarms the CMMS has on record as active.
+//! - [`reorder`]: per-tag buffers that put readings arriving late (within a bound) back in
+//!   event-time order before evaluation.
 //! - [`paging`]: which events page someone now, and which (conditions that began and ended
 //!   in data replayed after an outage) only go on the asset's history.
+//! - [`fixture`]: rule fixtures: readings as CSV text run through the engine, rendered with
+//!   what the CMMS would do with each alarm event, for snapshot tests of rule files.
 //!
 //! This crate never does I/O: no sockets, no database, no clock. Callers hand it readings
 //! (and, for silence and escalation, the current time) and receive alarm events; everything
@@ -18,9 +22,11 @@
 pub mod alarm;
 pub mod engine;
 pub mod file;
+pub mod fixture;
 pub mod kinds;
 pub mod paging;
 pub mod reference;
+pub mod reorder;
 
 pub use engine::{ActiveAlarm, Engine, TagContext};
 pub use file::{Diagnostic, Rule, RuleSet};

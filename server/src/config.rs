@@ -19,6 +19,7 @@
 //! files = ["rules/plant.toml"]
 //! watch = true                           # reload on change; an invalid edit keeps the old rules
 //! replay_horizon = "5m"                  # older raises are replayed data (see docs/RULES.md)
+//! reorder_window = "0s"                  # evaluate readings up to this late in order
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # Prometheus text format at /metrics
@@ -87,6 +88,11 @@ pub struct RulesConfig {
     /// only if the condition is still active once the tag has caught up.
     #[serde(default = "default_replay_horizon", with = "humantime_serde")]
     pub replay_horizon: Duration,
+    /// How late (event time) a reading may arrive and still be evaluated in order with its
+    /// tag's others. Every evaluation waits this long: 0s (the default) evaluates at once
+    /// and skips a reading older than its tag's last one.
+    #[serde(default, with = "humantime_serde")]
+    pub reorder_window: Duration,
 }
 
 impl Default for RulesConfig {
@@ -95,6 +101,7 @@ impl Default for RulesConfig {
             files: Vec::new(),
             watch: true,
             replay_horizon: default_replay_horizon(),
+            reorder_window: Duration::ZERO,
         }
     }
 }
@@ -173,6 +180,12 @@ impl Validate for ServerConfig {
             report.error(
                 "rules.replay_horizon",
                 "must be at least 10s: live readings arrive seconds late, not less",
+            );
+        }
+        if self.rules.reorder_window > Duration::from_secs(60) {
+            report.error(
+                "rules.reorder_window",
+                "at most 60s: every evaluation waits this long",
             );
         }
         if self.runs(Role::Rules) && self.rules.files.is_empty() {

@@ -7,6 +7,8 @@
 //! - [`services`]: starts the selected roles against one database pool and stops them in order.
 //! - [`rules_task`]: the task that feeds stored readings to the rules engine and hands alarm
 //!   events to the work-order service.
+//! - [`rules_cli`]: `maintainpro rules test`: fixture readings run through rule files,
+//!   compared with snapshot files of the alarms and work orders they produce.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for running without an external one.
 //! - [`demo`]: the demo plant: throwaway database, embedded broker, simulated PLC, edge agent
 //!   and all services, with a summary at the end.
@@ -16,6 +18,7 @@
 pub mod broker;
 pub mod config;
 pub mod demo;
+pub mod rules_cli;
 pub mod rules_task;
 pub mod services;
 

@@ -65,6 +65,9 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run fixture readings through rule files and compare the alarms and work orders with
+    /// snapshot files.
+    Test(server::rules_cli::TestArgs),
 }
 
 fn init_tracing() {
@@ -101,6 +104,12 @@ fn main() -> ExitCode {
     } = &cli.command
     {
         return rules_check(files);
+    }
+    if let Command::Rules {
+        command: RulesCommand::Test(args),
+    } = &cli.command
+    {
+        return server::rules_cli::test(args);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

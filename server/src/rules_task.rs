@@ -1,6 +1,8 @@
 //! Feeds stored readings to the rules engine and applies its alarm events to the CMMS.
 //!
 //! One task owns the engine (no locks on the hot path). Around it:
+//! - Order: with a reorder window, each tag's readings wait that long (event time) in a
+//!   [`Reorder`] buffer so that late ones are evaluated in order; by default none wait.
 //! - Start: the alarms the database has on record as active are restored into the engine
 //!   before the first reading, so none is forgotten and none fires a second time.
 //! - Paging: a [`Pager`] holds raises found in replayed data until their outcome is known; a
@@ -23,6 +25,7 @@ use ingest::RuleInput;
 use model::Timestamp;
 use model::alarm::AlarmEvent;
 use rules::paging::{Page, Pager};
+use rules::reorder::Reorder;
 use rules::{ActiveAlarm, Engine, RuleSet};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -56,6 +59,8 @@ pub struct RulesSource {
     pub files: Vec<PathBuf>,
     /// Raises older than this (event time against the wall clock) are replayed data.
     pub replay_horizon: Duration,
+    /// How late (in event time) a reading may arrive and still be evaluated in order.
+    pub reorder_window: Duration,
 }
 
 /// Runs until the ingest side closes the channel.
@@ -80,22 +85,38 @@ pub async fn run(
         watching,
     );
     let mut pager = Pager::new(source.replay_horizon);
+    let mut reorder = Reorder::new(source.reorder_window);
+    let mut ready: Vec<(Timestamp, RuleInput)> = Vec::new();
     let mut events = Vec::new();
     let mut pages = Vec::new();
     let mut advance = interval(ADVANCE_EVERY);
     let mut sweep = interval(SWEEP_EVERY);
     let mut reload = interval(RELOAD_EVERY);
-    loop {
+    let mut closed = false;
+    while !closed {
         tokio::select! {
             batch = input.recv() => {
-                let Some(batch) = batch else { break };
-                for r in &batch {
-                    engine.evaluate(&r.ctx, r.ts, r.value, r.quality, &mut events);
+                match batch {
+                    Some(batch) => {
+                        for r in batch {
+                            reorder.push(r.ctx.tag_id, r.ts, r, &mut ready);
+                        }
+                    }
+                    // Ingest has stopped: evaluate what is held, apply, and stop.
+                    None => {
+                        closed = true;
+                        reorder.drain(&mut ready);
+                    }
                 }
-                metrics::counter!("maintainpro_rules_evaluations_total")
-                    .increment(batch.len() as u64);
+                evaluate(&mut engine, &mut ready, &mut events);
             }
-            _ = advance.tick() => engine.advance(Timestamp::now(), &mut events),
+            _ = advance.tick() => {
+                let now = Timestamp::now();
+                reorder.flush(now, &mut ready);
+                evaluate(&mut engine, &mut ready, &mut events);
+                engine.advance(now, &mut events);
+                metrics::gauge!("maintainpro_rules_readings_reordering").set(reorder.held() as f64);
+            }
             _ = sweep.tick() => close_healthy(&work_orders, &stats).await,
             _ = reload.tick(), if watching => {
                 if let Some(rules) = changed_rules(&source.files, &mut loaded_text, &status).await {
@@ -120,6 +141,30 @@ pub async fn run(
         }
     }
     tracing::info!("rules engine stopped");
+}
+
+/// Evaluates the readings that are ready, in order.
+fn evaluate(
+    engine: &mut Engine,
+    ready: &mut Vec<(Timestamp, RuleInput)>,
+    events: &mut Vec<AlarmEvent>,
+) {
+    if ready.is_empty() {
+        return;
+    }
+    let mut late = 0u64;
+    for (_, r) in ready.iter() {
+        late += u64::from(
+            engine
+                .evaluate(&r.ctx, r.ts, r.value, r.quality, events)
+                .skipped_out_of_order,
+        );
+    }
+    metrics::counter!("maintainpro_rules_evaluations_total").increment(ready.len() as u64);
+    if late > 0 {
+        metrics::counter!("maintainpro_rules_readings_too_late_total").increment(late);
+    }
+    ready.clear();
 }
 
 fn interval(every: Duration) -> tokio::time::Interval {

@@ -169,6 +169,7 @@ impl Services {
                     Vec::new()
                 },
                 replay_horizon: config.rules.replay_horizon,
+                reorder_window: config.rules.reorder_window,
             };
             services.rules = Some(tokio::spawn(rules_task::run(
                 source,

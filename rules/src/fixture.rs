@@ -1,0 +1,750 @@
+//! Rule fixtures: readings written as CSV text, run through the engine as a backtest would,
+//! and rendered as text for comparison with a snapshot: every alarm event, and what the CMMS
+//! would do with it.
+//!
+//! This module reads no file: callers hand it the text of the readings and a [`RuleSet`], and
+//! receive the rendered run (or a [`FixtureError`] naming the line to fix).
+//!
+//! # The readings
+//!
+//! ```text
+//! tag,ts_seconds,value,quality
+//! # A comment line; blank lines are skipped too.
+//! press-1.bearing_temp,0,70,good
+//! press-1.bearing_temp,1.5,90,good
+//! ```
+//!
+//! The first line that is neither blank nor a comment is the header; every other one is a
+//! reading:
+//!
+//! - `tag`: the tag name (letters, digits, `-`, `_`, `.`, `:`, `/`). Tags are numbered from 1
+//!   in order of first appearance; the number is the tag id in idempotency keys. The tag's
+//!   asset is the part of its name before the first `.` (the whole name when it has none).
+//! - `ts_seconds`: the event time in seconds since the Unix epoch; decimals are allowed.
+//! - `value`: a finite number.
+//! - `quality`: `good`, `uncertain` or `bad`.
+//!
+//! Assets have criticality 3. The header `tag,ts_seconds,value,quality,criticality` adds a
+//! fifth field: the criticality (1-5) of the reading's asset, or empty. An asset's first
+//! reading fixes its criticality (empty: 3); later readings of the asset leave the field empty
+//! or repeat the same level.
+//!
+//! Readings go through the engine in file order. Before each reading the engine's time is
+//! advanced to the reading's time ([`Engine::advance`]), so that silence raises `stale`
+//! alarms; then the reading is evaluated. A reading not later than its tag's previous one is
+//! skipped by the engine, as it would be live.
+//!
+//! # The output
+//!
+//! One line per alarm event, followed by one `  -> ` line saying what the CMMS did with it:
+//!
+//! ```text
+//! raised    t=13 rule=bearing-hot tag=press-1.bearing_temp severity=high value=88 priority=high work_type=corrective key=alarm:bearing-hot:1:13000000 title="Bearing overheating on press-1" description="..."
+//!   -> work order WO-1 opened priority=high work_type=corrective title="Bearing overheating on press-1"
+//! escalated t=33 rule=bearing-hot tag=press-1.bearing_temp severity=critical raised_at=13 value=90 priority=critical key=alarm:bearing-hot:1:13000000:escalated:critical title="Bearing overheating on press-1"
+//!   -> appended to WO-1, priority raised to critical
+//! cleared   t=45 rule=bearing-hot tag=press-1.bearing_temp severity=critical raised_at=13 value=75
+//!   -> noted on WO-1 (condition cleared)
+//! ```
+//!
+//! # The simulated CMMS
+//!
+//! [`SimulatedCmms`] applies the CMMS's dedup decision ([`model::alarm::decide`]) to the
+//! events: at most one open work order per asset and failure mode, numbered `WO-1`, `WO-2`,
+//! ... in order of opening. A raise or an escalation opens one when none is open, and is
+//! otherwise appended to the open one, raising its priority when it is more urgent; a clear
+//! is noted on it. An event whose idempotency key was seen before changes nothing.
+//!
+//! Nobody works a work order during a fixture run, and nothing closes one: once opened, a
+//! work order stays open to the end of the run, so a later raise of the same asset and failure
+//! mode is appended to it.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use model::alarm::{AlarmEvent, Decision, WorkType, decide};
+use model::{AssetId, Criticality, IdError, Priority, Quality, TagName, TenantId, Timestamp};
+
+use crate::{Engine, RuleSet, TagContext};
+
+/// The header of a readings file.
+pub const HEADER: &str = "tag,ts_seconds,value,quality";
+/// The header of a readings file that gives assets' criticality.
+pub const HEADER_WITH_CRITICALITY: &str = "tag,ts_seconds,value,quality,criticality";
+
+/// Why a readings file was refused, with the line (from 1) to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FixtureError {
+    #[error(
+        "the file has no header: its first line that is not blank or a comment must be `{HEADER}` (or `{HEADER_WITH_CRITICALITY}`)"
+    )]
+    NoHeader,
+    #[error(
+        "line {line}: the header must be `{HEADER}` or `{HEADER_WITH_CRITICALITY}`, not {found:?}"
+    )]
+    Header { line: usize, found: String },
+    #[error("line {line}: expected {expected} fields ({header}), found {found}")]
+    FieldCount {
+        line: usize,
+        expected: usize,
+        found: usize,
+        header: &'static str,
+    },
+    #[error("line {line}: {source}")]
+    Tag { line: usize, source: IdError },
+    #[error("line {line}: ts_seconds {found:?} is not a number of seconds, such as 12 or 12.5")]
+    Timestamp { line: usize, found: String },
+    #[error("line {line}: value {found:?} is not a finite number")]
+    Value { line: usize, found: String },
+    #[error("line {line}: quality {found:?} is not good, uncertain or bad")]
+    Quality { line: usize, found: String },
+    #[error("line {line}: criticality {found:?} is not 1 to 5 (leave it empty for 3)")]
+    Criticality { line: usize, found: String },
+    #[error(
+        "line {line}: asset {asset:?} already has criticality {level} (from line {first_line}); leave the field empty or write {level}"
+    )]
+    CriticalityChanged {
+        line: usize,
+        asset: String,
+        level: u8,
+        first_line: usize,
+    },
+}
+
+impl FixtureError {
+    /// The line to fix, from 1; `None` when the file as a whole is wrong.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            FixtureError::NoHeader => None,
+            FixtureError::Header { line, .. }
+            | FixtureError::FieldCount { line, .. }
+            | FixtureError::Tag { line, .. }
+            | FixtureError::Timestamp { line, .. }
+            | FixtureError::Value { line, .. }
+            | FixtureError::Quality { line, .. }
+            | FixtureError::Criticality { line, .. }
+            | FixtureError::CriticalityChanged { line, .. } => Some(*line),
+        }
+    }
+}
+
+/// One reading of a fixture; `tag` indexes [`Fixture::tags`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FixtureReading {
+    tag: usize,
+    ts: Timestamp,
+    value: f64,
+    quality: Quality,
+}
+
+/// A parsed readings file: its tags, with their assets, and its readings in file order.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    tags: Vec<TagContext>,
+    readings: Vec<FixtureReading>,
+}
+
+/// An asset met in the readings, and the line that fixed its criticality.
+struct FixtureAsset {
+    id: AssetId,
+    criticality: Criticality,
+    line: usize,
+}
+
+fn parse_criticality(line: usize, field: &str) -> Result<Option<Criticality>, FixtureError> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    field
+        .parse::<u8>()
+        .ok()
+        .and_then(Criticality::new)
+        .map(Some)
+        .ok_or_else(|| FixtureError::Criticality {
+            line,
+            found: field.to_owned(),
+        })
+}
+
+impl Fixture {
+    /// Parses a readings file (see the [module documentation](self)).
+    pub fn parse(text: &str) -> Result<Fixture, FixtureError> {
+        let mut rows = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        let (header_line, header) = rows.next().ok_or(FixtureError::NoHeader)?;
+        let header: String = header
+            .split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(",");
+        let (header, expected) = match header.as_str() {
+            HEADER => (HEADER, 4),
+            HEADER_WITH_CRITICALITY => (HEADER_WITH_CRITICALITY, 5),
+            _ => {
+                return Err(FixtureError::Header {
+                    line: header_line,
+                    found: header,
+                });
+            }
+        };
+        let tenant = TenantId::from_uuid(uuid::Uuid::nil());
+        let mut tags: Vec<TagContext> = Vec::new();
+        let mut tag_index: HashMap<String, usize> = HashMap::new();
+        let mut assets: HashMap<String, FixtureAsset> = HashMap::new();
+        let mut readings = Vec::new();
+        for (line, row) in rows {
+            let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+            if fields.len() != expected {
+                return Err(FixtureError::FieldCount {
+                    line,
+                    expected,
+                    found: fields.len(),
+                    header,
+                });
+            }
+            let (tag, ts, value, quality) = (fields[0], fields[1], fields[2], fields[3]);
+            let criticality = match fields.get(4) {
+                Some(field) => parse_criticality(line, field)?,
+                None => None,
+            };
+            let tag_name =
+                TagName::parse(tag).map_err(|source| FixtureError::Tag { line, source })?;
+            let ts = ts
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite())
+                .ok_or_else(|| FixtureError::Timestamp {
+                    line,
+                    found: ts.to_owned(),
+                })?;
+            let ts = Timestamp::from_micros((ts * 1e6).round() as i64);
+            let value = value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| FixtureError::Value {
+                    line,
+                    found: value.to_owned(),
+                })?;
+            let quality = match quality {
+                "good" => Quality::Good,
+                "uncertain" => Quality::Uncertain,
+                "bad" => Quality::Bad,
+                _ => {
+                    return Err(FixtureError::Quality {
+                        line,
+                        found: quality.to_owned(),
+                    });
+                }
+            };
+            let asset_name = tag.split('.').next().unwrap_or(tag);
+            let next_asset = assets.len() as u128 + 1;
+            let asset = assets
+                .entry(asset_name.to_owned())
+                .or_insert_with(|| FixtureAsset {
+                    id: AssetId::from_uuid(uuid::Uuid::from_u128(next_asset)),
+                    criticality: criticality.unwrap_or(Criticality::DEFAULT),
+                    line,
+                });
+            if let Some(level) = criticality
+                && level != asset.criticality
+            {
+                return Err(FixtureError::CriticalityChanged {
+                    line,
+                    asset: asset_name.to_owned(),
+                    level: asset.criticality.level(),
+                    first_line: asset.line,
+                });
+            }
+            let index = match tag_index.entry(tag.to_owned()) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    tags.push(TagContext {
+                        tenant,
+                        tag_id: tags.len() as i64 + 1,
+                        tag: tag_name,
+                        unit: None,
+                        asset: Some(asset.id),
+                        asset_name: asset_name.to_owned(),
+                        criticality: asset.criticality,
+                    });
+                    *e.insert(tags.len() - 1)
+                }
+            };
+            readings.push(FixtureReading {
+                tag: index,
+                ts,
+                value,
+                quality,
+            });
+        }
+        Ok(Fixture { tags, readings })
+    }
+
+    /// The tags in order of first appearance, as the engine sees them.
+    pub fn tags(&self) -> &[TagContext] {
+        &self.tags
+    }
+
+    /// Runs the readings through a fresh engine over `rules` and returns the alarm events in
+    /// the order they were emitted.
+    pub fn run(&self, rules: Arc<RuleSet>) -> Vec<AlarmEvent> {
+        let mut engine = Engine::new(rules);
+        let mut events = Vec::new();
+        for reading in &self.readings {
+            let ctx = &self.tags[reading.tag];
+            engine.advance(reading.ts, &mut events);
+            engine.evaluate(ctx, reading.ts, reading.value, reading.quality, &mut events);
+        }
+        events
+    }
+}
+
+/// Parses `readings_csv`, runs it over `rules` and renders the events with what the
+/// simulated CMMS did with each: the text a snapshot holds.
+pub fn run(rules: Arc<RuleSet>, readings_csv: &str) -> Result<String, FixtureError> {
+    let fixture = Fixture::parse(readings_csv)?;
+    Ok(render(&fixture.run(rules)))
+}
+
+/// One line per event, each followed by the line of what a fresh [`SimulatedCmms`] did.
+pub fn render(events: &[AlarmEvent]) -> String {
+    let mut cmms = SimulatedCmms::default();
+    let mut out = String::new();
+    for event in events {
+        out.push_str(&describe(event));
+        out.push_str("\n  -> ");
+        out.push_str(&cmms.apply(event).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Seconds with as many decimals as needed.
+fn seconds(ts: Timestamp) -> String {
+    let micros = ts.as_micros();
+    if micros % 1_000_000 == 0 {
+        format!("{}", micros / 1_000_000)
+    } else {
+        format!("{}", micros as f64 / 1e6)
+    }
+}
+
+/// One alarm event on one line.
+pub fn describe(event: &AlarmEvent) -> String {
+    let s = event.subject();
+    let head = |what: &str, at: Timestamp| {
+        format!(
+            "{what:<9} t={} rule={} tag={} severity={}",
+            seconds(at),
+            s.rule_id,
+            s.tag,
+            s.severity
+        )
+    };
+    match event {
+        AlarmEvent::Raised {
+            at,
+            value,
+            work_order: w,
+            ..
+        } => format!(
+            "{} value={value} priority={} work_type={} key={} title={:?} description={:?}",
+            head("raised", *at),
+            w.priority,
+            w.work_type.as_str(),
+            event.idempotency_key(),
+            w.title,
+            w.description
+        ),
+        AlarmEvent::Escalated {
+            raised_at,
+            at,
+            value,
+            work_order: w,
+            ..
+        } => format!(
+            "{} raised_at={} value={value} priority={} key={} title={:?}",
+            head("escalated", *at),
+            seconds(*raised_at),
+            w.priority,
+            event.idempotency_key(),
+            w.title
+        ),
+        AlarmEvent::Cleared {
+            raised_at,
+            at,
+            value,
+            ..
+        } => format!(
+            "{} raised_at={} value={value}",
+            head("cleared", *at),
+            seconds(*raised_at)
+        ),
+    }
+}
+
+/// What the simulated CMMS did with one alarm event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkOrderAction {
+    /// A raise or an escalation with no open work order for its asset and failure mode.
+    Opened {
+        number: usize,
+        priority: Priority,
+        work_type: WorkType,
+        title: String,
+    },
+    /// A raise or an escalation while a work order is open; `priority_raised_to` when it was
+    /// more urgent than the work order.
+    Appended {
+        number: usize,
+        priority_raised_to: Option<Priority>,
+    },
+    /// A clear, noted on the open work order.
+    Noted { number: usize },
+    /// A clear with no open work order to note it on.
+    NothingOpen,
+    /// An event whose idempotency key was seen before.
+    Duplicate,
+}
+
+impl fmt::Display for WorkOrderAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkOrderAction::Opened {
+                number,
+                priority,
+                work_type,
+                title,
+            } => write!(
+                f,
+                "work order WO-{number} opened priority={priority} work_type={} title={title:?}",
+                work_type.as_str()
+            ),
+            WorkOrderAction::Appended {
+                number,
+                priority_raised_to: None,
+            } => write!(f, "appended to WO-{number}"),
+            WorkOrderAction::Appended {
+                number,
+                priority_raised_to: Some(priority),
+            } => write!(f, "appended to WO-{number}, priority raised to {priority}"),
+            WorkOrderAction::Noted { number } => {
+                write!(f, "noted on WO-{number} (condition cleared)")
+            }
+            WorkOrderAction::NothingOpen => write!(f, "no open work order to note the clear on"),
+            WorkOrderAction::Duplicate => write!(f, "ignored: idempotency key already seen"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OpenWorkOrder {
+    number: usize,
+    priority: Priority,
+}
+
+/// The CMMS's handling of alarm events, reduced to what a fixture shows: which work order
+/// each event opens or lands on (see the [module documentation](self)). No work order is ever
+/// closed.
+#[derive(Debug, Default)]
+pub struct SimulatedCmms {
+    open: HashMap<(TenantId, AssetId, String), OpenWorkOrder>,
+    opened: usize,
+    keys: HashSet<String>,
+}
+
+impl SimulatedCmms {
+    /// Applies one alarm event and says what it did.
+    pub fn apply(&mut self, event: &AlarmEvent) -> WorkOrderAction {
+        let key = match event {
+            AlarmEvent::Cleared { .. } => format!("{}:cleared", event.idempotency_key()),
+            _ => event.idempotency_key(),
+        };
+        if !self.keys.insert(key) {
+            return WorkOrderAction::Duplicate;
+        }
+        let s = event.subject();
+        let group = (s.tenant, s.asset, s.failure_mode.clone());
+        let draft = match event {
+            AlarmEvent::Raised { work_order, .. } | AlarmEvent::Escalated { work_order, .. } => {
+                work_order
+            }
+            AlarmEvent::Cleared { .. } => {
+                return match self.open.get(&group) {
+                    Some(open) => WorkOrderAction::Noted {
+                        number: open.number,
+                    },
+                    None => WorkOrderAction::NothingOpen,
+                };
+            }
+        };
+        let open = self.open.get_mut(&group);
+        match (
+            decide(open.as_ref().map(|o| o.priority), draft.priority),
+            open,
+        ) {
+            (Decision::Append { escalate_to }, Some(open)) => {
+                if let Some(priority) = escalate_to {
+                    open.priority = priority;
+                }
+                WorkOrderAction::Appended {
+                    number: open.number,
+                    priority_raised_to: escalate_to,
+                }
+            }
+            _ => {
+                self.opened += 1;
+                self.open.insert(
+                    group,
+                    OpenWorkOrder {
+                        number: self.opened,
+                        priority: draft.priority,
+                    },
+                );
+                WorkOrderAction::Opened {
+                    number: self.opened,
+                    priority: draft.priority,
+                    work_type: draft.work_type,
+                    title: draft.title.clone(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> FixtureError {
+        Fixture::parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn tags_are_numbered_by_first_appearance_and_grouped_by_asset() {
+        let fixture = Fixture::parse(
+            "# comment first\n\ntag,ts_seconds,value,quality\npress-2.temp,0,1,good\npress-1.temp,1,2,bad\npress-2.vib,2.5,3,uncertain\npress-2.temp,3,4,good\nmixer,4,5,good\n",
+        )
+        .unwrap();
+        let tags: Vec<_> = fixture
+            .tags()
+            .iter()
+            .map(|t| (t.tag_id, t.tag.as_str(), t.asset_name.as_str()))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                (1, "press-2.temp", "press-2"),
+                (2, "press-1.temp", "press-1"),
+                (3, "press-2.vib", "press-2"),
+                (4, "mixer", "mixer"),
+            ]
+        );
+        assert_eq!(fixture.tags()[0].asset, fixture.tags()[2].asset);
+        assert_ne!(fixture.tags()[0].asset, fixture.tags()[1].asset);
+        assert!(
+            fixture
+                .tags()
+                .iter()
+                .all(|t| t.criticality == Criticality::DEFAULT)
+        );
+        assert_eq!(fixture.readings.len(), 5);
+        assert_eq!(fixture.readings[2].ts, Timestamp::from_micros(2_500_000));
+        assert_eq!(fixture.readings[1].quality, Quality::Bad);
+    }
+
+    #[test]
+    fn the_criticality_column_sets_the_assets_criticality_once() {
+        let fixture = Fixture::parse(
+            "tag , ts_seconds, value, quality, criticality\npress-1.temp,0,1,good,5\npress-1.vib,0,1,good,\npress-2.temp,0,1,good,\npress-1.temp,1,1,good,5\n",
+        )
+        .unwrap();
+        let levels: Vec<_> = fixture
+            .tags()
+            .iter()
+            .map(|t| t.criticality.level())
+            .collect();
+        assert_eq!(levels, [5, 5, 3]);
+        let err = error(
+            "tag,ts_seconds,value,quality,criticality\npress-1.temp,0,1,good,\npress-1.vib,1,1,good,4\n",
+        );
+        assert_eq!(
+            err,
+            FixtureError::CriticalityChanged {
+                line: 3,
+                asset: "press-1".into(),
+                level: 3,
+                first_line: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "line 3: asset \"press-1\" already has criticality 3 (from line 2); leave the field empty or write 3"
+        );
+    }
+
+    #[test]
+    fn every_bad_line_is_refused_with_its_number() {
+        let head = "tag,ts_seconds,value,quality\n# a comment\n\n";
+        let cases: [(&str, usize, &str); 9] = [
+            ("p.t,0,1", 4, "expected 4 fields"),
+            ("p.t,0,1,good,3", 4, "found 5"),
+            ("temp#1,0,1,good", 4, "contains '#'"),
+            (",0,1,good", 4, "must not be empty"),
+            ("p.t,soon,1,good", 4, "ts_seconds \"soon\""),
+            ("p.t,inf,1,good", 4, "ts_seconds \"inf\""),
+            ("p.t,0,NaN,good", 4, "value \"NaN\" is not a finite number"),
+            ("p.t,0,,good", 4, "value \"\""),
+            (
+                "p.t,0,1,ok",
+                4,
+                "quality \"ok\" is not good, uncertain or bad",
+            ),
+        ];
+        for (row, line, says) in cases {
+            let err = error(&format!("{head}{row}\n"));
+            assert_eq!(err.line(), Some(line), "{row}: {err}");
+            let message = err.to_string();
+            assert!(message.starts_with(&format!("line {line}: ")), "{message}");
+            assert!(message.contains(says), "{row}: {message}");
+        }
+        let err = error("tag,ts_seconds,value,quality,criticality\np.t,0,1,good,6\n");
+        assert_eq!(
+            err.to_string(),
+            "line 2: criticality \"6\" is not 1 to 5 (leave it empty for 3)"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_wrong_header_says_what_it_must_be() {
+        assert_eq!(error(""), FixtureError::NoHeader);
+        assert_eq!(error("# only a comment\n\n"), FixtureError::NoHeader);
+        let err = error("# readings\np.t,0,1,good\n");
+        assert_eq!(err.line(), Some(2));
+        assert!(err.to_string().contains(HEADER), "{err}");
+        assert!(matches!(
+            error("tag,time,value,quality\n"),
+            FixtureError::Header { line: 1, .. }
+        ));
+    }
+
+    const RULES: &str = r#"
+version = 1
+
+[[rule]]
+id = "hot"
+tags = ["*.temp"]
+severity = "medium"
+failure_mode = "overheat"
+escalate = [{ after = "10s", severity = "high" }]
+
+[rule.threshold]
+above = 80.0
+
+[rule.work_order]
+title = "Hot {asset}"
+
+[[rule]]
+id = "very-hot"
+tags = ["*.temp"]
+severity = "critical"
+failure_mode = "overheat"
+
+[rule.threshold]
+above = 100.0
+
+[rule.work_order]
+title = "Very hot {asset}"
+work_type = "emergency"
+"#;
+
+    fn simulate(readings: &str) -> Vec<String> {
+        let rules = Arc::new(RuleSet::parse("r.toml", RULES).unwrap());
+        run(rules, readings)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("  -> "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn one_open_work_order_per_asset_and_failure_mode() {
+        let actions = simulate(
+            "tag,ts_seconds,value,quality\n\
+             # raised, opens WO-1\n\
+             press-1.temp,0,90,good\n\
+             # another asset: WO-2\n\
+             press-2.temp,1,90,good\n\
+             # escalated at 10 (medium to high)\n\
+             press-1.temp,12,90,good\n\
+             # the more severe rule of the same failure mode\n\
+             press-1.temp,13,105,good\n\
+             # both clear\n\
+             press-1.temp,14,20,good\n\
+             # raised again: WO-1 is still open\n\
+             press-1.temp,15,90,good\n",
+        );
+        assert_eq!(
+            actions,
+            [
+                "work order WO-1 opened priority=medium work_type=corrective title=\"Hot press-1\"",
+                "work order WO-2 opened priority=medium work_type=corrective title=\"Hot press-2\"",
+                "appended to WO-1, priority raised to high",
+                "appended to WO-1, priority raised to critical",
+                "noted on WO-1 (condition cleared)",
+                "noted on WO-1 (condition cleared)",
+                "appended to WO-1",
+            ]
+        );
+    }
+
+    #[test]
+    fn criticality_changes_the_priority_a_work_order_opens_with() {
+        let actions = simulate(
+            "tag,ts_seconds,value,quality,criticality\npress-1.temp,0,90,good,5\npress-1.temp,1,105,good,\n",
+        );
+        assert_eq!(
+            actions,
+            [
+                "work order WO-1 opened priority=high work_type=corrective title=\"Hot press-1\"",
+                "appended to WO-1, priority raised to critical",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_redelivered_event_changes_nothing() {
+        let rules = Arc::new(RuleSet::parse("r.toml", RULES).unwrap());
+        let fixture =
+            Fixture::parse("tag,ts_seconds,value,quality\np.temp,0,90,good\np.temp,1,20,good\n")
+                .unwrap();
+        let events = fixture.run(rules);
+        assert_eq!(events.len(), 2);
+        let mut cmms = SimulatedCmms::default();
+        assert!(matches!(
+            cmms.apply(&events[0]),
+            WorkOrderAction::Opened { number: 1, .. }
+        ));
+        assert_eq!(cmms.apply(&events[0]), WorkOrderAction::Duplicate);
+        assert_eq!(cmms.apply(&events[1]), WorkOrderAction::Noted { number: 1 });
+        assert_eq!(cmms.apply(&events[1]), WorkOrderAction::Duplicate);
+        // A clear the CMMS has no work order for is reported, not dropped.
+        let mut fresh = SimulatedCmms::default();
+        assert_eq!(fresh.apply(&events[1]), WorkOrderAction::NothingOpen);
+    }
+
+    #[test]
+    fn normal_operation_renders_nothing() {
+        assert_eq!(
+            simulate("tag,ts_seconds,value,quality\np.temp,0,20,good\n"),
+            Vec::<String>::new()
+        );
+    }
+}
