@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|edge|all]
+#   bench/run.sh [outbox|ingest|edge|rules|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-cargo build --release -p edge-agent -p maintainpro-bench
+if [ "$what" != rules ]; then
+    cargo build --release -p edge-agent -p maintainpro-bench
+fi
 if [ "$what" = outbox ] || [ "$what" = all ]; then
     echo "== outbox append throughput"
     target/release/outbox-bench --duration 5s
@@ -18,4 +20,8 @@ if [ "$what" = edge ] || [ "$what" = all ]; then
     echo "== edge agent: 1,000 tags at 1 s on 10 Modbus PLCs"
     MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     target/release/edge-bench --duration 60s --warmup 10s --mosquitto "$MOSQUITTO"
+fi
+if [ "$what" = rules ] || [ "$what" = all ]; then
+    echo "== rules engine: readings evaluated per second on one core, per rule kind"
+    cargo bench -p maintainpro-bench --bench rules
 fi

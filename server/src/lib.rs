@@ -9,12 +9,16 @@
 //!   events to the work-order service.
 //! - [`rules_cli`]: `maintainpro rules test`: fixture readings run through rule files,
 //!   compared with snapshot files of the alarms and work orders they produce.
+//! - `backtest_cli` (feature `backtest`): `maintainpro rules backtest` and
+//!   `rules export-history`, the command line around the `backtest` crate.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for running without an external one.
 //! - [`demo`]: the demo plant: throwaway database, embedded broker, simulated PLC, edge agent
 //!   and all services, with a summary at the end.
 //!
 //! This crate holds composition only: no domain rule, no SQL beyond seeding the demo.
 
+#[cfg(feature = "backtest")]
+pub mod backtest_cli;
 pub mod broker;
 pub mod config;
 pub mod demo;

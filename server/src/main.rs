@@ -68,6 +68,26 @@ enum RulesCommand {
     /// Run fixture readings through rule files and compare the alarms and work orders with
     /// snapshot files.
     Test(server::rules_cli::TestArgs),
+    /// Replay stored history through rule files and report what they would have done.
+    #[cfg(feature = "backtest")]
+    Backtest(server::backtest_cli::BacktestArgs),
+    /// Export a tenant's history window to a Parquet file for offline backtests.
+    #[cfg(feature = "backtest")]
+    ExportHistory(server::backtest_cli::ExportArgs),
+    /// Replay stored history through rule files (needs a build with `--features backtest`).
+    #[cfg(not(feature = "backtest"))]
+    #[command(disable_help_flag = true)]
+    Backtest {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Export history to Parquet (needs a build with `--features backtest`).
+    #[cfg(not(feature = "backtest"))]
+    #[command(disable_help_flag = true)]
+    ExportHistory {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 fn init_tracing() {
@@ -152,6 +172,24 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            #[cfg(feature = "backtest")]
+            Command::Rules {
+                command: RulesCommand::Backtest(args),
+            } => server::backtest_cli::backtest(args).await,
+            #[cfg(feature = "backtest")]
+            Command::Rules {
+                command: RulesCommand::ExportHistory(args),
+            } => server::backtest_cli::export_history(args).await,
+            #[cfg(not(feature = "backtest"))]
+            Command::Rules {
+                command: RulesCommand::Backtest { .. } | RulesCommand::ExportHistory { .. },
+            } => {
+                eprintln!(
+                    "this maintainpro was built without backtesting (it keeps the default build lean);\n\
+                     build it with: cargo build --release --features backtest --bin maintainpro"
+                );
+                ExitCode::from(2)
+            }
             Command::Rules { .. } => ExitCode::SUCCESS,
         }
     })
