@@ -5,29 +5,67 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
-use crate::routes::{alarms, health, login, rules, work_orders};
+use crate::password::{PasswordError, PasswordHasher};
+use crate::protect::{self, Protection};
+use crate::routes::{alarms, health, login, rules, sessions, work_orders};
 use crate::rules_status::RulesStatus;
+use crate::sessions::Lifetimes;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub keys: Arc<TokenKeys>,
+    pub lifetimes: Lifetimes,
     pub rules: Arc<RulesStatus>,
+    pub protection: Arc<Protection>,
+    pub passwords: PasswordHasher,
 }
 
-/// The router, without a socket (tests drive it with `oneshot`).
+impl AppState {
+    /// What the handlers of an API with `config` reach. Fails only on a password pepper
+    /// that `ApiConfig::problems` reports too.
+    pub fn new(
+        config: &ApiConfig,
+        pool: PgPool,
+        rules: Arc<RulesStatus>,
+    ) -> Result<Self, PasswordError> {
+        Ok(Self {
+            pool,
+            keys: TokenKeys::new(config),
+            lifetimes: Lifetimes {
+                refresh_token: config.refresh_token_ttl,
+                session: config.session_max_age,
+            },
+            rules,
+            protection: Protection::new(config),
+            passwords: PasswordHasher::new(config.password_pepper.clone())?,
+        })
+    }
+}
+
+/// The router, without a socket (tests drive it with `oneshot`), inside the protection
+/// layers.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let protection = Arc::clone(&state.protection);
+    let routes = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/v1/auth/login", post(login::login))
+        .route("/api/v1/auth/refresh", post(sessions::refresh))
+        .route("/api/v1/auth/logout", post(sessions::logout))
+        .route("/api/v1/auth/sessions", get(sessions::list))
+        .route("/api/v1/auth/sessions/{id}", delete(sessions::revoke))
+        .route(
+            "/api/v1/users/{id}/revoke-sessions",
+            post(sessions::revoke_user),
+        )
         .route("/api/v1/work-orders", get(work_orders::list))
         .route("/api/v1/work-orders/{id}", get(work_orders::get))
         .route("/api/v1/rules/status", get(rules::status))
@@ -37,7 +75,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/alarms/{id}/shelve",
             post(alarms::shelve).delete(alarms::unshelve),
         )
-        .with_state(state)
+        .with_state(state);
+    protect::layers(routes, protection)
 }
 
 /// A bound API server, ready to serve.
@@ -56,14 +95,9 @@ impl Api {
         rules: Arc<RulesStatus>,
     ) -> std::io::Result<Api> {
         let listener = TcpListener::bind(config.listen).await?;
-        let state = AppState {
-            pool,
-            keys: TokenKeys::new(config),
-            rules,
-        };
         Ok(Api {
             listener,
-            router: router(state),
+            router: router(AppState::new(config, pool, rules).map_err(std::io::Error::other)?),
         })
     }
 
@@ -71,13 +105,17 @@ impl Api {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then lets in-flight requests finish. Each request
+    /// knows its peer's address, which [`protect`] resolves to the client's.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "API listening");
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await
     }

@@ -1,14 +1,12 @@
-//! Passwords (Argon2id), access tokens (JWT, HS256 pinned), and the `AuthUser` extractor.
+//! Access tokens (JWT, HS256 pinned, key ids with rotation), and the
+//! `AuthUser` extractor.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use argon2::Argon2;
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use model::TenantId;
 use serde::{Deserialize, Serialize};
@@ -18,28 +16,13 @@ use crate::app::AppState;
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
-}
-
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: Uuid,
     pub tid: Uuid,
+    /// The session (refresh-token family) the token belongs to.
+    pub sid: Uuid,
     pub role: String,
     pub typ: String,
     pub iss: String,
@@ -50,10 +33,21 @@ pub struct Claims {
 
 const ACCESS: &str = "access";
 
-/// Signs and checks access tokens with one pinned algorithm.
+/// A key that verifies tokens, and until when.
+struct VerifyingKey {
+    kid: String,
+    key: DecodingKey,
+    until: Option<DateTime<Utc>>,
+}
+
+/// Signs and checks access tokens: one pinned algorithm (HS256), a key id in every header,
+/// keys from configuration only. The current key signs; retiring keys still verify until
+/// their time is up. A header naming another algorithm, an unknown or missing key id, or
+/// carrying its own key material (`jku`, `jwk`, `x5u`, `x5c`) is refused.
 pub struct TokenKeys {
+    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    verifying: Vec<VerifyingKey>,
     validation: Validation,
     issuer: String,
     audience: String,
@@ -63,6 +57,7 @@ pub struct TokenKeys {
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKeys")
+            .field("kid", &self.kid)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -77,9 +72,20 @@ impl TokenKeys {
         validation.set_audience(&[&config.jwt_audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
+        let mut verifying = vec![VerifyingKey {
+            kid: config.jwt_kid.clone(),
+            key: DecodingKey::from_secret(secret),
+            until: None,
+        }];
+        verifying.extend(config.jwt_previous_keys.iter().map(|k| VerifyingKey {
+            kid: k.kid.clone(),
+            key: DecodingKey::from_secret(k.secret.expose().as_bytes()),
+            until: Some(k.until),
+        }));
         Arc::new(Self {
+            kid: config.jwt_kid.clone(),
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            verifying,
             validation,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
@@ -91,7 +97,13 @@ impl TokenKeys {
         self.ttl
     }
 
-    pub fn issue(&self, user: Uuid, tenant: TenantId, role: &str) -> Result<String, ApiError> {
+    pub fn issue(
+        &self,
+        user: Uuid,
+        tenant: TenantId,
+        role: &str,
+        session: Uuid,
+    ) -> Result<String, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|e| ApiError::Internal(e.into()))?
@@ -99,6 +111,7 @@ impl TokenKeys {
         let claims = Claims {
             sub: user,
             tid: tenant.as_uuid(),
+            sid: session,
             role: role.to_owned(),
             typ: ACCESS.to_owned(),
             iss: self.issuer.clone(),
@@ -106,12 +119,31 @@ impl TokenKeys {
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(e.into()))
     }
 
+    /// Checks signature, algorithm, key id, issuer, audience, expiry and token type.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthenticated)?;
+        if header.alg != Algorithm::HS256
+            || header.jku.is_some()
+            || header.jwk.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+        {
+            return Err(ApiError::Unauthenticated);
+        }
+        let kid = header.kid.ok_or(ApiError::Unauthenticated)?;
+        let key = self
+            .verifying
+            .iter()
+            .find(|k| k.kid == kid)
+            .filter(|k| k.until.is_none_or(|until| Utc::now() < until))
+            .ok_or(ApiError::Unauthenticated)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation)
             .map_err(|_| ApiError::Unauthenticated)?;
         if data.claims.typ != ACCESS {
             return Err(ApiError::Unauthenticated);
@@ -126,6 +158,7 @@ pub struct AuthUser {
     pub user: Uuid,
     pub tenant: TenantId,
     pub role: String,
+    pub session: Uuid,
 }
 
 impl AuthUser {
@@ -156,10 +189,21 @@ impl FromRequestParts<AppState> for AuthUser {
             .strip_prefix("Bearer ")
             .ok_or(ApiError::Unauthenticated)?;
         let claims = state.keys.verify(token.trim())?;
+        // The tenant's rate limit, before any database work: one tenant's flood must not
+        // spend what another's requests need.
+        state
+            .protection
+            .admit_tenant(TenantId::from_uuid(claims.tid))?;
+        // A token outlives nothing it stands for: a revoked session (logout, reuse of a
+        // refresh token, an admin's revocation) or a disabled user ends it at once.
+        if !crate::sessions::is_active(&state.pool, claims.tid, claims.sid, claims.sub).await? {
+            return Err(ApiError::Unauthenticated);
+        }
         Ok(AuthUser {
             user: claims.sub,
             tenant: TenantId::from_uuid(claims.tid),
             role: claims.role,
+            session: claims.sid,
         })
     }
 }
@@ -173,6 +217,7 @@ mod tests {
         TokenKeys::new(&ApiConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             Secret::new("x".repeat(32)),
+            Secret::new("p".repeat(32)),
         ))
     }
 
@@ -180,7 +225,7 @@ mod tests {
     fn tokens_round_trip_and_tampering_fails() {
         let k = keys();
         let tenant = TenantId::new_random();
-        let token = k.issue(Uuid::nil(), tenant, "admin").unwrap();
+        let token = k.issue(Uuid::nil(), tenant, "admin", Uuid::nil()).unwrap();
         assert_eq!(k.verify(&token).unwrap().tid, tenant.as_uuid());
         let mut bad = token.clone();
         bad.pop();
@@ -188,8 +233,180 @@ mod tests {
         let other = TokenKeys::new(&ApiConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             Secret::new("y".repeat(32)),
+            Secret::new("p".repeat(32)),
         ));
         assert!(other.verify(&token).is_err());
+    }
+
+    /// Encodes `claims` with `header`, signed with `secret` (HS256 whatever the header says).
+    fn forge(header: serde_json::Value, claims: serde_json::Value, secret: &[u8]) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use hmac::Mac as _;
+        let h = URL_SAFE_NO_PAD.encode(header.to_string());
+        let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{h}.{c}").as_bytes());
+        format!(
+            "{h}.{c}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    fn good_claims() -> serde_json::Value {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        serde_json::json!({
+            "sub": Uuid::nil(), "tid": Uuid::nil(), "sid": Uuid::nil(), "role": "admin",
+            "typ": "access", "iss": "maintainpro", "aud": "maintainpro-api",
+            "iat": now, "exp": now + 600,
+        })
+    }
+
+    fn with(mut v: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        v[key] = value;
+        v
+    }
+
+    fn without(mut v: serde_json::Value, key: &str) -> serde_json::Value {
+        if let Some(o) = v.as_object_mut() {
+            o.remove(key);
+        }
+        v
+    }
+
+    #[test]
+    fn the_attack_corpus_is_refused() {
+        let k = keys();
+        let secret = "x".repeat(32);
+        let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": "primary" });
+        // The forger works: a correct token verifies.
+        assert!(
+            k.verify(&forge(header.clone(), good_claims(), secret.as_bytes()))
+                .is_ok()
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let cases: Vec<(&str, serde_json::Value, serde_json::Value)> = vec![
+            (
+                "alg none",
+                with(header.clone(), "alg", "none".into()),
+                good_claims(),
+            ),
+            (
+                "RS256 header (key confusion)",
+                with(header.clone(), "alg", "RS256".into()),
+                good_claims(),
+            ),
+            (
+                "HS512 header",
+                with(header.clone(), "alg", "HS512".into()),
+                good_claims(),
+            ),
+            (
+                "wrong audience",
+                header.clone(),
+                with(good_claims(), "aud", "other-api".into()),
+            ),
+            (
+                "wrong issuer",
+                header.clone(),
+                with(good_claims(), "iss", "someone-else".into()),
+            ),
+            (
+                "refresh-type token",
+                header.clone(),
+                with(good_claims(), "typ", "refresh".into()),
+            ),
+            (
+                "no token type",
+                header.clone(),
+                without(good_claims(), "typ"),
+            ),
+            (
+                "expired",
+                header.clone(),
+                with(good_claims(), "exp", (now - 60).into()),
+            ),
+            ("no expiry", header.clone(), without(good_claims(), "exp")),
+            ("no key id", without(header.clone(), "kid"), good_claims()),
+            (
+                "unknown key id",
+                with(header.clone(), "kid", "nobody".into()),
+                good_claims(),
+            ),
+            (
+                "injected key id",
+                with(header.clone(), "kid", "../../dev/null".into()),
+                good_claims(),
+            ),
+            (
+                "jku header",
+                with(header.clone(), "jku", "https://evil.example/keys".into()),
+                good_claims(),
+            ),
+            (
+                "jwk header",
+                with(
+                    header.clone(),
+                    "jwk",
+                    serde_json::json!({"kty": "oct", "k": "eA"}),
+                ),
+                good_claims(),
+            ),
+            (
+                "x5u header",
+                with(header.clone(), "x5u", "https://evil.example/cert".into()),
+                good_claims(),
+            ),
+        ];
+        for (name, h, c) in cases {
+            let token = forge(h, c, secret.as_bytes());
+            assert!(k.verify(&token).is_err(), "{name} was accepted");
+        }
+        // Signed with another secret.
+        let token = forge(
+            header,
+            good_claims(),
+            b"another secret of thirty-two bytes!!",
+        );
+        assert!(k.verify(&token).is_err());
+    }
+
+    #[test]
+    fn a_retired_key_verifies_until_its_time_then_not() {
+        let old = "o".repeat(32);
+        let mut config = ApiConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Secret::new("n".repeat(32)),
+            Secret::new("p".repeat(32)),
+        );
+        config.jwt_kid = "2026-11".into();
+        let header = serde_json::json!({ "alg": "HS256", "typ": "JWT", "kid": "2026-10" });
+        let token = forge(header, good_claims(), old.as_bytes());
+        config.jwt_previous_keys = vec![crate::config::PreviousKey {
+            kid: "2026-10".into(),
+            secret: Secret::new(old.clone()),
+            until: Utc::now() + chrono::Duration::hours(1),
+        }];
+        assert!(
+            TokenKeys::new(&config).verify(&token).is_ok(),
+            "in its overlap window"
+        );
+        config.jwt_previous_keys[0].until = Utc::now() - chrono::Duration::seconds(1);
+        assert!(TokenKeys::new(&config).verify(&token).is_err(), "retired");
+        // New tokens carry the current key id.
+        let fresh = TokenKeys::new(&config)
+            .issue(Uuid::nil(), TenantId::new_random(), "admin", Uuid::nil())
+            .unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
+            Some("2026-11")
+        );
     }
 
     #[test]
@@ -197,13 +414,5 @@ mod tests {
         // {"alg":"none"} with valid-looking claims.
         let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJ0aWQiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJyb2xlIjoiYWRtaW4iLCJ0eXAiOiJhY2Nlc3MiLCJpc3MiOiJtYWludGFpbnBybyIsImF1ZCI6Im1haW50YWlucHJvLWFwaSIsImlhdCI6MCwiZXhwIjo0MTAyNDQ0ODAwfQ.";
         assert!(keys().verify(token).is_err());
-    }
-
-    #[test]
-    fn passwords_verify_only_themselves() {
-        let h = hash_password("correct horse battery").unwrap();
-        assert!(verify_password("correct horse battery", &h));
-        assert!(!verify_password("correct horse batterz", &h));
-        assert!(!verify_password("x", "not a hash"));
     }
 }

@@ -1,10 +1,14 @@
 //! API settings: `[api]` in the server's configuration file.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub use model::settings::Secret;
 use serde::Deserialize;
+
+pub use crate::protect::{AllowedOrigin, Rate, TrustedProxy};
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -18,6 +22,41 @@ fn default_audience() -> String {
 fn default_ttl() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_kid() -> String {
+    "primary".into()
+}
+fn default_refresh_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_session_max_age() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_auth_rate_per_ip() -> Rate {
+    Rate::from_str("20/min").expect("a valid rate")
+}
+fn default_auth_burst_per_ip() -> NonZeroU32 {
+    NonZeroU32::new(20).expect("not zero")
+}
+fn default_tenant_rate() -> Rate {
+    Rate::from_str("50/s").expect("a valid rate")
+}
+fn default_tenant_burst() -> NonZeroU32 {
+    NonZeroU32::new(100).expect("not zero")
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+/// A signing key being retired: tokens it signed are still accepted until `until`, so that a
+/// key rotation does not log everyone out. Nothing new is signed with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    pub kid: String,
+    pub secret: Secret,
+    /// RFC 3339; after it, tokens with this key id are refused.
+    pub until: chrono::DateTime<chrono::Utc>,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiConfig {
@@ -25,6 +64,15 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// HMAC key for access tokens: at least 32 bytes.
     pub jwt_secret: Secret,
+    /// Pepper of the password hashes (Argon2id secret): at least 32 bytes of random data, kept
+    /// out of the database. Changing it invalidates every password.
+    pub password_pepper: Secret,
+    /// The key id (`kid`) of `jwt_secret`, written in every token's header.
+    #[serde(default = "default_kid")]
+    pub jwt_kid: String,
+    /// Keys being retired, still accepted for verification until their `until`.
+    #[serde(default)]
+    pub jwt_previous_keys: Vec<PreviousKey>,
     #[serde(default = "default_issuer")]
     pub jwt_issuer: String,
     #[serde(default = "default_audience")]
@@ -32,22 +80,69 @@ pub struct ApiConfig {
     /// Access-token lifetime; at most 15 minutes.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     pub access_token_ttl: Duration,
+    /// How long a refresh token may wait to be used; each use issues a new one.
+    #[serde(default = "default_refresh_ttl", with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// A session's absolute lifetime from login: refreshing never extends it past this.
+    #[serde(default = "default_session_max_age", with = "humantime_serde")]
+    pub session_max_age: Duration,
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` and `X-Request-Id` are
+    /// believed. Empty: the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// Sustained rate of requests to `/api/v1/auth/` per client address (IPv6: per /64).
+    #[serde(default = "default_auth_rate_per_ip")]
+    pub auth_rate_per_ip: Rate,
+    /// Requests to `/api/v1/auth/` one client address may make at once.
+    #[serde(default = "default_auth_burst_per_ip")]
+    pub auth_burst_per_ip: NonZeroU32,
+    /// Sustained rate of authenticated requests per tenant.
+    #[serde(default = "default_tenant_rate")]
+    pub tenant_rate: Rate,
+    /// Authenticated requests one tenant may make at once.
+    #[serde(default = "default_tenant_burst")]
+    pub tenant_burst: NonZeroU32,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS). Empty: no CORS headers at all.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<AllowedOrigin>,
 }
 
 impl ApiConfig {
-    pub fn new(listen: SocketAddr, jwt_secret: Secret) -> Self {
+    pub fn new(listen: SocketAddr, jwt_secret: Secret, password_pepper: Secret) -> Self {
         Self {
             listen,
             jwt_secret,
+            password_pepper,
+            jwt_kid: default_kid(),
+            jwt_previous_keys: Vec::new(),
             jwt_issuer: default_issuer(),
             jwt_audience: default_audience(),
             access_token_ttl: default_ttl(),
+            refresh_token_ttl: default_refresh_ttl(),
+            session_max_age: default_session_max_age(),
+            trusted_proxies: Vec::new(),
+            auth_rate_per_ip: default_auth_rate_per_ip(),
+            auth_burst_per_ip: default_auth_burst_per_ip(),
+            tenant_rate: default_tenant_rate(),
+            tenant_burst: default_tenant_burst(),
+            max_body_bytes: default_max_body_bytes(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if self.password_pepper.expose().len() < crate::password::PasswordHasher::MIN_PEPPER_BYTES {
+            out.push((
+                "api.password_pepper",
+                "must be at least 32 bytes of random data (e.g. `openssl rand -base64 48`)"
+                    .to_owned(),
+            ));
+        }
         if self.jwt_secret.expose().len() < 32 {
             out.push((
                 "api.jwt_secret",
@@ -60,6 +155,60 @@ impl ApiConfig {
                 "must be between 1s and 15m".to_owned(),
             ));
         }
+        let mut kids = std::collections::HashSet::from([self.jwt_kid.as_str()]);
+        if !is_kid(&self.jwt_kid) {
+            out.push((
+                "api.jwt_kid",
+                "use 1-64 letters, digits, `-`, `_` or `.`".to_owned(),
+            ));
+        }
+        for key in &self.jwt_previous_keys {
+            if !is_kid(&key.kid) || !kids.insert(key.kid.as_str()) {
+                out.push((
+                    "api.jwt_previous_keys",
+                    format!(
+                        "key id {:?}: must be unique and 1-64 letters, digits, `-`, `_` or `.`",
+                        key.kid
+                    ),
+                ));
+            }
+            if key.secret.expose().len() < 32 {
+                out.push((
+                    "api.jwt_previous_keys",
+                    format!("key {:?}: secret must be at least 32 bytes", key.kid),
+                ));
+            }
+        }
+        if self.refresh_token_ttl.is_zero() || self.refresh_token_ttl > self.session_max_age {
+            out.push((
+                "api.refresh_token_ttl",
+                "must be more than 0s and at most session_max_age".to_owned(),
+            ));
+        }
+        if self.session_max_age > Duration::from_secs(90 * 86_400) {
+            out.push(("api.session_max_age", "at most 90 days".to_owned()));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            out.push((
+                "api.max_body_bytes",
+                "must be between 1024 (1 KiB) and 67108864 (64 MiB)".to_owned(),
+            ));
+        }
+        if self.trusted_proxies.iter().any(TrustedProxy::is_everyone) {
+            out.push((
+                "api.trusted_proxies",
+                "a network of every address (0.0.0.0/0, ::/0) would let any client choose \
+                 its own address; list the proxies"
+                    .to_owned(),
+            ));
+        }
         out
     }
+}
+
+fn is_kid(kid: &str) -> bool {
+    (1..=64).contains(&kid.len())
+        && kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }

@@ -1,9 +1,16 @@
 //! The HTTP boundary's error: one JSON shape everywhere, internal details only in the log.
+//!
+//! Every error response carries `{"error": {"code", "message", "request_id"}}`. Handlers
+//! answer with an [`ApiError`]; responses made elsewhere (unknown routes, wrong methods,
+//! rejected bodies) are given the same shape from their status by [`crate::protect`], which
+//! also adds the request id to both.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,6 +24,10 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     BadRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("too many requests; retry later")]
+    RateLimited { retry_after: Duration },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -24,6 +35,54 @@ pub enum ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::Internal(e.into())
+    }
+}
+
+/// What an error response says. [`ApiError`] leaves it in the response's extensions so that
+/// the protection layer can render it again with the request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// The body of an error response that was made without one (or with another layer's
+    /// plain text, which is never passed on): a fixed code and message per status.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+                ("bad_request", "the request is not valid for this endpoint")
+            }
+            StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
+            StatusCode::FORBIDDEN => ("forbidden", "your role may not do this"),
+            StatusCode::NOT_FOUND => ("not_found", "not found"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "this method is not allowed on this resource",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body too large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "send the body as application/json",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests; retry later"),
+            s if s.is_client_error() => ("bad_request", "the request cannot be served"),
+            _ => ("internal", "internal error"),
+        };
+        Self {
+            code,
+            message: message.to_owned(),
+        }
+    }
+
+    /// The JSON of the body; `request_id` is left out only where no request is known.
+    pub fn to_json(&self, request_id: Option<&str>) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(id) = request_id {
+            error["request_id"] = Value::from(id);
+        }
+        json!({ "error": error })
     }
 }
 
@@ -35,20 +94,28 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        let mut response = (
-            status,
-            Json(json!({ "error": { "code": code, "message": self.to_string() } })),
-        )
-            .into_response();
+        let body = ErrorBody {
+            code,
+            message: self.to_string(),
+        };
+        let mut response = (status, Json(body.to_json(None))).into_response();
+        response.extensions_mut().insert(body);
         if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited { retry_after } = self {
             response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(retry_after)),
             );
         }
         response
@@ -70,7 +137,69 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
+    }
+}
+
+/// Whole seconds to wait, rounded up, and at least 1: `Retry-After: 0` would invite an
+/// immediate retry that is refused again.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        for (wait, secs) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(3600), 3600),
+        ] {
+            assert_eq!(retry_after_secs(wait), secs, "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limited_answers_429_with_retry_after() {
+        let response = ApiError::RateLimited {
+            retry_after: Duration::from_millis(5500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "6");
+        let body = response
+            .extensions()
+            .get::<ErrorBody>()
+            .expect("set by into_response");
+        assert_eq!(body.code, "rate_limited");
+    }
+
+    #[test]
+    fn layer_errors_never_pass_on_their_text() {
+        for status in [
+            StatusCode::NOT_FOUND,
+            StatusCode::METHOD_NOT_ALLOWED,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::IM_A_TEAPOT,
+            StatusCode::BAD_GATEWAY,
+        ] {
+            let body = ErrorBody::for_status(status).to_json(Some("r-1"));
+            assert_eq!(body["error"]["request_id"], "r-1");
+            assert!(body["error"]["code"].is_string(), "{status}");
+        }
+        assert_eq!(
+            ErrorBody::for_status(StatusCode::BAD_GATEWAY).code,
+            "internal"
+        );
     }
 }

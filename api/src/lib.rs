@@ -3,7 +3,13 @@
 //! # Layout
 //! - [`config`]: listen address and token settings (`[api]` in the server's file).
 //! - [`auth`]: password hashing, access tokens, and the extractor that authenticates a request.
+//! - [`password`]: the password policy and Argon2id hashing with the configured pepper.
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
+//! - [`protect`]: client address behind trusted proxies, request ids, rate limits per address
+//!   on authentication and per tenant, body limit, CORS allowlist, security headers.
+//! - [`sessions`]: logins as sessions with rotating refresh tokens; reuse revokes the family.
+//! - [`users`]: organisations and users: creation, passwords under the policy, disabling.
+//! - [`audit`]: the append-only audit log and the request facts it records.
 //! - [`work_orders`]: the work-order service: at most one open work order per asset and
 //!   failure mode, idempotent under retries.
 //! - [`rules_status`]: the rule files in force and the last failed reload, written by the
@@ -16,11 +22,16 @@
 //! holds twice. Internal error details never reach an HTTP response.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod password;
+pub mod protect;
 pub mod routes;
 pub mod rules_status;
+pub mod sessions;
+pub mod users;
 pub mod work_orders;
 
 pub use app::{Api, AppState};

@@ -4,4 +4,5 @@ pub mod alarms;
 pub mod health;
 pub mod login;
 pub mod rules;
+pub mod sessions;
 pub mod work_orders;

@@ -252,9 +252,12 @@ pub async fn run(
     tracing::info!(database = %db_name, readings = %layout, "database ready");
 
     let password = Uuid::new_v4().simple().to_string()[..16].to_owned();
+    let pepper = Secret::new(secret());
     let hash = {
         let p = password.clone();
-        tokio::task::spawn_blocking(move || api::auth::hash_password(&p))
+        let hasher = api::password::PasswordHasher::new(pepper.clone())
+            .map_err(|e| DemoError::Hash(e.to_string()))?;
+        tokio::task::spawn_blocking(move || hasher.hash(&p))
             .await
             .map_err(|e| DemoError::Hash(e.to_string()))?
             .map_err(|e| DemoError::Hash(e.to_string()))?
@@ -288,7 +291,7 @@ pub async fn run(
             owner_url: None,
             max_connections: 8,
         },
-        api: Some(ApiConfig::new(listen, Secret::new(secret()))),
+        api: Some(ApiConfig::new(listen, Secret::new(secret()), pepper)),
         ingest: Some(IngestConfig::new(broker_url.clone())),
         rules: RulesConfig::default(),
         metrics: MetricsConfig::default(),

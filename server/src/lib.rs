@@ -11,12 +11,15 @@
 //!   compared with snapshot files of the alarms and work orders they produce.
 //! - `backtest_cli` (feature `backtest`): `maintainpro rules backtest` and
 //!   `rules export-history`, the command line around the `backtest` crate.
+//! - [`admin_cli`]: `maintainpro admin`: organisations, users, passwords and sessions from
+//!   the command line.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for running without an external one.
 //! - [`demo`]: the demo plant: throwaway database, embedded broker, simulated PLC, edge agent
 //!   and all services, with a summary at the end.
 //!
 //! This crate holds composition only: no domain rule, no SQL beyond seeding the demo.
 
+pub mod admin_cli;
 #[cfg(feature = "backtest")]
 pub mod backtest_cli;
 pub mod broker;

@@ -51,6 +51,9 @@ enum Command {
         #[arg(long, env = "MAINTAINPRO_DATABASE__OWNER_URL")]
         owner_url: String,
     },
+    /// Organisations and users: bootstrap the first tenant and admin, reset passwords,
+    /// disable users, end sessions.
+    Admin(server::admin_cli::AdminArgs),
     /// Rule-file tooling.
     Rules {
         #[command(subcommand)]
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Serve { config } => serve(&config).await,
+            Command::Admin(args) => server::admin_cli::run(&args).await,
             Command::Migrate { owner_url } => match migrations::migrate(&owner_url).await {
                 Ok(layout) => {
                     println!("migrations applied; readings storage: {layout}");

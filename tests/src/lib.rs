@@ -69,7 +69,8 @@ impl Plant {
     async fn start_with(queue: usize, rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
         let broker = mqtt_url()?;
         let db = TestDatabase::create().await?;
-        let hash = api::auth::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
+        let hash = hash_password(&pepper, PASSWORD)?;
         let tenant_a = seed_plant(&db.urls.app_url, "plant-a", &hash).await?;
         let tenant_b = seed_plant(&db.urls.app_url, "plant-b", &hash).await?;
         let config = ServerConfig {
@@ -86,6 +87,7 @@ impl Plant {
                     Uuid::new_v4().simple(),
                     Uuid::new_v4().simple()
                 )),
+                pepper,
             )),
             // Tests share one broker: each ingest takes only its own tenants' topics.
             ingest: Some(IngestConfig {
@@ -144,6 +146,12 @@ impl Plant {
             .await?;
         tx.commit().await?;
         Ok(id)
+    }
+
+    /// A password hash this plant's API accepts (hashed with its pepper).
+    pub fn hash(&self, password: &str) -> anyhow::Result<String> {
+        let api = self.config.api.as_ref().context("the plant runs the API")?;
+        hash_password(&api.password_pepper, password)
     }
 
     /// Logs in as the admin of tenant `slug` and returns the access token.
@@ -268,4 +276,10 @@ pub async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> a
     // Let the DISCONNECT go out before the connection is dropped.
     let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
     Ok(())
+}
+
+fn hash_password(pepper: &Secret, password: &str) -> anyhow::Result<String> {
+    api::password::PasswordHasher::new(pepper.clone())?
+        .hash(password)
+        .map_err(Into::into)
 }

@@ -60,7 +60,7 @@ fn cleared(subject: &AlarmSubject, raised_at: Timestamp, at: Timestamp) -> Alarm
 
 async fn add_user(plant: &Plant, email: &str, role: &str) -> anyhow::Result<()> {
     let pool = plant.db.app_pool().await;
-    let hash = api::auth::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = plant.hash(PASSWORD)?;
     let mut tx = migrations::begin_tenant(&pool, plant.tenant_a.tenant).await?;
     sqlx::query(
         "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)

@@ -1,17 +1,16 @@
-//! `POST /api/v1/auth/login`: organisation, email and password in; an access token out.
-
-use std::sync::OnceLock;
+//! `POST /api/v1/auth/login`: organisation, email and password in; a new session's access
+//! and refresh tokens out. Every attempt is audited.
 
 use axum::Json;
 use axum::extract::State;
-use model::TenantId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::Row;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::auth::{hash_password, verify_password};
-use crate::error::ApiError;
+use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::error::{ApiError, Body};
+use crate::sessions::{self, Tokens};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,24 +21,11 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
-pub struct LoginResponse {
-    pub access_token: String,
-    pub token_type: &'static str,
-    pub expires_in: u64,
-}
-
-/// A hash to verify against when the user does not exist, so that the response time does not
-/// tell which emails are registered.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_password("not a real password at all").unwrap_or_default())
-}
-
 pub async fn login(
     State(state): State<AppState>,
-    Json(req): Json<LoginRequest>,
-) -> Result<Json<LoginResponse>, ApiError> {
+    meta: RequestMeta,
+    Body(req): Body<LoginRequest>,
+) -> Result<Json<Tokens>, ApiError> {
     if req.password.len() > 1024 || req.email.len() > 320 || req.tenant.len() > 63 {
         return Err(ApiError::BadCredentials);
     }
@@ -72,10 +58,12 @@ pub async fn login(
         None => None,
     };
     let password = req.password;
+    let hasher = state.passwords.clone();
+    // An unknown user costs the same time as a wrong password: the answer tells nothing.
     let (verified, user) = tokio::task::spawn_blocking(move || match user {
-        Some((t, id, hash, role)) => (verify_password(&password, &hash), Some((t, id, role))),
+        Some((t, id, hash, role)) => (hasher.verify(&password, &hash), Some((t, id, role))),
         None => {
-            let _ = verify_password(&password, dummy_hash());
+            hasher.dummy_verify(&password);
             (false, None)
         }
     })
@@ -83,16 +71,37 @@ pub async fn login(
     .map_err(|e| ApiError::Internal(e.into()))?;
     let (tenant, id, role) = match (verified, user) {
         (true, Some(u)) => u,
-        _ => {
+        (_, user) => {
             tracing::info!(tenant = %req.tenant, "login refused");
+            let actor = user.as_ref().map(|(_, id, _)| *id);
+            audit::record(
+                &state.pool,
+                Entry::new(tenant, actor, "auth.login", Outcome::Failure)
+                    .detail(serde_json::json!({ "email": req.email })),
+                &meta,
+            )
+            .await;
             return Err(ApiError::BadCredentials);
         }
     };
-    let token = state.keys.issue(id, TenantId::from_uuid(tenant), &role)?;
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let tokens = sessions::start(
+        &mut tx,
+        &state.keys,
+        state.lifetimes,
+        tenant,
+        id,
+        &role,
+        &meta,
+    )
+    .await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), Some(id), "auth.login", Outcome::Success),
+        &meta,
+    )
+    .await?;
+    tx.commit().await?;
     tracing::info!(tenant = %tenant, user = %id, "login");
-    Ok(Json(LoginResponse {
-        access_token: token,
-        token_type: "Bearer",
-        expires_in: state.keys.ttl().as_secs(),
-    }))
+    Ok(Json(tokens))
 }

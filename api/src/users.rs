@@ -1,0 +1,362 @@
+//! Tenants and users: creating them, setting passwords under the policy, disabling. Used by
+//! `maintainpro admin` to bootstrap the first tenant and admin, and by the API.
+//!
+//! Every change is audited in its own transaction. Setting a password or disabling a user
+//! ends the user's sessions.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::password::{
+    PasswordContext, PasswordError, PasswordHasher, PasswordPolicy, PolicyViolation,
+};
+use crate::sessions::{self, EndReason};
+
+/// The built-in roles.
+pub const ROLES: &[&str] = &["admin", "manager", "technician", "requester", "viewer"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error(
+        "organisation slug {0:?} is not valid: use 2-63 lower-case letters, digits and `-`, starting with a letter or digit"
+    )]
+    BadSlug(String),
+    #[error("an organisation with slug {0:?} exists already")]
+    TenantExists(String),
+    #[error("no organisation has slug {0:?}")]
+    UnknownTenant(String),
+    #[error("role {0:?} is not one of admin, manager, technician, requester, viewer")]
+    BadRole(String),
+    #[error("{0:?} is not an email address")]
+    BadEmail(String),
+    #[error("a user with email {0:?} exists already in this organisation")]
+    UserExists(String),
+    #[error("no user with email {0:?} in this organisation")]
+    UnknownUser(String),
+    #[error("the password does not meet the policy:\n{}", .0.iter().map(|v| format!("  - {v}")).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<PolicyViolation>),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+fn valid_slug(slug: &str) -> bool {
+    let b = slug.as_bytes();
+    (2..=63).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    (3..=320).contains(&email.len())
+        && !local.is_empty()
+        && domain.contains('.')
+        && !email.chars().any(char::is_whitespace)
+}
+
+/// The tenant id of `slug`.
+pub async fn tenant_by_slug(pool: &PgPool, slug: &str) -> Result<Uuid, UserError> {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE slug = $1")
+        .bind(slug)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| UserError::UnknownTenant(slug.to_owned()))
+}
+
+/// The user id of `email` in `tenant`.
+pub async fn user_by_email(pool: &PgPool, tenant: Uuid, email: &str) -> Result<Uuid, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let id = sqlx::query_scalar(
+        "SELECT id FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)",
+    )
+    .bind(tenant)
+    .bind(email)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    id.ok_or_else(|| UserError::UnknownUser(email.to_owned()))
+}
+
+/// Checks a new password against the policy, every violation at once.
+pub fn check_password(password: &str, email: &str, slug: &str) -> Result<(), UserError> {
+    let violations = PasswordPolicy.check(
+        password,
+        &PasswordContext {
+            email: Some(email),
+            tenant_slug: Some(slug),
+        },
+    );
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(UserError::Policy(violations))
+    }
+}
+
+/// A new user: what to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub display_name: &'a str,
+    pub role: &'a str,
+    pub password: &'a str,
+}
+
+/// Creates an organisation and its first admin in one transaction.
+pub async fn create_tenant(
+    pool: &PgPool,
+    hasher: &PasswordHasher,
+    slug: &str,
+    name: &str,
+    admin: NewUser<'_>,
+    meta: &RequestMeta,
+) -> Result<(Uuid, Uuid), UserError> {
+    if !valid_slug(slug) {
+        return Err(UserError::BadSlug(slug.to_owned()));
+    }
+    validate(&admin, slug)?;
+    let hash = hash_blocking(hasher, admin.password).await?;
+    let tenant = Uuid::new_v4();
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO tenants (id, slug, name) VALUES ($1, $2, $3) ON CONFLICT (slug) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(slug)
+    .bind(name)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(UserError::TenantExists(slug.to_owned()));
+    }
+    let user = insert_user(&mut tx, tenant, &admin, &hash).await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), None, "tenant.create", Outcome::Success)
+            .target("tenant", tenant)
+            .detail(serde_json::json!({ "slug": slug, "admin": user })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((tenant, user))
+}
+
+/// Creates a user in `tenant` (`slug` is its slug, for the password policy).
+pub async fn create_user(
+    pool: &PgPool,
+    hasher: &PasswordHasher,
+    tenant: Uuid,
+    slug: &str,
+    new: NewUser<'_>,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<Uuid, UserError> {
+    validate(&new, slug)?;
+    let hash = hash_blocking(hasher, new.password).await?;
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let user = insert_user(&mut tx, tenant, &new, &hash).await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), actor, "user.create", Outcome::Success)
+            .target("user", user)
+            .detail(serde_json::json!({ "role": new.role })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+/// A user of an organisation, with the organisation's slug (the password policy reads it).
+#[derive(Debug, Clone, Copy)]
+pub struct Account<'a> {
+    pub tenant: Uuid,
+    pub slug: &'a str,
+    pub user: Uuid,
+}
+
+/// Sets a user's password (policy checked) and ends the user's sessions.
+pub async fn set_password(
+    pool: &PgPool,
+    hasher: &PasswordHasher,
+    account: Account<'_>,
+    password: &str,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    let Account { tenant, slug, user } = account;
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let email: String =
+        sqlx::query_scalar("SELECT email FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| UserError::UnknownUser(user.to_string()))?;
+    check_password(password, &email, slug)?;
+    let hash = hash_blocking(hasher, password).await?;
+    sqlx::query("UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    let ended = sessions::end_all_of_user(&mut tx, tenant, user, EndReason::RevokedByAdmin).await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), actor, "user.password_set", Outcome::Success)
+            .target("user", user)
+            .detail(serde_json::json!({ "sessions_ended": ended })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Disables or enables a user; disabling ends the user's sessions. Returns the sessions ended.
+pub async fn set_disabled(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    disabled: bool,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let n = sqlx::query("UPDATE users SET disabled = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .bind(disabled)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(UserError::UnknownUser(user.to_string()));
+    }
+    let ended = if disabled {
+        sessions::end_all_of_user(&mut tx, tenant, user, EndReason::UserDisabled).await?
+    } else {
+        0
+    };
+    let action = if disabled {
+        "user.disable"
+    } else {
+        "user.enable"
+    };
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), actor, action, Outcome::Success)
+            .target("user", user)
+            .detail(serde_json::json!({ "sessions_ended": ended })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Ends every session of a user. Returns how many.
+pub async fn revoke_sessions(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let ended = sessions::end_all_of_user(&mut tx, tenant, user, EndReason::RevokedByAdmin).await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), actor, "session.revoke_user", Outcome::Success)
+            .target("user", user)
+            .detail(serde_json::json!({ "sessions_ended": ended })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+fn validate(new: &NewUser<'_>, slug: &str) -> Result<(), UserError> {
+    if !ROLES.contains(&new.role) {
+        return Err(UserError::BadRole(new.role.to_owned()));
+    }
+    if !valid_email(new.email) {
+        return Err(UserError::BadEmail(new.email.to_owned()));
+    }
+    check_password(new.password, new.email, slug)
+}
+
+/// Argon2 takes tens of milliseconds: off the async workers.
+async fn hash_blocking(hasher: &PasswordHasher, password: &str) -> Result<String, UserError> {
+    let (hasher, password) = (hasher.clone(), password.to_owned());
+    tokio::task::spawn_blocking(move || hasher.hash(&password))
+        .await
+        .map_err(|e| UserError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+        .map_err(UserError::from)
+}
+
+async fn insert_user(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    new: &NewUser<'_>,
+    hash: &str,
+) -> Result<Uuid, UserError> {
+    // Logins match emails case-insensitively, so must uniqueness.
+    let taken: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND lower(email) = lower($2))",
+    )
+    .bind(tenant)
+    .bind(new.email)
+    .fetch_one(&mut *tx)
+    .await?;
+    if taken {
+        return Err(UserError::UserExists(new.email.to_owned()));
+    }
+    let id = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, email) DO NOTHING",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(new.email)
+    .bind(new.display_name)
+    .bind(hash)
+    .bind(new.role)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(UserError::UserExists(new.email.to_owned()));
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_and_emails() {
+        for good in ["ab", "plant-a", "acme-2026"] {
+            assert!(valid_slug(good), "{good}");
+        }
+        for bad in ["a", "-ab", "Acme", "a b", "a_b", &"a".repeat(64)] {
+            assert!(!valid_slug(bad), "{bad}");
+        }
+        assert!(valid_email("admin@demo.local"));
+        for bad in ["admin", "@demo.local", "a@b", "a b@c.d"] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+}
