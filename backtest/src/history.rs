@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use model::{AssetId, Criticality, Quality, TagName, TenantId, Timestamp};
-use rules::TagContext;
+use ingest::directory::{TAG_CONTEXT_QUERY, tag_context};
+use model::{AssetId, Quality, TenantId, Timestamp};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -71,37 +71,16 @@ pub async fn tenant_by_slug(pool: &PgPool, slug: &str) -> Result<TenantId, Backt
 /// Every tag of the tenant, with what the engine needs to know of it.
 pub async fn load_tags(pool: &PgPool, tenant: TenantId) -> Result<Tags, BacktestError> {
     let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
-    let rows = sqlx::query(
-        "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality
-         FROM tags t LEFT JOIN assets a ON a.id = t.asset_id
-         ORDER BY t.id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = sqlx::query(&format!("{TAG_CONTEXT_QUERY} ORDER BY t.id"))
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     let mut tags = Tags::new();
-    for row in rows {
-        let name: String = row.try_get("name")?;
-        let Ok(tag) = TagName::parse(name) else {
-            continue; // a name no gateway could send: it has no readings to replay
-        };
-        let criticality: Option<i16> = row.try_get("criticality")?;
-        tags.insert(TagContext {
-            tenant,
-            tag_id: row.try_get("id")?,
-            tag,
-            unit: row.try_get("unit")?,
-            asset: row
-                .try_get::<Option<Uuid>, _>("asset_id")?
-                .map(AssetId::from_uuid),
-            asset_name: row
-                .try_get::<Option<String>, _>("asset_name")?
-                .unwrap_or_default(),
-            criticality: criticality
-                .and_then(|c| u8::try_from(c).ok())
-                .and_then(Criticality::new)
-                .unwrap_or(Criticality::DEFAULT),
-        });
+    for row in &rows {
+        // A name no gateway could send has no readings to replay.
+        if let Some(ctx) = tag_context(row, tenant)? {
+            tags.insert(ctx);
+        }
     }
     Ok(tags)
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
 use rules::TagContext;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -76,41 +77,53 @@ impl Directory {
             .collect();
         if !missing.is_empty() {
             let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
-            let rows = sqlx::query(
-                "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality
-                 FROM tags t LEFT JOIN assets a ON a.id = t.asset_id
-                 WHERE t.gateway_id = $1 AND t.name = ANY($2)",
-            )
+            let rows = sqlx::query(&format!(
+                "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
+            ))
             .bind(entry.id)
             .bind(&missing)
             .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
-            for row in rows {
-                let name: String = row.try_get("name")?;
-                let Ok(tag) = TagName::parse(name) else {
-                    continue; // a name the edge could never send; nothing to resolve
-                };
-                let criticality: Option<i16> = row.try_get("criticality")?;
-                let ctx = TagContext {
-                    tenant,
-                    tag_id: row.try_get("id")?,
-                    tag: tag.clone(),
-                    unit: row.try_get("unit")?,
-                    asset: row
-                        .try_get::<Option<Uuid>, _>("asset_id")?
-                        .map(AssetId::from_uuid),
-                    asset_name: row
-                        .try_get::<Option<String>, _>("asset_name")?
-                        .unwrap_or_default(),
-                    criticality: criticality
-                        .and_then(|c| u8::try_from(c).ok())
-                        .and_then(Criticality::new)
-                        .unwrap_or(Criticality::DEFAULT),
-                };
-                entry.tags.insert(tag, Arc::new(ctx));
+            for row in &rows {
+                // A name the edge could never send has nothing to resolve.
+                if let Some(ctx) = tag_context(row, tenant)? {
+                    entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+                }
             }
         }
         Ok(Resolved::Gateway(entry))
     }
+}
+
+/// Selects what [`tag_context`] reads of a tag (`t`) and its asset (`a`); callers add their
+/// `WHERE` and `ORDER BY`. Run it in a tenant-scoped transaction.
+pub const TAG_CONTEXT_QUERY: &str =
+    "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality
+     FROM tags t LEFT JOIN assets a ON a.id = t.asset_id";
+
+/// The rules' view of a tag from a row of [`TAG_CONTEXT_QUERY`]; `None` for a stored name
+/// that is not a valid tag name (no gateway could send it).
+pub fn tag_context(row: &PgRow, tenant: TenantId) -> Result<Option<TagContext>, sqlx::Error> {
+    let name: String = row.try_get("name")?;
+    let Ok(tag) = TagName::parse(name) else {
+        return Ok(None);
+    };
+    let criticality: Option<i16> = row.try_get("criticality")?;
+    Ok(Some(TagContext {
+        tenant,
+        tag_id: row.try_get("id")?,
+        tag,
+        unit: row.try_get("unit")?,
+        asset: row
+            .try_get::<Option<Uuid>, _>("asset_id")?
+            .map(AssetId::from_uuid),
+        asset_name: row
+            .try_get::<Option<String>, _>("asset_name")?
+            .unwrap_or_default(),
+        criticality: criticality
+            .and_then(|c| u8::try_from(c).ok())
+            .and_then(Criticality::new)
+            .unwrap_or(Criticality::DEFAULT),
+    }))
 }
