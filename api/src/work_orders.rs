@@ -172,6 +172,46 @@ impl WorkOrderService {
         Ok(written)
     }
 
+    /// Retires an alarm on record as active whose rule is no longer loaded (removed or
+    /// renamed): it is marked cleared now, and its open work order, if any, gets an
+    /// `alarm_retired` note. The work order stays with people; nothing closes it by itself.
+    pub async fn retire(&self, alarm: &RecordedAlarm) -> Result<(), WorkOrderError> {
+        let tenant = alarm.tenant.as_uuid();
+        let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
+        let retired: Option<(Uuid, Option<String>)> = sqlx::query_as(
+            "UPDATE alarms SET state = 'cleared', cleared_at = now()
+             WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND state = 'active'
+             RETURNING asset_id, failure_mode",
+        )
+        .bind(tenant)
+        .bind(&alarm.rule_id)
+        .bind(alarm.tag_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((asset, Some(failure_mode))) = retired {
+            let open: Option<Uuid> = sqlx::query_scalar(&format!(
+                "SELECT id FROM work_orders
+                 WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}"
+            ))
+            .bind(tenant)
+            .bind(asset)
+            .bind(&failure_mode)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = open {
+                let detail = json!({
+                    "rule_id": alarm.rule_id,
+                    "tag_id": alarm.tag_id,
+                    "raised_at": alarm.raised_at.to_string(),
+                    "reason": "the rule is no longer loaded; the alarm can no longer clear by itself",
+                });
+                insert_event(&mut tx, tenant, id, "alarm_retired", detail, None).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Every alarm on record as active, in every tenant: what a restarted rules engine
     /// takes over. Each tenant is read in its own tenant-scoped transaction.
     pub async fn active_alarms(&self) -> Result<Vec<RecordedAlarm>, WorkOrderError> {

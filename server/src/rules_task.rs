@@ -176,10 +176,26 @@ fn interval(every: Duration) -> tokio::time::Interval {
 /// A fresh engine for `rules`, with the alarms on record as active restored. Waits (retrying)
 /// for the database: evaluating without them would raise those alarms a second time.
 async fn start_engine(rules: Arc<RuleSet>, work_orders: &WorkOrderService) -> Engine {
-    let mut engine = Engine::new(rules);
     let recorded = retry("read the active alarms", || work_orders.active_alarms()).await;
-    let restored = recorded.len();
-    let orphans = engine.restore(recorded.into_iter().map(
+    // An alarm of a rule no longer loaded could never clear: retire it.
+    let (known, orphans): (Vec<RecordedAlarm>, Vec<RecordedAlarm>) = recorded
+        .into_iter()
+        .partition(|a| rules.rules.iter().any(|r| r.id == a.rule_id));
+    for orphan in &orphans {
+        retry("retire an alarm of a removed rule", || {
+            work_orders.retire(orphan)
+        })
+        .await;
+        tracing::warn!(
+            rule = %orphan.rule_id,
+            tag_id = orphan.tag_id,
+            raised_at = %orphan.raised_at,
+            "active alarm of a rule that is no longer loaded: retired"
+        );
+    }
+    let restored = known.len();
+    let mut engine = Engine::new(rules);
+    engine.restore(known.into_iter().map(
         |RecordedAlarm {
              tag_id,
              rule_id,
@@ -195,19 +211,7 @@ async fn start_engine(rules: Arc<RuleSet>, work_orders: &WorkOrderService) -> En
             value,
         },
     ));
-    for orphan in &orphans {
-        tracing::warn!(
-            rule = %orphan.rule_id,
-            tag_id = orphan.tag_id,
-            raised_at = %orphan.raised_at,
-            "an active alarm names a rule that is no longer loaded; it stays active until cleared by hand"
-        );
-    }
-    tracing::info!(
-        restored = restored - orphans.len(),
-        orphans = orphans.len(),
-        "active alarms restored"
-    );
+    tracing::info!(restored, retired = orphans.len(), "active alarms restored");
     engine
 }
 

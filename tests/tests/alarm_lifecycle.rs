@@ -261,6 +261,24 @@ async fn replayed_history_is_recorded_once_and_active_alarms_are_listed_for_a_re
     Ok(())
 }
 
+#[tokio::test]
+async fn an_alarm_of_a_removed_rule_is_retired_with_a_note_on_its_work_order() -> anyhow::Result<()>
+{
+    let f = Fixture::new().await?;
+    let t0 = Timestamp::now();
+    let wo = created(f.service.on_alarm(&f.raised(t0)).await?)?;
+    let active = f.service.active_alarms().await?;
+    assert_eq!(active.len(), 1);
+    f.service.retire(&active[0]).await?;
+    assert!(f.service.active_alarms().await?.is_empty());
+    let kinds: Vec<String> = f.events(wo).await?.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["opened_by_alarm", "alarm_retired"]);
+    // Retiring again changes nothing.
+    f.service.retire(&active[0]).await?;
+    assert_eq!(f.events(wo).await?.len(), 2);
+    Ok(())
+}
+
 /// Readings of the demo press's bearing, one per second from `from` (microseconds), with
 /// `value(i)` for the i-th.
 fn bearing_batch(
