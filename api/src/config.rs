@@ -62,10 +62,13 @@ pub struct PreviousKey {
 pub struct ApiConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// HMAC key for access tokens: at least 32 bytes.
+    /// HMAC key for access tokens: at least 32 bytes. Required (reported by `problems`).
+    #[serde(default)]
     pub jwt_secret: Secret,
     /// Pepper of the password hashes (Argon2id secret): at least 32 bytes of random data, kept
-    /// out of the database. Changing it invalidates every password.
+    /// out of the database. Changing it invalidates every password. Required: left out, it is
+    /// reported by [`ApiConfig::problems`] with the rest.
+    #[serde(default)]
     pub password_pepper: Secret,
     /// The key id (`kid`) of `jwt_secret`, written in every token's header.
     #[serde(default = "default_kid")]

@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 
 /// A secret read from configuration (a password, a signing key). It never appears in logs,
 /// `Debug` output or error messages; `expose` is the one way to the value.
-#[derive(Clone, serde::Deserialize)]
+/// The default is empty: a required secret left out is then reported by the section's
+/// validation together with every other problem, instead of stopping the parse.
+#[derive(Clone, Default, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -208,7 +208,13 @@ mod tests {
         )
         .unwrap_err();
         let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
-        for want in ["database.url", "api.jwt_secret", "ingest", "rules.files"] {
+        for want in [
+            "database.url",
+            "api.jwt_secret",
+            "api.password_pepper",
+            "ingest",
+            "rules.files",
+        ] {
             assert!(paths.contains(&want), "missing {want}: {err}");
         }
     }
