@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|edge|rules|all]
+#   bench/run.sh [outbox|ingest|edge|breach|rules|backtest|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-if [ "$what" != rules ]; then
+if [ "$what" != rules ] && [ "$what" != backtest ]; then
     cargo build --release -p edge-agent -p maintainpro-bench
 fi
 if [ "$what" = outbox ] || [ "$what" = all ]; then
@@ -21,7 +21,16 @@ if [ "$what" = edge ] || [ "$what" = all ]; then
     MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     target/release/edge-bench --duration 60s --warmup 10s --mosquitto "$MOSQUITTO"
 fi
+if [ "$what" = breach ] || [ "$what" = all ]; then
+    echo "== breach to committed work order, idle and at half the ingest benchmark's load"
+    MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    target/release/breach-bench --mosquitto "$MOSQUITTO"
+fi
 if [ "$what" = rules ] || [ "$what" = all ]; then
     echo "== rules engine: readings evaluated per second on one core, per rule kind"
     cargo bench -p maintainpro-bench --bench rules
+fi
+if [ "$what" = backtest ] || [ "$what" = all ]; then
+    echo "== backtest replay: readings per second through the replay of \`rules backtest\`"
+    cargo bench -p maintainpro-bench --bench backtest
 fi
