@@ -10,8 +10,8 @@
 //! bearing temperatures under a threshold rule, three vibrations under a rolling z-score, three
 //! flows), every tag also under a stale rule (a plant-wide "signal lost" rule), each asset's
 //! tags read once a second in one poll. Breaches are occasional: one bearing in ten runs hot
-//! for 20 s every 10 minutes, one vibration in ten spikes every 10 minutes, one asset in
-//! twenty loses its connection for a minute once. A replay outside timing checks that every
+//! for 20 s every 10 minutes, one vibration in ten spikes every 10 minutes, about one asset in
+//! twenty (seven) loses its connection for a minute once. A replay outside timing checks that every
 //! reading was evaluated and that every rule raised and cleared alarms and opened work orders.
 //!
 //! The replay moves the engine's time forward before every reading whose time is later than

@@ -6,8 +6,11 @@
 //!   PostgreSQL) against raw binary COPY of the same rows, and latency at a fixed rate.
 //! - `bin/edge-bench.rs`: the edge agent polling 1,000 tags on 10 simulated PLCs: resident
 //!   memory, CPU, and Modbus requests per cycle against the coalesced minimum.
-//! - this library: small helpers shared by the programs (process sampling from `/proc`, a
-//!   private Mosquitto on a free loopback port).
+//! - `bin/breach-bench.rs`: from the MQTT publish of a breaching reading to the commit of the
+//!   work order it opens, idle and under background load, with ingest and rules in-process.
+//! - `benches/`: criterion benchmarks of the rules engine and of the backtest replay.
+//! - this library: small helpers shared by the programs (process and machine CPU from
+//!   `/proc`, a private Mosquitto on a free loopback port).
 //!
 //! Benchmarks only touch 127.0.0.1 and stop by themselves.
 
@@ -54,6 +57,10 @@ impl Mosquitto {
             url: format!("mqtt://127.0.0.1:{port}"),
         })
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Mosquitto {
@@ -93,11 +100,76 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU time (user + system) of a process and of its direct children, such as a PostgreSQL
+/// server and its backends; children that have exited are not counted.
+pub fn tree_cpu(pid: u32) -> Duration {
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| parent(child) == Some(pid));
+    std::iter::once(pid)
+        .chain(children)
+        .filter_map(sample)
+        .map(|s| s.cpu)
+        .sum()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU time of the whole machine since boot, summed over its cores, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Not idle and not waiting for I/O.
+    pub busy: Duration,
+    pub total: Duration,
+}
+
+pub fn machine_cpu() -> Option<MachineCpu> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let ticks_per_s = 100u64; // USER_HZ on Linux
+    Some(MachineCpu {
+        busy: Duration::from_millis((total - idle) * 1000 / ticks_per_s),
+        total: Duration::from_millis(total * 1000 / ticks_per_s),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn samples_this_process() {
         let s = super::sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_bytes > 0);
+    }
+
+    #[test]
+    fn reads_the_machine_and_a_process_tree() {
+        let m = super::machine_cpu().expect("/proc/stat");
+        assert!(m.total >= m.busy && m.total > std::time::Duration::ZERO);
+        assert!(
+            super::tree_cpu(std::process::id())
+                >= super::sample(std::process::id())
+                    .expect("own /proc entry")
+                    .cpu
+        );
     }
 }

@@ -16,6 +16,12 @@
 //! `ingest_batches`, shows when ingest committed the probe; both triggers send their
 //! transaction's start time, which splits the latency into four legs (see [`Legs`]).
 //!
+//! Reported per phase besides the latencies and their legs: what the ingest transaction that
+//! stored each probe carried (from the ledger), and a single-row commit's latency measured
+//! just before the probes (the floor under each of the two commits on the way). For the
+//! loaded phase: the background readings stored per second, the CPU each part used, and the
+//! checkpoints and autovacuum runs on the readings tables during the measurement.
+//!
 //! Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster with fsync on and a private
 //! Mosquitto, both removed at the end. The server side has its own two-thread runtime; the
 //! load generator and the probes (publisher and listener) each have their own thread.
@@ -25,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use maintainpro_bench::Mosquitto;
+use maintainpro_bench::{MachineCpu, Mosquitto, machine_cpu, sample, tree_cpu};
 use migrations::throwaway::{Cluster, ClusterOptions};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
@@ -402,10 +408,17 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e5).round() / 100.0
 }
 
+/// Microseconds as milliseconds, to 10 us.
+fn micros_ms(micros: f64) -> f64 {
+    (micros / 10.0).round() / 100.0
+}
+
+/// The mean, p50 and p99 of one leg, in milliseconds. Means add up to the mean latency.
 fn leg_ms(mut values: Vec<i64>) -> serde_json::Value {
     values.sort_unstable();
-    let at = |q| (quantile(&values, q) as f64 / 10.0).round() / 100.0;
-    serde_json::json!({ "p50": at(0.5), "p99": at(0.99) })
+    let mean = values.iter().sum::<i64>() as f64 / values.len().max(1) as f64;
+    let at = |q| micros_ms(quantile(&values, q) as f64);
+    serde_json::json!({ "mean": micros_ms(mean), "p50": at(0.5), "p99": at(0.99) })
 }
 
 /// A phase's figures: the latencies, their legs, what the probes' ingest transactions carried,
@@ -434,6 +447,7 @@ fn summarise(
     commits.sort_unstable();
     serde_json::json!({
         "probes": samples.len(),
+        "mean_ms": ms(latencies.iter().sum::<Duration>() / latencies.len().max(1) as u32),
         "p50_ms": ms(quantile(&latencies, 0.50)),
         "p95_ms": ms(quantile(&latencies, 0.95)),
         "p99_ms": ms(quantile(&latencies, 0.99)),
@@ -634,6 +648,7 @@ fn main() -> anyhow::Result<()> {
         args.assets / 2 - args.warmup_probes.min(args.assets / 2),
         args.assets
     );
+    anyhow::ensure!(args.probes > 0, "--probes must be at least 1");
     anyhow::ensure!(
         args.min_spacing <= args.max_spacing,
         "--min-spacing exceeds --max-spacing"
@@ -812,9 +827,11 @@ async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value
     phase(take_probes(args.warmup_probes)).await??;
     let loaded_commits = commit_latency(&mut owner, args.probes).await?;
     let maintenance_before = maintenance(&mut owner).await?;
+    let cpu_before = CpuUse::now(cluster.pid(), mosquitto.pid());
     let (before, started) = (services.summary().readings_stored, Instant::now());
     let loaded = phase(take_probes(args.probes)).await??;
     let (after, window) = (services.summary().readings_stored, started.elapsed());
+    let loaded_cpu = CpuUse::now(cluster.pid(), mosquitto.pid()).cores_since(&cpu_before, window);
     let maintenance_after = maintenance(&mut owner).await?;
     let background_rate =
         (after - before).saturating_sub(args.probes as u64) as f64 / window.as_secs_f64();
@@ -846,6 +863,7 @@ async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value
         "loaded_background_target_readings_per_s": args.load_rate,
         "loaded_background_stored_readings_per_s": background_rate.round(),
         "loaded_background_published_readings_per_s": load_published_rate.round(),
+        "loaded_cpu_cores": loaded_cpu,
         "loaded_checkpoints": maintenance_after.0 - maintenance_before.0,
         "loaded_readings_autovacuum_or_autoanalyze_runs": maintenance_after.1 - maintenance_before.1,
         "readings_stored": summary.readings_stored,
@@ -854,6 +872,47 @@ async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value
         "alarms_raised": summary.alarms_raised,
         "work_orders_opened": summary.work_orders_opened,
     }))
+}
+
+/// CPU time used so far by the parts of the benchmark and by the machine as a whole.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    /// This process: ingest, rules, the load generator and the probes.
+    bench: Duration,
+    postgres: Duration,
+    mosquitto: Duration,
+    machine: Option<MachineCpu>,
+}
+
+impl CpuUse {
+    fn now(postgres: u32, mosquitto: u32) -> Self {
+        let cpu = |pid| sample(pid).map_or(Duration::ZERO, |s| s.cpu);
+        Self {
+            bench: cpu(std::process::id()),
+            postgres: tree_cpu(postgres),
+            mosquitto: cpu(mosquitto),
+            machine: machine_cpu(),
+        }
+    }
+
+    /// Cores used from `earlier` to this sample, over `window`.
+    fn cores_since(&self, earlier: &CpuUse, window: Duration) -> serde_json::Value {
+        let cores = |now: Duration, then: Duration| {
+            ((now.saturating_sub(then)).as_secs_f64() / window.as_secs_f64() * 100.0).round()
+                / 100.0
+        };
+        let machine = self
+            .machine
+            .zip(earlier.machine)
+            .map(|(now, then)| (cores(now.busy, then.busy), cores(now.total, then.total)));
+        serde_json::json!({
+            "bench_process": cores(self.bench, earlier.bench),
+            "postgresql": cores(self.postgres, earlier.postgres),
+            "mosquitto": cores(self.mosquitto, earlier.mosquitto),
+            "machine_busy": machine.map(|m| m.0),
+            "machine_available": machine.map(|m| m.1),
+        })
+    }
 }
 
 /// Waits until ingest has stored `target` readings in all.
