@@ -209,12 +209,15 @@ pub async fn set_password(
         .bind(hash)
         .execute(&mut *tx)
         .await?;
-    let ended = sessions::end_all_of_user(&mut tx, tenant, user, EndReason::RevokedByAdmin).await?;
-    audit::write(
+    let ended = end_sessions_audited(
         &mut tx,
-        &Entry::new(Some(tenant), actor, "user.password_set", Outcome::Success)
-            .target("user", user)
-            .detail(serde_json::json!({ "sessions_ended": ended })),
+        Change {
+            tenant,
+            user,
+            actor,
+            action: "user.password_set",
+        },
+        Some(EndReason::RevokedByAdmin),
         meta,
     )
     .await?;
@@ -242,24 +245,18 @@ pub async fn set_disabled(
     if n == 0 {
         return Err(UserError::UnknownUser(user.to_string()));
     }
-    let ended = if disabled {
-        sessions::end_all_of_user(&mut tx, tenant, user, EndReason::UserDisabled).await?
+    let (action, reason) = if disabled {
+        ("user.disable", Some(EndReason::UserDisabled))
     } else {
-        0
+        ("user.enable", None)
     };
-    let action = if disabled {
-        "user.disable"
-    } else {
-        "user.enable"
+    let change = Change {
+        tenant,
+        user,
+        actor,
+        action,
     };
-    audit::write(
-        &mut tx,
-        &Entry::new(Some(tenant), actor, action, Outcome::Success)
-            .target("user", user)
-            .detail(serde_json::json!({ "sessions_ended": ended })),
-        meta,
-    )
-    .await?;
+    let ended = end_sessions_audited(&mut tx, change, reason, meta).await?;
     tx.commit().await?;
     Ok(ended)
 }
@@ -273,16 +270,53 @@ pub async fn revoke_sessions(
     meta: &RequestMeta,
 ) -> Result<u64, UserError> {
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
-    let ended = sessions::end_all_of_user(&mut tx, tenant, user, EndReason::RevokedByAdmin).await?;
+    let change = Change {
+        tenant,
+        user,
+        actor,
+        action: "session.revoke_user",
+    };
+    let ended =
+        end_sessions_audited(&mut tx, change, Some(EndReason::RevokedByAdmin), meta).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// A change to a user: whose, by whom, and its audit action.
+#[derive(Debug, Clone, Copy)]
+struct Change<'a> {
+    tenant: Uuid,
+    user: Uuid,
+    actor: Option<Uuid>,
+    action: &'a str,
+}
+
+/// Ends the user's sessions for `reason` (none: ends nothing) and audits `change` with the
+/// number ended, in the caller's transaction.
+async fn end_sessions_audited(
+    tx: &mut sqlx::PgConnection,
+    change: Change<'_>,
+    reason: Option<EndReason>,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    let Change {
+        tenant,
+        user,
+        actor,
+        action,
+    } = change;
+    let ended = match reason {
+        Some(reason) => sessions::end_all_of_user(&mut *tx, tenant, user, reason).await?,
+        None => 0,
+    };
     audit::write(
-        &mut tx,
-        &Entry::new(Some(tenant), actor, "session.revoke_user", Outcome::Success)
+        tx,
+        &Entry::new(Some(tenant), actor, action, Outcome::Success)
             .target("user", user)
             .detail(serde_json::json!({ "sessions_ended": ended })),
         meta,
     )
     .await?;
-    tx.commit().await?;
     Ok(ended)
 }
 

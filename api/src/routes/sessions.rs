@@ -149,20 +149,9 @@ pub async fn revoke_user(
         .await;
         return Err(denied);
     }
-    let ended = sessions::end_all_of_user(&mut tx, tenant, user, EndReason::RevokedByAdmin).await?;
-    audit::write(
-        &mut tx,
-        &Entry::new(
-            Some(tenant),
-            Some(auth.user),
-            "session.revoke_user",
-            Outcome::Success,
-        )
-        .target("user", user)
-        .detail(json!({ "sessions_ended": ended })),
-        &meta,
-    )
-    .await?;
     tx.commit().await?;
+    let ended = crate::users::revoke_sessions(&state.pool, tenant, user, Some(auth.user), &meta)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(json!({ "sessions_ended": ended })))
 }
