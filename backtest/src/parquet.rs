@@ -2,8 +2,9 @@
 //!
 //! A history file has one row per reading, in event-time order (tag id among readings of the
 //! same time), with the columns of [`COLUMNS`]: `tag`, `tag_id`, `asset` (UUID, null for a
-//! tag on no asset), `asset_name`, `criticality`, `unit`, `ts` (timestamp, microseconds, UTC),
-//! `value` and `quality` (0 good, 1 uncertain, 2 bad). Its file metadata names the tenant and
+//! tag on no asset), `asset_name`, `criticality`, `unit`, `asset_class`, `labels` (the tag's
+//! labels for rules, its asset's with its own on top, as a JSON object), `ts` (timestamp,
+//! microseconds, UTC), `value` and `quality` (0 good, 1 uncertain, 2 bad). Its file metadata names the tenant and
 //! the exported window. Next to it, `<name>.work-orders.parquet` holds the tenant's work
 //! orders that a backtest of the window can match (see [`work_orders_path`]).
 //!
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use model::{AssetId, Criticality, Quality, TagName, TenantId, Timestamp};
 use polars::prelude::*;
-use rules::TagContext;
+use rules::{Labels, TagContext};
 use uuid::Uuid;
 
 use crate::BacktestError;
@@ -24,13 +25,15 @@ use crate::history::{PROGRESS_EVERY, Progress};
 use crate::replay::{HistoryReading, ReadingSink, Tags, Window};
 
 /// The columns of a history file, in order.
-pub const COLUMNS: [&str; 9] = [
+pub const COLUMNS: [&str; 11] = [
     "tag",
     "tag_id",
     "asset",
     "asset_name",
     "criticality",
     "unit",
+    "asset_class",
+    "labels",
     "ts",
     "value",
     "quality",
@@ -46,8 +49,11 @@ pub const WORK_ORDER_COLUMNS: [&str; 6] = [
     "resolution",
 ];
 
-/// The history file format this build writes and reads.
-const FORMAT_VERSION: &str = "1";
+/// How many of [`COLUMNS`] describe the reading's tag; the rest describe the reading.
+const TAG_COLUMNS: usize = 8;
+
+/// The history file format this build writes and reads (2 added `asset_class` and `labels`).
+const FORMAT_VERSION: &str = "2";
 const META_VERSION: &str = "maintainpro.history.version";
 const META_TENANT_ID: &str = "maintainpro.tenant_id";
 const META_TENANT: &str = "maintainpro.tenant";
@@ -139,6 +145,11 @@ impl HistoryWriter {
             "asset_name" => tags.iter().map(|t| t.asset.map(|_| t.asset_name.as_str())).collect::<Vec<_>>(),
             "criticality" => tags.iter().map(|t| i32::from(t.criticality.level())).collect::<Vec<i32>>(),
             "unit" => tags.iter().map(|t| t.unit.as_deref()).collect::<Vec<_>>(),
+            "asset_class" => tags.iter().map(|t| t.asset_class.as_deref()).collect::<Vec<_>>(),
+            "labels" => tags
+                .iter()
+                .map(|t| serde_json::to_string(&t.labels).unwrap_or_else(|_| "{}".into()))
+                .collect::<Vec<_>>(),
         )
         .map_err(|e| write_error(path, e))?;
         let schema = readings_frame(&tag_rows, Vec::new(), Vec::new(), Vec::new(), Vec::new())
@@ -356,7 +367,9 @@ impl HistoryFile {
             Some(v) => {
                 return Err(file_error(
                     path,
-                    format!("it is history format {v}, this build reads {FORMAT_VERSION}"),
+                    format!(
+                        "it is history format {v}, this build reads {FORMAT_VERSION}; export the history again with `maintainpro rules export-history`"
+                    ),
                 ));
             }
             None => return Err(file_error(path, "it has no MaintAInPro history header")),
@@ -416,11 +429,13 @@ impl HistoryFile {
                 continue;
             }
             // Only slices where a tag first appears decode the tag columns.
-            let frame = self.slice(offset, &COLUMNS[..6])?;
+            let frame = self.slice(offset, &COLUMNS[..TAG_COLUMNS])?;
             let names = strings(path, &frame, "tag")?;
             let assets = strings(path, &frame, "asset")?;
             let asset_names = strings(path, &frame, "asset_name")?;
             let units = strings(path, &frame, "unit")?;
+            let classes = strings(path, &frame, "asset_class")?;
+            let labels = strings(path, &frame, "labels")?;
             let criticalities = numbers(path, &frame, "criticality", DataType::Int32, |c| {
                 Ok(c.i32()?.iter().collect())
             })?;
@@ -455,6 +470,12 @@ impl HistoryFile {
                     unit: units.get(row).cloned().flatten(),
                     asset,
                     asset_name: asset_names.get(row).cloned().flatten().unwrap_or_default(),
+                    asset_class: classes.get(row).cloned().flatten(),
+                    labels: match labels.get(row).cloned().flatten() {
+                        None => Labels::new(),
+                        Some(text) => serde_json::from_str(&text)
+                            .map_err(|_| bad("`labels` is not a JSON object of strings"))?,
+                    },
                     criticality,
                 });
             }
@@ -477,7 +498,7 @@ impl HistoryFile {
         for offset in (0..self.rows()).step_by(ROWS_PER_GROUP) {
             let frame = self.slice(
                 offset,
-                &COLUMNS[6..]
+                &COLUMNS[TAG_COLUMNS..]
                     .iter()
                     .chain(["tag_id"].iter())
                     .copied()

@@ -339,7 +339,7 @@ impl Replay {
             };
             let Some(asset) = ctx.asset else { continue };
             for (rule, r) in self.rules.rules.iter().enumerate() {
-                if r.selects(ctx.tag.as_str()) {
+                if r.selects(ctx) {
                     coverage.push((u32::try_from(rule).unwrap_or(u32::MAX), asset));
                 }
             }
@@ -520,6 +520,8 @@ pub(crate) mod tests {
                 unit: Some("C".into()),
                 asset: asset.map(|a| AssetId::from_uuid(uuid::Uuid::from_u128(a))),
                 asset_name: asset.map(|a| format!("Pump {a}")).unwrap_or_default(),
+                asset_class: None,
+                labels: Default::default(),
                 criticality: Criticality::DEFAULT,
             });
         }

@@ -218,6 +218,8 @@ fn tags() -> Arc<Tags> {
             unit: Some(signal.unit().to_owned()),
             asset: Some(AssetId::from_uuid(Uuid::from_u128(0x1000 + asset as u128))),
             asset_name: format!("Press {asset:03}"),
+            asset_class: None,
+            labels: Default::default(),
             criticality: Criticality::new(1 + (asset % 5) as u8).expect("1 to 5 is a criticality"),
         });
         assert_eq!(index as usize, t, "tags are indexed in insertion order");

@@ -243,6 +243,8 @@ fn contexts(case: Case) -> Vec<TagContext> {
                 unit: Some(unit.to_owned()),
                 asset: Some(AssetId::from_uuid(Uuid::from_u128(0x1000 + asset as u128))),
                 asset_name: format!("{equipment} {asset:03}"),
+                asset_class: None,
+                labels: Default::default(),
                 criticality: Criticality::new(1 + (asset % 5) as u8)
                     .expect("1 to 5 is a criticality"),
             }

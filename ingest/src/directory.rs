@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
-use rules::TagContext;
+use rules::{Labels, TagContext};
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -97,9 +98,11 @@ impl Directory {
 }
 
 /// Selects what [`tag_context`] reads of a tag (`t`) and its asset (`a`); callers add their
-/// `WHERE` and `ORDER BY`. Run it in a tenant-scoped transaction.
+/// `WHERE` and `ORDER BY`. Run it in a tenant-scoped transaction. A tag's labels are its
+/// asset's with its own on top (`||` keeps the right-hand value of a key both have).
 pub const TAG_CONTEXT_QUERY: &str =
-    "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality
+    "SELECT t.id, t.name, t.unit, t.asset_id, a.name AS asset_name, a.criticality,
+            a.asset_class, COALESCE(a.labels, '{}'::jsonb) || t.labels AS labels
      FROM tags t LEFT JOIN assets a ON a.id = t.asset_id";
 
 /// The rules' view of a tag from a row of [`TAG_CONTEXT_QUERY`]; `None` for a stored name
@@ -121,6 +124,8 @@ pub fn tag_context(row: &PgRow, tenant: TenantId) -> Result<Option<TagContext>, 
         asset_name: row
             .try_get::<Option<String>, _>("asset_name")?
             .unwrap_or_default(),
+        asset_class: row.try_get("asset_class")?,
+        labels: row.try_get::<Json<Labels>, _>("labels")?.0,
         criticality: criticality
             .and_then(|c| u8::try_from(c).ok())
             .and_then(Criticality::new)

@@ -31,6 +31,7 @@ use crate::alarm::{AlarmState, Transition, Verdict};
 use crate::file::{Rule, RuleSet, render};
 use crate::kinds::combination::Member;
 use crate::kinds::{Kind, Memory};
+use crate::select::Labels;
 
 /// What the engine needs to know about a tag besides its readings.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,10 @@ pub struct TagContext {
     /// Tags not linked to an asset are stored but never evaluated: a work order needs an asset.
     pub asset: Option<AssetId>,
     pub asset_name: String,
+    /// The asset's class (e.g. `hydraulic-press`), which rules may select by.
+    pub asset_class: Option<String>,
+    /// The asset's labels with the tag's own on top, which rules may select by.
+    pub labels: Labels,
     pub criticality: Criticality,
 }
 
@@ -295,7 +300,7 @@ impl Engine {
         let mut slots = Vec::new();
         let mut watched = false;
         for (rule_index, rule) in self.rules.rules.iter().enumerate() {
-            if !rule.selects(ctx.tag.as_str()) {
+            if !rule.selects(ctx) {
                 continue;
             }
             let watch = match &rule.kind {
@@ -750,6 +755,8 @@ description = "{tag} at {value} {unit}, limit {limit}"
             unit: Some("degC".into()),
             asset: Some(AssetId::from_uuid(uuid::Uuid::nil())),
             asset_name: "Press 1".into(),
+            asset_class: None,
+            labels: Default::default(),
             criticality: Criticality::new(4).unwrap(),
         }
     }

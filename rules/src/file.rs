@@ -7,6 +7,7 @@
 //! id = "press-bearing-overheat"          # unique in the file; letters, digits, - _ .
 //! description = "Press bearing running hot"
 //! tags = ["press-*.bearing_temp"]        # tag-name patterns: * any run, ? one character
+//! asset_classes = ["hydraulic-press"]    # optional: also assets, labels (see `select`)
 //! severity = "high"                      # low | medium | high | critical
 //! failure_mode = "bearing-overheat"      # one open work order per asset and failure mode
 //! on_delay = "5s"                        # the condition must hold this long (default 0s)
@@ -34,17 +35,17 @@
 use std::fmt;
 use std::time::Duration;
 
-use model::Severity;
-use model::alarm::WorkType;
-use serde::Deserialize;
-use toml::Spanned;
-use wildmatch::WildMatch;
-
 use crate::alarm::Delays;
+use crate::engine::TagContext;
 use crate::kinds::{
     Kind, Problem, REGISTRY, bad_quality, combination, count_in_window, flatline, micros,
     rate_of_change, rolling, stale, threshold,
 };
+use crate::select::{Labels, Selector};
+use model::Severity;
+use model::alarm::WorkType;
+use serde::Deserialize;
+use toml::Spanned;
 
 /// The file format version this build reads.
 pub const VERSION: u32 = 1;
@@ -93,6 +94,9 @@ struct RawRule {
     #[serde(default)]
     description: String,
     tags: Option<Spanned<Vec<String>>>,
+    assets: Option<Spanned<Vec<String>>>,
+    asset_classes: Option<Spanned<Vec<String>>>,
+    labels: Option<Spanned<Labels>>,
     severity: Severity,
     failure_mode: Spanned<String>,
     #[serde(default, with = "humantime_serde")]
@@ -174,10 +178,9 @@ impl EscalationStep {
 pub struct Rule {
     pub id: String,
     pub description: String,
-    /// The tag-name patterns that select the rule's tags: `tags`, or for a combination the
-    /// patterns of its conditions.
-    pub tag_patterns: Vec<String>,
-    matchers: Vec<WildMatch>,
+    /// The tags the rule watches: `tags` (for a combination, the patterns of its
+    /// conditions), narrowed by `assets`, `asset_classes` and `labels`.
+    pub selector: Selector,
     pub severity: Severity,
     pub failure_mode: String,
     pub on_delay: Duration,
@@ -190,8 +193,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn selects(&self, tag: &str) -> bool {
-        self.matchers.iter().any(|m| m.matches(tag))
+    pub fn selects(&self, ctx: &TagContext) -> bool {
+        self.selector.selects(ctx)
     }
 
     pub(crate) fn delays(&self) -> Delays {
@@ -367,6 +370,8 @@ impl RuleSet {
                 ));
             }
             let is_combination = r.combination.is_some();
+            let narrows_assets =
+                r.assets.is_some() || r.asset_classes.is_some() || r.labels.is_some();
             match &r.tags {
                 Some(tags) if is_combination => diags.push(loc.at(
                     tags.span().start,
@@ -375,15 +380,44 @@ impl RuleSet {
                 )),
                 Some(tags) if tags.get_ref().is_empty() => diags.push(loc.at(
                     tags.span().start,
-                    format!("rule {id:?} selects no tags"),
-                    Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"]"),
+                    format!("rule {id:?}: `tags` is empty, so the rule selects no tags"),
+                    Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"], or remove `tags` to select by asset, class or label alone"),
                 )),
-                None if !is_combination => diags.push(loc.at(
+                None if !is_combination && !narrows_assets => diags.push(loc.at(
                     rule_at,
                     format!("rule {id:?} selects no tags"),
-                    Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"]"),
+                    Some("list tag-name patterns, e.g. tags = [\"press-*.bearing_temp\"], or select by `assets`, `asset_classes` or `labels`"),
                 )),
                 _ => {}
+            }
+            for (key, list) in [("assets", &r.assets), ("asset_classes", &r.asset_classes)] {
+                if let Some(list) = list
+                    && list.get_ref().iter().all(|p| p.trim().is_empty())
+                {
+                    diags.push(loc.at(
+                        list.span().start,
+                        format!(
+                            "rule {id:?}: `{key}` lists no pattern, so the rule selects no tags"
+                        ),
+                        Some("list at least one non-empty pattern, or remove the key"),
+                    ));
+                }
+            }
+            if let Some(labels) = &r.labels {
+                if labels.get_ref().is_empty() {
+                    diags.push(loc.at(
+                        labels.span().start,
+                        format!("rule {id:?}: `labels` is empty"),
+                        Some("give key = \"value pattern\" pairs, e.g. labels = { line = \"2\" }, or remove the key"),
+                    ));
+                }
+                for problem in Selector::label_problems(labels.get_ref()) {
+                    diags.push(loc.at(
+                        labels.span().start,
+                        format!("rule {id:?}: {problem}"),
+                        None,
+                    ));
+                }
             }
             if !is_plain_id(r.failure_mode.get_ref()) {
                 diags.push(loc.at(
@@ -508,6 +542,12 @@ impl RuleSet {
                     Kind::Combination(c) => c.patterns().map(str::to_owned).collect(),
                     _ => r.tags.map(Spanned::into_inner).unwrap_or_default(),
                 };
+                let selector = Selector::new(
+                    tag_patterns,
+                    r.assets.map(Spanned::into_inner).unwrap_or_default(),
+                    r.asset_classes.map(Spanned::into_inner).unwrap_or_default(),
+                    r.labels.map(Spanned::into_inner).unwrap_or_default(),
+                );
                 // Comms and instrument faults are work for a different trade.
                 let default_work_type = if kind.judges_values() {
                     WorkType::Corrective
@@ -517,8 +557,7 @@ impl RuleSet {
                 rules.push(Rule {
                     id,
                     description: r.description,
-                    matchers: tag_patterns.iter().map(|p| WildMatch::new(p)).collect(),
-                    tag_patterns,
+                    selector,
                     severity: r.severity,
                     failure_mode: r.failure_mode.into_inner(),
                     on_delay,
@@ -580,8 +619,63 @@ description = "{tag} reached {value}"
         let set = RuleSet::parse("r.toml", GOOD).unwrap();
         let rule = &set.rules[0];
         assert_eq!(rule.on_delay, Duration::from_secs(5));
-        assert!(rule.selects("press-1.bearing_temp"));
-        assert!(!rule.selects("press-1.vibration"));
+        assert!(rule.selects(&tag("press-1.bearing_temp")));
+        assert!(!rule.selects(&tag("press-1.vibration")));
+    }
+
+    /// A tag on asset `press-1` of class `hydraulic-press`, labelled `line=2`.
+    fn tag(name: &str) -> TagContext {
+        TagContext {
+            tenant: model::TenantId::from_uuid(uuid::Uuid::nil()),
+            tag_id: 1,
+            tag: model::TagName::parse(name).unwrap(),
+            unit: None,
+            asset: Some(model::AssetId::from_uuid(uuid::Uuid::from_u128(1))),
+            asset_name: "press-1".into(),
+            asset_class: Some("hydraulic-press".into()),
+            labels: [("line".to_owned(), "2".to_owned())].into(),
+            criticality: model::Criticality::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn rules_select_by_asset_class_and_labels_without_tag_patterns() {
+        let text = GOOD.replace(
+            "tags = [\"press-*.bearing_temp\"]",
+            "asset_classes = [\"hydraulic-*\"]\nlabels = { line = \"2\" }",
+        );
+        let set = RuleSet::parse("r.toml", &text).unwrap();
+        let rule = &set.rules[0];
+        assert!(rule.selector.tag_patterns().is_empty());
+        assert!(rule.selects(&tag("press-1.anything")));
+        let mut elsewhere = tag("press-1.anything");
+        elsewhere.labels.insert("line".into(), "3".into());
+        assert!(!rule.selects(&elsewhere));
+        let text = GOOD.replace(
+            "tags = [\"press-*.bearing_temp\"]",
+            "tags = [\"*.temp\"]\nassets = [\"press-*\"]",
+        );
+        let rule = &RuleSet::parse("r.toml", &text).unwrap().rules[0];
+        assert!(rule.selects(&tag("press-1.temp")));
+        assert!(!rule.selects(&tag("press-1.vib")));
+    }
+
+    #[test]
+    fn empty_or_bad_selections_are_reported() {
+        let text = GOOD.replace(
+            "tags = [\"press-*.bearing_temp\"]",
+            "assets = []\nasset_classes = [\" \"]\nlabels = { \"bad key\" = \"x\" }",
+        );
+        assert_eq!(
+            messages(&text),
+            [
+                "rule \"bearing-hot\": `assets` lists no pattern, so the rule selects no tags",
+                "rule \"bearing-hot\": `asset_classes` lists no pattern, so the rule selects no tags",
+                "rule \"bearing-hot\": label key \"bad key\" is not valid: use 1-64 letters, digits, `-`, `_` or `.`",
+            ]
+        );
+        let text = GOOD.replace("tags = [\"press-*.bearing_temp\"]", "labels = {}");
+        assert_eq!(messages(&text), ["rule \"bearing-hot\": `labels` is empty"]);
     }
 
     #[test]
@@ -683,8 +777,8 @@ description = "{tag} reached {value}"
         );
         let text = text.replace("tags = [\"press-*.bearing_temp\"]\n", "");
         let set = RuleSet::parse("r.toml", &text).unwrap();
-        assert_eq!(set.rules[0].tag_patterns, ["*.temp", "*.vib"]);
-        assert!(set.rules[0].selects("press-1.vib"));
+        assert_eq!(set.rules[0].selector.tag_patterns(), ["*.temp", "*.vib"]);
+        assert!(set.rules[0].selects(&tag("press-1.vib")));
         let text = GOOD.replace("tags = [\"press-*.bearing_temp\"]\n", "");
         assert_eq!(messages(&text), ["rule \"bearing-hot\" selects no tags"]);
     }

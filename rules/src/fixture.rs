@@ -24,10 +24,18 @@
 //! - `value`: a finite number.
 //! - `quality`: `good`, `uncertain` or `bad`.
 //!
-//! Assets have criticality 3. The header `tag,ts_seconds,value,quality,criticality` adds a
-//! fifth field: the criticality (1-5) of the reading's asset, or empty. An asset's first
-//! reading fixes its criticality (empty: 3); later readings of the asset leave the field empty
-//! or repeat the same level.
+//! The header may add, in any order and each at most once, columns that describe the
+//! reading's asset, so that rules selecting by asset class or label, and the priority matrix,
+//! can be tested:
+//!
+//! - `criticality`: 1-5 (empty: 3).
+//! - `asset_class`: the asset's class, e.g. `hydraulic-press` (empty: none).
+//! - `labels`: the asset's labels as space-separated `key=value` pairs, e.g. `line=2 medium=oil`
+//!   (empty: none).
+//!
+//! An asset's first reading fixes these (e.g. `tag,ts_seconds,value,quality,criticality` with
+//! `press-1.temp,0,70,good,5`); later readings of the asset leave the field empty or repeat the
+//! same value.
 //!
 //! Readings go through the engine in file order. Before each reading the engine's time is
 //! advanced to the reading's time ([`Engine::advance`]), so that silence raises `stale`
@@ -67,22 +75,23 @@ use std::sync::Arc;
 use model::alarm::{AlarmEvent, Decision, WorkType, decide};
 use model::{AssetId, Criticality, IdError, Priority, Quality, TagName, TenantId, Timestamp};
 
+use crate::select::{Labels, is_label_key, is_label_value};
 use crate::{Engine, RuleSet, TagContext};
 
 /// The header of a readings file.
 pub const HEADER: &str = "tag,ts_seconds,value,quality";
-/// The header of a readings file that gives assets' criticality.
-pub const HEADER_WITH_CRITICALITY: &str = "tag,ts_seconds,value,quality,criticality";
+/// Columns the header may add after [`HEADER`], in any order, each at most once.
+pub const ASSET_COLUMNS: [&str; 3] = ["criticality", "asset_class", "labels"];
 
 /// Why a readings file was refused, with the line (from 1) to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FixtureError {
     #[error(
-        "the file has no header: its first line that is not blank or a comment must be `{HEADER}` (or `{HEADER_WITH_CRITICALITY}`)"
+        "the file has no header: its first line that is not blank or a comment must be `{HEADER}`, optionally followed by criticality, asset_class and labels columns"
     )]
     NoHeader,
     #[error(
-        "line {line}: the header must be `{HEADER}` or `{HEADER_WITH_CRITICALITY}`, not {found:?}"
+        "line {line}: the header must be `{HEADER}`, optionally followed by criticality, asset_class and labels (each at most once), not {found:?}"
     )]
     Header { line: usize, found: String },
     #[error("line {line}: expected {expected} fields ({header}), found {found}")]
@@ -90,7 +99,7 @@ pub enum FixtureError {
         line: usize,
         expected: usize,
         found: usize,
-        header: &'static str,
+        header: String,
     },
     #[error("line {line}: {source}")]
     Tag { line: usize, source: IdError },
@@ -103,12 +112,21 @@ pub enum FixtureError {
     #[error("line {line}: criticality {found:?} is not 1 to 5 (leave it empty for 3)")]
     Criticality { line: usize, found: String },
     #[error(
-        "line {line}: asset {asset:?} already has criticality {level} (from line {first_line}); leave the field empty or write {level}"
+        "line {line}: asset_class {found:?} is not valid: use 1-64 letters, digits, `-`, `_` or `.`"
     )]
-    CriticalityChanged {
+    AssetClass { line: usize, found: String },
+    #[error(
+        "line {line}: labels {found:?} are not space-separated key=value pairs (keys: 1-64 letters, digits, `-`, `_` or `.`)"
+    )]
+    Labels { line: usize, found: String },
+    #[error(
+        "line {line}: asset {asset:?} already has {column} {value} (from line {first_line}); leave the field empty or write {value}"
+    )]
+    AssetChanged {
         line: usize,
         asset: String,
-        level: u8,
+        column: &'static str,
+        value: String,
         first_line: usize,
     },
 }
@@ -125,7 +143,9 @@ impl FixtureError {
             | FixtureError::Value { line, .. }
             | FixtureError::Quality { line, .. }
             | FixtureError::Criticality { line, .. }
-            | FixtureError::CriticalityChanged { line, .. } => Some(*line),
+            | FixtureError::AssetClass { line, .. }
+            | FixtureError::Labels { line, .. }
+            | FixtureError::AssetChanged { line, .. } => Some(*line),
         }
     }
 }
@@ -146,11 +166,75 @@ pub struct Fixture {
     readings: Vec<FixtureReading>,
 }
 
-/// An asset met in the readings, and the line that fixed its criticality.
+/// An asset met in the readings, and the line that fixed its attributes.
 struct FixtureAsset {
     id: AssetId,
     criticality: Criticality,
+    class: Option<String>,
+    labels: Labels,
     line: usize,
+}
+
+/// The asset attributes a reading's optional columns give; `None`: the field is empty.
+#[derive(Default)]
+struct AssetFields {
+    criticality: Option<Criticality>,
+    class: Option<String>,
+    labels: Option<Labels>,
+}
+
+fn parse_labels(line: usize, field: &str) -> Result<Option<Labels>, FixtureError> {
+    if field.is_empty() {
+        return Ok(None);
+    }
+    let bad = || FixtureError::Labels {
+        line,
+        found: field.to_owned(),
+    };
+    let mut labels = Labels::new();
+    for pair in field.split_whitespace() {
+        let (key, value) = pair.split_once('=').ok_or_else(bad)?;
+        if !is_label_key(key) || !is_label_value(value) || labels.contains_key(key) {
+            return Err(bad());
+        }
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(Some(labels))
+}
+
+fn show_labels(labels: &Labels) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{:?}", pairs.join(" "))
+}
+
+impl FixtureAsset {
+    /// Checks that a later reading's fields repeat what the asset's first reading fixed.
+    fn check(&self, line: usize, asset: &str, fields: &AssetFields) -> Result<(), FixtureError> {
+        let changed = |column: &'static str, value: String| FixtureError::AssetChanged {
+            line,
+            asset: asset.to_owned(),
+            column,
+            value,
+            first_line: self.line,
+        };
+        if let Some(level) = fields.criticality
+            && level != self.criticality
+        {
+            return Err(changed("criticality", self.criticality.level().to_string()));
+        }
+        if let Some(class) = &fields.class
+            && Some(class) != self.class.as_ref()
+        {
+            let was = self.class.as_deref().unwrap_or("");
+            return Err(changed("asset_class", format!("{was:?}")));
+        }
+        if let Some(labels) = &fields.labels
+            && labels != &self.labels
+        {
+            return Err(changed("labels", show_labels(&self.labels)));
+        }
+        Ok(())
+    }
 }
 
 fn parse_criticality(line: usize, field: &str) -> Result<Option<Criticality>, FixtureError> {
@@ -177,21 +261,26 @@ impl Fixture {
             .map(|(i, l)| (i + 1, l.trim()))
             .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
         let (header_line, header) = rows.next().ok_or(FixtureError::NoHeader)?;
-        let header: String = header
-            .split(',')
-            .map(str::trim)
-            .collect::<Vec<_>>()
-            .join(",");
-        let (header, expected) = match header.as_str() {
-            HEADER => (HEADER, 4),
-            HEADER_WITH_CRITICALITY => (HEADER_WITH_CRITICALITY, 5),
-            _ => {
-                return Err(FixtureError::Header {
-                    line: header_line,
-                    found: header,
-                });
-            }
-        };
+        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+        let header = columns.join(",");
+        let extra = columns.get(4..).unwrap_or_default();
+        let known_extra = extra
+            .iter()
+            .enumerate()
+            .all(|(i, c)| ASSET_COLUMNS.contains(c) && !extra[..i].contains(c));
+        if columns.len() < 4 || columns[..4].join(",") != HEADER || !known_extra {
+            return Err(FixtureError::Header {
+                line: header_line,
+                found: header,
+            });
+        }
+        let expected = columns.len();
+        let column = |name: &str| extra.iter().position(|c| *c == name).map(|i| i + 4);
+        let (criticality_at, class_at, labels_at) = (
+            column("criticality"),
+            column("asset_class"),
+            column("labels"),
+        );
         let tenant = TenantId::from_uuid(uuid::Uuid::nil());
         let mut tags: Vec<TagContext> = Vec::new();
         let mut tag_index: HashMap<String, usize> = HashMap::new();
@@ -204,13 +293,29 @@ impl Fixture {
                     line,
                     expected,
                     found: fields.len(),
-                    header,
+                    header: header.clone(),
                 });
             }
             let (tag, ts, value, quality) = (fields[0], fields[1], fields[2], fields[3]);
-            let criticality = match fields.get(4) {
-                Some(field) => parse_criticality(line, field)?,
-                None => None,
+            let given = AssetFields {
+                criticality: match criticality_at {
+                    Some(i) => parse_criticality(line, fields[i])?,
+                    None => None,
+                },
+                class: match class_at.map(|i| fields[i]) {
+                    Some("") | None => None,
+                    Some(class) if is_label_key(class) => Some(class.to_owned()),
+                    Some(class) => {
+                        return Err(FixtureError::AssetClass {
+                            line,
+                            found: class.to_owned(),
+                        });
+                    }
+                },
+                labels: match labels_at {
+                    Some(i) => parse_labels(line, fields[i])?,
+                    None => None,
+                },
             };
             let tag_name =
                 TagName::parse(tag).map_err(|source| FixtureError::Tag { line, source })?;
@@ -244,23 +349,19 @@ impl Fixture {
             };
             let asset_name = tag.split('.').next().unwrap_or(tag);
             let next_asset = assets.len() as u128 + 1;
-            let asset = assets
-                .entry(asset_name.to_owned())
-                .or_insert_with(|| FixtureAsset {
+            let asset = match assets.entry(asset_name.to_owned()) {
+                Entry::Occupied(e) => {
+                    e.get().check(line, asset_name, &given)?;
+                    e.into_mut()
+                }
+                Entry::Vacant(e) => e.insert(FixtureAsset {
                     id: AssetId::from_uuid(uuid::Uuid::from_u128(next_asset)),
-                    criticality: criticality.unwrap_or(Criticality::DEFAULT),
+                    criticality: given.criticality.unwrap_or(Criticality::DEFAULT),
+                    class: given.class,
+                    labels: given.labels.unwrap_or_default(),
                     line,
-                });
-            if let Some(level) = criticality
-                && level != asset.criticality
-            {
-                return Err(FixtureError::CriticalityChanged {
-                    line,
-                    asset: asset_name.to_owned(),
-                    level: asset.criticality.level(),
-                    first_line: asset.line,
-                });
-            }
+                }),
+            };
             let index = match tag_index.entry(tag.to_owned()) {
                 Entry::Occupied(e) => *e.get(),
                 Entry::Vacant(e) => {
@@ -271,6 +372,8 @@ impl Fixture {
                         unit: None,
                         asset: Some(asset.id),
                         asset_name: asset_name.to_owned(),
+                        asset_class: asset.class.clone(),
+                        labels: asset.labels.clone(),
                         criticality: asset.criticality,
                     });
                     *e.insert(tags.len() - 1)
@@ -576,10 +679,11 @@ mod tests {
         );
         assert_eq!(
             err,
-            FixtureError::CriticalityChanged {
+            FixtureError::AssetChanged {
                 line: 3,
                 asset: "press-1".into(),
-                level: 3,
+                column: "criticality",
+                value: "3".into(),
                 first_line: 2
             }
         );
@@ -587,6 +691,51 @@ mod tests {
             err.to_string(),
             "line 3: asset \"press-1\" already has criticality 3 (from line 2); leave the field empty or write 3"
         );
+    }
+
+    #[test]
+    fn asset_class_and_label_columns_describe_the_asset_for_rules_that_select_by_them() {
+        let fixture = Fixture::parse(
+            "tag,ts_seconds,value,quality,labels,asset_class\npress-1.temp,0,1,good,line=2 medium=oil,hydraulic-press\npress-1.vib,0,1,good,,\npump-1.temp,0,1,good,line=2,\n",
+        )
+        .unwrap();
+        let tags = fixture.tags();
+        assert_eq!(tags[1].asset_class.as_deref(), Some("hydraulic-press"));
+        assert_eq!(
+            tags[1].labels.get("medium").map(String::as_str),
+            Some("oil")
+        );
+        assert_eq!(tags[2].asset_class, None);
+        let rules = RuleSet::parse(
+            "r.toml",
+            "version = 1\n[[rule]]\nid = \"hot\"\nasset_classes = [\"hydraulic-*\"]\nlabels = { line = \"2\" }\nseverity = \"high\"\nfailure_mode = \"overheat\"\n[rule.threshold]\nabove = 0.5\n[rule.work_order]\ntitle = \"Hot {tag}\"\n",
+        )
+        .unwrap();
+        let raised: Vec<String> = fixture
+            .run(Arc::new(rules))
+            .iter()
+            .filter(|e| matches!(e, AlarmEvent::Raised { .. }))
+            .map(|e| e.subject().tag.as_str().to_owned())
+            .collect();
+        assert_eq!(raised, ["press-1.temp", "press-1.vib"]);
+        assert_eq!(
+            error("tag,ts_seconds,value,quality,labels\np.t,0,1,good,line\n"),
+            FixtureError::Labels {
+                line: 2,
+                found: "line".into()
+            }
+        );
+        assert_eq!(
+            error(
+                "tag,ts_seconds,value,quality,asset_class\np.t,0,1,good,pump\np.u,1,1,good,fan\n"
+            )
+            .to_string(),
+            "line 3: asset \"p\" already has asset_class \"pump\" (from line 2); leave the field empty or write \"pump\""
+        );
+        assert!(matches!(
+            error("tag,ts_seconds,value,quality,labels,labels\n"),
+            FixtureError::Header { line: 1, .. }
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`file`](mod@file): the TOML rule-file format, parsed into a validated [`RuleSet`] with
 //!   diagnostics that carry file, line and column.
+//! - [`select`]: which tags a rule watches: by tag name, asset, asset class and labels.
 //! - [`kinds`]: one module per rule kind; each module's doc comment is its reference page.
 //! - [`reference`](mod@reference): the rule-kind reference page, rendered from the kinds' documentation.
 //! - [`alarm`]: the alarm state machine (normal, pending, active) with on- and off-delay.
@@ -27,6 +28,8 @@ pub mod kinds;
 pub mod paging;
 pub mod reference;
 pub mod reorder;
+pub mod select;
 
 pub use engine::{ActiveAlarm, Engine, TagContext};
 pub use file::{Diagnostic, Rule, RuleSet};
+pub use select::{Labels, Selector};

@@ -52,6 +52,8 @@ fn contexts() -> Vec<TagContext> {
                 unit: None,
                 asset: Some(AssetId::from_uuid(uuid::Uuid::from_u128(asset))),
                 asset_name: format!("a-{asset}"),
+                asset_class: None,
+                labels: Default::default(),
                 criticality: Criticality::DEFAULT,
             }
         })

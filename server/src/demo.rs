@@ -116,12 +116,15 @@ pub async fn seed_plant(
         .execute(&mut *tx)
         .await?;
     let asset = Uuid::new_v4();
-    sqlx::query("INSERT INTO assets (id, tenant_id, site_id, name, criticality) VALUES ($1, $2, $3, 'Press 1', 4)")
-        .bind(asset)
-        .bind(tenant)
-        .bind(site)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO assets (id, tenant_id, site_id, name, criticality, asset_class, labels)
+         VALUES ($1, $2, $3, 'Press 1', 4, 'hydraulic-press', '{\"line\": \"1\"}')",
+    )
+    .bind(asset)
+    .bind(tenant)
+    .bind(site)
+    .execute(&mut *tx)
+    .await?;
     let gateway = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO gateways (id, tenant_id, code, name) VALUES ($1, $2, $3, 'Line 1 gateway')",

@@ -41,6 +41,8 @@ fn write_history(path: &Path) {
         unit: Some("degC".into()),
         asset: Some(AssetId::from_uuid(uuid::Uuid::from_u128(2))),
         asset_name: "Press 1".into(),
+        asset_class: None,
+        labels: Default::default(),
         criticality: Criticality::DEFAULT,
     });
     let header = HistoryHeader {
