@@ -13,7 +13,7 @@ use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
-use crate::routes::{alarms, health, login, rules, sessions, work_orders};
+use crate::routes::{alarms, audit, health, login, rules, sessions, work_orders};
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
 
@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/work-orders", get(work_orders::list))
         .route("/api/v1/work-orders/{id}", get(work_orders::get))
         .route("/api/v1/rules/status", get(rules::status))
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/audit/export", get(audit::export))
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/{id}/acknowledge", post(alarms::acknowledge))
         .route(

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 
@@ -159,17 +160,45 @@ pub struct AuthUser {
     pub tenant: TenantId,
     pub role: String,
     pub session: Uuid,
+    /// Where the request came from and what it asked for, for the audit entry of a denial.
+    request: Arc<DeniedRequest>,
+}
+
+/// What the audit log records of a request refused for the caller's role.
+#[derive(Debug)]
+struct DeniedRequest {
+    pool: sqlx::PgPool,
+    meta: RequestMeta,
+    method: String,
+    path: String,
 }
 
 impl AuthUser {
-    /// Refuses the request (403) unless the caller has one of `roles`.
+    /// Refuses the request (403) unless the caller has one of `roles`. A refusal is written to
+    /// the audit log (`permission.denied`, with the method, path and the caller's role) in the
+    /// background: the answer does not wait for it.
     pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
         if roles.contains(&self.role.as_str()) {
-            Ok(())
-        } else {
-            tracing::info!(user = %self.user, role = %self.role, "permission denied");
-            Err(ApiError::Forbidden)
+            return Ok(());
         }
+        tracing::info!(user = %self.user, role = %self.role, "permission denied");
+        let request = Arc::clone(&self.request);
+        let (tenant, user, role) = (self.tenant.as_uuid(), self.user, self.role.clone());
+        tokio::spawn(async move {
+            let entry = Entry::new(
+                Some(tenant),
+                Some(user),
+                "permission.denied",
+                Outcome::Denied,
+            )
+            .detail(serde_json::json!({
+                "method": request.method,
+                "path": request.path,
+                "role": role,
+            }));
+            audit::record(&request.pool, entry, &request.meta).await;
+        });
+        Err(ApiError::Forbidden)
     }
 }
 
@@ -199,11 +228,22 @@ impl FromRequestParts<AppState> for AuthUser {
         if !crate::sessions::is_active(&state.pool, claims.tid, claims.sid, claims.sub).await? {
             return Err(ApiError::Unauthenticated);
         }
+        let meta = match RequestMeta::from_request_parts(parts, state).await {
+            Ok(meta) => meta,
+            Err(never) => match never {},
+        };
         Ok(AuthUser {
             user: claims.sub,
             tenant: TenantId::from_uuid(claims.tid),
             role: claims.role,
             session: claims.sid,
+            request: Arc::new(DeniedRequest {
+                pool: state.pool.clone(),
+                meta,
+                method: parts.method.to_string(),
+                // The path only: a query string may carry what does not belong in a log.
+                path: parts.uri.path().chars().take(300).collect(),
+            }),
         })
     }
 }

@@ -148,6 +148,27 @@ impl Plant {
         Ok(id)
     }
 
+    /// Adds a user of tenant `plant-a` with `role` and the password [`PASSWORD`].
+    pub async fn add_user(&self, email: &str, role: &str) -> anyhow::Result<Uuid> {
+        let pool = self.db.app_pool().await;
+        let tenant = self.tenant_a.tenant;
+        let id = Uuid::new_v4();
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)
+             VALUES ($1, $2, $3, 'Test user', $4, $5)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(email)
+        .bind(self.hash(PASSWORD)?)
+        .bind(role)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
     /// A password hash this plant's API accepts (hashed with its pepper).
     pub fn hash(&self, password: &str) -> anyhow::Result<String> {
         let api = self.config.api.as_ref().context("the plant runs the API")?;

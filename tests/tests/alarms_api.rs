@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::{AlarmOutcome, WorkOrderService};
-use maintainpro_tests::{PASSWORD, Plant};
+use maintainpro_tests::Plant;
 use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
 use model::{AssetId, Priority, Severity, TagName, TenantId, Timestamp};
 use reqwest::Method;
@@ -56,25 +56,6 @@ fn cleared(subject: &AlarmSubject, raised_at: Timestamp, at: Timestamp) -> Alarm
         value: 70.0,
         healthy_period: None,
     }
-}
-
-async fn add_user(plant: &Plant, email: &str, role: &str) -> anyhow::Result<()> {
-    let pool = plant.db.app_pool().await;
-    let hash = plant.hash(PASSWORD)?;
-    let mut tx = migrations::begin_tenant(&pool, plant.tenant_a.tenant).await?;
-    sqlx::query(
-        "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)
-         VALUES ($1, $2, $3, 'Test user', $4, $5)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(plant.tenant_a.tenant)
-    .bind(email)
-    .bind(hash)
-    .bind(role)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +117,7 @@ async fn alarms_are_acknowledged_and_shelved_by_operators_of_their_tenant_only()
     assert_eq!(status, 404, "{body}");
     let (_, body) = plant.get("/api/v1/alarms", Some(&other)).await?;
     assert_eq!(body["items"].as_array().map(Vec::len), Some(0), "{body}");
-    add_user(&plant, "viewer@example.com", "viewer").await?;
+    plant.add_user("viewer@example.com", "viewer").await?;
     let viewer = plant.login_as("plant-a", "viewer@example.com").await?;
     let shelve = format!("/api/v1/alarms/{id}/shelve");
     let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
