@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
+use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
-use crate::routes::{alarms, audit, health, login, rules, sessions, work_orders};
+use crate::routes::{alarms, audit, health, login, mfa, password, rules, sessions, work_orders};
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     pub rules: Arc<RulesStatus>,
     pub protection: Arc<Protection>,
     pub passwords: PasswordHasher,
+    /// Seals TOTP secrets and hashes recovery codes; derived from the password pepper.
+    pub mfa: MfaKeys,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             rules,
             protection: Protection::new(config),
             passwords: PasswordHasher::new(config.password_pepper.clone())?,
+            mfa: MfaKeys::new(&config.password_pepper),
         })
     }
 }
@@ -58,6 +62,17 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/v1/auth/login", post(login::login))
+        .route("/api/v1/auth/login/mfa", post(login::login_mfa))
+        .route("/api/v1/auth/mfa", delete(mfa::disable))
+        .route("/api/v1/auth/mfa/enroll", post(mfa::enroll))
+        .route("/api/v1/auth/mfa/confirm", post(mfa::confirm))
+        .route("/api/v1/auth/mfa/recovery-codes", post(mfa::recovery_codes))
+        .route("/api/v1/auth/password", post(password::change))
+        .route("/api/v1/users/{id}/reset-mfa", post(mfa::reset_user))
+        .route(
+            "/api/v1/organisation/mfa-policy",
+            get(mfa::policy).put(mfa::set_policy),
+        )
         .route("/api/v1/auth/refresh", post(sessions::refresh))
         .route("/api/v1/auth/logout", post(sessions::logout))
         .route("/api/v1/auth/sessions", get(sessions::list))

@@ -1,5 +1,5 @@
-//! Access tokens (JWT, HS256 pinned, key ids with rotation), and the
-//! `AuthUser` extractor.
+//! Access tokens (JWT, HS256 pinned, key ids with rotation), the short-lived tokens of a
+//! login waiting for its second factor, and the `AuthUser` extractor.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,7 +32,32 @@ pub struct Claims {
     pub exp: u64,
 }
 
-const ACCESS: &str = "access";
+/// What a token is for (its `typ` claim). Each is accepted only where that type is asked for:
+/// a token of a login halfway through MFA never passes as an access token, nor the reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// A session's access token.
+    Access,
+    /// The password was right and the account has MFA: good only for
+    /// `POST /api/v1/auth/login/mfa`.
+    Mfa,
+    /// The password was right and the organisation requires MFA the account does not have
+    /// yet: good only for enrolling and confirming.
+    MfaEnroll,
+}
+
+impl TokenType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenType::Access => "access",
+            TokenType::Mfa => "mfa",
+            TokenType::MfaEnroll => "mfa_enroll",
+        }
+    }
+}
+
+/// How long a token of a login halfway through MFA lasts.
+pub const MFA_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// A key that verifies tokens, and until when.
 struct VerifyingKey {
@@ -98,12 +123,27 @@ impl TokenKeys {
         self.ttl
     }
 
+    /// An access token of `session`.
     pub fn issue(
         &self,
         user: Uuid,
         tenant: TenantId,
         role: &str,
         session: Uuid,
+    ) -> Result<String, ApiError> {
+        self.issue_as(TokenType::Access, user, tenant, role, session, self.ttl)
+    }
+
+    /// A token of type `typ` lasting `ttl`. Tokens of a login halfway through MFA have no
+    /// session yet: `sid` is then a fresh id of the token itself.
+    pub fn issue_as(
+        &self,
+        typ: TokenType,
+        user: Uuid,
+        tenant: TenantId,
+        role: &str,
+        sid: Uuid,
+        ttl: Duration,
     ) -> Result<String, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -112,13 +152,13 @@ impl TokenKeys {
         let claims = Claims {
             sub: user,
             tid: tenant.as_uuid(),
-            sid: session,
+            sid,
             role: role.to_owned(),
-            typ: ACCESS.to_owned(),
+            typ: typ.as_str().to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             iat: now,
-            exp: now + self.ttl.as_secs(),
+            exp: now + ttl.as_secs(),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
@@ -126,8 +166,14 @@ impl TokenKeys {
             .map_err(|e| ApiError::Internal(e.into()))
     }
 
-    /// Checks signature, algorithm, key id, issuer, audience, expiry and token type.
+    /// Checks an access token: signature, algorithm, key id, issuer, audience, expiry and
+    /// token type.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.verify_as(token, TokenType::Access)
+    }
+
+    /// As [`Self::verify`], for a token of type `typ`: any other type is refused.
+    pub fn verify_as(&self, token: &str, typ: TokenType) -> Result<Claims, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| ApiError::Unauthenticated)?;
         if header.alg != Algorithm::HS256
             || header.jku.is_some()
@@ -146,11 +192,24 @@ impl TokenKeys {
             .ok_or(ApiError::Unauthenticated)?;
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation)
             .map_err(|_| ApiError::Unauthenticated)?;
-        if data.claims.typ != ACCESS {
+        if data.claims.typ != typ.as_str() {
             return Err(ApiError::Unauthenticated);
         }
         Ok(data.claims)
     }
+}
+
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthenticated)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(token.trim())
 }
 
 /// An authenticated caller. Handlers that take it reject unauthenticated requests with 401.
@@ -209,15 +268,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or(ApiError::Unauthenticated)?;
-        let claims = state.keys.verify(token.trim())?;
+        let claims = state.keys.verify(bearer(parts)?)?;
         // The tenant's rate limit, before any database work: one tenant's flood must not
         // spend what another's requests need.
         state
@@ -447,6 +498,33 @@ mod tests {
             jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
             Some("2026-11")
         );
+    }
+
+    #[test]
+    fn each_token_type_is_accepted_only_as_itself() {
+        let k = keys();
+        let tenant = TenantId::new_random();
+        let types = [TokenType::Access, TokenType::Mfa, TokenType::MfaEnroll];
+        for issued in types {
+            let token = k
+                .issue_as(
+                    issued,
+                    Uuid::nil(),
+                    tenant,
+                    "admin",
+                    Uuid::nil(),
+                    MFA_TOKEN_TTL,
+                )
+                .unwrap();
+            for asked in types {
+                assert_eq!(
+                    k.verify_as(&token, asked).is_ok(),
+                    issued == asked,
+                    "{issued:?} verified as {asked:?}"
+                );
+            }
+            assert_eq!(k.verify(&token).is_ok(), issued == TokenType::Access);
+        }
     }
 
     #[test]

@@ -20,6 +20,17 @@ pub enum ApiError {
     BadCredentials,
     #[error("your role may not do this")]
     Forbidden,
+    /// Refused by a rule of the organisation, which the message names.
+    #[error("{0}")]
+    ForbiddenByPolicy(String),
+    /// A second factor that is wrong, already used, or missing where the account has MFA.
+    #[error(
+        "the MFA code is wrong or was already used: enter the current 6-digit code of your authenticator app (a code counts once), or an unused recovery code"
+    )]
+    BadMfaCode,
+    /// The request does not fit the resource's current state; the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -57,6 +68,10 @@ impl ErrorBody {
             StatusCode::UNAUTHORIZED => ("unauthenticated", "authentication required"),
             StatusCode::FORBIDDEN => ("forbidden", "your role may not do this"),
             StatusCode::NOT_FOUND => ("not_found", "not found"),
+            StatusCode::CONFLICT => (
+                "conflict",
+                "the request conflicts with the resource's current state",
+            ),
             StatusCode::METHOD_NOT_ALLOWED => (
                 "method_not_allowed",
                 "this method is not allowed on this resource",
@@ -91,7 +106,11 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden | ApiError::ForbiddenByPolicy(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            ApiError::BadMfaCode => (StatusCode::UNAUTHORIZED, "bad_mfa_code"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -4,6 +4,7 @@
 //! - [`config`]: listen address and token settings (`[api]` in the server's file).
 //! - [`auth`]: password hashing, access tokens, and the extractor that authenticates a request.
 //! - [`password`]: the password policy and Argon2id hashing with the configured pepper.
+//! - [`mfa`]: TOTP (RFC 6238) with replay protection, sealed secrets and recovery codes, pure.
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
 //! - [`protect`]: client address behind trusted proxies, request ids, rate limits per address
 //!   on authentication and per tenant, body limit, CORS allowlist, security headers.
@@ -26,6 +27,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod mfa;
 pub mod password;
 pub mod protect;
 pub mod routes;

@@ -127,7 +127,13 @@ impl Protection {
         Some(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(self.cors_allowed_origins.clone()))
-                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+                .allow_methods([
+                    Method::GET,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ])
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
                 .expose_headers([REQUEST_ID, header::RETRY_AFTER])
                 .max_age(Duration::from_secs(600)),

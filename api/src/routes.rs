@@ -4,6 +4,8 @@ pub mod alarms;
 pub mod audit;
 pub mod health;
 pub mod login;
+pub mod mfa;
+pub mod password;
 pub mod rules;
 pub mod sessions;
 pub mod work_orders;

@@ -1,8 +1,10 @@
 //! Tenants and users: creating them, setting passwords under the policy, disabling. Used by
 //! `maintainpro admin` to bootstrap the first tenant and admin, and by the API.
 //!
-//! Every change is audited in its own transaction. Setting a password or disabling a user
-//! ends the user's sessions.
+//! Every change is audited in its own transaction. Setting a password, disabling a user or
+//! resetting a user's MFA ends the user's sessions; a user changing their own password ends
+//! their other sessions. Setting a password never touches MFA: a new password does not get
+//! anyone past the second factor.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -279,6 +281,93 @@ pub async fn revoke_sessions(
     let ended =
         end_sessions_audited(&mut tx, change, Some(EndReason::RevokedByAdmin), meta).await?;
     tx.commit().await?;
+    Ok(ended)
+}
+
+/// Removes a user's MFA (secret and recovery codes), in the caller's transaction.
+pub async fn remove_mfa(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM mfa_recovery_codes WHERE tenant_id = $1 AND user_id = $2")
+        .bind(tenant)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    let removed = sqlx::query("DELETE FROM user_mfa WHERE tenant_id = $1 AND user_id = $2")
+        .bind(tenant)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok(removed == 1)
+}
+
+/// An admin's reset of a user's MFA (a lost authenticator): removes it and ends the user's
+/// sessions. Returns the sessions ended.
+pub async fn reset_mfa(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    remove_mfa(&mut tx, tenant, user).await?;
+    let change = Change {
+        tenant,
+        user,
+        actor,
+        action: "user.mfa_reset",
+    };
+    let ended =
+        end_sessions_audited(&mut tx, change, Some(EndReason::RevokedByAdmin), meta).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// A user's change of their own password to `hash` (checked and hashed by the caller), in
+/// the caller's transaction: every other session of the user ends, `current` stays. Returns
+/// the sessions ended.
+pub async fn set_own_password(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+    hash: &str,
+    current: Uuid,
+    meta: &RequestMeta,
+) -> Result<u64, UserError> {
+    sqlx::query("UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    let ended = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $4
+         WHERE tenant_id = $1 AND user_id = $2 AND id <> $3 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(current)
+    .bind(EndReason::RevokedByUser.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    audit::write(
+        tx,
+        &Entry::new(
+            Some(tenant),
+            Some(user),
+            "auth.password_change",
+            Outcome::Success,
+        )
+        .target("user", user)
+        .detail(serde_json::json!({ "sessions_ended": ended })),
+        meta,
+    )
+    .await?;
     Ok(ended)
 }
 

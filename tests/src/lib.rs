@@ -175,6 +175,14 @@ impl Plant {
         hash_password(&api.password_pepper, password)
     }
 
+    /// The password hasher of this plant's API (its pepper), as `maintainpro admin` builds it.
+    pub fn password_hasher(&self) -> anyhow::Result<api::password::PasswordHasher> {
+        let api = self.config.api.as_ref().context("the plant runs the API")?;
+        Ok(api::password::PasswordHasher::new(
+            api.password_pepper.clone(),
+        )?)
+    }
+
     /// Logs in as the admin of tenant `slug` and returns the access token.
     pub async fn login(&self, slug: &str) -> anyhow::Result<String> {
         self.login_as(slug, server::demo::DEMO_EMAIL).await
