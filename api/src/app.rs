@@ -9,12 +9,15 @@ use axum::routing::{delete, get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::api_keys::ApiKeyHasher;
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
 use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
-use crate::routes::{alarms, audit, health, login, mfa, password, rules, sessions, work_orders};
+use crate::routes::{
+    alarms, api_keys, audit, health, login, mfa, password, rules, sessions, work_orders,
+};
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
 
@@ -29,6 +32,8 @@ pub struct AppState {
     pub passwords: PasswordHasher,
     /// Seals TOTP secrets and hashes recovery codes; derived from the password pepper.
     pub mfa: MfaKeys,
+    /// Hashes API keys; derived from the password pepper.
+    pub api_keys: ApiKeyHasher,
 }
 
 impl AppState {
@@ -50,6 +55,7 @@ impl AppState {
             protection: Protection::new(config),
             passwords: PasswordHasher::new(config.password_pepper.clone())?,
             mfa: MfaKeys::new(&config.password_pepper),
+            api_keys: ApiKeyHasher::new(&config.password_pepper),
         })
     }
 }
@@ -81,6 +87,12 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/users/{id}/revoke-sessions",
             post(sessions::revoke_user),
         )
+        .route(
+            "/api/v1/api-keys",
+            get(api_keys::list).post(api_keys::create),
+        )
+        .route("/api/v1/api-keys/{id}", delete(api_keys::revoke))
+        .route("/api/v1/api-keys/{id}/rotate", post(api_keys::rotate))
         .route("/api/v1/work-orders", get(work_orders::list))
         .route("/api/v1/work-orders/{id}", get(work_orders::get))
         .route("/api/v1/rules/status", get(rules::status))

@@ -1,5 +1,7 @@
 //! Access tokens (JWT, HS256 pinned, key ids with rotation), the short-lived tokens of a
-//! login waiting for its second factor, and the `AuthUser` extractor.
+//! login waiting for its second factor, and the extractors that authenticate a request:
+//! [`AuthUser`] (a signed-in user) and [`Caller`] (a user or an API key with the scope the
+//! handler names).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,8 +12,10 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use model::TenantId;
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 use uuid::Uuid;
 
+use crate::api_keys::{self, Scope};
 use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::config::ApiConfig;
@@ -212,18 +216,35 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// An authenticated caller. Handlers that take it reject unauthenticated requests with 401.
+/// How a caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user's access token, of this session.
+    Session(Uuid),
+    /// An API key, holding these scopes.
+    ApiKey { id: Uuid, scopes: Vec<Scope> },
+}
+
+/// The role of an API key: no list of roles names it, so [`AuthUser::require`] never lets a
+/// key pass; only [`AuthUser::require_scope`] does.
+pub const API_KEY_ROLE: &str = "service";
+
+/// An authenticated caller. Handlers that take it reject unauthenticated requests with 401,
+/// and API keys with 403: a key passes only where the handler takes a [`Caller`] and names
+/// the scope it needs.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
+    /// The user; for an API key, the admin who created it, who answers for what it does.
     pub user: Uuid,
     pub tenant: TenantId,
+    /// The user's role; [`API_KEY_ROLE`] for an API key.
     pub role: String,
-    pub session: Uuid,
+    pub principal: Principal,
     /// Where the request came from and what it asked for, for the audit entry of a denial.
     request: Arc<DeniedRequest>,
 }
 
-/// What the audit log records of a request refused for the caller's role.
+/// What the audit log records of a request refused for the caller's role or scopes.
 #[derive(Debug)]
 struct DeniedRequest {
     pool: sqlx::PgPool,
@@ -233,16 +254,53 @@ struct DeniedRequest {
 }
 
 impl AuthUser {
-    /// Refuses the request (403) unless the caller has one of `roles`. A refusal is written to
-    /// the audit log (`permission.denied`, with the method, path and the caller's role) in the
-    /// background: the answer does not wait for it.
-    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
-        if roles.contains(&self.role.as_str()) {
-            return Ok(());
+    /// The session of a signed-in user; an API key has none.
+    pub fn session(&self) -> Result<Uuid, ApiError> {
+        match self.principal {
+            Principal::Session(session) => Ok(session),
+            Principal::ApiKey { .. } => Err(ApiError::UserOnly),
         }
+    }
+
+    /// Refuses the request (403) unless the caller is a user with one of `roles`. A refusal is
+    /// written to the audit log (`permission.denied`, with the method, path and the caller's
+    /// role) in the background: the answer does not wait for it.
+    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
+        match self.principal {
+            Principal::Session(_) if roles.contains(&self.role.as_str()) => Ok(()),
+            Principal::Session(_) => Err(self.deny(None, ApiError::Forbidden)),
+            Principal::ApiKey { .. } => Err(self.deny(None, ApiError::UserOnly)),
+        }
+    }
+
+    /// As [`Self::require`] for a user; an API key passes when it holds `scope`. A refusal is
+    /// audited alike, with the key and the scope it lacked.
+    pub fn require_scope(&self, scope: Scope, roles: &[&str]) -> Result<(), ApiError> {
+        match &self.principal {
+            Principal::Session(_) => self.require(roles),
+            Principal::ApiKey { scopes, .. } if scopes.contains(&scope) => Ok(()),
+            Principal::ApiKey { .. } => {
+                Err(self.deny(Some(scope), ApiError::MissingScope(scope.as_str())))
+            }
+        }
+    }
+
+    /// Audits a refusal in the background and returns `error`.
+    fn deny(&self, scope: Option<Scope>, error: ApiError) -> ApiError {
         tracing::info!(user = %self.user, role = %self.role, "permission denied");
         let request = Arc::clone(&self.request);
-        let (tenant, user, role) = (self.tenant.as_uuid(), self.user, self.role.clone());
+        let (tenant, user) = (self.tenant.as_uuid(), self.user);
+        let mut detail = serde_json::json!({
+            "method": request.method,
+            "path": request.path,
+            "role": self.role,
+        });
+        if let Principal::ApiKey { id, .. } = self.principal {
+            detail["api_key"] = id.to_string().into();
+        }
+        if let Some(scope) = scope {
+            detail["scope"] = scope.as_str().into();
+        }
         tokio::spawn(async move {
             let entry = Entry::new(
                 Some(tenant),
@@ -250,14 +308,10 @@ impl AuthUser {
                 "permission.denied",
                 Outcome::Denied,
             )
-            .detail(serde_json::json!({
-                "method": request.method,
-                "path": request.path,
-                "role": role,
-            }));
+            .detail(detail);
             audit::record(&request.pool, entry, &request.meta).await;
         });
-        Err(ApiError::Forbidden)
+        error
     }
 }
 
@@ -268,7 +322,65 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let claims = state.keys.verify(bearer(parts)?)?;
+        let auth = authenticate(parts, state).await?;
+        if let Principal::ApiKey { .. } = auth.principal {
+            return Err(auth.deny(None, ApiError::UserOnly));
+        }
+        Ok(auth)
+    }
+}
+
+/// An authenticated caller that may be an API key, for the handlers that serve gateways and
+/// services. The handler reaches the [`AuthUser`] only through [`Caller::require_scope`], so
+/// it cannot let a key through without naming the scope the endpoint needs.
+#[derive(Debug)]
+pub struct Caller(AuthUser);
+
+impl Caller {
+    pub fn tenant(&self) -> TenantId {
+        self.0.tenant
+    }
+
+    /// The caller, if it may do what needs `scope` (an API key) or one of `roles` (a user);
+    /// see [`AuthUser::require_scope`].
+    pub fn require_scope(self, scope: Scope, roles: &[&str]) -> Result<AuthUser, ApiError> {
+        self.0.require_scope(scope, roles)?;
+        Ok(self.0)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, state).await.map(Caller)
+    }
+}
+
+/// The caller of a request with an access token or an API key, each checked in full (an
+/// ended session, a revoked or expired key is refused) and rate-limited.
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, ApiError> {
+    let meta = match RequestMeta::from_request_parts(parts, state).await {
+        Ok(meta) => meta,
+        Err(never) => match never {},
+    };
+    let token = bearer(parts)?;
+    let (tenant, user, role, principal) = if api_keys::looks_like_key(token) {
+        let key = verify_api_key(state, token, &meta).await?;
+        (
+            key.tenant,
+            key.created_by,
+            API_KEY_ROLE.to_owned(),
+            Principal::ApiKey {
+                id: key.id,
+                scopes: key.scopes,
+            },
+        )
+    } else {
+        let claims = state.keys.verify(token)?;
         // The tenant's rate limit, before any database work: one tenant's flood must not
         // spend what another's requests need.
         state
@@ -279,24 +391,113 @@ impl FromRequestParts<AppState> for AuthUser {
         if !crate::sessions::is_active(&state.pool, claims.tid, claims.sid, claims.sub).await? {
             return Err(ApiError::Unauthenticated);
         }
-        let meta = match RequestMeta::from_request_parts(parts, state).await {
-            Ok(meta) => meta,
-            Err(never) => match never {},
-        };
-        Ok(AuthUser {
-            user: claims.sub,
-            tenant: TenantId::from_uuid(claims.tid),
-            role: claims.role,
-            session: claims.sid,
-            request: Arc::new(DeniedRequest {
-                pool: state.pool.clone(),
-                meta,
-                method: parts.method.to_string(),
-                // The path only: a query string may carry what does not belong in a log.
-                path: parts.uri.path().chars().take(300).collect(),
-            }),
-        })
+        (
+            claims.tid,
+            claims.sub,
+            claims.role,
+            Principal::Session(claims.sid),
+        )
+    };
+    Ok(AuthUser {
+        user,
+        tenant: TenantId::from_uuid(tenant),
+        role,
+        principal,
+        request: Arc::new(DeniedRequest {
+            pool: state.pool.clone(),
+            meta,
+            method: parts.method.to_string(),
+            // The path only: a query string may carry what does not belong in a log.
+            path: parts.uri.path().chars().take(300).collect(),
+        }),
+    })
+}
+
+/// A verified API key.
+struct VerifiedKey {
+    tenant: Uuid,
+    id: Uuid,
+    created_by: Uuid,
+    scopes: Vec<Scope>,
+}
+
+/// Checks an API key: well formed, its row found under its tenant, the secret right, neither
+/// revoked nor expired. Every refusal answers 401 alike; one naming a key of a real
+/// organisation is audited (`auth.api_key`, failure, with the key id and why). The tenant's
+/// limit applies before the lookup, the key's own after it, so that nobody without the key
+/// can spend the key's budget.
+async fn verify_api_key(
+    state: &AppState,
+    token: &str,
+    meta: &RequestMeta,
+) -> Result<VerifiedKey, ApiError> {
+    let key = api_keys::parse_key(token).ok_or(ApiError::Unauthenticated)?;
+    state
+        .protection
+        .admit_tenant(TenantId::from_uuid(key.tenant))?;
+    let mut tx = migrations::begin_tenant(&state.pool, key.tenant).await?;
+    let row = sqlx::query(
+        "SELECT secret_hash, scopes, created_by, revoked_at IS NOT NULL AS revoked,
+                expires_at IS NOT NULL AND expires_at <= now() AS expired,
+                last_used_at IS NULL OR last_used_at <= now() - make_interval(secs => $3)
+                    AS use_unrecorded
+         FROM api_keys WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(key.tenant)
+    .bind(key.id)
+    .bind(api_keys::LAST_USED_RESOLUTION.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let refusal = match &row {
+        None => Some("unknown_key"),
+        Some(row) => {
+            let hash: Vec<u8> = row.try_get("secret_hash")?;
+            if !state.api_keys.matches(key.text, &hash) {
+                Some("wrong_secret")
+            } else if row.try_get::<bool, _>("revoked")? {
+                Some("revoked")
+            } else if row.try_get::<bool, _>("expired")? {
+                Some("expired")
+            } else {
+                None
+            }
+        }
+    };
+    if let Some(reason) = refusal {
+        tracing::info!(tenant = %key.tenant, api_key = %key.id, reason, "API key refused");
+        // Only an organisation that exists has an audit log to write to.
+        let organisation = row.is_some()
+            || sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+                .bind(key.tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+        if organisation {
+            let entry = Entry::new(Some(key.tenant), None, "auth.api_key", Outcome::Failure)
+                .target("api_key", key.id)
+                .detail(serde_json::json!({ "reason": reason }));
+            audit::write(&mut tx, &entry, meta).await?;
+            tx.commit().await?;
+        }
+        return Err(ApiError::Unauthenticated);
     }
+    let row = row.ok_or(ApiError::Unauthenticated)?;
+    if row.try_get::<bool, _>("use_unrecorded")? {
+        sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE tenant_id = $1 AND id = $2")
+            .bind(key.tenant)
+            .bind(key.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    state.protection.admit_api_key(key.id)?;
+    let scopes: Vec<String> = row.try_get("scopes")?;
+    Ok(VerifiedKey {
+        tenant: key.tenant,
+        id: key.id,
+        created_by: row.try_get("created_by")?,
+        // The table's check admits known scopes only.
+        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ fn default_tenant_rate() -> Rate {
 fn default_tenant_burst() -> NonZeroU32 {
     NonZeroU32::new(100).expect("not zero")
 }
+fn default_api_key_rate() -> Rate {
+    Rate::from_str("10/s").expect("a valid rate")
+}
+fn default_api_key_burst() -> NonZeroU32 {
+    NonZeroU32::new(20).expect("not zero")
+}
 fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
@@ -105,6 +111,12 @@ pub struct ApiConfig {
     /// Authenticated requests one tenant may make at once.
     #[serde(default = "default_tenant_burst")]
     pub tenant_burst: NonZeroU32,
+    /// Sustained rate of requests per API key, on top of its tenant's limit.
+    #[serde(default = "default_api_key_rate")]
+    pub api_key_rate: Rate,
+    /// Requests one API key may make at once.
+    #[serde(default = "default_api_key_burst")]
+    pub api_key_burst: NonZeroU32,
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -131,6 +143,8 @@ impl ApiConfig {
             auth_burst_per_ip: default_auth_burst_per_ip(),
             tenant_rate: default_tenant_rate(),
             tenant_burst: default_tenant_burst(),
+            api_key_rate: default_api_key_rate(),
+            api_key_burst: default_api_key_burst(),
             max_body_bytes: default_max_body_bytes(),
             cors_allowed_origins: Vec::new(),
         }

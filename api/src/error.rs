@@ -20,6 +20,14 @@ pub enum ApiError {
     BadCredentials,
     #[error("your role may not do this")]
     Forbidden,
+    /// An API key without the scope the endpoint names.
+    #[error(
+        "this API key does not have the scope {0}, which this endpoint needs: an admin can create a key with it (POST /api/v1/api-keys)"
+    )]
+    MissingScope(&'static str),
+    /// An API key on an endpoint that names no scope: only a signed-in user may call it.
+    #[error("API keys cannot call this endpoint: sign in as a user (POST /api/v1/auth/login)")]
+    UserOnly,
     /// Refused by a rule of the organisation, which the message names.
     #[error("{0}")]
     ForbiddenByPolicy(String),
@@ -106,9 +114,10 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
-            ApiError::Forbidden | ApiError::ForbiddenByPolicy(_) => {
-                (StatusCode::FORBIDDEN, "forbidden")
-            }
+            ApiError::Forbidden
+            | ApiError::ForbiddenByPolicy(_)
+            | ApiError::MissingScope(_)
+            | ApiError::UserOnly => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadMfaCode => (StatusCode::UNAUTHORIZED, "bad_mfa_code"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -156,6 +165,29 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// A JSON body that may be left out: without a `Content-Type` there is none; with one, it is
+/// read as [`Body`] reads it.
+impl<T, S> axum::extract::OptionalFromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
+            Ok(value) => Ok(value.map(|Json(value)| Body(value))),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }

@@ -2,12 +2,15 @@
 //!
 //! # Layout
 //! - [`config`]: listen address and token settings (`[api]` in the server's file).
-//! - [`auth`]: password hashing, access tokens, and the extractor that authenticates a request.
+//! - [`auth`]: access tokens, and the extractors that authenticate a request (a user, or an
+//!   API key where the handler names the scope it needs).
 //! - [`password`]: the password policy and Argon2id hashing with the configured pepper.
+//! - [`api_keys`]: API keys of gateways and services: scopes, the key's text, its keyed hash;
+//!   pure.
 //! - [`mfa`]: TOTP (RFC 6238) with replay protection, sealed secrets and recovery codes, pure.
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
 //! - [`protect`]: client address behind trusted proxies, request ids, rate limits per address
-//!   on authentication and per tenant, body limit, CORS allowlist, security headers.
+//!   on authentication, per tenant and per API key, body limit, CORS allowlist, security headers.
 //! - [`sessions`]: logins as sessions with rotating refresh tokens; reuse revokes the family.
 //! - [`users`]: organisations and users: creation, passwords under the policy, disabling.
 //! - [`audit`]: the append-only audit log and the request facts it records.
@@ -22,6 +25,7 @@
 //! (`migrations::begin_tenant`); the application also filters by tenant itself, so isolation
 //! holds twice. Internal error details never reach an HTTP response.
 
+pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -228,7 +228,8 @@ impl std::fmt::Debug for MfaKeys {
     }
 }
 
-fn derive(pepper: &[u8], label: &[u8]) -> [u8; 32] {
+/// A key for one purpose (`label`) derived from the pepper; API keys derive theirs too.
+pub(crate) fn derive(pepper: &[u8], label: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(pepper).expect("HMAC takes keys of any length");
     mac.update(label);
     mac.finalize().into_bytes().into()

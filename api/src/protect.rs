@@ -17,7 +17,9 @@
 //!
 //! The per-tenant limit runs where the tenant is known for sure, in the
 //! [`AuthUser`](crate::auth::AuthUser) extractor right after the token is verified, through
-//! [`Protection::admit_tenant`].
+//! [`Protection::admit_tenant`]; the per-key limit of an API key right after the key is
+//! verified, through [`Protection::admit_api_key`], so that nobody without the key can spend
+//! its budget.
 //!
 //! Limits are counted in memory, per process: behind a load balancer spreading over `n`
 //! processes a client gets up to `n` times its budget.
@@ -66,6 +68,7 @@ pub struct Protection {
     trusted_proxies: Vec<TrustedProxy>,
     auth_per_address: KeyedLimiter<IpAddr>,
     per_tenant: KeyedLimiter<TenantId>,
+    per_api_key: KeyedLimiter<Uuid>,
     max_body_bytes: usize,
     cors_allowed_origins: Vec<HeaderValue>,
 }
@@ -86,6 +89,7 @@ impl Protection {
             trusted_proxies: config.trusted_proxies.clone(),
             auth_per_address: KeyedLimiter::new(config.auth_rate_per_ip, config.auth_burst_per_ip),
             per_tenant: KeyedLimiter::new(config.tenant_rate, config.tenant_burst),
+            per_api_key: KeyedLimiter::new(config.api_key_rate, config.api_key_burst),
             max_body_bytes: config.max_body_bytes,
             cors_allowed_origins: config
                 .cors_allowed_origins
@@ -101,6 +105,16 @@ impl Protection {
             metrics::counter!("maintainpro_api_rate_limited_total", "limit" => "tenant")
                 .increment(1);
             tracing::debug!(%tenant, ?retry_after, "tenant rate limit");
+            ApiError::RateLimited { retry_after }
+        })
+    }
+
+    /// Spends one request of API key `key`'s budget, or says how long to wait.
+    pub fn admit_api_key(&self, key: Uuid) -> Result<(), ApiError> {
+        self.per_api_key.check(&key).map_err(|retry_after| {
+            metrics::counter!("maintainpro_api_rate_limited_total", "limit" => "api_key")
+                .increment(1);
+            tracing::debug!(api_key = %key, ?retry_after, "API key rate limit");
             ApiError::RateLimited { retry_after }
         })
     }

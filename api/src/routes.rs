@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource.
 
 pub mod alarms;
+pub mod api_keys;
 pub mod audit;
 pub mod health;
 pub mod login;

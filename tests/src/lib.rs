@@ -58,21 +58,46 @@ impl Plant {
 
     /// As [`Plant::start`], with ingest's message queue of the given length.
     pub async fn start_with_queue(queue: usize) -> anyhow::Result<Plant> {
-        Self::start_with(queue, Vec::new()).await
+        Self::start_with(queue, Vec::new(), |_| {}).await
+    }
+
+    /// As [`Plant::start`], with the API's settings changed by `configure` (e.g. lower rate
+    /// limits).
+    pub async fn start_with_api(configure: impl FnOnce(&mut ApiConfig)) -> anyhow::Result<Plant> {
+        Self::start_with(
+            IngestConfig::new("mqtt://unused").queue,
+            Vec::new(),
+            configure,
+        )
+        .await
     }
 
     /// As [`Plant::start`], with the rules read (and watched) from `rule_files`.
     pub async fn start_with_rule_files(rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
-        Self::start_with(IngestConfig::new("mqtt://unused").queue, rule_files).await
+        Self::start_with(IngestConfig::new("mqtt://unused").queue, rule_files, |_| {}).await
     }
 
-    async fn start_with(queue: usize, rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
+    async fn start_with(
+        queue: usize,
+        rule_files: Vec<PathBuf>,
+        configure: impl FnOnce(&mut ApiConfig),
+    ) -> anyhow::Result<Plant> {
         let broker = mqtt_url()?;
         let db = TestDatabase::create().await?;
         let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
         let hash = hash_password(&pepper, PASSWORD)?;
         let tenant_a = seed_plant(&db.urls.app_url, "plant-a", &hash).await?;
         let tenant_b = seed_plant(&db.urls.app_url, "plant-b", &hash).await?;
+        let mut api = ApiConfig::new(
+            "127.0.0.1:0".parse()?,
+            Secret::new(format!(
+                "{}{}",
+                Uuid::new_v4().simple(),
+                Uuid::new_v4().simple()
+            )),
+            pepper,
+        );
+        configure(&mut api);
         let config = ServerConfig {
             roles: vec![Role::Api, Role::Ingest, Role::Rules],
             database: DatabaseConfig {
@@ -80,15 +105,7 @@ impl Plant {
                 owner_url: None,
                 max_connections: 5,
             },
-            api: Some(ApiConfig::new(
-                "127.0.0.1:0".parse()?,
-                Secret::new(format!(
-                    "{}{}",
-                    Uuid::new_v4().simple(),
-                    Uuid::new_v4().simple()
-                )),
-                pepper,
-            )),
+            api: Some(api),
             // Tests share one broker: each ingest takes only its own tenants' topics.
             ingest: Some(IngestConfig {
                 client_id: format!("ingest-{}", Uuid::new_v4().simple()),

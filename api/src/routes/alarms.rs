@@ -7,7 +7,8 @@
 //! - `POST /api/v1/alarms/{id}/shelve` `{"until": "2026-11-23T06:00:00Z", "comment": "..."}`
 //! - `DELETE /api/v1/alarms/{id}/shelve`
 //!
-//! Acknowledging and shelving need the role admin, manager or technician.
+//! Acknowledging and shelving need the role admin, manager or technician, or an API key with
+//! the scope `alarms:write`; listing, any role or the scope `alarms:read`.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -16,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::api_keys::Scope;
 use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::auth::Caller;
 use crate::error::{ApiError, Body};
+use crate::users::ROLES;
 
 /// The roles that may acknowledge and shelve alarms.
 const OPERATORS: &[&str] = &["admin", "manager", "technician"];
@@ -73,7 +76,7 @@ pub struct AlarmList {
 
 pub async fn list(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<AlarmList>, ApiError> {
     let limit = q.limit.unwrap_or(100);
@@ -89,6 +92,7 @@ pub async fn list(
             "state must be \"active\" or \"cleared\"".into(),
         ));
     }
+    let auth = caller.require_scope(Scope::AlarmsRead, ROLES)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Alarm>(&format!(
@@ -140,15 +144,15 @@ fn check_comment(comment: &str) -> Result<(), ApiError> {
 /// acknowledgement and answers the alarm as it is.
 pub async fn acknowledge(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Body(req): Body<AcknowledgeRequest>,
 ) -> Result<Json<Alarm>, ApiError> {
-    let tenant = auth.tenant.as_uuid();
+    let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     // Another tenant's alarm, or none: 404 before any permission question.
     fetch(&mut tx, tenant, id).await?;
-    auth.require(OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
     if let Some(c) = &req.comment {
         check_comment(c)?;
     }
@@ -180,14 +184,14 @@ pub struct ShelveRequest {
 /// Shelves the alarm's rule on its tag until a time.
 pub async fn shelve(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Path(id): Path<Uuid>,
     Body(req): Body<ShelveRequest>,
 ) -> Result<Json<Alarm>, ApiError> {
-    let tenant = auth.tenant.as_uuid();
+    let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
-    auth.require(OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
     let now = Utc::now();
     if req.until <= now || req.until > now + chrono::Duration::days(MAX_SHELF_DAYS) {
         return Err(ApiError::BadRequest(format!(
@@ -224,13 +228,13 @@ pub async fn shelve(
 /// Ends the shelf of the alarm's rule on its tag, if one is running.
 pub async fn unshelve(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Alarm>, ApiError> {
-    let tenant = auth.tenant.as_uuid();
+    let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
-    auth.require(OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
     end_shelves(&mut tx, tenant, &alarm, auth.user).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
     tx.commit().await?;

@@ -22,9 +22,10 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
-use crate::auth::AuthUser;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// Entries per page of an export.
@@ -177,10 +178,10 @@ pub struct Page {
 
 pub async fn list(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Query(q): Query<Params>,
 ) -> Result<Json<Page>, ApiError> {
-    auth.require(&["admin"])?;
+    let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
     if q.format.is_some() {
         return Err(ApiError::BadRequest(
             "format applies to /api/v1/audit/export".into(),
@@ -224,11 +225,11 @@ pub enum Format {
 
 pub async fn export(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     meta: RequestMeta,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    auth.require(&["admin"])?;
+    let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
     if q.limit.is_some() || q.before.is_some() {
         return Err(ApiError::BadRequest(
             "limit and before apply to /api/v1/audit; an export has every matching entry".into(),

@@ -140,7 +140,7 @@ pub async fn change(
             return Err(refusal);
         }
     }
-    let ended = users::set_own_password(&mut tx, tenant, user, &hash, auth.session, &meta)
+    let ended = users::set_own_password(&mut tx, tenant, user, &hash, auth.session()?, &meta)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     tx.commit().await?;

@@ -3,10 +3,17 @@
 use axum::Json;
 use axum::extract::State;
 
+use crate::api_keys::Scope;
 use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::auth::Caller;
+use crate::error::ApiError;
 use crate::rules_status::RulesSnapshot;
+use crate::users::ROLES;
 
-pub async fn status(State(state): State<AppState>, _auth: AuthUser) -> Json<RulesSnapshot> {
-    Json(state.rules.snapshot())
+pub async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RulesSnapshot>, ApiError> {
+    caller.require_scope(Scope::RulesRead, ROLES)?;
+    Ok(Json(state.rules.snapshot()))
 }

@@ -87,7 +87,7 @@ pub async fn logout(
     auth: AuthUser,
     meta: RequestMeta,
 ) -> Result<StatusCode, ApiError> {
-    end_session(&state, &auth, &meta, auth.session, EndReason::Logout).await?;
+    end_session(&state, &auth, &meta, auth.session()?, EndReason::Logout).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -97,7 +97,8 @@ pub async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let items: Vec<SessionView> = sessions::list(&mut tx, tenant, auth.user, auth.session).await?;
+    let items: Vec<SessionView> =
+        sessions::list(&mut tx, tenant, auth.user, auth.session()?).await?;
     tx.commit().await?;
     Ok(Json(json!({ "items": items })))
 }

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use uuid::Uuid;
 
+use crate::api_keys::Scope;
 use crate::app::AppState;
-use crate::auth::AuthUser;
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::users::ROLES;
 
 #[derive(Debug, Serialize, FromRow)]
 pub struct WorkOrder {
@@ -69,7 +71,7 @@ const COLUMNS: &str = "id, asset_id, title, description, priority, status, work_
 
 pub async fn list(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<WorkOrderList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -78,6 +80,7 @@ pub async fn list(
             "limit must be between 1 and 500".into(),
         ));
     }
+    let auth = caller.require_scope(Scope::WorkOrdersRead, ROLES)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, WorkOrder>(&format!(
@@ -96,9 +99,10 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
-    auth: AuthUser,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<WorkOrderDetail>, ApiError> {
+    let auth = caller.require_scope(Scope::WorkOrdersRead, ROLES)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let work_order = sqlx::query_as::<_, WorkOrder>(&format!(

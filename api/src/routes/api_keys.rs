@@ -1,0 +1,380 @@
+//! API keys of the organisation's gateways and services, managed by its admins:
+//!
+//! - `POST /api/v1/api-keys` `{"name", "scopes": [...], "expires_at"?}`: a new key, `201` with
+//!   the key itself (`key`, shown this once) and its metadata.
+//! - `GET /api/v1/api-keys`: every key of the organisation, newest first; metadata only, never
+//!   the key or its hash.
+//! - `POST /api/v1/api-keys/{id}/rotate` `{"overlap"?, "expires_at"?}` (the body may be left
+//!   out): a replacement with the same name and scopes, shown this once; the old key keeps
+//!   working for the overlap (`"24h"` unless told, at most `"7d"`, `"0s"` to stop it at once).
+//!   The replacement expires when asked, else after the old key's lifetime again, else never.
+//! - `DELETE /api/v1/api-keys/{id}`: revokes the key at once.
+//!
+//! Only admins manage keys, and only signed in as themselves: a key cannot manage keys.
+//! Another organisation's key answers 404 before any permission question. Every change is
+//! audited (`api_key.create`, `api_key.rotate`, `api_key.revoke`).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use crate::api_keys::{self, Scope};
+use crate::app::AppState;
+use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, Body};
+
+/// An API key as admins see it: never the key or its hash.
+#[derive(Debug, Serialize, FromRow)]
+pub struct ApiKeyView {
+    pub id: Uuid,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// `active`, `expired` or `revoked`.
+    pub status: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// To the minute: not written on every request.
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<Uuid>,
+    /// The key that replaced this one when it was rotated.
+    pub replaced_by: Option<Uuid>,
+}
+
+const SELECT: &str = "SELECT id, name, scopes,
+           CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+                WHEN expires_at <= now() THEN 'expired'
+                ELSE 'active' END AS status,
+           created_by, created_at, expires_at, last_used_at, revoked_at, revoked_by, replaced_by
+    FROM api_keys";
+
+/// A key just made: the key itself, shown this once, and its metadata.
+#[derive(Debug, Serialize)]
+pub struct NewApiKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub api_key: ApiKeyView,
+    /// After a rotation: the key it replaces, with its expiry at the end of the overlap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<ApiKeyView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyList {
+    pub items: Vec<ApiKeyView>,
+}
+
+async fn fetch(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<ApiKeyView>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKeyView>(&format!("{SELECT} WHERE tenant_id = $1 AND id = $2"))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Inserts a key of `tenant` made by `user`; returns its id and its text, shown once.
+async fn insert(
+    conn: &mut PgConnection,
+    state: &AppState,
+    tenant: Uuid,
+    user: Uuid,
+    name: &str,
+    scopes: &[&str],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(Uuid, String), sqlx::Error> {
+    let id = Uuid::new_v4();
+    let (text, hash) = state.api_keys.new_key(tenant, id);
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(tenant)
+    .bind(name)
+    .bind(&hash[..])
+    .bind(scopes)
+    .bind(user)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok((id, text))
+}
+
+/// Refuses a new key when the organisation holds the most live keys it may.
+async fn check_room(conn: &mut PgConnection, tenant: Uuid) -> Result<(), ApiError> {
+    let live: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys
+         WHERE tenant_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(tenant)
+    .fetch_one(conn)
+    .await?;
+    if live >= api_keys::MAX_LIVE_KEYS {
+        return Err(ApiError::Conflict(format!(
+            "the organisation has {live} live API keys, the most it may hold: revoke the ones no longer used (DELETE /api/v1/api-keys/{{id}})"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// What the key is for, e.g. "gateway north hall": 1-100 characters.
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// RFC 3339, at most two years ahead; left out, the key does not expire.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Body(req): Body<CreateRequest>,
+) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+    auth.require(&["admin"])?;
+    let name = api_keys::parse_name(&req.name).map_err(ApiError::BadRequest)?;
+    let scopes = api_keys::parse_scopes(&req.scopes).map_err(ApiError::BadRequest)?;
+    if let Some(at) = req.expires_at {
+        api_keys::check_expiry(at, Utc::now()).map_err(ApiError::BadRequest)?;
+    }
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    check_room(&mut tx, tenant).await?;
+    let names = api_keys::scope_names(&scopes);
+    let (id, key) = insert(
+        &mut tx,
+        &state,
+        tenant,
+        auth.user,
+        &name,
+        &names,
+        req.expires_at,
+    )
+    .await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(
+            Some(tenant),
+            Some(auth.user),
+            "api_key.create",
+            Outcome::Success,
+        )
+        .target("api_key", id)
+        .detail(json!({ "name": name, "scopes": names, "expires_at": req.expires_at })),
+        &meta,
+    )
+    .await?;
+    let api_key = fetch(&mut tx, tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    tx.commit().await?;
+    tracing::info!(%tenant, api_key = %id, "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(NewApiKey {
+            key,
+            api_key,
+            replaces: None,
+        }),
+    ))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    auth.require(&["admin"])?;
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let items = sqlx::query_as::<_, ApiKeyView>(&format!(
+        "{SELECT} WHERE tenant_id = $1 ORDER BY created_at DESC, id"
+    ))
+    .bind(tenant)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(ApiKeyList { items }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old key keeps working, e.g. "24h" (the default), "0s" to stop it at once,
+    /// at most "7d".
+    #[serde(default, with = "humantime_serde")]
+    pub overlap: Option<Duration>,
+    /// The replacement's expiry, as in creation.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The key being rotated.
+#[derive(Debug, FromRow)]
+struct Rotating {
+    name: String,
+    scopes: Vec<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    /// Neither revoked nor expired.
+    live: bool,
+    /// Rotated already.
+    replaced: bool,
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    body: Option<Body<RotateRequest>>,
+) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+    let req = body.map(|Body(req)| req).unwrap_or_default();
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    // Locked: two rotations of one key must not both make a replacement.
+    let old: Option<Rotating> = sqlx::query_as(
+        "SELECT name, scopes, created_at, expires_at,
+                revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS live,
+                replaced_by IS NOT NULL AS replaced
+         FROM api_keys WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // Another organisation's key, or none: 404 before any permission question.
+    let old = old.ok_or(ApiError::NotFound)?;
+    auth.require(&["admin"])?;
+    let overlap = req.overlap.unwrap_or(api_keys::DEFAULT_OVERLAP);
+    api_keys::check_overlap(overlap).map_err(ApiError::BadRequest)?;
+    let now = Utc::now();
+    if let Some(at) = req.expires_at {
+        api_keys::check_expiry(at, now).map_err(ApiError::BadRequest)?;
+    }
+    if old.replaced {
+        return Err(ApiError::Conflict(
+            "this key was already rotated: rotate its replacement (`replaced_by` in GET /api/v1/api-keys)"
+                .to_owned(),
+        ));
+    }
+    if !old.live {
+        return Err(ApiError::Conflict(
+            "this key is revoked or expired: create a new one (POST /api/v1/api-keys)".to_owned(),
+        ));
+    }
+    let scopes: Vec<&str> = old
+        .scopes
+        .iter()
+        .filter_map(|s| Scope::parse(s))
+        .map(Scope::as_str)
+        .collect();
+    let new_expiry =
+        api_keys::replacement_expiry(req.expires_at, old.created_at, old.expires_at, now);
+    let (new_id, key) = insert(
+        &mut tx, &state, tenant, auth.user, &old.name, &scopes, new_expiry,
+    )
+    .await?;
+    let overlap_secs = overlap.as_secs_f64();
+    sqlx::query(
+        "UPDATE api_keys
+         SET replaced_by = $3,
+             expires_at = LEAST(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $4))
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(new_id)
+    .bind(overlap_secs)
+    .execute(&mut *tx)
+    .await?;
+    let replaces = fetch(&mut tx, tenant, id).await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(
+            Some(tenant),
+            Some(auth.user),
+            "api_key.rotate",
+            Outcome::Success,
+        )
+        .target("api_key", id)
+        .detail(json!({
+            "replaced_by": new_id,
+            "overlap_seconds": overlap.as_secs(),
+            "expires_at": replaces.as_ref().and_then(|k| k.expires_at),
+        })),
+        &meta,
+    )
+    .await?;
+    let api_key = fetch(&mut tx, tenant, new_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    tx.commit().await?;
+    tracing::info!(%tenant, api_key = %id, replaced_by = %new_id, "API key rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(NewApiKey {
+            key,
+            api_key,
+            replaces,
+        }),
+    ))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    // Another organisation's key, or none: 404 before any permission question.
+    if fetch(&mut tx, tenant, id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    auth.require(&["admin"])?;
+    // Revoking a revoked key changes nothing and answers alike.
+    let revoked = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now(), revoked_by = $3
+         WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(auth.user)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if revoked == 1 {
+        audit::write(
+            &mut tx,
+            &Entry::new(
+                Some(tenant),
+                Some(auth.user),
+                "api_key.revoke",
+                Outcome::Success,
+            )
+            .target("api_key", id),
+            &meta,
+        )
+        .await?;
+        tracing::info!(%tenant, api_key = %id, "API key revoked");
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
