@@ -181,6 +181,27 @@ async fn alarms_are_acknowledged_and_shelved_by_operators_of_their_tenant_only()
         service.on_alarm(&raised(&s, t3)).await?,
         AlarmOutcome::Appended { .. }
     ));
+
+    // Each operator action is in the audit log once, with who and on which alarm.
+    let (status, body) = plant
+        .get("/api/v1/audit?action=alarm.*&limit=500", Some(&admin))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let actions: Vec<(&str, &str)> = body["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|e| Some((e["action"].as_str()?, e["target_id"].as_str()?)))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("alarm.unshelve", id.as_str()),
+            ("alarm.shelve", id.as_str()),
+            ("alarm.acknowledge", id.as_str()),
+        ],
+        "{body}"
+    );
     plant.services.stop().await;
     Ok(())
 }

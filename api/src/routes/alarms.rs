@@ -14,12 +14,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::api_keys::Scope;
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::auth::{AuthUser, Caller, Principal};
 use crate::error::{ApiError, Body};
 use crate::users::ROLES;
 
@@ -145,6 +147,7 @@ fn check_comment(comment: &str) -> Result<(), ApiError> {
 pub async fn acknowledge(
     State(state): State<AppState>,
     caller: Caller,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
     Body(req): Body<AcknowledgeRequest>,
 ) -> Result<Json<Alarm>, ApiError> {
@@ -156,16 +159,29 @@ pub async fn acknowledge(
     if let Some(c) = &req.comment {
         check_comment(c)?;
     }
-    sqlx::query(
+    let first = sqlx::query(
         "UPDATE alarms SET acknowledged_at = now(), acknowledged_by = $3, ack_comment = $4
          WHERE tenant_id = $1 AND id = $2 AND acknowledged_at IS NULL",
     )
     .bind(tenant)
     .bind(id)
     .bind(auth.user)
-    .bind(req.comment)
+    .bind(&req.comment)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    if first {
+        record(
+            &mut tx,
+            &auth,
+            &meta,
+            "alarm.acknowledge",
+            id,
+            json!({ "comment": req.comment }),
+        )
+        .await?;
+    }
     let alarm = fetch(&mut tx, tenant, id).await?;
     tx.commit().await?;
     tracing::info!(alarm = %id, user = %auth.user, "alarm acknowledged");
@@ -185,6 +201,7 @@ pub struct ShelveRequest {
 pub async fn shelve(
     State(state): State<AppState>,
     caller: Caller,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
     Body(req): Body<ShelveRequest>,
 ) -> Result<Json<Alarm>, ApiError> {
@@ -219,6 +236,8 @@ pub async fn shelve(
     .bind(auth.user)
     .execute(&mut *tx)
     .await?;
+    let detail = json!({ "until": req.until, "comment": req.comment, "rule_id": alarm.rule_id, "tag_id": alarm.tag_id });
+    record(&mut tx, &auth, &meta, "alarm.shelve", id, detail).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
     tx.commit().await?;
     tracing::info!(alarm = %id, until = %req.until, user = %auth.user, "alarm shelved");
@@ -229,26 +248,56 @@ pub async fn shelve(
 pub async fn unshelve(
     State(state): State<AppState>,
     caller: Caller,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Alarm>, ApiError> {
     let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
     let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
-    end_shelves(&mut tx, tenant, &alarm, auth.user).await?;
+    let ended = end_shelves(&mut tx, tenant, &alarm, auth.user).await?;
+    if ended > 0 {
+        let detail = json!({ "rule_id": alarm.rule_id, "tag_id": alarm.tag_id });
+        record(&mut tx, &auth, &meta, "alarm.unshelve", id, detail).await?;
+    }
     let alarm = fetch(&mut tx, tenant, id).await?;
     tx.commit().await?;
     tracing::info!(alarm = %id, user = %auth.user, "alarm unshelved");
     Ok(Json(alarm))
 }
 
+/// Writes the audit entry of an operator's action on alarm `id`, in its transaction; an API
+/// key acting for its creator is named in the detail.
+async fn record(
+    tx: &mut Transaction<'_, Postgres>,
+    auth: &AuthUser,
+    meta: &RequestMeta,
+    action: &str,
+    id: Uuid,
+    mut detail: Value,
+) -> Result<(), sqlx::Error> {
+    if let Principal::ApiKey { id: key, .. } = auth.principal {
+        detail["api_key"] = key.to_string().into();
+    }
+    let entry = Entry::new(
+        Some(auth.tenant.as_uuid()),
+        Some(auth.user),
+        action,
+        Outcome::Success,
+    )
+    .target("alarm", id)
+    .detail(detail);
+    audit::write(tx, &entry, meta).await
+}
+
+/// Ends the running shelves of the alarm's rule on its tag; returns how many there were.
 async fn end_shelves(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     alarm: &Alarm,
     user: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<u64, sqlx::Error> {
+    let ended = sqlx::query(
         "UPDATE alarm_shelves SET ended_at = now(), ended_by = $4
          WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3
            AND ended_at IS NULL AND until > now()",
@@ -258,6 +307,7 @@ async fn end_shelves(
     .bind(alarm.tag_id)
     .bind(user)
     .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(ended)
 }
