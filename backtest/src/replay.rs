@@ -304,8 +304,7 @@ impl Replay {
             self.stats.without_asset += 1;
             return;
         }
-        // Advancing to a time not after the last one changes nothing: skip the walk over the
-        // stale-watched tags.
+        // Advancing to a time not after the last one changes nothing: skip the call.
         if self.last_advance.is_none_or(|last| ts > last) {
             self.engine.advance(ts, &mut self.events);
             self.last_advance = Some(ts);

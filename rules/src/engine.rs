@@ -17,10 +17,19 @@
 //! escalation steps due by then fire. Feeding the same calls again therefore emits nothing.
 //!
 //! The hot path (one reading) does one hash lookup for the tag and then walks the tag's
-//! slots by index; it allocates only when it emits an event or meets a tag for the first
-//! time.
+//! slots by index; it allocates only when it emits an event, meets a tag for the first time,
+//! or grows the deadline heap past its largest size so far.
+//!
+//! [`Engine::advance`] visits only the stale slots that have something due. Each stale slot's
+//! next deadline (the first moment its silence is longer than `after`, or its active alarm's
+//! next escalation step) waits in a min-heap. A reading pushes it only when it is earlier than
+//! the slot's entry already there; an entry is checked against its slot when it falls due and,
+//! if a reading has moved the deadline on since, queued again at the new one. An `advance`
+//! with nothing due looks at the top of the heap and returns; the events of one call come in
+//! tag and rule order, as from a walk over every watched tag.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -90,6 +99,17 @@ impl Alarm {
         self.steps += 1;
         Some((since, since.plus_micros(step.after_micros())))
     }
+
+    /// The earliest `now` at which [`Alarm::next_step`] has a step, if any.
+    fn next_step_due(&self, rule: &Rule) -> Option<Timestamp> {
+        let AlarmState::Active { since, .. } = self.state else {
+            return None;
+        };
+        let step = rule.escalation.get(self.steps)?;
+        // Past the end of time the step never falls due.
+        let due = since.as_micros().checked_add(step.after_micros())?;
+        Some(Timestamp::from_micros(due))
+    }
 }
 
 /// How a slot is driven.
@@ -97,7 +117,7 @@ impl Alarm {
 enum Watch {
     /// A value kind, with its memory.
     Value(Memory),
-    Stale,
+    Stale(StaleWatch),
     BadQuality,
     /// A tag of an asset in a combination: the alarm lives in the group.
     Member {
@@ -112,6 +132,78 @@ struct Slot {
     rule: usize,
     alarm: Alarm,
     watch: Watch,
+}
+
+/// What [`Engine::advance`] keeps of a stale slot.
+#[derive(Debug, Default)]
+struct StaleWatch {
+    /// `advance` has judged the silence since the tag's last reading. Judging the same
+    /// silence again changes nothing, so until the next reading only escalation is left.
+    judged: bool,
+    /// The time of the slot's live entry in [`Deadlines`]; never later than its deadline.
+    queued: Option<Timestamp>,
+}
+
+impl StaleWatch {
+    /// The earliest `now` at which `advance` has work on the slot: the first moment the tag's
+    /// silence is longer than `after`, unless judged already, or the alarm's next escalation
+    /// step, whichever comes first. `None`: nothing before the tag's next reading.
+    fn deadline(
+        &self,
+        alarm: &Alarm,
+        rule: &Rule,
+        after: i64,
+        last_ts: Timestamp,
+    ) -> Option<Timestamp> {
+        let silent = if self.judged {
+            None
+        } else {
+            last_ts
+                .as_micros()
+                .checked_add(after)
+                .and_then(|t| t.checked_add(1))
+                .map(Timestamp::from_micros)
+        };
+        match (silent, alarm.next_step_due(rule)) {
+            (Some(silent), Some(step)) => Some(silent.min(step)),
+            (silent, step) => silent.or(step),
+        }
+    }
+}
+
+/// The stale slots' deadlines, earliest first: (deadline, tag, slot). An entry is live while
+/// its time is its slot's `queued`; an entry superseded by an earlier one is dropped when it
+/// comes up.
+#[derive(Debug, Default)]
+struct Deadlines(BinaryHeap<Reverse<(Timestamp, usize, usize)>>);
+
+impl Deadlines {
+    /// Queues a slot's deadline unless the slot's live entry comes no later: that entry, when
+    /// it comes up, finds the slot not due yet and queues it at its deadline then.
+    fn queue(
+        &mut self,
+        watch: &mut StaleWatch,
+        deadline: Option<Timestamp>,
+        tag: usize,
+        slot: usize,
+    ) {
+        if let Some(at) = deadline
+            && watch.queued.is_none_or(|queued| at < queued)
+        {
+            self.0.push(Reverse((at, tag, slot)));
+            watch.queued = Some(at);
+        }
+    }
+
+    /// Takes the earliest entry if it is due by `now`.
+    fn pop_due(&mut self, now: Timestamp) -> Option<(Timestamp, usize, usize)> {
+        let &Reverse(entry) = self.0.peek()?;
+        if entry.0 > now {
+            return None;
+        }
+        self.0.pop();
+        Some(entry)
+    }
 }
 
 /// What the hot path needs of a tag.
@@ -177,8 +269,11 @@ pub struct Engine {
     identities: Vec<TagIdentity>,
     groups: Vec<Group>,
     group_index: HashMap<(usize, AssetId), usize>,
-    /// Tags with a stale rule: what [`Engine::advance`] looks at.
-    watched_tags: Vec<usize>,
+    /// When each stale slot next has something for [`Engine::advance`] to do.
+    deadlines: Deadlines,
+    /// The stale slots due in one call to [`Engine::advance`], as (tag, slot); kept for its
+    /// capacity.
+    due: Vec<(usize, usize)>,
     /// The latest time given to [`Engine::advance`].
     clock: Option<Timestamp>,
     /// Restored alarms of tags not seen yet, by tag id: (rule index, alarm). Applied when the
@@ -224,7 +319,8 @@ impl Engine {
             identities: Vec::new(),
             groups: Vec::new(),
             group_index: HashMap::new(),
-            watched_tags: Vec::new(),
+            deadlines: Deadlines::default(),
+            due: Vec::new(),
             clock: None,
             restored: HashMap::new(),
         }
@@ -298,16 +394,12 @@ impl Engine {
     fn add_tag(&mut self, ctx: &TagContext, asset: AssetId, ts: Timestamp) -> usize {
         let index = self.tags.len();
         let mut slots = Vec::new();
-        let mut watched = false;
         for (rule_index, rule) in self.rules.rules.iter().enumerate() {
             if !rule.selects(ctx) {
                 continue;
             }
             let watch = match &rule.kind {
-                Kind::Stale(_) => {
-                    watched = true;
-                    Watch::Stale
-                }
+                Kind::Stale(_) => Watch::Stale(StaleWatch::default()),
                 Kind::BadQuality(_) => Watch::BadQuality,
                 Kind::Combination(c) => {
                     let groups = &mut self.groups;
@@ -364,9 +456,6 @@ impl Engine {
             ctx: ctx.clone(),
             asset,
         });
-        if watched {
-            self.watched_tags.push(index);
-        }
         self.index.insert(ctx.tag_id, index);
         index
     }
@@ -413,7 +502,7 @@ impl Engine {
             observed: value,
         };
         let clock = self.clock;
-        for slot in &mut self.tags[index].slots {
+        for (slot_index, slot) in self.tags[index].slots.iter_mut().enumerate() {
             let rule = &self.rules.rules[slot.rule];
             let alarm = &mut slot.alarm;
             match &mut slot.watch {
@@ -434,7 +523,7 @@ impl Engine {
                         judge(alarm, rule, b.verdict(quality), ts, here, out);
                     }
                 }
-                Watch::Stale => {
+                Watch::Stale(watch) => {
                     let Kind::Stale(stale) = &rule.kind else {
                         continue;
                     };
@@ -487,6 +576,10 @@ impl Engine {
                     if let Some(now) = clock {
                         escalate(alarm, rule, here, now, out);
                     }
+                    // A new silence starts at this reading, for `advance` to judge again.
+                    watch.judged = false;
+                    let deadline = watch.deadline(alarm, rule, after, ts);
+                    self.deadlines.queue(watch, deadline, index, slot_index);
                 }
                 Watch::Member { group, member } => {
                     let Kind::Combination(combination) = &rule.kind else {
@@ -543,9 +636,30 @@ impl Engine {
     /// Only tags the engine has seen are watched: a tag that never delivered a reading since
     /// the engine started cannot go stale. Alarms of the other kinds run on their readings'
     /// event time and are left alone.
+    ///
+    /// The cost is that of the stale slots with something due, not of every watched tag.
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<AlarmEvent>) {
         self.clock = self.clock.max(Some(now));
-        for &index in &self.watched_tags {
+        while let Some((at, index, slot_index)) = self.deadlines.pop_due(now) {
+            let tag = &mut self.tags[index];
+            let slot = &mut tag.slots[slot_index];
+            let rule = &self.rules.rules[slot.rule];
+            let (Watch::Stale(watch), Kind::Stale(stale)) = (&mut slot.watch, &rule.kind) else {
+                continue;
+            };
+            if watch.queued != Some(at) {
+                continue;
+            }
+            watch.queued = None;
+            // A reading may have moved the deadline on since the entry was queued.
+            match watch.deadline(&slot.alarm, rule, stale.after_micros(), tag.last_ts) {
+                Some(deadline) if deadline <= now => self.due.push((index, slot_index)),
+                deadline => self.deadlines.queue(watch, deadline, index, slot_index),
+            }
+        }
+        // In tag and rule order, as a walk over every watched tag would emit them.
+        self.due.sort_unstable();
+        for &(index, slot_index) in &self.due {
             let tag = &mut self.tags[index];
             let identity = &self.identities[index];
             let here = Facts {
@@ -554,29 +668,33 @@ impl Engine {
                 value: tag.last_value,
                 observed: f64::NAN,
             };
-            for slot in &mut tag.slots {
-                let rule = &self.rules.rules[slot.rule];
-                let (Watch::Stale, Kind::Stale(stale)) = (&slot.watch, &rule.kind) else {
-                    continue;
+            let slot = &mut tag.slots[slot_index];
+            let rule = &self.rules.rules[slot.rule];
+            let (Watch::Stale(watch), Kind::Stale(stale)) = (&mut slot.watch, &rule.kind) else {
+                continue;
+            };
+            let after = stale.after_micros();
+            if now.micros_since(tag.last_ts) > after {
+                let facts = Facts {
+                    observed: stale.after.as_secs_f64(),
+                    ..here
                 };
-                if now.micros_since(tag.last_ts) > stale.after_micros() {
-                    let facts = Facts {
-                        observed: stale.after.as_secs_f64(),
-                        ..here
-                    };
-                    let became_stale = tag.last_ts.plus_micros(stale.after_micros());
-                    judge(
-                        &mut slot.alarm,
-                        rule,
-                        Verdict::Breach,
-                        became_stale,
-                        facts,
-                        out,
-                    );
-                }
-                escalate(&mut slot.alarm, rule, here, now, out);
+                let became_stale = tag.last_ts.plus_micros(after);
+                judge(
+                    &mut slot.alarm,
+                    rule,
+                    Verdict::Breach,
+                    became_stale,
+                    facts,
+                    out,
+                );
+                watch.judged = true;
             }
+            escalate(&mut slot.alarm, rule, here, now, out);
+            let deadline = watch.deadline(&slot.alarm, rule, after, tag.last_ts);
+            self.deadlines.queue(watch, deadline, index, slot_index);
         }
+        self.due.clear();
     }
 }
 
@@ -602,6 +720,10 @@ fn judge(
 
 /// Emits every escalation step of an active alarm that is due at `now`. The event carries the
 /// value and observed quantity of the last reading judged.
+///
+/// Inlined so that a rule without escalation steps, the common case, costs its callers one
+/// check on every reading instead of a call.
+#[inline]
 fn escalate(
     alarm: &mut Alarm,
     rule: &Rule,
@@ -609,9 +731,18 @@ fn escalate(
     now: Timestamp,
     out: &mut Vec<AlarmEvent>,
 ) {
-    if rule.escalation.is_empty() {
-        return;
+    if !rule.escalation.is_empty() {
+        escalate_steps(alarm, rule, facts, now, out);
     }
+}
+
+fn escalate_steps(
+    alarm: &mut Alarm,
+    rule: &Rule,
+    facts: Facts<'_>,
+    now: Timestamp,
+    out: &mut Vec<AlarmEvent>,
+) {
     let facts = Facts {
         value: alarm.value,
         observed: alarm.observed,
