@@ -20,12 +20,37 @@
 //!   restarted rules engine.
 //! - A raise while its rule is shelved on its tag (`alarm_shelves`) is recorded as a
 //!   suppressed alarm and opens or touches no work order; nor does its clear.
+//!
+//! # One round trip per alarm event
+//!
+//! [`WorkOrderService::on_alarm`] sits between a breach and its committed work order, and the
+//! rules engine applies events one after another, so its latency is every later event's too.
+//! Its effects are two database functions (migration `alarm_effects`):
+//! `alarm_raised_effects` for a raise or an escalation, `alarm_cleared_effects` for a clear.
+//! Each is called in one statement, sent on its own: that statement is its own transaction,
+//! which the server commits before it reports the statement done, so an `Ok` here means
+//! committed. Its first argument is `set_config('app.tenant_id', <tenant>, true)`: PostgreSQL
+//! evaluates arguments before it runs the function, so the tenant is set for the function's
+//! statements and ends with the transaction. One round trip, where the same effects done
+//! statement by statement took about ten, one per statement, plus the begin and the commit.
+//!
+//! Why functions rather than pipelining the statements: sqlx waits for each statement's
+//! answer before it sends the next and offers no pipeline, and most statements depend on the
+//! answer of one before (is it a duplicate, is the rule shelved, is a work order open), which a
+//! pipeline could not branch on anyway. The functions run as their caller (SECURITY INVOKER),
+//! so row-level security applies to them as it did to the statements.
+//!
+//! What stays here: the priority (from the rule's severity and the asset's criticality, in
+//! the draft), the work order's texts, the ids of new rows and the event details up to what
+//! only the database knows (the alarm row, the previous work order, whether the work order
+//! closes by itself). What moved: the order of priorities when deciding an escalation (as
+//! `model::alarm::decide`), and the statuses and reasons that decide a healthy-period close.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, decide};
-use model::{Priority, Severity, TenantId, Timestamp};
+use chrono::{DateTime, Datelike, Utc};
+use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft};
+use model::{Severity, TenantId, Timestamp};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
@@ -73,9 +98,11 @@ pub struct WorkOrderService {
     pool: PgPool,
 }
 
-/// The statuses in which a work order is no longer open.
+/// The statuses in which a work order is no longer open (the alarm-effect functions of migration
+/// `alarm_effects` name them too).
 const CLOSED_STATUSES: &str = "('completed', 'verified', 'cancelled')";
-/// The statuses in which nobody has started work on a work order yet (see also `cleared`).
+/// The statuses in which nobody has started work on a work order yet (as
+/// `alarm_cleared_effects`).
 const NOT_STARTED_STATUSES: &str = "('open', 'assigned')";
 
 /// An alarm the database has on record as active, for the rules engine to take over.
@@ -99,10 +126,9 @@ impl WorkOrderService {
     pub async fn on_alarm(&self, event: &AlarmEvent) -> Result<AlarmOutcome, WorkOrderError> {
         let subject = event.subject();
         let key = event.idempotency_key();
-        let mut tx = migrations::begin_tenant(&self.pool, subject.tenant.as_uuid()).await?;
         let outcome = match event {
             // An escalation is a raise at a higher severity: appended to the open work order,
-            // whose priority `decide` raises.
+            // whose priority it raises if it is more urgent.
             AlarmEvent::Raised {
                 at,
                 value,
@@ -114,15 +140,14 @@ impl WorkOrderService {
                 value,
                 work_order,
                 ..
-            } => raised(&mut tx, subject, &key, *at, *value, work_order).await?,
+            } => raised(&self.pool, subject, &key, *at, *value, work_order).await?,
             AlarmEvent::Cleared {
                 at,
                 value,
                 healthy_period,
                 ..
-            } => cleared(&mut tx, subject, &key, *at, *value, *healthy_period).await?,
+            } => cleared(&self.pool, subject, &key, *at, *value, *healthy_period).await?,
         };
-        tx.commit().await?;
         Ok(outcome)
     }
 
@@ -306,304 +331,165 @@ impl WorkOrderService {
     }
 }
 
-async fn already_applied(
-    tx: &mut Transaction<'_, Postgres>,
-    key: &str,
-) -> Result<bool, sqlx::Error> {
-    let hit = sqlx::query(
-        "SELECT 1 FROM work_orders WHERE idempotency_key = $1
-         UNION ALL SELECT 1 FROM work_order_events WHERE idempotency_key = $1
-         UNION ALL SELECT 1 FROM alarms WHERE idempotency_key = $1 LIMIT 1",
-    )
-    .bind(key)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(hit.is_some())
+/// A raise or an escalation in one statement: the tenant setting, then
+/// `alarm_raised_effects`. PostgreSQL evaluates a function's arguments before it runs it, so
+/// the function and its row-level security see the tenant set in its first argument.
+const RAISED: &str = "SELECT outcome, work_order, escalated, shelved_until, auto_close_at
+     FROM alarm_raised_effects(
+         p_tenant => set_config($1, $2, true)::uuid, p_key => $3, p_rule_id => $4,
+         p_tag_id => $5, p_asset_id => $6, p_failure_mode => $7, p_severity => $8,
+         p_value => $9, p_raised_at => $10, p_detail => $11, p_new_alarm => $12,
+         p_new_work_order => $13, p_title => $14, p_description => $15, p_priority => $16,
+         p_work_type => $17, p_repeat_since => $18, p_repeat_window_s => $19)";
+
+/// A clear in one statement, as [`RAISED`]: the tenant setting, then `alarm_cleared_effects`.
+const CLEARED: &str = "SELECT outcome, work_order, escalated, shelved_until, auto_close_at
+     FROM alarm_cleared_effects(
+         p_tenant => set_config($1, $2, true)::uuid, p_key => $3, p_rule_id => $4,
+         p_tag_id => $5, p_asset_id => $6, p_failure_mode => $7, p_cleared_at => $8,
+         p_detail => $9, p_closes_by_itself => $10, p_auto_close_at => $11)";
+
+/// What `alarm_raised_effects` or `alarm_cleared_effects` did (type `alarm_effect`).
+#[derive(Debug, sqlx::FromRow)]
+struct Effect {
+    outcome: String,
+    work_order: Option<Uuid>,
+    escalated: bool,
+    shelved_until: Option<DateTime<Utc>>,
+    auto_close_at: Option<DateTime<Utc>>,
+}
+
+impl Effect {
+    fn into_outcome(self) -> Result<AlarmOutcome, sqlx::Error> {
+        let outcome = match (self.outcome.as_str(), self.work_order, self.shelved_until) {
+            ("duplicate", _, _) => AlarmOutcome::AlreadyApplied,
+            ("suppressed", _, Some(until)) => AlarmOutcome::Suppressed { until },
+            ("created", Some(work_order), _) => AlarmOutcome::Created { work_order },
+            ("appended", Some(work_order), _) => AlarmOutcome::Appended {
+                work_order,
+                escalated: self.escalated,
+            },
+            ("cleared", work_order, _) => AlarmOutcome::Cleared {
+                work_order,
+                auto_close_at: self.auto_close_at,
+            },
+            _ => {
+                return Err(sqlx::Error::Decode(
+                    format!("alarm effect {self:?} is none the service knows").into(),
+                ));
+            }
+        };
+        Ok(outcome)
+    }
 }
 
 async fn raised(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     s: &AlarmSubject,
     key: &str,
-    at: model::Timestamp,
+    at: Timestamp,
     value: f64,
     draft: &WorkOrderDraft,
 ) -> Result<AlarmOutcome, sqlx::Error> {
-    if already_applied(tx, key).await? {
-        return Ok(AlarmOutcome::AlreadyApplied);
-    }
-    let tenant = s.tenant.as_uuid();
-    let raised_at = at.to_datetime();
-    let shelved_until: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "SELECT max(until) FROM alarm_shelves
-         WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND ended_at IS NULL AND until > now()",
-    )
-    .bind(tenant)
-    .bind(&s.rule_id)
-    .bind(s.tag_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    // The alarm row: one active per rule and tag. A raise for an alarm still recorded active
-    // (a restart forgot it had been raised) reuses that row.
-    let alarm_id: Uuid = sqlx::query_scalar(
-        "WITH ins AS (
-             INSERT INTO alarms (id, tenant_id, rule_id, tag_id, asset_id, failure_mode, severity,
-                                 state, trigger_value, raised_at, suppressed, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $10, $11)
-             ON CONFLICT (tenant_id, rule_id, tag_id) WHERE state = 'active' DO NOTHING
-             RETURNING id)
-         SELECT id FROM ins
-         UNION ALL
-         SELECT id FROM alarms WHERE tenant_id = $2 AND rule_id = $3 AND tag_id = $4 AND state = 'active'
-         LIMIT 1",
-    )
-    .bind(Uuid::new_v4())
-    .bind(tenant)
-    .bind(&s.rule_id)
-    .bind(s.tag_id)
-    .bind(s.asset.as_uuid())
-    .bind(&s.failure_mode)
-    .bind(s.severity.as_str())
-    .bind(value)
-    .bind(raised_at)
-    .bind(shelved_until.is_some())
-    // A suppressed raise touches no work order: its key on the alarm row is what makes a
-    // redelivery of it a no-op.
-    .bind(shelved_until.is_some().then_some(key))
-    .fetch_one(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE alarms SET severity = $1 WHERE id = $2 AND severity <> $1")
-        .bind(s.severity.as_str())
-        .bind(alarm_id)
-        .execute(&mut **tx)
-        .await?;
-    if let Some(until) = shelved_until {
-        tracing::info!(rule = %s.rule_id, tag = %s.tag, %until, "alarm raised while shelved: no work order");
-        return Ok(AlarmOutcome::Suppressed { until });
-    }
-
-    let open = sqlx::query(&format!(
-        "SELECT id, priority FROM work_orders
-         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}
-         FOR UPDATE"
-    ))
-    .bind(tenant)
-    .bind(s.asset.as_uuid())
-    .bind(&s.failure_mode)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let open = match open {
-        Some(row) => {
-            let id: Uuid = row.try_get("id")?;
-            let p: String = row.try_get("priority")?;
-            Some((id, Priority::parse(&p).unwrap_or(Priority::Low)))
-        }
-        None => None,
+    let description = if draft.checklist.is_empty() {
+        draft.description.clone()
+    } else {
+        let lines: Vec<String> = draft
+            .checklist
+            .iter()
+            .map(|c| format!("- [ ] {c}"))
+            .collect();
+        format!("{}\n\nChecklist:\n{}", draft.description, lines.join("\n"))
     };
+    // The event's detail but for `alarm_id`, which the database adds.
     let detail = json!({
-        "alarm_id": alarm_id,
         "rule_id": s.rule_id,
         "tag": s.tag.as_str(),
         "value": value,
         "at": at.to_string(),
         "severity": s.severity.as_str(),
     });
-    match (open, decide(open.map(|(_, p)| p), draft.priority)) {
-        (Some((id, _)), Decision::Append { escalate_to }) => {
-            insert_event(tx, tenant, id, "alarm_repeated", detail, Some(key)).await?;
-            // The condition is back: whatever healthy period was running is over.
-            sqlx::query(
-                "UPDATE work_orders SET auto_close_at = NULL WHERE id = $1 AND auto_close_at IS NOT NULL",
-            )
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-            if let Some(p) = escalate_to {
-                sqlx::query(
-                    "UPDATE work_orders SET priority = $1, updated_at = now() WHERE id = $2",
-                )
-                .bind(p.as_str())
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
-                insert_event(
-                    tx,
-                    tenant,
-                    id,
-                    "escalated",
-                    json!({ "priority": p.as_str() }),
-                    None,
-                )
-                .await?;
-            }
-            Ok(AlarmOutcome::Appended {
-                work_order: id,
-                escalated: escalate_to.is_some(),
-            })
+    let effect: Effect = sqlx::query_as(RAISED)
+        .bind(migrations::TENANT_SETTING)
+        .bind(s.tenant.as_uuid().to_string())
+        .bind(key)
+        .bind(&s.rule_id)
+        .bind(s.tag_id)
+        .bind(s.asset.as_uuid())
+        .bind(&s.failure_mode)
+        .bind(s.severity.as_str())
+        .bind(value)
+        .bind(at.to_datetime())
+        .bind(detail)
+        .bind(Uuid::new_v4())
+        .bind(Uuid::new_v4())
+        .bind(&draft.title)
+        .bind(description)
+        .bind(draft.priority.as_str())
+        .bind(draft.work_type.as_str())
+        .bind(repeat_since(at, draft.repeat_window))
+        .bind(i64::try_from(draft.repeat_window.as_secs()).unwrap_or(i64::MAX))
+        .fetch_one(pool)
+        .await?;
+    let outcome = effect.into_outcome()?;
+    match outcome {
+        AlarmOutcome::Suppressed { until } => {
+            tracing::info!(rule = %s.rule_id, tag = %s.tag, %until, "alarm raised while shelved: no work order");
         }
-        _ => {
-            let id = Uuid::new_v4();
-            let description = if draft.checklist.is_empty() {
-                draft.description.clone()
-            } else {
-                let lines: Vec<String> = draft
-                    .checklist
-                    .iter()
-                    .map(|c| format!("- [ ] {c}"))
-                    .collect();
-                format!("{}\n\nChecklist:\n{}", draft.description, lines.join("\n"))
-            };
-            let repeat_of = previous_failure(tx, s, at, draft.repeat_window).await?;
-            sqlx::query(
-                "INSERT INTO work_orders (id, tenant_id, asset_id, title, description, priority,
-                                          work_type, failure_mode, source, rule_id, alarm_id,
-                                          idempotency_key, repeat_of)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'rule', $9, $10, $11, $12)",
-            )
-            .bind(id)
-            .bind(tenant)
-            .bind(s.asset.as_uuid())
-            .bind(&draft.title)
-            .bind(description)
-            .bind(draft.priority.as_str())
-            .bind(draft.work_type.as_str())
-            .bind(&s.failure_mode)
-            .bind(&s.rule_id)
-            .bind(alarm_id)
-            .bind(key)
-            .bind(repeat_of.map(|(previous, _)| previous))
-            .execute(&mut **tx)
-            .await?;
-            insert_event(tx, tenant, id, "opened_by_alarm", detail, None).await?;
-            if let Some((previous, closed_at)) = repeat_of {
-                let detail = json!({
-                    "previous_work_order": previous,
-                    "previous_closed_at": closed_at,
-                    "repeat_window_s": draft.repeat_window.as_secs(),
-                });
-                insert_event(tx, tenant, id, "repeat_failure", detail, None).await?;
-            }
-            tracing::info!(work_order = %id, priority = %draft.priority, "work order opened");
-            Ok(AlarmOutcome::Created { work_order: id })
+        AlarmOutcome::Created { work_order } => {
+            tracing::info!(%work_order, priority = %draft.priority, "work order opened");
         }
+        _ => {}
     }
+    Ok(outcome)
 }
 
-/// The latest work order of the subject's asset and failure mode that closed within `window`
-/// before `at`: (id, closed at).
-async fn previous_failure(
-    tx: &mut Transaction<'_, Postgres>,
-    s: &AlarmSubject,
-    at: Timestamp,
-    window: Duration,
-) -> Result<Option<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+/// The earliest closing of a previous work order that makes a new one a repeat failure:
+/// `window` before `at`. `None` (no bound) when that is before the year 1: no work order
+/// closed before then, and PostgreSQL cannot hold every such time.
+fn repeat_since(at: Timestamp, window: Duration) -> Option<DateTime<Utc>> {
     let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
-    let since = at
-        .to_datetime()
+    at.to_datetime()
         .and_then(|t| t.checked_sub_signed(window))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    sqlx::query_as(
-        "SELECT id, closed_at FROM work_orders
-         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3
-           AND closed_at IS NOT NULL AND closed_at >= $4
-         ORDER BY closed_at DESC LIMIT 1",
-    )
-    .bind(s.tenant.as_uuid())
-    .bind(s.asset.as_uuid())
-    .bind(&s.failure_mode)
-    .bind(since)
-    .fetch_optional(&mut **tx)
-    .await
+        .filter(|since| since.year() >= 1)
 }
 
 async fn cleared(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     s: &AlarmSubject,
     raise_key: &str,
     at: Timestamp,
     value: f64,
     healthy_period: Option<Duration>,
 ) -> Result<AlarmOutcome, sqlx::Error> {
-    let key = format!("{raise_key}:cleared");
-    if already_applied(tx, &key).await? {
-        return Ok(AlarmOutcome::AlreadyApplied);
-    }
-    let tenant = s.tenant.as_uuid();
-    let suppressed: Option<bool> = sqlx::query_scalar(
-        "UPDATE alarms SET state = 'cleared', cleared_at = $4
-         WHERE tenant_id = $1 AND rule_id = $2 AND tag_id = $3 AND state = 'active'
-         RETURNING suppressed",
-    )
-    .bind(tenant)
-    .bind(&s.rule_id)
-    .bind(s.tag_id)
-    .bind(at.to_datetime())
-    .fetch_optional(&mut **tx)
-    .await?;
-    if suppressed == Some(true) {
-        // Its raise touched no work order; neither does its clear.
-        return Ok(AlarmOutcome::Cleared {
-            work_order: None,
-            auto_close_at: None,
-        });
-    }
-    let open: Option<(Uuid, String)> = sqlx::query_as(&format!(
-        "SELECT id, status FROM work_orders
-         WHERE tenant_id = $1 AND asset_id = $2 AND failure_mode = $3 AND status NOT IN {CLOSED_STATUSES}
-         FOR UPDATE"
-    ))
-    .bind(tenant)
-    .bind(s.asset.as_uuid())
-    .bind(&s.failure_mode)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((id, status)) = open else {
-        return Ok(AlarmOutcome::Cleared {
-            work_order: None,
-            auto_close_at: None,
-        });
-    };
-    let still_active: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM alarms WHERE tenant_id = $1 AND asset_id = $2
-                        AND failure_mode = $3 AND state = 'active')",
-    )
-    .bind(tenant)
-    .bind(s.asset.as_uuid())
-    .bind(&s.failure_mode)
-    .fetch_one(&mut **tx)
-    .await?;
-    let not_started = matches!(status.as_str(), "open" | "assigned");
-    let auto_close_at = match healthy_period {
-        Some(period) if not_started && !still_active => {
-            let period = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::MAX);
-            at.to_datetime().and_then(|t| t.checked_add_signed(period))
-        }
-        _ => None,
-    };
-    sqlx::query("UPDATE work_orders SET auto_close_at = $2 WHERE id = $1")
-        .bind(id)
-        .bind(auto_close_at)
-        .execute(&mut **tx)
-        .await?;
-    let stays_because = match (healthy_period, not_started, still_active) {
-        (_, _, true) => Some("another alarm of this failure mode is still active"),
-        (_, false, _) => Some("work has started: it stays with the technician"),
-        (None, _, _) => Some("the rule does not close work orders by itself"),
-        _ => None,
-    };
+    // When the work order closes by itself, should the database find nobody has started on
+    // it and no other alarm of its failure mode active.
+    let auto_close_at = healthy_period.and_then(|period| {
+        let period = chrono::Duration::from_std(period).unwrap_or(chrono::Duration::MAX);
+        at.to_datetime().and_then(|t| t.checked_add_signed(period))
+    });
+    // The note's detail but for `auto_close_at` and `stays_open`, which the database adds.
     let detail = json!({
         "rule_id": s.rule_id,
         "tag": s.tag.as_str(),
         "value": value,
         "at": at.to_string(),
-        "auto_close_at": auto_close_at,
-        "stays_open": stays_because,
     });
-    insert_event(tx, tenant, id, "alarm_cleared", detail, Some(&key)).await?;
-    Ok(AlarmOutcome::Cleared {
-        work_order: Some(id),
-        auto_close_at,
-    })
+    let effect: Effect = sqlx::query_as(CLEARED)
+        .bind(migrations::TENANT_SETTING)
+        .bind(s.tenant.as_uuid().to_string())
+        .bind(format!("{raise_key}:cleared"))
+        .bind(&s.rule_id)
+        .bind(s.tag_id)
+        .bind(s.asset.as_uuid())
+        .bind(&s.failure_mode)
+        .bind(at.to_datetime())
+        .bind(detail)
+        .bind(healthy_period.is_some())
+        .bind(auto_close_at)
+        .fetch_one(pool)
+        .await?;
+    effect.into_outcome()
 }
 
 async fn insert_event(
@@ -626,4 +512,103 @@ async fn insert_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn effect(outcome: &str) -> Effect {
+        Effect {
+            outcome: outcome.to_owned(),
+            work_order: None,
+            escalated: false,
+            shelved_until: None,
+            auto_close_at: None,
+        }
+    }
+
+    #[test]
+    fn effects_become_outcomes() {
+        let id = Uuid::new_v4();
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let cases = [
+            (effect("duplicate"), AlarmOutcome::AlreadyApplied),
+            (
+                Effect {
+                    shelved_until: Some(at),
+                    ..effect("suppressed")
+                },
+                AlarmOutcome::Suppressed { until: at },
+            ),
+            (
+                Effect {
+                    work_order: Some(id),
+                    ..effect("created")
+                },
+                AlarmOutcome::Created { work_order: id },
+            ),
+            (
+                Effect {
+                    work_order: Some(id),
+                    escalated: true,
+                    ..effect("appended")
+                },
+                AlarmOutcome::Appended {
+                    work_order: id,
+                    escalated: true,
+                },
+            ),
+            (
+                effect("cleared"),
+                AlarmOutcome::Cleared {
+                    work_order: None,
+                    auto_close_at: None,
+                },
+            ),
+            (
+                Effect {
+                    work_order: Some(id),
+                    auto_close_at: Some(at),
+                    ..effect("cleared")
+                },
+                AlarmOutcome::Cleared {
+                    work_order: Some(id),
+                    auto_close_at: Some(at),
+                },
+            ),
+        ];
+        for (effect, expected) in cases {
+            let shown = format!("{effect:?}");
+            assert_eq!(effect.into_outcome().ok(), Some(expected), "{shown}");
+        }
+    }
+
+    #[test]
+    fn an_effect_missing_what_its_outcome_needs_is_an_error() {
+        for effect in [
+            effect("created"),
+            effect("appended"),
+            effect("suppressed"),
+            effect("opened"),
+        ] {
+            let shown = format!("{effect:?}");
+            assert!(
+                matches!(effect.into_outcome(), Err(sqlx::Error::Decode(_))),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_repeat_window_reaches_back_at_most_to_the_year_1() {
+        let at = Timestamp::from_micros(1_790_000_000_000_000);
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            repeat_since(at, day),
+            at.to_datetime().map(|t| t - chrono::Duration::days(1))
+        );
+        assert_eq!(repeat_since(at, day * 366 * 3_000), None);
+        assert_eq!(repeat_since(at, Duration::MAX), None);
+    }
 }

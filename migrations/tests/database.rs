@@ -18,6 +18,7 @@ use migrations::{
 };
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use sqlx::types::JsonValue;
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -344,6 +345,182 @@ async fn the_app_role_can_create_readings_partitions() -> TestResult {
         StorageLayout::TimescaleDb => assert_eq!(first, 0),
     }
     assert_eq!(second, 0, "partitions are created once");
+    Ok(())
+}
+
+/// A raise through `alarm_raised_effects` for `seeded`'s tag, under `key`, naming `tenant` as
+/// its tenant; returns its outcome.
+async fn raise(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    seeded: &Seeded,
+    key: &str,
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT outcome FROM alarm_raised_effects(
+             p_tenant => $1, p_key => $2, p_rule_id => 'vibration-high', p_tag_id => $3,
+             p_asset_id => $4, p_failure_mode => 'bearing-wear', p_severity => 'high',
+             p_value => 9.5, p_raised_at => now(), p_detail => '{}', p_new_alarm => $5,
+             p_new_work_order => $6, p_title => 'High vibration on P-101', p_description => '',
+             p_priority => 'high', p_work_type => 'corrective', p_repeat_since => NULL,
+             p_repeat_window_s => 0)",
+    )
+    .bind(tenant)
+    .bind(key)
+    .bind(seeded.tag)
+    .bind(seeded.asset)
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .fetch_one(conn)
+    .await
+}
+
+/// A clear through `alarm_cleared_effects`, as [`raise`]; returns its outcome and work order.
+async fn clear(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    seeded: &Seeded,
+    key: &str,
+) -> Result<(String, Option<Uuid>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT outcome, work_order FROM alarm_cleared_effects(
+             p_tenant => $1, p_key => $2, p_rule_id => 'vibration-high', p_tag_id => $3,
+             p_asset_id => $4, p_failure_mode => 'bearing-wear', p_cleared_at => now(),
+             p_detail => '{}', p_closes_by_itself => true,
+             p_auto_close_at => now() + interval '1 hour')",
+    )
+    .bind(tenant)
+    .bind(key)
+    .bind(seeded.tag)
+    .bind(seeded.asset)
+    .fetch_one(conn)
+    .await
+}
+
+/// The tenant's alarms, work orders and work-order events, whole rows.
+async fn alarm_rows(pool: &PgPool, tenant: Uuid) -> Result<JsonValue, sqlx::Error> {
+    let mut tx = begin_as(pool, Some(tenant)).await?;
+    let rows = sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+             'alarms', (SELECT jsonb_agg(a ORDER BY a.id) FROM alarms a),
+             'work_orders', (SELECT jsonb_agg(w ORDER BY w.id) FROM work_orders w),
+             'events', (SELECT jsonb_agg(e ORDER BY e.id) FROM work_order_events e))",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(rows)
+}
+
+#[tokio::test]
+async fn alarm_effects_run_as_their_caller_with_a_pinned_search_path_for_the_app_role_only()
+-> TestResult {
+    let db = TestDatabase::create().await?;
+    let owner = db.owner_pool().await;
+    let functions: Vec<(String, bool, Vec<String>, bool, bool)> = sqlx::query_as(
+        "SELECT p.proname::text, p.prosecdef, coalesce(p.proconfig, '{}'),
+                has_function_privilege($1, p.oid, 'EXECUTE'),
+                EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner)))
+                        WHERE grantee = 0 AND privilege_type = 'EXECUTE')
+         FROM pg_proc p
+         WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'alarm\\_%'
+         ORDER BY 1",
+    )
+    .bind(APP_ROLE)
+    .fetch_all(&owner)
+    .await?;
+    let names: Vec<&str> = functions.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "alarm_cleared_effects",
+            "alarm_effect_time",
+            "alarm_raised_effects"
+        ]
+    );
+    for (name, security_definer, config, app_may, public_may) in &functions {
+        assert!(!security_definer, "{name} runs as its owner");
+        assert!(
+            config.iter().any(|c| c.starts_with("search_path=")),
+            "{name}: {config:?}"
+        );
+        assert!(app_may, "{name}: the app role may not call it");
+        assert!(!public_may, "{name}: PUBLIC may call it");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn alarm_effects_read_and_write_only_the_current_tenants_rows() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let app = db.app_pool().await;
+    let a = seed_tenant(&app, "tenant-a").await?;
+    let b = seed_tenant(&app, "tenant-b").await?;
+    let key = "alarm:vibration-high:1:1000";
+
+    // Naming tenant A under tenant B's setting, or under none: refused, nothing written.
+    for setting in [Some(b.tenant), None] {
+        let mut tx = begin_as(&app, setting).await?;
+        let error = raise(&mut tx, a.tenant, &a, key)
+            .await
+            .err()
+            .ok_or("a raise for tenant A under another setting was applied")?;
+        assert_eq!(sql_state(&error).as_deref(), Some("42501"), "{error}");
+        tx.rollback().await?;
+    }
+    assert_eq!(alarm_rows(&app, a.tenant).await?["alarms"], JsonValue::Null);
+
+    // Under its own tenant: applied once; the same key again changes nothing.
+    let mut tx = begin_as(&app, Some(a.tenant)).await?;
+    assert_eq!(raise(&mut tx, a.tenant, &a, key).await?, "created");
+    tx.commit().await?;
+    let applied = alarm_rows(&app, a.tenant).await?;
+    let mut tx = begin_as(&app, Some(a.tenant)).await?;
+    assert_eq!(raise(&mut tx, a.tenant, &a, key).await?, "duplicate");
+    tx.commit().await?;
+    assert_eq!(alarm_rows(&app, a.tenant).await?, applied);
+
+    // Tenant B neither sees A's keys (the same key is new to it) nor clears A's alarm.
+    let mut tx = begin_as(&app, Some(b.tenant)).await?;
+    assert_eq!(raise(&mut tx, b.tenant, &b, key).await?, "created");
+    let cleared_key = format!("{key}:cleared");
+    assert_eq!(
+        clear(&mut tx, a.tenant, &a, &cleared_key).await?,
+        ("cleared".to_owned(), None)
+    );
+    tx.commit().await?;
+    assert_eq!(alarm_rows(&app, a.tenant).await?, applied);
+
+    // The one-statement form the service sends: the tenant set in the first argument, for
+    // that statement's transaction only.
+    let mut conn = PgConnection::connect(&db.urls.app_url).await?;
+    let (outcome, work_order): (String, Option<Uuid>) = sqlx::query_as(
+        "SELECT outcome, work_order FROM alarm_cleared_effects(
+             p_tenant => set_config('app.tenant_id', $1, true)::uuid, p_key => $2,
+             p_rule_id => 'vibration-high', p_tag_id => $3, p_asset_id => $4,
+             p_failure_mode => 'bearing-wear', p_cleared_at => now(), p_detail => '{}',
+             p_closes_by_itself => true, p_auto_close_at => now() + interval '1 hour')",
+    )
+    .bind(a.tenant.to_string())
+    .bind(&cleared_key)
+    .bind(a.tag)
+    .bind(a.asset)
+    .fetch_one(&mut conn)
+    .await?;
+    assert_eq!(outcome, "cleared");
+    let opened = applied["work_orders"][0]["id"]
+        .as_str()
+        .map(Uuid::parse_str)
+        .transpose()?;
+    assert_eq!(work_order, opened);
+    let left: Option<Uuid> = sqlx::query_scalar("SELECT app_current_tenant()")
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(left, None, "the tenant setting outlived the statement");
+    let rows = alarm_rows(&app, a.tenant).await?;
+    assert_eq!(rows["alarms"][0]["state"], "cleared");
+    let events = rows["events"].as_array().map(Vec::len);
+    assert_eq!(events, Some(2), "{rows}");
     Ok(())
 }
 

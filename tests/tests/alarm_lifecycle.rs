@@ -9,11 +9,12 @@ use api::{AlarmOutcome, WorkOrderService};
 use chrono::Utc;
 use maintainpro_tests::{Plant, publish_all};
 use migrations::testing::TestDatabase;
-use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
+use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, WorkType, decide};
 use model::wire::Batch;
 use model::{
     AssetId, GatewayId, Priority, Quality, Reading, Severity, TagName, TenantId, Timestamp,
 };
+use serde_json::json;
 use server::demo::{DEMO_GATEWAY, seed_plant};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -569,5 +570,273 @@ async fn redelivered_and_reordered_breach_readings_open_no_duplicate_work_order(
     // were appended.
     assert!(raises >= 2, "{raises} alarms");
     assert_eq!(appended, raises - 2);
+    Ok(())
+}
+
+impl Fixture {
+    fn draft(priority: Priority) -> WorkOrderDraft {
+        WorkOrderDraft {
+            title: "Bearing overheating on Press 1".into(),
+            description: String::new(),
+            work_type: WorkType::Corrective,
+            priority,
+            checklist: Vec::new(),
+            repeat_window: Duration::from_secs(30 * 86_400),
+        }
+    }
+
+    /// A raise of `rule` (of its own failure mode) at `severity`, asking for `priority`.
+    fn raised_as(
+        &self,
+        rule: &str,
+        at: Timestamp,
+        severity: Severity,
+        priority: Priority,
+    ) -> AlarmEvent {
+        AlarmEvent::Raised {
+            subject: AlarmSubject {
+                rule_id: rule.into(),
+                failure_mode: format!("{rule}-mode"),
+                severity,
+                ..self.subject.clone()
+            },
+            at,
+            value: 91.0,
+            work_order: Self::draft(priority),
+        }
+    }
+
+    /// The escalation of the alarm `rule` raised at `raised_at`, to `severity` and `priority`.
+    fn escalated_as(
+        &self,
+        rule: &str,
+        raised_at: Timestamp,
+        at: Timestamp,
+        severity: Severity,
+        priority: Priority,
+    ) -> AlarmEvent {
+        AlarmEvent::Escalated {
+            subject: AlarmSubject {
+                rule_id: rule.into(),
+                failure_mode: format!("{rule}-mode"),
+                severity,
+                ..self.subject.clone()
+            },
+            raised_at,
+            at,
+            value: 95.0,
+            work_order: Self::draft(priority),
+        }
+    }
+
+    /// Every alarm, work order and work-order event of the tenant, whole rows, as JSON.
+    async fn everything(&self) -> anyhow::Result<serde_json::Value> {
+        let rows = self
+            .query(
+                "SELECT jsonb_build_object(
+                     'alarms', (SELECT jsonb_agg(a ORDER BY a.id) FROM alarms a),
+                     'work_orders', (SELECT jsonb_agg(w ORDER BY w.id) FROM work_orders w),
+                     'events', (SELECT jsonb_agg(e ORDER BY e.id) FROM work_order_events e)) AS snapshot",
+                |r| r.get::<serde_json::Value, _>("snapshot"),
+            )
+            .await?;
+        rows.into_iter().next().context("one row")
+    }
+
+    /// Closes `work_order` as completed at `closed_at`, as a technician would.
+    async fn complete(
+        &self,
+        work_order: Uuid,
+        closed_at: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let mut tx = migrations::begin_tenant(&self.pool, self.subject.tenant.as_uuid()).await?;
+        sqlx::query(
+            "UPDATE work_orders SET status = 'completed', resolution = 'fixed', closed_at = $2 WHERE id = $1",
+        )
+        .bind(work_order)
+        .bind(closed_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_retried_raise_escalation_or_clear_changes_nothing() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let rule = "press-bearing-overheat";
+    let t0 = Timestamp::now();
+    let raise = f.raised_as(rule, t0, Severity::Medium, Priority::Medium);
+    let wo = created(f.service.on_alarm(&raise).await?)?;
+    let before = f.everything().await?;
+    assert_eq!(
+        f.service.on_alarm(&raise).await?,
+        AlarmOutcome::AlreadyApplied
+    );
+    assert_eq!(f.everything().await?, before);
+
+    let escalation = f.escalated_as(
+        rule,
+        t0,
+        t0.plus_micros(MIN),
+        Severity::High,
+        Priority::Critical,
+    );
+    assert_eq!(
+        f.service.on_alarm(&escalation).await?,
+        AlarmOutcome::Appended {
+            work_order: wo,
+            escalated: true
+        }
+    );
+    let before = f.everything().await?;
+    assert_eq!(
+        f.service.on_alarm(&escalation).await?,
+        AlarmOutcome::AlreadyApplied
+    );
+    assert_eq!(f.everything().await?, before);
+    // The escalation took over the active alarm row: one alarm, now at its severity.
+    let alarms = &before["alarms"];
+    assert_eq!(alarms.as_array().map(Vec::len), Some(1), "{alarms}");
+    assert_eq!(alarms[0]["severity"], "high");
+    assert_eq!(before["work_orders"][0]["priority"], "critical");
+
+    let clear = AlarmEvent::Cleared {
+        subject: AlarmSubject {
+            rule_id: rule.into(),
+            failure_mode: format!("{rule}-mode"),
+            ..f.subject.clone()
+        },
+        raised_at: t0,
+        at: t0.plus_micros(2 * MIN),
+        value: 70.0,
+        healthy_period: Some(Duration::from_secs(60)),
+    };
+    let AlarmOutcome::Cleared {
+        work_order: Some(noted),
+        auto_close_at: Some(_),
+    } = f.service.on_alarm(&clear).await?
+    else {
+        anyhow::bail!("the clear should schedule the close");
+    };
+    assert_eq!(noted, wo);
+    let before = f.everything().await?;
+    assert_eq!(
+        f.service.on_alarm(&clear).await?,
+        AlarmOutcome::AlreadyApplied
+    );
+    assert_eq!(f.everything().await?, before);
+    let kinds: Vec<String> = f.events(wo).await?.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        [
+            "opened_by_alarm",
+            "alarm_repeated",
+            "escalated",
+            "alarm_cleared"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_raise_escalates_the_open_work_order_exactly_when_decide_says_so() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let t0 = Timestamp::now();
+    for open in Priority::ALL {
+        for incoming in Priority::ALL {
+            // A rule and failure mode of their own per pair: each pair has its own work order.
+            let rule = format!("rule-{open}-{incoming}");
+            let wo = created(
+                f.service
+                    .on_alarm(&f.raised_as(&rule, t0, Severity::Low, open))
+                    .await?,
+            )?;
+            let escalation =
+                f.escalated_as(&rule, t0, t0.plus_micros(MIN), Severity::High, incoming);
+            let Decision::Append { escalate_to } = decide(Some(open), incoming) else {
+                anyhow::bail!("an alarm is appended to the open work order");
+            };
+            assert_eq!(
+                f.service.on_alarm(&escalation).await?,
+                AlarmOutcome::Appended {
+                    work_order: wo,
+                    escalated: escalate_to.is_some()
+                },
+                "{open} then {incoming}"
+            );
+            let priority = f
+                .query(
+                    &format!("SELECT priority FROM work_orders WHERE id = '{wo}'"),
+                    |r| r.get::<String, _>("priority"),
+                )
+                .await?;
+            assert_eq!(
+                priority,
+                [escalate_to.unwrap_or(open).as_str()],
+                "{open} then {incoming}"
+            );
+            let kinds: Vec<String> = f.events(wo).await?.into_iter().map(|(k, _)| k).collect();
+            assert_eq!(
+                kinds.iter().any(|k| k == "escalated"),
+                escalate_to.is_some(),
+                "{open} then {incoming}: {kinds:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn times_in_event_details_are_written_as_the_service_writes_them() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let second = 1_000_000;
+    // A whole second, to which each round adds a fraction of its own: none, milliseconds,
+    // microseconds.
+    let base = Timestamp::now().as_micros() / second * second;
+    let fractions = [0, 123_000, 654_321];
+    let mut previous: Option<(Uuid, chrono::DateTime<Utc>)> = None;
+    for round in 0..=fractions.len() {
+        let start = base + i64::try_from(round)? * 10 * MIN;
+        let raised_at = Timestamp::from_micros(start);
+        let wo = created(f.service.on_alarm(&f.raised(raised_at)).await?)?;
+        let events = f.events(wo).await?;
+        match previous {
+            Some((previous_wo, closed_at)) => {
+                let (kind, detail) = events.last().context("events")?;
+                assert_eq!(kind, "repeat_failure");
+                assert_eq!(detail["previous_work_order"], json!(previous_wo));
+                assert_eq!(detail["previous_closed_at"], json!(closed_at), "{detail}");
+                assert_eq!(detail["repeat_window_s"], 30 * 86_400);
+            }
+            None => assert_eq!(events.len(), 1),
+        }
+        let Some(&fraction) = fractions.get(round) else {
+            break;
+        };
+        let cleared_at = Timestamp::from_micros(start + MIN + fraction);
+        let AlarmOutcome::Cleared {
+            auto_close_at: Some(due),
+            ..
+        } = f
+            .service
+            .on_alarm(&f.cleared(raised_at, cleared_at, Some(60)))
+            .await?
+        else {
+            anyhow::bail!("the clear should schedule the close");
+        };
+        assert_eq!(Some(due), cleared_at.plus_micros(MIN).to_datetime());
+        let events = f.events(wo).await?;
+        let (kind, detail) = events.last().context("events")?;
+        assert_eq!(kind, "alarm_cleared");
+        assert_eq!(detail["auto_close_at"], json!(due), "{detail}");
+        assert!(detail["stays_open"].is_null(), "{detail}");
+        let closed_at = Timestamp::from_micros(start + 3 * MIN + fraction)
+            .to_datetime()
+            .context("in range")?;
+        f.complete(wo, closed_at).await?;
+        previous = Some((wo, closed_at));
+    }
     Ok(())
 }
