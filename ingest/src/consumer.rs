@@ -1,30 +1,77 @@
-//! The MQTT consumer and the per-message flow.
+//! The MQTT consumer and the pipeline every message goes through.
 //!
-//! A driver task owns rumqttc's event loop: it (re)subscribes after every connect and passes
-//! each PUBLISH into a bounded queue; when the queue is full it stops polling, so the broker
-//! holds further messages. The processing loop takes one message at a time: decode, resolve,
-//! store (retrying transient database errors until they pass), then ack, then hand the
-//! readings to the rules. Nothing is acked before it is committed; a message in the queue at
-//! shutdown is simply not acked, and the broker delivers it again to the next session.
+//! Three tasks joined by bounded queues, so that the rules never wait for the database:
+//!
+//! ```text
+//! broker -> driver -[ingest.queue]-> decode -+-[STORE_QUEUE]-> store: COMMIT, then PUBACK
+//!                                            +-> rules: the message's readings, at once
+//! ```
+//!
+//! - The driver owns rumqttc's event loop: it (re)subscribes after every connect and passes each
+//!   PUBLISH, with the instant it arrived, into the decode queue. When that queue is full it
+//!   stops polling, so the broker holds further messages.
+//! - The decode stage takes messages in arrival order: parses the topic, decodes the batch and
+//!   resolves its gateway and tags (cached; a name not seen before is looked up, retrying
+//!   transient database errors). It hands the message's readings, sorted by event time, to the
+//!   rules, then passes the message on to the store queue.
+//! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings or
+//!   [`GROUP_MESSAGES`] messages, and writes it in one transaction ([`crate::store`]),
+//!   retrying transient errors and splitting a group the database refuses until the poison
+//!   message is alone and becomes a dead letter. Then it acknowledges the group's messages.
+//!
+//! Nothing is acknowledged before its commit. A full queue stops the stage before it: while
+//! the database is down the store stage holds its group, the queues fill, and the driver stops
+//! taking messages from the broker.
+//!
+//! # Readings reach the rules before they are stored
+//!
+//! The rules get a message's readings once per delivery of the message, before its commit, so
+//! they may get the same readings more than once: after a crash, or a stop with the database
+//! down, before the commit (the broker delivers the message again), and when a message already
+//! stored is delivered again (the ledger skips it as a duplicate, but it was decoded and handed
+//! on). A write that is retried hands nothing on again. That is safe: the engine skips a
+//! reading whose event time is not after its tag's last one, a restarted engine restores the
+//! alarms on record as active so that a condition still present is not raised again, and the
+//! work-order service applies an alarm event once per idempotency key.
+//!
+//! What becomes a dead letter in the decode stage never reaches the rules: a message that does
+//! not decode, names an unknown gateway, or carries a time PostgreSQL cannot store, and the
+//! readings of tags not registered. A message that passed all that and is still refused by
+//! the database in the store stage (`store_rejected`) has been evaluated. That is accepted:
+//! the data the database would refuse for what it is, a time outside `timestamptz`, is caught
+//! in the decode stage, so what is left is the configuration changing under a message (its
+//! gateway deleted after it was resolved) or a fault of the schema. The readings are genuine
+//! measurements of registered tags, and the dead letter keeps their bytes.
+//!
+//! # Shutdown
+//!
+//! The decode stage stops taking messages and finishes the one in hand; the store stage
+//! stores and acknowledges everything decoded (it stops retrying if the database is down,
+//! without acknowledging); then ingest disconnects once the acknowledgements are out. Messages
+//! not taken stay with the broker, which delivers them again to the next session.
 
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use model::wire::Batch;
 use model::{Quality, TenantId, Timestamp};
 use rules::TagContext;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::IngestConfig;
-use crate::copy::Row;
+use crate::copy::{self, Row};
 use crate::directory::{Directory, Resolved};
 use crate::store::{DeadLetter, Item, PgStore, StoreError, Written};
 
-/// A stored reading on its way to the rules engine.
+/// A reading on its way to the rules engine, handed over before it is stored.
 #[derive(Debug, Clone)]
 pub struct RuleInput {
     pub ctx: Arc<TagContext>,
@@ -66,15 +113,58 @@ pub struct Consumer {
     store: PgStore,
     rules: Option<mpsc::Sender<Vec<RuleInput>>>,
     stats: Arc<IngestStats>,
-    directory: Directory,
 }
 
-/// Most messages stored in one transaction. A busy queue fills groups up to this; a quiet one
-/// commits each message at once, so grouping adds no latency.
-const MAX_GROUP_MESSAGES: usize = 64;
+/// Most readings the store stage puts in one transaction; a group stops growing once it holds
+/// this many. Measured with `ingest-bench` and `breach-bench` (BENCHMARKS.md): throughput is
+/// the same as with groups of 64 messages of 1,000 readings, while a COPY and commit of at most
+/// about 8,000 rows stays in the tens of milliseconds, so a backlog drains in short steps.
+pub const GROUP_READINGS: usize = 8_000;
+/// Most messages in one transaction, for groups of small batches. A quiet queue commits each
+/// message at once, so grouping adds no latency.
+pub const GROUP_MESSAGES: usize = 64;
+/// Decoded messages waiting for the store stage: one full group can wait while the one before
+/// is written.
+const STORE_QUEUE: usize = GROUP_MESSAGES;
+/// How long a stopping consumer waits for its acknowledgements and DISCONNECT to go out.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// How often upcoming readings partitions are created.
+const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
+
+/// A message as the driver received it.
+type Received = (Instant, Publish);
+
+/// A decoded and resolved message on its way to the store stage.
+#[derive(Debug)]
+struct Decoded {
+    received: Instant,
+    publish: Publish,
+    item: Item,
+}
+
+/// Messages the store stage writes in one transaction.
+#[derive(Debug, Default)]
+struct Group {
+    received: Vec<Instant>,
+    publishes: Vec<Publish>,
+    items: Vec<Item>,
+    readings: usize,
+}
+
+impl Group {
+    fn push(&mut self, message: Decoded) {
+        if let Item::Batch { rows, .. } = &message.item {
+            self.readings += rows.len();
+        }
+        self.received.push(message.received);
+        self.publishes.push(message.publish);
+        self.items.push(message.item);
+    }
+}
 
 impl Consumer {
-    /// `rules` receives every stored batch's readings, sorted by event time.
+    /// `rules` receives each decoded message's readings, sorted by event time, before they
+    /// are stored (see the module's documentation).
     pub fn new(
         config: IngestConfig,
         store: PgStore,
@@ -85,7 +175,6 @@ impl Consumer {
             store,
             rules,
             stats: Arc::new(IngestStats::default()),
-            directory: Directory::default(),
         }
     }
 
@@ -93,12 +182,11 @@ impl Consumer {
         Arc::clone(&self.stats)
     }
 
-    /// Consumes until `shutdown` completes; then finishes the group in hand and disconnects.
+    /// Consumes until `shutdown` completes; then stores and acknowledges what was decoded and
+    /// disconnects. Dropping the returned future stops every task at once, acknowledging
+    /// nothing more.
     #[tracing::instrument(skip_all, fields(client_id = %self.config.client_id))]
-    pub async fn run_until(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), IngestError> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
         let (host, port) = model::topic::broker_address(&self.config.broker)
             .map_err(|_| IngestError::BadBroker(self.config.broker.clone()))?;
         let mut options = MqttOptions::new(self.config.client_id.clone(), host, port);
@@ -119,225 +207,172 @@ impl Consumer {
         // Packet ids are 16 bits: no more than 65,535 deliveries can await an ack, so a
         // channel of that size never makes an ack wait.
         let (client, eventloop) = AsyncClient::new(options, usize::from(u16::MAX) + 1);
-        let (tx, mut rx) = mpsc::channel(self.config.queue);
-        let stats = Arc::clone(&self.stats);
-        let stop_driver = CancellationToken::new();
-        let driver = tokio::spawn(drive(
+        let (received_tx, received_rx) = mpsc::channel(self.config.queue);
+        let (decoded_tx, decoded_rx) = mpsc::channel(STORE_QUEUE);
+        let stop_intake = CancellationToken::new();
+        let mut driver = AbortOnDropHandle::new(tokio::spawn(drive(
             eventloop,
             client.clone(),
             self.config.subscribe.clone(),
-            stats,
-            tx,
-            stop_driver.clone(),
-        ));
-        let cancel = CancellationToken::new();
-        tokio::pin!(shutdown);
+            Arc::clone(&self.stats),
+            received_tx,
+        )));
         if let Err(e) = self.store.ensure_partitions().await {
             tracing::warn!(error = %e, "could not create upcoming readings partitions; will retry");
         }
-        let mut upkeep = tokio::time::interval(Duration::from_secs(3600));
+        let decode = AbortOnDropHandle::new(tokio::spawn(
+            DecodeStage {
+                store: self.store.clone(),
+                directory: Directory::default(),
+                stats: Arc::clone(&self.stats),
+                rules: self.rules,
+            }
+            .run(received_rx, decoded_tx, stop_intake.clone()),
+        ));
+        let storage = AbortOnDropHandle::new(tokio::spawn(
+            StoreStage {
+                store: self.store.clone(),
+                stats: Arc::clone(&self.stats),
+                client: client.clone(),
+            }
+            .run(decoded_rx, stop_intake.clone()),
+        ));
+        // Both stages end once intake stops: the decode stage at once, the store stage when
+        // it has written what the decode stage passed on.
+        let pipeline = async move {
+            let (decode, storage) = tokio::join!(decode, storage);
+            for stage in [decode, storage] {
+                if let Err(e) = stage {
+                    tracing::error!(error = %e, "an ingest stage failed");
+                }
+            }
+        };
+        tokio::pin!(shutdown, pipeline);
+        let mut upkeep = tokio::time::interval_at(
+            tokio::time::Instant::now() + PARTITION_UPKEEP,
+            PARTITION_UPKEEP,
+        );
         loop {
-            let first = tokio::select! {
-                _ = &mut shutdown => break,
-                _ = upkeep.tick() => {
+            tokio::select! {
+                _ = &mut shutdown, if !stop_intake.is_cancelled() => stop_intake.cancel(),
+                _ = upkeep.tick(), if !stop_intake.is_cancelled() => {
                     match self.store.ensure_partitions().await {
                         Ok(n) if n > 0 => tracing::info!(created = n, "readings partitions created"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "readings partition upkeep failed"),
                     }
-                    continue;
                 }
-                p = rx.recv() => match p {
-                    Some(p) => p,
-                    None => break,
-                },
-            };
-            let mut received = vec![first.0];
-            let mut group = vec![first.1];
-            while group.len() < MAX_GROUP_MESSAGES {
-                match rx.try_recv() {
-                    Ok((at, p)) => {
-                        received.push(at);
-                        group.push(p);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let stored = tokio::select! {
-                o = self.store_with_retry(&group, &cancel) => o,
-                _ = &mut shutdown => {
-                    // Finish what is in hand: the retry loop stops waiting once cancelled.
-                    cancel.cancel();
-                    self.store_with_retry(&group, &cancel).await
-                }
-            };
-            let Some(inputs) = stored else {
-                break; // cancelled while the database was down: not stored, so not acked
-            };
-            for at in &received {
-                let latency = at.elapsed();
-                self.stats.receipt_to_commit.record(latency);
-                metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
-                    .record(latency.as_secs_f64());
-            }
-            let mut acked = true;
-            for publish in &group {
-                if let Err(e) = client.ack(publish).await {
-                    tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
-                    acked = false;
-                    break;
-                }
-            }
-            if let Some(rules) = &self.rules
-                && !inputs.is_empty()
-                && rules.send(inputs).await.is_err()
-            {
-                tracing::warn!("rules engine stopped; readings are still stored");
-            }
-            if !acked || cancel.is_cancelled() {
-                break;
+                _ = &mut pipeline => break,
             }
         }
         tracing::info!("ingest stopping");
-        // Ignored: the connection may be gone already; unacked messages stay with the broker.
+        // The acknowledgements are ahead of the DISCONNECT in the client's request channel:
+        // the driver writes them out, then the DISCONNECT, and returns. Ignored: the
+        // connection may be gone already; unacked messages stay with the broker.
         let _ = client.disconnect().await;
-        stop_driver.cancel();
-        let _ = driver.await;
+        if tokio::time::timeout(DISCONNECT_GRACE, &mut driver)
+            .await
+            .is_err()
+        {
+            tracing::warn!("broker connection did not close in time; dropping it");
+        }
         Ok(())
     }
+}
 
-    /// Stores a group, retrying transient database errors with backoff. A group the database
-    /// refuses for good is split, so that one poison message becomes a dead letter without
-    /// holding back the others. Returns the stored readings for the rules, or `None` when
-    /// cancelled before the group could be stored.
-    async fn store_with_retry(
-        &mut self,
-        group: &[Publish],
-        cancel: &CancellationToken,
-    ) -> Option<Vec<RuleInput>> {
-        let mut backoff = Duration::from_millis(100);
-        let mut parts: Vec<&[Publish]> = vec![group];
-        let mut inputs = Vec::new();
-        while let Some(part) = parts.pop() {
-            loop {
-                let attempt = async {
-                    let prepared = self.prepare_all(part).await?;
-                    let written = self.store.write_group(&prepared.items).await?;
-                    Ok::<_, StoreError>((prepared, written))
-                };
-                match attempt.await {
-                    Ok((prepared, written)) => {
-                        inputs.extend(self.account(prepared, &written));
-                        break;
-                    }
-                    Err(e) if e.is_transient() => {
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("maintainpro_ingest_retries_total").increment(1);
-                        tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return None,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) if part.len() > 1 => {
-                        tracing::warn!(error = %e, messages = part.len(), "group refused; storing its messages one by one");
-                        let (a, b) = part.split_at(part.len() / 2);
-                        parts.push(b);
-                        parts.push(a);
-                        break;
-                    }
-                    Err(e) => {
-                        // The database refuses this message for good: keep it as a dead letter
-                        // so nothing is lost, and move on.
-                        tracing::error!(error = %e, topic = %part[0].topic, "message rejected by the database");
-                        let letter = Item::Dead(DeadLetter {
-                            tenant: None,
-                            topic: part[0].topic.clone(),
-                            reason: "store_rejected",
-                            detail: e.to_string(),
-                            payload: part[0].payload.clone(),
-                        });
-                        match self.store.write_group(&[letter]).await {
-                            Ok(_) => {
-                                self.count_dead_letter("store_rejected");
-                                break;
-                            }
-                            Err(e2) if e2.is_transient() => {
-                                tokio::select! {
-                                    _ = cancel.cancelled() => return None,
-                                    _ = tokio::time::sleep(backoff) => {}
-                                }
-                            }
-                            Err(e2) => {
-                                tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
-                                metrics::counter!("maintainpro_ingest_messages_lost_total")
-                                    .increment(1);
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        inputs.sort_by_key(|i| i.ts);
-        Some(inputs)
-    }
+/// Decodes and resolves messages, hands their readings to the rules, passes them on to be
+/// stored.
+struct DecodeStage {
+    store: PgStore,
+    directory: Directory,
+    stats: Arc<IngestStats>,
+    rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+}
 
-    fn count_dead_letter(&self, reason: &'static str) {
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("maintainpro_ingest_dead_letters_total", "reason" => reason).increment(1);
-    }
-
-    /// Counts what a stored group did; returns the readings of its new batches.
-    fn account(&self, prepared: Prepared, written: &[Written]) -> Vec<RuleInput> {
-        let mut inputs = Vec::new();
-        for ((item, rule_inputs), w) in prepared.items.iter().zip(prepared.inputs).zip(written) {
-            match (w, item) {
-                (Written::Stored { rows }, Item::Batch { rejected, .. }) => {
-                    self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .readings_stored
-                        .fetch_add(*rows as u64, Ordering::Relaxed);
-                    metrics::counter!("maintainpro_ingest_readings_stored_total")
-                        .increment(*rows as u64);
-                    if let Some(letter) = rejected {
-                        self.count_dead_letter(letter.reason);
-                    }
-                    inputs.extend(rule_inputs);
-                }
-                (Written::Duplicate, _) => {
-                    self.stats.batches_duplicate.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("maintainpro_ingest_duplicate_batches_total").increment(1);
-                }
-                (Written::DeadLettered, Item::Dead(letter)) => {
-                    tracing::warn!(topic = %letter.topic, reason = letter.reason, detail = %letter.detail, "dead letter");
-                    self.count_dead_letter(letter.reason);
-                }
-                _ => {}
-            }
-        }
-        metrics::histogram!("maintainpro_ingest_group_messages").record(written.len() as f64);
-        inputs
-    }
-
-    async fn prepare_all(&mut self, group: &[Publish]) -> Result<Prepared, StoreError> {
-        let mut prepared = Prepared {
-            items: Vec::with_capacity(group.len()),
-            inputs: Vec::with_capacity(group.len()),
-        };
-        for publish in group {
+impl DecodeStage {
+    async fn run(
+        mut self,
+        mut received: mpsc::Receiver<Received>,
+        decoded: mpsc::Sender<Decoded>,
+        stop_intake: CancellationToken,
+    ) {
+        loop {
+            let (at, publish) = tokio::select! {
+                biased;
+                _ = stop_intake.cancelled() => break,
+                next = received.recv() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
+            queue_depth("decode", received.len());
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_ingest_messages_total").increment(1);
-            let (item, inputs) = self.prepare(publish).await?;
-            prepared.items.push(item);
-            prepared.inputs.push(inputs);
+            let Some((item, mut inputs)) = self.prepare_with_retry(&publish, &stop_intake).await
+            else {
+                break; // stopped while the database was down: not stored, so not acked
+            };
+            if !inputs.is_empty()
+                && let Some(rules) = &self.rules
+            {
+                inputs.sort_by_key(|i| i.ts);
+                // A rules task stuck on the database must not keep ingest from stopping; the
+                // message is then neither stored nor acknowledged.
+                let sent = tokio::select! {
+                    biased;
+                    sent = rules.send(inputs) => sent,
+                    _ = stop_intake.cancelled() => break,
+                };
+                if sent.is_ok() {
+                    queue_depth("rules", rules.max_capacity() - rules.capacity());
+                } else {
+                    tracing::warn!("rules engine stopped; readings are stored without evaluation");
+                    self.rules = None;
+                }
+            }
+            let message = Decoded {
+                received: at,
+                publish,
+                item,
+            };
+            if decoded.send(message).await.is_err() {
+                break; // the store stage has stopped
+            }
+            queue_depth("store", decoded.max_capacity() - decoded.capacity());
         }
-        Ok(prepared)
     }
 
-    /// Decodes and resolves one message into what to store, and the readings for the rules
-    /// should it be stored.
+    /// Prepares a message, retrying transient database errors with backoff. A lookup the
+    /// database refuses for good makes the message a dead letter. `None` when intake stops
+    /// while the database is down.
+    async fn prepare_with_retry(
+        &mut self,
+        publish: &Publish,
+        stop_intake: &CancellationToken,
+    ) -> Option<(Item, Vec<RuleInput>)> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.prepare(publish).await {
+                Ok(prepared) => return Some(prepared),
+                Err(e) if e.is_transient() => {
+                    count_retry();
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the message");
+                    tokio::select! {
+                        _ = stop_intake.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
+                    return Some((store_rejected(publish, &e), Vec::new()));
+                }
+            }
+        }
+    }
+
+    /// Decodes and resolves one message into what to store, and the readings for the rules.
     async fn prepare(&mut self, publish: &Publish) -> Result<(Item, Vec<RuleInput>), StoreError> {
         let dead = |tenant: Option<TenantId>, reason: &'static str, detail: String| {
             (
@@ -379,6 +414,21 @@ impl Consumer {
             );
             return Ok(dead(known, "bad_sequence", detail));
         };
+        // Caught here rather than by the COPY, so that the rules never see a reading the
+        // database refuses.
+        if let Some((index, p)) = batch
+            .points
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !copy::storable(p.ts))
+        {
+            let known = self.tenant_if_known(tenant, &gateway).await?;
+            let detail = format!(
+                "point {index} is stamped {}, outside the times PostgreSQL stores",
+                p.ts
+            );
+            return Ok(dead(known, "bad_timestamp", detail));
+        }
         let entry = match self
             .directory
             .resolve(self.store.pool(), tenant, &gateway, &batch.tags)
@@ -475,27 +525,198 @@ impl Consumer {
     }
 }
 
-/// A group of messages decoded and resolved, with each one's readings for the rules.
-struct Prepared {
-    items: Vec<Item>,
-    inputs: Vec<Vec<RuleInput>>,
+/// Groups decoded messages, stores each group in one transaction, then acknowledges it.
+struct StoreStage {
+    store: PgStore,
+    stats: Arc<IngestStats>,
+    client: AsyncClient,
 }
 
+impl StoreStage {
+    async fn run(self, mut decoded: mpsc::Receiver<Decoded>, stop_intake: CancellationToken) {
+        while let Some(first) = decoded.recv().await {
+            let mut group = Group::default();
+            group.push(first);
+            while group.items.len() < GROUP_MESSAGES && group.readings < GROUP_READINGS {
+                match decoded.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            queue_depth("store", decoded.len());
+            metrics::histogram!("maintainpro_ingest_group_messages")
+                .record(group.items.len() as f64);
+            metrics::histogram!("maintainpro_ingest_group_readings").record(group.readings as f64);
+            let Group {
+                received,
+                publishes,
+                items,
+                ..
+            } = group;
+            if !self
+                .store_with_retry(&publishes, &items, &stop_intake)
+                .await
+            {
+                break; // stopped while the database was down: not stored, so not acked
+            }
+            for at in &received {
+                let latency = at.elapsed();
+                self.stats.receipt_to_commit.record(latency);
+                metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
+                    .record(latency.as_secs_f64());
+            }
+            let mut acked = true;
+            for publish in &publishes {
+                if let Err(e) = self.client.ack(publish).await {
+                    tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
+                    acked = false;
+                    break;
+                }
+            }
+            if !acked {
+                break;
+            }
+        }
+        // Whatever ended this stage ends intake too.
+        stop_intake.cancel();
+    }
+
+    /// Stores a group, retrying transient database errors with backoff. A group the database
+    /// refuses for good is split, so that one poison message becomes a dead letter without
+    /// holding back the others. `false` when intake stopped before the group could be stored.
+    async fn store_with_retry(
+        &self,
+        publishes: &[Publish],
+        items: &[Item],
+        stop_intake: &CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let mut parts = vec![Range {
+            start: 0,
+            end: items.len(),
+        }];
+        while let Some(part) = parts.pop() {
+            loop {
+                match self.store.write_group(&items[part.clone()]).await {
+                    Ok(written) => {
+                        self.account(&items[part], &written);
+                        break;
+                    }
+                    Err(e) if e.is_transient() => {
+                        count_retry();
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
+                        tokio::select! {
+                            _ = stop_intake.cancelled() => return false,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) if part.len() > 1 => {
+                        tracing::warn!(error = %e, messages = part.len(), "group refused; storing its messages one by one");
+                        let middle = part.start + part.len() / 2;
+                        parts.push(middle..part.end);
+                        parts.push(part.start..middle);
+                        break;
+                    }
+                    Err(e) => {
+                        // The database refuses this message for good: keep it as a dead letter
+                        // so nothing is lost, and move on.
+                        let publish = &publishes[part.start];
+                        tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
+                        match self.store.write_group(&[store_rejected(publish, &e)]).await {
+                            Ok(_) => {
+                                count_dead_letter(&self.stats, "store_rejected");
+                                break;
+                            }
+                            Err(e2) if e2.is_transient() => {
+                                tokio::select! {
+                                    _ = stop_intake.cancelled() => return false,
+                                    _ = tokio::time::sleep(backoff) => {}
+                                }
+                            }
+                            Err(e2) => {
+                                tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
+                                metrics::counter!("maintainpro_ingest_messages_lost_total")
+                                    .increment(1);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Counts what a stored group did.
+    fn account(&self, items: &[Item], written: &[Written]) {
+        for (item, w) in items.iter().zip(written) {
+            match (w, item) {
+                (Written::Stored { rows }, Item::Batch { rejected, .. }) => {
+                    self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .readings_stored
+                        .fetch_add(*rows as u64, Ordering::Relaxed);
+                    metrics::counter!("maintainpro_ingest_readings_stored_total")
+                        .increment(*rows as u64);
+                    if let Some(letter) = rejected {
+                        count_dead_letter(&self.stats, letter.reason);
+                    }
+                }
+                (Written::Duplicate, _) => {
+                    self.stats.batches_duplicate.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("maintainpro_ingest_duplicate_batches_total").increment(1);
+                }
+                (Written::DeadLettered, Item::Dead(letter)) => {
+                    tracing::warn!(topic = %letter.topic, reason = letter.reason, detail = %letter.detail, "dead letter");
+                    count_dead_letter(&self.stats, letter.reason);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The dead letter of a message the database refuses for good.
+fn store_rejected(publish: &Publish, error: &StoreError) -> Item {
+    Item::Dead(DeadLetter {
+        tenant: None,
+        topic: publish.topic.clone(),
+        reason: "store_rejected",
+        detail: error.to_string(),
+        payload: publish.payload.clone(),
+    })
+}
+
+fn count_dead_letter(stats: &IngestStats, reason: &'static str) {
+    stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("maintainpro_ingest_dead_letters_total", "reason" => reason).increment(1);
+}
+
+fn count_retry() {
+    metrics::counter!("maintainpro_ingest_retries_total").increment(1);
+}
+
+/// Messages waiting in front of `stage`: `decode`, `store`, or `rules` (the rules task's
+/// channel, in messages' worth of readings).
+fn queue_depth(stage: &'static str, depth: usize) {
+    metrics::gauge!("maintainpro_ingest_queue_depth", "stage" => stage).set(depth as f64);
+}
+
+/// Owns the event loop: subscribes after every connect, passes each PUBLISH into `queue`, and
+/// sends what the client asks for (acknowledgements, the DISCONNECT). Returns once the
+/// DISCONNECT is out, or when the connection fails after intake stopped.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
     stats: Arc<IngestStats>,
-    tx: mpsc::Sender<(std::time::Instant, Publish)>,
-    cancel: CancellationToken,
+    queue: mpsc::Sender<Received>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let polled = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = eventloop.poll() => p,
-        };
-        match polled {
+        match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(200);
                 tracing::info!(session_present = ack.session_present, "connected to broker");
@@ -510,18 +731,23 @@ async fn drive(
                 stats.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                metrics::gauge!("maintainpro_ingest_queue_depth")
-                    .set((tx.max_capacity() - tx.capacity()) as f64);
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    sent = tx.send((std::time::Instant::now(), p)) => if sent.is_err() { break },
+                // Once intake has stopped the message is left unacknowledged: the broker
+                // delivers it again to the next session.
+                if queue.send((Instant::now(), p)).await.is_ok() {
+                    queue_depth("decode", queue.max_capacity() - queue.capacity());
                 }
             }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => break,
+            Err(e) if queue.is_closed() => {
+                tracing::warn!(error = %e, "broker connection lost while stopping");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = queue.closed() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));

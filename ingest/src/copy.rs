@@ -9,6 +9,11 @@ use model::{Quality, Timestamp};
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+/// The range of `timestamptz`, in microseconds since PostgreSQL's epoch: from 4714-11-24 BC
+/// (Julian day 0) up to, not including, 294277-01-01 (`MIN_TIMESTAMP` and `END_TIMESTAMP` in
+/// PostgreSQL's `datatype/timestamp.h`). COPY refuses a value outside it.
+const PG_MIN_MICROS: i64 = -211_813_488_000_000_000;
+const PG_END_MICROS: i64 = 9_223_371_331_200_000_000;
 
 /// One row of `readings`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +30,14 @@ pub const COPY_READINGS: &str =
 
 /// Bytes per row: field count (2) + 4 fields with length prefixes (4 each) + 8 + 8 + 8 + 2.
 const ROW_BYTES: usize = 2 + 4 * 4 + 8 + 8 + 8 + 2;
+
+/// Whether `readings.ts` can hold `ts`. Microseconds in an `i64` reach much further back than
+/// PostgreSQL's range (to about 290,000 BC), not further forward.
+pub fn storable(ts: Timestamp) -> bool {
+    ts.as_micros()
+        .checked_sub(PG_EPOCH_OFFSET_MICROS)
+        .is_some_and(|t| (PG_MIN_MICROS..PG_END_MICROS).contains(&t))
+}
 
 pub fn encode<'a>(rows: impl ExactSizeIterator<Item = &'a Row>) -> Vec<u8> {
     let mut out = Vec::with_capacity(19 + rows.len() * ROW_BYTES + 2);
@@ -71,5 +84,15 @@ mod tests {
         assert_eq!(&row[30..38], &1.0f64.to_be_bytes());
         assert_eq!(&row[42..44], &2i16.to_be_bytes());
         assert_eq!(&bytes[bytes.len() - 2..], &[0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn storable_times_are_postgresql_s_range() {
+        let at = |pg: i64| Timestamp::from_micros(pg + PG_EPOCH_OFFSET_MICROS);
+        assert!(storable(Timestamp::from_micros(0)));
+        assert!(storable(at(PG_MIN_MICROS)));
+        assert!(!storable(at(PG_MIN_MICROS - 1)));
+        assert!(storable(Timestamp::from_micros(i64::MAX)));
+        assert!(!storable(Timestamp::from_micros(i64::MIN)));
     }
 }

@@ -2,17 +2,20 @@
 //!
 //! # Layout
 //! - [`config`]: broker, client id and subscription settings.
-//! - [`copy`]: the binary COPY encoding of reading rows (pure).
+//! - [`copy`]: the binary COPY encoding of reading rows and the times it can hold (pure).
 //! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
 //! - [`latency`]: the receipt-to-commit latency histogram.
-//! - [`store`]: the PostgreSQL side: one transaction per batch with the batch ledger, dead
-//!   letters, partition upkeep.
+//! - [`store`]: the PostgreSQL side: one transaction per group of messages with the batch
+//!   ledger, dead letters, partition upkeep.
 //! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
-//!   per-message flow: decode, resolve, store, ack, feed rules.
+//!   pipeline of three tasks joined by bounded queues: the driver (the broker connection), the
+//!   decode stage (decode, resolve, hand the readings to the rules at once) and the store stage
+//!   (group, write, then ack).
 //!
 //! Ingest acknowledges an MQTT message only after what it carried is committed: stored readings
 //! or a dead letter. It never writes a batch twice: (gateway, seq) is recorded in the same
-//! transaction as the rows.
+//! transaction as the rows. The rules get a message's readings before that commit, so a
+//! message delivered again hands them on again (the engine skips readings it has seen).
 
 pub mod config;
 pub mod consumer;

@@ -14,11 +14,14 @@
 //! `work_orders` that notifies a channel, and a dedicated connection listening on it stamps
 //! each notification on arrival. A second trigger, on the probes' ledger rows in
 //! `ingest_batches`, shows when ingest committed the probe; both triggers send their
-//! transaction's start time, which splits the latency into four legs (see [`Legs`]).
+//! transaction's start time. Ingest hands readings to the rules before it stores them, so the
+//! latency splits into two legs (to the start of the work-order transaction, and that
+//! transaction), and the probe's own storage is reported beside them (see [`Legs`]).
 //!
 //! Reported per phase besides the latencies and their legs: what the ingest transaction that
 //! stored each probe carried (from the ledger), and a single-row commit's latency measured
-//! just before the probes (the floor under each of the two commits on the way). For the
+//! just before the probes (the floor under the work-order commit, and under the probe's own).
+//! For the
 //! loaded phase: the background readings stored per second, the CPU each part used, and the
 //! checkpoints and autovacuum runs on the readings tables during the measurement.
 //!
@@ -326,19 +329,20 @@ async fn send_probes(
     Ok(sent)
 }
 
-/// The four legs of one probe's way, from the wall clock and the transactions' start times.
+/// One probe's way, from the wall clock and the transactions' start times, in microseconds.
+/// `to_work_order` and `work_order` add up to the latency; the probe's storage runs beside
+/// them.
 #[derive(Debug, Clone, Copy)]
 struct Legs {
-    /// Publish to the start of the ingest transaction that stored it: broker, ingest's queue,
-    /// waiting for the transaction before to commit.
-    to_ingest: i64,
-    /// That transaction, through its commit (with the rest of its group).
-    ingest: i64,
-    /// Ingest commit to the start of the work-order transaction: ack, the rules channel, the
-    /// engine, the pager, and waiting for a pool connection.
+    /// Publish to the start of the work-order transaction: broker, ingest's decode queue and
+    /// stage, the rules channel, the engine, the pager, and waiting for a pool connection.
     to_work_order: i64,
     /// The work-order service's transaction, through its commit.
     work_order: i64,
+    /// Publish to the commit of the ingest transaction that stored the probe.
+    to_ingest_commit: i64,
+    /// That transaction, through its commit (with the rest of its group).
+    ingest: i64,
 }
 
 /// One measured probe.
@@ -349,16 +353,17 @@ struct Sample {
     legs: Legs,
 }
 
-/// Waits until every probe's work order was heard, then pairs them up.
+/// Waits until every probe's work order and ledger row were heard (a work order may commit
+/// before its probe is stored), then pairs them up.
 async fn collect(heard: &Shared, sent: &[Sent], limit: Duration) -> anyhow::Result<Vec<Sample>> {
     let deadline = Instant::now() + limit;
     loop {
         {
             let heard = lock(heard);
-            if sent
-                .iter()
-                .all(|s| heard.work_orders.contains_key(&s.probe.asset))
-            {
+            if sent.iter().all(|s| {
+                heard.work_orders.contains_key(&s.probe.asset)
+                    && heard.batches.contains_key(&s.probe.seq)
+            }) {
                 return sent
                     .iter()
                     .map(|s| {
@@ -370,10 +375,10 @@ async fn collect(heard: &Shared, sent: &[Sent], limit: Duration) -> anyhow::Resu
                             seq: s.probe.seq,
                             latency: wo.arrived.duration_since(s.at),
                             legs: Legs {
-                                to_ingest: batch.transaction_began - s.at_wall,
-                                ingest: batch.arrived_wall - batch.transaction_began,
-                                to_work_order: wo.transaction_began - batch.arrived_wall,
+                                to_work_order: wo.transaction_began - s.at_wall,
                                 work_order: wo.arrived_wall - wo.transaction_began,
+                                to_ingest_commit: batch.arrived_wall - s.at_wall,
+                                ingest: batch.arrived_wall - batch.transaction_began,
                             },
                         })
                     })
@@ -454,11 +459,17 @@ fn summarise(
         "max_ms": ms(quantile(&latencies, 1.0)),
         "min_ms": ms(quantile(&latencies, 0.0)),
         "legs_ms": {
-            "publish_to_ingest_transaction": legs(|l| l.to_ingest),
-            "ingest_transaction": legs(|l| l.ingest),
-            "ingest_commit_to_work_order_transaction": legs(|l| l.to_work_order),
+            "publish_to_work_order_transaction": legs(|l| l.to_work_order),
             "work_order_transaction": legs(|l| l.work_order),
         },
+        "probe_storage_ms": {
+            "publish_to_ingest_commit": legs(|l| l.to_ingest_commit),
+            "ingest_transaction": legs(|l| l.ingest),
+        },
+        "work_order_committed_before_probe_stored": samples
+            .iter()
+            .filter(|s| s.legs.to_work_order + s.legs.work_order < s.legs.to_ingest_commit)
+            .count(),
         "probe_ingest_transaction_batches": {
             "p50": quantile(&group_batches, 0.5),
             "p99": quantile(&group_batches, 0.99),

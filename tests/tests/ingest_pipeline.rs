@@ -1,0 +1,298 @@
+//! Ingest's pipeline against a real database and broker: the rules receive a message's readings
+//! while its storage transaction still waits, the message is acknowledged only after its
+//! commit, and what the database could not store never reaches the rules. The storage
+//! transaction is held up by a lock another connection takes on the batch ledger. Needs
+//! `scripts/test.sh`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ingest::{Consumer, IngestConfig, IngestStats, PgStore, RuleInput};
+use maintainpro_tests::{Plant, mqtt_url, publish_all};
+use migrations::testing::TestDatabase;
+use model::wire::Batch;
+use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
+use server::demo::{DEMO_GATEWAY, seed_plant};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A seeded tenant, and what its ingest consumers share: the client id (so a second consumer
+/// resumes the first one's broker session) and the topic.
+struct World {
+    db: TestDatabase,
+    tenant: Uuid,
+    topic: String,
+    config: IngestConfig,
+}
+
+impl World {
+    async fn new() -> anyhow::Result<World> {
+        let db = TestDatabase::create().await?;
+        let tenant = seed_plant(&db.urls.app_url, "plant-a", "unused")
+            .await?
+            .tenant;
+        let config = IngestConfig {
+            client_id: format!("ingest-{}", Uuid::new_v4().simple()),
+            subscribe: vec![format!("{}/{tenant}/+/readings", model::topic::PREFIX)],
+            ..IngestConfig::new(mqtt_url()?)
+        };
+        let topic = model::topic::readings(
+            TenantId::from_uuid(tenant),
+            &GatewayId::parse(DEMO_GATEWAY)?,
+        );
+        Ok(World {
+            db,
+            tenant,
+            topic,
+            config,
+        })
+    }
+
+    /// Starts a consumer on its own pool, feeding a rules channel the test reads; returns
+    /// once the broker has confirmed its subscription.
+    async fn consumer(&self) -> anyhow::Result<Running> {
+        let pool = self.db.app_pool().await;
+        let (rules_tx, rules) = mpsc::channel(64);
+        let consumer = Consumer::new(
+            self.config.clone(),
+            PgStore::new(pool.clone()),
+            Some(rules_tx),
+        );
+        let stats = consumer.stats();
+        let stop = CancellationToken::new();
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(consumer.run_until(async move { stop.cancelled().await }))
+        };
+        Plant::eventually(Duration::from_secs(20), "the subscription", || async {
+            Ok((stats.subscriptions.load(Ordering::Relaxed) > 0).then_some(()))
+        })
+        .await?;
+        Ok(Running {
+            pool,
+            rules,
+            stats,
+            stop,
+            task,
+        })
+    }
+
+    /// (ledger rows, stored readings) of the tenant.
+    async fn stored(&self) -> anyhow::Result<(i64, i64)> {
+        let pool = self.db.app_pool().await;
+        let mut tx = migrations::begin_tenant(&pool, self.tenant).await?;
+        let batches = sqlx::query_scalar("SELECT count(*) FROM ingest_batches")
+            .fetch_one(&mut *tx)
+            .await?;
+        let readings = sqlx::query_scalar("SELECT count(*) FROM tenant_readings")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        pool.close().await;
+        Ok((batches, readings))
+    }
+
+    /// Holds a lock on the batch ledger that stops ingest's first insert there, so its
+    /// storage transaction waits, until the returned transaction ends.
+    async fn lock_ledger(&self) -> anyhow::Result<PgConnection> {
+        let mut conn = PgConnection::connect(&self.db.urls.owner_url).await?;
+        sqlx::query("BEGIN").execute(&mut conn).await?;
+        sqlx::query("LOCK TABLE ingest_batches IN SHARE MODE")
+            .execute(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+
+    /// Waits until some transaction waits for the ledger lock.
+    async fn ingest_waits_for(&self, lock_holder: &mut PgConnection) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE relation = 'ingest_batches'::regclass AND NOT granted",
+            )
+            .fetch_one(&mut *lock_holder)
+            .await?;
+            if waiting > 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("no transaction waited for the ledger lock within 10 s")
+    }
+}
+
+struct Running {
+    pool: PgPool,
+    rules: mpsc::Receiver<Vec<RuleInput>>,
+    stats: Arc<IngestStats>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ingest::consumer::IngestError>>,
+}
+
+impl Running {
+    async fn next_rule_inputs(&mut self) -> anyhow::Result<Vec<RuleInput>> {
+        tokio::time::timeout(Duration::from_secs(10), self.rules.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the rules channel closed"))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await??;
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    IngestStats::get(counter)
+}
+
+/// `n` readings of the press bearing, a second apart, from `from` (microseconds).
+fn bearing(seq: u64, from: i64, n: i64) -> anyhow::Result<Vec<u8>> {
+    let readings = (0..n)
+        .map(|i| {
+            Ok(Reading {
+                tag: TagName::parse("press-1.bearing_temp")?,
+                ts: Timestamp::from_micros(from + i * 1_000_000),
+                value: 60.0 + i as f64,
+                quality: Quality::Good,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_receive_readings_while_their_transaction_waits_and_the_ack_follows_the_commit()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut ingest = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 5)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+
+    // The storage transaction is blocked; the rules have the readings all the same, in order.
+    let inputs = ingest.next_rule_inputs().await?;
+    let times: Vec<i64> = inputs.iter().map(|r| r.ts.as_micros()).collect();
+    assert_eq!(
+        times,
+        (0..5).map(|i| t0 + i * 1_000_000).collect::<Vec<_>>()
+    );
+    assert!(
+        inputs
+            .iter()
+            .all(|r| r.ctx.tag.as_str() == "press-1.bearing_temp")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&ingest.stats.batches_stored), 0);
+    assert_eq!(ingest.stats.receipt_to_commit.count(), 0);
+    assert_eq!(world.stored().await?, (0, 0), "nothing committed yet");
+
+    // Released: the transaction commits, then the message is acknowledged.
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(world.stored().await?, (1, 5));
+    ingest.stop().await?;
+
+    // Acknowledged: the same session, resumed, gets nothing again.
+    let again = world.consumer().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&again.stats.messages), 0, "the message came back");
+    again.stop().await?;
+    lock.close().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dropped_before_its_commit_is_delivered_again_and_handed_to_the_rules_again()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut first = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(7, t0, 3)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+    assert_eq!(first.next_rule_inputs().await?.len(), 3);
+
+    // A crash before the commit: every task of the consumer stops, nothing is acknowledged.
+    first.task.abort();
+    assert!(first.task.await.is_err_and(|e| e.is_cancelled()));
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    first.pool.close().await;
+    assert_eq!(world.stored().await?, (0, 0));
+
+    // The broker delivers the message to the resumed session; it is stored once, and the
+    // rules receive its readings a second time (the engine skips readings it has seen).
+    let mut second = world.consumer().await?;
+    let inputs = second.next_rule_inputs().await?;
+    assert_eq!(inputs.len(), 3);
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&second.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    second.stop().await?;
+    assert_eq!(world.stored().await?, (1, 3));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut ingest = world.consumer().await?;
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let reading = |micros: i64| -> anyhow::Result<Reading> {
+        Ok(Reading {
+            tag: TagName::parse("press-1.vibration")?,
+            ts: Timestamp::from_micros(micros),
+            value: 1.0,
+            quality: Quality::Good,
+        })
+    };
+    // PostgreSQL's earliest time, 4714-11-24 00:00 UTC BC, in microseconds since 1970.
+    let earliest = -211_813_488_000_000_000 + 946_684_800_000_000;
+    let now = Timestamp::now().as_micros();
+    let too_early = Batch::from_readings(
+        gateway.clone(),
+        1,
+        &[reading(now - 1_000_000)?, reading(earliest - 1)?],
+    )
+    .encode();
+    let edge = Batch::from_readings(gateway, 2, &[reading(now)?, reading(earliest)?]).encode();
+    publish_all(&world.config.broker, &world.topic, vec![too_early, edge]).await?;
+
+    let inputs = ingest.next_rule_inputs().await?;
+    let times: Vec<i64> = inputs.iter().map(|r| r.ts.as_micros()).collect();
+    assert_eq!(times, [earliest, now], "only the storable batch, sorted");
+    Plant::eventually(Duration::from_secs(10), "both messages handled", || async {
+        Ok(
+            (get(&ingest.stats.batches_stored) == 1 && get(&ingest.stats.dead_letters) == 1)
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert!(
+        ingest.rules.try_recv().is_err(),
+        "nothing else reached the rules"
+    );
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (1, 2));
+    let pool = world.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    assert_eq!(reasons, ["bad_timestamp"]);
+    Ok(())
+}
