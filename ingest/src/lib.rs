@@ -7,6 +7,8 @@
 //! - [`latency`]: the receipt-to-commit latency histogram.
 //! - [`store`]: the PostgreSQL side: one transaction per group of messages with the batch
 //!   ledger, dead letters, partition upkeep.
+//! - [`recent`]: recent stored readings read back, tenant by tenant, to warm up a fresh
+//!   rules engine.
 //! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
 //!   pipeline of three tasks joined by bounded queues: the driver (the broker connection), the
 //!   decode stage (decode, resolve, hand the readings to the rules at once) and the store stage
@@ -22,6 +24,7 @@ pub mod consumer;
 pub mod copy;
 pub mod directory;
 pub mod latency;
+pub mod recent;
 pub mod store;
 
 pub use config::IngestConfig;

@@ -16,6 +16,10 @@
 //! reading already older than `after` by then leaves its tag stale, and the stale alarm's
 //! escalation steps due by then fire. Feeding the same calls again therefore emits nothing.
 //!
+//! A fresh engine can carry on where another stopped: [`Engine::warm_up`] feeds it stored
+//! readings without emitting anything, which rebuilds the kinds' memory and running delays,
+//! and [`Engine::restore`] then settles which alarms are active against the CMMS's record.
+//!
 //! The hot path (one reading) does one hash lookup for the tag and then walks the tag's
 //! slots by index; it allocates only when it emits an event, meets a tag for the first time,
 //! or grows the deadline heap past its largest size so far.
@@ -29,7 +33,7 @@
 //! tag and rule order, as from a walk over every watched tag.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -98,6 +102,25 @@ impl Alarm {
         }
         self.steps += 1;
         Some((since, since.plus_micros(step.after_micros())))
+    }
+
+    /// This recorded alarm, carrying on an off-delay that `before` (the same alarm as a
+    /// warm-up left it) is timing.
+    fn continuing(self, before: &Alarm) -> Alarm {
+        let AlarmState::Active { since, .. } = self.state else {
+            return self;
+        };
+        let clearing_since = match before.state {
+            AlarmState::Active { clearing_since, .. } => clearing_since,
+            _ => None,
+        };
+        Alarm {
+            state: AlarmState::Active {
+                since,
+                clearing_since,
+            },
+            ..self
+        }
     }
 
     /// The earliest `now` at which [`Alarm::next_step`] has a step, if any.
@@ -279,6 +302,8 @@ pub struct Engine {
     /// Restored alarms of tags not seen yet, by tag id: (rule index, alarm). Applied when the
     /// tag's first reading sets up its state.
     restored: HashMap<i64, Vec<(usize, Alarm)>>,
+    /// Where [`Engine::warm_up`] drops the events of history; kept for its capacity.
+    discarded: Vec<AlarmEvent>,
 }
 
 /// An alarm the CMMS has on record as active, handed to a fresh engine (after a restart or a
@@ -323,20 +348,41 @@ impl Engine {
             due: Vec::new(),
             clock: None,
             restored: HashMap::new(),
+            discarded: Vec::new(),
         }
     }
 
-    /// Takes over alarms recorded as active: when a restored alarm's tag delivers its first
-    /// reading, the alarm continues from `raised_at` instead of starting from normal. A
-    /// breach then raises nothing new, a clear emits the `Cleared` of the original raise
-    /// (same idempotency key), and escalation resumes after the step its severity shows.
-    /// Call it before the first reading. Returns the alarms whose rule this rule set does
-    /// not have (the rule was removed or renamed): the caller decides what becomes of them.
+    /// Feeds a reading of stored history to rebuild the engine's memory (rolling baselines,
+    /// windows, pending on- and off-delays) where a previous engine left it, emitting nothing.
+    /// Feed the history of each tag in event-time order, all of it before
+    /// [`Engine::restore`] and the first live reading. The alarms it leaves active are only
+    /// provisional: `restore` settles them against what the CMMS has on record.
+    pub fn warm_up(&mut self, ctx: &TagContext, ts: Timestamp, value: f64, quality: Quality) {
+        let mut discarded = std::mem::take(&mut self.discarded);
+        self.evaluate(ctx, ts, value, quality, &mut discarded);
+        discarded.clear();
+        self.discarded = discarded;
+    }
+
+    /// Takes over alarms recorded as active, so that none is forgotten and none raised a
+    /// second time: each continues from `raised_at` instead of starting from normal. A breach
+    /// then raises nothing new, a clear emits the `Cleared` of the original raise (same
+    /// idempotency key), and escalation resumes after the step its severity shows. Returns
+    /// the alarms whose rule this rule set does not have (the rule was removed or renamed):
+    /// the caller decides what becomes of them.
     ///
-    /// A kind's memory (a rolling baseline, a flatline's window) is not part of an alarm and
-    /// starts empty, as for a tag seen for the first time.
+    /// Call it once, after any [`Engine::warm_up`] and before the first live reading. A tag
+    /// not seen yet takes its alarms over at its first reading. On a tag the warm-up has set
+    /// up, the record is the truth about which alarms are active: a recorded alarm is active
+    /// from its `raised_at` (an off-delay the history shows running goes on), and an alarm the
+    /// history left active without a record (its raise never reached the CMMS) is back to
+    /// normal, so that a breach still present raises it anew; pending raises stay pending.
+    /// Silence in the history is not judged: a `stale` rule watches each tag from its next
+    /// reading, or escalates its recorded alarm while the tag stays silent.
     pub fn restore(&mut self, alarms: impl IntoIterator<Item = ActiveAlarm>) -> Vec<ActiveAlarm> {
         let mut orphans = Vec::new();
+        let mut taken: HashSet<(usize, usize)> = HashSet::new();
+        let mut taken_groups: HashSet<usize> = HashSet::new();
         for a in alarms {
             let Some(rule_index) = self.rules.rules.iter().position(|r| r.id == a.rule_id) else {
                 orphans.push(a);
@@ -357,10 +403,58 @@ impl Engine {
                 value: a.value,
                 observed: a.value,
             };
-            self.restored
-                .entry(a.tag_id)
-                .or_default()
-                .push((rule_index, alarm));
+            let Some(&index) = self.index.get(&a.tag_id) else {
+                self.restored
+                    .entry(a.tag_id)
+                    .or_default()
+                    .push((rule_index, alarm));
+                continue;
+            };
+            for (slot_index, slot) in self.tags[index].slots.iter_mut().enumerate() {
+                if slot.rule != rule_index {
+                    continue;
+                }
+                match slot.watch {
+                    Watch::Member { group, .. } => {
+                        if taken_groups.insert(group) {
+                            let g = &mut self.groups[group];
+                            g.alarm = alarm.continuing(&g.alarm);
+                            g.raised_by = index;
+                        }
+                    }
+                    _ => {
+                        slot.alarm = alarm.continuing(&slot.alarm);
+                        taken.insert((index, slot_index));
+                    }
+                }
+            }
+        }
+        for (index, tag) in self.tags.iter_mut().enumerate() {
+            for (slot_index, slot) in tag.slots.iter_mut().enumerate() {
+                if slot.alarm.state.is_active() && !taken.contains(&(index, slot_index)) {
+                    slot.alarm = Alarm::NORMAL;
+                }
+            }
+        }
+        for (group, g) in self.groups.iter_mut().enumerate() {
+            if g.alarm.state.is_active() && !taken_groups.contains(&group) {
+                g.alarm = Alarm::NORMAL;
+            }
+        }
+        self.deadlines = Deadlines::default();
+        for (index, tag) in self.tags.iter_mut().enumerate() {
+            for (slot_index, slot) in tag.slots.iter_mut().enumerate() {
+                let rule = &self.rules.rules[slot.rule];
+                if let (Watch::Stale(watch), Kind::Stale(stale)) = (&mut slot.watch, &rule.kind) {
+                    *watch = StaleWatch {
+                        judged: true,
+                        queued: None,
+                    };
+                    let deadline =
+                        watch.deadline(&slot.alarm, rule, stale.after_micros(), tag.last_ts);
+                    self.deadlines.queue(watch, deadline, index, slot_index);
+                }
+            }
         }
         orphans
     }
@@ -368,6 +462,13 @@ impl Engine {
     /// The event time of the latest reading evaluated for a tag.
     pub fn last_seen(&self, tag_id: i64) -> Option<Timestamp> {
         self.index.get(&tag_id).map(|&i| self.tags[i].last_ts)
+    }
+
+    /// Every tag seen, with the event time of its latest reading evaluated.
+    pub fn last_seen_all(&self) -> impl Iterator<Item = (i64, Timestamp)> + '_ {
+        self.index
+            .iter()
+            .map(|(&id, &i)| (id, self.tags[i].last_ts))
     }
 
     pub fn rules(&self) -> &RuleSet {

@@ -201,6 +201,16 @@ impl Rule {
         self.delays
     }
 
+    /// How much of a tag's recent history rebuilds this rule's state on the tag: its kind's
+    /// memory plus the on- and off-delays a pending raise or clear may be timing. `None`
+    /// when the kind remembers a number of readings rather than a span of time.
+    pub fn memory_span(&self) -> Option<Duration> {
+        self.kind.memory_span().map(|span| {
+            span.saturating_add(self.on_delay)
+                .saturating_add(self.off_delay)
+        })
+    }
+
     /// The severity after `steps` escalation steps have fired.
     pub fn severity_after(&self, steps: usize) -> Severity {
         steps
@@ -215,6 +225,20 @@ impl Rule {
 pub struct RuleSet {
     pub source_name: String,
     pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// How much recent history an engine for these rules must be fed to carry on where a
+    /// previous one stopped: the longest [`Rule::memory_span`], where a rule that remembers a
+    /// number of readings counts as `limit`, and never more than `limit`.
+    pub fn warm_up_span(&self, limit: Duration) -> Duration {
+        self.rules
+            .iter()
+            .map(|r| r.memory_span().unwrap_or(limit))
+            .max()
+            .unwrap_or_default()
+            .min(limit)
+    }
 }
 
 fn is_plain_id(s: &str) -> bool {

@@ -14,6 +14,8 @@ pub mod rolling;
 pub mod stale;
 pub mod threshold;
 
+use std::time::Duration;
+
 use model::Timestamp;
 
 use crate::alarm::Verdict;
@@ -100,6 +102,26 @@ impl Kind {
             Kind::CountInWindow(c) => Some(f64::from(c.count)),
             Kind::Combination(c) => c.limit(),
             Kind::BadQuality(_) => None,
+        }
+    }
+
+    /// How far back in event time the kind's memory of a tag reaches: `Some(ZERO)` for kinds
+    /// that judge the current reading alone, `None` for memory counted in readings rather than
+    /// time (a z-score over `samples`, an EWMA, a rate against the previous reading).
+    pub fn memory_span(&self) -> Option<Duration> {
+        match self {
+            Kind::Threshold(_) | Kind::Stale(_) | Kind::BadQuality(_) => Some(Duration::ZERO),
+            Kind::RateOfChange(r) => r.window,
+            Kind::Rolling(r) => match r.method {
+                rolling::Method::ZScore {
+                    window: rolling::Window::Span(span),
+                    ..
+                } => Some(span),
+                rolling::Method::ZScore { .. } | rolling::Method::Ewma { .. } => None,
+            },
+            Kind::Flatline(f) => Some(f.duration),
+            Kind::CountInWindow(c) => Some(c.window),
+            Kind::Combination(c) => Some(c.max_age),
         }
     }
 

@@ -20,6 +20,8 @@
 //! watch = true                           # reload on change; an invalid edit keeps the old rules
 //! replay_horizon = "5m"                  # older raises are replayed data (see docs/RULES.md)
 //! reorder_window = "0s"                  # evaluate readings up to this late in order
+//! warm_up = "15m"                        # most stored history a fresh engine is fed
+//! shards = 2                             # engines, each owning some assets' tags (default: CPUs)
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"             # Prometheus text format at /metrics
@@ -76,6 +78,15 @@ fn default_replay_horizon() -> Duration {
     rules::paging::DEFAULT_HORIZON
 }
 
+fn default_warm_up() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS))
+}
+/// More engines than this only add tasks and queues.
+const MAX_SHARDS: usize = 64;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct RulesConfig {
     #[serde(default)]
@@ -93,6 +104,15 @@ pub struct RulesConfig {
     /// and skips a reading older than its tag's last one.
     #[serde(default, with = "humantime_serde")]
     pub reorder_window: Duration,
+    /// The most stored history a fresh engine (at start and at each reload) is fed, so that
+    /// rolling baselines, windows and running delays carry on: as far back as the rules'
+    /// windows and delays reach, and this far for rules that count readings. `0s` starts
+    /// every engine empty.
+    #[serde(default = "default_warm_up", with = "humantime_serde")]
+    pub warm_up: Duration,
+    /// Engines, each a task owning the tags of some assets (default: one per CPU).
+    #[serde(default = "default_shards")]
+    pub shards: usize,
 }
 
 impl Default for RulesConfig {
@@ -102,6 +122,8 @@ impl Default for RulesConfig {
             watch: true,
             replay_horizon: default_replay_horizon(),
             reorder_window: Duration::ZERO,
+            warm_up: default_warm_up(),
+            shards: default_shards(),
         }
     }
 }
@@ -186,6 +208,18 @@ impl Validate for ServerConfig {
             report.error(
                 "rules.reorder_window",
                 "at most 60s: every evaluation waits this long",
+            );
+        }
+        if self.rules.warm_up > Duration::from_secs(24 * 3600) {
+            report.error(
+                "rules.warm_up",
+                "at most 24h: every start and every reload reads this much history back",
+            );
+        }
+        if !(1..=MAX_SHARDS).contains(&self.rules.shards) {
+            report.error(
+                "rules.shards",
+                format!("must be 1 to {MAX_SHARDS}; one per CPU is a good start"),
             );
         }
         if self.runs(Role::Rules) && self.rules.files.is_empty() {

@@ -1,24 +1,32 @@
 //! Feeds stored readings to the rules engine and applies its alarm events to the CMMS.
 //!
-//! One task owns the engine (no locks on the hot path). Around it:
-//! - Order: with a reorder window, each tag's readings wait that long (event time) in a
-//!   [`Reorder`] buffer so that late ones are evaluated in order; by default none wait.
-//! - Start: the alarms the database has on record as active are restored into the engine
-//!   before the first reading, so none is forgotten and none fires a second time.
-//! - Paging: a [`Pager`] holds raises found in replayed data until their outcome is known; a
-//!   condition that began and ended during an outage goes on the asset's history only.
+//! The tags are split into [`RulesSource::shards`] shards by asset (so a combination, which
+//! spans the tags of one asset, stays in one shard); each shard is a task that owns its own
+//! [`Engine`], so the hot path takes no lock, and applies its own events, so one shard's
+//! round trip to the database never holds up another's evaluation. Around the shards:
+//! - Routing: the coordinating task takes ingest's batches and hands each shard its readings.
+//! - Order: with a reorder window, each tag's readings wait that long (event time) in its
+//!   shard's [`Reorder`] buffer so that late ones are evaluated in order; by default none wait.
+//! - Start: the engines are fed the recent stored history ([`RulesSource::warm_up`] at most,
+//!   as far back as the rules' windows and delays reach), emitting nothing, so baselines,
+//!   windows and running delays carry on; then the alarms the database has on record as
+//!   active are restored, so none is forgotten and none fires a second time.
+//! - Paging: each shard's [`Pager`] holds raises found in replayed data until their outcome is
+//!   known; a condition that began and ended during an outage goes on the asset's history only.
 //! - Events: each is retried until the work-order service has applied it. The service is
 //!   idempotent, so a retry after an ambiguous failure cannot open a second work order.
 //! - Healthy periods: every [`SWEEP_EVERY`], work orders whose condition has stayed clear
 //!   long enough before work started are closed.
-//! - Reload: when rule files are given, they are re-read every [`RELOAD_EVERY`]; a changed,
-//!   valid set replaces the engine (which then restores the active alarms again), an invalid
-//!   one keeps the running rules and is reported in the log, a metric and the API.
+//! - Reload: when rule files are given, they are re-read every [`RELOAD_EVERY`]; on a changed,
+//!   valid set every shard finishes what it has and pauses, new engines are built as at start
+//!   and handed over; an invalid set keeps the running rules and is reported in the log, a
+//!   metric and the API.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::{AlarmOutcome, RecordedAlarm, RulesStatus, WorkOrderService};
 use ingest::RuleInput;
@@ -26,8 +34,9 @@ use model::Timestamp;
 use model::alarm::AlarmEvent;
 use rules::paging::{Page, Pager};
 use rules::reorder::Reorder;
-use rules::{ActiveAlarm, Engine, RuleSet};
-use tokio::sync::mpsc;
+use rules::{ActiveAlarm, Engine, RuleSet, TagContext};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use crate::services::load_rule_files;
@@ -39,6 +48,8 @@ const ADVANCE_EVERY: Duration = Duration::from_secs(1);
 pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// How often watched rule files are re-read.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// Batches waiting for one shard; a full queue holds up the routing, and so ingest.
+const SHARD_QUEUE: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct RulesStats {
@@ -51,7 +62,7 @@ pub struct RulesStats {
     pub reloads: AtomicU64,
 }
 
-/// Where the rules come from.
+/// Where the rules come from and how they run.
 #[derive(Debug, Clone)]
 pub struct RulesSource {
     pub rules: Arc<RuleSet>,
@@ -61,48 +72,206 @@ pub struct RulesSource {
     pub replay_horizon: Duration,
     /// How late (in event time) a reading may arrive and still be evaluated in order.
     pub reorder_window: Duration,
+    /// The most stored history a fresh engine is fed; zero starts engines empty.
+    pub warm_up: Duration,
+    /// Engines, each owning the tags of some assets; at least one.
+    pub shards: usize,
 }
 
-/// Runs until the ingest side closes the channel.
+/// What the coordinating task tells a shard.
+enum ToShard {
+    Readings(Vec<RuleInput>),
+    /// A reload: once every event so far is applied, answer on `paused` with what the
+    /// engine has seen of each tag, then carry on with the engine that comes on `next`.
+    Swap {
+        paused: oneshot::Sender<Seen>,
+        next: oneshot::Receiver<Engine>,
+    },
+}
+
+/// The event time of the latest reading each tag's engine has evaluated, by tag id.
+type Seen = HashMap<i64, Timestamp>;
+
+/// What every shard shares.
+#[derive(Clone)]
+struct ShardContext {
+    work_orders: WorkOrderService,
+    stats: Arc<RulesStats>,
+    replay_horizon: Duration,
+    reorder_window: Duration,
+}
+
+/// Runs until the ingest side closes the channel and every shard has applied its events.
+/// `ready` fires once the engines are built: ingest must not store anything before, or the
+/// warm-up would take readings that are still to come as live ones for history.
 #[tracing::instrument(skip_all, name = "rules")]
 pub async fn run(
     source: RulesSource,
     mut input: mpsc::Receiver<Vec<RuleInput>>,
     work_orders: WorkOrderService,
+    pool: PgPool,
     stats: Arc<RulesStats>,
     status: Arc<RulesStatus>,
+    ready: oneshot::Sender<()>,
 ) {
+    let shards = source.shards.max(1);
     let watching = !source.files.is_empty();
     let mut loaded_text = if watching {
         read_files(&source.files).await.ok()
     } else {
         None
     };
-    let mut engine = start_engine(Arc::clone(&source.rules), &work_orders).await;
+    let build = Builder {
+        shards,
+        work_orders: work_orders.clone(),
+        pool,
+        warm_up: source.warm_up,
+    };
+    let engines = build.engines(&source.rules, None).await;
+    let _ = ready.send(());
     status.loaded(
         &source.rules.source_name,
         source.rules.rules.len(),
         watching,
     );
-    let mut pager = Pager::new(source.replay_horizon);
-    let mut reorder = Reorder::new(source.reorder_window);
+    let context = ShardContext {
+        work_orders: work_orders.clone(),
+        stats: Arc::clone(&stats),
+        replay_horizon: source.replay_horizon,
+        reorder_window: source.reorder_window,
+    };
+    let mut senders = Vec::with_capacity(shards);
+    let mut tasks = Vec::with_capacity(shards);
+    for (id, engine) in engines.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+        tasks.push(tokio::spawn(shard(id, engine, rx, context.clone())));
+        senders.push(tx);
+    }
+    let sweeper = tokio::spawn(sweep(work_orders, Arc::clone(&stats)));
+    let mut split: Vec<Vec<RuleInput>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut reload = interval(RELOAD_EVERY);
+    loop {
+        tokio::select! {
+            batch = input.recv() => {
+                // Ingest has stopped: the shards evaluate what they hold, apply, and stop.
+                let Some(batch) = batch else { break };
+                for r in batch {
+                    if let Some(i) = shard_of(&r.ctx, shards) {
+                        split[i].push(r);
+                    }
+                }
+                for (tx, readings) in senders.iter().zip(split.iter_mut()) {
+                    if !readings.is_empty() {
+                        let readings = std::mem::take(readings);
+                        if tx.send(ToShard::Readings(readings)).await.is_err() {
+                            tracing::error!("a rules shard has stopped; its readings are not evaluated");
+                        }
+                    }
+                }
+            }
+            _ = reload.tick(), if watching => {
+                if let Some(rules) = changed_rules(&source.files, &mut loaded_text, &status).await {
+                    stats.reloads.fetch_add(1, Ordering::Relaxed);
+                    swap_engines(&build, &rules, &senders).await;
+                    status.loaded(&rules.source_name, rules.rules.len(), watching);
+                    tracing::info!(rules = rules.rules.len(), "rule files reloaded");
+                }
+            }
+        }
+    }
+    drop(senders);
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "a rules shard failed");
+        }
+    }
+    sweeper.abort();
+    tracing::info!("rules engine stopped");
+}
+
+/// The shard that owns a tag's state: by its asset, so that the tags of one asset (and the
+/// combinations across them) share a shard. Tags without an asset are never evaluated.
+fn shard_of(ctx: &TagContext, shards: usize) -> Option<usize> {
+    let asset = ctx.asset?.as_uuid().as_u128();
+    // Fold the 128 bits: random in a v4 id, partly time in a v7 one.
+    let folded = (asset as u64) ^ ((asset >> 64) as u64);
+    Some((folded % shards as u64) as usize)
+}
+
+/// Pauses every shard once it has applied its events, builds the new engines and hands
+/// them over. Readings queue up meanwhile, and push back on ingest. The new engines are
+/// warmed up with the stored readings the old ones had evaluated, and no others: a reading
+/// stored but still queued (ingest hands readings on before it commits them) comes to the
+/// new engine live, and its events with it.
+async fn swap_engines(build: &Builder, rules: &Arc<RuleSet>, senders: &[mpsc::Sender<ToShard>]) {
+    let mut paused = Vec::with_capacity(senders.len());
+    let mut next = Vec::with_capacity(senders.len());
+    for tx in senders {
+        let (paused_tx, paused_rx) = oneshot::channel();
+        let (next_tx, next_rx) = oneshot::channel();
+        // A shard that has stopped has nothing to swap.
+        if tx
+            .send(ToShard::Swap {
+                paused: paused_tx,
+                next: next_rx,
+            })
+            .await
+            .is_ok()
+        {
+            paused.push(paused_rx);
+        }
+        next.push(next_tx);
+    }
+    let mut seen = Seen::new();
+    for p in paused {
+        if let Ok(part) = p.await {
+            seen.extend(part);
+        }
+    }
+    for (tx, engine) in next
+        .into_iter()
+        .zip(build.engines(rules, Some(&seen)).await)
+    {
+        let _ = tx.send(engine);
+    }
+}
+
+/// One shard: evaluates its readings, pages and applies the events, moves its engine's time.
+#[tracing::instrument(skip_all, fields(shard = id))]
+async fn shard(
+    id: usize,
+    mut engine: Engine,
+    mut input: mpsc::Receiver<ToShard>,
+    context: ShardContext,
+) {
+    let label = id.to_string();
+    let mut pager = Pager::new(context.replay_horizon);
+    let mut reorder = Reorder::new(context.reorder_window);
     let mut ready: Vec<(Timestamp, RuleInput)> = Vec::new();
     let mut events = Vec::new();
     let mut pages = Vec::new();
     let mut advance = interval(ADVANCE_EVERY);
-    let mut sweep = interval(SWEEP_EVERY);
-    let mut reload = interval(RELOAD_EVERY);
     let mut closed = false;
     while !closed {
         tokio::select! {
-            batch = input.recv() => {
-                match batch {
-                    Some(batch) => {
+            message = input.recv() => {
+                match message {
+                    Some(ToShard::Readings(batch)) => {
                         for r in batch {
                             reorder.push(r.ctx.tag_id, r.ts, r, &mut ready);
                         }
                     }
-                    // Ingest has stopped: evaluate what is held, apply, and stop.
+                    Some(ToShard::Swap { paused, next }) => {
+                        // Every event so far has been applied at the end of the last turn.
+                        let _ = paused.send(engine.last_seen_all().collect());
+                        match next.await {
+                            Ok(fresh) => engine = fresh,
+                            Err(_) => {
+                                closed = true;
+                                reorder.drain(&mut ready);
+                            }
+                        }
+                    }
                     None => {
                         closed = true;
                         reorder.drain(&mut ready);
@@ -115,16 +284,8 @@ pub async fn run(
                 reorder.flush(now, &mut ready);
                 evaluate(&mut engine, &mut ready, &mut events);
                 engine.advance(now, &mut events);
-                metrics::gauge!("maintainpro_rules_readings_reordering").set(reorder.held() as f64);
-            }
-            _ = sweep.tick() => close_healthy(&work_orders, &stats).await,
-            _ = reload.tick(), if watching => {
-                if let Some(rules) = changed_rules(&source.files, &mut loaded_text, &status).await {
-                    stats.reloads.fetch_add(1, Ordering::Relaxed);
-                    status.loaded(&rules.source_name, rules.rules.len(), watching);
-                    tracing::info!(rules = rules.rules.len(), "rule files reloaded");
-                    engine = start_engine(rules, &work_orders).await;
-                }
+                metrics::gauge!("maintainpro_rules_readings_reordering", "shard" => label.clone())
+                    .set(reorder.held() as f64);
             }
         }
         let now = Timestamp::now();
@@ -132,15 +293,17 @@ pub async fn run(
             pager.offer(event, now, &mut pages);
         }
         pager.release(now, |tag| engine.last_seen(tag), &mut pages);
-        metrics::gauge!("maintainpro_rules_alarms_held").set(pager.held() as f64);
+        metrics::gauge!("maintainpro_rules_alarms_held", "shard" => label.clone())
+            .set(pager.held() as f64);
         for page in pages.drain(..) {
             match page {
-                Page::Now(event) => apply(&work_orders, &event, &stats).await,
-                Page::History(events) => record_history(&work_orders, &events, &stats).await,
+                Page::Now(event) => apply(&context.work_orders, &event, &context.stats).await,
+                Page::History(events) => {
+                    record_history(&context.work_orders, &events, &context.stats).await
+                }
             }
         }
     }
-    tracing::info!("rules engine stopped");
 }
 
 /// Evaluates the readings that are ready, in order.
@@ -173,46 +336,128 @@ fn interval(every: Duration) -> tokio::time::Interval {
     i
 }
 
-/// A fresh engine for `rules`, with the alarms on record as active restored. Waits (retrying)
-/// for the database: evaluating without them would raise those alarms a second time.
-async fn start_engine(rules: Arc<RuleSet>, work_orders: &WorkOrderService) -> Engine {
-    let recorded = retry("read the active alarms", || work_orders.active_alarms()).await;
-    // An alarm of a rule no longer loaded could never clear: retire it.
-    let (known, orphans): (Vec<RecordedAlarm>, Vec<RecordedAlarm>) = recorded
-        .into_iter()
-        .partition(|a| rules.rules.iter().any(|r| r.id == a.rule_id));
-    for orphan in &orphans {
-        retry("retire an alarm of a removed rule", || {
-            work_orders.retire(orphan)
+/// Builds the shards' engines for a rule set, at start and at every reload.
+struct Builder {
+    shards: usize,
+    work_orders: WorkOrderService,
+    pool: PgPool,
+    warm_up: Duration,
+}
+
+impl Builder {
+    /// Fresh engines for `rules`, one per shard: fed the recent history (with `seen`, only
+    /// readings up to each tag's time in it), then given the alarms on record as active.
+    /// Waits (retrying) for the database: evaluating without the active alarms would raise
+    /// them a second time.
+    async fn engines(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Vec<Engine> {
+        let recorded = retry("read the active alarms", || {
+            self.work_orders.active_alarms()
         })
         .await;
-        tracing::warn!(
-            rule = %orphan.rule_id,
-            tag_id = orphan.tag_id,
-            raised_at = %orphan.raised_at,
-            "active alarm of a rule that is no longer loaded: retired"
+        // An alarm of a rule no longer loaded could never clear: retire it.
+        let (known, orphans): (Vec<RecordedAlarm>, Vec<RecordedAlarm>) = recorded
+            .into_iter()
+            .partition(|a| rules.rules.iter().any(|r| r.id == a.rule_id));
+        for orphan in &orphans {
+            retry("retire an alarm of a removed rule", || {
+                self.work_orders.retire(orphan)
+            })
+            .await;
+            tracing::warn!(
+                rule = %orphan.rule_id,
+                tag_id = orphan.tag_id,
+                raised_at = %orphan.raised_at,
+                "active alarm of a rule that is no longer loaded: retired"
+            );
+        }
+        let mut engines = self.warmed_up(rules, seen).await;
+        // Each engine takes over the alarms of its own tags; the others wait unused in
+        // case a tag moves to another asset, and so to another shard.
+        for engine in &mut engines {
+            engine.restore(known.iter().map(|a| ActiveAlarm {
+                tag_id: a.tag_id,
+                rule_id: a.rule_id.clone(),
+                raised_at: a.raised_at,
+                severity: a.severity,
+                value: a.value,
+            }));
+        }
+        tracing::info!(
+            restored = known.len(),
+            retired = orphans.len(),
+            "active alarms restored"
         );
+        engines
     }
-    let restored = known.len();
-    let mut engine = Engine::new(rules);
-    engine.restore(known.into_iter().map(
-        |RecordedAlarm {
-             tag_id,
-             rule_id,
-             raised_at,
-             severity,
-             value,
-             ..
-         }| ActiveAlarm {
-            tag_id,
-            rule_id,
-            raised_at,
-            severity,
-            value,
-        },
-    ));
-    tracing::info!(restored, retired = orphans.len(), "active alarms restored");
-    engine
+
+    /// Engines fed the stored readings as far back as the rules' memory reaches (at most
+    /// `warm_up`), and with `seen` no later than each tag's time there. A database that
+    /// refuses the query for good leaves them empty, as before any history existed; one that
+    /// is away is waited for.
+    async fn warmed_up(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Vec<Engine> {
+        let fresh = || -> Vec<Engine> {
+            (0..self.shards)
+                .map(|_| Engine::new(Arc::clone(rules)))
+                .collect()
+        };
+        let span = rules.warm_up_span(self.warm_up);
+        if span.is_zero() {
+            return fresh();
+        }
+        let since =
+            Timestamp::now().plus_micros(-i64::try_from(span.as_micros()).unwrap_or(i64::MAX));
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let mut engines = fresh();
+            let result = ingest::recent::recent_readings(&self.pool, since, |r| {
+                let evaluated_before = seen
+                    .is_none_or(|seen| seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last));
+                if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {
+                    engines[i].warm_up(&r.ctx, r.ts, r.value, r.quality);
+                }
+            })
+            .await;
+            match result {
+                Ok(found) => {
+                    metrics::counter!("maintainpro_rules_warm_up_readings_total")
+                        .increment(found.readings);
+                    if found.bad_quality_codes > 0 {
+                        tracing::warn!(
+                            rows = found.bad_quality_codes,
+                            "stored readings with an unknown quality code left out of the warm-up"
+                        );
+                    }
+                    tracing::info!(
+                        readings = found.readings,
+                        tenants = found.tenants,
+                        span = %humantime::format_duration(span),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "rules engine warmed up from stored history"
+                    );
+                    return engines;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the recent history; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the recent history: the rules start without it");
+                    return fresh();
+                }
+            }
+        }
+    }
+}
+
+/// Closes work orders past their healthy period, every [`SWEEP_EVERY`].
+async fn sweep(work_orders: WorkOrderService, stats: Arc<RulesStats>) {
+    let mut every = interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        close_healthy(&work_orders, &stats).await;
+    }
 }
 
 /// Runs `op` until it succeeds, backing off on errors.

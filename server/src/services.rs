@@ -170,14 +170,22 @@ impl Services {
                 },
                 replay_horizon: config.rules.replay_horizon,
                 reorder_window: config.rules.reorder_window,
+                warm_up: config.rules.warm_up,
+                shards: config.rules.shards,
             };
+            let (ready_tx, ready) = tokio::sync::oneshot::channel();
             services.rules = Some(tokio::spawn(rules_task::run(
                 source,
                 rx,
                 wo,
+                pool.clone(),
                 rules_stats,
                 rules_status,
+                ready_tx,
             )));
+            // The engines are warmed up with what is stored now: nothing may be stored
+            // before that is done. Waits as long as the database is away.
+            let _ = ready.await;
             Some(tx)
         } else {
             None

@@ -384,6 +384,52 @@ async fn an_active_alarm_survives_a_restart_and_neither_refires_nor_is_forgotten
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_delay_running_at_a_restart_goes_on_from_the_stored_history() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    // Hot at t0 and t0 + 1 s: the demo rule's 3 s on-delay is running when the server stops.
+    let t0 = (Timestamp::now().as_micros() / 1_000_000 - 4) * 1_000_000;
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(1, t0, 2, |_| 91.0)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(30), "the readings stored", || async {
+        Ok((plant.services.summary().readings_stored >= 2).then_some(()))
+    })
+    .await?;
+    let (plant, before) = plant.restart().await?;
+    assert_eq!(before.alarms_raised, 0);
+    // Still hot: the alarm is raised 3 s after the breach began before the restart, not 3 s
+    // after the first reading the new engine receives.
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(2, t0 + 2_000_000, 4, |_| 92.0)?],
+    )
+    .await?;
+    let rows = Plant::eventually(Duration::from_secs(30), "the alarm raised", || async {
+        let rows = alarm_rows(&plant, tenant).await?;
+        Ok((!rows.is_empty()).then_some(rows))
+    })
+    .await?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].2,
+        t0 / 1_000_000 + 3,
+        "raised at t0 + 3 s: {rows:?}"
+    );
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.alarms_raised, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_breach_that_began_and_ended_in_replayed_data_goes_on_the_history_only()
 -> anyhow::Result<()> {
     let plant = Plant::start().await?;
