@@ -2,12 +2,17 @@
 //! or a rule reload) is fed them so that baselines, windows and running delays carry on
 //! where the previous engine left them.
 //!
+//! "Recent" is counted back from each tag's latest stored reading, not from the clock, so a
+//! server that was down for a while still finds the history it stopped with; a tag whose
+//! latest reading is older than [`LATEST_WITHIN`] has none.
+//!
 //! Every query runs as the application role in a tenant-scoped transaction and reads the
 //! `tenant_readings` view, so row-level security scopes it to one tenant at a time. Rows are
 //! streamed, never collected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -20,6 +25,10 @@ use crate::consumer::RuleInput;
 use crate::directory::{TAG_CONTEXT_QUERY, tag_context};
 use crate::store::StoreError;
 
+/// How old a tag's latest stored reading may be for its history to count as recent. It also
+/// bounds the search for that reading to the newest partitions of the readings table.
+pub const LATEST_WITHIN: Duration = Duration::from_secs(24 * 3600);
+
 /// What reading the history back found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecentStats {
@@ -30,15 +39,21 @@ pub struct RecentStats {
     pub bad_quality_codes: u64,
 }
 
-/// Hands `each` every stored reading with an event time at or after `since` of every tag
-/// linked to an asset (only those are evaluated), tenant after tenant, each tenant's in
-/// event-time order (tag id among equal times). Tags created while this runs are left out.
+/// Hands `each` the stored readings of the last `span` before each tag's latest one (if that
+/// is no older than [`LATEST_WITHIN`] before `now`), for every tag linked to an asset (only
+/// those are evaluated), tenant after tenant, each tenant's in event-time order (tag id among
+/// equal times). Tags created while this runs are left out.
 pub async fn recent_readings(
     pool: &PgPool,
-    since: Timestamp,
+    now: Timestamp,
+    span: Duration,
     mut each: impl FnMut(RuleInput),
 ) -> Result<RecentStats, StoreError> {
-    let since: DateTime<Utc> = since.to_datetime().unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    let latest_since = now.plus_micros(-micros(LATEST_WITHIN));
+    let latest_since: DateTime<Utc> = latest_since
+        .to_datetime()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
         .fetch_all(pool)
         .await?;
@@ -59,13 +74,24 @@ pub async fn recent_readings(
         }
         if !tags.is_empty() {
             let ids: Vec<i64> = tags.keys().copied().collect();
+            // The latest reading of each tag is one probe of the (tag_id, ts) index per recent
+            // partition; its span back is a range scan of the same index.
             let mut readings = sqlx::query(
-                "SELECT tag_id, ts, value, quality FROM tenant_readings
-                 WHERE ts >= $1 AND tag_id = ANY($2)
-                 ORDER BY ts, tag_id",
+                "WITH latest AS (
+                     SELECT t.id AS tag_id,
+                            (SELECT max(r.ts) FROM tenant_readings r
+                             WHERE r.tag_id = t.id AND r.ts >= $1) AS last
+                     FROM unnest($2::bigint[]) AS t(id)
+                 )
+                 SELECT r.tag_id, r.ts, r.value, r.quality
+                 FROM latest l
+                 JOIN tenant_readings r ON r.tag_id = l.tag_id
+                     AND r.ts >= l.last - $3 * interval '1 microsecond'
+                 ORDER BY r.ts, r.tag_id",
             )
-            .bind(since)
+            .bind(latest_since)
             .bind(&ids)
+            .bind(micros(span))
             .fetch(&mut *tx);
             while let Some(row) = readings.try_next().await? {
                 let tag_id: i64 = row.try_get(0)?;

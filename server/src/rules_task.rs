@@ -400,17 +400,18 @@ impl Builder {
                 .map(|_| Engine::new(Arc::clone(rules)))
                 .collect()
         };
-        let span = rules.warm_up_span(self.warm_up);
-        if span.is_zero() {
+        if self.warm_up.is_zero() {
             return fresh();
         }
-        let since =
-            Timestamp::now().plus_micros(-i64::try_from(span.as_micros()).unwrap_or(i64::MAX));
+        // Even a span of zero feeds each tag's latest reading: its time is what a stale rule
+        // needs, and a tag the engine knows takes its recorded alarms over at once.
+        let span = rules.warm_up_span(self.warm_up);
+        let now = Timestamp::now();
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
             let mut engines = fresh();
-            let result = ingest::recent::recent_readings(&self.pool, since, |r| {
+            let result = ingest::recent::recent_readings(&self.pool, now, span, |r| {
                 let evaluated_before = seen
                     .is_none_or(|seen| seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last));
                 if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {

@@ -392,7 +392,9 @@ async fn an_on_delay_running_at_a_restart_goes_on_from_the_stored_history() -> a
         &GatewayId::parse(DEMO_GATEWAY)?,
     );
     // Hot at t0 and t0 + 1 s: the demo rule's 3 s on-delay is running when the server stops.
-    let t0 = (Timestamp::now().as_micros() / 1_000_000 - 4) * 1_000_000;
+    // A minute ago, longer than the 13 s of history the demo rules need: the history is
+    // counted back from the tag's latest reading, not from the clock.
+    let t0 = (Timestamp::now().as_micros() / 1_000_000 - 60) * 1_000_000;
     publish_all(
         &plant.broker,
         &topic,
