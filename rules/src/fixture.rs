@@ -37,10 +37,21 @@
 //! `press-1.temp,0,70,good,5`); later readings of the asset leave the field empty or repeat the
 //! same value.
 //!
+//! One more optional column replays data that arrived late, as after an outage:
+//!
+//! - `arrived_seconds`: when the reading reached the server, in seconds since the Unix epoch
+//!   (empty: it arrived live, at its event time).
+//!
 //! Readings go through the engine in file order. Before each reading the engine's time is
-//! advanced to the reading's time ([`Engine::advance`]), so that silence raises `stale`
-//! alarms; then the reading is evaluated. A reading not later than its tag's previous one is
-//! skipped by the engine, as it would be live.
+//! advanced ([`Engine::advance`]) to the reading's arrival (its event time without the
+//! column), so that silence raises `stale` alarms; then the reading is evaluated. A reading
+//! not later than its tag's previous one is skipped by the engine, as it would be live.
+//!
+//! With an `arrived_seconds` column the events pass the [`Pager`] as they do live, with the
+//! default replay horizon ([`DEFAULT_HORIZON`], 5 minutes) and each reading's arrival as the
+//! current time: a raise older than the horizon is held until its tag catches up. One that
+//! clears before then is shown as history (no work order); one still held when the readings
+//! end is shown as held.
 //!
 //! # The output
 //!
@@ -54,6 +65,11 @@
 //! cleared   t=45 rule=bearing-hot tag=press-1.bearing_temp severity=critical raised_at=13 value=75
 //!   -> noted on WO-1 (condition cleared)
 //! ```
+//!
+//! An alarm replayed after an outage that began and ended before its tag caught up shows
+//! `-> replayed, began and ended before its tag caught up: on the asset's history, no work
+//! order` under each of its events; one still held at the end, `-> replayed and still active
+//! when the readings end: held until its tag catches up`.
 //!
 //! # The simulated CMMS
 //!
@@ -75,23 +91,24 @@ use std::sync::Arc;
 use model::alarm::{AlarmEvent, Decision, WorkType, decide};
 use model::{AssetId, Criticality, IdError, Priority, Quality, TagName, TenantId, Timestamp};
 
+use crate::paging::{DEFAULT_HORIZON, Page, Pager};
 use crate::select::{Labels, is_label_key, is_label_value};
 use crate::{Engine, RuleSet, TagContext};
 
 /// The header of a readings file.
 pub const HEADER: &str = "tag,ts_seconds,value,quality";
 /// Columns the header may add after [`HEADER`], in any order, each at most once.
-pub const ASSET_COLUMNS: [&str; 3] = ["criticality", "asset_class", "labels"];
+pub const EXTRA_COLUMNS: [&str; 4] = ["criticality", "asset_class", "labels", "arrived_seconds"];
 
 /// Why a readings file was refused, with the line (from 1) to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FixtureError {
     #[error(
-        "the file has no header: its first line that is not blank or a comment must be `{HEADER}`, optionally followed by criticality, asset_class and labels columns"
+        "the file has no header: its first line that is not blank or a comment must be `{HEADER}`, optionally followed by criticality, asset_class, labels and arrived_seconds columns"
     )]
     NoHeader,
     #[error(
-        "line {line}: the header must be `{HEADER}`, optionally followed by criticality, asset_class and labels (each at most once), not {found:?}"
+        "line {line}: the header must be `{HEADER}`, optionally followed by criticality, asset_class, labels and arrived_seconds (each at most once), not {found:?}"
     )]
     Header { line: usize, found: String },
     #[error("line {line}: expected {expected} fields ({header}), found {found}")]
@@ -105,6 +122,10 @@ pub enum FixtureError {
     Tag { line: usize, source: IdError },
     #[error("line {line}: ts_seconds {found:?} is not a number of seconds, such as 12 or 12.5")]
     Timestamp { line: usize, found: String },
+    #[error(
+        "line {line}: arrived_seconds {found:?} is not a number of seconds (leave it empty for a reading that arrived live)"
+    )]
+    Arrived { line: usize, found: String },
     #[error("line {line}: value {found:?} is not a finite number")]
     Value { line: usize, found: String },
     #[error("line {line}: quality {found:?} is not good, uncertain or bad")]
@@ -140,6 +161,7 @@ impl FixtureError {
             | FixtureError::FieldCount { line, .. }
             | FixtureError::Tag { line, .. }
             | FixtureError::Timestamp { line, .. }
+            | FixtureError::Arrived { line, .. }
             | FixtureError::Value { line, .. }
             | FixtureError::Quality { line, .. }
             | FixtureError::Criticality { line, .. }
@@ -157,6 +179,8 @@ struct FixtureReading {
     ts: Timestamp,
     value: f64,
     quality: Quality,
+    /// When the reading reached the server; `None`: live, at its event time.
+    arrived: Option<Timestamp>,
 }
 
 /// A parsed readings file: its tags, with their assets, and its readings in file order.
@@ -164,6 +188,33 @@ struct FixtureReading {
 pub struct Fixture {
     tags: Vec<TagContext>,
     readings: Vec<FixtureReading>,
+    /// The file has an `arrived_seconds` column: events go through the pager.
+    replay: bool,
+}
+
+/// What a fixture run did with the alarm events: in the order they left the pager, each
+/// applied to the CMMS or recorded as history, and the alarms still held when the readings
+/// end.
+#[derive(Debug, Clone, Default)]
+pub struct FixtureRun {
+    pub pages: Vec<Page>,
+    /// Replayed raises whose outcome the readings do not show, each with the events of the
+    /// same alarm that followed, oldest raise first.
+    pub held: Vec<Vec<AlarmEvent>>,
+}
+
+impl FixtureRun {
+    /// Every event, in the order of [`FixtureRun::pages`], then the held ones.
+    pub fn events(&self) -> Vec<&AlarmEvent> {
+        self.pages
+            .iter()
+            .flat_map(|page| match page {
+                Page::Now(event) => std::slice::from_ref(event),
+                Page::History(events) => events.as_slice(),
+            })
+            .chain(self.held.iter().flatten())
+            .collect()
+    }
 }
 
 /// An asset met in the readings, and the line that fixed its attributes.
@@ -267,7 +318,7 @@ impl Fixture {
         let known_extra = extra
             .iter()
             .enumerate()
-            .all(|(i, c)| ASSET_COLUMNS.contains(c) && !extra[..i].contains(c));
+            .all(|(i, c)| EXTRA_COLUMNS.contains(c) && !extra[..i].contains(c));
         if columns.len() < 4 || columns[..4].join(",") != HEADER || !known_extra {
             return Err(FixtureError::Header {
                 line: header_line,
@@ -276,10 +327,11 @@ impl Fixture {
         }
         let expected = columns.len();
         let column = |name: &str| extra.iter().position(|c| *c == name).map(|i| i + 4);
-        let (criticality_at, class_at, labels_at) = (
+        let (criticality_at, class_at, labels_at, arrived_at) = (
             column("criticality"),
             column("asset_class"),
             column("labels"),
+            column("arrived_seconds"),
         );
         let tenant = TenantId::from_uuid(uuid::Uuid::nil());
         let mut tags: Vec<TagContext> = Vec::new();
@@ -328,6 +380,20 @@ impl Fixture {
                     found: ts.to_owned(),
                 })?;
             let ts = Timestamp::from_micros((ts * 1e6).round() as i64);
+            let arrived = match arrived_at.map(|i| fields[i]) {
+                Some("") | None => None,
+                Some(field) => Some(
+                    field
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite())
+                        .map(|s| Timestamp::from_micros((s * 1e6).round() as i64))
+                        .ok_or_else(|| FixtureError::Arrived {
+                            line,
+                            found: field.to_owned(),
+                        })?,
+                ),
+            };
             let value = value
                 .parse::<f64>()
                 .ok()
@@ -384,9 +450,14 @@ impl Fixture {
                 ts,
                 value,
                 quality,
+                arrived,
             });
         }
-        Ok(Fixture { tags, readings })
+        Ok(Fixture {
+            tags,
+            readings,
+            replay: arrived_at.is_some(),
+        })
     }
 
     /// The tags in order of first appearance, as the engine sees them.
@@ -394,17 +465,31 @@ impl Fixture {
         &self.tags
     }
 
-    /// Runs the readings through a fresh engine over `rules` and returns the alarm events in
-    /// the order they were emitted.
-    pub fn run(&self, rules: Arc<RuleSet>) -> Vec<AlarmEvent> {
+    /// Runs the readings through a fresh engine over `rules`. Without an `arrived_seconds`
+    /// column every event goes to the CMMS as it is emitted. With one, the current time at
+    /// each reading is its arrival (its event time where the field is empty), and the events
+    /// go through the [`Pager`] with the default replay horizon, as live.
+    pub fn run(&self, rules: Arc<RuleSet>) -> FixtureRun {
         let mut engine = Engine::new(rules);
+        let mut pager = Pager::new(DEFAULT_HORIZON);
         let mut events = Vec::new();
+        let mut run = FixtureRun::default();
         for reading in &self.readings {
             let ctx = &self.tags[reading.tag];
-            engine.advance(reading.ts, &mut events);
+            let now = reading.arrived.unwrap_or(reading.ts);
+            engine.advance(now, &mut events);
             engine.evaluate(ctx, reading.ts, reading.value, reading.quality, &mut events);
+            if self.replay {
+                for event in events.drain(..) {
+                    pager.offer(event, now, &mut run.pages);
+                }
+                pager.release(now, |tag| engine.last_seen(tag), &mut run.pages);
+            } else {
+                run.pages.extend(events.drain(..).map(Page::Now));
+            }
         }
-        events
+        run.held = pager.into_held();
+        run
     }
 }
 
@@ -415,15 +500,35 @@ pub fn run(rules: Arc<RuleSet>, readings_csv: &str) -> Result<String, FixtureErr
     Ok(render(&fixture.run(rules)))
 }
 
-/// One line per event, each followed by the line of what a fresh [`SimulatedCmms`] did.
-pub fn render(events: &[AlarmEvent]) -> String {
+/// One line per event, each followed by the line of what a fresh [`SimulatedCmms`] did with
+/// it, or why it reached no work order.
+pub fn render(run: &FixtureRun) -> String {
     let mut cmms = SimulatedCmms::default();
     let mut out = String::new();
-    for event in events {
+    let mut line = |event: &AlarmEvent, outcome: &str| {
         out.push_str(&describe(event));
         out.push_str("\n  -> ");
-        out.push_str(&cmms.apply(event).to_string());
+        out.push_str(outcome);
         out.push('\n');
+    };
+    for page in &run.pages {
+        match page {
+            Page::Now(event) => line(event, &cmms.apply(event).to_string()),
+            Page::History(events) => {
+                for event in events {
+                    line(
+                        event,
+                        "replayed, began and ended before its tag caught up: on the asset's history, no work order",
+                    );
+                }
+            }
+        }
+    }
+    for event in run.held.iter().flatten() {
+        line(
+            event,
+            "replayed and still active when the readings end: held until its tag catches up",
+        );
     }
     out
 }
@@ -713,7 +818,8 @@ mod tests {
         .unwrap();
         let raised: Vec<String> = fixture
             .run(Arc::new(rules))
-            .iter()
+            .events()
+            .into_iter()
             .filter(|e| matches!(e, AlarmEvent::Raised { .. }))
             .map(|e| e.subject().tag.as_str().to_owned())
             .collect();
@@ -767,6 +873,13 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "line 2: criticality \"6\" is not 1 to 5 (leave it empty for 3)"
+        );
+        let err = error(
+            "tag,ts_seconds,value,quality,arrived_seconds\np.t,0,1,good,\np.t,1,1,good,later\n",
+        );
+        assert_eq!(
+            err.to_string(),
+            "line 3: arrived_seconds \"later\" is not a number of seconds (leave it empty for a reading that arrived live)"
         );
     }
 
@@ -874,19 +987,20 @@ work_type = "emergency"
         let fixture =
             Fixture::parse("tag,ts_seconds,value,quality\np.temp,0,90,good\np.temp,1,20,good\n")
                 .unwrap();
-        let events = fixture.run(rules);
+        let run = fixture.run(rules);
+        let events = run.events();
         assert_eq!(events.len(), 2);
         let mut cmms = SimulatedCmms::default();
         assert!(matches!(
-            cmms.apply(&events[0]),
+            cmms.apply(events[0]),
             WorkOrderAction::Opened { number: 1, .. }
         ));
-        assert_eq!(cmms.apply(&events[0]), WorkOrderAction::Duplicate);
-        assert_eq!(cmms.apply(&events[1]), WorkOrderAction::Noted { number: 1 });
-        assert_eq!(cmms.apply(&events[1]), WorkOrderAction::Duplicate);
+        assert_eq!(cmms.apply(events[0]), WorkOrderAction::Duplicate);
+        assert_eq!(cmms.apply(events[1]), WorkOrderAction::Noted { number: 1 });
+        assert_eq!(cmms.apply(events[1]), WorkOrderAction::Duplicate);
         // A clear the CMMS has no work order for is reported, not dropped.
         let mut fresh = SimulatedCmms::default();
-        assert_eq!(fresh.apply(&events[1]), WorkOrderAction::NothingOpen);
+        assert_eq!(fresh.apply(events[1]), WorkOrderAction::NothingOpen);
     }
 
     #[test]

@@ -139,6 +139,14 @@ impl Pager {
         released.sort_by_key(|events| events.first().map(raise_time));
         out.extend(released.into_iter().flatten().map(Page::Now));
     }
+
+    /// The alarms still held, oldest raise first, each with the events of the same alarm
+    /// that followed its raise.
+    pub fn into_held(self) -> Vec<Vec<AlarmEvent>> {
+        let mut held: Vec<Vec<AlarmEvent>> = self.held.into_values().map(|h| h.events).collect();
+        held.sort_by_key(|events| events.first().map(raise_time));
+        held
+    }
 }
 
 fn raise_time(event: &AlarmEvent) -> Timestamp {
