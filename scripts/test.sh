@@ -75,6 +75,8 @@ listener $mq_port 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 100000
+# Alarms are small messages: without it one waits behind the TCP ack of the batch before.
+set_tcp_nodelay true
 CONF
 chmod 644 "$work/mosquitto.conf"
 log "starting Mosquitto on 127.0.0.1:$mq_port"

@@ -110,7 +110,13 @@ impl Uplink {
         if let (Some(user), Some(password)) = (&config.uplink.username, &config.uplink.password) {
             options.set_credentials(user, password.expose());
         }
-        let (client, eventloop) = AsyncClient::new(options, config.uplink.max_in_flight * 2 + 8);
+        let (client, mut eventloop) =
+            AsyncClient::new(options, config.uplink.max_in_flight * 2 + 8);
+        // A batch that carries a breach must not wait for the broker's TCP acknowledgement
+        // of the batch before (Nagle's algorithm); batches are large, so few packets are saved.
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, rx) = mpsc::channel(1024);
         let driver = tokio::spawn(drive(eventloop, tx, cancel));
         Ok((

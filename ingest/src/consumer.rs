@@ -206,7 +206,12 @@ impl Consumer {
         // ack waiting for room (with the queue full behind it) would stall ingest for good.
         // Packet ids are 16 bits: no more than 65,535 deliveries can await an ack, so a
         // channel of that size never makes an ack wait.
-        let (client, eventloop) = AsyncClient::new(options, usize::from(u16::MAX) + 1);
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(u16::MAX) + 1);
+        // PUBACKs are a few bytes each: with Nagle's algorithm one could wait for the broker's
+        // TCP acknowledgement of the one before, holding the broker's in-flight window full.
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (received_tx, received_rx) = mpsc::channel(self.config.queue);
         let (decoded_tx, decoded_rx) = mpsc::channel(STORE_QUEUE);
         let stop_intake = CancellationToken::new();

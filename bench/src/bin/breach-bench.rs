@@ -64,9 +64,9 @@ struct Args {
     min_spacing: Duration,
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     max_spacing: Duration,
-    /// Background readings per second in the loaded phase: half of what ingest stored end to
-    /// end in the ingest benchmark (129,029/s).
-    #[arg(long, default_value_t = 65_000.0)]
+    /// Background readings per second in the loaded phase: at least half of what ingest
+    /// stored end to end in the ingest benchmark (195,540 to 226,855/s, BENCHMARKS.md).
+    #[arg(long, default_value_t = 105_000.0)]
     load_rate: f64,
     #[arg(long, default_value_t = 1000)]
     readings_per_batch: usize,
@@ -705,7 +705,7 @@ async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value
     let mosquitto = Mosquitto::start(
         &args.mosquitto,
         dir.path(),
-        "max_inflight_messages 100\nmax_queued_messages 100000\n",
+        "max_inflight_messages 100\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
     )?;
 
     let rules = RuleSet::parse("breach-bench.toml", RULES).map_err(|d| {

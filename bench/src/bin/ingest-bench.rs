@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let mosquitto = Mosquitto::start(
         &args.mosquitto,
         dir.path(),
-        "max_inflight_messages 100\nmax_queued_messages 100000\n",
+        "max_inflight_messages 100\nmax_queued_messages 100000\nset_tcp_nodelay true\n",
     )?;
     let broker = mosquitto.url.clone();
 
