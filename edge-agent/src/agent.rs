@@ -66,6 +66,16 @@ impl AgentStats {
         metrics::counter!("maintainpro_edge_readings_polled_total").increment(n as u64);
     }
 
+    fn count_sealed(&self, n: usize) {
+        self.readings_sealed.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("maintainpro_edge_readings_sealed_total").increment(n as u64);
+    }
+
+    pub(crate) fn count_decode_error(&self) {
+        self.decode_errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("maintainpro_edge_decode_errors_total").increment(1);
+    }
+
     fn count_acked(&self, readings: usize) {
         self.batches_acked.fetch_add(1, Ordering::Relaxed);
         self.readings_acked
@@ -253,9 +263,7 @@ impl Agent {
                 }
             };
             flow.unsealed.drain(..n);
-            self.stats
-                .readings_sealed
-                .fetch_add(n as u64, Ordering::Relaxed);
+            self.stats.count_sealed(n);
             let dropped = flow.outbox.dropped().readings;
             self.stats.count_dropped(dropped - flow.outbox_dropped);
             flow.outbox_dropped = dropped;

@@ -21,6 +21,9 @@
 //! fsync_interval = "1s"          # with fsync = "interval"
 //! replay_batches_per_second = 50 # backlog replay rate after an outage, on top of live data
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9465"      # Prometheus text at http://127.0.0.1:9465/metrics (default: none)
+//!
 //! [[device]]
 //! name = "press-1"
 //! protocol = "modbus-tcp"        # modbus-tcp | modbus-rtu-over-tcp | modbus-rtu
@@ -56,6 +59,7 @@
 //! `EDGE_AGENT_UPLINK__BROKER`, `EDGE_AGENT_UPLINK__PASSWORD`.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +83,15 @@ pub struct AgentConfig {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the agent's Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsSection {
+    /// Serve the metrics at `http://<listen>/metrics`; no endpoint when left out.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -722,6 +735,17 @@ data_type = "f32"
         assert_eq!(c.uplink.batch_max_age, Duration::from_secs(1));
         assert_eq!(c.device[0].tag[0].byte_order, ByteOrder::Abcd);
         assert_eq!(c.device[0].unit_id, 1);
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_an_address_is_given() {
+        assert_eq!(load(GOOD).unwrap().metrics.listen, None);
+        let on = load(&format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9465\"\n")).unwrap();
+        assert_eq!(on.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
+        let err = load(&format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert_eq!(err.errors[0].path, "metrics.listen", "{err}");
+        let err = load(&format!("{GOOD}\n[metrics]\nport = 9465\n")).unwrap_err();
+        assert_eq!(err.errors[0].path, "metrics.port", "{err}");
     }
 
     #[test]

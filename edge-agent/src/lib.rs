@@ -11,6 +11,7 @@
 //!   acknowledgement.
 //! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
 //! - [`agent`]: wires sources, buffer and uplink together and shuts them down gracefully.
+//! - [`exporter`]: the optional Prometheus endpoint (`[metrics] listen`).
 //!
 //! The agent runs on small gateways for years: it never links a database driver or an HTTP
 //! server framework, keeps every queue bounded, and never drops a reading without counting it.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod config;
 pub mod exception;
+pub mod exporter;
 pub mod modbus;
 pub mod outbox;
 pub mod read;

@@ -119,7 +119,17 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime() else {
                 return ExitCode::FAILURE;
             };
-            match runtime.block_on(Agent::build(config).run_until(shutdown_signal())) {
+            let metrics = config.metrics.listen;
+            let agent = async move {
+                if let Some(addr) = metrics {
+                    edge_agent::exporter::serve(addr).map_err(|e| e.to_string())?;
+                }
+                Agent::build(config)
+                    .run_until(shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match runtime.block_on(agent) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edge agent failed: {e}");

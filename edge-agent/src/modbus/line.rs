@@ -13,7 +13,6 @@
 //! Modbus exception) ends the device's poll: its remaining requests are marked bad unsent.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use model::{Quality, Reading, TagName, Timestamp};
@@ -289,7 +288,7 @@ impl DeviceReader {
                     .and_then(|w| decode_tag(t, w)),
             };
             if value.is_none() {
-                self.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.count_decode_error();
             }
             let sample = Sample {
                 tag: t.name.clone(),
