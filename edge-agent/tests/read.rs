@@ -257,3 +257,69 @@ async fn configuration_errors_exit_with_2() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn injected_faults_reach_the_agent_as_a_field_engineer_would_see_them() {
+    within_deadline(async {
+        let faulty = Scenario::from_toml_str(
+            "[[signal]]\nname = \"temp\"\naddress = 0\nkind.constant = { value = 21.5 }\n\
+             [[signal.fault]]\nkind = \"dropout\"\nat = \"0s\"\nduration = \"1h\"\n\
+             [[signal]]\nname = \"pressure\"\naddress = 2\nkind.constant = { value = 4.0 }\n\
+             [[signal.fault]]\nkind = \"spike\"\nat = \"0s\"\nduration = \"1h\"\nvalue = 99.0\n",
+            "faults",
+        )
+        .expect("the fault scenario is valid");
+        let lost = Scenario::from_toml_str(
+            "[[signal]]\nname = \"temp\"\naddress = 0\nkind.constant = { value = 21.5 }\n\
+             [[outage]]\nat = \"0s\"\nduration = \"1h\"\n",
+            "outage",
+        )
+        .expect("the outage scenario is valid");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let faulty = spawn_modbus_plc(loopback, faulty).await.expect("a PLC");
+        let lost = spawn_modbus_plc(loopback, lost).await.expect("a PLC");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("agent.toml");
+        let device = |name: &str, addr: SocketAddr, tags: &[(&str, u16)]| {
+            let mut text = format!(
+                "\n[[device]]\nname = \"{name}\"\nprotocol = \"modbus-tcp\"\naddress = \"{addr}\"\nretries = 0\n"
+            );
+            for (tag, address) in tags {
+                text.push_str(&format!(
+                    "\n[[device.tag]]\nname = \"{name}.{tag}\"\ntable = \"holding\"\naddress = {address}\ndata_type = \"f32\"\n"
+                ));
+            }
+            text
+        };
+        let text = format!(
+            "[gateway]\ntenant = \"8c1c5a4e-3f57-4d8e-9d55-1c1f6f0c9a11\"\nid = \"gw-faults\"\n\n\
+             [uplink]\nbroker = \"mqtt://127.0.0.1:1\"\n{}{}",
+            device(
+                "press",
+                faulty.local_addr(),
+                &[("temp", 0), ("pressure", 2)]
+            ),
+            device("remote", lost.local_addr(), &[("temp", 0)]),
+        );
+        std::fs::write(&config, text).expect("the temporary directory is writable");
+
+        let output = run(&["--once", "--json"], &config).await;
+        assert!(output.status.success(), "{output:?}");
+        let lines = json_lines(&output);
+        let quality = |tag: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l["tag"] == tag)
+                .unwrap_or_else(|| panic!("no line for {tag} in {lines:?}"));
+            (line["value"].clone(), line["quality"].clone())
+        };
+        // A dropout (NaN in the registers) and a lost link (a gateway exception) are bad
+        // readings; a spike is a good reading of a wrong value, for the rules to judge.
+        assert_eq!(quality("press.temp"), (Json::Null, Json::from("bad")));
+        assert_eq!(quality("press.pressure"), (Json::from(99.0), Json::from("good")));
+        assert_eq!(quality("remote.temp"), (Json::Null, Json::from("bad")));
+        faulty.shutdown().await.expect("the PLC stops");
+        lost.shutdown().await.expect("the PLC stops");
+    })
+    .await;
+}

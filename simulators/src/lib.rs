@@ -6,10 +6,12 @@
 //! and the rules can be run end to end without hardware.
 //!
 //! # Layout
-//! - [`signal`]: one measurement's waveform, noise and optional breach, as a pure function
-//!   of a seed and the time since start.
+//! - [`signal`]: one measurement's waveform, noise, optional breach and injected instrument
+//!   faults (spike, drift, stuck value, dropout), as a pure function of a seed and the time
+//!   since start.
 //! - [`scenario`]: a checked set of signals loaded from TOML (`config/scenarios/demo.toml`)
-//!   or built in ([`Scenario::demo`]), and the register reads it answers.
+//!   or built in ([`Scenario::demo`]), the register reads it answers, and the PLC's outages
+//!   (times when every read gets a Modbus exception, such as a lost link behind a gateway).
 //! - [`registers`]: the register map's rules: `f32` in two registers high word first, which
 //!   reads are legal. Pure.
 //! - [`plc`]: the Modbus server around a scenario: Modbus TCP ([`spawn_modbus_plc`]) or RTU
@@ -33,5 +35,5 @@ pub mod signal;
 
 pub use plc::{ModbusPlc, PlcHandle, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 pub use registers::ReadError;
-pub use scenario::{Scenario, ScenarioError};
-pub use signal::{Breach, Signal, SignalKind};
+pub use scenario::{Outage, OutageAnswer, Scenario, ScenarioError};
+pub use signal::{Breach, Fault, Signal, SignalKind};

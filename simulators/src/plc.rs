@@ -25,7 +25,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tracing::Instrument;
 
 use crate::registers::ReadError;
-use crate::scenario::Scenario;
+use crate::scenario::{OutageAnswer, Scenario};
 
 /// The simulated PLC itself, without a socket.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,14 @@ impl ModbusPlc {
 
     /// What the PLC answers to `request` `t` seconds after it started.
     pub fn answer(&self, t: f64, request: &Request<'_>) -> Result<Response, ExceptionCode> {
+        if let Some(answer) = self.scenario.outage_at(t) {
+            return Err(match answer {
+                OutageAnswer::GatewayTargetFailedToRespond => ExceptionCode::GatewayTargetDevice,
+                OutageAnswer::GatewayPathUnavailable => ExceptionCode::GatewayPathUnavailable,
+                OutageAnswer::ServerDeviceFailure => ExceptionCode::ServerDeviceFailure,
+                OutageAnswer::ServerDeviceBusy => ExceptionCode::ServerDeviceBusy,
+            });
+        }
         match *request {
             Request::ReadHoldingRegisters(start, count) => self
                 .read(t, start, count)
@@ -260,6 +268,9 @@ async fn serve_rtu_over_tcp(
 mod tests {
     use super::*;
     use std::borrow::Cow;
+    use std::time::Duration;
+
+    use crate::scenario::Outage;
 
     #[test]
     fn holding_and_input_registers_are_the_same_image() {
@@ -273,6 +284,38 @@ mod tests {
         };
         assert_eq!(h, i);
         assert_eq!(Ok(h), plc.scenario().read_registers(12.0, 0, 8));
+    }
+
+    #[test]
+    fn an_outage_answers_every_read_with_its_exception_for_its_duration() {
+        let outages = vec![
+            Outage {
+                at: Duration::from_secs(10),
+                duration: Duration::from_secs(5),
+                answer: OutageAnswer::GatewayTargetFailedToRespond,
+            },
+            Outage {
+                at: Duration::from_secs(20),
+                duration: Duration::from_secs(1),
+                answer: OutageAnswer::ServerDeviceFailure,
+            },
+        ];
+        let plc = ModbusPlc::new(
+            Scenario::demo()
+                .with_outages(outages)
+                .expect("valid outages"),
+        );
+        let read = Request::ReadHoldingRegisters(0, 2);
+        assert!(plc.answer(9.9, &read).is_ok());
+        assert_eq!(
+            plc.answer(10.0, &read),
+            Err(ExceptionCode::GatewayTargetDevice)
+        );
+        assert!(plc.answer(15.0, &read).is_ok());
+        assert_eq!(
+            plc.answer(20.5, &read),
+            Err(ExceptionCode::ServerDeviceFailure)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use model::settings::{self, ConfigError, ConfigErrors, Report, Validate};
 use serde::Deserialize;
 
 use crate::registers::{self, LAST_REGISTER, REGISTERS_PER_SIGNAL, ReadError};
-use crate::signal::{self, Breach, Signal, SignalKind};
+use crate::signal::{self, Breach, Fault, Signal, SignalKind};
 
 /// The seed a scenario file gets when it does not name one.
 pub const DEFAULT_SEED: u64 = 42;
@@ -34,11 +34,41 @@ pub enum ScenarioError {
     Invalid(#[from] ConfigErrors),
 }
 
-/// A checked set of signals and the seed their noise derives from.
+/// A checked set of signals, the seed their noise derives from, and the PLC's outages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     seed: u64,
     signals: Vec<Signal>,
+    outages: Vec<Outage>,
+}
+
+/// A time during which the PLC answers every read with a Modbus exception instead of data,
+/// written as `[[outage]]`: communication lost behind a gateway, or a failing device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// The exception every read gets meanwhile.
+    #[serde(default)]
+    pub answer: OutageAnswer,
+}
+
+/// The Modbus exception an outage answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutageAnswer {
+    /// 0x0B: a gateway got no answer from the device behind it (communication lost).
+    #[default]
+    GatewayTargetFailedToRespond,
+    /// 0x0A: a gateway has no path to the device.
+    GatewayPathUnavailable,
+    /// 0x04: the device failed while handling the request.
+    ServerDeviceFailure,
+    /// 0x06: the device is busy.
+    ServerDeviceBusy,
 }
 
 /// The file as written, before the checks that span several signals.
@@ -48,6 +78,8 @@ struct ScenarioFile {
     seed: u64,
     #[serde(default, rename = "signal")]
     signals: Vec<Signal>,
+    #[serde(default, rename = "outage")]
+    outages: Vec<Outage>,
 }
 
 fn default_seed() -> u64 {
@@ -56,7 +88,10 @@ fn default_seed() -> u64 {
 
 impl Validate for ScenarioFile {
     fn validate(&self, report: &mut Report) {
-        for problem in problems(&self.signals) {
+        for problem in problems(&self.signals)
+            .into_iter()
+            .chain(outage_problems(&self.outages))
+        {
             report.error(problem.path, problem.message);
         }
     }
@@ -67,7 +102,11 @@ impl Scenario {
     pub fn new(seed: u64, signals: Vec<Signal>) -> Result<Self, ScenarioError> {
         let errors = problems(&signals);
         if errors.is_empty() {
-            Ok(Self { seed, signals })
+            Ok(Self {
+                seed,
+                signals,
+                outages: Vec::new(),
+            })
         } else {
             Err(ConfigErrors {
                 source_name: "scenario".to_owned(),
@@ -93,6 +132,30 @@ impl Scenario {
         Ok(Self {
             seed: file.seed,
             signals: file.signals,
+            outages: file.outages,
+        })
+    }
+
+    /// This scenario with `outages`, checked as a file's are.
+    pub fn with_outages(mut self, outages: Vec<Outage>) -> Result<Self, ScenarioError> {
+        let errors = outage_problems(&outages);
+        if !errors.is_empty() {
+            return Err(ConfigErrors {
+                source_name: "scenario".to_owned(),
+                errors,
+            }
+            .into());
+        }
+        self.outages = outages;
+        Ok(self)
+    }
+
+    /// The exception the PLC answers every read with `t` seconds after start, if an outage
+    /// is under way.
+    pub fn outage_at(&self, t: f64) -> Option<OutageAnswer> {
+        self.outages.iter().find_map(|o| {
+            let from = o.at.as_secs_f64();
+            (t >= from && t < from + o.duration.as_secs_f64()).then_some(o.answer)
         })
     }
 
@@ -117,6 +180,7 @@ impl Scenario {
         };
         Self {
             seed: DEFAULT_SEED,
+            outages: Vec::new(),
             signals: vec![
                 Signal {
                     name: tag("bearing_temp"),
@@ -128,6 +192,7 @@ impl Scenario {
                         value: 92.0,
                         ramp: Duration::from_secs(5),
                     }),
+                    faults: Vec::new(),
                 },
                 Signal {
                     name: tag("vibration"),
@@ -135,6 +200,7 @@ impl Scenario {
                     kind: sine(2.5, 0.4, 17),
                     noise: 0.1,
                     breach: None,
+                    faults: Vec::new(),
                 },
                 Signal {
                     name: tag("motor_current"),
@@ -142,6 +208,7 @@ impl Scenario {
                     kind: sine(41.0, 4.0, 30),
                     noise: 1.0,
                     breach: None,
+                    faults: Vec::new(),
                 },
                 Signal {
                     name: tag("cycle_count"),
@@ -152,6 +219,7 @@ impl Scenario {
                     },
                     noise: 0.0,
                     breach: None,
+                    faults: Vec::new(),
                 },
             ],
         }
@@ -258,6 +326,35 @@ fn problems(signals: &[Signal]) -> Vec<ConfigError> {
         {
             error(at("kind.sine.period"), "must be longer than 0s".into());
         }
+        for (j, fault) in signal.faults.iter().enumerate() {
+            let at = |key: &str| format!("signal[{i}].fault[{j}].{key}");
+            match *fault {
+                Fault::Spike {
+                    duration, value, ..
+                } => {
+                    if !value.is_finite() {
+                        error(at("value"), format!("must be a finite number, not {value}"));
+                    }
+                    if duration.is_zero() {
+                        error(at("duration"), "must be longer than 0s".into());
+                    }
+                }
+                Fault::Drift { per_second, .. } if !per_second.is_finite() => error(
+                    at("per_second"),
+                    format!("must be a finite number, not {per_second}"),
+                ),
+                Fault::Stuck {
+                    duration: Some(duration),
+                    ..
+                }
+                | Fault::Dropout { duration, .. }
+                    if duration.is_zero() =>
+                {
+                    error(at("duration"), "must be longer than 0s".into());
+                }
+                _ => {}
+            }
+        }
         if let Some(breach) = &signal.breach
             && !breach.value.is_finite()
         {
@@ -292,6 +389,18 @@ fn problems(signals: &[Signal]) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+fn outage_problems(outages: &[Outage]) -> Vec<ConfigError> {
+    outages
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.duration.is_zero())
+        .map(|(i, _)| ConfigError {
+            path: format!("outage[{i}].duration"),
+            message: "must be longer than 0s".into(),
+        })
+        .collect()
 }
 
 fn kind_numbers(kind: &SignalKind) -> Vec<(String, f64)> {
@@ -383,6 +492,87 @@ mod tests {
         assert_eq!(breach.after, Duration::from_secs(60));
         assert_eq!(s.value_of("level", 0.0), Some(3.0));
         assert_eq!(s.value_of("nope", 0.0), None);
+    }
+
+    #[test]
+    fn faults_and_outages_are_read_from_the_file_and_checked() {
+        let scenario = accepted(parse(
+            r#"
+            [[signal]]
+            name = "temp"
+            address = 0
+            kind.constant = { value = 50.0 }
+            [[signal.fault]]
+            kind = "spike"
+            at = "10s"
+            value = 120.0
+            [[signal.fault]]
+            kind = "dropout"
+            at = "30s"
+            duration = "5s"
+            [[outage]]
+            at = "60s"
+            duration = "10s"
+            [[outage]]
+            at = "80s"
+            duration = "1s"
+            answer = "server_device_busy"
+            "#,
+        ));
+        assert_eq!(scenario.value_of("temp", 10.5), Some(120.0));
+        assert_eq!(scenario.value_of("temp", 11.0), Some(50.0));
+        assert!(scenario.value_of("temp", 31.0).is_some_and(f64::is_nan));
+        assert_eq!(scenario.outage_at(59.9), None);
+        assert_eq!(
+            scenario.outage_at(65.0),
+            Some(OutageAnswer::GatewayTargetFailedToRespond)
+        );
+        assert_eq!(
+            scenario.outage_at(80.5),
+            Some(OutageAnswer::ServerDeviceBusy)
+        );
+        assert_eq!(scenario.outage_at(81.0), None);
+
+        let errors = refused(parse(
+            r#"
+            [[signal]]
+            name = "temp"
+            address = 0
+            kind.constant = { value = 50.0 }
+            [[signal.fault]]
+            kind = "spike"
+            at = "10s"
+            duration = "0s"
+            value = inf
+            [[signal.fault]]
+            kind = "drift"
+            at = "1s"
+            per_second = nan
+            [[signal.fault]]
+            kind = "dropout"
+            at = "1s"
+            duration = "0s"
+            [[outage]]
+            at = "1s"
+            duration = "0s"
+            "#,
+        ));
+        assert_eq!(
+            paths(&errors),
+            [
+                "outage[0].duration",
+                "signal[0].fault[0].duration",
+                "signal[0].fault[0].value",
+                "signal[0].fault[1].per_second",
+                "signal[0].fault[2].duration",
+            ],
+            "{errors}"
+        );
+        let unknown = refused(parse(
+            "[[signal]]\nname = \"t\"\naddress = 0\nkind.constant = { value = 1.0 }\n\
+             [[signal.fault]]\nkind = \"melt\"\nat = \"1s\"\n",
+        ));
+        assert!(unknown.to_string().contains("melt"), "{unknown}");
     }
 
     #[test]
@@ -520,6 +710,7 @@ mod tests {
             kind: SignalKind::Constant { value: 0.0 },
             noise: 1.0,
             breach: None,
+            faults: Vec::new(),
         };
         let s = accepted(Scenario::new(9, vec![flat("a", 0), flat("b", 2)]));
         let series = |name| -> Vec<Option<f64>> {

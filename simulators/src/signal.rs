@@ -1,4 +1,5 @@
-//! One simulated measurement: its waveform, its noise and an optional fault ("breach").
+//! One simulated measurement: its waveform, its noise, an optional process fault ("breach")
+//! and injected instrument faults (spike, drift, stuck value, dropout).
 //!
 //! Everything here is a pure function of a seed and a time in seconds since the simulator
 //! started, so a run can be replayed exactly and tests never wait for wall-clock time. This
@@ -31,6 +32,61 @@ pub struct Signal {
     /// A fault that takes over the signal some time after start.
     #[serde(default)]
     pub breach: Option<Breach>,
+    /// Instrument faults injected on top, written as `[[signal.fault]]` tables.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Fault>,
+}
+
+/// An instrument fault injected into one signal: what a failing transmitter, cable or input
+/// card does to a reading, as opposed to a [`Breach`], which is the process itself going
+/// wrong. In TOML a `[[signal.fault]]` table whose `kind` names the variant.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// The signal reads `value` for `duration` (default 1 s) from `at`: a spike.
+    Spike {
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        #[serde(with = "humantime_serde", default = "default_spike")]
+        duration: Duration,
+        value: f64,
+    },
+    /// From `at` on, the signal reads `per_second` more for every second since `at`: a
+    /// transmitter drifting out of calibration.
+    Drift {
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        per_second: f64,
+    },
+    /// From `at`, for `duration` (for good without it), the signal repeats the value it had
+    /// at `at`, noise included: a frozen transmitter.
+    Stuck {
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        #[serde(with = "humantime_serde", default)]
+        duration: Option<Duration>,
+    },
+    /// From `at`, for `duration`, the registers hold NaN: a broken sensor the PLC reports as
+    /// not a number (a gateway turns it into a reading of bad quality).
+    Dropout {
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+/// How long a spike lasts when the scenario does not say.
+pub const DEFAULT_SPIKE: Duration = Duration::from_secs(1);
+
+fn default_spike() -> Duration {
+    DEFAULT_SPIKE
+}
+
+/// Whether `t` lies in the window of `duration` from `at`; `None` is a window without end.
+fn within(t: f64, at: Duration, duration: Option<Duration>) -> bool {
+    let from = at.as_secs_f64();
+    t >= from && duration.is_none_or(|d| t < from + d.as_secs_f64())
 }
 
 /// The waveform of a signal. In TOML it is a table with exactly one of these keys, for
@@ -83,13 +139,47 @@ impl Signal {
     ///
     /// Noise changes once per whole second: every read within the same second sees the same
     /// value, as if the PLC sampled its sensors once a second.
+    ///
+    /// Faults apply in a fixed order whatever their order in the file: a stuck value freezes
+    /// the signal's time, drifts add up on top, a spike replaces the value, a dropout (NaN)
+    /// overrides everything.
     pub fn value_at(&self, seed: u64, t: f64) -> f64 {
-        let normal = self.kind.value_at(t);
+        let frozen = self
+            .faults
+            .iter()
+            .filter_map(|f| match *f {
+                Fault::Stuck { at, duration } if within(t, at, duration) => Some(at.as_secs_f64()),
+                _ => None,
+            })
+            .reduce(f64::min)
+            .unwrap_or(t);
+        let normal = self.kind.value_at(frozen);
         let clean = match &self.breach {
-            Some(breach) => breach.apply(normal, t),
+            Some(breach) => breach.apply(normal, frozen),
             None => normal,
         };
-        clean + self.noise_at(seed, t)
+        let mut value = clean + self.noise_at(seed, frozen);
+        for fault in &self.faults {
+            if let Fault::Drift { at, per_second } = *fault
+                && within(t, at, None)
+            {
+                value += per_second * (t - at.as_secs_f64());
+            }
+        }
+        for fault in &self.faults {
+            match *fault {
+                Fault::Spike {
+                    at,
+                    duration,
+                    value: spike,
+                } if within(t, at, Some(duration)) => value = spike,
+                _ => {}
+            }
+        }
+        let dropped = self.faults.iter().any(
+            |f| matches!(*f, Fault::Dropout { at, duration } if within(t, at, Some(duration))),
+        );
+        if dropped { f64::NAN } else { value }
     }
 
     fn noise_at(&self, seed: u64, t: f64) -> f64 {
@@ -165,7 +255,91 @@ mod tests {
             kind,
             noise,
             breach,
+            faults: Vec::new(),
         }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn each_fault_acts_in_its_window_only() {
+        let ramp = |faults| Signal {
+            faults,
+            ..signal(
+                SignalKind::Ramp {
+                    start: 0.0,
+                    slope_per_s: 1.0,
+                },
+                0.0,
+                None,
+            )
+        };
+        let spike = ramp(vec![Fault::Spike {
+            at: secs(10),
+            duration: secs(2),
+            value: 500.0,
+        }]);
+        assert_eq!(
+            [9.0, 10.0, 11.5, 12.0].map(|t| spike.value_at(1, t)),
+            [9.0, 500.0, 500.0, 12.0]
+        );
+        let drift = ramp(vec![Fault::Drift {
+            at: secs(10),
+            per_second: 0.5,
+        }]);
+        assert_eq!(
+            [5.0, 10.0, 20.0].map(|t| drift.value_at(1, t)),
+            [5.0, 10.0, 25.0]
+        );
+        let stuck = ramp(vec![Fault::Stuck {
+            at: secs(10),
+            duration: Some(secs(5)),
+        }]);
+        assert_eq!(
+            [9.0, 10.0, 14.9, 15.0].map(|t| stuck.value_at(1, t)),
+            [9.0, 10.0, 10.0, 15.0]
+        );
+        let for_good = ramp(vec![Fault::Stuck {
+            at: secs(10),
+            duration: None,
+        }]);
+        assert_eq!(for_good.value_at(1, 1e6), 10.0);
+        let dropout = ramp(vec![Fault::Dropout {
+            at: secs(10),
+            duration: secs(1),
+        }]);
+        assert!(dropout.value_at(1, 10.5).is_nan());
+        assert_eq!(dropout.value_at(1, 11.0), 11.0);
+    }
+
+    #[test]
+    fn a_stuck_value_keeps_its_noise_and_a_dropout_overrides_a_spike() {
+        let noisy = Signal {
+            faults: vec![Fault::Stuck {
+                at: secs(30),
+                duration: None,
+            }],
+            ..signal(SignalKind::Constant { value: 10.0 }, 0.5, None)
+        };
+        let frozen = noisy.value_at(3, 30.0);
+        assert!((1..100).all(|i| noisy.value_at(3, 30.0 + f64::from(i) * 7.3) == frozen));
+        let both = Signal {
+            faults: vec![
+                Fault::Dropout {
+                    at: secs(0),
+                    duration: secs(5),
+                },
+                Fault::Spike {
+                    at: secs(0),
+                    duration: secs(5),
+                    value: 1.0,
+                },
+            ],
+            ..signal(SignalKind::Constant { value: 10.0 }, 0.0, None)
+        };
+        assert!(both.value_at(1, 2.0).is_nan());
     }
 
     fn sine(period_s: u64) -> SignalKind {

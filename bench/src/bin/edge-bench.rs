@@ -44,6 +44,7 @@ fn scenario() -> anyhow::Result<Scenario> {
                 },
                 noise: 0.2,
                 breach: None,
+                faults: Vec::new(),
             })
         })
         .collect::<anyhow::Result<_>>()?;
