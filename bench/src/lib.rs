@@ -165,11 +165,11 @@ mod tests {
     fn reads_the_machine_and_a_process_tree() {
         let m = super::machine_cpu().expect("/proc/stat");
         assert!(m.total >= m.busy && m.total > std::time::Duration::ZERO);
-        assert!(
-            super::tree_cpu(std::process::id())
-                >= super::sample(std::process::id())
-                    .expect("own /proc entry")
-                    .cpu
-        );
+        // The process's own time first: CPU time only grows, so the tree's, read after it,
+        // cannot be less (read the other way round, the process may run in between).
+        let own = super::sample(std::process::id())
+            .expect("own /proc entry")
+            .cpu;
+        assert!(super::tree_cpu(std::process::id()) >= own);
     }
 }
