@@ -43,4 +43,4 @@ pub mod work_orders;
 pub use app::{Api, AppState};
 pub use config::ApiConfig;
 pub use rules_status::RulesStatus;
-pub use work_orders::{AlarmOutcome, RecordedAlarm, WorkOrderService};
+pub use work_orders::{AlarmOutcome, RecordedAlarm, RetireReason, WorkOrderService};

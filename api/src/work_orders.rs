@@ -106,6 +106,29 @@ const CLOSED_STATUSES: &str = "('completed', 'verified', 'cancelled')";
 const NOT_STARTED_STATUSES: &str = "('open', 'assigned')";
 
 /// An alarm the database has on record as active, for the rules engine to take over.
+/// Why an active alarm is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetireReason {
+    /// Its rule was removed or renamed.
+    RuleRemoved,
+    /// Its rule no longer selects its tag (the rule's selection or the tag's asset, class or
+    /// labels changed).
+    TagNoLongerSelected,
+}
+
+impl RetireReason {
+    fn explanation(self) -> &'static str {
+        match self {
+            RetireReason::RuleRemoved => {
+                "the rule is no longer loaded; the alarm can no longer clear by itself"
+            }
+            RetireReason::TagNoLongerSelected => {
+                "the rule no longer watches this tag; the alarm can no longer clear by itself"
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedAlarm {
     pub tenant: TenantId,
@@ -197,10 +220,15 @@ impl WorkOrderService {
         Ok(written)
     }
 
-    /// Retires an alarm on record as active whose rule is no longer loaded (removed or
-    /// renamed): it is marked cleared now, and its open work order, if any, gets an
-    /// `alarm_retired` note. The work order stays with people; nothing closes it by itself.
-    pub async fn retire(&self, alarm: &RecordedAlarm) -> Result<(), WorkOrderError> {
+    /// Retires an alarm on record as active that can no longer clear by itself, for
+    /// `reason`: it is marked cleared now, and its open work order, if any, gets an
+    /// `alarm_retired` note with the reason. The work order stays with people; nothing closes
+    /// it by itself.
+    pub async fn retire(
+        &self,
+        alarm: &RecordedAlarm,
+        reason: RetireReason,
+    ) -> Result<(), WorkOrderError> {
         let tenant = alarm.tenant.as_uuid();
         let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
         let retired: Option<(Uuid, Option<String>)> = sqlx::query_as(
@@ -228,7 +256,7 @@ impl WorkOrderService {
                     "rule_id": alarm.rule_id,
                     "tag_id": alarm.tag_id,
                     "raised_at": alarm.raised_at.to_string(),
-                    "reason": "the rule is no longer loaded; the alarm can no longer clear by itself",
+                    "reason": reason.explanation(),
                 });
                 insert_event(&mut tx, tenant, id, "alarm_retired", detail, None).await?;
             }

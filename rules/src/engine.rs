@@ -464,6 +464,25 @@ impl Engine {
         self.index.get(&tag_id).map(|&i| self.tags[i].last_ts)
     }
 
+    /// The alarms among `alarms` that this engine can tell will never clear: their tag is
+    /// one it has set up (seen in a warm-up or live), their rule is loaded, but the rule does
+    /// not select the tag (the rule's selection, or the tag's asset, class or labels, changed
+    /// since the alarm was raised). Alarms of tags it has not seen, or of rules it does not
+    /// have, are not its to judge.
+    pub fn unselected<'a>(&self, alarms: &'a [ActiveAlarm]) -> Vec<&'a ActiveAlarm> {
+        alarms
+            .iter()
+            .filter(|a| {
+                let Some(rule) = self.rules.rules.iter().position(|r| r.id == a.rule_id) else {
+                    return false;
+                };
+                self.index
+                    .get(&a.tag_id)
+                    .is_some_and(|&i| self.tags[i].slots.iter().all(|s| s.rule != rule))
+            })
+            .collect()
+    }
+
     /// Every tag seen, with the event time of its latest reading evaluated.
     pub fn last_seen_all(&self) -> impl Iterator<Item = (i64, Timestamp)> + '_ {
         self.index

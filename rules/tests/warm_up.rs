@@ -215,3 +215,37 @@ fn the_warm_up_span_covers_windows_and_delays_and_is_capped() {
     assert_eq!(counted.warm_up_span(limit), limit);
     assert_eq!(counted.warm_up_span(Duration::ZERO), Duration::ZERO);
 }
+
+#[test]
+fn an_alarm_whose_rule_no_longer_selects_a_known_tag_is_found() {
+    let rules = threshold("");
+    let mut engine = Engine::new(rules);
+    warm(&mut engine, 0, &[70.0]);
+    let flow = TagContext {
+        tag_id: 8,
+        tag: TagName::parse("pump-1.flow").expect("valid tag name"),
+        ..ctx()
+    };
+    engine.warm_up(&flow, Timestamp::from_micros(0), 1.0, Quality::Good);
+    let alarms = [
+        recorded(0),
+        ActiveAlarm {
+            tag_id: 8,
+            ..recorded(0)
+        },
+        ActiveAlarm {
+            tag_id: 9,
+            ..recorded(0)
+        },
+        ActiveAlarm {
+            rule_id: "gone".into(),
+            ..recorded(0)
+        },
+    ];
+    let found: Vec<i64> = engine
+        .unselected(&alarms)
+        .iter()
+        .map(|a| a.tag_id)
+        .collect();
+    assert_eq!(found, [8], "only the known tag the rule does not select");
+}

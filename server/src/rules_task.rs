@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use api::{AlarmOutcome, RecordedAlarm, RulesStatus, WorkOrderService};
+use api::{AlarmOutcome, RecordedAlarm, RetireReason, RulesStatus, WorkOrderService};
 use ingest::RuleInput;
 use model::Timestamp;
 use model::alarm::AlarmEvent;
@@ -359,35 +359,66 @@ impl Builder {
             .into_iter()
             .partition(|a| rules.rules.iter().any(|r| r.id == a.rule_id));
         for orphan in &orphans {
-            retry("retire an alarm of a removed rule", || {
-                self.work_orders.retire(orphan)
-            })
-            .await;
-            tracing::warn!(
-                rule = %orphan.rule_id,
-                tag_id = orphan.tag_id,
-                raised_at = %orphan.raised_at,
-                "active alarm of a rule that is no longer loaded: retired"
-            );
+            self.retire(orphan, RetireReason::RuleRemoved).await;
         }
         let mut engines = self.warmed_up(rules, seen).await;
-        // Each engine takes over the alarms of its own tags; the others wait unused in
-        // case a tag moves to another asset, and so to another shard.
-        for engine in &mut engines {
-            engine.restore(known.iter().map(|a| ActiveAlarm {
+        let active: Vec<ActiveAlarm> = known
+            .iter()
+            .map(|a| ActiveAlarm {
                 tag_id: a.tag_id,
                 rule_id: a.rule_id.clone(),
                 raised_at: a.raised_at,
                 severity: a.severity,
                 value: a.value,
-            }));
+            })
+            .collect();
+        // Nor could an alarm whose rule no longer selects its tag, as far as an engine that
+        // has set the tag up can tell.
+        let unselected: Vec<(i64, String)> = engines
+            .iter()
+            .flat_map(|e| e.unselected(&active))
+            .map(|a| (a.tag_id, a.rule_id.clone()))
+            .collect();
+        for alarm in known
+            .iter()
+            .filter(|a| unselected.contains(&(a.tag_id, a.rule_id.clone())))
+        {
+            self.retire(alarm, RetireReason::TagNoLongerSelected).await;
+        }
+        // Each engine takes over the alarms of its own tags; the others wait unused in
+        // case a tag moves to another asset, and so to another shard.
+        let kept: Vec<ActiveAlarm> = active
+            .into_iter()
+            .filter(|a| !unselected.contains(&(a.tag_id, a.rule_id.clone())))
+            .collect();
+        for engine in &mut engines {
+            engine.restore(kept.iter().cloned());
         }
         tracing::info!(
-            restored = known.len(),
-            retired = orphans.len(),
+            restored = kept.len(),
+            retired = orphans.len() + unselected.len(),
             "active alarms restored"
         );
         engines
+    }
+
+    /// Retires an alarm that can no longer clear by itself (retrying until the database
+    /// has done it) and says so in the log.
+    async fn retire(&self, alarm: &RecordedAlarm, reason: RetireReason) {
+        retry("retire an alarm that can no longer clear", || {
+            self.work_orders.retire(alarm, reason)
+        })
+        .await;
+        let why = match reason {
+            RetireReason::RuleRemoved => "its rule is no longer loaded",
+            RetireReason::TagNoLongerSelected => "its rule no longer selects its tag",
+        };
+        tracing::warn!(
+            rule = %alarm.rule_id,
+            tag_id = alarm.tag_id,
+            raised_at = %alarm.raised_at,
+            "active alarm retired: {why}"
+        );
     }
 
     /// Engines fed the stored readings as far back as the rules' memory reaches (at most

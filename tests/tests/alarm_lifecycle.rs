@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use api::{AlarmOutcome, WorkOrderService};
+use api::{AlarmOutcome, RetireReason, WorkOrderService};
 use chrono::Utc;
 use maintainpro_tests::{Plant, publish_all};
 use migrations::testing::TestDatabase;
@@ -270,12 +270,16 @@ async fn an_alarm_of_a_removed_rule_is_retired_with_a_note_on_its_work_order() -
     let wo = created(f.service.on_alarm(&f.raised(t0)).await?)?;
     let active = f.service.active_alarms().await?;
     assert_eq!(active.len(), 1);
-    f.service.retire(&active[0]).await?;
+    f.service
+        .retire(&active[0], RetireReason::RuleRemoved)
+        .await?;
     assert!(f.service.active_alarms().await?.is_empty());
     let kinds: Vec<String> = f.events(wo).await?.into_iter().map(|(k, _)| k).collect();
     assert_eq!(kinds, ["opened_by_alarm", "alarm_retired"]);
     // Retiring again changes nothing.
-    f.service.retire(&active[0]).await?;
+    f.service
+        .retire(&active[0], RetireReason::RuleRemoved)
+        .await?;
     assert_eq!(f.events(wo).await?.len(), 2);
     Ok(())
 }
@@ -527,6 +531,57 @@ async fn an_edited_rule_file_is_reloaded_and_an_invalid_edit_keeps_the_running_r
         || async { Ok((plant.services.summary().work_orders_opened == 1).then_some(())) },
     )
     .await?;
+    plant.services.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_whose_rule_stops_selecting_its_tag_is_retired_at_the_reload() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plant.toml");
+    std::fs::write(&file, server::demo::DEMO_RULES)?;
+    let plant = Plant::start_with_rule_files(vec![file.clone()]).await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    let t0 = Timestamp::now().as_micros() - 10_000_000;
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(1, t0, 8, |_| 91.0)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(30), "the work order", || async {
+        Ok((plant.services.summary().work_orders_opened == 1).then_some(()))
+    })
+    .await?;
+
+    // The bearing rule now watches press-9 only: press-1's alarm could never clear.
+    let elsewhere =
+        server::demo::DEMO_RULES.replace("press-*.bearing_temp", "press-9.bearing_temp");
+    assert_ne!(elsewhere, server::demo::DEMO_RULES);
+    std::fs::write(&file, elsewhere)?;
+    let rows = Plant::eventually(Duration::from_secs(30), "the alarm retired", || async {
+        let rows = alarm_rows(&plant, tenant).await?;
+        Ok(rows
+            .iter()
+            .all(|(state, ..)| state == "cleared")
+            .then_some(rows))
+    })
+    .await?;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let reason: String = sqlx::query_scalar(
+        "SELECT detail->>'reason' FROM work_order_events WHERE kind = 'alarm_retired'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    assert!(reason.contains("no longer watches this tag"), "{reason}");
     plant.services.stop().await;
     Ok(())
 }
