@@ -496,12 +496,10 @@ mod tests {
 
     #[test]
     fn faults_and_outages_are_read_from_the_file_and_checked() {
-        let scenario = accepted(parse(
+        let temp = "[[signal]]\nname = \"temp\"\naddress = 0\nkind.constant = { value = 50.0 }\n";
+        let scenario = accepted(parse(&format!(
+            "{temp}{}",
             r#"
-            [[signal]]
-            name = "temp"
-            address = 0
-            kind.constant = { value = 50.0 }
             [[signal.fault]]
             kind = "spike"
             at = "10s"
@@ -517,8 +515,8 @@ mod tests {
             at = "80s"
             duration = "1s"
             answer = "server_device_busy"
-            "#,
-        ));
+            "#
+        )));
         assert_eq!(scenario.value_of("temp", 10.5), Some(120.0));
         assert_eq!(scenario.value_of("temp", 11.0), Some(50.0));
         assert!(scenario.value_of("temp", 31.0).is_some_and(f64::is_nan));
@@ -533,12 +531,9 @@ mod tests {
         );
         assert_eq!(scenario.outage_at(81.0), None);
 
-        let errors = refused(parse(
+        let errors = refused(parse(&format!(
+            "{temp}{}",
             r#"
-            [[signal]]
-            name = "temp"
-            address = 0
-            kind.constant = { value = 50.0 }
             [[signal.fault]]
             kind = "spike"
             at = "10s"
@@ -555,8 +550,8 @@ mod tests {
             [[outage]]
             at = "1s"
             duration = "0s"
-            "#,
-        ));
+            "#
+        )));
         assert_eq!(
             paths(&errors),
             [

@@ -305,6 +305,29 @@ fn bearing_batch(
     Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
 }
 
+/// The readings topic of the demo gateway of `plant`'s tenant A.
+fn demo_topic(plant: &Plant) -> anyhow::Result<String> {
+    Ok(model::topic::readings(
+        TenantId::from_uuid(plant.tenant_a.tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    ))
+}
+
+/// Publishes `n` seconds of a hot press-1 bearing from `t0` (batch 1) and waits for the work
+/// order it opens.
+async fn open_bearing_work_order(plant: &Plant, t0: i64, n: i64) -> anyhow::Result<()> {
+    publish_all(
+        &plant.broker,
+        &demo_topic(plant)?,
+        vec![bearing_batch(1, t0, n, |_| 91.0)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(30), "the work order", || async {
+        Ok((plant.services.summary().work_orders_opened == 1).then_some(()))
+    })
+    .await
+}
+
 async fn alarm_rows(plant: &Plant, tenant: Uuid) -> anyhow::Result<Vec<(String, bool, i64)>> {
     let pool = plant.db.app_pool().await;
     let mut tx = migrations::begin_tenant(&pool, tenant).await?;
@@ -333,22 +356,10 @@ async fn an_active_alarm_survives_a_restart_and_neither_refires_nor_is_forgotten
 -> anyhow::Result<()> {
     let plant = Plant::start().await?;
     let tenant = plant.tenant_a.tenant;
-    let topic = model::topic::readings(
-        TenantId::from_uuid(tenant),
-        &GatewayId::parse(DEMO_GATEWAY)?,
-    );
+    let topic = demo_topic(&plant)?;
     let t0 = Timestamp::now().as_micros() - 20_000_000;
     // Hot for 10 s: the demo rule's 3 s on-delay is met.
-    publish_all(
-        &plant.broker,
-        &topic,
-        vec![bearing_batch(1, t0, 10, |_| 91.0)?],
-    )
-    .await?;
-    Plant::eventually(Duration::from_secs(30), "the work order", || async {
-        Ok((plant.services.summary().work_orders_opened == 1).then_some(()))
-    })
-    .await?;
+    open_bearing_work_order(&plant, t0, 10).await?;
 
     let (plant, before) = plant.restart().await?;
     assert_eq!(before.alarms_raised, 1);
@@ -543,21 +554,7 @@ async fn an_alarm_whose_rule_stops_selecting_its_tag_is_retired_at_the_reload() 
     std::fs::write(&file, server::demo::DEMO_RULES)?;
     let plant = Plant::start_with_rule_files(vec![file.clone()]).await?;
     let tenant = plant.tenant_a.tenant;
-    let topic = model::topic::readings(
-        TenantId::from_uuid(tenant),
-        &GatewayId::parse(DEMO_GATEWAY)?,
-    );
-    let t0 = Timestamp::now().as_micros() - 10_000_000;
-    publish_all(
-        &plant.broker,
-        &topic,
-        vec![bearing_batch(1, t0, 8, |_| 91.0)?],
-    )
-    .await?;
-    Plant::eventually(Duration::from_secs(30), "the work order", || async {
-        Ok((plant.services.summary().work_orders_opened == 1).then_some(()))
-    })
-    .await?;
+    open_bearing_work_order(&plant, Timestamp::now().as_micros() - 10_000_000, 8).await?;
 
     // The bearing rule now watches press-9 only: press-1's alarm could never clear.
     let elsewhere =
