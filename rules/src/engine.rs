@@ -429,13 +429,6 @@ impl Engine {
                 }
             }
         }
-        for (index, tag) in self.tags.iter_mut().enumerate() {
-            for (slot_index, slot) in tag.slots.iter_mut().enumerate() {
-                if slot.alarm.state.is_active() && !taken.contains(&(index, slot_index)) {
-                    slot.alarm = Alarm::NORMAL;
-                }
-            }
-        }
         for (group, g) in self.groups.iter_mut().enumerate() {
             if g.alarm.state.is_active() && !taken_groups.contains(&group) {
                 g.alarm = Alarm::NORMAL;
@@ -444,6 +437,9 @@ impl Engine {
         self.deadlines = Deadlines::default();
         for (index, tag) in self.tags.iter_mut().enumerate() {
             for (slot_index, slot) in tag.slots.iter_mut().enumerate() {
+                if slot.alarm.state.is_active() && !taken.contains(&(index, slot_index)) {
+                    slot.alarm = Alarm::NORMAL;
+                }
                 let rule = &self.rules.rules[slot.rule];
                 if let (Watch::Stale(watch), Kind::Stale(stale)) = (&mut slot.watch, &rule.kind) {
                     *watch = StaleWatch {
@@ -464,23 +460,18 @@ impl Engine {
         self.index.get(&tag_id).map(|&i| self.tags[i].last_ts)
     }
 
-    /// The alarms among `alarms` that this engine can tell will never clear: their tag is
-    /// one it has set up (seen in a warm-up or live), their rule is loaded, but the rule does
-    /// not select the tag (the rule's selection, or the tag's asset, class or labels, changed
-    /// since the alarm was raised). Alarms of tags it has not seen, or of rules it does not
-    /// have, are not its to judge.
-    pub fn unselected<'a>(&self, alarms: &'a [ActiveAlarm]) -> Vec<&'a ActiveAlarm> {
-        alarms
-            .iter()
-            .filter(|a| {
-                let Some(rule) = self.rules.rules.iter().position(|r| r.id == a.rule_id) else {
-                    return false;
-                };
-                self.index
-                    .get(&a.tag_id)
-                    .is_some_and(|&i| self.tags[i].slots.iter().all(|s| s.rule != rule))
-            })
-            .collect()
+    /// Whether this engine can tell that `alarm` will never clear: its tag is one the engine
+    /// has set up (seen in a warm-up or live), its rule is loaded, but the rule does not
+    /// select the tag (the rule's selection, or the tag's asset, class or labels, changed
+    /// since the alarm was raised). An alarm of a tag it has not seen, or of a rule it does
+    /// not have, is not its to judge.
+    pub fn no_longer_selects(&self, alarm: &ActiveAlarm) -> bool {
+        let Some(rule) = self.rules.rules.iter().position(|r| r.id == alarm.rule_id) else {
+            return false;
+        };
+        self.index
+            .get(&alarm.tag_id)
+            .is_some_and(|&i| self.tags[i].slots.iter().all(|s| s.rule != rule))
     }
 
     /// Every tag seen, with the event time of its latest reading evaluated.

@@ -227,20 +227,6 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
 
-impl RuleSet {
-    /// How much recent history an engine for these rules must be fed to carry on where a
-    /// previous one stopped: the longest [`Rule::memory_span`], where a rule that remembers a
-    /// number of readings counts as `limit`, and never more than `limit`.
-    pub fn warm_up_span(&self, limit: Duration) -> Duration {
-        self.rules
-            .iter()
-            .map(|r| r.memory_span().unwrap_or(limit))
-            .max()
-            .unwrap_or_default()
-            .min(limit)
-    }
-}
-
 fn is_plain_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
@@ -350,6 +336,18 @@ impl<'a> Locator<'a> {
 }
 
 impl RuleSet {
+    /// How much recent history an engine for these rules must be fed to carry on where a
+    /// previous one stopped: the longest [`Rule::memory_span`], where a rule that remembers a
+    /// number of readings counts as `limit`, and never more than `limit`.
+    pub fn warm_up_span(&self, limit: Duration) -> Duration {
+        self.rules
+            .iter()
+            .map(|r| r.memory_span().unwrap_or(limit))
+            .max()
+            .unwrap_or_default()
+            .min(limit)
+    }
+
     /// Parses and validates a rule file, returning every problem found.
     pub fn parse(source_name: &str, text: &str) -> Result<RuleSet, Vec<Diagnostic>> {
         let loc = Locator::new(source_name, text);

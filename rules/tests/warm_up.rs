@@ -242,9 +242,9 @@ fn an_alarm_whose_rule_no_longer_selects_a_known_tag_is_found() {
             ..recorded(0)
         },
     ];
-    let found: Vec<i64> = engine
-        .unselected(&alarms)
+    let found: Vec<i64> = alarms
         .iter()
+        .filter(|a| engine.no_longer_selects(a))
         .map(|a| a.tag_id)
         .collect();
     assert_eq!(found, [8], "only the known tag the rule does not select");

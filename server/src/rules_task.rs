@@ -362,37 +362,28 @@ impl Builder {
             self.retire(orphan, RetireReason::RuleRemoved).await;
         }
         let mut engines = self.warmed_up(rules, seen).await;
-        let active: Vec<ActiveAlarm> = known
-            .iter()
-            .map(|a| ActiveAlarm {
-                tag_id: a.tag_id,
-                rule_id: a.rule_id.clone(),
-                raised_at: a.raised_at,
-                severity: a.severity,
-                value: a.value,
-            })
-            .collect();
         // Nor could an alarm whose rule no longer selects its tag, as far as an engine that
         // has set the tag up can tell.
-        let unselected: Vec<(i64, String)> = engines
+        let (unselected, kept): (Vec<_>, Vec<_>) = known
             .iter()
-            .flat_map(|e| e.unselected(&active))
-            .map(|a| (a.tag_id, a.rule_id.clone()))
-            .collect();
-        for alarm in known
-            .iter()
-            .filter(|a| unselected.contains(&(a.tag_id, a.rule_id.clone())))
-        {
+            .map(|a| {
+                let active = ActiveAlarm {
+                    tag_id: a.tag_id,
+                    rule_id: a.rule_id.clone(),
+                    raised_at: a.raised_at,
+                    severity: a.severity,
+                    value: a.value,
+                };
+                (a, active)
+            })
+            .partition(|(_, a)| engines.iter().any(|e| e.no_longer_selects(a)));
+        for (alarm, _) in &unselected {
             self.retire(alarm, RetireReason::TagNoLongerSelected).await;
         }
         // Each engine takes over the alarms of its own tags; the others wait unused in
         // case a tag moves to another asset, and so to another shard.
-        let kept: Vec<ActiveAlarm> = active
-            .into_iter()
-            .filter(|a| !unselected.contains(&(a.tag_id, a.rule_id.clone())))
-            .collect();
         for engine in &mut engines {
-            engine.restore(kept.iter().cloned());
+            engine.restore(kept.iter().map(|(_, a)| a.clone()));
         }
         tracing::info!(
             restored = kept.len(),
