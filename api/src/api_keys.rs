@@ -67,6 +67,8 @@ const HASH_KEY_LABEL: &[u8] = b"maintainpro api-key hashing key v1";
 pub enum Scope {
     /// `GET /api/v1/work-orders`, `GET /api/v1/work-orders/{id}`.
     WorkOrdersRead,
+    /// `POST /api/v1/work-orders`: a service or gateway reports a problem as a work order.
+    WorkOrdersCreate,
     /// `GET /api/v1/alarms`.
     AlarmsRead,
     /// `POST /api/v1/alarms/{id}/acknowledge`, `POST` and `DELETE /api/v1/alarms/{id}/shelve`.
@@ -79,8 +81,9 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in the order they are documented and listed.
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::WorkOrdersRead,
+        Scope::WorkOrdersCreate,
         Scope::AlarmsRead,
         Scope::AlarmsWrite,
         Scope::RulesRead,
@@ -90,6 +93,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::WorkOrdersRead => "work_orders:read",
+            Scope::WorkOrdersCreate => "work_orders:create",
             Scope::AlarmsRead => "alarms:read",
             Scope::AlarmsWrite => "alarms:write",
             Scope::RulesRead => "rules:read",
@@ -357,7 +361,10 @@ mod tests {
             err.starts_with("scopes: not a scope: readings:delete, admin;"),
             "{err}"
         );
-        assert!(err.contains("work_orders:read, alarms:read"), "{err}");
+        assert!(
+            err.contains("work_orders:read, work_orders:create, alarms:read"),
+            "{err}"
+        );
         assert!(ask(&[]).unwrap_err().contains("at least one"));
         for scope in Scope::ALL {
             assert_eq!(Scope::parse(scope.as_str()), Some(scope));

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -16,7 +16,7 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, audit, health, login, mfa, password, rules, sessions, work_orders,
+    alarms, api_keys, audit, health, login, mfa, password, rules, sessions, teams, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -93,8 +93,37 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/api-keys/{id}", delete(api_keys::revoke))
         .route("/api/v1/api-keys/{id}/rotate", post(api_keys::rotate))
-        .route("/api/v1/work-orders", get(work_orders::list))
-        .route("/api/v1/work-orders/{id}", get(work_orders::get))
+        .route(
+            "/api/v1/work-orders",
+            get(work_orders::list).post(work_orders::create),
+        )
+        .route(
+            "/api/v1/work-orders/{id}",
+            get(work_orders::get).patch(work_orders::update),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/status",
+            post(work_orders::change_status),
+        )
+        .route("/api/v1/work-orders/{id}/assign", post(work_orders::assign))
+        .route(
+            "/api/v1/work-orders/{id}/comments",
+            post(work_orders::comment),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/time-logs",
+            post(work_orders::log_time),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/checklist",
+            post(work_orders::add_checklist_item),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/checklist/{item}",
+            put(work_orders::tick_checklist_item),
+        )
+        .route("/api/v1/teams", get(teams::list).post(teams::create))
+        .route("/api/v1/teams/{id}/members", put(teams::replace_members))
         .route("/api/v1/rules/status", get(rules::status))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/export", get(audit::export))

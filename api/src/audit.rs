@@ -138,6 +138,30 @@ pub async fn write(
     Ok(())
 }
 
+/// Writes the audit entry of a caller's successful change to `target` (kind, id), in the
+/// change's transaction; an API key acting for its creator is named in the detail.
+pub async fn write_change(
+    conn: &mut PgConnection,
+    auth: &crate::auth::AuthUser,
+    meta: &RequestMeta,
+    action: &str,
+    target: (&str, Uuid),
+    mut detail: Value,
+) -> Result<(), sqlx::Error> {
+    if let crate::auth::Principal::ApiKey { id: key, .. } = auth.principal {
+        detail["api_key"] = key.to_string().into();
+    }
+    let entry = Entry::new(
+        Some(auth.tenant.as_uuid()),
+        Some(auth.user),
+        action,
+        Outcome::Success,
+    )
+    .target(target.0, target.1)
+    .detail(detail);
+    write(conn, &entry, meta).await
+}
+
 /// Writes `entry` in a transaction of its own. An audit entry that cannot be written is
 /// logged as an error: the request it records has already been answered or refused.
 pub async fn record(pool: &PgPool, entry: Entry<'_>, meta: &RequestMeta) {

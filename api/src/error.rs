@@ -1,6 +1,8 @@
 //! The HTTP boundary's error: one JSON shape everywhere, internal details only in the log.
 //!
-//! Every error response carries `{"error": {"code", "message", "request_id"}}`. Handlers
+//! Every error response carries `{"error": {"code", "message", "request_id"}}`, and a
+//! request refused for its fields also `"details": [{"field", "message"}, ...]`, one per
+//! problem, all of them at once ([`ApiError::Invalid`]). Handlers
 //! answer with an [`ApiError`]; responses made elsewhere (unknown routes, wrong methods,
 //! rejected bodies) are given the same shape from their status by [`crate::protect`], which
 //! also adds the request id to both.
@@ -43,6 +45,9 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     BadRequest(String),
+    /// Fields that are wrong, each with what is wrong with it; never empty.
+    #[error("{}", invalid_message(.0))]
+    Invalid(Vec<FieldError>),
     #[error("request body too large")]
     PayloadTooLarge,
     #[error("too many requests; retry later")]
@@ -57,12 +62,58 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// One field of a request that is wrong: its name as the request spells it (a dotted path
+/// inside a body, e.g. `checklist.2`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Collects a request's field problems, to report all at once.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    /// `Ok` when nothing was added, else [`ApiError::Invalid`] with every problem.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Invalid(self.0))
+        }
+    }
+}
+
+fn invalid_message(errors: &[FieldError]) -> String {
+    let fields: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
+    fields.join("; ")
+}
+
 /// What an error response says. [`ApiError`] leaves it in the response's extensions so that
 /// the protection layer can render it again with the request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,
+    /// The fields at fault, for [`ApiError::Invalid`].
+    pub details: Vec<FieldError>,
 }
 
 impl ErrorBody {
@@ -96,12 +147,16 @@ impl ErrorBody {
         Self {
             code,
             message: message.to_owned(),
+            details: Vec::new(),
         }
     }
 
     /// The JSON of the body; `request_id` is left out only where no request is known.
     pub fn to_json(&self, request_id: Option<&str>) -> Value {
         let mut error = json!({ "code": self.code, "message": self.message });
+        if !self.details.is_empty() {
+            error["details"] = json!(self.details);
+        }
         if let Some(id) = request_id {
             error["request_id"] = Value::from(id);
         }
@@ -122,6 +177,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(e) => {
@@ -132,6 +188,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code,
             message: self.to_string(),
+            details: match &self {
+                ApiError::Invalid(details) => details.clone(),
+                _ => Vec::new(),
+            },
         };
         let mut response = (status, Json(body.to_json(None))).into_response();
         response.extensions_mut().insert(body);
@@ -232,6 +292,27 @@ mod tests {
             .get::<ErrorBody>()
             .expect("set by into_response");
         assert_eq!(body.code, "rate_limited");
+    }
+
+    #[test]
+    fn invalid_fields_are_listed_in_the_body_and_the_message() {
+        let mut errors = FieldErrors::default();
+        errors.add("title", "must not be empty");
+        errors.add("priority", "must be low, medium, high or critical");
+        let response = errors.finish().unwrap_err().into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = response
+            .extensions()
+            .get::<ErrorBody>()
+            .expect("set")
+            .to_json(Some("r"));
+        assert_eq!(body["error"]["code"], "invalid");
+        assert_eq!(body["error"]["details"][1]["field"], "priority");
+        assert_eq!(
+            body["error"]["message"],
+            "title: must not be empty; priority: must be low, medium, high or critical"
+        );
+        assert!(FieldErrors::default().finish().is_ok());
     }
 
     #[test]

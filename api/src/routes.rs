@@ -9,4 +9,5 @@ pub mod mfa;
 pub mod password;
 pub mod rules;
 pub mod sessions;
+pub mod teams;
 pub mod work_orders;

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use crate::api_keys::Scope;
 use crate::app::AppState;
-use crate::audit::{self, Entry, Outcome, RequestMeta};
-use crate::auth::{AuthUser, Caller, Principal};
+use crate::audit::{self, RequestMeta};
+use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, Body};
 use crate::users::ROLES;
 
@@ -266,28 +266,16 @@ pub async fn unshelve(
     Ok(Json(alarm))
 }
 
-/// Writes the audit entry of an operator's action on alarm `id`, in its transaction; an API
-/// key acting for its creator is named in the detail.
+/// Writes the audit entry of an operator's action on alarm `id`, in its transaction.
 async fn record(
     tx: &mut Transaction<'_, Postgres>,
     auth: &AuthUser,
     meta: &RequestMeta,
     action: &str,
     id: Uuid,
-    mut detail: Value,
+    detail: Value,
 ) -> Result<(), sqlx::Error> {
-    if let Principal::ApiKey { id: key, .. } = auth.principal {
-        detail["api_key"] = key.to_string().into();
-    }
-    let entry = Entry::new(
-        Some(auth.tenant.as_uuid()),
-        Some(auth.user),
-        action,
-        Outcome::Success,
-    )
-    .target("alarm", id)
-    .detail(detail);
-    audit::write(tx, &entry, meta).await
+    audit::write_change(tx, auth, meta, action, ("alarm", id), detail).await
 }
 
 /// Ends the running shelves of the alarm's rule on its tag; returns how many there were.
