@@ -16,7 +16,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, audit, health, login, mfa, password, rules, sessions, teams, work_orders,
+    alarms, api_keys, assets, audit, health, login, mfa, password, rules, sessions, teams,
+    work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub mfa: MfaKeys,
     /// Hashes API keys; derived from the password pepper.
     pub api_keys: ApiKeyHasher,
+    /// What an asset's QR code links to (`[api] asset_link`).
+    pub asset_link: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
             passwords: PasswordHasher::new(config.password_pepper.clone())?,
             mfa: MfaKeys::new(&config.password_pepper),
             api_keys: ApiKeyHasher::new(&config.password_pepper),
+            asset_link: config.asset_link.as_deref().map(Arc::from),
         })
     }
 }
@@ -123,6 +127,18 @@ pub fn router(state: AppState) -> Router {
             put(work_orders::tick_checklist_item),
         )
         .route("/api/v1/teams", get(teams::list).post(teams::create))
+        .route(
+            "/api/v1/sites",
+            get(assets::list_sites).post(assets::create_site),
+        )
+        .route("/api/v1/sites/{id}/areas", post(assets::create_area))
+        .route("/api/v1/assets", get(assets::list).post(assets::create))
+        .route(
+            "/api/v1/assets/{id}",
+            get(assets::get).patch(assets::update),
+        )
+        .route("/api/v1/assets/{id}/qr.svg", get(assets::qr_svg))
+        .route("/api/v1/assets/{id}/qr.png", get(assets::qr_png))
         .route("/api/v1/teams/{id}/members", put(teams::replace_members))
         .route("/api/v1/rules/status", get(rules::status))
         .route("/api/v1/audit", get(audit::list))

@@ -123,6 +123,11 @@ pub struct ApiConfig {
     /// Browser origins allowed to call the API (CORS). Empty: no CORS headers at all.
     #[serde(default)]
     pub cors_allowed_origins: Vec<AllowedOrigin>,
+    /// The link an asset's QR code holds: an `http(s)://` URL with `{id}` where the asset's id
+    /// goes, e.g. `https://cmms.example.com/assets/{id}`. Unset: this API's own asset URL
+    /// (`/api/v1/assets/{id}`) on the host the request for the code named.
+    #[serde(default)]
+    pub asset_link: Option<String>,
 }
 
 impl ApiConfig {
@@ -147,12 +152,24 @@ impl ApiConfig {
             api_key_burst: default_api_key_burst(),
             max_body_bytes: default_max_body_bytes(),
             cors_allowed_origins: Vec::new(),
+            asset_link: None,
         }
     }
 
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if let Some(link) = &self.asset_link
+            && (!(link.starts_with("https://") || link.starts_with("http://"))
+                || !link.contains("{id}")
+                || link.len() > 500)
+        {
+            out.push((
+                "api.asset_link",
+                "must be an http(s):// URL of at most 500 characters with {id} where the asset's id goes, e.g. https://cmms.example.com/assets/{id}"
+                    .to_owned(),
+            ));
+        }
         if self.password_pepper.expose().len() < crate::password::PasswordHasher::MIN_PEPPER_BYTES {
             out.push((
                 "api.password_pepper",

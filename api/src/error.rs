@@ -88,6 +88,11 @@ impl FieldErrors {
         self.0.push(FieldError::new(field, message));
     }
 
+    /// The fields reported so far, in order.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|e| e.field.as_str())
+    }
+
     /// `Ok` when nothing was added, else [`ApiError::Invalid`] with every problem.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {

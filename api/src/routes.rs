@@ -2,6 +2,7 @@
 
 pub mod alarms;
 pub mod api_keys;
+pub mod assets;
 pub mod audit;
 pub mod health;
 pub mod login;
