@@ -16,8 +16,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, audit, health, login, mfa, password, rules, sessions, teams,
-    work_orders,
+    alarms, api_keys, assets, audit, health, login, mfa, password, reliability, rules, sessions,
+    teams, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -139,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/assets/{id}/qr.svg", get(assets::qr_svg))
         .route("/api/v1/assets/{id}/qr.png", get(assets::qr_png))
+        .route("/api/v1/reliability", get(reliability::report))
         .route("/api/v1/teams/{id}/members", put(teams::replace_members))
         .route("/api/v1/rules/status", get(rules::status))
         .route("/api/v1/audit", get(audit::list))

@@ -20,6 +20,7 @@
 //!   failure mode, idempotent under retries.
 //! - [`rules_status`]: the rule files in force and the last failed reload, written by the
 //!   rules engine and served by the API.
+//! - [`reliability`]: failures, downtime, MTTR and MTBF over a period, from work orders; pure.
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`app`]: builds the router and serves it until shutdown.
 //!
@@ -36,6 +37,7 @@ pub mod error;
 pub mod mfa;
 pub mod password;
 pub mod protect;
+pub mod reliability;
 pub mod routes;
 pub mod rules_status;
 pub mod sessions;

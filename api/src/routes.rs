@@ -8,6 +8,7 @@ pub mod health;
 pub mod login;
 pub mod mfa;
 pub mod password;
+pub mod reliability;
 pub mod rules;
 pub mod sessions;
 pub mod teams;

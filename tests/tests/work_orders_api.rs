@@ -857,3 +857,122 @@ async fn lists_filter_sort_search_and_page_and_tenants_stay_apart() -> anyhow::R
     assert_eq!(body["error"]["details"][0]["field"], "asset_id");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliability_counts_confirmed_failures_of_an_asset_subtree() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let api = Api { plant: &plant };
+    let tenant = plant.tenant_a.tenant;
+    let press_1 = press(&plant, tenant).await?;
+    let pump = child_asset(&plant, press_1, "Press 1 pump").await?;
+    let admin = plant.login("plant-a").await?;
+    let t0: DateTime<Utc> = "2026-10-01T00:00:00Z".parse()?;
+    let hours = |h: i64| t0 + chrono::Duration::hours(h);
+    // (asset, work type, failure mode, reported, completed, resolution)
+    let history = [
+        (
+            pump,
+            "corrective",
+            "bearing",
+            hours(1),
+            Some(hours(5)),
+            Some("fixed"),
+        ),
+        (
+            press_1,
+            "emergency",
+            "seal",
+            hours(49),
+            Some(hours(51)),
+            None,
+        ),
+        (
+            pump,
+            "corrective",
+            "bearing",
+            hours(60),
+            Some(hours(61)),
+            Some("no_fault_found"),
+        ),
+        (
+            pump,
+            "preventive",
+            "bearing",
+            hours(70),
+            Some(hours(72)),
+            Some("fixed"),
+        ),
+        (
+            pump,
+            "corrective",
+            "bearing",
+            hours(200),
+            Some(hours(201)),
+            Some("fixed"),
+        ),
+    ];
+    let pool = plant.db.app_pool().await;
+    for (asset, work_type, mode, reported, completed, resolution) in history {
+        let wo = api
+            .create(
+                &admin,
+                json!({ "asset_id": asset, "title": format!("{mode} failure"), "work_type": work_type }),
+            )
+            .await?;
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        sqlx::query(
+            "UPDATE work_orders SET failure_mode = $2, created_at = $3, status = 'completed',
+                    closed_at = $4, resolution = $5 WHERE id = $1",
+        )
+        .bind(id_of(&wo)?)
+        .bind(mode)
+        .bind(reported)
+        .bind(completed)
+        .bind(resolution)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let query = format!(
+        "/api/v1/reliability?asset_id={press_1}&from={}&to={}",
+        t0.to_rfc3339().replace('+', "%2B"),
+        hours(100).to_rfc3339().replace('+', "%2B"),
+    );
+    let (status, body) = plant.get(&query, Some(&admin)).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["assets"], 2);
+    assert_eq!(body["group_by"], "failure_mode");
+    assert_eq!(body["total"]["failures"], 2, "{body}");
+    assert_eq!(body["total"]["downtime_hours"], 6.0);
+    assert_eq!(body["total"]["mttr_hours"], 3.0);
+    assert_eq!(body["total"]["mtbf_hours"], (200.0 - 6.0) / 2.0);
+    assert_eq!(body["groups"][0]["key"], "bearing");
+    assert_eq!(body["groups"][1]["key"], "seal");
+
+    // The pump alone, by asset; and a requester may not ask.
+    let (_, body) = plant
+        .get(
+            &format!("{query}&subtree=false&group_by=asset")
+                .replace(&press_1.to_string(), &pump.to_string()),
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(body["total"]["failures"], 1, "{body}");
+    assert_eq!(body["groups"][0]["key"], pump.to_string());
+    plant.add_user("req@plant-a.example", "requester").await?;
+    let requester = plant.login_as("plant-a", "req@plant-a.example").await?;
+    let (status, _) = plant.get(&query, Some(&requester)).await?;
+    assert_eq!(status, 403);
+    let (status, body) = plant
+        .get(
+            "/api/v1/reliability?from=2026-10-02T00:00:00Z&to=2026-10-01T00:00:00Z",
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    // Another tenant's asset is not found.
+    let other = plant.login("plant-b").await?;
+    let (status, _) = plant.get(&query, Some(&other)).await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
