@@ -16,8 +16,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, audit, health, login, mfa, password, reliability, rules, sessions,
-    teams, work_orders,
+    alarms, api_keys, assets, audit, health, login, mfa, parts, password, reliability, rules,
+    sessions, teams, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -140,6 +140,28 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/assets/{id}/qr.svg", get(assets::qr_svg))
         .route("/api/v1/assets/{id}/qr.png", get(assets::qr_png))
         .route("/api/v1/reliability", get(reliability::report))
+        .route(
+            "/api/v1/stock-locations",
+            get(parts::list_locations).post(parts::create_location),
+        )
+        .route(
+            "/api/v1/parts",
+            get(parts::list_parts).post(parts::create_part),
+        )
+        .route("/api/v1/parts/{id}", get(parts::get_part))
+        .route("/api/v1/parts/{id}/movements", post(parts::add_movement))
+        .route(
+            "/api/v1/parts/{id}/stock/{location}",
+            put(parts::set_levels),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/parts",
+            post(work_orders::plan_part),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/parts/{line}/use",
+            post(work_orders::use_part),
+        )
         .route("/api/v1/teams/{id}/members", put(teams::replace_members))
         .route("/api/v1/rules/status", get(rules::status))
         .route("/api/v1/audit", get(audit::list))

@@ -8,6 +8,10 @@
 //! - [`api_keys`]: API keys of gateways and services: scopes, the key's text, its keyed hash;
 //!   pure.
 //! - [`mfa`]: TOTP (RFC 6238) with replay protection, sealed secrets and recovery codes, pure.
+//! - [`events`]: the tenant's event log, numbered in commit order, that live streams and
+//!   webhooks read.
+//! - [`inventory`]: the parts ledger's rules (reservations, consumption, adjustments, reorder
+//!   points), pure and property-tested.
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
 //! - [`protect`]: client address behind trusted proxies, request ids, rate limits per address
 //!   on authentication, per tenant and per API key, body limit, CORS allowlist, security headers.
@@ -34,6 +38,8 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod inventory;
 pub mod mfa;
 pub mod password;
 pub mod protect;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod health;
 pub mod login;
 pub mod mfa;
+pub mod parts;
 pub mod password;
 pub mod reliability;
 pub mod rules;

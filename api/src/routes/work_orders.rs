@@ -31,6 +31,9 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::events;
+use crate::inventory::Movement;
+use crate::routes::parts::{self, MoveContext};
 use crate::users::ROLES;
 use crate::work_order_flow::{self as flow, Actor, FlowError, Resolution, Role, Status};
 
@@ -117,11 +120,25 @@ pub struct TimeLog {
     pub note: String,
 }
 
+#[derive(Debug, Serialize, FromRow)]
+pub struct WorkOrderPart {
+    pub id: Uuid,
+    pub part_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub location_id: Uuid,
+    pub planned: i64,
+    /// What is still reserved of `planned` at the location.
+    pub reserved: i64,
+    pub used: i64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct WorkOrderDetail {
     #[serde(flatten)]
     pub work_order: WorkOrder,
     pub checklist: Vec<ChecklistItem>,
+    pub parts: Vec<WorkOrderPart>,
     pub time_logs: Vec<TimeLog>,
     /// The sum of `time_logs`, in minutes.
     pub labour_minutes: i64,
@@ -586,10 +603,20 @@ async fn detail(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    let parts = sqlx::query_as::<_, WorkOrderPart>(
+        "SELECT w.id, w.part_id, p.sku, p.name, w.location_id, w.planned, w.reserved, w.used
+         FROM work_order_parts w JOIN parts p ON p.tenant_id = w.tenant_id AND p.id = w.part_id
+         WHERE w.tenant_id = $1 AND w.work_order_id = $2 ORDER BY w.created_at, w.id",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     let labour_minutes = time_logs.iter().map(|t| i64::from(t.minutes)).sum();
     Ok(WorkOrderDetail {
         work_order,
         checklist,
+        parts,
         time_logs,
         labour_minutes,
         events,
@@ -695,6 +722,26 @@ async fn record(
     detail: Value,
 ) -> Result<(), sqlx::Error> {
     add_event(conn, auth, id, kind, detail.clone()).await?;
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM work_orders WHERE tenant_id = $1 AND id = $2")
+            .bind(auth.tenant.as_uuid())
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let payload = json!({
+        "work_order_id": id,
+        "status": status,
+        "actor": auth.user,
+        "detail": detail,
+    });
+    events::emit(
+        conn,
+        auth.tenant.as_uuid(),
+        &format!("work_order.{kind}"),
+        id,
+        &payload,
+    )
+    .await?;
     audit::write_change(conn, auth, meta, action, ("work_order", id), detail).await
 }
 
@@ -1164,6 +1211,9 @@ pub async fn change_status(
         }
         other => other?,
     };
+    if to.is_closed() && !locked.status.is_closed() {
+        release_reservations(&mut tx, &auth, id).await?;
+    }
     let detail_json = json!({
         "action": step.action,
         "from": locked.status.as_str(),
@@ -1529,6 +1579,203 @@ pub async fn tick_checklist_item(
     let detail_json = json!({ "item": item, "done": req.done });
     let names = ("checklist_item_ticked", "work_order.checklist_tick");
     record(&mut tx, &auth, &meta, id, names, detail_json).await?;
+    let work_order = fetch(&mut tx, tenant, id).await?;
+    let detail = detail(&mut tx, tenant, work_order).await?;
+    tx.commit().await?;
+    Ok(Json(detail))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parts planned and used.
+
+/// Gives back what is still reserved on a closing work order's part lines.
+async fn release_reservations(
+    conn: &mut PgConnection,
+    auth: &AuthUser,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let tenant = auth.tenant.as_uuid();
+    let lines: Vec<(Uuid, Uuid, Uuid, i64, bool)> = sqlx::query_as(
+        "SELECT w.id, w.part_id, w.location_id, w.reserved, p.allow_negative
+         FROM work_order_parts w JOIN parts p ON p.tenant_id = w.tenant_id AND p.id = w.part_id
+         WHERE w.tenant_id = $1 AND w.work_order_id = $2 AND w.reserved > 0 ORDER BY w.id",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let ctx = MoveContext {
+        tenant,
+        actor: auth.user,
+        work_order: Some(id),
+        note: "work order closed",
+    };
+    for (line, part, location, reserved, allow_negative) in lines {
+        parts::move_stock(
+            conn,
+            ctx,
+            part,
+            location,
+            allow_negative,
+            Movement::Release(reserved),
+        )
+        .await?;
+        sqlx::query("UPDATE work_order_parts SET reserved = 0 WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(line)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPartRequest {
+    pub part_id: Uuid,
+    pub location_id: Uuid,
+    /// Reserved at the location until used or the work order closes.
+    pub quantity: i64,
+}
+
+/// Plans a part on a work order that is not closed: reserves it at a location.
+pub async fn plan_part(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    Body(req): Body<PlanPartRequest>,
+) -> Result<(StatusCode, Json<WorkOrderDetail>), ApiError> {
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let locked = lock(&mut tx, &auth, id).await?;
+    require_worker(&locked, "plan parts on")?;
+    if locked.status.is_closed() {
+        return Err(ApiError::Conflict(format!(
+            "a {} work order takes no more parts",
+            locked.status
+        )));
+    }
+    let allow_negative =
+        parts::part_for_work_order(&mut tx, tenant, req.part_id, req.location_id).await?;
+    let ctx = MoveContext {
+        tenant,
+        actor: auth.user,
+        work_order: Some(id),
+        note: "",
+    };
+    parts::move_stock(
+        &mut tx,
+        ctx,
+        req.part_id,
+        req.location_id,
+        allow_negative,
+        Movement::Reservation(req.quantity),
+    )
+    .await?;
+    let line = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO work_order_parts (id, tenant_id, work_order_id, part_id, location_id, planned,
+                                       reserved)
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(line)
+    .bind(tenant)
+    .bind(id)
+    .bind(req.part_id)
+    .bind(req.location_id)
+    .bind(req.quantity)
+    .execute(&mut *tx)
+    .await?;
+    let detail_json = json!({
+        "line": line,
+        "part_id": req.part_id,
+        "location_id": req.location_id,
+        "quantity": req.quantity,
+    });
+    record(
+        &mut tx,
+        &auth,
+        &meta,
+        id,
+        ("part_planned", "work_order.plan_part"),
+        detail_json,
+    )
+    .await?;
+    let work_order = fetch(&mut tx, tenant, id).await?;
+    let detail = detail(&mut tx, tenant, work_order).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(detail)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsePartRequest {
+    pub quantity: i64,
+}
+
+/// Books parts of a planned line as used: taken from its reservation first, the rest from
+/// what is available at the location.
+pub async fn use_part(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Path((id, line)): Path<(Uuid, Uuid)>,
+    Body(req): Body<UsePartRequest>,
+) -> Result<Json<WorkOrderDetail>, ApiError> {
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let locked = lock(&mut tx, &auth, id).await?;
+    let found: Option<(Uuid, Uuid, i64, bool)> = sqlx::query_as(
+        "SELECT w.part_id, w.location_id, w.reserved, p.allow_negative
+         FROM work_order_parts w JOIN parts p ON p.tenant_id = w.tenant_id AND p.id = w.part_id
+         WHERE w.tenant_id = $1 AND w.work_order_id = $2 AND w.id = $3 FOR UPDATE OF w",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(line)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (part, location, reserved, allow_negative) = found.ok_or(ApiError::NotFound)?;
+    require_worker(&locked, "book parts on")?;
+    if locked.status.is_closed() {
+        return Err(ApiError::Conflict(format!(
+            "a {} work order takes no more parts; reopen it first",
+            locked.status
+        )));
+    }
+    let from_reservation = req.quantity.clamp(0, reserved);
+    let ctx = MoveContext {
+        tenant,
+        actor: auth.user,
+        work_order: Some(id),
+        note: "",
+    };
+    let movement = Movement::Consumption {
+        quantity: req.quantity,
+        reserved: from_reservation,
+    };
+    parts::move_stock(&mut tx, ctx, part, location, allow_negative, movement).await?;
+    sqlx::query(
+        "UPDATE work_order_parts SET used = used + $3, reserved = reserved - $4
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(line)
+    .bind(req.quantity)
+    .bind(from_reservation)
+    .execute(&mut *tx)
+    .await?;
+    let detail_json = json!({ "line": line, "part_id": part, "quantity": req.quantity });
+    record(
+        &mut tx,
+        &auth,
+        &meta,
+        id,
+        ("part_used", "work_order.use_part"),
+        detail_json,
+    )
+    .await?;
     let work_order = fetch(&mut tx, tenant, id).await?;
     let detail = detail(&mut tx, tenant, work_order).await?;
     tx.commit().await?;
