@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::{delete, get, post, put};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::api_keys::ApiKeyHasher;
 use crate::auth::TokenKeys;
@@ -16,8 +17,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, audit, health, login, mfa, parts, password, reliability, rules,
-    sessions, teams, work_orders,
+    alarms, api_keys, assets, audit, health, live, login, mfa, parts, password, readings,
+    reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -37,6 +38,9 @@ pub struct AppState {
     pub api_keys: ApiKeyHasher,
     /// What an asset's QR code links to (`[api] asset_link`).
     pub asset_link: Option<Arc<str>>,
+    /// Turns true when the server shuts down: long-lived responses (event streams) end.
+    pub closing: watch::Receiver<bool>,
+    closing_tx: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -47,6 +51,7 @@ impl AppState {
         pool: PgPool,
         rules: Arc<RulesStatus>,
     ) -> Result<Self, PasswordError> {
+        let (closing_tx, closing) = watch::channel(false);
         Ok(Self {
             pool,
             keys: TokenKeys::new(config),
@@ -60,6 +65,8 @@ impl AppState {
             mfa: MfaKeys::new(&config.password_pepper),
             api_keys: ApiKeyHasher::new(&config.password_pepper),
             asset_link: config.asset_link.as_deref().map(Arc::from),
+            closing,
+            closing_tx: Arc::new(closing_tx),
         })
     }
 }
@@ -139,7 +146,25 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/assets/{id}/qr.svg", get(assets::qr_svg))
         .route("/api/v1/assets/{id}/qr.png", get(assets::qr_png))
+        .route(
+            "/api/v1/assets/{id}/readings",
+            get(readings::asset_readings),
+        )
+        .route("/api/v1/tags/{id}/readings", get(readings::tag_readings))
         .route("/api/v1/reliability", get(reliability::report))
+        .route("/api/v1/events/stream", get(live::stream))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::patch(webhooks::update).delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .route(
             "/api/v1/stock-locations",
             get(parts::list_locations).post(parts::create_location),
@@ -181,6 +206,8 @@ pub fn router(state: AppState) -> Router {
 pub struct Api {
     listener: TcpListener,
     router: Router,
+    closing: Arc<watch::Sender<bool>>,
+    dispatcher: crate::webhooks::Dispatcher,
 }
 
 impl Api {
@@ -192,9 +219,17 @@ impl Api {
         rules: Arc<RulesStatus>,
     ) -> std::io::Result<Api> {
         let listener = TcpListener::bind(config.listen).await?;
+        let state = AppState::new(config, pool, rules).map_err(std::io::Error::other)?;
+        let dispatcher = crate::webhooks::Dispatcher {
+            pool: state.pool.clone(),
+            keys: state.mfa.clone(),
+            settings: config.webhooks.clone(),
+        };
         Ok(Api {
             listener,
-            router: router(AppState::new(config, pool, rules).map_err(std::io::Error::other)?),
+            closing: Arc::clone(&state.closing_tx),
+            dispatcher,
+            router: router(state),
         })
     }
 
@@ -212,8 +247,21 @@ impl Api {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        let closing = self.closing;
+        let webhooks = tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe()));
+        let closing_after = Arc::clone(&closing);
+        let shutdown = async move {
+            shutdown.await;
+            // Event streams end, so that graceful shutdown does not wait for them forever.
+            closing.send_replace(true);
+        };
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        closing_after.send_replace(true);
+        if let Err(e) = webhooks.await {
+            tracing::error!(error = %e, "the webhook dispatcher failed");
+        }
+        served
     }
 }

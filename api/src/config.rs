@@ -53,6 +53,56 @@ fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
 
+/// Webhook delivery: how often, how patiently, and when to give up on a receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// The first retry waits this long; each further one twice as long (at most an hour).
+    #[serde(default = "default_webhook_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+    /// Attempts per event before it is given up (logged as failed).
+    #[serde(default = "default_webhook_max_attempts")]
+    pub max_attempts: u32,
+    /// Events given up in a row after which the webhook is disabled until an admin enables
+    /// it again.
+    #[serde(default = "default_webhook_disable_after")]
+    pub disable_after: u32,
+    /// How long one delivery may take, connecting included.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the dispatcher looks for events to deliver.
+    #[serde(default = "default_webhook_poll", with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+fn default_webhook_retry_base() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_webhook_max_attempts() -> u32 {
+    8
+}
+fn default_webhook_disable_after() -> u32 {
+    5
+}
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_webhook_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            retry_base: default_webhook_retry_base(),
+            max_attempts: default_webhook_max_attempts(),
+            disable_after: default_webhook_disable_after(),
+            timeout: default_webhook_timeout(),
+            poll: default_webhook_poll(),
+        }
+    }
+}
+
 /// A signing key being retired: tokens it signed are still accepted until `until`, so that a
 /// key rotation does not log everyone out. Nothing new is signed with it.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +178,9 @@ pub struct ApiConfig {
     /// (`/api/v1/assets/{id}`) on the host the request for the code named.
     #[serde(default)]
     pub asset_link: Option<String>,
+    /// Webhook delivery (`[api.webhooks]`).
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
 }
 
 impl ApiConfig {
@@ -153,12 +206,29 @@ impl ApiConfig {
             max_body_bytes: default_max_body_bytes(),
             cors_allowed_origins: Vec::new(),
             asset_link: None,
+            webhooks: WebhookSettings::default(),
         }
     }
 
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        let w = &self.webhooks;
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&w.retry_base) {
+            out.push(("api.webhooks.retry_base", "must be 10ms to 1h".to_owned()));
+        }
+        if !(1..=20).contains(&w.max_attempts) {
+            out.push(("api.webhooks.max_attempts", "must be 1-20".to_owned()));
+        }
+        if !(1..=1000).contains(&w.disable_after) {
+            out.push(("api.webhooks.disable_after", "must be 1-1000".to_owned()));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&w.timeout) {
+            out.push(("api.webhooks.timeout", "must be 100ms to 60s".to_owned()));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&w.poll) {
+            out.push(("api.webhooks.poll", "must be 10ms to 60s".to_owned()));
+        }
         if let Some(link) = &self.asset_link
             && (!(link.starts_with("https://") || link.starts_with("http://"))
                 || !link.contains("{id}")

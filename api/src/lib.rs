@@ -18,6 +18,8 @@
 //! - [`sessions`]: logins as sessions with rotating refresh tokens; reuse revokes the family.
 //! - [`users`]: organisations and users: creation, passwords under the policy, disabling.
 //! - [`audit`]: the append-only audit log and the request facts it records.
+//! - [`webhooks`]: webhook delivery: SSRF checks, signatures, retries with backoff, the
+//!   dispatcher task.
 //! - [`work_order_flow`]: the work-order state machine (statuses, transitions, who may make
 //!   each), pure.
 //! - [`work_orders`]: the work-order service: at most one open work order per asset and
@@ -48,6 +50,7 @@ pub mod routes;
 pub mod rules_status;
 pub mod sessions;
 pub mod users;
+pub mod webhooks;
 pub mod work_order_flow;
 pub mod work_orders;
 

@@ -362,20 +362,44 @@ impl WorkOrderService {
 /// A raise or an escalation in one statement: the tenant setting, then
 /// `alarm_raised_effects`. PostgreSQL evaluates a function's arguments before it runs it, so
 /// the function and its row-level security see the tenant set in its first argument.
-const RAISED: &str = "SELECT outcome, work_order, escalated, shelved_until, auto_close_at
-     FROM alarm_raised_effects(
+///
+/// The same statement adds the effect's event to the tenant's log (`emit_event`), so the event
+/// exists exactly when the effect committed: the CTE runs the effects (and sets the tenant)
+/// before the outer select's expressions are evaluated.
+const RAISED: &str = "WITH e AS (
+       SELECT * FROM alarm_raised_effects(
          p_tenant => set_config($1, $2, true)::uuid, p_key => $3, p_rule_id => $4,
          p_tag_id => $5, p_asset_id => $6, p_failure_mode => $7, p_severity => $8,
          p_value => $9, p_raised_at => $10, p_detail => $11, p_new_alarm => $12,
          p_new_work_order => $13, p_title => $14, p_description => $15, p_priority => $16,
-         p_work_type => $17, p_repeat_since => $18, p_repeat_window_s => $19)";
+         p_work_type => $17, p_repeat_since => $18, p_repeat_window_s => $19))
+     SELECT outcome, work_order, escalated, shelved_until, auto_close_at,
+            CASE WHEN outcome IN ('created', 'appended') THEN emit_event(
+                $2::uuid,
+                CASE outcome WHEN 'created' THEN 'work_order.opened_by_alarm'
+                             ELSE 'work_order.alarm_appended' END,
+                work_order::text,
+                jsonb_build_object('work_order_id', work_order, 'rule_id', $4::text,
+                                   'tag_id', $5::bigint, 'asset_id', $6::uuid,
+                                   'failure_mode', $7::text, 'severity', $8::text,
+                                   'value', $9::float8, 'escalated', escalated))
+            END AS event_seq
+     FROM e";
 
 /// A clear in one statement, as [`RAISED`]: the tenant setting, then `alarm_cleared_effects`.
-const CLEARED: &str = "SELECT outcome, work_order, escalated, shelved_until, auto_close_at
-     FROM alarm_cleared_effects(
+const CLEARED: &str = "WITH e AS (
+       SELECT * FROM alarm_cleared_effects(
          p_tenant => set_config($1, $2, true)::uuid, p_key => $3, p_rule_id => $4,
          p_tag_id => $5, p_asset_id => $6, p_failure_mode => $7, p_cleared_at => $8,
-         p_detail => $9, p_closes_by_itself => $10, p_auto_close_at => $11)";
+         p_detail => $9, p_closes_by_itself => $10, p_auto_close_at => $11))
+     SELECT outcome, work_order, escalated, shelved_until, auto_close_at,
+            CASE WHEN outcome = 'cleared' AND work_order IS NOT NULL THEN emit_event(
+                $2::uuid, 'work_order.alarm_cleared', work_order::text,
+                jsonb_build_object('work_order_id', work_order, 'rule_id', $4::text,
+                                   'tag_id', $5::bigint, 'asset_id', $6::uuid,
+                                   'failure_mode', $7::text, 'auto_close_at', auto_close_at))
+            END AS event_seq
+     FROM e";
 
 /// What `alarm_raised_effects` or `alarm_cleared_effects` did (type `alarm_effect`).
 #[derive(Debug, sqlx::FromRow)]
