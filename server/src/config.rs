@@ -252,4 +252,21 @@ mod tests {
             assert!(paths.contains(&want), "missing {want}: {err}");
         }
     }
+
+    #[test]
+    fn the_example_configuration_is_valid_but_for_its_placeholders() {
+        let text = include_str!("../../config/server.example.toml");
+        // Only what an operator must fill in may be reported: nothing about unknown keys or
+        // values the example gets wrong.
+        if let Err(err) =
+            settings::load::<ServerConfig, _>("server.example.toml", text, ENV_PREFIX, Vec::new())
+        {
+            for e in &err.errors {
+                assert!(
+                    !e.message.contains("unknown") && !e.path.starts_with("api.webhooks"),
+                    "{err}"
+                );
+            }
+        }
+    }
 }
