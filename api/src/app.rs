@@ -17,7 +17,7 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, audit, health, live, login, mfa, parts, password, readings,
+    alarms, api_keys, assets, audit, health, live, login, mfa, parts, password, pm, readings,
     reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
@@ -153,6 +153,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tags/{id}/readings", get(readings::tag_readings))
         .route("/api/v1/reliability", get(reliability::report))
         .route("/api/v1/events/stream", get(live::stream))
+        .route("/api/v1/pm-schedules", get(pm::list).post(pm::create))
+        .route("/api/v1/pm-schedules/{id}", get(pm::get).patch(pm::update))
         .route(
             "/api/v1/webhooks",
             get(webhooks::list).post(webhooks::create),
@@ -208,6 +210,7 @@ pub struct Api {
     router: Router,
     closing: Arc<watch::Sender<bool>>,
     dispatcher: crate::webhooks::Dispatcher,
+    pm_interval: std::time::Duration,
 }
 
 impl Api {
@@ -229,6 +232,7 @@ impl Api {
             listener,
             closing: Arc::clone(&state.closing_tx),
             dispatcher,
+            pm_interval: config.pm_interval,
             router: router(state),
         })
     }
@@ -248,7 +252,9 @@ impl Api {
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         let closing = self.closing;
+        let pool = self.dispatcher.pool.clone();
         let webhooks = tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe()));
+        let scheduler = tokio::spawn(pm::run(pool, self.pm_interval, closing.subscribe()));
         let closing_after = Arc::clone(&closing);
         let shutdown = async move {
             shutdown.await;
@@ -261,6 +267,9 @@ impl Api {
         closing_after.send_replace(true);
         if let Err(e) = webhooks.await {
             tracing::error!(error = %e, "the webhook dispatcher failed");
+        }
+        if let Err(e) = scheduler.await {
+            tracing::error!(error = %e, "the preventive-maintenance scheduler failed");
         }
         served
     }

@@ -75,6 +75,9 @@ pub struct WebhookSettings {
     pub poll: Duration,
 }
 
+fn default_pm_interval() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_webhook_retry_base() -> Duration {
     Duration::from_secs(10)
 }
@@ -181,6 +184,9 @@ pub struct ApiConfig {
     /// Webhook delivery (`[api.webhooks]`).
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    /// How often the preventive-maintenance scheduler looks for occurrences to generate.
+    #[serde(default = "default_pm_interval", with = "humantime_serde")]
+    pub pm_interval: Duration,
 }
 
 impl ApiConfig {
@@ -207,12 +213,16 @@ impl ApiConfig {
             cors_allowed_origins: Vec::new(),
             asset_link: None,
             webhooks: WebhookSettings::default(),
+            pm_interval: default_pm_interval(),
         }
     }
 
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.pm_interval) {
+            out.push(("api.pm_interval", "must be 10ms to 1h".to_owned()));
+        }
         let w = &self.webhooks;
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&w.retry_base) {
             out.push(("api.webhooks.retry_base", "must be 10ms to 1h".to_owned()));

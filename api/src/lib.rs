@@ -13,6 +13,8 @@
 //! - [`inventory`]: the parts ledger's rules (reservations, consumption, adjustments, reorder
 //!   points), pure and property-tested.
 //! - [`error`]: the one error type of the HTTP boundary and its JSON shape.
+//! - [`pm`]: preventive-maintenance schedules (calendar across DST and month ends, meters) and
+//!   which occurrences to generate; pure.
 //! - [`protect`]: client address behind trusted proxies, request ids, rate limits per address
 //!   on authentication, per tenant and per API key, body limit, CORS allowlist, security headers.
 //! - [`sessions`]: logins as sessions with rotating refresh tokens; reuse revokes the family.
@@ -44,6 +46,7 @@ pub mod events;
 pub mod inventory;
 pub mod mfa;
 pub mod password;
+pub mod pm;
 pub mod protect;
 pub mod reliability;
 pub mod routes;

@@ -10,6 +10,7 @@ pub mod login;
 pub mod mfa;
 pub mod parts;
 pub mod password;
+pub mod pm;
 pub mod readings;
 pub mod reliability;
 pub mod rules;

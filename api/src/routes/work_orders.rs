@@ -62,7 +62,7 @@ pub struct WorkOrder {
     pub status: String,
     pub work_type: String,
     pub failure_mode: Option<String>,
-    /// `rule` (opened by an alarm) or `manual`.
+    /// `rule` (opened by an alarm), `manual` or `pm` (a preventive-maintenance schedule).
     pub source: String,
     pub rule_id: Option<String>,
     pub alarm_id: Option<Uuid>,
@@ -208,7 +208,7 @@ pub struct ListQuery {
     pub team: Option<Uuid>,
     /// A user id or `me`.
     pub requested_by: Option<String>,
-    /// `rule` or `manual`.
+    /// `rule`, `manual` or `pm` (a preventive-maintenance schedule).
     pub source: Option<String>,
     pub rule_id: Option<String>,
     pub due_before: Option<DateTime<Utc>>,
@@ -341,9 +341,9 @@ impl ListQuery {
             .requested_by
             .and_then(|r| parse_who("requested_by", &r, false, &mut errors));
         if let Some(source) = &self.source
-            && !matches!(source.as_str(), "rule" | "manual")
+            && !matches!(source.as_str(), "rule" | "manual" | "pm")
         {
-            errors.add("source", "must be rule or manual");
+            errors.add("source", "must be rule, manual or pm");
         }
         if self.rule_id.as_ref().is_some_and(|r| r.len() > 200) {
             errors.add("rule_id", "must be at most 200 characters");
