@@ -17,8 +17,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, audit, health, live, login, mfa, parts, password, pm, readings,
-    reliability, rules, sessions, teams, webhooks, work_orders,
+    alarms, api_keys, assets, attachments, audit, health, live, login, mfa, parts, password, pm,
+    readings, reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -38,6 +38,8 @@ pub struct AppState {
     pub api_keys: ApiKeyHasher,
     /// What an asset's QR code links to (`[api] asset_link`).
     pub asset_link: Option<Arc<str>>,
+    /// Where work-order attachments are stored.
+    pub attachments_dir: Arc<std::path::PathBuf>,
     /// Turns true when the server shuts down: long-lived responses (event streams) end.
     pub closing: watch::Receiver<bool>,
     closing_tx: Arc<watch::Sender<bool>>,
@@ -65,6 +67,7 @@ impl AppState {
             mfa: MfaKeys::new(&config.password_pepper),
             api_keys: ApiKeyHasher::new(&config.password_pepper),
             asset_link: config.asset_link.as_deref().map(Arc::from),
+            attachments_dir: Arc::new(config.attachments_dir.clone()),
             closing,
             closing_tx: Arc::new(closing_tx),
         })
@@ -199,8 +202,19 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/alarms/{id}/shelve",
             post(alarms::shelve).delete(alarms::unshelve),
         )
+        .with_state(state.clone());
+    // Attachments take bodies up to their own limit, not the API's general one.
+    let uploads = Router::new()
+        .route(
+            "/api/v1/work-orders/{id}/attachments",
+            post(attachments::upload),
+        )
+        .route(
+            "/api/v1/work-orders/{id}/attachments/{attachment}",
+            get(attachments::download).delete(attachments::delete),
+        )
         .with_state(state);
-    protect::layers(routes, protection)
+    protect::layers(routes, uploads, protection)
 }
 
 /// A bound API server, ready to serve.

@@ -75,6 +75,12 @@ pub struct WebhookSettings {
     pub poll: Duration,
 }
 
+fn default_attachments_dir() -> std::path::PathBuf {
+    "data/attachments".into()
+}
+fn default_attachment_max_bytes() -> usize {
+    20 * 1024 * 1024
+}
 fn default_pm_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -187,6 +193,12 @@ pub struct ApiConfig {
     /// How often the preventive-maintenance scheduler looks for occurrences to generate.
     #[serde(default = "default_pm_interval", with = "humantime_serde")]
     pub pm_interval: Duration,
+    /// Where work-order attachments are stored (`<dir>/<tenant>/<id>`); created when missing.
+    #[serde(default = "default_attachments_dir")]
+    pub attachments_dir: std::path::PathBuf,
+    /// The largest attachment accepted, in bytes.
+    #[serde(default = "default_attachment_max_bytes")]
+    pub attachment_max_bytes: usize,
 }
 
 impl ApiConfig {
@@ -214,6 +226,8 @@ impl ApiConfig {
             asset_link: None,
             webhooks: WebhookSettings::default(),
             pm_interval: default_pm_interval(),
+            attachments_dir: default_attachments_dir(),
+            attachment_max_bytes: default_attachment_max_bytes(),
         }
     }
 
@@ -222,6 +236,12 @@ impl ApiConfig {
         let mut out = Vec::new();
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.pm_interval) {
             out.push(("api.pm_interval", "must be 10ms to 1h".to_owned()));
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.attachment_max_bytes) {
+            out.push((
+                "api.attachment_max_bytes",
+                "must be 1 KiB to 1 GiB".to_owned(),
+            ));
         }
         let w = &self.webhooks;
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&w.retry_base) {

@@ -50,6 +50,9 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// A body of a type the endpoint does not take; the message names the types it does.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("too many requests; retry later")]
     RateLimited { retry_after: Duration },
     #[error("internal error")]
@@ -184,6 +187,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "request failed");

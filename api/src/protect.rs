@@ -70,6 +70,7 @@ pub struct Protection {
     per_tenant: KeyedLimiter<TenantId>,
     per_api_key: KeyedLimiter<Uuid>,
     max_body_bytes: usize,
+    attachment_max_bytes: usize,
     cors_allowed_origins: Vec<HeaderValue>,
 }
 
@@ -91,6 +92,7 @@ impl Protection {
             per_tenant: KeyedLimiter::new(config.tenant_rate, config.tenant_burst),
             per_api_key: KeyedLimiter::new(config.api_key_rate, config.api_key_burst),
             max_body_bytes: config.max_body_bytes,
+            attachment_max_bytes: config.attachment_max_bytes,
             cors_allowed_origins: config
                 .cors_allowed_origins
                 .iter()
@@ -155,12 +157,18 @@ impl Protection {
     }
 }
 
-/// Wraps `routes` in the protection layers (order in the module documentation).
-pub fn layers(routes: Router, protection: Arc<Protection>) -> Router {
+/// Wraps `routes` and `uploads` in the protection layers (order in the module documentation);
+/// `uploads` take bodies up to `attachment_max_bytes` instead of `max_body_bytes`.
+pub fn layers(routes: Router, uploads: Router, protection: Arc<Protection>) -> Router {
     let routes = routes
-        // The one body limit is ours: axum's own default (2 MB) would disagree with it.
+        // The body limits are ours: axum's own default (2 MB) would disagree with them.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(protection.max_body_bytes))
+        .merge(
+            uploads
+                .layer(DefaultBodyLimit::disable())
+                .layer(RequestBodyLimitLayer::new(protection.attachment_max_bytes)),
+        )
         .layer(from_fn_with_state(
             Arc::clone(&protection),
             limit_auth_per_address,

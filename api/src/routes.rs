@@ -3,6 +3,7 @@
 pub mod alarms;
 pub mod api_keys;
 pub mod assets;
+pub mod attachments;
 pub mod audit;
 pub mod health;
 pub mod live;

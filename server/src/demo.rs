@@ -287,6 +287,10 @@ pub async fn run(
             SocketAddr::from(([127, 0, 0, 1], 0))
         }
     };
+    // The demo's attachments go to a directory removed when it ends.
+    let files_dir = tempfile::tempdir().map_err(DemoError::Plc)?;
+    let mut api = ApiConfig::new(listen, Secret::new(secret()), pepper);
+    api.attachments_dir = files_dir.path().join("attachments");
     let config = ServerConfig {
         roles: vec![Role::Api, Role::Ingest, Role::Rules],
         database: DatabaseConfig {
@@ -294,7 +298,7 @@ pub async fn run(
             owner_url: None,
             max_connections: 8,
         },
-        api: Some(ApiConfig::new(listen, Secret::new(secret()), pepper)),
+        api: Some(api),
         ingest: Some(IngestConfig::new(broker_url.clone())),
         rules: RulesConfig::default(),
         metrics: MetricsConfig::default(),

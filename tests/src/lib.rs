@@ -48,6 +48,8 @@ pub struct Plant {
     pub api: String,
     pub http: reqwest::Client,
     config: ServerConfig,
+    /// Holds the plant's attachment directory until the plant is dropped.
+    _files: tempfile::TempDir,
 }
 
 impl Plant {
@@ -97,6 +99,9 @@ impl Plant {
             )),
             pepper,
         );
+        // Attachments go to a directory of this plant's own, removed with it.
+        let files = tempfile::tempdir()?;
+        api.attachments_dir = files.path().join("attachments");
         configure(&mut api);
         let config = ServerConfig {
             roles: vec![Role::Api, Role::Ingest, Role::Rules],
@@ -134,6 +139,7 @@ impl Plant {
                 .timeout(Duration::from_secs(10))
                 .build()?,
             config,
+            _files: files,
         })
     }
 

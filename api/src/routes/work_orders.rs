@@ -139,6 +139,7 @@ pub struct WorkOrderDetail {
     pub work_order: WorkOrder,
     pub checklist: Vec<ChecklistItem>,
     pub parts: Vec<WorkOrderPart>,
+    pub attachments: Vec<crate::routes::attachments::Attachment>,
     pub time_logs: Vec<TimeLog>,
     /// The sum of `time_logs`, in minutes.
     pub labour_minutes: i64,
@@ -612,11 +613,21 @@ async fn detail(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    let attachments = sqlx::query_as::<_, crate::routes::attachments::Attachment>(&format!(
+        "SELECT {} FROM work_order_attachments
+         WHERE tenant_id = $1 AND work_order_id = $2 ORDER BY created_at, id",
+        crate::routes::attachments::COLUMNS
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     let labour_minutes = time_logs.iter().map(|t| i64::from(t.minutes)).sum();
     Ok(WorkOrderDetail {
         work_order,
         checklist,
         parts,
+        attachments,
         time_logs,
         labour_minutes,
         events,
@@ -710,6 +721,39 @@ async fn add_event(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// Who may see work order `id` (404 for another tenant's, or for a requester another
+/// person's request); answers the caller's role.
+pub(crate) async fn can_see(
+    conn: &mut PgConnection,
+    auth: &AuthUser,
+    id: Uuid,
+) -> Result<Role, ApiError> {
+    let requested_by: Option<Option<Uuid>> =
+        sqlx::query_scalar("SELECT requested_by FROM work_orders WHERE tenant_id = $1 AND id = $2")
+            .bind(auth.tenant.as_uuid())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let requested_by = requested_by.ok_or(ApiError::NotFound)?;
+    let role = Role::parse(&auth.role).ok_or(ApiError::Forbidden)?;
+    if role == Role::Requester && requested_by != Some(auth.user) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(role)
+}
+
+/// [`record`] for the other modules that change a work order.
+pub(crate) async fn record_change(
+    conn: &mut PgConnection,
+    auth: &AuthUser,
+    meta: &RequestMeta,
+    id: Uuid,
+    names: (&str, &str),
+    detail: Value,
+) -> Result<(), sqlx::Error> {
+    record(conn, auth, meta, id, names, detail).await
 }
 
 /// The history event and the audit entry of a change, in its transaction.
