@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|edge|breach|rules|backtest|all]
+#   bench/run.sh [outbox|ingest|edge|breach|cmms|rules|backtest|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -25,6 +25,10 @@ if [ "$what" = breach ] || [ "$what" = all ]; then
     echo "== breach to committed work order, idle and at half the ingest benchmark's load"
     MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     target/release/breach-bench --mosquitto "$MOSQUITTO"
+fi
+if [ "$what" = cmms ] || [ "$what" = all ]; then
+    echo "== CMMS API: filtered work-order lists, 1,000,000 work orders, 100,000 assets"
+    target/release/cmms-bench --duration 30s --warmup 5s
 fi
 if [ "$what" = rules ] || [ "$what" = all ]; then
     echo "== rules engine: readings evaluated per second on one core, per rule kind"

@@ -53,6 +53,7 @@ impl AppState {
         pool: PgPool,
         rules: Arc<RulesStatus>,
     ) -> Result<Self, PasswordError> {
+        crate::webhooks::install_tls_provider();
         let (closing_tx, closing) = watch::channel(false);
         Ok(Self {
             pool,

@@ -260,11 +260,17 @@ pub struct Dispatcher {
     pub settings: WebhookSettings,
 }
 
+/// Makes ring the process's TLS crypto provider, which reqwest's rustls (built without one)
+/// needs before any HTTP client is built; a provider already installed is kept. Called when
+/// the API is built; programs that build HTTP clients before that call it first.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Delivers due events of every tenant's enabled webhooks every `settings.poll`, until
 /// `closing` turns true.
 pub async fn run(dispatcher: Dispatcher, mut closing: watch::Receiver<bool>) {
-    // reqwest's TLS (rustls without a built-in provider) uses the process default: ring.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_tls_provider();
     tracing::info!("webhook dispatcher started");
     loop {
         if *closing.borrow() {

@@ -84,6 +84,8 @@ impl Plant {
         rule_files: Vec<PathBuf>,
         configure: impl FnOnce(&mut ApiConfig),
     ) -> anyhow::Result<Plant> {
+        // HTTP clients here and in the API use rustls with ring, installed once per process.
+        api::webhooks::install_tls_provider();
         let broker = mqtt_url()?;
         let db = TestDatabase::create().await?;
         let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));

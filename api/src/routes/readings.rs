@@ -142,15 +142,22 @@ pub fn aligned_buckets(window: Window, seconds: u64) -> u64 {
 /// [`min_width`], whose epoch-aligned buckets over `window` number at most `max_points`.
 ///
 /// [`min_width`] alone may miss by one: a window that does not start on a bucket boundary
-/// touches one more bucket than it spans. The search always ends: with two points or more, any
-/// width of at least `span / (max_points - 1)` fits; with one, any width longer than `to` since
-/// the epoch does (the window starts at or after the epoch). It usually ends within a few steps.
+/// touches one more bucket than it spans. With `from` in bucket `k`, `max_points` buckets of
+/// width `w` reach `to` when `to - 1 < (k + max_points) * w`; each step widens to the narrowest
+/// width that meets this for the current `k`. Every width skipped is too narrow (a wider one
+/// puts `from` in bucket `k` or before, which asks for more), so the result is the narrowest
+/// that fits; `k` falls at every step that does not end, so the search ends.
 fn auto_width(window: Window, max_points: u32) -> u64 {
     let mut seconds = min_width(window, max_points).max(1);
-    while aligned_buckets(window, seconds) > u64::from(max_points) {
-        seconds += 1;
+    let max_points = u64::from(max_points.max(1));
+    loop {
+        let k = window.from_us / (seconds * MICROS_PER_SECOND);
+        let needed = ((window.to_us - 1) / (k + max_points) + 1).div_ceil(MICROS_PER_SECOND);
+        if needed <= seconds {
+            return seconds;
+        }
+        seconds = needed;
     }
-    seconds
 }
 
 /// How to answer a series over `window`. `readings` is the number of readings in the window,
@@ -689,6 +696,20 @@ mod tests {
     /// narrower width from `min_width` on would have fitted.
     #[test]
     fn automatic_width_is_the_narrowest_that_fits() {
+        let check = |w: Window, max_points: u32| {
+            let seconds = auto_width(w, max_points);
+            let least = min_width(w, max_points).max(1);
+            assert!(seconds >= least);
+            let fits = |s| aligned_buckets(w, s) <= u64::from(max_points);
+            assert!(fits(seconds), "{w:?} {max_points}");
+            assert!(!(least..seconds).any(fits), "{w:?} {max_points}");
+            seconds
+        };
+        // Around a midnight that many widths divide, one point must take both sides.
+        let seconds = check(window(T0 - 1, T0 + 1), 1);
+        assert!(seconds > 2 && aligned_buckets(window(T0 - 1, T0 + 1), seconds) == 1);
+        assert_eq!(check(window(0, 10), 1), 10);
+        assert_eq!(check(window(T0, T0 + 3000), 100), 30);
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |bound: u64| {
             seed ^= seed << 13;
@@ -699,23 +720,13 @@ mod tests {
         let t0 = u64::try_from(T0).expect("positive");
         for _ in 0..2000 {
             let from_us = (t0 + next(10_000_000)) * 1_000_000 + next(1_000_000);
-            let span_us = 1 + next(400 * 86_400 * 1_000_000).min(366 * 86_400 * 1_000_000 - 1);
+            let span_us = 1 + next(366 * 86_400 * 1_000_000);
             let from = DateTime::from_timestamp_micros(i64::try_from(from_us).expect("fits"))
                 .expect("in range");
             let to = from + TimeDelta::microseconds(i64::try_from(span_us).expect("fits"));
-            let w = Window::new(from, to).expect("valid");
             let max_points =
                 [1, 2, 3, 10, 100, 1000, 10_000][usize::try_from(next(7)).expect("small")];
-            let seconds = auto_width(w, max_points);
-            let least = min_width(w, max_points);
-            assert!(seconds >= least.max(1));
-            assert!(
-                aligned_buckets(w, seconds) <= u64::from(max_points),
-                "{w:?} {max_points}"
-            );
-            for narrower in least.max(1)..seconds {
-                assert!(aligned_buckets(w, narrower) > u64::from(max_points));
-            }
+            check(Window::new(from, to).expect("valid"), max_points);
         }
     }
 
