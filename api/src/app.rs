@@ -18,7 +18,7 @@ use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, health, live, login, mfa, parts, password, pm,
-    readings, reliability, rules, sessions, teams, webhooks, work_orders,
+    readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -156,6 +156,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/tags/{id}/readings", get(readings::tag_readings))
         .route("/api/v1/reliability", get(reliability::report))
+        .route(
+            "/api/v1/gateways",
+            get(registry::list_gateways).post(registry::create_gateway),
+        )
+        .route("/api/v1/tags", get(registry::list_tags))
+        .route(
+            "/api/v1/tags/{id}",
+            axum::routing::patch(registry::update_tag),
+        )
+        .route("/api/v1/assets/export.csv", get(registry::export_assets))
+        .route("/api/v1/tags/export.csv", get(registry::export_tags))
         .route("/api/v1/events/stream", get(live::stream))
         .route("/api/v1/pm-schedules", get(pm::list).post(pm::create))
         .route("/api/v1/pm-schedules/{id}", get(pm::get).patch(pm::update))
@@ -206,6 +217,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     // Attachments take bodies up to their own limit, not the API's general one.
     let uploads = Router::new()
+        .route("/api/v1/assets/import", post(registry::import_assets))
+        .route("/api/v1/tags/import", post(registry::import_tags))
         .route(
             "/api/v1/work-orders/{id}/attachments",
             post(attachments::upload),

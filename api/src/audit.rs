@@ -145,7 +145,7 @@ pub async fn write_change(
     auth: &crate::auth::AuthUser,
     meta: &RequestMeta,
     action: &str,
-    target: (&str, Uuid),
+    target: (&str, impl ToString),
     mut detail: Value,
 ) -> Result<(), sqlx::Error> {
     if let crate::auth::Principal::ApiKey { id: key, .. } = auth.principal {

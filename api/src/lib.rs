@@ -28,6 +28,7 @@
 //!   failure mode, idempotent under retries.
 //! - [`rules_status`]: the rule files in force and the last failed reload, written by the
 //!   rules engine and served by the API.
+//! - [`registry_csv`]: the CSV form of the asset and tag registers, parsed and checked; pure.
 //! - [`reliability`]: failures, downtime, MTTR and MTBF over a period, from work orders; pure.
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`app`]: builds the router and serves it until shutdown.
@@ -48,6 +49,7 @@ pub mod mfa;
 pub mod password;
 pub mod pm;
 pub mod protect;
+pub mod registry_csv;
 pub mod reliability;
 pub mod routes;
 pub mod rules_status;

@@ -13,6 +13,7 @@ pub mod parts;
 pub mod password;
 pub mod pm;
 pub mod readings;
+pub mod registry;
 pub mod reliability;
 pub mod rules;
 pub mod sessions;

@@ -1,0 +1,237 @@
+//! The asset and tag registers in CSV: a dry run reports every bad row and writes nothing,
+//! an import writes all rows or none, an export imports back unchanged; gateways and tags over
+//! HTTP; tenants. Needs `scripts/test.sh`.
+
+use anyhow::Context;
+use maintainpro_tests::Plant;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn post_csv(
+    plant: &Plant,
+    token: &str,
+    path: &str,
+    csv: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let res = plant
+        .http
+        .post(format!("{}{path}", plant.api))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(csv.to_owned())
+        .send()
+        .await?;
+    let status = res.status().as_u16();
+    Ok((status, res.json().await.unwrap_or(Value::Null)))
+}
+
+async fn get_text(plant: &Plant, token: &str, path: &str) -> anyhow::Result<String> {
+    let res = plant
+        .http
+        .get(format!("{}{path}", plant.api))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "{path}: {}", res.status());
+    Ok(res.text().await?)
+}
+
+fn fields(body: &Value) -> Vec<String> {
+    body["error"]["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    plant.add_user("tech@plant-a.example", "technician").await?;
+    let tech = plant.login_as("plant-a", "tech@plant-a.example").await?;
+    let (status, site) = plant
+        .send(
+            Method::POST,
+            "/api/v1/sites",
+            Some(&admin),
+            Some(json!({ "name": "North" })),
+        )
+        .await?;
+    assert_eq!(status, 201, "{site}");
+    let site_id = site["id"].as_str().context("site")?.to_owned();
+    plant
+        .send(
+            Method::POST,
+            &format!("/api/v1/sites/{site_id}/areas"),
+            Some(&admin),
+            Some(json!({ "name": "Hall 2" })),
+        )
+        .await?;
+
+    // Every problem the database can tell, with its line; nothing written.
+    let bad = "name,site,area,parent,criticality\n\
+               Line 9,Nowhere,,,3\n\
+               Press 9,,,Line 404,4\n\
+               Press 10,North,Hall 7,,2\n";
+    let (status, body) = post_csv(&plant, &admin, "/api/v1/assets/import", bad).await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        fields(&body),
+        ["line 2: site", "line 3: parent", "line 4: area"]
+    );
+    // Cell problems are found before the database is asked.
+    let (status, body) = post_csv(
+        &plant,
+        &admin,
+        "/api/v1/assets/import",
+        "name,criticality\nX,7\n",
+    )
+    .await?;
+    assert_eq!(status, 400);
+    assert_eq!(fields(&body), ["line 2: criticality"]);
+    let (status, _) = post_csv(&plant, &tech, "/api/v1/assets/import", "name\nX\n").await?;
+    assert_eq!(status, 403);
+
+    // Children may come before their parents in the file.
+    let good = "name,site,area,parent,criticality,status,manufacturer,model,serial_number,installed_on,warranty_until,labels\n\
+                Press 9 pump,,,Press 9,3,operational,Bosch Rexroth,A10VSO,\"SN-1, rev 2\",2021-05-01,2031-05-01,line=9\n\
+                Press 9,,,Line 9,4,degraded,Schuler,,,,,line=9;zone=b\n\
+                Line 9,North,Hall 2,,5,operational,,,,,,\n\
+                Press 1,,,Line 9,,,,'=cmd,,,,\n";
+    let (status, report) =
+        post_csv(&plant, &admin, "/api/v1/assets/import?dry_run=true", good).await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report,
+        json!({ "dry_run": true, "rows": 4, "created": 3, "updated": 1 })
+    );
+    let (_, list) = plant.get("/api/v1/assets", Some(&admin)).await?;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(1),
+        "a dry run writes nothing"
+    );
+    let (status, report) = post_csv(&plant, &admin, "/api/v1/assets/import", good).await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["created"], 3);
+    let (_, pump) = plant.get("/api/v1/assets?q=pump", Some(&admin)).await?;
+    let pump = &pump["items"][0];
+    assert_eq!(pump["serial_number"], "SN-1, rev 2");
+    assert_eq!(pump["labels"], json!({ "line": "9" }));
+    assert_eq!(pump["site_id"], site_id, "on its parent's site");
+    let (_, press_1) = plant
+        .get("/api/v1/assets?q=press%201", Some(&admin))
+        .await?;
+    assert_eq!(
+        press_1["items"][0]["model"], "=cmd",
+        "the defused cell is taken back as written"
+    );
+    assert_eq!(
+        press_1["items"][0]["site_id"], site_id,
+        "moved with its new parent"
+    );
+
+    // The export imports back unchanged.
+    let exported = get_text(&plant, &admin, "/api/v1/assets/export.csv").await?;
+    assert!(exported.contains("'=cmd"), "{exported}");
+    let (status, report) = post_csv(&plant, &admin, "/api/v1/assets/import", &exported).await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["created"], 0);
+    assert_eq!(
+        get_text(&plant, &admin, "/api/v1/assets/export.csv").await?,
+        exported
+    );
+
+    // Tags: a gateway, an import linking tags to assets, an edit, the export.
+    let (status, gw) = plant
+        .send(
+            Method::POST,
+            "/api/v1/gateways",
+            Some(&admin),
+            Some(json!({ "code": "north-gw", "name": "North gateway" })),
+        )
+        .await?;
+    assert_eq!(status, 201, "{gw}");
+    let tags = "gateway,name,asset,unit,description,range_min,range_max,labels\n\
+                north-gw,press9.pressure,Press 9,bar,Main pressure,0,350,signal=pressure\n\
+                north-gw,press9.temp,Press 9 pump,degC,,,,\n\
+                nowhere-gw,x,,,,,,\n";
+    let (status, body) = post_csv(&plant, &admin, "/api/v1/tags/import", tags).await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), ["line 4: gateway"]);
+    let tags = tags.lines().take(3).collect::<Vec<_>>().join("\n");
+    let (status, report) = post_csv(&plant, &admin, "/api/v1/tags/import", &tags).await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["created"], 2);
+    let gw_id = gw["id"].as_str().context("gateway")?;
+    let (_, listed) = plant
+        .get(&format!("/api/v1/tags?gateway_id={gw_id}"), Some(&tech))
+        .await?;
+    let items = listed["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["range_max"], 350.0);
+    let tag_id = items[1]["id"].as_i64().context("tag id")?;
+    let (status, body) = plant
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag_id}"),
+            Some(&admin),
+            Some(json!({ "range_min": 10, "range_max": 5 })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, tag) = plant
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag_id}"),
+            Some(&admin),
+            Some(json!({ "asset_id": null, "range_min": -20, "range_max": 120 })),
+        )
+        .await?;
+    assert_eq!(status, 200, "{tag}");
+    assert!(tag["asset_id"].is_null());
+    let (_, unlinked) = plant
+        .get("/api/v1/tags?unlinked=true", Some(&admin))
+        .await?;
+    assert!(
+        unlinked["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .any(|t| t["id"] == tag_id)
+    );
+    let exported = get_text(&plant, &admin, "/api/v1/tags/export.csv").await?;
+    assert!(
+        exported
+            .contains("north-gw,press9.pressure,Press 9,bar,Main pressure,0,350,signal=pressure"),
+        "{exported}"
+    );
+
+    // Another tenant sees and changes none of it.
+    let other = plant.login("plant-b").await?;
+    let (status, _) = plant
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag_id}"),
+            Some(&other),
+            Some(json!({ "unit": "x" })),
+        )
+        .await?;
+    assert_eq!(status, 404);
+    let theirs = get_text(&plant, &other, "/api/v1/assets/export.csv").await?;
+    assert!(!theirs.contains("Press 9"), "{theirs}");
+    let (status, body) = post_csv(
+        &plant,
+        &other,
+        "/api/v1/assets/import?dry_run=true",
+        "name,parent\nMine,Press 9\n",
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(fields(&body), ["line 2: parent"]);
+    Ok(())
+}
