@@ -239,6 +239,7 @@ pub struct Api {
     closing: Arc<watch::Sender<bool>>,
     dispatcher: crate::webhooks::Dispatcher,
     pm_interval: std::time::Duration,
+    smtp: Option<crate::config::SmtpSettings>,
 }
 
 impl Api {
@@ -261,6 +262,7 @@ impl Api {
             closing: Arc::clone(&state.closing_tx),
             dispatcher,
             pm_interval: config.pm_interval,
+            smtp: config.smtp.clone(),
             router: router(state),
         })
     }
@@ -282,7 +284,10 @@ impl Api {
         let closing = self.closing;
         let pool = self.dispatcher.pool.clone();
         let webhooks = tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe()));
-        let scheduler = tokio::spawn(pm::run(pool, self.pm_interval, closing.subscribe()));
+        let scheduler = tokio::spawn(pm::run(pool.clone(), self.pm_interval, closing.subscribe()));
+        let notifier = self
+            .smtp
+            .map(|smtp| tokio::spawn(crate::notify::run(pool, smtp, closing.subscribe())));
         let closing_after = Arc::clone(&closing);
         let shutdown = async move {
             shutdown.await;
@@ -298,6 +303,12 @@ impl Api {
         }
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the preventive-maintenance scheduler failed");
+        }
+        if let Some(Err(e)) = match notifier {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "the email notifier failed");
         }
         served
     }

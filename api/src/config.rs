@@ -199,6 +199,38 @@ pub struct ApiConfig {
     /// The largest attachment accepted, in bytes.
     #[serde(default = "default_attachment_max_bytes")]
     pub attachment_max_bytes: usize,
+    /// Email to assignees and requesters (`[api.smtp]`); unset: no email is sent.
+    #[serde(default)]
+    pub smtp: Option<SmtpSettings>,
+}
+
+/// How the API sends email.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    /// Default 587 (STARTTLS); 465 for `tls = "tls"`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` (implicit TLS), or `none` (only to a relay on this host).
+    #[serde(default = "default_smtp_tls")]
+    pub tls: String,
+    /// The sender, e.g. `MaintAInPro <cmms@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// How often the notifier reads the event log.
+    #[serde(default = "default_smtp_poll", with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+fn default_smtp_tls() -> String {
+    "starttls".into()
+}
+fn default_smtp_poll() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl ApiConfig {
@@ -228,6 +260,7 @@ impl ApiConfig {
             pm_interval: default_pm_interval(),
             attachments_dir: default_attachments_dir(),
             attachment_max_bytes: default_attachment_max_bytes(),
+            smtp: None,
         }
     }
 
@@ -242,6 +275,34 @@ impl ApiConfig {
                 "api.attachment_max_bytes",
                 "must be 1 KiB to 1 GiB".to_owned(),
             ));
+        }
+        if let Some(smtp) = &self.smtp {
+            if !["starttls", "tls", "none"].contains(&smtp.tls.as_str()) {
+                out.push(("api.smtp.tls", "must be starttls, tls or none".to_owned()));
+            }
+            if smtp.tls == "none"
+                && !["127.0.0.1", "::1", "localhost"].contains(&smtp.host.as_str())
+            {
+                out.push((
+                    "api.smtp.tls",
+                    "none only to a relay on this host (127.0.0.1, ::1, localhost): use starttls or tls".to_owned(),
+                ));
+            }
+            if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                out.push((
+                    "api.smtp.from",
+                    "must be an address, e.g. MaintAInPro <cmms@example.com>".to_owned(),
+                ));
+            }
+            if smtp.username.is_some() != smtp.password.is_some() {
+                out.push((
+                    "api.smtp.password",
+                    "give both username and password, or neither".to_owned(),
+                ));
+            }
+            if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&smtp.poll) {
+                out.push(("api.smtp.poll", "must be 10ms to 1h".to_owned()));
+            }
         }
         let w = &self.webhooks;
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&w.retry_base) {

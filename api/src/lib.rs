@@ -4,6 +4,7 @@
 //! - [`config`]: listen address and token settings (`[api]` in the server's file).
 //! - [`auth`]: access tokens, and the extractors that authenticate a request (a user, or an
 //!   API key where the handler names the scope it needs).
+//! - [`notify`]: email to assignees and requesters over SMTP, from the event log.
 //! - [`password`]: the password policy and Argon2id hashing with the configured pepper.
 //! - [`api_keys`]: API keys of gateways and services: scopes, the key's text, its keyed hash;
 //!   pure.
@@ -46,6 +47,7 @@ pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod mfa;
+pub mod notify;
 pub mod password;
 pub mod pm;
 pub mod protect;
