@@ -392,6 +392,14 @@ impl Filter {
             q.push(" AND status = ANY(")
                 .push_bind(status.clone())
                 .push(")");
+            // Open statuses only: the same rows as `closed_at IS NULL` (a check constraint),
+            // which the indexes over open work orders are defined by.
+            if status
+                .iter()
+                .all(|s| Status::parse(s).is_some_and(|s| !s.is_closed()))
+            {
+                q.push(" AND closed_at IS NULL");
+            }
         }
         if let Some(priority) = &self.priority {
             q.push(" AND priority = ANY(")

@@ -104,9 +104,10 @@ SELECT gen_random_uuid(), $1,
        CASE WHEN s.status IN ('completed', 'verified') THEN 'fixed' END
 FROM generate_series($3::int, $4::int) i,
      LATERAL (SELECT now() - (i % 730) * interval '1 day' - (i % 1440) * interval '1 minute' AS created) t,
-     LATERAL (SELECT CASE WHEN i % 100 < 5 THEN 'open' WHEN i % 100 < 10 THEN 'assigned'
-                          WHEN i % 100 < 14 THEN 'in_progress' WHEN i % 100 < 15 THEN 'on_hold'
-                          WHEN i % 100 < 40 THEN 'completed' WHEN i % 100 < 95 THEN 'verified'
+     -- The status from the hundreds, so that it does not follow the asset (chosen by i).
+     LATERAL (SELECT CASE WHEN (i / 100) % 100 < 5 THEN 'open' WHEN (i / 100) % 100 < 10 THEN 'assigned'
+                          WHEN (i / 100) % 100 < 14 THEN 'in_progress' WHEN (i / 100) % 100 < 15 THEN 'on_hold'
+                          WHEN (i / 100) % 100 < 40 THEN 'completed' WHEN (i / 100) % 100 < 95 THEN 'verified'
                           ELSE 'cancelled' END AS status) s;
 ";
 
