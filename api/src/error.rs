@@ -267,6 +267,16 @@ where
     }
 }
 
+/// For a field of a `PATCH` body (`#[serde(default, deserialize_with = "present")]` on an
+/// `Option<Option<T>>`): left out is `None`, `null` is `Some(None)`, a value `Some(Some(v))`.
+pub fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// Whole seconds to wait, rounded up, and at least 1: `Retry-After: 0` would invite an
 /// immediate retry that is refused again.
 fn retry_after_secs(wait: Duration) -> u64 {

@@ -20,3 +20,23 @@ pub mod sessions;
 pub mod teams;
 pub mod webhooks;
 pub mod work_orders;
+
+/// A `LIKE`/`ILIKE` pattern matching text that contains `text` (trimmed), its wildcards and
+/// escape character taken literally.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.trim()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn patterns_take_wildcards_literally() {
+        assert_eq!(super::contains_pattern(" 50%_off\\ "), "%50\\%\\_off\\\\%");
+    }
+}

@@ -194,6 +194,45 @@ impl Plant {
         Ok(id)
     }
 
+    /// Opens a work order of tenant `plant-a` the way the rules engine does: a raised alarm of
+    /// rule `press-bearing-overheat` on `press-1.bearing_temp` (priority high).
+    pub async fn rule_work_order(&self) -> anyhow::Result<Uuid> {
+        use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
+        let tenant = self.tenant_a.tenant;
+        let pool = self.db.app_pool().await;
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        let (tag_id, asset): (i64, Uuid) =
+            sqlx::query_as("SELECT id, asset_id FROM tags WHERE name = 'press-1.bearing_temp'")
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let event = AlarmEvent::Raised {
+            subject: AlarmSubject {
+                tenant: model::TenantId::from_uuid(tenant),
+                asset: model::AssetId::from_uuid(asset),
+                tag_id,
+                tag: model::TagName::parse("press-1.bearing_temp")?,
+                rule_id: "press-bearing-overheat".into(),
+                failure_mode: "bearing-overheat".into(),
+                severity: model::Severity::High,
+            },
+            at: model::Timestamp::now(),
+            value: 91.0,
+            work_order: WorkOrderDraft {
+                title: "Bearing overheating on Press 1".into(),
+                description: String::new(),
+                work_type: WorkType::Corrective,
+                priority: model::Priority::High,
+                checklist: Vec::new(),
+                repeat_window: Duration::from_secs(86_400),
+            },
+        };
+        match api::WorkOrderService::new(pool).on_alarm(&event).await? {
+            api::AlarmOutcome::Created { work_order } => Ok(work_order),
+            other => bail!("expected a new work order, got {other:?}"),
+        }
+    }
+
     /// A password hash this plant's API accepts (hashed with its pepper).
     pub fn hash(&self, password: &str) -> anyhow::Result<String> {
         let api = self.config.api.as_ref().context("the plant runs the API")?;

@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::routes::webhooks::secret_bytes;
-use api::{AlarmOutcome, WorkOrderService};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use maintainpro_tests::Plant;
-use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
-use model::{AssetId, Priority, Severity, TagName, TenantId, Timestamp};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -152,42 +149,6 @@ fn id_of(v: &Value) -> anyhow::Result<Uuid> {
     Ok(v["id"].as_str().context("id")?.parse()?)
 }
 
-async fn rule_work_order(plant: &Plant) -> anyhow::Result<Uuid> {
-    let tenant = plant.tenant_a.tenant;
-    let pool = plant.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
-    let (tag_id, asset): (i64, Uuid) =
-        sqlx::query_as("SELECT id, asset_id FROM tags WHERE name = 'press-1.bearing_temp'")
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    let event = AlarmEvent::Raised {
-        subject: AlarmSubject {
-            tenant: TenantId::from_uuid(tenant),
-            asset: AssetId::from_uuid(asset),
-            tag_id,
-            tag: TagName::parse("press-1.bearing_temp")?,
-            rule_id: "press-bearing-overheat".into(),
-            failure_mode: "bearing-overheat".into(),
-            severity: Severity::High,
-        },
-        at: Timestamp::now(),
-        value: 91.0,
-        work_order: WorkOrderDraft {
-            title: "Bearing overheating on Press 1".into(),
-            description: String::new(),
-            work_type: WorkType::Corrective,
-            priority: Priority::High,
-            checklist: Vec::new(),
-            repeat_window: Duration::from_secs(86_400),
-        },
-    };
-    match WorkOrderService::new(pool).on_alarm(&event).await? {
-        AlarmOutcome::Created { work_order } => Ok(work_order),
-        other => anyhow::bail!("expected a new work order, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() -> anyhow::Result<()>
 {
@@ -236,7 +197,7 @@ async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() ->
     let stream = listen(&plant, &manager, None, Arc::clone(&sent)).await?;
 
     // Opened by the rules engine, then worked through the API.
-    let wo = rule_work_order(&plant).await?;
+    let wo = plant.rule_work_order().await?;
     let location = ok(
         &plant,
         Method::POST,

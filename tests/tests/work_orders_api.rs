@@ -2,14 +2,9 @@
 //! teams, requests, comments, time logs, checklists, due dates, the filtered list with its
 //! cursor, and tenants. Needs `scripts/test.sh`.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use api::{AlarmOutcome, WorkOrderService};
 use chrono::{DateTime, Utc};
 use maintainpro_tests::Plant;
-use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
-use model::{AssetId, Priority, Severity, TagName, TenantId, Timestamp};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -41,39 +36,6 @@ async fn child_asset(plant: &Plant, parent: Uuid, name: &str) -> anyhow::Result<
     .await?;
     tx.commit().await?;
     Ok(id)
-}
-
-/// Opens a work order the way the rules engine does: a raised alarm on Press 1.
-async fn rule_work_order(plant: &Plant) -> anyhow::Result<Uuid> {
-    let tenant = plant.tenant_a.tenant;
-    let tag_id = plant.tag_id(tenant, "press-1.bearing_temp").await?;
-    let service = WorkOrderService::new(plant.db.app_pool().await);
-    let subject = AlarmSubject {
-        tenant: TenantId::from_uuid(tenant),
-        asset: AssetId::from_uuid(press(plant, tenant).await?),
-        tag_id,
-        tag: TagName::parse("press-1.bearing_temp")?,
-        rule_id: "press-bearing-overheat".into(),
-        failure_mode: "bearing-overheat".into(),
-        severity: Severity::High,
-    };
-    let event = AlarmEvent::Raised {
-        subject,
-        at: Timestamp::now(),
-        value: 91.0,
-        work_order: WorkOrderDraft {
-            title: "Bearing overheating on Press 1".into(),
-            description: String::new(),
-            work_type: WorkType::Corrective,
-            priority: Priority::High,
-            checklist: Vec::new(),
-            repeat_window: Duration::from_secs(86_400),
-        },
-    };
-    match service.on_alarm(&event).await? {
-        AlarmOutcome::Created { work_order } => Ok(work_order),
-        other => anyhow::bail!("expected a new work order, got {other:?}"),
-    }
 }
 
 struct Api<'a> {
@@ -163,7 +125,7 @@ async fn an_automatic_work_order_is_assigned_worked_completed_and_verified() -> 
         .login_as("plant-a", "other-tech@plant-a.example")
         .await?;
     let viewer = plant.login_as("plant-a", "viewer@plant-a.example").await?;
-    let wo = rule_work_order(&plant).await?;
+    let wo = plant.rule_work_order().await?;
 
     // Due from the service level of its priority.
     let (status, body) = plant
@@ -441,7 +403,7 @@ async fn requesters_see_and_cancel_only_their_own_requests() -> anyhow::Result<(
     let other = plant.login_as("plant-a", "req2@plant-a.example").await?;
     let tech = plant.login_as("plant-a", "tech@plant-a.example").await?;
     let admin = plant.login("plant-a").await?;
-    let automatic = rule_work_order(&plant).await?;
+    let automatic = plant.rule_work_order().await?;
 
     // Every bad field at once.
     let (status, body) = api

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
@@ -418,13 +418,7 @@ pub async fn list(
         query.push(" AND asset_class = ").push_bind(c);
     }
     if let Some(text) = q.q.filter(|t| !t.trim().is_empty()) {
-        let pattern = format!(
-            "%{}%",
-            text.trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = crate::routes::contains_pattern(&text);
         query
             .push(" AND (name ILIKE ")
             .push_bind(pattern.clone())
@@ -462,15 +456,6 @@ pub async fn list(
     Ok(Json(AssetList { items, next_cursor }))
 }
 
-/// A field of a `PATCH` body: left out (`None`), `null` (`Some(None)`) or a value.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// The fields of an asset a create sets and a `PATCH` may change. In a `PATCH`, a field left
 /// out stays; `null` clears it (where it may be empty).
 #[derive(Debug, Default, Deserialize)]
@@ -480,24 +465,24 @@ pub struct AssetFields {
     /// Another site moves the asset with its subtree; only for an asset without a parent (a
     /// child is on its parent's site).
     pub site_id: Option<Uuid>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub parent_id: Option<Option<Uuid>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub area_id: Option<Option<Uuid>>,
     pub criticality: Option<i16>,
     pub status: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub asset_class: Option<Option<String>>,
     pub labels: Option<serde_json::Map<String, Value>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub manufacturer: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub model: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub serial_number: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub installed_on: Option<Option<NaiveDate>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::error::present")]
     pub warranty_until: Option<Option<NaiveDate>>,
 }
 

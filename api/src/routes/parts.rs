@@ -157,15 +157,7 @@ pub async fn list_parts(
         return Err(invalid("q", "must be at most 200 characters"));
     }
     let tenant = auth.tenant.as_uuid();
-    let pattern = q.q.map(|t| {
-        format!(
-            "%{}%",
-            t.trim()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
+    let pattern = q.q.as_deref().map(crate::routes::contains_pattern);
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Part>(&format!(
         "{PARTS} AND ($2::text IS NULL OR p.sku ILIKE $2 OR p.name ILIKE $2)

@@ -642,6 +642,18 @@ async fn detail(
     })
 }
 
+/// The work order as a change answers it, read in the change's transaction, which it commits.
+async fn answer(
+    mut tx: sqlx::Transaction<'static, Postgres>,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<WorkOrderDetail, ApiError> {
+    let work_order = fetch(&mut tx, tenant, id).await?;
+    let detail = detail(&mut tx, tenant, work_order).await?;
+    tx.commit().await?;
+    Ok(detail)
+}
+
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -1003,9 +1015,7 @@ pub async fn create(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     tracing::info!(work_order = %id, user = %auth.user, "work order created");
     Ok((StatusCode::CREATED, Json(detail)))
 }
@@ -1283,9 +1293,7 @@ pub async fn change_status(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     tracing::info!(work_order = %id, from = %locked.status, to = %to, user = %auth.user, "work order status changed");
     Ok(Json(detail))
 }
@@ -1379,9 +1387,7 @@ pub async fn assign(
         "to": next.status.as_str(),
     });
     record(&mut tx, &auth, &meta, id, (kind, action), detail_json).await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok(Json(detail))
 }
 
@@ -1423,9 +1429,7 @@ pub async fn comment(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
@@ -1499,9 +1503,7 @@ pub async fn log_time(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
@@ -1578,9 +1580,7 @@ pub async fn add_checklist_item(
     let detail_json = json!({ "item": item, "text": req.text.trim() });
     let names = ("checklist_item_added", "work_order.checklist_add");
     record(&mut tx, &auth, &meta, id, names, detail_json).await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
@@ -1631,9 +1631,7 @@ pub async fn tick_checklist_item(
     let detail_json = json!({ "item": item, "done": req.done });
     let names = ("checklist_item_ticked", "work_order.checklist_tick");
     record(&mut tx, &auth, &meta, id, names, detail_json).await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok(Json(detail))
 }
 
@@ -1754,9 +1752,7 @@ pub async fn plan_part(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok((StatusCode::CREATED, Json(detail)))
 }
 
@@ -1828,9 +1824,7 @@ pub async fn use_part(
         detail_json,
     )
     .await?;
-    let work_order = fetch(&mut tx, tenant, id).await?;
-    let detail = detail(&mut tx, tenant, work_order).await?;
-    tx.commit().await?;
+    let detail = answer(tx, tenant, id).await?;
     Ok(Json(detail))
 }
 
