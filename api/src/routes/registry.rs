@@ -576,20 +576,24 @@ pub async fn import_assets(
         errors.sort_by_key(|e| e.line);
         return Err(invalid(errors));
     }
-    let detail =
-        json!({ "rows": report.rows, "created": report.created, "updated": report.updated });
-    if q.dry_run {
+    finish_import(tx, &auth, &meta, ("asset.import", "asset"), report).await
+}
+
+/// Ends an import whose rows are all good: a dry run rolls back, an import commits with its
+/// audit entry (the counts).
+async fn finish_import(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    auth: &AuthUser,
+    meta: &RequestMeta,
+    (action, kind): (&str, &str),
+    report: ImportReport,
+) -> Result<Json<ImportReport>, ApiError> {
+    if report.dry_run {
         tx.rollback().await?;
     } else {
-        audit::write_change(
-            &mut tx,
-            &auth,
-            &meta,
-            "asset.import",
-            ("asset", Uuid::nil()),
-            detail,
-        )
-        .await?;
+        let detail =
+            json!({ "rows": report.rows, "created": report.created, "updated": report.updated });
+        audit::write_change(&mut tx, auth, meta, action, (kind, Uuid::nil()), detail).await?;
         tx.commit().await?;
     }
     Ok(Json(report))
@@ -802,23 +806,7 @@ pub async fn import_tags(
     if !errors.is_empty() {
         return Err(invalid(errors));
     }
-    let detail =
-        json!({ "rows": report.rows, "created": report.created, "updated": report.updated });
-    if q.dry_run {
-        tx.rollback().await?;
-    } else {
-        audit::write_change(
-            &mut tx,
-            &auth,
-            &meta,
-            "tag.import",
-            ("tag", Uuid::nil()),
-            detail,
-        )
-        .await?;
-        tx.commit().await?;
-    }
-    Ok(Json(report))
+    finish_import(tx, &auth, &meta, ("tag.import", "tag"), report).await
 }
 
 async fn import_tag(
