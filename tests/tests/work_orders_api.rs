@@ -126,6 +126,19 @@ async fn an_automatic_work_order_is_assigned_worked_completed_and_verified() -> 
         .await?;
     let viewer = plant.login_as("plant-a", "viewer@plant-a.example").await?;
     let wo = plant.rule_work_order().await?;
+    // Readings of its tag: two within the evidence window, one before it.
+    let tag = plant
+        .tag_id(plant.tenant_a.tenant, "press-1.bearing_temp")
+        .await?;
+    let pool = plant.db.app_pool().await;
+    for (minutes_ago, value) in [(20, 70.0), (10, 85.0), (5, 92.0)] {
+        sqlx::query("INSERT INTO readings (tag_id, ts, value, quality) VALUES ($1, $2, $3, 0)")
+            .bind(tag)
+            .bind(Utc::now() - chrono::Duration::minutes(minutes_ago))
+            .bind(value)
+            .execute(&pool)
+            .await?;
+    }
 
     // Due from the service level of its priority.
     let (status, body) = plant
@@ -144,6 +157,16 @@ async fn an_automatic_work_order_is_assigned_worked_completed_and_verified() -> 
     };
     assert_eq!(due - created, level, "{body}");
     assert_eq!(body["overdue"], false);
+    // The alarm it came from, with the evidence around the raise.
+    assert_eq!(body["alarm"]["rule_id"], "press-bearing-overheat");
+    assert_eq!(body["alarm"]["tag"], "press-1.bearing_temp");
+    let evidence: Vec<f64> = body["alarm"]["readings"]
+        .as_array()
+        .context("readings")?
+        .iter()
+        .filter_map(|r| r["value"].as_f64())
+        .collect();
+    assert_eq!(evidence, [85.0, 92.0]);
 
     // Nobody is assigned: a technician cannot start it, and may not assign someone else.
     let (status, body) = api

@@ -144,6 +144,87 @@ pub struct WorkOrderDetail {
     /// The sum of `time_logs`, in minutes.
     pub labour_minutes: i64,
     pub events: Vec<WorkOrderEvent>,
+    /// The alarm that opened it, with its tag's readings around the raise; `null` for work
+    /// orders people or schedules opened.
+    pub alarm: Option<OriginatingAlarm>,
+}
+
+/// The alarm a work order came from, and the evidence.
+#[derive(Debug, Serialize, FromRow)]
+pub struct OriginatingAlarm {
+    pub id: Uuid,
+    pub rule_id: String,
+    pub tag_id: i64,
+    pub tag: String,
+    pub unit: Option<String>,
+    pub severity: String,
+    pub state: String,
+    pub trigger_value: f64,
+    pub raised_at: DateTime<Utc>,
+    pub cleared_at: Option<DateTime<Utc>>,
+    /// The tag's readings from [`EVIDENCE_BEFORE`] before the raise to as long after the clear
+    /// (or to now while active), at most [`EVIDENCE_POINTS`], oldest first; the readings API
+    /// has the rest.
+    #[sqlx(skip)]
+    pub readings: Vec<EvidencePoint>,
+    /// More readings fall in that window than are shown.
+    #[sqlx(skip)]
+    pub readings_truncated: bool,
+}
+
+#[derive(Debug, Serialize, FromRow)]
+pub struct EvidencePoint {
+    pub ts: DateTime<Utc>,
+    pub value: f64,
+    pub quality: i16,
+}
+
+/// How far around an alarm its evidence reaches.
+pub const EVIDENCE_BEFORE: chrono::Duration = chrono::Duration::minutes(15);
+/// The most readings of evidence a work order carries.
+pub const EVIDENCE_POINTS: i64 = 500;
+
+async fn originating_alarm(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    alarm: Uuid,
+) -> Result<Option<OriginatingAlarm>, ApiError> {
+    let found = sqlx::query_as::<_, OriginatingAlarm>(
+        "SELECT a.id, a.rule_id, a.tag_id, t.name AS tag, t.unit, a.severity, a.state,
+                a.trigger_value, a.raised_at, a.cleared_at
+         FROM alarms a JOIN tags t ON t.tenant_id = a.tenant_id AND t.id = a.tag_id
+         WHERE a.tenant_id = $1 AND a.id = $2",
+    )
+    .bind(tenant)
+    .bind(alarm)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(mut alarm) = found else {
+        return Ok(None);
+    };
+    let from = alarm.raised_at - EVIDENCE_BEFORE;
+    let to = alarm
+        .cleared_at
+        .unwrap_or_else(Utc::now)
+        .max(alarm.raised_at)
+        + EVIDENCE_BEFORE;
+    let mut points = sqlx::query_as::<_, EvidencePoint>(
+        "SELECT r.ts, r.value, r.quality FROM tenant_readings r
+         JOIN tags t ON t.id = r.tag_id AND t.tenant_id = $1
+         WHERE r.tag_id = $2 AND r.ts >= $3 AND r.ts < $4
+         ORDER BY r.ts LIMIT $5",
+    )
+    .bind(tenant)
+    .bind(alarm.tag_id)
+    .bind(from)
+    .bind(to)
+    .bind(EVIDENCE_POINTS + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    alarm.readings_truncated = points.len() as i64 > EVIDENCE_POINTS;
+    points.truncate(EVIDENCE_POINTS as usize);
+    alarm.readings = points;
+    Ok(Some(alarm))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,7 +712,12 @@ async fn detail(
     .fetch_all(&mut *conn)
     .await?;
     let labour_minutes = time_logs.iter().map(|t| i64::from(t.minutes)).sum();
+    let alarm = match work_order.alarm_id {
+        Some(alarm) => originating_alarm(conn, tenant, alarm).await?,
+        None => None,
+    };
     Ok(WorkOrderDetail {
+        alarm,
         work_order,
         checklist,
         parts,
