@@ -124,7 +124,9 @@ pub fn format_labels(labels: &serde_json::Map<String, serde_json::Value>) -> Str
         .join(";")
 }
 
-fn valid_key(text: &str) -> bool {
+/// An asset class or label key: 1-64 letters, digits, `.`, `_` and `-` (as the database
+/// checks them).
+pub fn valid_key(text: &str) -> bool {
     (1..=64).contains(&text.len())
         && text
             .bytes()

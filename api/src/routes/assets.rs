@@ -27,6 +27,7 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::registry_csv::valid_key;
 use crate::users::ROLES;
 
 const PLANNERS: &[&str] = &["admin", "manager"];
@@ -112,10 +113,10 @@ pub async fn create_site(
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
+        return Err(ApiError::field(
             "name",
             "a site with this name exists already",
-        )]));
+        ));
     }
     let detail = json!({ "name": name });
     audit::write_change(&mut tx, &auth, &meta, "site.create", ("site", id), detail).await?;
@@ -161,10 +162,10 @@ pub async fn create_area(
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
+        return Err(ApiError::field(
             "name",
             "this site has an area with this name already",
-        )]));
+        ));
     }
     let detail = json!({ "name": name, "site_id": site });
     audit::write_change(&mut tx, &auth, &meta, "area.create", ("area", id), detail).await?;
@@ -484,13 +485,6 @@ pub struct AssetFields {
     pub installed_on: Option<Option<NaiveDate>>,
     #[serde(default, deserialize_with = "crate::error::present")]
     pub warranty_until: Option<Option<NaiveDate>>,
-}
-
-fn valid_key(text: &str) -> bool {
-    (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl AssetFields {
@@ -889,10 +883,7 @@ pub async fn qr_png(
 ) -> Result<Response, ApiError> {
     let scale = q.scale.unwrap_or(8);
     if !(1..=32).contains(&scale) {
-        return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
-            "scale",
-            "must be 1-32 pixels per module",
-        )]));
+        return Err(ApiError::field("scale", "must be 1-32 pixels per module"));
     }
     let link = link_of(&state, &auth, &headers, id).await?;
     let png = png_of(&qr(&link)?, scale).map_err(anyhow::Error::from)?;

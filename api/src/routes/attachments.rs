@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::audit::RequestMeta;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::routes::work_orders::{can_see, record_change};
 use crate::work_order_flow::Role;
 
@@ -123,16 +123,16 @@ pub async fn upload(
         ));
     }
     let Some(filename) = clean_filename(&q.filename) else {
-        return Err(ApiError::Invalid(vec![FieldError::new(
+        return Err(ApiError::field(
             "filename",
             "name the file (1-200 characters), e.g. ?filename=pump.jpg",
-        )]));
+        ));
     };
     if body.is_empty() {
-        return Err(ApiError::Invalid(vec![FieldError::new(
+        return Err(ApiError::field(
             "body",
             "send the file's bytes as the request body",
-        )]));
+        ));
     }
     let Some(content_type) = sniff(&body, &filename) else {
         return Err(ApiError::UnsupportedMediaType(

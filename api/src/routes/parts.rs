@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
-use crate::error::{ApiError, Body, FieldError, FieldErrors};
+use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::{self, InventoryError, Movement, Stock};
 
@@ -69,7 +69,7 @@ pub async fn create_location(
     auth.require(STOREKEEPERS)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(invalid("name", "must be 1-200 characters"));
+        return Err(ApiError::field("name", "must be 1-200 characters"));
     }
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
@@ -85,7 +85,10 @@ pub async fn create_location(
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(invalid("name", "a location with this name exists already"));
+        return Err(ApiError::field(
+            "name",
+            "a location with this name exists already",
+        ));
     }
     let detail = json!({ "name": name });
     audit::write_change(
@@ -105,10 +108,6 @@ pub async fn create_location(
             name: name.to_owned(),
         }),
     ))
-}
-
-fn invalid(field: &str, message: &str) -> ApiError {
-    ApiError::Invalid(vec![FieldError::new(field, message)])
 }
 
 #[derive(Debug, Serialize, FromRow)]
@@ -154,7 +153,7 @@ pub async fn list_parts(
 ) -> Result<Json<PartList>, ApiError> {
     auth.require(READERS)?;
     if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(invalid("q", "must be at most 200 characters"));
+        return Err(ApiError::field("q", "must be at most 200 characters"));
     }
     let tenant = auth.tenant.as_uuid();
     let pattern = q.q.as_deref().map(crate::routes::contains_pattern);
@@ -231,7 +230,10 @@ pub async fn create_part(
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(invalid("sku", "a part with this SKU exists already"));
+        return Err(ApiError::field(
+            "sku",
+            "a part with this SKU exists already",
+        ));
     }
     let detail_json = json!({ "sku": req.sku, "name": name, "unit": unit });
     audit::write_change(
@@ -351,7 +353,10 @@ async fn part_and_location(
     .await?;
     match found {
         None => Err(ApiError::NotFound),
-        Some((_, false)) => Err(invalid("location_id", "no stock location with this id")),
+        Some((_, false)) => Err(ApiError::field(
+            "location_id",
+            "no stock location with this id",
+        )),
         Some((allow_negative, true)) => Ok(allow_negative),
     }
 }
@@ -410,7 +415,7 @@ pub async fn move_stock(
         inventory::apply(before, movement, allow_negative).map_err(|e| match e {
             InventoryError::NotPositive
             | InventoryError::ZeroAdjustment
-            | InventoryError::TooLarge => invalid("quantity", &e.to_string()),
+            | InventoryError::TooLarge => ApiError::field("quantity", e.to_string()),
             other => ApiError::Conflict(other.to_string()),
         })?;
     sqlx::query(
@@ -605,7 +610,7 @@ pub async fn part_for_work_order(
     location: Uuid,
 ) -> Result<bool, ApiError> {
     match part_and_location(conn, tenant, part, location).await {
-        Err(ApiError::NotFound) => Err(invalid("part_id", "no part with this id")),
+        Err(ApiError::NotFound) => Err(ApiError::field("part_id", "no part with this id")),
         other => other,
     }
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, FieldError, FieldErrors};
+use crate::error::{ApiError, FieldErrors};
 use crate::users::ROLES;
 
 const DEFAULT_MAX_POINTS: u32 = 1000;
@@ -446,10 +446,10 @@ pub async fn asset_readings(
     .fetch_all(&mut *tx)
     .await?;
     if i64::try_from(tags.len()).unwrap_or(i64::MAX) > MAX_TAGS {
-        return Err(ApiError::Invalid(vec![FieldError::new(
+        return Err(ApiError::field(
             "tag",
             format!("the asset has more than {MAX_TAGS} tags: name the one to read"),
-        )]));
+        ));
     }
     let mut all = Vec::with_capacity(tags.len());
     for tag in tags {

@@ -111,10 +111,10 @@ pub async fn create_gateway(
     .await?
     .rows_affected();
     if inserted == 0 {
-        return Err(ApiError::Invalid(vec![FieldError::new(
+        return Err(ApiError::field(
             "code",
             "a gateway with this code exists already",
-        )]));
+        ));
     }
     let detail = json!({ "code": req.code, "name": name });
     audit::write_change(
@@ -183,10 +183,7 @@ pub async fn list_tags(
     auth.require(ROLES)?;
     let limit = q.limit.unwrap_or(200);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::Invalid(vec![FieldError::new(
-            "limit",
-            "must be between 1 and 1000",
-        )]));
+        return Err(ApiError::field("limit", "must be between 1 and 1000"));
     }
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;

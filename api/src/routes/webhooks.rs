@@ -309,10 +309,7 @@ pub async fn deliveries(
 ) -> Result<Json<DeliveryList>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::Invalid(vec![crate::error::FieldError::new(
-            "limit",
-            "must be between 1 and 500",
-        )]));
+        return Err(ApiError::field("limit", "must be between 1 and 500"));
     }
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;

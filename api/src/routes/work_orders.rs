@@ -903,15 +903,9 @@ fn flow_error(e: FlowError) -> ApiError {
         }
         e @ FlowError::AssigneeRequired { .. } => ApiError::Conflict(e.to_string()),
         e @ FlowError::ResolutionRequired | e @ FlowError::ResolutionNotApplicable => {
-            ApiError::Invalid(vec![crate::error::FieldError::new(
-                "resolution",
-                e.to_string(),
-            )])
+            ApiError::field("resolution", e.to_string())
         }
-        e => ApiError::Invalid(vec![crate::error::FieldError::new(
-            "comment",
-            e.to_string(),
-        )]),
+        e => ApiError::field("comment", e.to_string()),
     }
 }
 
@@ -966,10 +960,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     match value.to_str() {
         Ok(key) if (1..=200).contains(&key.len()) => Ok(Some(format!("api:{key}"))),
-        _ => Err(ApiError::Invalid(vec![crate::error::FieldError::new(
+        _ => Err(ApiError::field(
             "Idempotency-Key",
             "must be 1-200 visible ASCII characters",
-        )])),
+        )),
     }
 }
 
