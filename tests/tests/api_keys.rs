@@ -244,6 +244,27 @@ async fn api_keys_are_shown_once_scoped_and_kept_to_their_organisation() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_scope_can_be_given_to_a_key() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let scopes: Vec<&str> = api::api_keys::Scope::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    // One key per scope, and one with all of them: the database's check of the scopes
+    // must accept what the API accepts.
+    for scope in &scopes {
+        let (status, body) =
+            create(&plant, &admin, json!({ "name": scope, "scopes": [scope] })).await?;
+        assert_eq!(status, 201, "{scope}: {body}");
+    }
+    let (status, body) = create(&plant, &admin, json!({ "name": "all", "scopes": scopes })).await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["scopes"], json!(scopes));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_api_keys_overlap_and_expired_api_keys_stop() -> anyhow::Result<()> {
     let plant = Plant::start().await?;
     let admin = plant.login("plant-a").await?;
