@@ -8,17 +8,20 @@ pub const TENANT_SETTING: &str = "app.tenant_id";
 
 /// Begins a transaction scoped to `tenant`: the setting is local to the transaction, so a
 /// pooled connection never carries one tenant's scope into another's request.
+///
+/// `BEGIN` and the setting travel in one simple-protocol message, one round trip instead of
+/// two. The tenant is formatted into it, which is safe: a `Uuid` prints as hex digits and
+/// hyphens only. Should the setting fail, the transaction is left aborted and sqlx refuses
+/// to hand it out (`BeginFailed`), so no statement ever runs without the tenant set.
 pub async fn begin_tenant(
     pool: &PgPool,
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config($1, $2, true)")
-        .bind(TENANT_SETTING)
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    pool.begin_with(format!(
+        "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",
+        tenant.hyphenated()
+    ))
+    .await
 }
 
 /// Whether a database error may pass by itself (connection lost, server restarting, too many

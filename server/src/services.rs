@@ -129,6 +129,11 @@ impl Services {
         let pool = PgPoolOptions::new()
             .max_connections(config.database.max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // No ping before each use: a round trip per request, to find out what the
+            // request's first statement finds out anyway. A connection that broke while idle
+            // (a database restart) fails that one request with a connection error, which
+            // callers already treat as transient, and leaves the pool.
+            .test_before_acquire(false)
             .connect_with(oltp_options(&config.database.url)?)
             .await?;
         if let Some(addr) = config.metrics.listen {

@@ -582,13 +582,24 @@ impl Filter {
             };
             q.push_bind(c.at).push(", ").push_bind(c.id).push(")");
         }
-        q.push(match self.sort {
+        q.push(self.order());
+        q.push(" LIMIT ").push_bind(self.limit + 1);
+    }
+
+    fn order(&self) -> &'static str {
+        match self.sort {
             Sort::Newest => " ORDER BY created_at DESC, id DESC",
             Sort::Oldest => " ORDER BY created_at, id",
             Sort::Due => " ORDER BY due_at, id",
             Sort::Priority => " ORDER BY priority_rank DESC, created_at DESC, id DESC",
-        });
-        q.push(" LIMIT ").push_bind(self.limit + 1);
+        }
+    }
+
+    /// Whether the page's ids are chosen first and its rows fetched after: for an asset
+    /// subtree, whose matching work orders are many and whose ids, order and status the
+    /// asset indexes hold, so that only the page's rows are read from the table.
+    fn late_rows(&self) -> bool {
+        matches!(self.asset, Some((_, true)))
     }
 
     fn cursor_after(&self, last: &WorkOrder) -> Cursor {
@@ -634,10 +645,19 @@ pub async fn list(
         "SELECT {COLUMNS} FROM work_orders WHERE tenant_id = "
     ));
     query.push_bind(tenant);
+    let late = filter.late_rows();
+    if late {
+        query
+            .push(" AND id IN (SELECT id FROM work_orders WHERE tenant_id = ")
+            .push_bind(tenant);
+    }
     if auth.role == Role::Requester.as_str() {
         query.push(" AND requested_by = ").push_bind(auth.user);
     }
     filter.push(&mut query, tenant, auth.user);
+    if late {
+        query.push(")").push(filter.order());
+    }
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let mut items: Vec<WorkOrder> = query.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;

@@ -37,6 +37,12 @@ struct Args {
     duration: Duration,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// How long each baseline (the HTTP stack alone, an authenticated one-row list) runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    baseline: Duration,
+    /// Requests of each query sent one at a time, before the load, for its unloaded cost.
+    #[arg(long, default_value_t = 200)]
+    serial: usize,
 }
 
 const PASSWORD: &str = "bench password 2026 long enough";
@@ -269,38 +275,123 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         );
     }
 
+    // One client, one request at a time: what each query costs when nothing else runs.
+    let mut serial = serde_json::Map::new();
+    for (name, q) in queries.iter() {
+        let mut took = Vec::new();
+        for _ in 0..args.serial {
+            let sent = Instant::now();
+            let res = http
+                .get(format!("{base}/api/v1/work-orders?{q}"))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            anyhow::ensure!(res.status() == 200, "{name}: {}", res.status());
+            res.bytes().await?;
+            took.push(sent.elapsed());
+        }
+        serial.insert((*name).to_owned(), summary(&mut took));
+    }
+
     eprintln!(
         "{} clients, {:?} warm-up, {:?} measured",
         args.clients, args.warmup, args.duration
     );
+    let run = |paths: Vec<String>, duration: Duration| {
+        load(clients, &http, &token, args, Arc::new(paths), duration)
+    };
+    // Baselines of the same run: the HTTP stack alone (no authentication, no database), and
+    // an authenticated list of one row (the session check and a tenant transaction).
+    let baselines = [
+        ("health (no auth, no database)", "/health/live"),
+        ("teams (auth + one-row list)", "/api/v1/teams"),
+    ];
+    let mut baseline = serde_json::Map::new();
+    for (name, path) in baselines {
+        let (mut samples, errors) = run(vec![format!("{base}{path}")], args.baseline).await?;
+        let mut took: Vec<Duration> = samples.drain(..).map(|(_, d)| d).collect();
+        let mut s = summary(&mut took);
+        s["requests_per_second"] = json!(took.len() as f64 / args.baseline.as_secs_f64());
+        s["errors"] = json!(errors);
+        baseline.insert(name.to_owned(), s);
+    }
+    let urls = queries
+        .iter()
+        .map(|(_, q)| format!("{base}/api/v1/work-orders?{q}"))
+        .collect();
+    let (all, errors) = run(urls, args.duration).await?;
+    let seconds = args.duration.as_secs_f64();
+    let mut overall: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
+    let mut per_query = serde_json::Map::new();
+    for (k, (name, q)) in queries.iter().enumerate() {
+        let mut mine: Vec<Duration> = all
+            .iter()
+            .filter(|(w, _)| *w == k)
+            .map(|(_, d)| *d)
+            .collect();
+        let mut s = summary(&mut mine);
+        s["query"] = json!(q);
+        s["serial"] = serial.remove(*name).unwrap_or_default();
+        per_query.insert((*name).to_owned(), s);
+    }
+    let total = overall.len();
+    let report = json!({
+        "work_orders": args.work_orders,
+        "assets": args.assets,
+        "clients": args.clients,
+        "seconds": seconds,
+        "requests_per_second": total as f64 / seconds,
+        "errors": errors,
+        "latency": summary(&mut overall),
+        "per_query": per_query,
+        "baselines": baseline,
+    });
+    services.stop().await;
+    Ok(report)
+}
+
+/// Latency percentiles of `samples` (sorted in place), in milliseconds.
+fn summary(samples: &mut [Duration]) -> serde_json::Value {
+    samples.sort();
+    let pick = |q: f64| {
+        samples
+            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    json!({
+        "requests": samples.len(),
+        "p50_ms": pick(0.50),
+        "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
+        "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    })
+}
+
+/// `--clients` keep-alive clients on the clients' runtime, each sending GETs to the next of
+/// `urls` in turn for `--warmup` and then `duration`. The samples of the measured part
+/// (index of the URL, latency) and the number of failed requests in it.
+async fn load(
+    clients: &Runtime,
+    http: &reqwest::Client,
+    token: &str,
+    args: &Args,
+    urls: Arc<Vec<String>>,
+    duration: Duration,
+) -> anyhow::Result<(Vec<(usize, Duration)>, u64)> {
     let start = Instant::now() + args.warmup;
-    let end = start + args.duration;
+    let end = start + duration;
     let mut tasks = Vec::new();
     for c in 0..args.clients {
-        let (http, base, token, queries) = (
-            http.clone(),
-            base.clone(),
-            token.clone(),
-            Arc::clone(&queries),
-        );
+        let (http, token, urls) = (http.clone(), token.to_owned(), Arc::clone(&urls));
         tasks.push(clients.spawn(async move {
             let mut samples: Vec<(usize, Duration)> = Vec::new();
             let mut errors = 0u64;
             let mut i = c;
-            loop {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                let which = i % queries.len();
+            while Instant::now() < end {
+                let which = i % urls.len();
                 i += 1;
                 let sent = Instant::now();
-                let ok = match http
-                    .get(format!("{base}/api/v1/work-orders?{}", queries[which].1))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                {
+                let ok = match http.get(&urls[which]).bearer_auth(&token).send().await {
                     Ok(res) => res.status() == 200 && res.bytes().await.is_ok(),
                     Err(_) => false,
                 };
@@ -316,52 +407,12 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
             (samples, errors)
         }));
     }
-    let mut all: Vec<(usize, Duration)> = Vec::new();
+    let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
         let (samples, e) = t.await?;
         all.extend(samples);
         errors += e;
     }
-    let seconds = args.duration.as_secs_f64();
-    let summary = |samples: &mut Vec<Duration>| {
-        samples.sort();
-        let pick = |q: f64| {
-            samples
-                .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-        json!({
-            "requests": samples.len(),
-            "p50_ms": pick(0.50),
-            "p95_ms": pick(0.95),
-            "p99_ms": pick(0.99),
-            "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        })
-    };
-    let mut overall: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
-    let mut per_query = serde_json::Map::new();
-    for (k, (name, q)) in queries.iter().enumerate() {
-        let mut mine: Vec<Duration> = all
-            .iter()
-            .filter(|(w, _)| *w == k)
-            .map(|(_, d)| *d)
-            .collect();
-        let mut s = summary(&mut mine);
-        s["query"] = json!(q);
-        per_query.insert((*name).to_owned(), s);
-    }
-    let total = overall.len();
-    let report = json!({
-        "work_orders": args.work_orders,
-        "assets": args.assets,
-        "clients": args.clients,
-        "seconds": seconds,
-        "requests_per_second": total as f64 / seconds,
-        "errors": errors,
-        "latency": summary(&mut overall),
-        "per_query": per_query,
-    });
-    services.stop().await;
-    Ok(report)
+    Ok((all, errors))
 }
