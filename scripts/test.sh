@@ -90,14 +90,18 @@ done
 # pymodbus, an implementation independent of the agent's, serves the values that
 # edge-agent/tests/modbus_interop.rs decodes. Pinned, so that a new release cannot change the test.
 PYMODBUS_VERSION=3.16.1
+# openapi-spec-validator checks the served OpenAPI document against the 3.1 specification
+# (tests/tests/openapi.rs).
+OPENAPI_VALIDATOR_VERSION=0.9.0
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     log "installing python3-venv (for the pymodbus test server) from the OS packages"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-log "installing pymodbus $PYMODBUS_VERSION into a virtual environment"
+log "installing pymodbus $PYMODBUS_VERSION and openapi-spec-validator into a virtual environment"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$PYMODBUS_VERSION"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$PYMODBUS_VERSION" \
+    "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
 export MPTEST_PYTHON="$work/venv/bin/python"
 
 export MPTEST_PG_ADMIN_URL="postgres://postgres:$pg_password@127.0.0.1:$pg_port/postgres"

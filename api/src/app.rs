@@ -17,8 +17,8 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, attachments, audit, health, live, login, mfa, parts, password, pm,
-    readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
+    alarms, api_keys, assets, attachments, audit, docs, health, live, login, mfa, parts, password,
+    pm, readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -82,6 +82,10 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/api/v1/openapi.json", get(docs::document))
+        .route("/api/v1/docs", get(docs::page))
+        .route("/api/v1/docs/docs.js", get(docs::script))
+        .route("/api/v1/docs/docs.css", get(docs::style))
         .route("/api/v1/auth/login", post(login::login))
         .route("/api/v1/auth/login/mfa", post(login::login_mfa))
         .route("/api/v1/auth/mfa", delete(mfa::disable))

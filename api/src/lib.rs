@@ -31,6 +31,8 @@
 //!   rules engine and served by the API.
 //! - [`registry_csv`]: the CSV form of the asset and tag registers, parsed and checked; pure.
 //! - [`reliability`]: failures, downtime, MTTR and MTBF over a period, from work orders; pure.
+//! - [`openapi`]: the OpenAPI 3.1 document (hand-written per area in `api/openapi/`, merged)
+//!   and its offline docs page.
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`app`]: builds the router and serves it until shutdown.
 //!
@@ -48,6 +50,7 @@ pub mod events;
 pub mod inventory;
 pub mod mfa;
 pub mod notify;
+pub mod openapi;
 pub mod password;
 pub mod pm;
 pub mod protect;

@@ -251,10 +251,6 @@ fn secure(headers: &mut HeaderMap) {
             header::STRICT_TRANSPORT_SECURITY,
             "max-age=31536000; includeSubDomains",
         ),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -262,6 +258,13 @@ fn secure(headers: &mut HeaderMap) {
     for (name, value) in set {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    // A page that loads its own script and style (the API docs) sets its own policy;
+    // everything else loads nothing.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     // A handler that means to be cached says so; nothing else is.
     headers
         .entry(header::CACHE_CONTROL)
