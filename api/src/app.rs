@@ -18,7 +18,7 @@ use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, docs, health, live, login, mfa, parts, password,
-    pm, readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
+    pm, privacy, readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -94,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/mfa/recovery-codes", post(mfa::recovery_codes))
         .route("/api/v1/auth/password", post(password::change))
         .route("/api/v1/users/{id}/reset-mfa", post(mfa::reset_user))
+        .route("/api/v1/users/{id}/export", get(privacy::export))
+        .route("/api/v1/users/{id}/erase", post(privacy::erase))
         .route(
             "/api/v1/organisation/mfa-policy",
             get(mfa::policy).put(mfa::set_policy),

@@ -13,6 +13,7 @@ pub mod mfa;
 pub mod parts;
 pub mod password;
 pub mod pm;
+pub mod privacy;
 pub mod readings;
 pub mod registry;
 pub mod reliability;

@@ -284,6 +284,79 @@ pub async fn revoke_sessions(
     Ok(ended)
 }
 
+/// What erasing a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erased {
+    pub sessions_ended: u64,
+    /// Audit and notification rows whose personal data was removed.
+    pub trail_rows: i64,
+}
+
+/// Erases a user's personal data and keeps their references (GDPR art. 17): the user row
+/// stays, disabled, under a pseudonym (`Erased user`, `erased-<id>@erased.invalid`) with no
+/// usable password and no MFA; their sessions end and lose their client address and user
+/// agent; the audit and notification logs lose the addresses and email they held about them
+/// (`erase_user_trail`). Work orders, events, time logs and audit entries keep pointing at
+/// the same id. `None` if the user does not exist or was erased already. One transaction.
+pub async fn erase(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<Option<Erased>, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let email: Option<String> = sqlx::query_scalar(
+        "SELECT email FROM users WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL
+         FOR UPDATE",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(email) = email else {
+        return Ok(None);
+    };
+    let pseudonym = format!("erased-{}@erased.invalid", user.simple());
+    sqlx::query(
+        "UPDATE users SET email = $3, display_name = 'Erased user', password_hash = '!erased',
+                          disabled = true, erased_at = now()
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(&pseudonym)
+    .execute(&mut *tx)
+    .await?;
+    remove_mfa(&mut tx, tenant, user).await?;
+    let change = Change {
+        tenant,
+        user,
+        actor,
+        action: "user.erase",
+    };
+    let sessions_ended =
+        end_sessions_audited(&mut tx, change, Some(EndReason::UserDisabled), meta).await?;
+    sqlx::query(
+        "UPDATE sessions SET ip = NULL, user_agent = NULL WHERE tenant_id = $1 AND user_id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    let trail_rows: i64 = sqlx::query_scalar("SELECT erase_user_trail($1, $2, $3)")
+        .bind(user)
+        .bind(&email)
+        .bind(&pseudonym)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Erased {
+        sessions_ended,
+        trail_rows,
+    }))
+}
+
 /// Removes a user's MFA (secret and recovery codes), in the caller's transaction.
 pub async fn remove_mfa(
     tx: &mut sqlx::PgConnection,
