@@ -21,16 +21,75 @@ use chrono::{DateTime, Duration, Months, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// The step of a calendar schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Every {
     Days(u32),
     Weeks(u32),
     Months(u32),
+    /// The local times a five-field cron expression matches (boxed: a parsed expression is
+    /// a few hundred bytes, the steps four).
+    Cron(Box<CronRule>),
+}
+
+/// A cron expression (minute, hour, day of month, month, day of week; names, ranges, steps,
+/// lists, `L` and `#`; a day of month and a day of week both restricted match either, as in
+/// Vixie cron), with the text it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronRule {
+    text: String,
+    cron: croner::Cron,
+}
+
+impl CronRule {
+    pub fn parse(text: &str) -> Result<CronRule, String> {
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.split(' ').count() != 5 {
+            return Err(
+                "a cron expression has five fields: minute hour day-of-month month day-of-week"
+                    .into(),
+            );
+        }
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .build()
+            .parse(&text)
+            .map_err(|e| format!("not a valid cron expression: {e}"))?;
+        Ok(CronRule { text, cron })
+    }
+
+    /// The first local time at or after `from` that the expression matches, within about
+    /// five years (an expression that matches nothing, e.g. `0 0 30 2 *`, has none).
+    fn next_at_or_after(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
+        // Matched on the wall clock: the local time read as if it were UTC, which has no
+        // DST; the schedule's zone turns matches into instants afterwards.
+        let found = self
+            .cron
+            .find_next_occurrence(&Utc.from_utc_datetime(&from), true)
+            .ok()?
+            .naive_utc();
+        (found - from <= Duration::days(5 * 366)).then_some(found)
+    }
 }
 
 impl Every {
-    /// Parses `"3 days"`, `"1 week"`, `"6 months"` (1-1000).
+    /// Parses `"3 days"`, `"1 week"`, `"6 months"` (1-1000), or `"cron <expression>"`.
     pub fn parse(text: &str) -> Option<Every> {
+        Self::parse_or_explain(text).ok()
+    }
+
+    /// As [`Every::parse`], with what is wrong when it is not valid.
+    pub fn parse_or_explain(text: &str) -> Result<Every, String> {
+        if let Some(expression) = text.trim_start().strip_prefix("cron ") {
+            return CronRule::parse(expression).map(|rule| Every::Cron(Box::new(rule)));
+        }
+        Self::parse_step(text).ok_or_else(|| {
+            "must be \"N days\", \"N weeks\" or \"N months\" (N 1-1000), or \"cron \" and a \
+             five-field cron expression"
+                .into()
+        })
+    }
+
+    fn parse_step(text: &str) -> Option<Every> {
         let mut parts = text.split_whitespace();
         let n: u32 = parts.next()?.parse().ok()?;
         let unit = parts.next()?;
@@ -45,11 +104,12 @@ impl Every {
         }
     }
 
-    pub fn to_text(self) -> String {
+    pub fn to_text(&self) -> String {
         match self {
             Every::Days(n) => format!("{n} days"),
             Every::Weeks(n) => format!("{n} weeks"),
             Every::Months(n) => format!("{n} months"),
+            Every::Cron(rule) => format!("cron {}", rule.text),
         }
     }
 }
@@ -64,7 +124,46 @@ pub struct Calendar {
 }
 
 impl Calendar {
-    /// Occurrence `n` (0 = the start) in UTC; `None` past the calendar's range.
+    /// The first occurrence numbered `from` or later. Steps number occurrences 0, 1, 2, ...
+    /// from the start; a cron calendar numbers each match by the minutes from the start to
+    /// it (so the next one after occurrence `n` is found from `n` alone, without counting
+    /// the matches before it). `None` past the calendar's range.
+    pub fn next_occurrence(&self, from: u32) -> Option<Occurrence> {
+        match &self.every {
+            Every::Cron(rule) => {
+                let at = rule.next_at_or_after(
+                    self.start
+                        .checked_add_signed(Duration::minutes(i64::from(from)))?,
+                )?;
+                let n = u32::try_from((at - self.start).num_minutes()).ok()?;
+                Some(Occurrence {
+                    n,
+                    due: to_utc(self.zone, at),
+                })
+            }
+            _ => Some(Occurrence {
+                n: from,
+                due: self.occurrence(from)?,
+            }),
+        }
+    }
+
+    /// The due times of the next `count` occurrences numbered `from` or later.
+    pub fn upcoming(&self, from: u32, count: usize) -> Vec<DateTime<Utc>> {
+        let mut due = Vec::with_capacity(count);
+        let mut n = Some(from);
+        while let Some(o) = n
+            .filter(|_| due.len() < count)
+            .and_then(|n| self.next_occurrence(n))
+        {
+            due.push(o.due);
+            n = o.n.checked_add(1);
+        }
+        due
+    }
+
+    /// Occurrence `n` (0 = the start) in UTC; `None` past the calendar's range, and for
+    /// numbers a cron calendar does not use.
     pub fn occurrence(&self, n: u32) -> Option<DateTime<Utc>> {
         let local = match self.every {
             Every::Days(k) => self
@@ -76,6 +175,7 @@ impl Calendar {
             Every::Months(k) => self
                 .start
                 .checked_add_months(Months::new(k.checked_mul(n)?))?,
+            Every::Cron(_) => return self.next_occurrence(n).filter(|o| o.n == n).map(|o| o.due),
         };
         Some(to_utc(self.zone, local))
     }
@@ -124,17 +224,20 @@ pub fn plan(calendar: &Calendar, handled: Option<u32>, now: DateTime<Utc>, lead:
     let first = handled.map_or(0, |h| h + 1);
     let mut open = Vec::new();
     let mut n = first;
-    while let Some(due) = calendar.occurrence(n) {
-        if due - lead > now {
+    while let Some(o) = calendar.next_occurrence(n) {
+        if o.due - lead > now {
             break;
         }
-        open.push(Occurrence { n, due });
+        open.push(o);
         // Far behind (a schedule started long ago, or a long outage): only the latest past
         // occurrences matter; the count stays bounded.
         if open.len() as u32 >= MAX_PER_ROUND * 10 {
             open.drain(..open.len() - 1);
         }
-        n += 1;
+        let Some(next) = o.n.checked_add(1) else {
+            break;
+        };
+        n = next;
     }
     split(open, now)
 }
@@ -397,5 +500,162 @@ mod tests {
         assert_eq!(p.generate, vec![(Occurrence { n: 2, due: now }, true)]);
         assert_eq!(p.skipped.iter().map(|o| o.n).collect::<Vec<_>>(), [1]);
         assert_eq!(meter_plan(&m, None, f64::NAN, 50.0, now), Plan::default());
+    }
+
+    fn cron(zone: Tz, start: NaiveDateTime, expression: &str) -> Calendar {
+        Calendar {
+            start,
+            zone,
+            every: Every::parse(&format!("cron {expression}")).unwrap(),
+        }
+    }
+
+    /// The due times of the first `count` occurrences, in the calendar's zone.
+    fn dues(cal: &Calendar, count: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut n = 0;
+        while out.len() < count {
+            let o = cal.next_occurrence(n).unwrap();
+            out.push(
+                o.due
+                    .with_timezone(&cal.zone)
+                    .format("%a %Y-%m-%d %H:%M %Z")
+                    .to_string(),
+            );
+            n = o.n + 1;
+        }
+        out
+    }
+
+    #[test]
+    fn cron_expressions_parse_or_say_what_is_wrong() {
+        let every = Every::parse("cron  0 6   * * 1-5").unwrap();
+        assert_eq!(every.to_text(), "cron 0 6 * * 1-5");
+        assert_eq!(Every::parse(&every.to_text()), Some(every));
+        for (bad, says) in [
+            ("cron 0 6 * *", "five fields"),
+            ("cron 0 6 * * * *", "five fields"),
+            ("cron 61 6 * * *", "not a valid cron expression"),
+            ("cron 0 6 * * mon-fry", "not a valid cron expression"),
+            ("every day", "N days"),
+        ] {
+            let problem = Every::parse_or_explain(bad).unwrap_err();
+            assert!(problem.contains(says), "{bad}: {problem}");
+        }
+    }
+
+    #[test]
+    fn weekday_mornings_keep_their_local_time_across_dst() {
+        // 06:00 on working days in Berlin, over the spring change (Sunday 2027-03-28).
+        let cal = cron(
+            chrono_tz::Europe::Berlin,
+            local(2027, 3, 25, 0, 0),
+            "0 6 * * 1-5",
+        );
+        assert_eq!(
+            dues(&cal, 4),
+            [
+                "Thu 2027-03-25 06:00 CET",
+                "Fri 2027-03-26 06:00 CET",
+                "Mon 2027-03-29 06:00 CEST",
+                "Tue 2027-03-30 06:00 CEST"
+            ]
+        );
+        assert_eq!(cal.upcoming(0, 2).len(), 2);
+        // Numbered by minutes from the start: Thursday 06:00 is 360.
+        assert_eq!(cal.next_occurrence(0).unwrap().n, 360);
+        assert_eq!(cal.occurrence(360), Some(utc("2027-03-25T05:00:00Z")));
+        assert_eq!(cal.occurrence(361), None);
+    }
+
+    #[test]
+    fn cron_times_in_the_skipped_hour_move_later_and_repeated_hours_count_once() {
+        // 02:30 does not exist on 2027-03-28 in Berlin: read with the offset before, 03:30.
+        let spring = cron(
+            chrono_tz::Europe::Berlin,
+            local(2027, 3, 27, 0, 0),
+            "30 2 * * *",
+        );
+        assert_eq!(
+            dues(&spring, 3),
+            [
+                "Sat 2027-03-27 02:30 CET",
+                "Sun 2027-03-28 03:30 CEST",
+                "Mon 2027-03-29 02:30 CEST"
+            ]
+        );
+        // 02:30 exists twice on 2027-10-31: the first.
+        let autumn = cron(
+            chrono_tz::Europe::Berlin,
+            local(2027, 10, 30, 0, 0),
+            "30 2 * * *",
+        );
+        let due = autumn.next_occurrence(24 * 60).unwrap().due;
+        assert_eq!(due, utc("2027-10-31T00:30:00Z"));
+    }
+
+    #[test]
+    fn cron_days_follow_vixie_cron() {
+        // Day of month and day of week both given: either matches (the 1st, and Mondays).
+        let cal = cron(chrono_tz::UTC, local(2027, 2, 25, 0, 0), "0 8 1 * mon");
+        assert_eq!(
+            dues(&cal, 3),
+            [
+                "Mon 2027-03-01 08:00 UTC",
+                "Mon 2027-03-08 08:00 UTC",
+                "Mon 2027-03-15 08:00 UTC"
+            ]
+        );
+        // The last day of each month.
+        let last = cron(chrono_tz::UTC, local(2027, 1, 1, 0, 0), "0 7 L * *");
+        assert_eq!(
+            dues(&last, 3),
+            [
+                "Sun 2027-01-31 07:00 UTC",
+                "Sun 2027-02-28 07:00 UTC",
+                "Wed 2027-03-31 07:00 UTC"
+            ]
+        );
+        // An expression that never matches has no occurrence, rather than a search forever.
+        let never = cron(chrono_tz::UTC, local(2027, 1, 1, 0, 0), "0 0 30 2 *");
+        assert_eq!(never.next_occurrence(0), None);
+    }
+
+    #[test]
+    fn cron_plans_generate_ahead_skip_the_past_and_never_twice() {
+        // Every Monday 07:00 from Monday 2027-01-04; the scheduler was down for three weeks.
+        let cal = cron(chrono_tz::UTC, local(2027, 1, 4, 0, 0), "0 7 * * mon");
+        let now = utc("2027-01-20T12:00:00Z");
+        let p = plan(&cal, None, now, Duration::days(7));
+        let dates = |os: Vec<Occurrence>| -> Vec<String> {
+            os.iter()
+                .map(|o| o.due.format("%m-%d").to_string())
+                .collect()
+        };
+        assert_eq!(dates(p.skipped.clone()), ["01-04", "01-11"]);
+        let generated: Vec<(String, bool)> = p
+            .generate
+            .iter()
+            .map(|(o, late)| (o.due.format("%m-%d").to_string(), *late))
+            .collect();
+        assert_eq!(
+            generated,
+            [("01-18".to_owned(), true), ("01-25".to_owned(), false)]
+        );
+        // A restart with what was recorded generates nothing again.
+        let handled = p.generate.last().unwrap().0.n;
+        assert_eq!(
+            plan(&cal, Some(handled), now, Duration::days(7)),
+            Plan::default()
+        );
+        // A week later, the next Monday's lead window opens.
+        let later = plan(
+            &cal,
+            Some(handled),
+            now + Duration::days(7),
+            Duration::days(7),
+        );
+        assert_eq!(later.generate.len(), 1);
+        assert_eq!(later.generate[0].0.due, utc("2027-02-01T07:00:00Z"));
     }
 }

@@ -1,6 +1,7 @@
 //! Preventive maintenance through the API and the scheduler: a monthly calendar in a DST zone
 //! across month ends, generation a lead ahead, nothing twice after a restart, skipped and late
-//! occurrences after an outage; a meter schedule on a counter tag. Needs `scripts/test.sh`.
+//! occurrences after an outage; a meter schedule on a counter tag; a cron calendar on local
+//! weekdays across DST. Needs `scripts/test.sh`.
 
 use std::time::Duration;
 
@@ -238,5 +239,91 @@ async fn schedules_generate_work_orders_once_and_show_what_they_skipped() -> any
     assert_eq!(status, 404);
     let (_, list) = plant.get("/api/v1/pm-schedules", Some(&other)).await?;
     assert_eq!(list["items"], json!([]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedules_generate_on_their_local_weekdays() -> anyhow::Result<()> {
+    let plant = Plant::start_with_api(|api| api.pm_interval = Duration::from_secs(3600)).await?;
+    let admin = plant.login("plant-a").await?;
+    let pool = plant.db.app_pool().await;
+    let (_, assets) = plant.get("/api/v1/assets", Some(&admin)).await?;
+    let asset = id_of(&assets["items"][0])?;
+    let create = |every: &str| {
+        json!({ "name": format!("inspection {every}"), "asset_id": asset,
+                "title": "Weekly guard inspection", "work_type": "inspection",
+                "calendar": { "start": "2027-03-22T00:00:00", "zone": "Europe/Berlin",
+                              "every": every, "lead": "1d" } })
+    };
+    let (status, body) = plant
+        .send(
+            Method::POST,
+            "/api/v1/pm-schedules",
+            Some(&admin),
+            Some(create("cron 0 6 * * mon-fry")),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "calendar.every");
+    assert!(
+        body["error"]["details"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cron")),
+        "{body}"
+    );
+
+    // Mondays and Thursdays at 06:00 Berlin time, over the spring DST change (2027-03-28).
+    let (status, schedule) = plant
+        .send(
+            Method::POST,
+            "/api/v1/pm-schedules",
+            Some(&admin),
+            Some(create("cron 0 6 * * mon,thu")),
+        )
+        .await?;
+    assert_eq!(status, 201, "{schedule}");
+    assert_eq!(schedule["cal_every"], "cron 0 6 * * mon,thu");
+    assert_eq!(
+        schedule["upcoming"],
+        json!([
+            "2027-03-22T05:00:00Z",
+            "2027-03-25T05:00:00Z",
+            "2027-03-29T04:00:00Z",
+            "2027-04-01T04:00:00Z",
+            "2027-04-05T04:00:00Z"
+        ])
+    );
+    // On Wednesday the 24th, 07:00 local: Monday's occurrence is past (the latest past one:
+    // generated late), Thursday's is within its one-day lead window (generated on time).
+    let run = run_due(&pool, utc("2027-03-24T06:00:00Z")).await?;
+    assert_eq!(
+        run,
+        RunSummary {
+            generated: 2,
+            skipped: 0
+        }
+    );
+    assert_eq!(
+        run_due(&pool, utc("2027-03-24T06:00:00Z")).await?,
+        RunSummary::default(),
+        "nothing twice"
+    );
+    let (_, list) = plant
+        .get("/api/v1/work-orders?source=pm&sort=due", Some(&admin))
+        .await?;
+    let due: Vec<&str> = list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter_map(|w| w["due_at"].as_str())
+        .collect();
+    assert_eq!(due, ["2027-03-22T05:00:00Z", "2027-03-25T05:00:00Z"]);
+    let (_, detail) = plant
+        .get(
+            &format!("/api/v1/pm-schedules/{}", id_of(&schedule)?),
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(detail["upcoming"][0], "2027-03-29T04:00:00Z");
     Ok(())
 }

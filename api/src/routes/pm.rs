@@ -340,7 +340,8 @@ pub struct CalendarSpec {
     pub start: NaiveDateTime,
     /// An IANA time zone, e.g. `Europe/Berlin`; default `UTC`.
     pub zone: Option<String>,
-    /// `"N days"`, `"N weeks"` or `"N months"`.
+    /// `"N days"`, `"N weeks"` or `"N months"`, or `"cron "` and a five-field cron
+    /// expression matched on the local wall clock from `start` on, e.g. `"cron 0 6 * * 1-5"`.
     pub every: String,
     /// How long before an occurrence its work order is made, e.g. `"3d"`; default none.
     #[serde(default, with = "humantime_serde")]
@@ -441,12 +442,9 @@ pub async fn create(
                 "must be an IANA time zone, e.g. Europe/Berlin",
             );
         }
-        match Every::parse(&c.every) {
-            Some(e) => every_text = Some(e.to_text()),
-            None => errors.add(
-                "calendar.every",
-                "must be \"N days\", \"N weeks\" or \"N months\" (N 1-1000)",
-            ),
+        match Every::parse_or_explain(&c.every) {
+            Ok(e) => every_text = Some(e.to_text()),
+            Err(problem) => errors.add("calendar.every", problem),
         }
         lead = c.lead.unwrap_or_default();
         if lead > StdDuration::from_secs(366 * 86_400) {
@@ -611,7 +609,7 @@ async fn detail(
     let next = schedule.handled().map_or(0, |h| h + 1);
     let upcoming = schedule
         .calendar()
-        .map(|cal| (next..next + 5).filter_map(|n| cal.occurrence(n)).collect())
+        .map(|cal| cal.upcoming(next, 5))
         .unwrap_or_default();
     Ok(ScheduleDetail {
         schedule,

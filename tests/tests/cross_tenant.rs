@@ -1,0 +1,1136 @@
+//! Cross-tenant probes: every endpoint that takes an id, called by every role of tenant A
+//! (admin, manager, technician, requester, viewer, and an API key with every scope) with the
+//! ids of tenant B's objects, answers exactly as it answers for ids that do not exist: 404,
+//! or the same refusal (status and error) where the role is turned away before any lookup.
+//! Never a success, and never a body with any of tenant B's ids, names or secrets in it.
+//! Afterwards tenant B's objects are as they were, and its key, webhook and sessions work.
+//!
+//! The endpoints are read from the served OpenAPI document, not listed here, and each body
+//! sent is one of the document's examples. A path parameter is filled by the kind of object
+//! it names: the collection segment before it and its own name (`work-orders`/`id`,
+//! `checklist`/`item`, `stock`/`location`, ...). So an endpoint added under a kind of object
+//! seeded here is probed without touching this file, and one that names a kind of object not
+//! seeded here fails the test, named.
+//!
+//! The API's rate limits are raised for this plant: the probes measure lookups, and a 429
+//! halfway through would make two answers differ for reasons that reveal nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use api::{AlarmOutcome, WorkOrderService};
+use maintainpro_tests::{PASSWORD, Plant};
+use model::alarm::{AlarmEvent, AlarmSubject, WorkOrderDraft, WorkType};
+use model::{AssetId, Priority, Severity, TagName, TenantId, Timestamp};
+use reqwest::Method;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Every text given to tenant B's objects starts with this; tenant A never uses it.
+const MARK: &str = "Bravo-secret";
+
+/// An object's id as a path parameter: a UUID, or a tag's integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Id {
+    Uuid(Uuid),
+    Int(i64),
+}
+
+impl Id {
+    fn text(self) -> String {
+        match self {
+            Id::Uuid(u) => u.to_string(),
+            Id::Int(n) => n.to_string(),
+        }
+    }
+
+    /// An id of the same shape that names nothing in any tenant.
+    fn nonexistent(self) -> Id {
+        let fresh = Uuid::new_v4();
+        match self {
+            Id::Uuid(_) => Id::Uuid(fresh),
+            // Tags are numbered from 1 by a sequence; this is far beyond any of them.
+            Id::Int(_) => Id::Int(
+                1_000_000_000_000 + i64::try_from(fresh.as_u128() % 1_000_000_000).unwrap_or(7),
+            ),
+        }
+    }
+}
+
+/// A request body: what the document shows, as the bytes and type it is sent with.
+#[derive(Debug)]
+struct Payload {
+    label: String,
+    content_type: String,
+    bytes: Vec<u8>,
+}
+
+/// One operation of the document whose path has parameters.
+#[derive(Debug)]
+struct Operation {
+    method: Method,
+    template: String,
+    /// The required query parameters, with the document's example values.
+    query: Vec<(String, String)>,
+    /// One per example of the request body; `[None]` for an operation without one.
+    bodies: Vec<Option<Payload>>,
+    /// Documents a `to` query parameter: a window that ends now unless given.
+    window: bool,
+}
+
+/// An answer: status and body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// The request id the API gave the request (`x-request-id`).
+    request_id: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn code(&self) -> String {
+        self.json()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "-".into())
+    }
+
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The error object without its request id, each substituted id written as its
+    /// parameter's name: what must be equal for tenant B's ids and for nonexistent ones.
+    fn error(&self, ids: &[(String, Id)]) -> String {
+        let mut error = self
+            .json()
+            .map(|v| v["error"].clone())
+            .unwrap_or(Value::Null);
+        if let Some(map) = error.as_object_mut() {
+            map.remove("request_id");
+        }
+        let mut text = error.to_string();
+        for (name, id) in ids {
+            text = replace_token(&text, &id.text(), &format!("{{{name}}}"));
+        }
+        text
+    }
+}
+
+/// Whether the characters around a match leave it a token of its own (not part of a longer
+/// number, UUID or timestamp).
+fn bounded(text: &str, at: usize, len: usize) -> bool {
+    let apart =
+        |c: Option<char>| c.is_none_or(|c| !(c.is_ascii_alphanumeric() || "-.:".contains(c)));
+    apart(text[..at].chars().next_back()) && apart(text[at + len..].chars().next())
+}
+
+fn replace_token(text: &str, needle: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in text.match_indices(needle) {
+        if bounded(text, at, needle.len()) {
+            out.push_str(&text[last..at]);
+            out.push_str(with);
+            last = at + needle.len();
+        }
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// `$ref` to what it names (local references only), else the value itself.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> anyhow::Result<&'a Value> {
+    match value["$ref"].as_str() {
+        None => Ok(value),
+        Some(r) => {
+            let pointer = r.strip_prefix('#').context("a local reference")?;
+            doc.pointer(pointer)
+                .with_context(|| format!("{r} does not resolve"))
+        }
+    }
+}
+
+/// The path parameters of `template`, in order, as (collection segment before it, name).
+fn parameters(template: &str) -> Vec<(String, String)> {
+    let segments: Vec<&str> = template.split('/').collect();
+    segments
+        .iter()
+        .enumerate()
+        .filter_map(|(i, segment)| {
+            let name = segment.strip_prefix('{')?.strip_suffix('}')?;
+            let collection = i.checked_sub(1).and_then(|j| segments.get(j))?;
+            Some(((*collection).to_owned(), name.to_owned()))
+        })
+        .collect()
+}
+
+fn fill(template: &str, ids: &[(String, Id)]) -> String {
+    ids.iter().fold(template.to_owned(), |path, (name, id)| {
+        path.replace(&format!("{{{name}}}"), &id.text())
+    })
+}
+
+/// The bodies of `op` the document shows, one per example.
+fn payloads(doc: &Value, at: &str, op: &Value) -> anyhow::Result<Vec<Option<Payload>>> {
+    let Some(body) = op.get("requestBody") else {
+        return Ok(vec![None]);
+    };
+    let mut out = Vec::new();
+    for (media_type, media) in resolve(doc, body)?["content"]
+        .as_object()
+        .with_context(|| format!("{at}: request content"))?
+    {
+        let mut examples = Vec::new();
+        if let Some(example) = media.get("example") {
+            examples.push(("example".to_owned(), example.clone()));
+        }
+        for (name, example) in media["examples"].as_object().into_iter().flatten() {
+            examples.push((name.clone(), resolve(doc, example)?["value"].clone()));
+        }
+        let json = media_type == "application/json" || media_type.ends_with("+json");
+        if examples.is_empty() {
+            // A binary body may go without an example: a few bytes of that type stand in.
+            anyhow::ensure!(!json, "{at}: {media_type} body without an example");
+            examples.push(("bytes".to_owned(), Value::from("cross-tenant probe\n")));
+        }
+        let content_type = if media_type.contains('*') {
+            "application/octet-stream".to_owned()
+        } else {
+            media_type.clone()
+        };
+        for (name, value) in examples {
+            let bytes = match (&value, json) {
+                (_, true) => serde_json::to_vec(&value)?,
+                (Value::String(text), false) => text.clone().into_bytes(),
+                (other, false) => other.to_string().into_bytes(),
+            };
+            out.push(Some(Payload {
+                label: format!("{media_type} {name}"),
+                content_type: content_type.clone(),
+                bytes,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Every operation of the document whose path has a parameter.
+fn operations(doc: &Value) -> anyhow::Result<Vec<Operation>> {
+    let mut ops = Vec::new();
+    for (template, item) in doc["paths"].as_object().context("paths")? {
+        if !template.contains('{') {
+            continue;
+        }
+        let shared = item["parameters"].as_array().cloned().unwrap_or_default();
+        for (method, op) in item.as_object().context("path item")? {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let at = format!("{} {template}", method.to_uppercase());
+            let mut query = Vec::new();
+            let mut window = false;
+            for p in shared
+                .iter()
+                .chain(op["parameters"].as_array().into_iter().flatten())
+            {
+                let p = resolve(doc, p)?;
+                if p["in"] != "query" {
+                    continue;
+                }
+                let name = p["name"].as_str().context("parameter name")?;
+                window |= name == "to";
+                if p["required"] != true {
+                    continue;
+                }
+                let schema = resolve(doc, &p["schema"])?;
+                let value = [&p["example"], &schema["example"], &schema["default"]]
+                    .into_iter()
+                    .find(|v| !v.is_null())
+                    .with_context(|| {
+                        format!("{at}: no example for the required query parameter {name}")
+                    })?;
+                let value = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                query.push((name.to_owned(), value));
+            }
+            ops.push(Operation {
+                method: Method::from_bytes(method.to_uppercase().as_bytes())?,
+                template: template.clone(),
+                query,
+                bodies: payloads(doc, &at, op)?,
+                window,
+            });
+        }
+    }
+    Ok(ops)
+}
+
+async fn call(
+    plant: &Plant,
+    method: Method,
+    path: &str,
+    query: &[(String, String)],
+    token: &str,
+    payload: Option<&Payload>,
+) -> anyhow::Result<Answer> {
+    let mut url = reqwest::Url::parse(&format!("{}{path}", plant.api))?;
+    if !query.is_empty() {
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (k, v)));
+    }
+    let mut req = plant.http.request(method, url).bearer_auth(token);
+    if let Some(p) = payload {
+        req = req
+            .header(CONTENT_TYPE, p.content_type.as_str())
+            .body(p.bytes.clone());
+    }
+    let res = req.send().await?;
+    let status = res.status().as_u16();
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok(Answer {
+        status,
+        request_id,
+        body: res.bytes().await?.to_vec(),
+    })
+}
+
+/// A JSON request that must succeed: its answer.
+async fn ok(
+    plant: &Plant,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let (status, answer) = plant
+        .send(method.clone(), path, Some(token), Some(body))
+        .await?;
+    anyhow::ensure!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {answer}"
+    );
+    Ok(answer)
+}
+
+async fn read(plant: &Plant, path: &str, token: &str) -> anyhow::Result<Value> {
+    let (status, answer) = plant.get(path, Some(token)).await?;
+    anyhow::ensure!(status == 200, "GET {path}: {status} {answer}");
+    Ok(answer)
+}
+
+fn uuid_of(v: &Value, pointer: &str) -> anyhow::Result<Uuid> {
+    Ok(v.pointer(pointer)
+        .and_then(Value::as_str)
+        .with_context(|| format!("{pointer} in {v}"))?
+        .parse()?)
+}
+
+/// Tenant B, seeded: its objects' ids by (collection segment, parameter name), and what only
+/// tenant B's objects hold.
+#[derive(Debug)]
+struct TenantB {
+    ids: BTreeMap<(String, String), Id>,
+    /// Every UUID of tenant B seen while seeding, and every text given to its objects.
+    secrets: Vec<String>,
+    tag: i64,
+    /// B's admin, whose session is the one probed.
+    admin: String,
+    /// B's admin again, in a session of its own: reads B's objects before and after.
+    observer: String,
+    technician: String,
+    key: String,
+}
+
+impl TenantB {
+    /// The id of B's object for parameter `{name}` after `/collection/`.
+    fn lookup(&self, collection: &str, name: &str) -> Option<Id> {
+        self.ids
+            .get(&(collection.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    fn id(&self, collection: &str, name: &str) -> anyhow::Result<Uuid> {
+        match self.lookup(collection, name) {
+            Some(Id::Uuid(u)) => Ok(u),
+            other => bail!("{collection}/{{{name}}} is {other:?}"),
+        }
+    }
+
+    /// What of tenant B's shows in `answer`. The tag's id is a small number, which error
+    /// messages may hold for other reasons ("at most 30 days"): it counts as B's where it is
+    /// a JSON value of its own.
+    fn found_in(&self, answer: &Answer) -> Vec<String> {
+        fn holds(v: &Value, n: i64) -> bool {
+            match v {
+                Value::Number(x) => x.as_i64() == Some(n),
+                Value::String(s) => s == &n.to_string(),
+                Value::Array(items) => items.iter().any(|v| holds(v, n)),
+                Value::Object(map) => map.values().any(|v| holds(v, n)),
+                _ => false,
+            }
+        }
+        let text = answer.text();
+        let mut found: Vec<String> = self
+            .secrets
+            .iter()
+            .filter(|s| text.contains(s.as_str()))
+            .cloned()
+            .collect();
+        if answer.json().is_some_and(|v| holds(&v, self.tag)) {
+            found.push(format!("tag id {}", self.tag));
+        }
+        found
+    }
+}
+
+/// Records `id` as tenant B's object for path parameter `key`, and as a secret of B's.
+fn keep(
+    ids: &mut BTreeMap<(String, String), Id>,
+    secrets: &mut Vec<String>,
+    (collection, name): (&str, &str),
+    id: Uuid,
+) {
+    ids.insert((collection.to_owned(), name.to_owned()), Id::Uuid(id));
+    secrets.push(id.to_string());
+}
+
+/// Creates one object of tenant B for every kind of path parameter, through B's API as B's
+/// admin; SQL only for a second user (no endpoint creates users) and the alarm, raised the
+/// way the rules engine raises one.
+async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
+    let tenant = plant.tenant_b.tenant;
+    let admin = plant.login("plant-b").await?;
+    let mut ids = BTreeMap::new();
+    let mut secrets = vec![
+        MARK.to_owned(),
+        tenant.to_string(),
+        tenant.simple().to_string(),
+    ];
+
+    // A user (for /users/{id}/...), signed in so that they have a session to lose.
+    let email = "bravo-secret-tech@plant-b.example";
+    let user = Uuid::new_v4();
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)
+         VALUES ($1, $2, $3, $4, $5, 'technician')",
+    )
+    .bind(user)
+    .bind(tenant)
+    .bind(email)
+    .bind(format!("{MARK} technician"))
+    .bind(plant.hash(PASSWORD)?)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    keep(&mut ids, &mut secrets, ("users", "id"), user);
+    secrets.push(email.to_owned());
+    let technician = plant.login_as("plant-b", email).await?;
+
+    // A site with an area, and an asset in it.
+    let site = ok(
+        plant,
+        Method::POST,
+        "/api/v1/sites",
+        &admin,
+        json!({ "name": format!("{MARK} site") }),
+    )
+    .await?;
+    let site_id = uuid_of(&site, "/id")?;
+    keep(&mut ids, &mut secrets, ("sites", "id"), site_id);
+    let site = ok(
+        plant,
+        Method::POST,
+        &format!("/api/v1/sites/{site_id}/areas"),
+        &admin,
+        json!({ "name": format!("{MARK} area") }),
+    )
+    .await?;
+    let area = uuid_of(&site, "/areas/0/id")?;
+    secrets.push(area.to_string());
+    let asset = ok(
+        plant,
+        Method::POST,
+        "/api/v1/assets",
+        &admin,
+        json!({ "name": format!("{MARK} asset"), "site_id": site_id, "area_id": area,
+                "serial_number": format!("{MARK} serial") }),
+    )
+    .await?;
+    let asset = uuid_of(&asset, "/id")?;
+    keep(&mut ids, &mut secrets, ("assets", "id"), asset);
+
+    // A tag (integer id), moved onto that asset and described.
+    let tag = plant.tag_id(tenant, "press-1.bearing_temp").await?;
+    ok(
+        plant,
+        Method::PATCH,
+        &format!("/api/v1/tags/{tag}"),
+        &admin,
+        json!({ "asset_id": asset, "description": format!("{MARK} tag") }),
+    )
+    .await?;
+    ids.insert(("tags".to_owned(), "id".to_owned()), Id::Int(tag));
+
+    // A team with the user in it.
+    let team = ok(
+        plant,
+        Method::POST,
+        "/api/v1/teams",
+        &admin,
+        json!({ "name": format!("{MARK} team"), "members": [user] }),
+    )
+    .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("teams", "id"),
+        uuid_of(&team, "/id")?,
+    );
+
+    // A stock location and a part in stock there.
+    let location = ok(
+        plant,
+        Method::POST,
+        "/api/v1/stock-locations",
+        &admin,
+        json!({ "name": format!("{MARK} store") }),
+    )
+    .await?;
+    let location = uuid_of(&location, "/id")?;
+    keep(&mut ids, &mut secrets, ("stock", "location"), location);
+    let part = ok(
+        plant,
+        Method::POST,
+        "/api/v1/parts",
+        &admin,
+        json!({ "sku": "BRAVO-SECRET-SKU", "name": format!("{MARK} part") }),
+    )
+    .await?;
+    let part = uuid_of(&part, "/id")?;
+    keep(&mut ids, &mut secrets, ("parts", "id"), part);
+    secrets.push("BRAVO-SECRET-SKU".to_owned());
+    ok(
+        plant,
+        Method::POST,
+        &format!("/api/v1/parts/{part}/movements"),
+        &admin,
+        json!({ "location_id": location, "kind": "receipt", "quantity": 10,
+                "note": format!("{MARK} receipt") }),
+    )
+    .await?;
+    ok(
+        plant,
+        Method::PUT,
+        &format!("/api/v1/parts/{part}/stock/{location}"),
+        &admin,
+        json!({ "min_qty": 1, "max_qty": 20, "reorder_point": 2 }),
+    )
+    .await?;
+
+    // A work order with a checklist item, a comment, a planned part and an attachment.
+    let wo = ok(
+        plant,
+        Method::POST,
+        "/api/v1/work-orders",
+        &admin,
+        json!({ "asset_id": asset, "title": format!("{MARK} work order"),
+                "description": format!("{MARK} description"),
+                "checklist": [format!("{MARK} checklist item")] }),
+    )
+    .await?;
+    let wo_id = uuid_of(&wo, "/id")?;
+    keep(&mut ids, &mut secrets, ("work-orders", "id"), wo_id);
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("checklist", "item"),
+        uuid_of(&wo, "/checklist/0/id")?,
+    );
+    ok(
+        plant,
+        Method::POST,
+        &format!("/api/v1/work-orders/{wo_id}/comments"),
+        &admin,
+        json!({ "text": format!("{MARK} comment") }),
+    )
+    .await?;
+    let planned = ok(
+        plant,
+        Method::POST,
+        &format!("/api/v1/work-orders/{wo_id}/parts"),
+        &admin,
+        json!({ "part_id": part, "location_id": location, "quantity": 2 }),
+    )
+    .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("parts", "line"),
+        uuid_of(&planned, "/parts/0/id")?,
+    );
+    let upload = reqwest::Url::parse_with_params(
+        &format!("{}/api/v1/work-orders/{wo_id}/attachments", plant.api),
+        &[("filename", "bravo-secret.txt")],
+    )?;
+    let res = plant
+        .http
+        .post(upload)
+        .bearer_auth(&admin)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .body(format!("{MARK} attachment contents\n"))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 201, "upload: {}", res.status());
+    let attachment: Value = res.json().await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("attachments", "attachment"),
+        uuid_of(&attachment, "/id")?,
+    );
+    secrets.push("bravo-secret.txt".to_owned());
+
+    // A PM schedule whose first occurrence is over a year away: the scheduler leaves it be.
+    let start = (chrono::Utc::now() + chrono::Duration::days(400)).format("%Y-%m-%dT08:00:00");
+    let schedule = ok(
+        plant,
+        Method::POST,
+        "/api/v1/pm-schedules",
+        &admin,
+        json!({ "name": format!("{MARK} schedule"), "asset_id": asset,
+                "title": format!("{MARK} PM work order"),
+                "calendar": { "start": start.to_string(), "zone": "Europe/Berlin",
+                              "every": "1 month", "lead": "3d" } }),
+    )
+    .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("pm-schedules", "id"),
+        uuid_of(&schedule, "/id")?,
+    );
+
+    // A webhook for event kinds that never happen, so that nothing is delivered meanwhile.
+    let hook_url = "http://127.0.0.1:9/bravo-secret-hook";
+    let webhook = ok(
+        plant,
+        Method::POST,
+        "/api/v1/webhooks",
+        &admin,
+        json!({ "url": hook_url, "event_kinds": ["bravo_secret."], "allow_private": true }),
+    )
+    .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("webhooks", "id"),
+        uuid_of(&webhook, "/id")?,
+    );
+    secrets.push(hook_url.to_owned());
+    secrets.push(webhook["secret"].as_str().context("secret")?.to_owned());
+
+    // An API key.
+    let created = ok(
+        plant,
+        Method::POST,
+        "/api/v1/api-keys",
+        &admin,
+        json!({ "name": format!("{MARK} key"), "scopes": ["work_orders:read"] }),
+    )
+    .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("api-keys", "id"),
+        uuid_of(&created, "/id")?,
+    );
+    let key = created["key"].as_str().context("key")?.to_owned();
+    secrets.push(key.clone());
+
+    // An alarm, raised on the tag as the rules engine raises one (it opens a work order).
+    let subject = AlarmSubject {
+        tenant: TenantId::from_uuid(tenant),
+        asset: AssetId::from_uuid(asset),
+        tag_id: tag,
+        tag: TagName::parse("press-1.bearing_temp")?,
+        rule_id: "press-bearing-overheat".into(),
+        failure_mode: "bearing-overheat".into(),
+        severity: Severity::High,
+    };
+    let raised = AlarmEvent::Raised {
+        subject,
+        at: Timestamp::now(),
+        value: 91.0,
+        work_order: WorkOrderDraft {
+            title: format!("{MARK} alarm work order"),
+            description: String::new(),
+            work_type: WorkType::Corrective,
+            priority: Priority::High,
+            checklist: Vec::new(),
+            repeat_window: Duration::from_secs(86_400),
+        },
+    };
+    match WorkOrderService::new(pool).on_alarm(&raised).await? {
+        AlarmOutcome::Created { work_order } => secrets.push(work_order.to_string()),
+        other => bail!("expected a new work order for tenant B's alarm, got {other:?}"),
+    }
+    let alarms = read(plant, "/api/v1/alarms", &admin).await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("alarms", "id"),
+        uuid_of(&alarms, "/items/0/id")?,
+    );
+
+    // The admin's own session.
+    let sessions = read(plant, "/api/v1/auth/sessions", &admin).await?;
+    let session = sessions["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["current"] == true)
+        .with_context(|| format!("the current session in {sessions}"))?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("sessions", "id"),
+        uuid_of(session, "/id")?,
+    );
+
+    Ok(TenantB {
+        ids,
+        secrets,
+        tag,
+        admin,
+        observer: plant.login("plant-b").await?,
+        technician,
+        key,
+    })
+}
+
+/// Drops what changes by itself or by being read, not by the probes: the window of the
+/// readings endpoints (`from`, `to`, `next_from`), which ends now unless given; the time a
+/// user's data export was made (`exported_at`); and the audit entries that the snapshots'
+/// own requests left (a user's export lists the audit entries about them, its own included),
+/// known by their request ids.
+fn steady(mut v: Value, window: bool, own: &BTreeSet<String>) -> Value {
+    fn walk(v: &mut Value, keys: &[&str], own: &BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for k in keys {
+                    map.remove(*k);
+                }
+                map.values_mut().for_each(|v| walk(v, keys, own));
+            }
+            Value::Array(items) => {
+                items.retain(|i| i["request_id"].as_str().is_none_or(|r| !own.contains(r)));
+                items.iter_mut().for_each(|v| walk(v, keys, own));
+            }
+            _ => {}
+        }
+    }
+    let keys: &[&str] = if window {
+        &["exported_at", "from", "to", "next_from"]
+    } else {
+        &["exported_at"]
+    };
+    walk(&mut v, keys, own);
+    v
+}
+
+/// What tenant B's admin reads of B's objects: every GET with path parameters, and B's
+/// entries in the lists of objects that have no GET of their own (status 0: not listed).
+async fn snapshot(
+    plant: &Plant,
+    ops: &[Operation],
+    b: &TenantB,
+    own: &mut BTreeSet<String>,
+) -> anyhow::Result<BTreeMap<String, (u16, Vec<u8>)>> {
+    let mut out = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.method == Method::GET) {
+        let Some(ids) = parameters(&op.template)
+            .into_iter()
+            .map(|(collection, name)| {
+                let id = b.lookup(&collection, &name)?;
+                Some((name, id))
+            })
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let path = fill(&op.template, &ids);
+        let answer = call(plant, Method::GET, &path, &op.query, &b.observer, None).await?;
+        own.extend(answer.request_id.clone());
+        let body = match answer.json() {
+            Some(v) => steady(v, op.window, own).to_string().into_bytes(),
+            None => answer.body,
+        };
+        out.insert(format!("GET {}", op.template), (answer.status, body));
+    }
+    // `last_used_at` of keys and sessions moves when they are used; a webhook's `after_seq`
+    // (its place in the event log) moves as the dispatcher reads past events it does not send.
+    for (list, collection, name) in [
+        ("/api/v1/teams", "teams", "id"),
+        ("/api/v1/sites", "sites", "id"),
+        ("/api/v1/alarms", "alarms", "id"),
+        ("/api/v1/webhooks", "webhooks", "id"),
+        ("/api/v1/api-keys", "api-keys", "id"),
+        ("/api/v1/stock-locations", "stock", "location"),
+        ("/api/v1/auth/sessions", "sessions", "id"),
+    ] {
+        let id = b.id(collection, name)?.to_string();
+        let answer = call(plant, Method::GET, list, &[], &b.observer, None).await?;
+        own.extend(answer.request_id.clone());
+        let (status, items) = (answer.status, answer.json().unwrap_or(Value::Null));
+        let found = items["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["id"] == id.as_str())
+            .cloned();
+        let (status, item) = match found {
+            Some(mut item) => {
+                if let Some(map) = item.as_object_mut() {
+                    map.remove("last_used_at");
+                    map.remove("after_seq");
+                }
+                (status, item)
+            }
+            None => (0, items),
+        };
+        out.insert(
+            format!("GET {list} item {id}"),
+            (status, item.to_string().into_bytes()),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let plant = Plant::start_with_api(|api| {
+        api.tenant_rate = "100000/s".parse().expect("a rate");
+        api.tenant_burst = NonZeroU32::new(100_000).expect("not zero");
+        api.auth_rate_per_ip = "100000/min".parse().expect("a rate");
+        api.auth_burst_per_ip = NonZeroU32::new(100_000).expect("not zero");
+        api.api_key_rate = "100000/s".parse().expect("a rate");
+        api.api_key_burst = NonZeroU32::new(100_000).expect("not zero");
+        // The scheduler runs once at start; nothing of it moves during the probes.
+        api.pm_interval = Duration::from_secs(3600);
+    })
+    .await?;
+    let b = seed_tenant_b(&plant).await?;
+
+    // Tenant A: a user of every role, and an API key with every scope.
+    let mut principals = vec![("admin".to_owned(), plant.login("plant-a").await?)];
+    for role in ["manager", "technician", "requester", "viewer"] {
+        let email = format!("{role}@plant-a.example");
+        plant.add_user(&email, role).await?;
+        principals.push((role.to_owned(), plant.login_as("plant-a", &email).await?));
+    }
+    let scopes: Vec<&str> = api::api_keys::Scope::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let key = ok(
+        &plant,
+        Method::POST,
+        "/api/v1/api-keys",
+        &principals[0].1,
+        json!({ "name": "probe", "scopes": scopes }),
+    )
+    .await?;
+    principals.push((
+        "API key".to_owned(),
+        key["key"].as_str().context("key")?.to_owned(),
+    ));
+
+    let (status, doc) = plant.get("/api/v1/openapi.json", None).await?;
+    anyhow::ensure!(status == 200, "the document: {status}");
+    let ops = operations(&doc)?;
+    anyhow::ensure!(
+        ops.len() >= 30,
+        "only {} operations with path parameters in the document",
+        ops.len()
+    );
+
+    let mut own = BTreeSet::new();
+    let before = snapshot(&plant, &ops, &b, &mut own).await?;
+    let mut failures = Vec::new();
+    for (what, (status, body)) in &before {
+        if *status != 200 {
+            failures.push(format!(
+                "{what} as tenant B's admin: {status} {} (tenant B's ids are not what the probes need)",
+                String::from_utf8_lossy(body)
+            ));
+        }
+    }
+    let wo = b.id("work-orders", "id")?;
+    let wo_before = read(&plant, &format!("/api/v1/work-orders/{wo}"), &b.observer).await?;
+
+    let mut probes = 0;
+    let mut requests = 0;
+    let mut outcomes: BTreeMap<(String, u16, String), usize> = BTreeMap::new();
+    // Answers other than 404 (the same for nonexistent ids): refusals before any lookup.
+    let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for op in &ops {
+        let mut theirs = Vec::new();
+        for (collection, name) in parameters(&op.template) {
+            match b.lookup(&collection, &name) {
+                Some(id) => theirs.push((name, id)),
+                None => failures.push(format!(
+                    "{} {}: no object of tenant B for {{{name}}} (after /{collection}/): seed one",
+                    op.method, op.template
+                )),
+            }
+        }
+        if theirs.len() != parameters(&op.template).len() {
+            continue;
+        }
+        for (role, token) in &principals {
+            probes += 1;
+            for payload in &op.bodies {
+                let none: Vec<(String, Id)> = theirs
+                    .iter()
+                    .map(|(name, id)| (name.clone(), id.nonexistent()))
+                    .collect();
+                let at = format!(
+                    "{} {} as {role}{}",
+                    op.method,
+                    op.template,
+                    payload
+                        .as_ref()
+                        .map(|p| format!(" ({})", p.label))
+                        .unwrap_or_default()
+                );
+                let ours = call(
+                    &plant,
+                    op.method.clone(),
+                    &fill(&op.template, &theirs),
+                    &op.query,
+                    token,
+                    payload.as_ref(),
+                )
+                .await?;
+                let nothing = call(
+                    &plant,
+                    op.method.clone(),
+                    &fill(&op.template, &none),
+                    &op.query,
+                    token,
+                    payload.as_ref(),
+                )
+                .await?;
+                requests += 2;
+                *outcomes
+                    .entry((role.clone(), ours.status, ours.code()))
+                    .or_default() += 1;
+                if ours.status != 404 {
+                    refused
+                        .entry(format!("{} {}", op.method, op.template))
+                        .or_default()
+                        .push(format!("{role} {} {}", ours.status, ours.code()));
+                }
+                let same =
+                    ours.status == nothing.status && ours.error(&theirs) == nothing.error(&none);
+                if ours.ok() || !same {
+                    failures.push(format!(
+                        "{at}: B's ids → {} {} | nonexistent ids → {} {}\n    B's answer: {}\n    nonexistent's: {}",
+                        ours.status,
+                        ours.code(),
+                        nothing.status,
+                        nothing.code(),
+                        clip(&ours.text()),
+                        clip(&nothing.text()),
+                    ));
+                }
+                for (which, answer) in [("B's ids", &ours), ("nonexistent ids", &nothing)] {
+                    let found = b.found_in(answer);
+                    if !found.is_empty() {
+                        failures.push(format!(
+                            "{at}: the answer to {which} holds tenant B's {found:?}: {}",
+                            clip(&answer.text())
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Tenant B's objects are as they were, and what B holds still works.
+    let after = snapshot(&plant, &ops, &b, &mut own).await?;
+    for (what, (status, body)) in &before {
+        match after.get(what) {
+            Some((s, a)) if s == status && a == body => {}
+            Some((s, a)) => failures.push(format!(
+                "{what} changed during the probes: {status} → {s}, {}",
+                changes(body, a)
+            )),
+            None => failures.push(format!("{what} no longer answers")),
+        }
+    }
+    let (_, wo_after) = plant
+        .get(&format!("/api/v1/work-orders/{wo}"), Some(&b.observer))
+        .await?;
+    for field in [
+        "status",
+        "title",
+        "priority",
+        "assignee_user",
+        "assignee_team",
+    ] {
+        if wo_after[field] != wo_before[field] {
+            failures.push(format!(
+                "tenant B's work order: {field} {} → {}",
+                wo_before[field], wo_after[field]
+            ));
+        }
+    }
+    if wo_after["title"] != format!("{MARK} work order").as_str() {
+        failures.push(format!(
+            "tenant B's work order: title {}",
+            wo_after["title"]
+        ));
+    }
+    let webhook = b.id("webhooks", "id")?.to_string();
+    let (_, hooks) = plant.get("/api/v1/webhooks", Some(&b.observer)).await?;
+    if !hooks["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["id"] == webhook.as_str() && h["enabled"] == true)
+    {
+        failures.push(format!("tenant B's webhook is gone or disabled: {hooks}"));
+    }
+    for (who, token) in [
+        ("tenant B's API key", b.key.as_str()),
+        ("tenant B's admin session", b.admin.as_str()),
+        ("tenant B's technician session", b.technician.as_str()),
+    ] {
+        let (status, body) = plant.get("/api/v1/work-orders", Some(token)).await?;
+        let listed = body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["id"] == wo.to_string().as_str());
+        if status != 200 || !listed {
+            failures.push(format!(
+                "{who} no longer reads B's work orders: {status} {}",
+                clip(&body.to_string())
+            ));
+        }
+    }
+    let session = b.id("sessions", "id")?.to_string();
+    let (status, body) = plant.get("/api/v1/auth/sessions", Some(&b.admin)).await?;
+    if status != 200
+        || !body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["id"] == session.as_str() && s["current"] == true)
+    {
+        failures.push(format!("tenant B's admin session: {status} {body}"));
+    }
+
+    let tally: Vec<String> = outcomes
+        .iter()
+        .map(|((role, status, code), n)| format!("{role}: {status} {code} ×{n}"))
+        .collect();
+    let refused: Vec<String> = refused
+        .iter()
+        .map(|(op, answers)| {
+            let mut answers = answers.clone();
+            answers.dedup();
+            format!("  {op}: {}", answers.join(", "))
+        })
+        .collect();
+    println!(
+        "{} operations with path parameters, {} roles: {probes} probes, {requests} requests, \
+         {} snapshots compared, in {:.1?}\nanswers to tenant B's ids: {}\nother than 404:\n{}",
+        ops.len(),
+        principals.len(),
+        before.len(),
+        started.elapsed(),
+        tally.join(", "),
+        refused.join("\n")
+    );
+    plant.services.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} problem(s) across {probes} probes:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// Where two snapshots differ: the JSON pointers and values that changed, or the bodies.
+fn changes(before: &[u8], after: &[u8]) -> String {
+    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    let (a, b) = (&x.get(key), &y.get(key));
+                    match (a, b) {
+                        (Some(a), Some(b)) => walk(&format!("{path}/{key}"), a, b, out),
+                        _ => out.push(format!("{path}/{key}: {a:?} → {b:?}")),
+                    }
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (a, b)) in x.iter().zip(y).enumerate() {
+                    walk(&format!("{path}/{i}"), a, b, out);
+                }
+            }
+            _ if a != b => out.push(format!(
+                "{path}: {} → {}",
+                clip(&a.to_string()),
+                clip(&b.to_string())
+            )),
+            _ => {}
+        }
+    }
+    match (
+        serde_json::from_slice::<Value>(before),
+        serde_json::from_slice::<Value>(after),
+    ) {
+        (Ok(a), Ok(b)) => {
+            let mut out = Vec::new();
+            walk("", &a, &b, &mut out);
+            out.join("; ")
+        }
+        _ => format!(
+            "{} → {}",
+            clip(&String::from_utf8_lossy(before)),
+            clip(&String::from_utf8_lossy(after))
+        ),
+    }
+}
+
+/// At most 400 characters of `text`, for failure messages.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(400) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
