@@ -6,9 +6,11 @@
 //! concurrent keep-alive connections for `--duration` after `--warmup`, each sending the next
 //! request of a fixed mix of filtered lists (status, priority, assignee, asset subtree,
 //! full-text search, overdue, each with its sort). Prints requests per second and latency
-//! percentiles, overall and per query, as JSON. The clients run on a runtime of their own
-//! (one thread), on the same machine: their CPU is taken from the server's, as a load
-//! generator's would be.
+//! percentiles, overall and per query, as JSON, with each query's latency alone (sent one at a
+//! time before the load) and two baselines of the same server under the same load: the HTTP
+//! stack alone (`/health/live`) and the cheapest authenticated list (`/api/v1/teams`). The
+//! clients run on a runtime of their own (one thread), on the same machine: their CPU is taken
+//! from the server's, as a load generator's would be.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
