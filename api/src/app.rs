@@ -54,6 +54,11 @@ impl AppState {
         rules: Arc<RulesStatus>,
     ) -> Result<Self, PasswordError> {
         crate::webhooks::install_tls_provider();
+        #[cfg(feature = "rls-probe")]
+        tracing::warn!(
+            "built with the rls-probe test switch: a request header can make handlers filter \
+             by another tenant (row-level security still applies); never deploy this build"
+        );
         let (closing_tx, closing) = watch::channel(false);
         Ok(Self {
             pool,

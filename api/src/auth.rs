@@ -398,6 +398,8 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
             Principal::Session(claims.sid),
         )
     };
+    #[cfg(feature = "rls-probe")]
+    let tenant = rls_probe::app_tenant(parts, tenant);
     Ok(AuthUser {
         user,
         tenant: TenantId::from_uuid(tenant),
@@ -733,5 +735,45 @@ mod tests {
         // {"alg":"none"} with valid-looking claims.
         let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJ0aWQiOiIwMDAwMDAwMC0wMDAwLTAwMDAtMDAwMC0wMDAwMDAwMDAwMDAiLCJyb2xlIjoiYWRtaW4iLCJ0eXAiOiJhY2Nlc3MiLCJpc3MiOiJtYWludGFpbnBybyIsImF1ZCI6Im1haW50YWlucHJvLWFwaSIsImlhdCI6MCwiZXhwIjo0MTAyNDQ0ODAwfQ.";
         assert!(keys().verify(token).is_err());
+    }
+}
+
+/// The test switch of the `rls-probe` feature: a request with the header
+/// `x-rls-probe-app-tenant: <tenant>` is served by handlers that filter by that tenant, while
+/// row-level security stays set to the caller's own (`migrations::rls_probe`), so only the
+/// policies stand between the caller and the other tenant's rows.
+#[cfg(feature = "rls-probe")]
+pub mod rls_probe {
+    use axum::extract::Request;
+    use axum::http::request::Parts;
+    use axum::middleware::Next;
+    use axum::response::Response;
+    use migrations::rls_probe::DATABASE_TENANT;
+    use uuid::Uuid;
+
+    pub const HEADER: &str = "x-rls-probe-app-tenant";
+
+    /// Runs the request in a scope where [`app_tenant`] can pin the database's tenant.
+    pub async fn scope(req: Request, next: Next) -> Response {
+        DATABASE_TENANT
+            .scope(std::cell::Cell::new(None), next.run(req))
+            .await
+    }
+
+    /// The tenant the handlers filter by: the header's, if any, with the database's tenant
+    /// pinned to the caller's own; otherwise the caller's.
+    pub fn app_tenant(parts: &Parts, caller: Uuid) -> Uuid {
+        let Some(other) = parts
+            .headers
+            .get(HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Uuid>().ok())
+        else {
+            return caller;
+        };
+        match DATABASE_TENANT.try_with(|pinned| pinned.set(Some(caller))) {
+            Ok(()) => other,
+            Err(_) => caller,
+        }
     }
 }

@@ -177,6 +177,8 @@ pub fn layers(routes: Router, uploads: Router, protection: Arc<Protection>) -> R
         Some(cors) => routes.layer(cors),
         None => routes,
     };
+    #[cfg(feature = "rls-probe")]
+    let routes = routes.layer(axum::middleware::from_fn(crate::auth::rls_probe::scope));
     routes.layer(from_fn_with_state(protection, envelope))
 }
 

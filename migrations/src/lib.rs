@@ -43,6 +43,8 @@ pub use bootstrap::bootstrap;
 pub use error::DbError;
 pub use migrate::{StorageLayout, migrate};
 pub use roles::RoleSecrets;
+#[cfg(feature = "rls-probe")]
+pub use tenant::rls_probe;
 pub use tenant::{TENANT_SETTING, begin_tenant, is_transient};
 pub use urls::DatabaseUrls;
 

@@ -17,6 +17,8 @@ pub async fn begin_tenant(
     pool: &PgPool,
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    #[cfg(feature = "rls-probe")]
+    let tenant = rls_probe::database_tenant(tenant);
     pool.begin_with(format!(
         "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",
         tenant.hyphenated()
@@ -44,5 +46,30 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
                 || code.starts_with("57P")
         }),
         _ => false,
+    }
+}
+
+/// A test's switch that breaks the application's tenant filter on purpose: inside
+/// [`rls_probe::DATABASE_TENANT`]'s scope, once a value is set, every [`begin_tenant`] sets
+/// that tenant for row-level security whatever tenant the application asked for. A request
+/// whose handlers filter by another tenant's id then reaches that tenant's rows only if the
+/// policies let it. Compiled only with the `rls-probe` feature.
+#[cfg(feature = "rls-probe")]
+pub mod rls_probe {
+    use std::cell::Cell;
+
+    use uuid::Uuid;
+
+    tokio::task_local! {
+        /// The tenant row-level security is set to, in this task, when set.
+        pub static DATABASE_TENANT: Cell<Option<Uuid>>;
+    }
+
+    pub(crate) fn database_tenant(asked: Uuid) -> Uuid {
+        DATABASE_TENANT
+            .try_with(Cell::get)
+            .ok()
+            .flatten()
+            .unwrap_or(asked)
     }
 }

@@ -5,6 +5,11 @@
 //! Never a success, and never a body with any of tenant B's ids, names or secrets in it.
 //! Afterwards tenant B's objects are as they were, and its key, webhook and sessions work.
 //!
+//! Every probe runs twice: as the application is, and with the application's own tenant
+//! filter pointed at tenant B on purpose (the `rls-probe` test switch: handlers filter by
+//! B's tenant while row-level security stays set to A's, the caller's), so that only the
+//! database's policies stand between the caller and B's rows. Both must hold alone.
+//!
 //! The endpoints are read from the served OpenAPI document, not listed here, and each body
 //! sent is one of the document's examples. A path parameter is filled by the kind of object
 //! it names: the collection segment before it and its own name (`work-orders`/`id`,
@@ -285,6 +290,7 @@ async fn call(
     query: &[(String, String)],
     token: &str,
     payload: Option<&Payload>,
+    app_tenant: Option<Uuid>,
 ) -> anyhow::Result<Answer> {
     let mut url = reqwest::Url::parse(&format!("{}{path}", plant.api))?;
     if !query.is_empty() {
@@ -292,6 +298,9 @@ async fn call(
             .extend_pairs(query.iter().map(|(k, v)| (k, v)));
     }
     let mut req = plant.http.request(method, url).bearer_auth(token);
+    if let Some(tenant) = app_tenant {
+        req = req.header(api::auth::rls_probe::HEADER, tenant.to_string());
+    }
     if let Some(p) = payload {
         req = req
             .header(CONTENT_TYPE, p.content_type.as_str())
@@ -778,7 +787,16 @@ async fn snapshot(
             continue;
         };
         let path = fill(&op.template, &ids);
-        let answer = call(plant, Method::GET, &path, &op.query, &b.observer, None).await?;
+        let answer = call(
+            plant,
+            Method::GET,
+            &path,
+            &op.query,
+            &b.observer,
+            None,
+            None,
+        )
+        .await?;
         own.extend(answer.request_id.clone());
         let body = match answer.json() {
             Some(v) => steady(v, op.window, own).to_string().into_bytes(),
@@ -798,7 +816,7 @@ async fn snapshot(
         ("/api/v1/auth/sessions", "sessions", "id"),
     ] {
         let id = b.id(collection, name)?.to_string();
-        let answer = call(plant, Method::GET, list, &[], &b.observer, None).await?;
+        let answer = call(plant, Method::GET, list, &[], &b.observer, None, None).await?;
         own.extend(answer.request_id.clone());
         let (status, items) = (answer.status, answer.json().unwrap_or(Value::Null));
         let found = items["items"]
@@ -893,68 +911,105 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
     let mut outcomes: BTreeMap<(String, u16, String), usize> = BTreeMap::new();
     // Answers other than 404 (the same for nonexistent ids): refusals before any lookup.
     let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for op in &ops {
-        let mut theirs = Vec::new();
-        for (collection, name) in parameters(&op.template) {
-            match b.lookup(&collection, &name) {
+    // The switch works: with it, tenant A's admin lists by tenant B's id under tenant A's
+    // policies, which leaves nothing of either; without it, A's own work orders.
+    plant.rule_work_order().await?;
+    let admin_a = &principals[0].1;
+    for (app_tenant, expect_any) in [(None, true), (Some(plant.tenant_b.tenant), false)] {
+        let answer = call(
+            &plant,
+            Method::GET,
+            "/api/v1/work-orders",
+            &[],
+            admin_a,
+            None,
+            app_tenant,
+        )
+        .await?;
+        let list: Value = serde_json::from_slice(&answer.body)?;
+        let any = list["items"].as_array().is_some_and(|i| !i.is_empty());
+        anyhow::ensure!(
+            answer.status == 200 && any == expect_any,
+            "the rls-probe switch ({app_tenant:?}): {} {list}",
+            answer.status
+        );
+    }
+
+    // Twice: as the application is, and with its tenant filter pointed at tenant B on purpose
+    // (the `rls-probe` switch) while row-level security stays on tenant A, the caller's: then
+    // only the policies stand between the caller and B's rows.
+    let passes = [
+        ("", None),
+        (
+            " (application filtering by tenant B, row-level security on A)",
+            Some(plant.tenant_b.tenant),
+        ),
+    ];
+    for (pass, app_tenant) in passes {
+        for op in &ops {
+            let mut theirs = Vec::new();
+            for (collection, name) in parameters(&op.template) {
+                match b.lookup(&collection, &name) {
                 Some(id) => theirs.push((name, id)),
                 None => failures.push(format!(
                     "{} {}: no object of tenant B for {{{name}}} (after /{collection}/): seed one",
                     op.method, op.template
                 )),
             }
-        }
-        if theirs.len() != parameters(&op.template).len() {
-            continue;
-        }
-        for (role, token) in &principals {
-            probes += 1;
-            for payload in &op.bodies {
-                let none: Vec<(String, Id)> = theirs
-                    .iter()
-                    .map(|(name, id)| (name.clone(), id.nonexistent()))
-                    .collect();
-                let at = format!(
-                    "{} {} as {role}{}",
-                    op.method,
-                    op.template,
-                    payload
-                        .as_ref()
-                        .map(|p| format!(" ({})", p.label))
-                        .unwrap_or_default()
-                );
-                let ours = call(
-                    &plant,
-                    op.method.clone(),
-                    &fill(&op.template, &theirs),
-                    &op.query,
-                    token,
-                    payload.as_ref(),
-                )
-                .await?;
-                let nothing = call(
-                    &plant,
-                    op.method.clone(),
-                    &fill(&op.template, &none),
-                    &op.query,
-                    token,
-                    payload.as_ref(),
-                )
-                .await?;
-                requests += 2;
-                *outcomes
-                    .entry((role.clone(), ours.status, ours.code()))
-                    .or_default() += 1;
-                if ours.status != 404 {
-                    refused
-                        .entry(format!("{} {}", op.method, op.template))
-                        .or_default()
-                        .push(format!("{role} {} {}", ours.status, ours.code()));
-                }
-                let same =
-                    ours.status == nothing.status && ours.error(&theirs) == nothing.error(&none);
-                if ours.ok() || !same {
-                    failures.push(format!(
+            }
+            if theirs.len() != parameters(&op.template).len() {
+                continue;
+            }
+            for (role, token) in &principals {
+                probes += 1;
+                for payload in &op.bodies {
+                    let none: Vec<(String, Id)> = theirs
+                        .iter()
+                        .map(|(name, id)| (name.clone(), id.nonexistent()))
+                        .collect();
+                    let at = format!(
+                        "{} {} as {role}{}{pass}",
+                        op.method,
+                        op.template,
+                        payload
+                            .as_ref()
+                            .map(|p| format!(" ({})", p.label))
+                            .unwrap_or_default()
+                    );
+                    let ours = call(
+                        &plant,
+                        op.method.clone(),
+                        &fill(&op.template, &theirs),
+                        &op.query,
+                        token,
+                        payload.as_ref(),
+                        app_tenant,
+                    )
+                    .await?;
+                    let nothing = call(
+                        &plant,
+                        op.method.clone(),
+                        &fill(&op.template, &none),
+                        &op.query,
+                        token,
+                        payload.as_ref(),
+                        app_tenant,
+                    )
+                    .await?;
+                    requests += 2;
+                    *outcomes
+                        .entry((role.clone(), ours.status, ours.code()))
+                        .or_default() += 1;
+                    if ours.status != 404 {
+                        refused
+                            .entry(format!("{} {}", op.method, op.template))
+                            .or_default()
+                            .push(format!("{role} {} {}", ours.status, ours.code()));
+                    }
+                    let same = ours.status == nothing.status
+                        && ours.error(&theirs) == nothing.error(&none);
+                    if ours.ok() || !same {
+                        failures.push(format!(
                         "{at}: B's ids → {} {} | nonexistent ids → {} {}\n    B's answer: {}\n    nonexistent's: {}",
                         ours.status,
                         ours.code(),
@@ -963,14 +1018,15 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
                         clip(&ours.text()),
                         clip(&nothing.text()),
                     ));
-                }
-                for (which, answer) in [("B's ids", &ours), ("nonexistent ids", &nothing)] {
-                    let found = b.found_in(answer);
-                    if !found.is_empty() {
-                        failures.push(format!(
-                            "{at}: the answer to {which} holds tenant B's {found:?}: {}",
-                            clip(&answer.text())
-                        ));
+                    }
+                    for (which, answer) in [("B's ids", &ours), ("nonexistent ids", &nothing)] {
+                        let found = b.found_in(answer);
+                        if !found.is_empty() {
+                            failures.push(format!(
+                                "{at}: the answer to {which} holds tenant B's {found:?}: {}",
+                                clip(&answer.text())
+                            ));
+                        }
                     }
                 }
             }
