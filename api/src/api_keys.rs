@@ -216,11 +216,17 @@ pub fn looks_like_key(token: &str) -> bool {
 
 /// The tenant and id of a well-formed key; `None` for anything else.
 pub fn parse_key(text: &str) -> Option<PresentedKey<'_>> {
+    parse_token(PREFIX, text)
+}
+
+/// As [`parse_key`], for any secret of the same shape under `prefix` (password-reset tokens
+/// are `mprs.<tenant>.<id>.<secret>`).
+pub fn parse_token<'a>(prefix: &str, text: &'a str) -> Option<PresentedKey<'a>> {
     if text.len() > MAX_KEY_CHARS {
         return None;
     }
     let mut parts = text.split('.');
-    let (Some(PREFIX), Some(tenant), Some(id), Some(secret), None) = (
+    let (Some(head), Some(tenant), Some(id), Some(secret), None) = (
         parts.next(),
         parts.next(),
         parts.next(),
@@ -229,6 +235,9 @@ pub fn parse_key(text: &str) -> Option<PresentedKey<'_>> {
     ) else {
         return None;
     };
+    if head != prefix {
+        return None;
+    }
     let simple = |s: &str| {
         (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .then(|| Uuid::try_parse(s).ok())
@@ -285,10 +294,16 @@ impl ApiKeyHasher {
     /// A new key of `tenant` with id `id`: its text, shown once, and its hash.
     #[must_use]
     pub fn new_key(&self, tenant: Uuid, id: Uuid) -> (String, [u8; 32]) {
+        self.new_token(PREFIX, tenant, id)
+    }
+
+    /// A new secret of the keys' shape under `prefix` (see [`parse_token`]), and its hash.
+    #[must_use]
+    pub fn new_token(&self, prefix: &str, tenant: Uuid, id: Uuid) -> (String, [u8; 32]) {
         let mut secret = [0u8; SECRET_BYTES];
         OsRng.fill_bytes(&mut secret);
         let text = format!(
-            "{PREFIX}.{}.{}.{}",
+            "{prefix}.{}.{}.{}",
             tenant.simple(),
             id.simple(),
             URL_SAFE_NO_PAD.encode(secret)

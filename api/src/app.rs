@@ -18,7 +18,8 @@ use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, docs, health, live, login, mfa, parts, password,
-    pm, privacy, readings, registry, reliability, rules, sessions, teams, webhooks, work_orders,
+    password_reset, pm, privacy, readings, registry, reliability, rules, sessions, teams, webhooks,
+    work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub asset_link: Option<Arc<str>>,
     /// Where work-order attachments are stored.
     pub attachments_dir: Arc<std::path::PathBuf>,
+    /// Mail sent on a request's behalf (password resets); `None` without `[api.smtp]`.
+    pub mailer: Option<crate::notify::Mailer>,
+    /// The link of a password-reset mail (`[api] reset_link`).
+    pub reset_link: Option<Arc<str>>,
     /// Turns true when the server shuts down: long-lived responses (event streams) end.
     pub closing: watch::Receiver<bool>,
     closing_tx: Arc<watch::Sender<bool>>,
@@ -74,6 +79,8 @@ impl AppState {
             api_keys: ApiKeyHasher::new(&config.password_pepper),
             asset_link: config.asset_link.as_deref().map(Arc::from),
             attachments_dir: Arc::new(config.attachments_dir.clone()),
+            mailer: config.smtp.as_ref().and_then(crate::notify::Mailer::new),
+            reset_link: config.reset_link.as_deref().map(Arc::from),
             closing,
             closing_tx: Arc::new(closing_tx),
         })
@@ -98,6 +105,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/mfa/confirm", post(mfa::confirm))
         .route("/api/v1/auth/mfa/recovery-codes", post(mfa::recovery_codes))
         .route("/api/v1/auth/password", post(password::change))
+        .route("/api/v1/auth/password-reset", post(password_reset::request))
+        .route(
+            "/api/v1/auth/password-reset/confirm",
+            post(password_reset::confirm),
+        )
         .route("/api/v1/users/{id}/reset-mfa", post(mfa::reset_user))
         .route("/api/v1/users/{id}/export", get(privacy::export))
         .route("/api/v1/users/{id}/erase", post(privacy::erase))

@@ -187,6 +187,12 @@ pub struct ApiConfig {
     /// (`/api/v1/assets/{id}`) on the host the request for the code named.
     #[serde(default)]
     pub asset_link: Option<String>,
+    /// The link a password-reset mail holds: an `http(s)://` URL with `{token}` where the
+    /// reset token goes, e.g. `https://cmms.example.com/reset-password?token={token}` (a page
+    /// that asks for the new password and posts it with the token). Unset: the mail gives the
+    /// token and the API call that uses it.
+    #[serde(default)]
+    pub reset_link: Option<String>,
     /// Webhook delivery (`[api.webhooks]`).
     #[serde(default)]
     pub webhooks: WebhookSettings,
@@ -256,6 +262,7 @@ impl ApiConfig {
             max_body_bytes: default_max_body_bytes(),
             cors_allowed_origins: Vec::new(),
             asset_link: None,
+            reset_link: None,
             webhooks: WebhookSettings::default(),
             pm_interval: default_pm_interval(),
             attachments_dir: default_attachments_dir(),
@@ -328,6 +335,17 @@ impl ApiConfig {
             out.push((
                 "api.asset_link",
                 "must be an http(s):// URL of at most 500 characters with {id} where the asset's id goes, e.g. https://cmms.example.com/assets/{id}"
+                    .to_owned(),
+            ));
+        }
+        if let Some(link) = &self.reset_link
+            && (!(link.starts_with("https://") || link.starts_with("http://"))
+                || !link.contains("{token}")
+                || link.len() > 500)
+        {
+            out.push((
+                "api.reset_link",
+                "must be an http(s):// URL of at most 500 characters with {token} where the reset token goes, e.g. https://cmms.example.com/reset-password?token={token}"
                     .to_owned(),
             ));
         }
@@ -406,4 +424,30 @@ fn is_kid(kid: &str) -> bool {
         && kid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ApiConfig {
+        ApiConfig::new(
+            "127.0.0.1:0".parse().expect("an address"),
+            Secret::new("k".repeat(64)),
+            Secret::new("p".repeat(48)),
+        )
+    }
+
+    #[test]
+    fn links_need_a_url_with_their_placeholder() {
+        let mut c = config();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.asset_link = Some("https://cmms.example.com/assets/{id}".into());
+        c.reset_link = Some("https://cmms.example.com/reset-password?token={token}".into());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.asset_link = Some("cmms.example.com/assets".into());
+        c.reset_link = Some("https://cmms.example.com/reset-password".into());
+        let keys: Vec<&str> = c.problems().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["api.asset_link", "api.reset_link"]);
+    }
 }

@@ -128,16 +128,12 @@ fn transport(s: &SmtpSettings) -> Result<Transport, lettre::transport::smtp::Err
 /// Sends notifications every `settings.poll` until `closing` turns true.
 pub async fn run(pool: PgPool, settings: SmtpSettings, mut closing: watch::Receiver<bool>) {
     crate::webhooks::install_tls_provider();
-    let (mailer, from) = match (transport(&settings), settings.from.parse::<Mailbox>()) {
-        (Ok(t), Ok(from)) => (t, from),
-        (Err(e), _) => {
-            tracing::error!(error = %e, "cannot set up SMTP; no email will be sent");
-            return;
-        }
-        (_, Err(e)) => {
-            tracing::error!(error = %e, "api.smtp.from is not an address; no email will be sent");
-            return;
-        }
+    let Some(Mailer {
+        transport: mailer,
+        from,
+    }) = Mailer::new(&settings)
+    else {
+        return;
     };
     tracing::info!(host = %settings.host, "email notifications on");
     loop {
@@ -282,6 +278,49 @@ async fn mail_event(
         .await?;
     }
     Ok(())
+}
+
+/// A ready SMTP transport and sender, for mail sent on a request's behalf (password resets)
+/// rather than from the event log.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: Transport,
+    from: Mailbox,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer").field("from", &self.from).finish()
+    }
+}
+
+impl Mailer {
+    /// The mailer of `settings`; `None`, logged, when they cannot make one (the config check
+    /// reports the same problems at start).
+    pub fn new(settings: &SmtpSettings) -> Option<Mailer> {
+        match (transport(settings), settings.from.parse::<Mailbox>()) {
+            (Ok(transport), Ok(from)) => Some(Mailer { transport, from }),
+            (Err(e), _) => {
+                tracing::error!(error = %e, "cannot set up SMTP; no email will be sent");
+                None
+            }
+            (_, Err(e)) => {
+                tracing::error!(error = %e, "api.smtp.from is not an address; no email will be sent");
+                None
+            }
+        }
+    }
+
+    /// Sends one mail to `name <email>`, trying three times.
+    pub async fn send(
+        &self,
+        email: &str,
+        name: &str,
+        subject: &str,
+        text: &str,
+    ) -> Result<(), String> {
+        send(&self.transport, &self.from, email, name, subject, text).await
+    }
 }
 
 /// Sends one mail, trying three times.

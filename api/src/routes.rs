@@ -12,6 +12,7 @@ pub mod login;
 pub mod mfa;
 pub mod parts;
 pub mod password;
+pub mod password_reset;
 pub mod pm;
 pub mod privacy;
 pub mod readings;

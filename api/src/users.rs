@@ -284,6 +284,60 @@ pub async fn revoke_sessions(
     Ok(ended)
 }
 
+/// Sets the password of the user whose reset `reset` is, if that reset is still unused and
+/// unexpired (checked again here, under a lock, so that two uses of one token set one
+/// password): policy checked, every other reset of the user retired, every session ended,
+/// audited as `auth.password_reset`. `None` when the reset is no longer usable.
+pub async fn complete_reset(
+    pool: &PgPool,
+    hasher: &PasswordHasher,
+    tenant: Uuid,
+    slug: &str,
+    reset: Uuid,
+    password: &str,
+    meta: &RequestMeta,
+) -> Result<Option<u64>, UserError> {
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let found: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT u.id, u.email FROM password_resets r JOIN users u ON u.id = r.user_id
+         WHERE r.tenant_id = $1 AND r.id = $2 AND r.used_at IS NULL AND r.expires_at > now()
+           AND NOT u.disabled AND u.erased_at IS NULL
+         FOR UPDATE OF r",
+    )
+    .bind(tenant)
+    .bind(reset)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user, email)) = found else {
+        return Ok(None);
+    };
+    check_password(password, &email, slug)?;
+    let hash = hash_blocking(hasher, password).await?;
+    sqlx::query("UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE password_resets SET used_at = now()
+         WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL",
+    )
+    .bind(tenant)
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    let change = Change {
+        tenant,
+        user,
+        actor: Some(user),
+        action: "auth.password_reset",
+    };
+    let ended = end_sessions_audited(&mut tx, change, Some(EndReason::RevokedByUser), meta).await?;
+    tx.commit().await?;
+    Ok(Some(ended))
+}
+
 /// What erasing a user did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Erased {

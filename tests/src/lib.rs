@@ -376,3 +376,83 @@ fn hash_password(pepper: &Secret, password: &str) -> anyhow::Result<String> {
         .hash(password)
         .map_err(Into::into)
 }
+
+/// A local SMTP sink for the tests of mail: accepts every message on 127.0.0.1 and keeps it.
+pub mod smtp {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use api::config::SmtpSettings;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// `[api.smtp]` settings that deliver to the sink on `port`, polled every 100 ms.
+    pub fn settings(port: u16) -> SmtpSettings {
+        SmtpSettings {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            tls: "none".into(),
+            from: "MaintAInPro <cmms@plant-a.example>".into(),
+            username: None,
+            password: None,
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    /// A message the sink received: its recipients and its data.
+    #[derive(Debug, Clone)]
+    pub struct Mail {
+        pub to: Vec<String>,
+        pub data: String,
+    }
+
+    /// An SMTP server on 127.0.0.1 that accepts every message and keeps it; returns its port.
+    pub async fn smtp_sink(mails: Arc<Mutex<Vec<Mail>>>) -> anyhow::Result<u16> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let mails = Arc::clone(&mails);
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut to = Vec::new();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let answer: &[u8] =
+                            if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                                b"250-sink\r\n250 8BITMIME\r\n"
+                            } else if upper.starts_with("RCPT TO:") {
+                                to.push(line[8..].trim().trim_matches(['<', '>']).to_owned());
+                                b"250 OK\r\n"
+                            } else if upper.starts_with("DATA") {
+                                let _ = write.write_all(b"354 go on\r\n").await;
+                                let mut data = String::new();
+                                while let Ok(Some(l)) = lines.next_line().await {
+                                    if l == "." {
+                                        break;
+                                    }
+                                    data.push_str(&l);
+                                    data.push('\n');
+                                }
+                                mails.lock().expect("lock").push(Mail {
+                                    to: std::mem::take(&mut to),
+                                    data,
+                                });
+                                b"250 queued\r\n"
+                            } else if upper.starts_with("QUIT") {
+                                let _ = write.write_all(b"221 bye\r\n").await;
+                                break;
+                            } else {
+                                b"250 OK\r\n"
+                            };
+                        if write.write_all(answer).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(port)
+    }
+}

@@ -4,83 +4,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use api::config::SmtpSettings;
 use maintainpro_tests::Plant;
+use maintainpro_tests::smtp::smtp_sink;
 use reqwest::Method;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-/// A message the sink received: its recipients and its data.
-#[derive(Debug, Clone)]
-struct Mail {
-    to: Vec<String>,
-    data: String,
-}
-
-/// An SMTP server on 127.0.0.1 that accepts every message and keeps it; returns its port.
-async fn smtp_sink(mails: Arc<Mutex<Vec<Mail>>>) -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let mails = Arc::clone(&mails);
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut lines = BufReader::new(read).lines();
-                let _ = write.write_all(b"220 sink ESMTP\r\n").await;
-                let mut to = Vec::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let upper = line.to_ascii_uppercase();
-                    let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                        b"250-sink\r\n250 8BITMIME\r\n"
-                    } else if upper.starts_with("RCPT TO:") {
-                        to.push(line[8..].trim().trim_matches(['<', '>']).to_owned());
-                        b"250 OK\r\n"
-                    } else if upper.starts_with("DATA") {
-                        let _ = write.write_all(b"354 go on\r\n").await;
-                        let mut data = String::new();
-                        while let Ok(Some(l)) = lines.next_line().await {
-                            if l == "." {
-                                break;
-                            }
-                            data.push_str(&l);
-                            data.push('\n');
-                        }
-                        mails.lock().expect("lock").push(Mail {
-                            to: std::mem::take(&mut to),
-                            data,
-                        });
-                        b"250 queued\r\n"
-                    } else if upper.starts_with("QUIT") {
-                        let _ = write.write_all(b"221 bye\r\n").await;
-                        break;
-                    } else {
-                        b"250 OK\r\n"
-                    };
-                    if write.write_all(answer).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(port)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assignees_and_requesters_get_email() -> anyhow::Result<()> {
     let mails = Arc::new(Mutex::new(Vec::new()));
     let port = smtp_sink(Arc::clone(&mails)).await?;
     let plant = Plant::start_with_api(|api| {
-        api.smtp = Some(SmtpSettings {
-            host: "127.0.0.1".into(),
-            port: Some(port),
-            tls: "none".into(),
-            from: "MaintAInPro <cmms@plant-a.example>".into(),
-            username: None,
-            password: None,
-            poll: Duration::from_millis(100),
-        });
+        api.smtp = Some(maintainpro_tests::smtp::settings(port));
     })
     .await?;
     let admin = plant.login("plant-a").await?;
