@@ -117,6 +117,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/organisation/mfa-policy",
             get(mfa::policy).put(mfa::set_policy),
         )
+        .route(
+            "/api/v1/organisation/ingest-policy",
+            get(registry::ingest_policy).put(registry::set_ingest_policy),
+        )
         .route("/api/v1/auth/refresh", post(sessions::refresh))
         .route("/api/v1/auth/logout", post(sessions::logout))
         .route("/api/v1/auth/sessions", get(sessions::list))

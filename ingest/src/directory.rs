@@ -1,6 +1,7 @@
 //! Resolves what a batch names (tenant, gateway code, tag names) to database ids and the
 //! context rules need, caching per gateway. Tags created after a gateway was cached are found
-//! by a fresh lookup of just the missing names.
+//! by a fresh lookup of just the missing names; names still unknown then are registered when
+//! the tenant's ingest policy allows it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,16 +86,91 @@ impl Directory {
             .bind(&missing)
             .fetch_all(&mut *tx)
             .await?;
-            tx.commit().await?;
             for row in &rows {
                 // A name the edge could never send has nothing to resolve.
                 if let Some(ctx) = tag_context(row, tenant)? {
                     entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
                 }
             }
+            let unknown: Vec<&str> = missing
+                .into_iter()
+                .filter(|n| !entry.tags.keys().any(|t| t.as_str() == *n))
+                .collect();
+            if !unknown.is_empty() {
+                for row in auto_register(&mut tx, tenant, entry.id, &unknown).await? {
+                    if let Some(ctx) = tag_context(&row, tenant)? {
+                        entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+                    }
+                }
+            }
+            tx.commit().await?;
         }
         Ok(Resolved::Gateway(entry))
     }
+}
+
+/// Registers the `unknown` tags of gateway `gateway` when the tenant's policy allows it
+/// (`tenant_ingest_policy`), as many as its tag limit leaves room for, and audits it
+/// (`tag.auto_register`); returns their rows of [`TAG_CONTEXT_QUERY`]. Nothing when the policy
+/// does not allow it. In the caller's tenant transaction.
+async fn auto_register(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    gateway: Uuid,
+    unknown: &[&str],
+) -> Result<Vec<PgRow>, StoreError> {
+    let policy: Option<(bool, i32)> = sqlx::query_as(
+        "SELECT auto_register_tags, max_tags_per_gateway FROM tenant_ingest_policy
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((true, limit)) = policy else {
+        return Ok(Vec::new());
+    };
+    // One registration at a time per gateway, so that the limit holds.
+    sqlx::query("SELECT id FROM gateways WHERE id = $1 FOR UPDATE")
+        .bind(gateway)
+        .execute(&mut *tx)
+        .await?;
+    let registered: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO tags (tenant_id, gateway_id, name, auto_registered_at)
+         SELECT $1, $2, name, now()
+         FROM unnest($3::text[]) AS name
+         LIMIT greatest(0, $4 - (SELECT count(*) FROM tags WHERE gateway_id = $2))
+         ON CONFLICT (gateway_id, name) DO NOTHING
+         RETURNING name",
+    )
+    .bind(tenant.as_uuid())
+    .bind(gateway)
+    .bind(unknown)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await?;
+    if registered.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, action, outcome, target_type, target_id, detail)
+         VALUES ($1, 'tag.auto_register', 'success', 'gateway', $2,
+                 jsonb_build_object('tags', $3::text[]))",
+    )
+    .bind(tenant.as_uuid())
+    .bind(gateway.to_string())
+    .bind(&registered)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("maintainpro_ingest_tags_auto_registered_total")
+        .increment(registered.len() as u64);
+    tracing::info!(%tenant, %gateway, tags = registered.len(), "tags registered from ingest");
+    Ok(sqlx::query(&format!(
+        "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
+    ))
+    .bind(gateway)
+    .bind(&registered)
+    .fetch_all(&mut *tx)
+    .await?)
 }
 
 /// Selects what [`tag_context`] reads of a tag (`t`) and its asset (`a`); callers add their

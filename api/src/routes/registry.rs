@@ -2,8 +2,10 @@
 //! rules are [`crate::registry_csv`]'s; the endpoints are in `docs/WORK-ORDERS.md`
 //! ("Registers").
 //!
-//! - `GET/POST /api/v1/gateways`; `GET /api/v1/tags?gateway_id=&asset_id=&unlinked=`;
+//! - `GET/POST /api/v1/gateways`; `GET /api/v1/tags?gateway_id=&asset_id=&unlinked=&auto_registered=`;
 //!   `PATCH /api/v1/tags/{id}` (asset link, unit, description, range, labels).
+//! - `GET/PUT /api/v1/organisation/ingest-policy`: whether ingest registers the unknown tags
+//!   of a known gateway, and up to how many tags per gateway.
 //! - `GET /api/v1/assets/export.csv`, `POST /api/v1/assets/import?dry_run=true`;
 //!   `GET /api/v1/tags/export.csv`, `POST /api/v1/tags/import?dry_run=true`.
 //!
@@ -149,10 +151,13 @@ pub struct Tag {
     pub range_min: Option<f64>,
     pub range_max: Option<f64>,
     pub labels: Value,
+    /// When ingest registered the tag from a gateway's readings (the organisation's ingest
+    /// policy allowing it); `null` for tags registered by people.
+    pub auto_registered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 const TAGS: &str = "SELECT t.id, t.gateway_id, g.code AS gateway, t.name, t.asset_id, t.unit,
-        t.description, t.range_min, t.range_max, t.labels
+        t.description, t.range_min, t.range_max, t.labels, t.auto_registered_at
     FROM tags t JOIN gateways g ON g.tenant_id = t.tenant_id AND g.id = t.gateway_id
     WHERE t.tenant_id = $1";
 
@@ -163,6 +168,8 @@ pub struct TagQuery {
     pub asset_id: Option<Uuid>,
     /// Only tags linked to no asset.
     pub unlinked: Option<bool>,
+    /// Only tags ingest registered from readings (`true`), or only the others (`false`).
+    pub auto_registered: Option<bool>,
     /// 1-1000, default 200.
     pub limit: Option<i64>,
     /// The last `id` of the previous page.
@@ -192,6 +199,7 @@ pub async fn list_tags(
            AND ($3::uuid IS NULL OR t.asset_id = $3)
            AND (NOT $4 OR t.asset_id IS NULL)
            AND t.id > $5
+           AND ($7::boolean IS NULL OR (t.auto_registered_at IS NOT NULL) = $7)
          ORDER BY t.id LIMIT $6"
     ))
     .bind(tenant)
@@ -200,6 +208,7 @@ pub async fn list_tags(
     .bind(q.unlinked.unwrap_or(false))
     .bind(q.after.unwrap_or(0))
     .bind(limit + 1)
+    .bind(q.auto_registered)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -892,4 +901,95 @@ async fn import_tag(
             Ok(Ok(false))
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ingest policy.
+
+/// Whether ingest registers tags it does not know from a known gateway's readings, and up to
+/// how many tags a gateway may have (registration stops there; further unknown tags go on
+/// dead-lettering as `unknown_tag`).
+#[derive(Debug, Serialize, Deserialize, FromRow)]
+#[serde(deny_unknown_fields)]
+pub struct IngestPolicy {
+    pub auto_register_tags: bool,
+    #[serde(default = "default_max_tags")]
+    pub max_tags_per_gateway: i32,
+}
+
+fn default_max_tags() -> i32 {
+    10_000
+}
+
+async fn read_ingest_policy(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<IngestPolicy, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT auto_register_tags, max_tags_per_gateway FROM tenant_ingest_policy
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(&mut *conn)
+    .await?
+    .unwrap_or(IngestPolicy {
+        auto_register_tags: false,
+        max_tags_per_gateway: default_max_tags(),
+    }))
+}
+
+pub async fn ingest_policy(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<IngestPolicy>, ApiError> {
+    auth.require(PLANNERS)?;
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let policy = read_ingest_policy(&mut tx, tenant).await?;
+    tx.commit().await?;
+    Ok(Json(policy))
+}
+
+pub async fn set_ingest_policy(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Body(req): Body<IngestPolicy>,
+) -> Result<Json<IngestPolicy>, ApiError> {
+    auth.require(&["admin"])?;
+    if !(1..=1_000_000).contains(&req.max_tags_per_gateway) {
+        return Err(ApiError::field(
+            "max_tags_per_gateway",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let before = read_ingest_policy(&mut tx, tenant).await?;
+    sqlx::query(
+        "INSERT INTO tenant_ingest_policy (tenant_id, auto_register_tags, max_tags_per_gateway,
+                                           updated_by)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (tenant_id) DO UPDATE
+             SET auto_register_tags = EXCLUDED.auto_register_tags,
+                 max_tags_per_gateway = EXCLUDED.max_tags_per_gateway,
+                 updated_by = EXCLUDED.updated_by, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(req.auto_register_tags)
+    .bind(req.max_tags_per_gateway)
+    .bind(auth.user)
+    .execute(&mut *tx)
+    .await?;
+    audit::write_change(
+        &mut tx,
+        &auth,
+        &meta,
+        "organisation.ingest_policy",
+        ("tenant", tenant),
+        json!({ "before": before, "after": req }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(req))
 }
