@@ -24,13 +24,17 @@ pub struct IngestConfig {
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Topic filters to subscribe to. The default takes every tenant's gateways; a process that
-    /// serves some tenants only lists theirs (`maintainpro/v1/<tenant>/+/readings`).
+    /// serves some tenants only lists theirs (`maintainpro/v1/<tenant>/+/readings` and
+    /// `maintainpro/v1/<tenant>/+/readings/json`).
     #[serde(default = "default_subscribe")]
     pub subscribe: Vec<String>,
 }
 
 fn default_subscribe() -> Vec<String> {
-    vec![model::topic::all_readings_filter()]
+    vec![
+        model::topic::all_readings_filter(),
+        model::topic::all_json_readings_filter(),
+    ]
 }
 
 impl IngestConfig {

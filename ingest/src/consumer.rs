@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use model::topic::Format;
 use model::wire::Batch;
 use model::{Quality, TenantId, Timestamp};
 use rules::TagContext;
@@ -391,15 +392,22 @@ impl DecodeStage {
                 Vec::new(),
             )
         };
-        let (tenant, gateway) = match model::topic::parse_readings(&publish.topic) {
+        let (tenant, gateway, format) = match model::topic::parse_readings_topic(&publish.topic) {
             Ok(t) => t,
             Err(e) => return Ok(dead(None, "bad_topic", e.to_string())),
         };
-        let batch = match Batch::decode(&publish.payload) {
+        let decoded = match format {
+            Format::Wire => {
+                Batch::decode(&publish.payload).map_err(|e| (e.reason(), e.to_string()))
+            }
+            Format::Json => model::json_batch::decode(&gateway, &publish.payload)
+                .map_err(|e| (e.reason(), e.to_string())),
+        };
+        let batch = match decoded {
             Ok(b) => b,
-            Err(e) => {
+            Err((reason, detail)) => {
                 let known = self.tenant_if_known(tenant, &gateway).await?;
-                return Ok(dead(known, e.reason(), e.to_string()));
+                return Ok(dead(known, reason, detail));
             }
         };
         if batch.gateway != gateway {

@@ -5,6 +5,7 @@
 //! - [`alarm`]: alarm transitions and the work-order drafts rules hand to the CMMS.
 //! - [`reading`]: a `Reading` (tag, event time, value, quality) and its `Quality`.
 //! - [`wire`]: the versioned binary batch format edge agents publish and ingest decodes.
+//! - [`json_batch`]: the JSON form of a batch, for publishers that are not edge agents.
 //! - [`topic`]: the MQTT topic names both sides agree on.
 //! - [`priority`]: rule severity, asset criticality and the priority matrix between them.
 //! - [`settings`]: layered configuration (file, then environment) with every error at once.
@@ -14,6 +15,7 @@
 
 pub mod alarm;
 pub mod ids;
+pub mod json_batch;
 pub mod priority;
 pub mod reading;
 pub mod settings;

@@ -1,6 +1,7 @@
 //! MQTT topic names shared by edge agents and ingest, and the broker URLs they connect to.
 //!
-//! Readings travel on `maintainpro/v1/<tenant uuid>/<gateway id>/readings`. The tenant is part of
+//! Readings travel on `maintainpro/v1/<tenant uuid>/<gateway id>/readings` (edge agents' binary
+//! batches) and `.../readings/json` (JSON batches of other publishers). The tenant is part of
 //! the topic so that a broker ACL can bind a gateway's credentials to its tenant's subtree.
 
 use crate::{GatewayId, IdError, TenantId};
@@ -12,9 +13,29 @@ pub fn readings(tenant: TenantId, gateway: &GatewayId) -> String {
     format!("{PREFIX}/{tenant}/{gateway}/readings")
 }
 
+/// The topic a publisher that is not an edge agent sends JSON batches on
+/// ([`crate::json_batch`]).
+pub fn json_readings(tenant: TenantId, gateway: &GatewayId) -> String {
+    format!("{PREFIX}/{tenant}/{gateway}/readings/json")
+}
+
 /// The subscription filter that matches every gateway of every tenant.
 pub fn all_readings_filter() -> String {
     format!("{PREFIX}/+/+/readings")
+}
+
+/// The subscription filter that matches every JSON batch topic.
+pub fn all_json_readings_filter() -> String {
+    format!("{PREFIX}/+/+/readings/json")
+}
+
+/// How a readings topic's payloads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The binary batches of edge agents ([`crate::wire`]).
+    Wire,
+    /// JSON batches ([`crate::json_batch`]).
+    Json,
 }
 
 /// The port of `mqtt://` when the URL names none.
@@ -56,23 +77,33 @@ pub fn broker_address(url: &str) -> Result<(String, u16), BrokerUrlError> {
 /// Why a topic is not a readings topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
-    #[error("topic {0:?} is not of the form {PREFIX}/<tenant>/<gateway>/readings")]
+    #[error("topic {0:?} is not of the form {PREFIX}/<tenant>/<gateway>/readings[/json]")]
     Shape(String),
     #[error("topic {topic:?}: {source}")]
     Id { topic: String, source: IdError },
 }
 
-/// Splits a readings topic into its tenant and gateway.
+/// Splits a readings topic (either format) into its tenant and gateway.
 pub fn parse_readings(topic: &str) -> Result<(TenantId, GatewayId), TopicError> {
+    parse_readings_topic(topic).map(|(tenant, gateway, _)| (tenant, gateway))
+}
+
+/// Splits a readings topic into its tenant, gateway and payload format.
+pub fn parse_readings_topic(topic: &str) -> Result<(TenantId, GatewayId, Format), TopicError> {
     let rest = topic
         .strip_prefix(PREFIX)
         .and_then(|r| r.strip_prefix('/'))
         .ok_or_else(|| TopicError::Shape(topic.to_owned()))?;
     let mut parts = rest.split('/');
-    let (Some(tenant), Some(gateway), Some("readings"), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(tenant), Some(gateway), Some("readings")) =
+        (parts.next(), parts.next(), parts.next())
     else {
         return Err(TopicError::Shape(topic.to_owned()));
+    };
+    let format = match (parts.next(), parts.next()) {
+        (None, _) => Format::Wire,
+        (Some("json"), None) => Format::Json,
+        _ => return Err(TopicError::Shape(topic.to_owned())),
     };
     let id_err = |source| TopicError::Id {
         topic: topic.to_owned(),
@@ -81,6 +112,7 @@ pub fn parse_readings(topic: &str) -> Result<(TenantId, GatewayId), TopicError> 
     Ok((
         TenantId::parse(tenant).map_err(id_err)?,
         GatewayId::parse(gateway).map_err(id_err)?,
+        format,
     ))
 }
 
@@ -92,7 +124,22 @@ mod tests {
     fn readings_topic_round_trips() {
         let tenant = TenantId::new_random();
         let gw = GatewayId::parse("gw-1").unwrap();
-        assert_eq!(parse_readings(&readings(tenant, &gw)), Ok((tenant, gw)));
+        assert_eq!(
+            parse_readings(&readings(tenant, &gw)),
+            Ok((tenant, gw.clone()))
+        );
+        assert_eq!(
+            parse_readings_topic(&json_readings(tenant, &gw)),
+            Ok((tenant, gw.clone(), Format::Json))
+        );
+        assert_eq!(
+            parse_readings_topic(&readings(tenant, &gw)).map(|t| t.2),
+            Ok(Format::Wire)
+        );
+        for bad in ["readings/xml", "readings/json/more"] {
+            let topic = format!("{PREFIX}/{tenant}/{gw}/{bad}");
+            assert!(parse_readings_topic(&topic).is_err(), "{topic}");
+        }
     }
 
     #[test]

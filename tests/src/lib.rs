@@ -118,7 +118,10 @@ impl Plant {
                 client_id: format!("ingest-{}", Uuid::new_v4().simple()),
                 subscribe: [tenant_a.tenant, tenant_b.tenant]
                     .iter()
-                    .map(|t| format!("{}/{t}/+/readings", model::topic::PREFIX))
+                    .flat_map(|t| {
+                        let tenant = format!("{}/{t}/+/readings", model::topic::PREFIX);
+                        [format!("{tenant}/json"), tenant]
+                    })
                     .collect(),
                 queue,
                 ..IngestConfig::new(broker.clone())
