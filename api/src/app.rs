@@ -18,8 +18,8 @@ use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, docs, health, live, login, mfa, parts, password,
-    password_reset, pm, privacy, readings, registry, reliability, rules, sessions, teams, webhooks,
-    work_orders,
+    password_reset, pm, privacy, readings, registry, reliability, rules, sessions, sla, teams,
+    webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -165,6 +165,7 @@ pub fn router(state: AppState) -> Router {
             put(work_orders::tick_checklist_item),
         )
         .route("/api/v1/teams", get(teams::list).post(teams::create))
+        .route("/api/v1/sla-policies", get(sla::list).put(sla::set))
         .route(
             "/api/v1/sites",
             get(assets::list_sites).post(assets::create_site),

@@ -20,6 +20,7 @@ pub mod registry;
 pub mod reliability;
 pub mod rules;
 pub mod sessions;
+pub mod sla;
 pub mod teams;
 pub mod webhooks;
 pub mod work_orders;

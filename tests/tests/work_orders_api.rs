@@ -961,3 +961,102 @@ async fn reliability_counts_confirmed_failures_of_an_asset_subtree() -> anyhow::
     assert_eq!(status, 404);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_levels_set_the_due_dates_of_new_work_orders() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    let (status, levels) = plant.get("/api/v1/sla-policies", Some(&admin)).await?;
+    assert_eq!(status, 200, "{levels}");
+    assert_eq!(
+        levels["items"],
+        json!([
+            { "priority": "critical", "resolve_within": "4h", "default": true },
+            { "priority": "high", "resolve_within": "1day", "default": true },
+            { "priority": "medium", "resolve_within": "3days", "default": true },
+            { "priority": "low", "resolve_within": "7days", "default": true }
+        ])
+    );
+    plant.add_user("tech@plant-a.example", "technician").await?;
+    let tech = plant.login_as("plant-a", "tech@plant-a.example").await?;
+    let body = json!({ "policies": [{ "priority": "high", "resolve_within": "12h" }] });
+    let (status, _) = plant
+        .send(
+            Method::PUT,
+            "/api/v1/sla-policies",
+            Some(&tech),
+            Some(body.clone()),
+        )
+        .await?;
+    assert_eq!(status, 403);
+    let (status, bad) = plant
+        .send(
+            Method::PUT,
+            "/api/v1/sla-policies",
+            Some(&admin),
+            Some(json!({ "policies": [
+                { "priority": "urgent", "resolve_within": "1h" },
+                { "priority": "low", "resolve_within": "30s" }
+            ] })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{bad}");
+    let fields: Vec<&str> = bad["error"]["details"]
+        .as_array()
+        .context("details")?
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["policies[0].priority", "policies[1].resolve_within"]
+    );
+    let (status, set) = plant
+        .send(
+            Method::PUT,
+            "/api/v1/sla-policies",
+            Some(&admin),
+            Some(body),
+        )
+        .await?;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(
+        set["items"][1],
+        json!({ "priority": "high", "resolve_within": "12h", "default": false })
+    );
+
+    // A new high-priority work order is due 12 hours after it was created.
+    let (status, wo) = plant
+        .send(
+            Method::POST,
+            "/api/v1/work-orders",
+            Some(&admin),
+            Some(json!({ "asset_id": asset, "title": "Guard loose", "priority": "high" })),
+        )
+        .await?;
+    assert_eq!(status, 201, "{wo}");
+    let at = |key: &str| -> anyhow::Result<DateTime<Utc>> {
+        Ok(wo[key].as_str().context("a time")?.parse()?)
+    };
+    assert_eq!(
+        at("due_at")? - at("created_at")?,
+        chrono::Duration::hours(12)
+    );
+
+    // Back to the default; another tenant never saw the change.
+    let (status, reset) = plant
+        .send(
+            Method::PUT,
+            "/api/v1/sla-policies",
+            Some(&admin),
+            Some(json!({ "policies": [{ "priority": "high", "resolve_within": null }] })),
+        )
+        .await?;
+    assert_eq!(status, 200, "{reset}");
+    assert_eq!(reset["items"][1]["default"], true);
+    let other = plant.login("plant-b").await?;
+    let (_, theirs) = plant.get("/api/v1/sla-policies", Some(&other)).await?;
+    assert_eq!(theirs["items"][1]["default"], true);
+    Ok(())
+}
