@@ -284,6 +284,24 @@ impl Plant {
             .to_owned())
     }
 
+    /// A request with a JSON body that must succeed (2xx): its JSON answer.
+    pub async fn send_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, answer) = self
+            .send(method.clone(), path, Some(token), Some(body))
+            .await?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        Ok(answer)
+    }
+
     /// Any request with an optional bearer token and JSON body: status and JSON body.
     pub async fn send(
         &self,

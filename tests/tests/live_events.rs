@@ -128,23 +128,6 @@ async fn listen(
     }))
 }
 
-async fn ok(
-    plant: &Plant,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let (status, answer) = plant
-        .send(method.clone(), path, Some(token), Some(body))
-        .await?;
-    anyhow::ensure!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {answer}"
-    );
-    Ok(answer)
-}
-
 fn id_of(v: &Value) -> anyhow::Result<Uuid> {
     Ok(v["id"].as_str().context("id")?.parse()?)
 }
@@ -180,14 +163,14 @@ async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() ->
         .await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["details"][0]["field"], "url");
-    let created = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/webhooks",
-        &admin,
-        json!({ "url": url, "event_kinds": ["work_order."], "allow_private": true }),
-    )
-    .await?;
+    let created = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/webhooks",
+            &admin,
+            json!({ "url": url, "event_kinds": ["work_order."], "allow_private": true }),
+        )
+        .await?;
     let webhook = id_of(&created)?;
     let secret = secret_bytes(created["secret"].as_str().context("secret")?).context("secret")?;
     *state.secret.lock().expect("lock") = secret;
@@ -198,85 +181,85 @@ async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() ->
 
     // Opened by the rules engine, then worked through the API.
     let wo = plant.rule_work_order().await?;
-    let location = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/stock-locations",
-        &admin,
-        json!({ "name": "Store" }),
-    )
-    .await?;
+    let location = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/stock-locations",
+            &admin,
+            json!({ "name": "Store" }),
+        )
+        .await?;
     let location_id = id_of(&location)?;
-    let part = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/parts",
-        &admin,
-        json!({ "sku": "BRG-1", "name": "Bearing" }),
-    )
-    .await?;
+    let part = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/parts",
+            &admin,
+            json!({ "sku": "BRG-1", "name": "Bearing" }),
+        )
+        .await?;
     let part_id = id_of(&part)?;
-    ok(
-        &plant,
-        Method::POST,
-        &format!("/api/v1/parts/{part_id}/movements"),
-        &admin,
-        json!({ "location_id": location_id, "kind": "receipt", "quantity": 4 }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/parts/{part_id}/movements"),
+            &admin,
+            json!({ "location_id": location_id, "kind": "receipt", "quantity": 4 }),
+        )
+        .await?;
     let base = format!("/api/v1/work-orders/{wo}");
-    ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/assign"),
-        &manager,
-        json!({ "user_id": tech_id }),
-    )
-    .await?;
-    ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/status"),
-        &tech,
-        json!({ "to": "in_progress" }),
-    )
-    .await?;
-    let planned = ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/parts"),
-        &tech,
-        json!({ "part_id": part_id, "location_id": location_id, "quantity": 2 }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/assign"),
+            &manager,
+            json!({ "user_id": tech_id }),
+        )
+        .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/status"),
+            &tech,
+            json!({ "to": "in_progress" }),
+        )
+        .await?;
+    let planned = plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/parts"),
+            &tech,
+            json!({ "part_id": part_id, "location_id": location_id, "quantity": 2 }),
+        )
+        .await?;
     let line = planned["parts"][0]["id"]
         .as_str()
         .context("line")?
         .to_owned();
-    ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/parts/{line}/use"),
-        &tech,
-        json!({ "quantity": 2 }),
-    )
-    .await?;
-    ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/status"),
-        &tech,
-        json!({ "to": "completed", "resolution": "fixed" }),
-    )
-    .await?;
-    ok(
-        &plant,
-        Method::POST,
-        &format!("{base}/status"),
-        &manager,
-        json!({ "to": "verified" }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/parts/{line}/use"),
+            &tech,
+            json!({ "quantity": 2 }),
+        )
+        .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/status"),
+            &tech,
+            json!({ "to": "completed", "resolution": "fixed" }),
+        )
+        .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("{base}/status"),
+            &manager,
+            json!({ "to": "verified" }),
+        )
+        .await?;
 
     let steps = [
         "work_order.opened_by_alarm",
@@ -373,24 +356,24 @@ async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() ->
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         format!("http://{}/gone", listener.local_addr()?)
     };
-    let created = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/webhooks",
-        &admin,
-        json!({ "url": dead, "allow_private": true }),
-    )
-    .await?;
-    let dead_id = id_of(&created)?;
-    for text in ["one", "two"] {
-        ok(
-            &plant,
+    let created = plant
+        .send_ok(
             Method::POST,
-            &format!("{base}/comments"),
-            &manager,
-            json!({ "text": text }),
+            "/api/v1/webhooks",
+            &admin,
+            json!({ "url": dead, "allow_private": true }),
         )
         .await?;
+    let dead_id = id_of(&created)?;
+    for text in ["one", "two"] {
+        plant
+            .send_ok(
+                Method::POST,
+                &format!("{base}/comments"),
+                &manager,
+                json!({ "text": text }),
+            )
+            .await?;
     }
     let disabled = Plant::eventually(
         Duration::from_secs(20),

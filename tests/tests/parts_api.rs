@@ -22,21 +22,6 @@ async fn call(
     plant.send(method, path, Some(token), Some(body)).await
 }
 
-async fn ok(
-    plant: &Plant,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let (status, answer) = call(plant, method.clone(), path, token, body).await?;
-    anyhow::ensure!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {answer}"
-    );
-    Ok(answer)
-}
-
 /// `on_hand`, `reserved` and `available` of the part's only stock row.
 fn stock(part: &Value) -> (i64, i64, i64) {
     let s = &part["stock"][0];
@@ -55,23 +40,19 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     let tech_id = plant.add_user("tech@plant-a.example", "technician").await?;
     let tech = plant.login_as("plant-a", "tech@plant-a.example").await?;
 
-    let location = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/stock-locations",
-        &admin,
-        json!({ "name": "Main store" }),
-    )
-    .await?;
+    let location = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/stock-locations",
+            &admin,
+            json!({ "name": "Main store" }),
+        )
+        .await?;
     let location_id = id_of(&location)?;
-    let part = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/parts",
-        &admin,
-        json!({ "sku": "BRG-6204", "name": "Deep groove ball bearing 6204", "unit_cost_cents": 1250 }),
-    )
-    .await?;
+    let new_part = json!({ "sku": "BRG-6204", "name": "Deep groove ball bearing 6204", "unit_cost_cents": 1250 });
+    let part = plant
+        .send_ok(Method::POST, "/api/v1/parts", &admin, new_part)
+        .await?;
     let part_id = id_of(&part)?;
     let movements = format!("/api/v1/parts/{part_id}/movements");
 
@@ -85,14 +66,11 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     )
     .await?;
     assert_eq!(status, 403);
-    let part = ok(
-        &plant,
-        Method::POST,
-        &movements,
-        &admin,
-        json!({ "location_id": location_id, "kind": "receipt", "quantity": 10, "note": "PO 4711" }),
-    )
-    .await?;
+    let receipt =
+        json!({ "location_id": location_id, "kind": "receipt", "quantity": 10, "note": "PO 4711" });
+    let part = plant
+        .send_ok(Method::POST, &movements, &admin, receipt)
+        .await?;
     assert_eq!(stock(&part), (10, 0, 10));
     let (status, body) = call(
         &plant,
@@ -113,46 +91,46 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     )
     .await?;
     assert_eq!(status, 400, "{body}");
-    ok(
-        &plant,
-        Method::PUT,
-        &format!("/api/v1/parts/{part_id}/stock/{location_id}"),
-        &admin,
-        json!({ "min_qty": 2, "max_qty": 20, "reorder_point": 4 }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::PUT,
+            &format!("/api/v1/parts/{part_id}/stock/{location_id}"),
+            &admin,
+            json!({ "min_qty": 2, "max_qty": 20, "reorder_point": 4 }),
+        )
+        .await?;
 
     // A work order the technician works on.
     let (_, assets) = plant.get("/api/v1/assets", Some(&admin)).await?;
     let asset = id_of(&assets["items"][0])?;
-    let wo = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/work-orders",
-        &admin,
-        json!({ "asset_id": asset, "title": "Replace the main bearing" }),
-    )
-    .await?;
+    let wo = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/work-orders",
+            &admin,
+            json!({ "asset_id": asset, "title": "Replace the main bearing" }),
+        )
+        .await?;
     let wo_id = id_of(&wo)?;
-    ok(
-        &plant,
-        Method::POST,
-        &format!("/api/v1/work-orders/{wo_id}/assign"),
-        &admin,
-        json!({ "user_id": tech_id }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/work-orders/{wo_id}/assign"),
+            &admin,
+            json!({ "user_id": tech_id }),
+        )
+        .await?;
     let plan = format!("/api/v1/work-orders/{wo_id}/parts");
 
     // Planned: reserved; more than is available: refused with what there is.
-    let wo = ok(
-        &plant,
-        Method::POST,
-        &plan,
-        &tech,
-        json!({ "part_id": part_id, "location_id": location_id, "quantity": 5 }),
-    )
-    .await?;
+    let wo = plant
+        .send_ok(
+            Method::POST,
+            &plan,
+            &tech,
+            json!({ "part_id": part_id, "location_id": location_id, "quantity": 5 }),
+        )
+        .await?;
     let line = wo["parts"][0]["id"].as_str().context("line")?.to_owned();
     assert_eq!(wo["parts"][0]["reserved"], 5);
     let (status, body) = call(
@@ -178,7 +156,9 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
 
     // Used: from the reservation first.
     let used = format!("/api/v1/work-orders/{wo_id}/parts/{line}/use");
-    let wo = ok(&plant, Method::POST, &used, &tech, json!({ "quantity": 3 })).await?;
+    let wo = plant
+        .send_ok(Method::POST, &used, &tech, json!({ "quantity": 3 }))
+        .await?;
     assert_eq!(
         (
             wo["parts"][0]["used"].as_i64(),
@@ -192,14 +172,14 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     assert_eq!(stock(&part), (7, 2, 5));
 
     // Planning two more drops what is available to 3, below the reorder point 4: low stock.
-    ok(
-        &plant,
-        Method::POST,
-        &plan,
-        &tech,
-        json!({ "part_id": part_id, "location_id": location_id, "quantity": 2 }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &plan,
+            &tech,
+            json!({ "part_id": part_id, "location_id": location_id, "quantity": 2 }),
+        )
+        .await?;
     let (_, low) = plant
         .get("/api/v1/parts?low_stock=true", Some(&admin))
         .await?;
@@ -207,22 +187,22 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
 
     // Completing the work order gives back what is still reserved (2 + 2).
     let status_path = format!("/api/v1/work-orders/{wo_id}/status");
-    ok(
-        &plant,
-        Method::POST,
-        &status_path,
-        &tech,
-        json!({ "to": "in_progress" }),
-    )
-    .await?;
-    ok(
-        &plant,
-        Method::POST,
-        &status_path,
-        &tech,
-        json!({ "to": "completed", "resolution": "fixed" }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &status_path,
+            &tech,
+            json!({ "to": "in_progress" }),
+        )
+        .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &status_path,
+            &tech,
+            json!({ "to": "completed", "resolution": "fixed" }),
+        )
+        .await?;
     let (_, part) = plant
         .get(&format!("/api/v1/parts/{part_id}"), Some(&tech))
         .await?;
