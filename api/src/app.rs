@@ -17,9 +17,9 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, attachments, audit, docs, health, live, login, mfa, parts, password,
-    password_reset, pm, privacy, readings, registry, reliability, rules, sessions, sla, teams,
-    webhooks, work_orders,
+    alarms, api_keys, assets, attachments, audit, devices, docs, health, live, login, mfa, parts,
+    password, password_reset, pm, privacy, readings, registry, reliability, rules, sessions, sla,
+    teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -187,6 +187,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/gateways",
             get(registry::list_gateways).post(registry::create_gateway),
+        )
+        .route(
+            "/api/v1/gateways/{id}/devices",
+            get(devices::list).post(devices::create),
+        )
+        .route(
+            "/api/v1/devices/{id}",
+            axum::routing::patch(devices::update).delete(devices::delete),
         )
         .route("/api/v1/tags", get(registry::list_tags))
         .route(

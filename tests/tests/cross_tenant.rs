@@ -320,24 +320,6 @@ async fn call(
     })
 }
 
-/// A JSON request that must succeed: its answer.
-async fn ok(
-    plant: &Plant,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let (status, answer) = plant
-        .send(method.clone(), path, Some(token), Some(body))
-        .await?;
-    anyhow::ensure!(
-        (200..300).contains(&status),
-        "{method} {path}: {status} {answer}"
-    );
-    Ok(answer)
-}
-
 async fn read(plant: &Plant, path: &str, token: &str) -> anyhow::Result<Value> {
     let (status, answer) = plant.get(path, Some(token)).await?;
     anyhow::ensure!(status == 200, "GET {path}: {status} {answer}");
@@ -455,59 +437,83 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
     let technician = plant.login_as("plant-b", email).await?;
 
     // A site with an area, and an asset in it.
-    let site = ok(
-        plant,
-        Method::POST,
-        "/api/v1/sites",
-        &admin,
-        json!({ "name": format!("{MARK} site") }),
-    )
-    .await?;
+    let site = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/sites",
+            &admin,
+            json!({ "name": format!("{MARK} site") }),
+        )
+        .await?;
     let site_id = uuid_of(&site, "/id")?;
     keep(&mut ids, &mut secrets, ("sites", "id"), site_id);
-    let site = ok(
-        plant,
-        Method::POST,
-        &format!("/api/v1/sites/{site_id}/areas"),
-        &admin,
-        json!({ "name": format!("{MARK} area") }),
-    )
-    .await?;
+    let site = plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/sites/{site_id}/areas"),
+            &admin,
+            json!({ "name": format!("{MARK} area") }),
+        )
+        .await?;
     let area = uuid_of(&site, "/areas/0/id")?;
     secrets.push(area.to_string());
-    let asset = ok(
-        plant,
-        Method::POST,
-        "/api/v1/assets",
-        &admin,
-        json!({ "name": format!("{MARK} asset"), "site_id": site_id, "area_id": area,
+    let asset = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/assets",
+            &admin,
+            json!({ "name": format!("{MARK} asset"), "site_id": site_id, "area_id": area,
                 "serial_number": format!("{MARK} serial") }),
-    )
-    .await?;
+        )
+        .await?;
     let asset = uuid_of(&asset, "/id")?;
     keep(&mut ids, &mut secrets, ("assets", "id"), asset);
 
     // A tag (integer id), moved onto that asset and described.
     let tag = plant.tag_id(tenant, "press-1.bearing_temp").await?;
-    ok(
-        plant,
-        Method::PATCH,
-        &format!("/api/v1/tags/{tag}"),
-        &admin,
-        json!({ "asset_id": asset, "description": format!("{MARK} tag") }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag}"),
+            &admin,
+            json!({ "asset_id": asset, "description": format!("{MARK} tag") }),
+        )
+        .await?;
     ids.insert(("tags".to_owned(), "id".to_owned()), Id::Int(tag));
 
+    // The gateway, and a device on it that the tag names.
+    let (_, gateways) = plant.get("/api/v1/gateways", Some(&admin)).await?;
+    let gateway = uuid_of(&gateways, "/items/0/id")?;
+    keep(&mut ids, &mut secrets, ("gateways", "id"), gateway);
+    let device = plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/gateways/{gateway}/devices"),
+            &admin,
+            json!({ "name": "bravo-secret-plc", "protocol": "modbus_tcp",
+                    "address": "10.9.9.9:502", "description": format!("{MARK} device") }),
+        )
+        .await?;
+    let device = uuid_of(&device, "/id")?;
+    keep(&mut ids, &mut secrets, ("devices", "id"), device);
+    plant
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag}"),
+            &admin,
+            json!({ "device_id": device }),
+        )
+        .await?;
+
     // A team with the user in it.
-    let team = ok(
-        plant,
-        Method::POST,
-        "/api/v1/teams",
-        &admin,
-        json!({ "name": format!("{MARK} team"), "members": [user] }),
-    )
-    .await?;
+    let team = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/teams",
+            &admin,
+            json!({ "name": format!("{MARK} team"), "members": [user] }),
+        )
+        .await?;
     keep(
         &mut ids,
         &mut secrets,
@@ -516,56 +522,56 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
     );
 
     // A stock location and a part in stock there.
-    let location = ok(
-        plant,
-        Method::POST,
-        "/api/v1/stock-locations",
-        &admin,
-        json!({ "name": format!("{MARK} store") }),
-    )
-    .await?;
+    let location = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/stock-locations",
+            &admin,
+            json!({ "name": format!("{MARK} store") }),
+        )
+        .await?;
     let location = uuid_of(&location, "/id")?;
     keep(&mut ids, &mut secrets, ("stock", "location"), location);
-    let part = ok(
-        plant,
-        Method::POST,
-        "/api/v1/parts",
-        &admin,
-        json!({ "sku": "BRAVO-SECRET-SKU", "name": format!("{MARK} part") }),
-    )
-    .await?;
+    let part = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/parts",
+            &admin,
+            json!({ "sku": "BRAVO-SECRET-SKU", "name": format!("{MARK} part") }),
+        )
+        .await?;
     let part = uuid_of(&part, "/id")?;
     keep(&mut ids, &mut secrets, ("parts", "id"), part);
     secrets.push("BRAVO-SECRET-SKU".to_owned());
-    ok(
-        plant,
-        Method::POST,
-        &format!("/api/v1/parts/{part}/movements"),
-        &admin,
-        json!({ "location_id": location, "kind": "receipt", "quantity": 10,
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/parts/{part}/movements"),
+            &admin,
+            json!({ "location_id": location, "kind": "receipt", "quantity": 10,
                 "note": format!("{MARK} receipt") }),
-    )
-    .await?;
-    ok(
-        plant,
-        Method::PUT,
-        &format!("/api/v1/parts/{part}/stock/{location}"),
-        &admin,
-        json!({ "min_qty": 1, "max_qty": 20, "reorder_point": 2 }),
-    )
-    .await?;
+        )
+        .await?;
+    plant
+        .send_ok(
+            Method::PUT,
+            &format!("/api/v1/parts/{part}/stock/{location}"),
+            &admin,
+            json!({ "min_qty": 1, "max_qty": 20, "reorder_point": 2 }),
+        )
+        .await?;
 
     // A work order with a checklist item, a comment, a planned part and an attachment.
-    let wo = ok(
-        plant,
-        Method::POST,
-        "/api/v1/work-orders",
-        &admin,
-        json!({ "asset_id": asset, "title": format!("{MARK} work order"),
+    let wo = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/work-orders",
+            &admin,
+            json!({ "asset_id": asset, "title": format!("{MARK} work order"),
                 "description": format!("{MARK} description"),
                 "checklist": [format!("{MARK} checklist item")] }),
-    )
-    .await?;
+        )
+        .await?;
     let wo_id = uuid_of(&wo, "/id")?;
     keep(&mut ids, &mut secrets, ("work-orders", "id"), wo_id);
     keep(
@@ -574,22 +580,22 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
         ("checklist", "item"),
         uuid_of(&wo, "/checklist/0/id")?,
     );
-    ok(
-        plant,
-        Method::POST,
-        &format!("/api/v1/work-orders/{wo_id}/comments"),
-        &admin,
-        json!({ "text": format!("{MARK} comment") }),
-    )
-    .await?;
-    let planned = ok(
-        plant,
-        Method::POST,
-        &format!("/api/v1/work-orders/{wo_id}/parts"),
-        &admin,
-        json!({ "part_id": part, "location_id": location, "quantity": 2 }),
-    )
-    .await?;
+    plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/work-orders/{wo_id}/comments"),
+            &admin,
+            json!({ "text": format!("{MARK} comment") }),
+        )
+        .await?;
+    let planned = plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/work-orders/{wo_id}/parts"),
+            &admin,
+            json!({ "part_id": part, "location_id": location, "quantity": 2 }),
+        )
+        .await?;
     keep(
         &mut ids,
         &mut secrets,
@@ -620,17 +626,17 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
 
     // A PM schedule whose first occurrence is over a year away: the scheduler leaves it be.
     let start = (chrono::Utc::now() + chrono::Duration::days(400)).format("%Y-%m-%dT08:00:00");
-    let schedule = ok(
-        plant,
-        Method::POST,
-        "/api/v1/pm-schedules",
-        &admin,
-        json!({ "name": format!("{MARK} schedule"), "asset_id": asset,
+    let schedule = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/pm-schedules",
+            &admin,
+            json!({ "name": format!("{MARK} schedule"), "asset_id": asset,
                 "title": format!("{MARK} PM work order"),
                 "calendar": { "start": start.to_string(), "zone": "Europe/Berlin",
                               "every": "1 month", "lead": "3d" } }),
-    )
-    .await?;
+        )
+        .await?;
     keep(
         &mut ids,
         &mut secrets,
@@ -640,14 +646,14 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
 
     // A webhook for event kinds that never happen, so that nothing is delivered meanwhile.
     let hook_url = "http://127.0.0.1:9/bravo-secret-hook";
-    let webhook = ok(
-        plant,
-        Method::POST,
-        "/api/v1/webhooks",
-        &admin,
-        json!({ "url": hook_url, "event_kinds": ["bravo_secret."], "allow_private": true }),
-    )
-    .await?;
+    let webhook = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/webhooks",
+            &admin,
+            json!({ "url": hook_url, "event_kinds": ["bravo_secret."], "allow_private": true }),
+        )
+        .await?;
     keep(
         &mut ids,
         &mut secrets,
@@ -658,14 +664,14 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
     secrets.push(webhook["secret"].as_str().context("secret")?.to_owned());
 
     // An API key.
-    let created = ok(
-        plant,
-        Method::POST,
-        "/api/v1/api-keys",
-        &admin,
-        json!({ "name": format!("{MARK} key"), "scopes": ["work_orders:read"] }),
-    )
-    .await?;
+    let created = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/api-keys",
+            &admin,
+            json!({ "name": format!("{MARK} key"), "scopes": ["work_orders:read"] }),
+        )
+        .await?;
     keep(
         &mut ids,
         &mut secrets,
@@ -870,14 +876,14 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let key = ok(
-        &plant,
-        Method::POST,
-        "/api/v1/api-keys",
-        &principals[0].1,
-        json!({ "name": "probe", "scopes": scopes }),
-    )
-    .await?;
+    let key = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/api-keys",
+            &principals[0].1,
+            json!({ "name": "probe", "scopes": scopes }),
+        )
+        .await?;
     principals.push((
         "API key".to_owned(),
         key["key"].as_str().context("key")?.to_owned(),

@@ -1,6 +1,6 @@
 //! The asset and tag registers in CSV: a dry run reports every bad row and writes nothing,
 //! an import writes all rows or none, an export imports back unchanged; gateways and tags over
-//! HTTP; tenants. Needs `scripts/test.sh`.
+//! HTTP, devices on gateways; tenants. Needs `scripts/test.sh`.
 
 use anyhow::Context;
 use maintainpro_tests::Plant;
@@ -233,5 +233,113 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
     .await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(fields(&body), ["line 2: parent"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_have_devices_that_tags_are_read_from() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let (_, gateways) = plant.get("/api/v1/gateways", Some(&admin)).await?;
+    let gateway = gateways["items"][0]["id"]
+        .as_str()
+        .context("a gateway")?
+        .to_owned();
+    let devices = format!("/api/v1/gateways/{gateway}/devices");
+    let (status, bad) = plant
+        .send(
+            Method::POST,
+            &devices,
+            Some(&admin),
+            Some(json!({ "name": " ", "protocol": "profinet" })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{bad}");
+    let fields: Vec<&str> = bad["error"]["details"]
+        .as_array()
+        .context("details")?
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["name", "protocol"]);
+    let plc = plant
+        .send_ok(
+            Method::POST,
+            &devices,
+            &admin,
+            json!({ "name": "press-1-plc", "protocol": "modbus_tcp", "address": "10.1.4.20:502" }),
+        )
+        .await?;
+    let plc_id = plc["id"].as_str().context("id")?.to_owned();
+    assert_eq!(plc["tags"], 0);
+    let (status, twice) = plant
+        .send(
+            Method::POST,
+            &devices,
+            Some(&admin),
+            Some(json!({ "name": "press-1-plc", "protocol": "opcua" })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{twice}");
+    assert_eq!(twice["error"]["details"][0]["field"], "name");
+
+    // A tag names the device it is read from; the list counts it.
+    let tag = plant
+        .tag_id(plant.tenant_a.tenant, "press-1.bearing_temp")
+        .await?;
+    let linked = plant
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag}"),
+            &admin,
+            json!({ "device_id": plc_id }),
+        )
+        .await?;
+    assert_eq!(linked["device_id"], json!(plc_id));
+    let (_, list) = plant.get(&devices, Some(&admin)).await?;
+    assert_eq!(list["items"][0]["tags"], 1, "{list}");
+    let (status, _) = plant
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/tags/{tag}"),
+            Some(&admin),
+            Some(json!({ "device_id": uuid::Uuid::new_v4() })),
+        )
+        .await?;
+    assert_eq!(status, 400);
+
+    // Changed, then removed: the tag stays and loses the link.
+    let moved = plant
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/v1/devices/{plc_id}"),
+            &admin,
+            json!({ "address": "10.1.4.21:502" }),
+        )
+        .await?;
+    assert_eq!(moved["address"], "10.1.4.21:502");
+    assert_eq!(moved["protocol"], "modbus_tcp");
+    let (status, _) = plant
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/devices/{plc_id}"),
+            Some(&admin),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    let (_, tag_after) = plant.get("/api/v1/tags?limit=1000", Some(&admin)).await?;
+    let row = tag_after["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .find(|t| t["id"] == tag)
+        .context("the tag")?;
+    assert_eq!(row["device_id"], Value::Null);
+
+    // Another tenant sees neither the gateway's devices nor the device.
+    let other = plant.login("plant-b").await?;
+    let (status, _) = plant.get(&devices, Some(&other)).await?;
+    assert_eq!(status, 404);
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! ("Registers").
 //!
 //! - `GET/POST /api/v1/gateways`; `GET /api/v1/tags?gateway_id=&asset_id=&unlinked=&auto_registered=`;
-//!   `PATCH /api/v1/tags/{id}` (asset link, unit, description, range, labels).
+//!   `PATCH /api/v1/tags/{id}` (asset link, device, unit, description, range, labels).
 //! - `GET/PUT /api/v1/organisation/ingest-policy`: whether ingest registers the unknown tags
 //!   of a known gateway, and up to how many tags per gateway.
 //! - `GET /api/v1/assets/export.csv`, `POST /api/v1/assets/import?dry_run=true`;
@@ -154,10 +154,12 @@ pub struct Tag {
     /// When ingest registered the tag from a gateway's readings (the organisation's ingest
     /// policy allowing it); `null` for tags registered by people.
     pub auto_registered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The device of its gateway the tag is read from, if set.
+    pub device_id: Option<Uuid>,
 }
 
 const TAGS: &str = "SELECT t.id, t.gateway_id, g.code AS gateway, t.name, t.asset_id, t.unit,
-        t.description, t.range_min, t.range_max, t.labels, t.auto_registered_at
+        t.description, t.range_min, t.range_max, t.labels, t.auto_registered_at, t.device_id
     FROM tags t JOIN gateways g ON g.tenant_id = t.tenant_id AND g.id = t.gateway_id
     WHERE t.tenant_id = $1";
 
@@ -227,6 +229,9 @@ pub async fn list_tags(
 pub struct UpdateTag {
     #[serde(default, deserialize_with = "crate::error::present")]
     pub asset_id: Option<Option<Uuid>>,
+    /// A device of the tag's gateway; `null` unlinks.
+    #[serde(default, deserialize_with = "crate::error::present")]
+    pub device_id: Option<Option<Uuid>>,
     #[serde(default, deserialize_with = "crate::error::present")]
     pub unit: Option<Option<String>>,
     pub description: Option<String>,
@@ -261,6 +266,20 @@ pub async fn update_tag(
         .await?;
         if !known {
             errors.add("asset_id", "no asset with this id");
+        }
+    }
+    if let Some(Some(device)) = req.device_id {
+        let same_gateway: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM devices
+                            WHERE tenant_id = $1 AND id = $2 AND gateway_id = $3)",
+        )
+        .bind(tenant)
+        .bind(device)
+        .bind(before.gateway_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !same_gateway {
+            errors.add("device_id", "no device with this id on the tag's gateway");
         }
     }
     if let Some(Some(unit)) = &req.unit
@@ -306,7 +325,8 @@ pub async fn update_tag(
             unit = CASE WHEN $5 THEN $6 ELSE unit END,
             description = coalesce($7, description),
             range_min = $8, range_max = $9,
-            labels = coalesce($10, labels)
+            labels = coalesce($10, labels),
+            device_id = CASE WHEN $11 THEN $12 ELSE device_id END
          WHERE tenant_id = $1 AND id = $2",
     )
     .bind(tenant)
@@ -319,11 +339,14 @@ pub async fn update_tag(
     .bind(lo)
     .bind(hi)
     .bind(req.labels.clone().map(Value::Object))
+    .bind(req.device_id.is_some())
+    .bind(req.device_id.flatten())
     .execute(&mut *tx)
     .await?;
     let after = fetch_tag(&mut tx, tenant, id).await?;
     let detail = json!({
         "asset_id": { "from": before.asset_id, "to": after.asset_id },
+        "device_id": { "from": before.device_id, "to": after.device_id },
         "unit": after.unit, "range_min": after.range_min, "range_max": after.range_max,
     });
     audit::write_change(&mut tx, &auth, &meta, "tag.update", ("tag", id), detail).await?;
