@@ -67,6 +67,16 @@ impl ApiError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid(vec![FieldError::new(field, message)])
     }
+
+    /// Several refusals of one field (e.g. every rule of the password policy it breaks).
+    pub fn field_each<M: ToString>(field: &str, messages: impl IntoIterator<Item = M>) -> Self {
+        ApiError::Invalid(
+            messages
+                .into_iter()
+                .map(|m| FieldError::new(field, m.to_string()))
+                .collect(),
+        )
+    }
 }
 
 impl From<sqlx::Error> for ApiError {

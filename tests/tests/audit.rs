@@ -156,6 +156,19 @@ async fn admins_query_and_export_their_tenants_audit_log_and_denials_are_in_it()
         assert_eq!(got, status, "{query}: {body}");
         assert!(body["error"]["code"].is_string(), "{query}: {body}");
     }
+    // Every bad parameter at once, each on its field.
+    let (got, body) = plant
+        .get(
+            "/api/v1/audit?limit=0&outcome=maybe&action=DROP",
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(got, 400, "{body}");
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|e| e["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["limit", "outcome", "action"], "{body}");
     plant.services.stop().await;
     Ok(())
 }

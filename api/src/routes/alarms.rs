@@ -22,7 +22,7 @@ use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::{AuthUser, Caller};
-use crate::error::{ApiError, Body};
+use crate::error::{ApiError, Body, FieldErrors};
 use crate::users::ROLES;
 
 /// The roles that may acknowledge and shelve alarms.
@@ -81,20 +81,18 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<AlarmList>, ApiError> {
+    let auth = caller.require_scope(Scope::AlarmsRead, ROLES)?;
+    let mut errors = FieldErrors::default();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 1000".into(),
-        ));
+        errors.add("limit", "must be between 1 and 1000");
     }
     if let Some(s) = &q.state
         && !matches!(s.as_str(), "active" | "cleared")
     {
-        return Err(ApiError::BadRequest(
-            "state must be \"active\" or \"cleared\"".into(),
-        ));
+        errors.add("state", "must be \"active\" or \"cleared\"");
     }
-    let auth = caller.require_scope(Scope::AlarmsRead, ROLES)?;
+    errors.finish()?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Alarm>(&format!(
@@ -135,9 +133,7 @@ pub struct AcknowledgeRequest {
 
 fn check_comment(comment: &str) -> Result<(), ApiError> {
     if comment.chars().count() > 2000 {
-        return Err(ApiError::BadRequest(
-            "comment: at most 2000 characters".into(),
-        ));
+        return Err(ApiError::field("comment", "at most 2000 characters"));
     }
     Ok(())
 }
@@ -210,17 +206,19 @@ pub async fn shelve(
     let alarm = fetch(&mut tx, tenant, id).await?;
     let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
     let now = Utc::now();
+    let mut errors = FieldErrors::default();
     if req.until <= now || req.until > now + chrono::Duration::days(MAX_SHELF_DAYS) {
-        return Err(ApiError::BadRequest(format!(
-            "until: must be in the future and at most {MAX_SHELF_DAYS} days ahead"
-        )));
+        errors.add(
+            "until",
+            format!("must be in the future and at most {MAX_SHELF_DAYS} days ahead"),
+        );
     }
     if req.comment.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "comment: say why the alarm is shelved".into(),
-        ));
+        errors.add("comment", "say why the alarm is shelved");
+    } else if req.comment.chars().count() > 2000 {
+        errors.add("comment", "at most 2000 characters");
     }
-    check_comment(&req.comment)?;
+    errors.finish()?;
     // One shelf at a time per rule and tag: a new one replaces what is running.
     end_shelves(&mut tx, tenant, &alarm, auth.user).await?;
     sqlx::query(

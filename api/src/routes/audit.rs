@@ -26,7 +26,7 @@ use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldErrors};
 
 /// Entries per page of an export.
 const EXPORT_PAGE: i64 = 1000;
@@ -59,18 +59,17 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn check(&self) -> Result<(), ApiError> {
+    /// Every bad parameter at once, each on its field.
+    fn check(&self, errors: &mut FieldErrors) {
         if let (Some(since), Some(until)) = (self.since, self.until)
             && since >= until
         {
-            return Err(ApiError::BadRequest("since must be before until".into()));
+            errors.add("since", "must be before until");
         }
         if let Some(outcome) = &self.outcome
             && !["success", "failure", "denied"].contains(&outcome.as_str())
         {
-            return Err(ApiError::BadRequest(
-                "outcome must be success, failure or denied".into(),
-            ));
+            errors.add("outcome", "must be success, failure or denied");
         }
         if let Some(action) = &self.action {
             let name = action.strip_suffix(".*").unwrap_or(action);
@@ -80,10 +79,10 @@ impl Filter {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || "_.".contains(c))
             {
-                return Err(ApiError::BadRequest(
-                    "action must be an action name such as auth.login, or a prefix such as auth.*"
-                        .into(),
-                ));
+                errors.add(
+                    "action",
+                    "must be an action name such as auth.login, or a prefix such as auth.*",
+                );
             }
         }
         for (name, value) in [
@@ -91,12 +90,9 @@ impl Filter {
             ("target_id", &self.target_id),
         ] {
             if value.as_ref().is_some_and(|v| v.len() > 200) {
-                return Err(ApiError::BadRequest(format!(
-                    "{name} must be at most 200 characters"
-                )));
+                errors.add(name, "must be at most 200 characters");
             }
         }
-        Ok(())
     }
 
     /// Appends ` AND ...` conditions for the filter to a query that has a `WHERE`.
@@ -155,7 +151,9 @@ pub struct Params {
 }
 
 impl Params {
-    fn filter(self) -> Result<Filter, ApiError> {
+    /// The filter, with every problem of the parameters (those `errors` holds already, and
+    /// the filter's own) refused at once.
+    fn filter(self, mut errors: FieldErrors) -> Result<Filter, ApiError> {
         let filter = Filter {
             since: self.since,
             until: self.until,
@@ -165,7 +163,8 @@ impl Params {
             target_type: self.target_type,
             target_id: self.target_id,
         };
-        filter.check()?;
+        filter.check(&mut errors);
+        errors.finish()?;
         Ok(filter)
     }
 }
@@ -182,19 +181,15 @@ pub async fn list(
     Query(q): Query<Params>,
 ) -> Result<Json<Page>, ApiError> {
     let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
+    let mut errors = FieldErrors::default();
     if q.format.is_some() {
-        return Err(ApiError::BadRequest(
-            "format applies to /api/v1/audit/export".into(),
-        ));
+        errors.add("format", "applies to /api/v1/audit/export");
     }
-    let (limit, before) = (q.limit, q.before);
-    let filter = q.filter()?;
-    let limit = limit.unwrap_or(100);
+    let (limit, before) = (q.limit.unwrap_or(100), q.before);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 500".into(),
-        ));
+        errors.add("limit", "must be between 1 and 500");
     }
+    let filter = q.filter(errors)?;
     let tenant = auth.tenant.as_uuid();
     let mut query = QueryBuilder::new(COLUMNS);
     query.push_bind(tenant);
@@ -230,13 +225,17 @@ pub async fn export(
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
     let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
-    if q.limit.is_some() || q.before.is_some() {
-        return Err(ApiError::BadRequest(
-            "limit and before apply to /api/v1/audit; an export has every matching entry".into(),
-        ));
+    let mut errors = FieldErrors::default();
+    for (field, given) in [("limit", q.limit.is_some()), ("before", q.before.is_some())] {
+        if given {
+            errors.add(
+                field,
+                "applies to /api/v1/audit; an export has every matching entry",
+            );
+        }
     }
     let format = q.format.unwrap_or_default();
-    let filter = q.filter()?;
+    let filter = q.filter(errors)?;
     let tenant = auth.tenant.as_uuid();
     audit::record(
         &state.pool,
@@ -407,7 +406,9 @@ mod tests {
             action: Some("auth.*".into()),
             ..Filter::default()
         };
-        assert!(ok.check().is_ok());
+        let mut errors = FieldErrors::default();
+        ok.check(&mut errors);
+        assert!(errors.finish().is_ok());
         for bad in [
             Filter {
                 action: Some("DROP TABLE".into()),
@@ -423,7 +424,9 @@ mod tests {
                 ..Filter::default()
             },
         ] {
-            assert!(bad.check().is_err(), "{bad:?}");
+            let mut errors = FieldErrors::default();
+            bad.check(&mut errors);
+            assert!(errors.finish().is_err(), "{bad:?}");
         }
     }
 }

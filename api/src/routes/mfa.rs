@@ -72,9 +72,9 @@ pub fn factor<'a>(
     recovery_code: Option<&'a str>,
 ) -> Result<Option<Factor<'a>>, ApiError> {
     match (code, recovery_code) {
-        (Some(_), Some(_)) => Err(ApiError::BadRequest(
-            "send either `code` (the 6-digit code of your authenticator app) or `recovery_code`, not both"
-                .to_owned(),
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "recovery_code",
+            "send either `code` (the 6-digit code of your authenticator app) or `recovery_code`, not both",
         )),
         (Some(c), None) => Ok(Some(Factor::Code(c))),
         (None, Some(r)) => Ok(Some(Factor::RecoveryCode(r))),
@@ -84,9 +84,9 @@ pub fn factor<'a>(
 
 /// The error of a missing second factor on an account with MFA.
 pub fn factor_required() -> ApiError {
-    ApiError::BadRequest(
-        "this account uses MFA: send `code` (the current 6-digit code of your authenticator app) or `recovery_code`"
-            .to_owned(),
+    ApiError::field(
+        "code",
+        "this account uses MFA: send `code` (the current 6-digit code of your authenticator app) or `recovery_code`",
     )
 }
 
@@ -799,11 +799,14 @@ pub async fn set_policy(
         .map(|r| r.get(..40).unwrap_or(r))
         .collect();
     if !unknown.is_empty() {
-        return Err(ApiError::BadRequest(format!(
-            "required_roles: not a role: {}; the roles are {}",
-            unknown.join(", "),
-            ROLES.join(", ")
-        )));
+        return Err(ApiError::field(
+            "required_roles",
+            format!(
+                "not a role: {}; the roles are {}",
+                unknown.join(", "),
+                ROLES.join(", ")
+            ),
+        ));
     }
     // In the order of ROLES, each once.
     let roles: Vec<&str> = ROLES

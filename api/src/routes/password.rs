@@ -87,11 +87,7 @@ pub async fn change(
         },
     );
     if !violations.is_empty() {
-        let problems: Vec<String> = violations.iter().map(ToString::to_string).collect();
-        return Err(ApiError::BadRequest(format!(
-            "new_password does not meet the password policy: {}",
-            problems.join("; ")
-        )));
+        return Err(ApiError::field_each("new_password", violations));
     }
     let refused = |why: &str| {
         Entry::new(

@@ -269,12 +269,7 @@ pub async fn confirm(
     )
     .await
     .map_err(|e| match e {
-        UserError::Policy(violations) => ApiError::Invalid(
-            violations
-                .iter()
-                .map(|v| crate::error::FieldError::new("password", v.to_string()))
-                .collect(),
-        ),
+        UserError::Policy(violations) => ApiError::field_each("password", violations),
         e => ApiError::Internal(e.into()),
     })?
     .ok_or_else(bad_token)?;
