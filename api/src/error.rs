@@ -68,6 +68,17 @@ impl ApiError {
         ApiError::Invalid(vec![FieldError::new(field, message)])
     }
 
+    /// A unique violation of the database (two requests racing past the same check) as the
+    /// refusal of `field` the check would have given; any other error as it is.
+    pub fn unique(e: sqlx::Error, field: &str, message: &str) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                ApiError::field(field, message)
+            }
+            _ => e.into(),
+        }
+    }
+
     /// Several refusals of one field (e.g. every rule of the password policy it breaks).
     pub fn field_each<M: ToString>(field: &str, messages: impl IntoIterator<Item = M>) -> Self {
         ApiError::Invalid(

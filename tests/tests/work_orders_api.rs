@@ -1060,3 +1060,53 @@ async fn service_levels_set_the_due_dates_of_new_work_orders() -> anyhow::Result
     assert_eq!(theirs["items"][1]["default"], true);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_and_duplicate_names_never_answer_500() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    // Eight copies of one request with one Idempotency-Key, at once: one work order, and each
+    // answer is it (201 for the first, 200 for the rest).
+    let sends = (0..8).map(|_| {
+        plant
+            .http
+            .post(format!("{}/api/v1/work-orders", plant.api))
+            .bearer_auth(&admin)
+            .header("Idempotency-Key", "retry-storm-1")
+            .json(&json!({ "asset_id": asset, "title": "Coupling worn" }))
+            .send()
+    });
+    let mut ids = std::collections::BTreeSet::new();
+    let mut created = 0;
+    for res in futures_util::future::join_all(sends).await {
+        let res = res?;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await?;
+        assert!(status == 201 || status == 200, "{status} {body}");
+        created += usize::from(status == 201);
+        ids.insert(body["id"].as_str().context("id")?.to_owned());
+    }
+    assert_eq!((created, ids.len()), (1, 1), "{ids:?}");
+
+    // Eight teams of one name at once: one is created, the others are told why.
+    let sends = (0..8).map(|_| {
+        plant.send(
+            Method::POST,
+            "/api/v1/teams",
+            Some(&admin),
+            Some(json!({ "name": "Night shift", "members": [] })),
+        )
+    });
+    let mut statuses = Vec::new();
+    for answer in futures_util::future::join_all(sends).await {
+        let (status, body) = answer?;
+        if status == 400 {
+            assert_eq!(body["error"]["details"][0]["field"], "name", "{body}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 400, 400, 400, 400, 400, 400, 400]);
+    Ok(())
+}

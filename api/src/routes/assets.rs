@@ -687,7 +687,8 @@ pub async fn create(
     .bind(fields.installed_on.flatten())
     .bind(fields.warranty_until.flatten())
     .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| ApiError::unique(e, "name", "an asset with this name exists already"))?;
     let asset = fetch_asset(&mut tx, tenant, id).await?;
     let detail_json = serde_json::to_value(&asset).map_err(anyhow::Error::from)?;
     audit::write_change(

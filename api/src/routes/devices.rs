@@ -174,12 +174,7 @@ async fn check(
 
 /// The error of a name the gateway has already.
 fn taken(e: sqlx::Error) -> ApiError {
-    match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            ApiError::field("name", "this gateway has a device of this name already")
-        }
-        _ => e.into(),
-    }
+    ApiError::unique(e, "name", "this gateway has a device of this name already")
 }
 
 pub async fn create(

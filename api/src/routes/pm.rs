@@ -549,7 +549,8 @@ pub async fn create(
     .bind(req.meter.as_ref().map(|m| m.lead))
     .bind(auth.user)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(|e| ApiError::unique(e, "name", "a schedule with this name exists already"))?;
     let detail_json = json!({ "name": name, "kind": kind, "asset_id": req.asset_id });
     audit::write_change(
         &mut tx,

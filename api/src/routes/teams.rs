@@ -157,7 +157,8 @@ pub async fn create(
         .bind(tenant)
         .bind(name)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| ApiError::unique(e, "name", "a team with this name exists already"))?;
     set_members(&mut tx, tenant, id, &members).await?;
     let detail = json!({ "name": name, "members": members });
     audit::write_change(&mut tx, &auth, &meta, "team.create", ("team", id), detail).await?;

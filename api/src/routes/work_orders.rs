@@ -1054,6 +1054,13 @@ pub async fn create(
     errors.finish()?;
 
     if let Some(key) = &key {
+        // Requests with the same key wait for each other here, so that a retry racing the
+        // original finds its work order instead of failing on the unique key.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind(tenant.to_string())
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
         let existing: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM work_orders WHERE tenant_id = $1 AND idempotency_key = $2",
         )
