@@ -26,8 +26,8 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Batch, MAX_MESSAGE_BYTES, MAX_POINTS, Point};
-use crate::{GatewayId, Quality, TagName, Timestamp};
+use crate::wire::{Batch, MAX_MESSAGE_BYTES, MAX_POINTS};
+use crate::{GatewayId, Quality, Reading, TagName, Timestamp};
 
 /// Explicit sequence numbers stay below this; derived ones are at or above it.
 pub const DERIVED_SEQ_BASE: u64 = 1 << 62;
@@ -109,8 +109,7 @@ pub fn decode(gateway: &GatewayId, payload: &[u8]) -> Result<Batch, JsonBatchErr
         Some(seq) => seq,
         None => derived_seq(payload),
     };
-    let mut tags: Vec<TagName> = Vec::new();
-    let mut points = Vec::with_capacity(parsed.readings.len());
+    let mut readings = Vec::with_capacity(parsed.readings.len());
     for (index, r) in parsed.readings.into_iter().enumerate() {
         let tag = TagName::parse(r.tag).map_err(|e| JsonBatchError::BadTag {
             index,
@@ -131,26 +130,14 @@ pub fn decode(gateway: &GatewayId, payload: &[u8]) -> Result<Batch, JsonBatchErr
                 });
             }
         };
-        let position = match tags.iter().position(|t| *t == tag) {
-            Some(p) => p,
-            None => {
-                tags.push(tag);
-                tags.len() - 1
-            }
-        };
-        points.push(Point {
-            tag: u32::try_from(position).unwrap_or(u32::MAX),
+        readings.push(Reading {
+            tag,
             ts,
             value: r.value,
             quality,
         });
     }
-    Ok(Batch {
-        gateway: gateway.clone(),
-        seq,
-        tags,
-        points,
-    })
+    Ok(Batch::from_readings(gateway.clone(), seq, &readings))
 }
 
 fn time(ts: &JsonTime) -> Result<Timestamp, String> {

@@ -398,6 +398,14 @@ fn hash_password(pepper: &Secret, password: &str) -> anyhow::Result<String> {
         .map_err(Into::into)
 }
 
+/// The fields an error answer's `details` name, in order (none when it has no details).
+pub fn error_fields(body: &serde_json::Value) -> Vec<&str> {
+    body["error"]["details"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|e| e["field"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// A local SMTP sink for the tests of mail: accepts every message on 127.0.0.1 and keeps it.
 pub mod smtp {
     use std::sync::{Arc, Mutex};

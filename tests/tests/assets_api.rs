@@ -2,7 +2,7 @@
 //! history, QR codes, roles and tenants. Needs `scripts/test.sh`.
 
 use anyhow::Context;
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -118,12 +118,7 @@ async fn assets_form_a_tree_that_moves_without_losing_its_history() -> anyhow::R
         )
         .await?;
     assert_eq!(status, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .context("details")?
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = error_fields(&body);
     assert_eq!(fields, ["criticality", "parent_id", "name"]);
 
     // A work order on the pump, then the press (with the pump) moves under the seeded Press 1.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -164,10 +164,7 @@ async fn admins_query_and_export_their_tenants_audit_log_and_denials_are_in_it()
         )
         .await?;
     assert_eq!(got, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .map(|d| d.iter().filter_map(|e| e["field"].as_str()).collect())
-        .unwrap_or_default();
+    let fields = error_fields(&body);
     assert_eq!(fields, ["limit", "outcome", "action"], "{body}");
     plant.services.stop().await;
     Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::routes::pm::{RunSummary, run_due};
 use chrono::{DateTime, Utc};
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -55,12 +55,7 @@ async fn schedules_generate_work_orders_once_and_show_what_they_skipped() -> any
         )
         .await?;
     assert_eq!(status, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .context("details")?
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = error_fields(&body);
     assert_eq!(fields, ["calendar.zone", "calendar.every"]);
 
     let (status, schedule) = plant

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -134,13 +134,6 @@ fn assert_buckets(series: &Value, readings: &[Stored], from: i64, to: i64) -> an
 
 fn points(series: &Value) -> anyhow::Result<&Vec<Value>> {
     series["points"].as_array().context("points")
-}
-
-fn error_fields(body: &Value) -> Vec<&str> {
-    body["error"]["details"]
-        .as_array()
-        .map(|d| d.iter().filter_map(|e| e["field"].as_str()).collect())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

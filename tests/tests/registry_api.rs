@@ -3,7 +3,7 @@
 //! HTTP, devices on gateways; tenants. Needs `scripts/test.sh`.
 
 use anyhow::Context;
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -255,12 +255,7 @@ async fn gateways_have_devices_that_tags_are_read_from() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(status, 400, "{bad}");
-    let fields: Vec<&str> = bad["error"]["details"]
-        .as_array()
-        .context("details")?
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = error_fields(&bad);
     assert_eq!(fields, ["name", "protocol"]);
     let plc = plant
         .send_ok(

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -441,12 +441,7 @@ async fn requesters_see_and_cancel_only_their_own_requests() -> anyhow::Result<(
         )
         .await?;
     assert_eq!(status, 400, "{body}");
-    let fields: Vec<&str> = body["error"]["details"]
-        .as_array()
-        .context("details")?
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = error_fields(&body);
     assert_eq!(fields, ["title", "priority", "due_at", "asset_id"]);
 
     let mine = api
@@ -1002,12 +997,7 @@ async fn service_levels_set_the_due_dates_of_new_work_orders() -> anyhow::Result
         )
         .await?;
     assert_eq!(status, 400, "{bad}");
-    let fields: Vec<&str> = bad["error"]["details"]
-        .as_array()
-        .context("details")?
-        .iter()
-        .filter_map(|d| d["field"].as_str())
-        .collect();
+    let fields = error_fields(&bad);
     assert_eq!(
         fields,
         ["policies[0].priority", "policies[1].resolve_within"]

@@ -31,7 +31,7 @@ use crate::routes::mfa::{self as mfa_routes, Attempt, Enrollment};
 use crate::users::{self, UserError};
 
 /// How long a reset token works.
-pub const TOKEN_TTL_MINUTES: i64 = 30;
+pub const TOKEN_TTL_MINUTES: i32 = 30;
 /// Reset mails per account and hour, at most.
 pub const REQUESTS_PER_HOUR: i64 = 3;
 const PREFIX: &str = "mprs";
@@ -46,12 +46,12 @@ pub struct ResetRequest {
 
 /// The one answer of a reset request.
 fn accepted() -> (StatusCode, Json<Value>) {
+    let message = format!(
+        "if an account with this email exists in this organisation, a reset link is on its way; it works for {TOKEN_TTL_MINUTES} minutes"
+    );
     (
         StatusCode::ACCEPTED,
-        Json(json!({
-            "status": "accepted",
-            "message": "if an account with this email exists in this organisation, a reset link is on its way; it works for 30 minutes"
-        })),
+        Json(json!({ "status": "accepted", "message": message })),
     )
 }
 
@@ -130,7 +130,7 @@ pub async fn request(
     .bind(tenant)
     .bind(user)
     .bind(hash.as_slice())
-    .bind(i32::try_from(TOKEN_TTL_MINUTES).unwrap_or(30))
+    .bind(TOKEN_TTL_MINUTES)
     .bind(meta.ip.as_deref())
     .execute(&mut *tx)
     .await?;
