@@ -6,6 +6,8 @@
 //! - [`reading`]: a `Reading` (tag, event time, value, quality) and its `Quality`.
 //! - [`wire`]: the versioned binary batch format edge agents publish and ingest decodes.
 //! - [`json_batch`]: the JSON form of a batch, for publishers that are not edge agents.
+//! - [`sparkplug`]: Sparkplug B topics and payloads, and an edge node's session as a host
+//!   follows it (births, aliases, sequence numbers, deaths) turned into readings.
 //! - [`topic`]: the MQTT topic names both sides agree on.
 //! - [`priority`]: rule severity, asset criticality and the priority matrix between them.
 //! - [`settings`]: layered configuration (file, then environment) with every error at once.
@@ -19,6 +21,7 @@ pub mod json_batch;
 pub mod priority;
 pub mod reading;
 pub mod settings;
+pub mod sparkplug;
 pub mod topic;
 pub mod wire;
 

@@ -3,9 +3,12 @@
 //! encodes back to itself. Property tests over random and mutated input (coverage-guided
 //! fuzzing needs a nightly toolchain; these run in every test run).
 
+use model::sparkplug::proto::{DataType, Metric, MetricValue, Payload};
+use model::sparkplug::{NodeSession, Topic};
 use model::wire::{Batch, Point};
 use model::{GatewayId, Quality, TagName, Timestamp};
 use proptest::prelude::*;
+use prost::Message as _;
 
 fn valid_batch() -> Vec<u8> {
     let tags = vec![
@@ -27,6 +30,40 @@ fn valid_batch() -> Vec<u8> {
         points,
     }
     .encode()
+}
+
+fn valid_sparkplug() -> Vec<u8> {
+    Payload {
+        timestamp: Some(1_796_205_600_000),
+        seq: Some(1),
+        metrics: vec![
+            Metric::aliased(1, MetricValue::Float(41.5)).at(1_796_205_600_100),
+            Metric::new("rpm", DataType::UInt32, MetricValue::Long(1450)).with_alias(2),
+            Metric::new(
+                "Node Control/Rebirth",
+                DataType::Boolean,
+                MetricValue::Boolean(false),
+            ),
+        ],
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
+/// A session that has seen a birth naming aliases 1 and 2.
+fn born_session() -> NodeSession {
+    let mut session = NodeSession::new("n/");
+    let birth = Payload {
+        seq: Some(0),
+        metrics: vec![
+            Metric::new("temp", DataType::Float, MetricValue::Float(1.0)).with_alias(1),
+            Metric::new("rpm", DataType::UInt32, MetricValue::Long(1)).with_alias(2),
+        ],
+        ..Payload::default()
+    };
+    let topic = Topic::parse("spBv1.0/g/NBIRTH/n").expect("a topic");
+    session.on_message(&topic, &birth.encode_to_vec(), Timestamp::from_micros(0));
+    session
 }
 
 const VALID_JSON: &str = r#"{"seq": 17, "readings": [
@@ -89,5 +126,23 @@ proptest! {
     #[test]
     fn topics_of_any_text(text in ".{0,120}") {
         let _ = model::topic::parse_readings_topic(&text);
+        let _ = Topic::parse(&text);
+    }
+
+    #[test]
+    fn damaged_sparkplug_payloads(bytes in mutated(valid_sparkplug())) {
+        let mut session = born_session();
+        for kind in ["NDATA", "NBIRTH", "NDEATH"] {
+            let topic = Topic::parse(&format!("spBv1.0/g/{kind}/n")).expect("a topic");
+            let out = session.on_message(&topic, &bytes, Timestamp::from_micros(0));
+            prop_assert!(out.readings.iter().all(|r| r.value.is_finite()));
+        }
+    }
+
+    #[test]
+    fn sparkplug_payloads_of_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut session = born_session();
+        let topic = Topic::parse("spBv1.0/g/DDATA/n/d").expect("a topic");
+        let _ = session.on_message(&topic, &bytes, Timestamp::from_micros(0));
     }
 }

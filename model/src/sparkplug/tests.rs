@@ -1,0 +1,441 @@
+use super::*;
+use proto::PropertySet;
+use proto::PropertyValue;
+
+const T0: u64 = 1_796_205_600_000;
+
+fn topic(text: &str) -> Topic {
+    Topic::parse(text).unwrap()
+}
+
+fn nbirth(seq: u64, bd: u64, metrics: Vec<Metric>) -> Vec<u8> {
+    let mut all = vec![Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(bd))];
+    all.extend(metrics);
+    Payload {
+        timestamp: Some(T0),
+        metrics: all,
+        seq: Some(seq),
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
+fn message(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+    Payload {
+        timestamp: Some(T0 + 1000),
+        metrics,
+        seq,
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
+fn death(bd: u64) -> Vec<u8> {
+    Payload {
+        metrics: vec![Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(bd))],
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
+fn received() -> Timestamp {
+    Timestamp::from_micros(1_800_000_000_000_000)
+}
+
+fn values(out: &Outcome) -> Vec<(&str, f64, Quality)> {
+    out.readings
+        .iter()
+        .map(|r| (r.tag.as_str(), r.value, r.quality))
+        .collect()
+}
+
+/// A node born with two aliased metrics and one text metric.
+fn born() -> NodeSession {
+    let mut s = NodeSession::new("n1/");
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NBIRTH/n1"),
+        &nbirth(
+            0,
+            7,
+            vec![
+                Metric::new("Oil Temp", DataType::Float, MetricValue::Float(41.5)).with_alias(1),
+                Metric::new("Cycles", DataType::UInt32, MetricValue::Long(10)).with_alias(2),
+                Metric::new("Recipe", DataType::String, MetricValue::String("A".into()))
+                    .with_alias(3),
+                Metric::new(
+                    "Node Control/Rebirth",
+                    DataType::Boolean,
+                    MetricValue::Boolean(false),
+                ),
+            ],
+        ),
+        received(),
+    );
+    assert_eq!(
+        values(&out),
+        vec![
+            ("n1/Oil_Temp", 41.5, Quality::Good),
+            ("n1/Cycles", 10.0, Quality::Good)
+        ]
+    );
+    assert_eq!(out.readings[0].ts, Timestamp::from_micros(T0 as i64 * 1000));
+    assert_eq!(
+        out.problems,
+        vec![Problem::Unsupported {
+            metric: "Recipe".into(),
+            datatype: 12
+        }]
+    );
+    assert!(!out.rebirth);
+    s
+}
+
+#[test]
+fn topics_parse_and_print() {
+    let t = topic("spBv1.0/plant/DDATA/n1/press-2");
+    assert_eq!(t.kind, MessageType::DData);
+    assert_eq!(t.device.as_deref(), Some("press-2"));
+    assert_eq!(t.to_string(), "spBv1.0/plant/DDATA/n1/press-2");
+    assert_eq!(
+        topic("spBv1.0/plant/NCMD/n1").to_string(),
+        Topic::node("plant", MessageType::NCmd, "n1")
+    );
+    for bad in [
+        "spBv1.0/STATE/host",
+        "spBv2.0/plant/NDATA/n1",
+        "spBv1.0/plant/NDATA/n1/dev",
+        "spBv1.0/plant/DDATA/n1",
+        "spBv1.0//NDATA/n1",
+        "spBv1.0/plant/XDATA/n1",
+        "spBv1.0/plant/DDATA/n1/dev/extra",
+    ] {
+        assert!(Topic::parse(bad).is_err(), "{bad} was accepted");
+    }
+}
+
+#[test]
+fn tag_names_replace_what_a_tag_cannot_hold() {
+    assert_eq!(
+        tag_name("gw/", Some("Press #2"), "Temp (°C)")
+            .unwrap()
+            .as_str(),
+        "gw/Press__2/Temp___C_"
+    );
+    assert!(tag_name("", None, &"x".repeat(200)).is_err());
+}
+
+#[test]
+fn data_by_alias_and_by_name_after_birth() {
+    let mut s = born();
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(
+            Some(1),
+            vec![
+                Metric::aliased(1, MetricValue::Float(42.0)).at(T0 + 500),
+                Metric {
+                    name: Some("Cycles".into()),
+                    value: Some(MetricValue::Long(11)),
+                    ..Metric::default()
+                },
+                // Text metrics are skipped quietly after the birth reported them.
+                Metric::aliased(3, MetricValue::String("B".into())),
+            ],
+        ),
+        received(),
+    );
+    assert_eq!(
+        values(&out),
+        vec![
+            ("n1/Oil_Temp", 42.0, Quality::Good),
+            ("n1/Cycles", 11.0, Quality::Good)
+        ]
+    );
+    assert_eq!(
+        out.readings[0].ts,
+        Timestamp::from_micros((T0 as i64 + 500) * 1000)
+    );
+    assert_eq!(
+        out.readings[1].ts,
+        Timestamp::from_micros((T0 as i64 + 1000) * 1000)
+    );
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+}
+
+#[test]
+fn sequence_gaps_and_unknown_aliases_ask_for_a_rebirth() {
+    let mut s = born();
+    let ndata = topic("spBv1.0/plant/NDATA/n1");
+    let out = s.on_message(
+        &ndata,
+        &message(Some(3), vec![Metric::aliased(1, MetricValue::Float(1.0))]),
+        received(),
+    );
+    assert_eq!(
+        out.problems,
+        vec![Problem::OutOfSequence {
+            expected: 1,
+            got: 3
+        }]
+    );
+    assert!(out.rebirth);
+    assert_eq!(
+        out.readings.len(),
+        1,
+        "the values of the message are still read"
+    );
+    // The numbering continues from the node's own: the next one is in order.
+    let out = s.on_message(
+        &ndata,
+        &message(Some(4), vec![Metric::aliased(9, MetricValue::Float(1.0))]),
+        received(),
+    );
+    assert_eq!(out.problems, vec![Problem::UnknownAlias(9)]);
+    assert!(out.rebirth);
+}
+
+#[test]
+fn sequence_numbers_wrap_after_255() {
+    let mut s = NodeSession::new("");
+    s.on_message(
+        &topic("spBv1.0/g/NBIRTH/n"),
+        &nbirth(
+            254,
+            0,
+            vec![Metric::new("v", DataType::Int16, MetricValue::Int(1)).with_alias(1)],
+        ),
+        received(),
+    );
+    for seq in [255, 0, 1] {
+        let out = s.on_message(
+            &topic("spBv1.0/g/NDATA/n"),
+            &message(
+                Some(seq),
+                vec![Metric::aliased(1, MetricValue::Int(0xFFFF))],
+            ),
+            received(),
+        );
+        assert!(out.problems.is_empty(), "seq {seq}: {:?}", out.problems);
+        assert_eq!(out.readings[0].value, -1.0, "Int16 0xFFFF is -1");
+    }
+}
+
+#[test]
+fn data_before_birth_is_refused_with_a_rebirth_request() {
+    let mut s = NodeSession::new("");
+    let out = s.on_message(
+        &topic("spBv1.0/g/NDATA/n"),
+        &message(Some(5), vec![Metric::aliased(1, MetricValue::Float(1.0))]),
+        received(),
+    );
+    assert!(out.readings.is_empty());
+    assert_eq!(
+        out.problems,
+        vec![Problem::NoBirth {
+            kind: "NDATA",
+            birth: "NBIRTH"
+        }]
+    );
+    assert!(out.rebirth);
+    assert!(out.problems[0].is_fatal());
+}
+
+#[test]
+fn node_death_marks_every_metric_bad_but_a_stale_will_is_ignored() {
+    let mut s = born();
+    s.on_message(
+        &topic("spBv1.0/plant/DBIRTH/n1/pump"),
+        &message(
+            Some(1),
+            vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
+        ),
+        received(),
+    );
+    // The will of an earlier connection (bdSeq 6) changes nothing.
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(6), received());
+    assert!(out.readings.is_empty());
+    assert!(s.is_online());
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(7), received());
+    assert_eq!(
+        values(&out),
+        vec![
+            ("n1/Oil_Temp", 0.0, Quality::Bad),
+            ("n1/Cycles", 0.0, Quality::Bad),
+            ("n1/pump/rpm", 0.0, Quality::Bad),
+        ]
+    );
+    assert!(out.readings.iter().all(|r| r.ts == received()));
+    assert!(!s.is_online());
+}
+
+#[test]
+fn devices_are_born_die_and_are_born_again() {
+    let mut s = born();
+    let dbirth = topic("spBv1.0/plant/DBIRTH/n1/pump");
+    let out = s.on_message(
+        &dbirth,
+        &message(
+            Some(1),
+            vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
+        ),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/pump/rpm", 1450.0, Quality::Good)]);
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDEATH/n1/pump"),
+        &message(Some(2), vec![]),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/pump/rpm", 0.0, Quality::Bad)]);
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDATA/n1/pump"),
+        &message(Some(3), vec![Metric::aliased(10, MetricValue::Double(1.0))]),
+        received(),
+    );
+    assert!(out.rebirth && out.readings.is_empty(), "{out:?}");
+    // Born again with another alias: the old alias is gone, the tag stays the same.
+    s.on_message(
+        &dbirth,
+        &message(
+            Some(4),
+            vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1.0)).with_alias(11)],
+        ),
+        received(),
+    );
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDATA/n1/pump"),
+        &message(
+            Some(5),
+            vec![
+                Metric::aliased(11, MetricValue::Double(2.0)),
+                Metric::aliased(10, MetricValue::Double(3.0)),
+            ],
+        ),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/pump/rpm", 2.0, Quality::Good)]);
+    assert_eq!(out.problems, vec![Problem::UnknownAlias(10)]);
+    let tags: Vec<&str> = s.tags().map(TagName::as_str).collect();
+    assert_eq!(
+        tags,
+        ["n1/Oil_Temp", "n1/Cycles", "n1/Recipe", "n1/pump/rpm"]
+    );
+}
+
+#[test]
+fn nulls_nans_and_quality_properties_lower_the_quality() {
+    let mut s = born();
+    let quality = |code: u32| PropertySet {
+        keys: vec!["Quality".into()],
+        values: vec![PropertyValue {
+            r#type: Some(3),
+            is_null: None,
+            value: Some(PropertyValueKind::Int(code)),
+        }],
+    };
+    let mut uncertain = Metric::aliased(1, MetricValue::Float(5.0));
+    uncertain.properties = Some(quality(64));
+    let mut bad = Metric::aliased(2, MetricValue::Long(5));
+    bad.properties = Some(quality(0));
+    let mut null = Metric::aliased(1, MetricValue::Float(0.0));
+    null.is_null = Some(true);
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(
+            Some(1),
+            vec![
+                uncertain,
+                bad,
+                null,
+                Metric::aliased(1, MetricValue::Float(f32::NAN)),
+                Metric::aliased(1, MetricValue::Boolean(true)),
+            ],
+        ),
+        received(),
+    );
+    assert_eq!(
+        values(&out),
+        vec![
+            ("n1/Oil_Temp", 5.0, Quality::Uncertain),
+            ("n1/Cycles", 5.0, Quality::Bad),
+            ("n1/Oil_Temp", 0.0, Quality::Bad),
+            ("n1/Oil_Temp", 0.0, Quality::Bad),
+        ]
+    );
+    assert_eq!(
+        out.problems,
+        vec![Problem::WrongValue {
+            metric: "n1/Oil_Temp".into()
+        }]
+    );
+}
+
+#[test]
+fn every_numeric_type_reads_its_value() {
+    use DataType as T;
+    use MetricValue as V;
+    let cases = [
+        (T::Int8, V::Int(0xFFFF_FF80), -128.0),
+        (T::Int8, V::Int(0x80), -128.0),
+        (T::Int16, V::Int(0x8000), -32768.0),
+        (T::Int32, V::Int(0xFFFF_FFFF), -1.0),
+        (T::Int64, V::Long(u64::MAX), -1.0),
+        (T::UInt8, V::Int(255), 255.0),
+        (T::UInt16, V::Int(65535), 65535.0),
+        (T::UInt32, V::Int(4_000_000_000), 4e9),
+        (T::UInt32, V::Long(4_000_000_000), 4e9),
+        (T::UInt64, V::Long(1 << 40), (1u64 << 40) as f64),
+        (T::Float, V::Float(1.5), 1.5),
+        (T::Double, V::Double(-2.25), -2.25),
+        (T::Boolean, V::Boolean(true), 1.0),
+        (T::Boolean, V::Boolean(false), 0.0),
+    ];
+    for (datatype, value, expected) in cases {
+        assert_eq!(
+            number(datatype, &value),
+            Some(expected),
+            "{datatype:?} {value:?}"
+        );
+    }
+    assert_eq!(number(T::Int32, &V::Float(1.0)), None);
+    assert_eq!(number(T::Boolean, &V::Int(1)), None);
+    assert_eq!(number(T::String, &V::String("1".into())), None);
+}
+
+#[test]
+fn garbage_and_oversized_payloads_are_reported() {
+    let mut s = born();
+    let t = topic("spBv1.0/plant/NDATA/n1");
+    let out = s.on_message(&t, &[0xFF, 0xFF, 0xFF], received());
+    assert!(
+        matches!(out.problems[..], [Problem::Malformed(_)]),
+        "{out:?}"
+    );
+    let out = s.on_message(&t, &vec![0; MAX_PAYLOAD_BYTES + 1], received());
+    assert_eq!(out.problems[0].reason(), "oversized");
+    let out = s.on_message(
+        &t,
+        &message(
+            Some(1),
+            vec![Metric::aliased(1, MetricValue::Float(1.0)).at(u64::MAX)],
+        ),
+        received(),
+    );
+    assert_eq!(out.problems[0].reason(), "bad_timestamp");
+}
+
+#[test]
+fn a_rebirth_request_is_an_ncmd_payload() {
+    let p = Payload::decode(rebirth_request(T0).as_slice()).unwrap();
+    assert_eq!(p.metrics[0].name.as_deref(), Some(REBIRTH_METRIC));
+    assert_eq!(p.metrics[0].value, Some(MetricValue::Boolean(true)));
+}
+
+#[test]
+fn derived_numbers_differ_by_topic_and_bytes() {
+    let a = derived_seq("spBv1.0/g/NDATA/n", b"x");
+    assert!((DERIVED_SEQ_BASE..1 << 63).contains(&a));
+    assert_eq!(a, derived_seq("spBv1.0/g/NDATA/n", b"x"));
+    assert_ne!(a, derived_seq("spBv1.0/g/NDATA/m", b"x"));
+    assert_ne!(a, derived_seq("spBv1.0/g/NDATA/n", b"y"));
+}
