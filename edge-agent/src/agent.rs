@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use model::Reading;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -35,6 +35,23 @@ pub enum AgentError {
     Uplink(#[from] UplinkError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+}
+
+/// Readings a source hands to the agent, and whom to tell once they are durable in the outbox
+/// (sealed, and synced when the fsync policy is `interval`) or dropped and counted.
+#[derive(Debug)]
+pub struct Chunk {
+    pub readings: Vec<Reading>,
+    pub on_sealed: Option<oneshot::Sender<()>>,
+}
+
+impl From<Vec<Reading>> for Chunk {
+    fn from(readings: Vec<Reading>) -> Self {
+        Self {
+            readings,
+            on_sealed: None,
+        }
+    }
 }
 
 /// Counters the agent keeps; also exported as Prometheus metrics.
@@ -115,6 +132,32 @@ struct Flow {
     /// Batches the replay may still send: refilled at the configured rate, capped at one
     /// second's worth.
     replay_budget: f64,
+    /// Readings taken from the sources so far.
+    accepted: u64,
+    /// Of those, readings sealed into the outbox or dropped, in the order they came.
+    released: u64,
+    /// Of those, readings known durable (or dropped): the sources waiting up to there are told.
+    durable: u64,
+    /// Sources waiting for their readings to be durable: (accepted count after their chunk,
+    /// whom to tell).
+    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Flow {
+    /// Everything released so far is durable: tell the sources waiting for it.
+    fn mark_durable(&mut self) {
+        self.durable = self.released;
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(upto, _)| *upto <= self.durable)
+        {
+            if let Some((_, tx)) = self.waiting.pop_front() {
+                // A source that stopped waiting has nothing to acknowledge.
+                let _ = tx.send(());
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -157,16 +200,29 @@ impl Agent {
             connected: false,
             outbox_dropped: 0,
             replay_budget: 0.0,
+            accepted: 0,
+            released: 0,
+            durable: 0,
+            waiting: VecDeque::new(),
         };
-        let (tx, mut readings) = mpsc::channel::<Vec<Reading>>(64);
+        let (tx, mut readings) = mpsc::channel::<Chunk>(64);
         let mut pollers = tokio::task::JoinSet::new();
         // One task per line: a TCP device, or all units sharing one serial port or converter.
         for poller in crate::modbus::poller::pollers(&cfg.device, &tx, &self.stats) {
             pollers.spawn(poller.run(stop_sources.clone()));
         }
+        for source in &cfg.mqtt {
+            let source = crate::mqtt::source::MqttSource::new(
+                source.clone(),
+                cfg.gateway.id.clone(),
+                Arc::clone(&self.stats),
+            );
+            pollers.spawn(source.run(tx.clone(), stop_sources.clone()));
+        }
         drop(tx);
         tracing::info!(
             devices = cfg.device.len(),
+            mqtt_sources = cfg.mqtt.len(),
             tags = cfg.tag_count(),
             broker = %cfg.uplink.broker,
             outbox = %cfg.outbox.dir.display(),
@@ -190,7 +246,10 @@ impl Agent {
                     }
                 }
                 _ = flush.tick() => self.seal(&mut flow, true).await?,
-                _ = fsync.tick(), if cfg.outbox.fsync == FsyncPolicy::Interval => flow.outbox.sync()?,
+                _ = fsync.tick(), if cfg.outbox.fsync == FsyncPolicy::Interval => {
+                    flow.outbox.sync()?;
+                    flow.mark_durable();
+                }
                 _ = replay.tick() => self.replay(&mut flow).await?,
                 Some(event) = events.recv() => self.on_event(&mut flow, &event)?,
             }
@@ -198,12 +257,15 @@ impl Agent {
 
         tracing::info!("stopping: draining sources and waiting for acknowledgements");
         stop_sources.cancel();
-        while pollers.join_next().await.is_some() {}
-        while let Ok(chunk) = readings.try_recv() {
+        // Every source drops its sender when it stops; what they handed over before is sealed.
+        while let Some(chunk) = readings.recv().await {
             self.accept(&mut flow, chunk);
         }
         self.seal(&mut flow, true).await?;
         flow.outbox.sync()?;
+        flow.mark_durable();
+        // MQTT sources acknowledge to their brokers what is now durable, then end.
+        while pollers.join_next().await.is_some() {}
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while flow.outbox.unacked_count() > 0 {
             self.replay(&mut flow).await?;
@@ -232,13 +294,18 @@ impl Agent {
     }
 
     /// Takes polled readings into memory, dropping (and counting) the oldest beyond the bound.
-    fn accept(&self, flow: &mut Flow, chunk: Vec<Reading>) {
-        self.stats.count_polled(chunk.len());
-        flow.unsealed.extend(chunk);
+    fn accept(&self, flow: &mut Flow, chunk: Chunk) {
+        self.stats.count_polled(chunk.readings.len());
+        flow.accepted += chunk.readings.len() as u64;
+        if let Some(tx) = chunk.on_sealed {
+            flow.waiting.push_back((flow.accepted, tx));
+        }
+        flow.unsealed.extend(chunk.readings);
         let max = self.config.uplink.buffer_max_readings;
         if flow.unsealed.len() > max {
             let excess = flow.unsealed.len() - max;
             flow.unsealed.drain(..excess);
+            flow.released += excess as u64;
             self.stats.count_dropped(excess as u64);
             tracing::warn!(
                 readings = excess,
@@ -263,6 +330,7 @@ impl Agent {
                 }
             };
             flow.unsealed.drain(..n);
+            flow.released += n as u64;
             self.stats.count_sealed(n);
             let dropped = flow.outbox.dropped().readings;
             self.stats.count_dropped(dropped - flow.outbox_dropped);
@@ -273,6 +341,9 @@ impl Agent {
             } else {
                 flow.backlog.insert(sealed.seq);
             }
+        }
+        if self.config.outbox.fsync == FsyncPolicy::Always {
+            flow.mark_durable();
         }
         metrics::gauge!("maintainpro_edge_outbox_bytes").set(flow.outbox.bytes() as f64);
         metrics::gauge!("maintainpro_edge_backlog_batches").set(flow.backlog.len() as f64);

@@ -70,6 +70,7 @@ use serde::Deserialize;
 use crate::exception::Deadband;
 use crate::modbus::decode::{ByteOrder, DataType, Scaling};
 use crate::modbus::plan::MAX_REGISTERS;
+pub use crate::mqtt::config::{JsonMapping, MqttSourceConfig, SparkplugSubscription};
 use crate::outbox::OutboxConfig;
 
 /// Prefix of environment variables that override configuration keys.
@@ -83,6 +84,9 @@ pub struct AgentConfig {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
+    /// Local brokers to read Sparkplug B and JSON messages from.
+    #[serde(default)]
+    pub mqtt: Vec<MqttSourceConfig>,
     #[serde(default)]
     pub metrics: MetricsSection,
 }
@@ -439,6 +443,10 @@ impl Validate for AgentConfig {
             }
         }
         validate_shared_lines(&self.device, report);
+        let mut source_names = HashSet::new();
+        for (i, m) in self.mqtt.iter().enumerate() {
+            m.validate(&format!("mqtt[{i}]"), &mut source_names, report);
+        }
     }
 }
 
@@ -1030,6 +1038,86 @@ unit_id = 248
         assert_eq!(
             model::topic::broker_address(&c.uplink.broker),
             Ok(("10.0.0.5".into(), 1883))
+        );
+    }
+
+    #[test]
+    fn mqtt_sources_parse_with_their_defaults() {
+        let text = format!(
+            r#"{HEAD}
+[[mqtt]]
+name = "line-broker"
+broker = "mqtt://127.0.0.1:1884"
+
+[[mqtt.sparkplug]]
+group = "plant"
+
+[[mqtt.json]]
+topic = "sensors/+/state"
+tag = "{{2}}.temp"
+value = "/temp"
+timestamp = "/ts"
+"#
+        );
+        let c = load(&text).unwrap();
+        let m = &c.mqtt[0];
+        assert_eq!(m.client_id(&c.gateway.id), "edge-gw-1-line-broker");
+        assert_eq!(m.sparkplug[0].edge_node, "+");
+        assert!(m.sparkplug[0].rebirth);
+        assert_eq!(
+            m.sparkplug[0].filters(),
+            ["spBv1.0/plant/+/+", "spBv1.0/plant/+/+/+"]
+        );
+        assert_eq!(m.json[0].quality, None);
+    }
+
+    #[test]
+    fn mqtt_source_problems_are_listed_with_their_keys() {
+        let text = format!(
+            r#"{HEAD}
+[[mqtt]]
+name = "a"
+broker = "tcp://x"
+password = "p"
+
+[[mqtt.sparkplug]]
+group = "pl/ant"
+edge_node = "n#"
+tag_prefix = "bad prefix"
+
+[[mqtt.json]]
+topic = "a/#/b"
+tag = "x"
+value = "temp"
+
+[[mqtt.json]]
+topic = "a/+"
+tag = "{{3}}"
+value = ""
+quality = "q"
+
+[[mqtt]]
+name = "a"
+broker = "mqtt://h:1"
+"#
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(
+            paths(&err),
+            [
+                "mqtt[0].broker",
+                "mqtt[0].json[0].topic",
+                "mqtt[0].json[0].value",
+                "mqtt[0].json[1].quality",
+                "mqtt[0].json[1].tag",
+                "mqtt[0].password",
+                "mqtt[0].sparkplug[0].edge_node",
+                "mqtt[0].sparkplug[0].group",
+                "mqtt[0].sparkplug[0].tag_prefix",
+                "mqtt[1]",
+                "mqtt[1].name",
+            ],
+            "{err}"
         );
     }
 }

@@ -5,6 +5,7 @@
 //! - [`config`]: the agent's TOML configuration, validated as a whole before anything starts.
 //! - [`modbus`]: the Modbus source (TCP, RTU over TCP, RTU on serial lines): pure decoding,
 //!   request planning and line grouping, and the polling task.
+//! - [`mqtt`]: the MQTT source (Sparkplug B edge nodes and plain JSON on a local broker).
 //! - [`exception`]: report by exception (deadband and heartbeat), pure.
 //! - [`read`]: what `edge-agent read` prints.
 //! - [`outbox`]: the durable, bounded, checksummed store of batches waiting for the broker's
@@ -21,6 +22,7 @@ pub mod config;
 pub mod exception;
 pub mod exporter;
 pub mod modbus;
+pub mod mqtt;
 pub mod outbox;
 pub mod read;
 pub mod uplink;

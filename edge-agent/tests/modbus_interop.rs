@@ -339,7 +339,7 @@ deadband = 0.5
         ));
         assert_eq!(group_devices(&devices), [vec![0, 1]]);
         let stats = Arc::new(AgentStats::default());
-        let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(64);
+        let (tx, mut rx) = mpsc::channel::<edge_agent::agent::Chunk>(64);
         let mut lines = pollers(&devices, &tx, &stats);
         assert_eq!(lines.len(), 1, "one poller for the shared line");
         let cancel = CancellationToken::new();
@@ -352,7 +352,7 @@ deadband = 0.5
             .count()
             < 5
         {
-            readings.extend(rx.recv().await.expect("the poller keeps sending"));
+            readings.extend(rx.recv().await.expect("the poller keeps sending").readings);
         }
         cancel.cancel();
         task.await.expect("the poller stops cleanly");

@@ -128,6 +128,17 @@ macro_rules! name_id {
                 Ok(Self(value))
             }
 
+            /// Like [`Self::parse`], but every character the name cannot hold becomes `_`
+            /// first: for names built from other systems' identifiers. Fails only when the
+            /// result is empty or too long.
+            pub fn parse_lossy(value: &str) -> Result<Self, IdError> {
+                let clean: String = value
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || $allowed.contains(c) { c } else { '_' })
+                    .collect();
+                Self::parse(clean)
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }

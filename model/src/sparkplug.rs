@@ -178,17 +178,7 @@ pub fn tag_name(
         name.push('/');
     }
     name.push_str(metric);
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:/".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    TagName::parse(clean)
+    TagName::parse_lossy(&name)
 }
 
 /// The `NCMD` payload that asks an edge node to publish its births again.

@@ -18,6 +18,8 @@
 //!   frames over TCP ([`spawn_modbus_rtu_over_tcp_plc`]).
 //! - [`load`]: the load generator: numbered batches of readings for many tags, published to a
 //!   broker as a fleet of edge agents would (benchmarks and load tests).
+//! - [`sparkplug`]: a Sparkplug B edge node publishing a scenario to a broker (births with
+//!   aliases, data by alias, deaths as MQTT will and on comms loss, rebirth on command).
 //! - `src/bin/plant-sim.rs`: the command-line program serving a scenario.
 //!
 //! Simulated values are deterministic: the same scenario and seed give the same value at
@@ -32,6 +34,7 @@ pub mod plc;
 pub mod registers;
 pub mod scenario;
 pub mod signal;
+pub mod sparkplug;
 
 pub use plc::{ModbusPlc, PlcHandle, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 pub use registers::ReadError;

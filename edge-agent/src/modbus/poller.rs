@@ -13,7 +13,7 @@ use model::Reading;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::AgentStats;
+use crate::agent::{AgentStats, Chunk};
 use crate::config::DeviceConfig;
 use crate::exception::ExceptionFilter;
 use crate::modbus::line::{Line, Sample, TagScope};
@@ -24,23 +24,19 @@ use crate::modbus::transport::group_devices;
 pub struct DevicePoller {
     line: Line,
     exceptions: ExceptionFilter,
-    out: mpsc::Sender<Vec<Reading>>,
+    out: mpsc::Sender<Chunk>,
 }
 
 impl DevicePoller {
     /// A poller for one device on a line of its own.
-    pub fn new(
-        device: DeviceConfig,
-        out: mpsc::Sender<Vec<Reading>>,
-        stats: Arc<AgentStats>,
-    ) -> Self {
+    pub fn new(device: DeviceConfig, out: mpsc::Sender<Chunk>, stats: Arc<AgentStats>) -> Self {
         Self::for_line(vec![device], out, stats)
     }
 
     /// A poller for devices that share a line (see [`pollers`]).
     pub fn for_line(
         devices: Vec<DeviceConfig>,
-        out: mpsc::Sender<Vec<Reading>>,
+        out: mpsc::Sender<Chunk>,
         stats: Arc<AgentStats>,
     ) -> Self {
         let exceptions = ExceptionFilter::for_tags(devices.iter().flat_map(|d| &d.tag));
@@ -67,7 +63,7 @@ impl DevicePoller {
             if readings.is_empty() {
                 continue;
             }
-            if self.out.send(readings).await.is_err() {
+            if self.out.send(readings.into()).await.is_err() {
                 break;
             }
         }
@@ -79,7 +75,7 @@ impl DevicePoller {
 /// one, every other device gets its own.
 pub fn pollers(
     devices: &[DeviceConfig],
-    out: &mpsc::Sender<Vec<Reading>>,
+    out: &mpsc::Sender<Chunk>,
     stats: &Arc<AgentStats>,
 ) -> Vec<DevicePoller> {
     group_devices(devices)

@@ -1,14 +1,17 @@
-//! `plant-sim`: serves a simulated plant as a Modbus PLC until Ctrl-C or SIGTERM.
+//! `plant-sim`: serves a simulated plant as a Modbus PLC, or publishes it as a Sparkplug B
+//! edge node, until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use simulators::sparkplug::{NodeSpec, spawn_sparkplug_node};
 use simulators::{Scenario, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 use tracing_subscriber::EnvFilter;
 
-/// Serve a simulated plant as a Modbus TCP PLC (or RTU over TCP).
+/// Serve a simulated plant as a Modbus TCP PLC (or RTU over TCP), or publish it as a
+/// Sparkplug B edge node.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -22,6 +25,22 @@ struct Args {
     /// Modbus TCP.
     #[arg(long)]
     rtu_over_tcp: bool,
+    /// Publish the plant as a Sparkplug B edge node to this broker (mqtt://host:port)
+    /// instead of serving Modbus.
+    #[arg(long, value_name = "BROKER")]
+    sparkplug: Option<String>,
+    /// Sparkplug group id.
+    #[arg(long, default_value = "plant", requires = "sparkplug")]
+    group: String,
+    /// Sparkplug edge node id.
+    #[arg(long, default_value = "plant-sim", requires = "sparkplug")]
+    edge_node: String,
+    /// Publish the signals on this device of the node (DBIRTH/DDATA) rather than on the node.
+    #[arg(long, requires = "sparkplug")]
+    device: Option<String>,
+    /// Time between two data messages, such as 1s or 250ms.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, requires = "sparkplug")]
+    interval: std::time::Duration,
 }
 
 #[tokio::main]
@@ -36,6 +55,24 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Scenario::from_file(path)?,
         None => Scenario::demo(),
     };
+    if let Some(broker) = args.sparkplug {
+        let spec = NodeSpec {
+            broker,
+            group: args.group,
+            edge_node: args.edge_node,
+            device: args.device,
+            interval: args.interval,
+        };
+        let node = spawn_sparkplug_node(spec, scenario).map_err(anyhow::Error::msg)?;
+        stop_requested().await?;
+        tracing::info!(
+            births = node.births(),
+            data = node.data_messages(),
+            "stopping"
+        );
+        node.shutdown().await;
+        return Ok(());
+    }
     let plc = if args.rtu_over_tcp {
         spawn_modbus_rtu_over_tcp_plc(args.listen, scenario).await
     } else {

@@ -1,0 +1,273 @@
+//! The task that subscribes to one local broker and hands what it reads to the agent.
+//!
+//! The session is persistent (clean session off, QoS 1 subscriptions) and acknowledgements
+//! are manual: a message is acknowledged to the local broker only after the readings it gave
+//! are sealed into the outbox, so a crash of the agent before that point makes the broker
+//! deliver the message again. Acknowledgements go out in the order the messages came, from a
+//! task of their own, so waiting for a seal never stops the reading of later messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::sparkplug::{self, MessageType, NodeSession, Topic};
+use model::{GatewayId, Timestamp};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::config::MqttSourceConfig;
+use super::json::JsonMapper;
+use crate::agent::{AgentStats, Chunk};
+
+/// The least time between two rebirth requests to one edge node.
+const REBIRTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Acknowledgements waiting for their seal; beyond it, reading waits.
+const PENDING_ACKS: usize = 1024;
+/// How long a stopping source waits to acknowledge what the agent sealed.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// One `[[mqtt]]` source, ready to run.
+#[derive(Debug)]
+pub struct MqttSource {
+    config: MqttSourceConfig,
+    gateway: GatewayId,
+    json: JsonMapper,
+    /// Edge nodes by (group, node id).
+    nodes: HashMap<(String, String), NodeSession>,
+    rebirth_asked: HashMap<(String, String), Instant>,
+    stats: Arc<AgentStats>,
+}
+
+impl MqttSource {
+    pub fn new(config: MqttSourceConfig, gateway: GatewayId, stats: Arc<AgentStats>) -> Self {
+        Self {
+            json: JsonMapper::new(&config.json),
+            config,
+            gateway,
+            nodes: HashMap::new(),
+            rebirth_asked: HashMap::new(),
+            stats,
+        }
+    }
+
+    fn filters(&self) -> Vec<String> {
+        let mut filters: Vec<String> = self.config.json.iter().map(|m| m.topic.clone()).collect();
+        filters.extend(self.config.sparkplug.iter().flat_map(|s| s.filters()));
+        filters.sort();
+        filters.dedup();
+        filters
+    }
+
+    /// Reads until `cancel`; readings go to `out`.
+    #[tracing::instrument(skip_all, fields(source = %self.config.name))]
+    pub async fn run(mut self, out: mpsc::Sender<Chunk>, cancel: CancellationToken) {
+        let Ok((host, port)) = model::topic::broker_address(&self.config.broker) else {
+            // Validation refuses such a configuration before the agent starts.
+            tracing::error!(broker = %self.config.broker, "not a broker URL; source stopped");
+            return;
+        };
+        let mut options = MqttOptions::new(self.config.client_id(&self.gateway), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(15))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(sparkplug::MAX_PAYLOAD_BYTES + 4096, 64 * 1024);
+        if let Some(user) = &self.config.username {
+            let password = self.config.password.as_ref().map_or("", |p| p.expose());
+            options.set_credentials(user, password);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (acks, pending) = mpsc::channel(PENDING_ACKS);
+        let acker = tokio::spawn(acknowledge(client.clone(), pending));
+        let filters = self.filters();
+        let mut connected = false;
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break,
+                e = eventloop.poll() => e,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    tracing::info!(broker = %self.config.broker, "subscribed");
+                    for f in &filters {
+                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                            tracing::error!(filter = %f, error = %e, "cannot subscribe");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let sealed = self.on_publish(&client, &publish, &out).await;
+                    if acks.send((publish, sealed)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        tracing::warn!(error = %e, "connection to the local broker lost; retrying");
+                    }
+                    connected = false;
+                    metrics::counter!("maintainpro_edge_mqtt_source_disconnects_total", "source" => self.config.name.clone()).increment(1);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        // Stop handing readings over, then keep the connection turning until what the agent
+        // sealed is acknowledged; later messages stay with the broker for the next start.
+        drop(out);
+        drop(acks);
+        let drain = async {
+            let mut acker = acker;
+            let mut acked = false;
+            loop {
+                tokio::select! {
+                    _ = &mut acker, if !acked => {
+                        acked = true;
+                        // Queued after the acknowledgements, so it goes out after them.
+                        let _ = client.try_disconnect();
+                    }
+                    e = eventloop.poll() => match e {
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) if acked => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        };
+        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            tracing::warn!(
+                "acknowledgements still pending at stop; the broker will deliver those messages again"
+            );
+        }
+    }
+
+    /// Reads one message; the returned receiver fires once its readings are sealed.
+    async fn on_publish(
+        &mut self,
+        client: &AsyncClient,
+        publish: &Publish,
+        out: &mpsc::Sender<Chunk>,
+    ) -> Option<oneshot::Receiver<()>> {
+        let received = Timestamp::now();
+        let topic = publish.topic.clone();
+        let readings = if let Some(sp) = self.sparkplug_topic(&topic) {
+            self.sparkplug(client, &sp, &publish.payload, received)
+        } else if self.json.wants(&topic) {
+            let (readings, problems) = self.json.map(&topic, &publish.payload, received);
+            for p in &problems {
+                self.problem(&topic, p.reason(), p);
+            }
+            readings
+        } else {
+            Vec::new()
+        };
+        if readings.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let chunk = Chunk {
+            readings,
+            on_sealed: Some(tx),
+        };
+        // The agent is stopping when this fails; the message stays unacknowledged.
+        out.send(chunk).await.ok()?;
+        Some(rx)
+    }
+
+    fn sparkplug_topic(&self, topic: &str) -> Option<Topic> {
+        let t = Topic::parse(topic).ok()?;
+        self.config
+            .sparkplug
+            .iter()
+            .any(|s| s.covers(&t.group, &t.edge_node))
+            .then_some(t)
+    }
+
+    fn sparkplug(
+        &mut self,
+        client: &AsyncClient,
+        topic: &Topic,
+        payload: &[u8],
+        received: Timestamp,
+    ) -> Vec<model::Reading> {
+        let Some(sub) = self
+            .config
+            .sparkplug
+            .iter()
+            .find(|s| s.covers(&topic.group, &topic.edge_node))
+        else {
+            return Vec::new();
+        };
+        let key = (topic.group.clone(), topic.edge_node.clone());
+        let prefix = format!("{}{}/", sub.tag_prefix, topic.edge_node);
+        let rebirth = sub.rebirth;
+        let outcome = self
+            .nodes
+            .entry(key.clone())
+            .or_insert_with(|| NodeSession::new(prefix))
+            .on_message(topic, payload, received);
+        for p in &outcome.problems {
+            self.problem(&topic.to_string(), p.reason(), p);
+        }
+        if outcome.rebirth && rebirth {
+            self.ask_rebirth(client, key);
+        }
+        outcome.readings
+    }
+
+    fn ask_rebirth(&mut self, client: &AsyncClient, key: (String, String)) {
+        let now = Instant::now();
+        if self
+            .rebirth_asked
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REBIRTH_INTERVAL)
+        {
+            return;
+        }
+        self.rebirth_asked.insert(key.clone(), now);
+        let topic = Topic::node(&key.0, MessageType::NCmd, &key.1);
+        let ms = u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0);
+        tracing::info!(%topic, "asking the edge node to publish its births again");
+        metrics::counter!("maintainpro_edge_sparkplug_rebirths_requested_total").increment(1);
+        if let Err(e) = client.try_publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            sparkplug::rebirth_request(ms),
+        ) {
+            tracing::warn!(error = %e, "cannot ask for a rebirth");
+        }
+    }
+
+    fn problem(&self, topic: &str, reason: &'static str, problem: &dyn std::fmt::Display) {
+        self.stats.count_decode_error();
+        metrics::counter!("maintainpro_edge_mqtt_problems_total", "source" => self.config.name.clone(), "reason" => reason).increment(1);
+        tracing::warn!(%topic, %problem, "message not fully read");
+    }
+}
+
+/// Acknowledges messages in arrival order, each once its readings are sealed (at once when it
+/// gave none).
+async fn acknowledge(
+    client: AsyncClient,
+    mut pending: mpsc::Receiver<(Publish, Option<oneshot::Receiver<()>>)>,
+) {
+    while let Some((publish, sealed)) = pending.recv().await {
+        if let Some(sealed) = sealed
+            && sealed.await.is_err()
+        {
+            // The agent stopped before sealing: leave this and every later message
+            // unacknowledged, so the broker delivers them again.
+            return;
+        }
+        if let Err(e) = client.ack(&publish).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message to the local broker");
+            return;
+        }
+    }
+}
