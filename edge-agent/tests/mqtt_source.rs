@@ -116,7 +116,7 @@ fn json_readings_in(seen: &Seen) -> Vec<(f64, i64)> {
         .filter(|r| r.tag.as_str() == "pump-1.temp")
         .map(|r| (r.value, r.ts.as_micros()))
         .collect();
-    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v.sort_by_key(|r| r.1);
     v.dedup();
     v
 }
