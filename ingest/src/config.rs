@@ -23,18 +23,21 @@ pub struct IngestConfig {
     /// Messages received but not yet processed; a full queue stops reading from the broker.
     #[serde(default = "default_queue")]
     pub queue: usize,
-    /// Topic filters to subscribe to. The default takes every tenant's gateways; a process that
-    /// serves some tenants only lists theirs (`maintainpro/v1/<tenant>/+/readings` and
-    /// `maintainpro/v1/<tenant>/+/readings/json`).
+    /// Topic filters to subscribe to. The default takes every tenant's gateways and every
+    /// Sparkplug B group's births, data and deaths; a process that serves some tenants only
+    /// lists theirs (`maintainpro/v1/<tenant>/+/readings`,
+    /// `maintainpro/v1/<tenant>/+/readings/json`, `spBv1.0/<tenant>/NDATA/+`, ...).
     #[serde(default = "default_subscribe")]
     pub subscribe: Vec<String>,
 }
 
 fn default_subscribe() -> Vec<String> {
-    vec![
+    let mut filters = vec![
         model::topic::all_readings_filter(),
         model::topic::all_json_readings_filter(),
-    ]
+    ];
+    filters.extend(model::sparkplug::host_filters("+"));
+    filters
 }
 
 impl IngestConfig {

@@ -50,15 +50,17 @@
 //! without acknowledging); then ingest disconnects once the acknowledgements are out. Messages
 //! not taken stay with the broker, which delivers them again to the next session.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use model::sparkplug::{self, MessageType, NodeSession};
 use model::topic::Format;
 use model::wire::Batch;
-use model::{Quality, TenantId, Timestamp};
+use model::{GatewayId, Quality, TenantId, Timestamp};
 use rules::TagContext;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
@@ -129,6 +131,8 @@ pub const GROUP_MESSAGES: usize = 64;
 const STORE_QUEUE: usize = GROUP_MESSAGES;
 /// How long a stopping consumer waits for its acknowledgements and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// The least time between two rebirth requests to one Sparkplug B edge node.
+const REBIRTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often upcoming readings partitions are created.
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 
@@ -232,6 +236,9 @@ impl Consumer {
                 directory: Directory::default(),
                 stats: Arc::clone(&self.stats),
                 rules: self.rules,
+                client: client.clone(),
+                nodes: HashMap::new(),
+                rebirth_asked: HashMap::new(),
             }
             .run(received_rx, decoded_tx, stop_intake.clone()),
         ));
@@ -293,6 +300,27 @@ struct DecodeStage {
     directory: Directory,
     stats: Arc<IngestStats>,
     rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+    /// Publishes Sparkplug B rebirth requests.
+    client: AsyncClient,
+    /// Sparkplug B edge nodes by (tenant, gateway).
+    nodes: HashMap<(TenantId, GatewayId), NodeSession>,
+    /// When each Sparkplug node (group, node id) was last asked for a rebirth.
+    rebirth_asked: HashMap<(String, String), Instant>,
+}
+
+/// What a message's topic and bytes gave, before any database lookup.
+#[derive(Debug)]
+enum Decoding {
+    BadTopic(String),
+    Batch {
+        tenant: TenantId,
+        gateway: GatewayId,
+        /// The batch, or the dead-letter reason and detail of a message that does not decode.
+        batch: Result<Batch, (&'static str, String)>,
+        /// The reason and detail of what a decodable message lost (Sparkplug metrics that
+        /// could not be read); the message is also kept as a dead letter.
+        partial: Option<(&'static str, String)>,
+    },
 }
 
 impl DecodeStage {
@@ -314,7 +342,10 @@ impl DecodeStage {
             queue_depth("decode", received.len());
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_ingest_messages_total").increment(1);
-            let Some((item, mut inputs)) = self.prepare_with_retry(&publish, &stop_intake).await
+            let decoding = self.decode(&publish);
+            let Some((item, mut inputs)) = self
+                .prepare_with_retry(&publish, &decoding, &stop_intake)
+                .await
             else {
                 break; // stopped while the database was down: not stored, so not acked
             };
@@ -354,11 +385,12 @@ impl DecodeStage {
     async fn prepare_with_retry(
         &mut self,
         publish: &Publish,
+        decoding: &Decoding,
         stop_intake: &CancellationToken,
     ) -> Option<(Item, Vec<RuleInput>)> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.prepare(publish).await {
+            match self.prepare(publish, decoding).await {
                 Ok(prepared) => return Some(prepared),
                 Err(e) if e.is_transient() => {
                     count_retry();
@@ -378,8 +410,127 @@ impl DecodeStage {
         }
     }
 
-    /// Decodes and resolves one message into what to store, and the readings for the rules.
-    async fn prepare(&mut self, publish: &Publish) -> Result<(Item, Vec<RuleInput>), StoreError> {
+    /// Reads a message's topic and bytes, once per delivery (a Sparkplug B session moves on
+    /// with every message, so this is not repeated when a lookup is retried).
+    fn decode(&mut self, publish: &Publish) -> Decoding {
+        if publish.topic.starts_with(sparkplug::NAMESPACE) {
+            return self.decode_sparkplug(publish);
+        }
+        let (tenant, gateway, format) = match model::topic::parse_readings_topic(&publish.topic) {
+            Ok(t) => t,
+            Err(e) => return Decoding::BadTopic(e.to_string()),
+        };
+        let batch = match format {
+            Format::Wire => {
+                Batch::decode(&publish.payload).map_err(|e| (e.reason(), e.to_string()))
+            }
+            Format::Json => model::json_batch::decode(&gateway, &publish.payload)
+                .map_err(|e| (e.reason(), e.to_string())),
+        };
+        Decoding::Batch {
+            tenant,
+            gateway,
+            batch,
+            partial: None,
+        }
+    }
+
+    /// A Sparkplug B message: group id = tenant, edge node id = gateway, tags named
+    /// `[<device>/]<metric>`; births, data and deaths go through the node's session.
+    fn decode_sparkplug(&mut self, publish: &Publish) -> Decoding {
+        let topic = match sparkplug::Topic::parse(&publish.topic) {
+            Ok(t) => t,
+            Err(e) => return Decoding::BadTopic(e.to_string()),
+        };
+        if matches!(topic.kind, MessageType::NCmd | MessageType::DCmd) {
+            return Decoding::BadTopic(format!(
+                "{topic}: commands carry no readings; subscribe to births, data and deaths only"
+            ));
+        }
+        let Ok(tenant) = TenantId::parse(&topic.group) else {
+            return Decoding::BadTopic(format!(
+                "{topic}: the Sparkplug group id {:?} is not a tenant id; ingest reads group ids as tenant UUIDs",
+                topic.group
+            ));
+        };
+        let gateway = match GatewayId::parse(topic.edge_node.as_str()) {
+            Ok(g) => g,
+            Err(e) => {
+                return Decoding::BadTopic(format!(
+                    "{topic}: the edge node id is not a gateway code: {e}"
+                ));
+            }
+        };
+        let outcome = self
+            .nodes
+            .entry((tenant, gateway.clone()))
+            .or_insert_with(|| NodeSession::new(""))
+            .on_message(&topic, &publish.payload, Timestamp::now());
+        for p in &outcome.problems {
+            metrics::counter!("maintainpro_ingest_sparkplug_problems_total", "reason" => p.reason())
+                .increment(1);
+            tracing::warn!(%topic, problem = %p, "Sparkplug message not fully read");
+        }
+        if outcome.rebirth {
+            self.ask_rebirth(&topic);
+        }
+        let batch = match outcome.problems.iter().find(|p| p.is_fatal()) {
+            Some(p) => Err((p.reason(), p.to_string())),
+            None => Ok(Batch::from_readings(
+                gateway.clone(),
+                sparkplug::derived_seq(&publish.topic, &publish.payload),
+                &outcome.readings,
+            )),
+        };
+        let lost: Vec<&sparkplug::Problem> = outcome
+            .problems
+            .iter()
+            .filter(|p| !p.is_fatal() && p.loses_data())
+            .collect();
+        let partial = lost.first().map(|p| {
+            let detail: Vec<String> = lost.iter().map(ToString::to_string).collect();
+            (p.reason(), detail.join("; "))
+        });
+        Decoding::Batch {
+            tenant,
+            gateway,
+            batch,
+            partial,
+        }
+    }
+
+    /// Asks an edge node for its births (at most once per [`REBIRTH_INTERVAL`] per node).
+    fn ask_rebirth(&mut self, topic: &sparkplug::Topic) {
+        let key = (topic.group.clone(), topic.edge_node.clone());
+        let now = Instant::now();
+        if self
+            .rebirth_asked
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REBIRTH_INTERVAL)
+        {
+            return;
+        }
+        self.rebirth_asked.insert(key, now);
+        let ncmd = sparkplug::Topic::node(&topic.group, MessageType::NCmd, &topic.edge_node);
+        let ms = u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0);
+        metrics::counter!("maintainpro_ingest_sparkplug_rebirths_requested_total").increment(1);
+        tracing::info!(topic = %ncmd, "asking the edge node to publish its births again");
+        if let Err(e) = self.client.try_publish(
+            ncmd,
+            QoS::AtLeastOnce,
+            false,
+            sparkplug::rebirth_request(ms),
+        ) {
+            tracing::warn!(error = %e, "cannot ask for a rebirth");
+        }
+    }
+
+    /// Resolves one decoded message into what to store, and the readings for the rules.
+    async fn prepare(
+        &mut self,
+        publish: &Publish,
+        decoding: &Decoding,
+    ) -> Result<(Item, Vec<RuleInput>), StoreError> {
         let dead = |tenant: Option<TenantId>, reason: &'static str, detail: String| {
             (
                 Item::Dead(DeadLetter {
@@ -392,26 +543,24 @@ impl DecodeStage {
                 Vec::new(),
             )
         };
-        let (tenant, gateway, format) = match model::topic::parse_readings_topic(&publish.topic) {
-            Ok(t) => t,
-            Err(e) => return Ok(dead(None, "bad_topic", e.to_string())),
-        };
-        let decoded = match format {
-            Format::Wire => {
-                Batch::decode(&publish.payload).map_err(|e| (e.reason(), e.to_string()))
-            }
-            Format::Json => model::json_batch::decode(&gateway, &publish.payload)
-                .map_err(|e| (e.reason(), e.to_string())),
+        let (tenant, gateway, decoded, partial) = match decoding {
+            Decoding::BadTopic(detail) => return Ok(dead(None, "bad_topic", detail.clone())),
+            Decoding::Batch {
+                tenant,
+                gateway,
+                batch,
+                partial,
+            } => (*tenant, gateway, batch, partial),
         };
         let batch = match decoded {
             Ok(b) => b,
             Err((reason, detail)) => {
-                let known = self.tenant_if_known(tenant, &gateway).await?;
-                return Ok(dead(known, reason, detail));
+                let known = self.tenant_if_known(tenant, gateway).await?;
+                return Ok(dead(known, reason, detail.clone()));
             }
         };
-        if batch.gateway != gateway {
-            let known = self.tenant_if_known(tenant, &gateway).await?;
+        if batch.gateway != *gateway {
+            let known = self.tenant_if_known(tenant, gateway).await?;
             let detail = format!(
                 "batch names gateway {:?} but was published on the topic of {:?}",
                 batch.gateway.as_str(),
@@ -420,7 +569,7 @@ impl DecodeStage {
             return Ok(dead(known, "gateway_mismatch", detail));
         }
         let Ok(seq) = i64::try_from(batch.seq) else {
-            let known = self.tenant_if_known(tenant, &gateway).await?;
+            let known = self.tenant_if_known(tenant, gateway).await?;
             let detail = format!(
                 "batch sequence number {} exceeds the ledger's range",
                 batch.seq
@@ -435,7 +584,7 @@ impl DecodeStage {
             .enumerate()
             .find(|(_, p)| !copy::storable(p.ts))
         {
-            let known = self.tenant_if_known(tenant, &gateway).await?;
+            let known = self.tenant_if_known(tenant, gateway).await?;
             let detail = format!(
                 "point {index} is stamped {}, outside the times PostgreSQL stores",
                 p.ts
@@ -444,7 +593,7 @@ impl DecodeStage {
         }
         let entry = match self
             .directory
-            .resolve(self.store.pool(), tenant, &gateway, &batch.tags)
+            .resolve(self.store.pool(), tenant, gateway, &batch.tags)
             .await?
         {
             Resolved::Gateway(entry) => entry,
@@ -490,17 +639,30 @@ impl DecodeStage {
                 });
             }
         }
-        let rejected = (!unknown.is_empty()).then(|| DeadLetter {
-            tenant: Some(tenant.as_uuid()),
-            topic: publish.topic.clone(),
-            reason: "unknown_tag",
-            detail: format!(
+        let unknown_tags = (!unknown.is_empty()).then(|| {
+            format!(
                 "{} of {} readings name tags not registered for gateway {:?}: {}",
                 batch.points.len() - rows.len(),
                 batch.points.len(),
                 gateway.as_str(),
                 unknown.join(", ")
-            ),
+            )
+        });
+        // What of the message could not be stored (metrics it could not read, readings of
+        // unknown tags) is kept whole as one dead letter.
+        let rejected = match (partial, unknown_tags) {
+            (None, None) => None,
+            (Some((reason, detail)), unknown) => Some((
+                *reason,
+                unknown.map_or_else(|| detail.clone(), |u| format!("{detail}; {u}")),
+            )),
+            (None, Some(unknown)) => Some(("unknown_tag", unknown)),
+        }
+        .map(|(reason, detail)| DeadLetter {
+            tenant: Some(tenant.as_uuid()),
+            topic: publish.topic.clone(),
+            reason,
+            detail,
             payload: publish.payload.clone(),
         });
         Ok((

@@ -163,6 +163,20 @@ impl fmt::Display for Topic {
     }
 }
 
+/// The filters a host subscribes to for the births, data and deaths (not the commands) of
+/// every edge node of `group` (`+` for every group).
+pub fn host_filters(group: &str) -> Vec<String> {
+    ["NBIRTH", "NDATA", "NDEATH"]
+        .iter()
+        .map(|k| format!("{NAMESPACE}/{group}/{k}/+"))
+        .chain(
+            ["DBIRTH", "DDATA", "DDEATH"]
+                .iter()
+                .map(|k| format!("{NAMESPACE}/{group}/{k}/+/+")),
+        )
+        .collect()
+}
+
 /// The tag a metric becomes: `<prefix>[<device>/]<metric>`, every character a tag name cannot
 /// hold (anything but ASCII letters, digits and `-_.:/`) replaced by `_`. Fails only when the
 /// result is empty or longer than a tag name may be.
@@ -254,6 +268,12 @@ impl Problem {
             Problem::WrongValue { .. } => "wrong_value",
             Problem::BadTimestamp { .. } => "bad_timestamp",
         }
+    }
+
+    /// Whether a value was left unread (a metric skipped); a gap in the sequence loses nothing
+    /// of the message itself.
+    pub fn loses_data(&self) -> bool {
+        !matches!(self, Problem::OutOfSequence { .. })
     }
 
     /// Whether the message as a whole could not be read (nothing of it became a reading).

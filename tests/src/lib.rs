@@ -120,7 +120,9 @@ impl Plant {
                     .iter()
                     .flat_map(|t| {
                         let tenant = format!("{}/{t}/+/readings", model::topic::PREFIX);
-                        [format!("{tenant}/json"), tenant]
+                        let mut filters = vec![format!("{tenant}/json"), tenant];
+                        filters.extend(model::sparkplug::host_filters(&t.to_string()));
+                        filters
                     })
                     .collect(),
                 queue,

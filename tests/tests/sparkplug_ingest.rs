@@ -1,0 +1,213 @@
+//! Sparkplug B edge nodes straight to ingest, through Mosquitto: group id = tenant, edge node
+//! id = gateway. Births name the metrics, data by alias is stored, a death marks every metric
+//! bad, a message delivered again is stored once, and what cannot be read is kept as a dead
+//! letter while ingest asks the node for a rebirth. Then the simulated edge node publishes a
+//! plant. Needs `scripts/test.sh`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maintainpro_tests::{Plant, publish_all};
+use model::sparkplug::proto::{DataType, Metric, MetricValue, Payload};
+use model::sparkplug::{BD_SEQ, MessageType, REBIRTH_METRIC, Topic};
+use model::{TagName, TenantId, Timestamp};
+use prost::Message as _;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use server::demo::DEMO_GATEWAY;
+use simulators::sparkplug::{NodeSpec, spawn_sparkplug_node};
+use simulators::{Scenario, Signal};
+
+fn payload(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+    Payload {
+        seq,
+        metrics,
+        ..Payload::default()
+    }
+    .encode_to_vec()
+}
+
+/// Counts the rebirth commands published on `topic`.
+async fn watch_commands(broker: &str, topic: String) -> anyhow::Result<Arc<Mutex<usize>>> {
+    let (host, port) = model::topic::broker_address(broker)?;
+    let options = MqttOptions::new(
+        format!("ncmd-{}", uuid::Uuid::new_v4().simple()),
+        host,
+        port,
+    );
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let seen = Arc::new(Mutex::new(0));
+    let out = Arc::clone(&seen);
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let rebirth = Payload::decode(&p.payload[..]).is_ok_and(|p| {
+                        p.metrics
+                            .iter()
+                            .any(|m| m.name.as_deref() == Some(REBIRTH_METRIC))
+                    });
+                    if rebirth {
+                        *out.lock().expect("lock") += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed).await??;
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let group = tenant.to_string();
+    let topic = |kind| Topic::node(&group, kind, DEMO_GATEWAY);
+    let rebirths = watch_commands(&plant.broker, topic(MessageType::NCmd)).await?;
+    let ms = u64::try_from(Timestamp::now().as_micros() / 1000 - 60_000)?;
+    let birth = payload(
+        Some(0),
+        vec![
+            Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1)),
+            Metric::new(
+                "press-1.bearing_temp",
+                DataType::Double,
+                MetricValue::Double(61.5),
+            )
+            .with_alias(1)
+            .at(ms),
+            Metric::new(
+                "press-1.vibration",
+                DataType::Float,
+                MetricValue::Float(2.25),
+            )
+            .with_alias(2)
+            .at(ms + 1),
+            Metric::new("recipe", DataType::String, MetricValue::String("A".into())).with_alias(3),
+        ],
+    );
+    let data = payload(
+        Some(1),
+        vec![
+            Metric::aliased(1, MetricValue::Double(62.0)).at(ms + 2),
+            Metric::aliased(99, MetricValue::Double(1.0)).at(ms + 2),
+        ],
+    );
+    let death = payload(
+        None,
+        vec![Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1))],
+    );
+    // Data before any birth: nothing can be read, the node is asked for its births.
+    publish_all(
+        &plant.broker,
+        &topic(MessageType::NData),
+        vec![data.clone()],
+    )
+    .await?;
+    publish_all(&plant.broker, &topic(MessageType::NBirth), vec![birth]).await?;
+    // The same data twice: delivered again, stored once.
+    publish_all(
+        &plant.broker,
+        &topic(MessageType::NData),
+        vec![data.clone(), data],
+    )
+    .await?;
+    publish_all(&plant.broker, &topic(MessageType::NDeath), vec![death]).await?;
+    Plant::eventually(Duration::from_secs(20), "five messages handled", || async {
+        let s = plant.services.summary();
+        Ok(
+            (s.readings_stored >= 5 && s.batches_duplicate >= 1 && s.dead_letters >= 3)
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    let readings: Vec<(String, f64, i16)> = sqlx::query_as(
+        "SELECT t.name, r.value, r.quality FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
+         ORDER BY r.ts, t.name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let letters: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason, detail FROM dead_letters ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    let bearing = "press-1.bearing_temp".to_owned();
+    let vibration = "press-1.vibration".to_owned();
+    assert_eq!(
+        readings,
+        [
+            (bearing.clone(), 61.5, 0),
+            (vibration.clone(), 2.25, 0),
+            (bearing.clone(), 62.0, 0),
+            // The death: every metric bad at the time ingest received it.
+            (bearing, 0.0, 2),
+            (vibration, 0.0, 2),
+        ]
+    );
+    let reasons: Vec<&str> = letters.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(
+        reasons,
+        ["no_birth", "unsupported_type", "unknown_metric"],
+        "{letters:?}"
+    );
+    assert!(letters[2].1.contains("alias 99"), "{letters:?}");
+    assert_eq!(plant.services.summary().batches_duplicate, 1);
+    Plant::eventually(Duration::from_secs(10), "a rebirth request", || async {
+        Ok((*rebirths.lock().expect("lock") >= 1).then_some(()))
+    })
+    .await?;
+
+    // A simulated edge node publishing the plant's signals under the registered tag names.
+    let signals: Vec<Signal> = Scenario::demo()
+        .signals()
+        .iter()
+        .map(|s| Signal {
+            name: TagName::parse(format!("press-1.{}", s.name.as_str())).expect("a tag name"),
+            ..s.clone()
+        })
+        .collect();
+    let node = spawn_sparkplug_node(
+        NodeSpec {
+            broker: plant.broker.clone(),
+            group: group.clone(),
+            edge_node: DEMO_GATEWAY.into(),
+            device: None,
+            interval: Duration::from_millis(100),
+        },
+        Scenario::new(7, signals)?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Plant::eventually(
+        Duration::from_secs(20),
+        "the simulated node's readings",
+        || async {
+            let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
+             WHERE t.name = 'press-1.motor_current' AND r.quality = 0",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok((n >= 10).then_some(()))
+        },
+    )
+    .await?;
+    node.shutdown().await;
+    Ok(())
+}
