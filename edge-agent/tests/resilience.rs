@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,17 +17,12 @@ use edge_agent::{Agent, AgentConfig, AgentStats};
 use model::wire::Batch;
 use model::{GatewayId, TenantId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use simulators::mosquitto::PrivateBroker;
 use simulators::{Scenario, spawn_modbus_plc};
 use tokio_util::sync::CancellationToken;
 
 /// seq -> (readings, times received)
 type Ledger = Arc<Mutex<BTreeMap<u64, (usize, usize)>>>;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// A subscriber with a persistent session that records every batch on `topic`.
 fn ledger(broker: &str, topic: String, cancel: CancellationToken) -> anyhow::Result<Ledger> {
@@ -214,102 +209,10 @@ async fn sigkill_mid_stream_loses_no_confirmed_batch() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A private Mosquitto that can be stopped and restarted on the same port, keeping sessions.
-struct Broker {
-    binary: PathBuf,
-    conf: PathBuf,
-    child: Option<Child>,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &Path) -> anyhow::Result<Broker> {
-        let binary = ["mosquitto", "/usr/sbin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| {
-                Command::new(p)
-                    .arg("-h")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok()
-            })
-            .context("mosquitto is not installed: run scripts/test.sh")?;
-        let port = free_port()?;
-        let data = dir.join("mosquitto");
-        std::fs::create_dir_all(&data)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        }
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
-                data.display()
-            ),
-        )?;
-        let mut b = Broker {
-            binary,
-            conf,
-            child: None,
-            port,
-        };
-        b.resume()?;
-        Ok(b)
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    fn resume(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        self.child = Some(child);
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("mosquitto did not start on port {}", self.port)
-    }
-
-    /// Stops gracefully, so that the persistent sessions are saved.
-    fn pause(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.child.take() {
-            nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(c.id())?),
-                nix::sys::signal::Signal::SIGTERM,
-            )?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_under_load_loses_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut broker = Broker::start(dir.path())?;
+    let mut broker = PrivateBroker::start(dir.path())?;
     let tenant = TenantId::new_random();
     let topic = model::topic::readings(tenant, &GatewayId::parse("gw-test")?);
     let stop_ledger = CancellationToken::new();

@@ -904,6 +904,7 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("subscribed to the readings topics");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Once intake has stopped the message is left unacknowledged: the broker

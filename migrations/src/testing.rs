@@ -84,7 +84,12 @@ impl TestDatabase {
     /// it with the test passwords and migrates it. The database is left behind when the value
     /// is dropped: the cluster is throwaway.
     pub async fn create() -> Result<Self, DbError> {
-        let admin_url = admin_url().await?;
+        Self::create_on(admin_url().await?).await
+    }
+
+    /// As [`TestDatabase::create`], on the cluster whose superuser URL is `admin_url` (a
+    /// test's own cluster, which it may restart).
+    pub async fn create_on(admin_url: String) -> Result<Self, DbError> {
         let name = format!("t_{}", Uuid::new_v4().simple());
         let secrets = RoleSecrets {
             owner_password: TEST_OWNER_PASSWORD.to_owned(),

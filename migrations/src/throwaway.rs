@@ -143,6 +143,9 @@ pub struct Cluster {
     server: Server,
     port: u16,
     password: String,
+    bin_dir: PathBuf,
+    options: ClusterOptions,
+    run_as: Option<RunAs>,
     dir: TempDir,
 }
 
@@ -200,6 +203,9 @@ impl Cluster {
                         server,
                         port,
                         password,
+                        bin_dir,
+                        options,
+                        run_as,
                         dir,
                     });
                 }
@@ -243,6 +249,27 @@ impl Cluster {
     /// deleted when the cluster stops.
     pub fn root_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Stops the server with a fast shutdown (open sessions are ended) and starts it again on
+    /// the same port with the same data, returning once it accepts connections: what clients
+    /// see when a production database restarts.
+    pub async fn restart(&mut self) -> Result<(), ClusterError> {
+        self.server.shutdown(STOP_GRACE).await;
+        self.server = spawn_postgres(
+            &self.bin_dir,
+            self.dir.path(),
+            self.port,
+            self.options,
+            self.run_as,
+        )?;
+        wait_until_ready(&mut self.server, self.dir.path(), self.port, &self.password).await?;
+        tracing::info!(
+            port = self.port,
+            pid = self.server.pid(),
+            "throwaway PostgreSQL cluster restarted"
+        );
+        Ok(())
     }
 
     /// Stops the server with a fast shutdown (open sessions are ended), killing it if it has

@@ -20,6 +20,8 @@
 //!   broker as a fleet of edge agents would (benchmarks and load tests).
 //! - [`sparkplug`]: a Sparkplug B edge node publishing a scenario to a broker (births with
 //!   aliases, data by alias, deaths as MQTT will and on comms loss, rebirth on command).
+//! - [`mosquitto`]: a private Mosquitto process that tests can stop and restart with its
+//!   persistent sessions (needs the `mosquitto` binary).
 //! - `src/bin/plant-sim.rs`: the command-line program serving a scenario.
 //!
 //! Simulated values are deterministic: the same scenario and seed give the same value at
@@ -30,6 +32,7 @@
 //! and has no database.
 
 pub mod load;
+pub mod mosquitto;
 pub mod plc;
 pub mod registers;
 pub mod scenario;
