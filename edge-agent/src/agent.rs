@@ -38,7 +38,8 @@ pub enum AgentError {
 }
 
 /// Readings a source hands to the agent, and whom to tell once they are durable in the outbox
-/// (sealed, and synced when the fsync policy is `interval`) or dropped and counted.
+/// (sealed, and synced when the fsync policy is `interval`; sealed with `never`) or dropped and
+/// counted.
 #[derive(Debug)]
 pub struct Chunk {
     pub readings: Vec<Reading>,
@@ -342,7 +343,9 @@ impl Agent {
                 flow.backlog.insert(sealed.seq);
             }
         }
-        if self.config.outbox.fsync == FsyncPolicy::Always {
+        // With `interval` the next sync makes them durable; `never` leaves that to the
+        // operating system, so sealed is as durable as they get.
+        if self.config.outbox.fsync != FsyncPolicy::Interval {
             flow.mark_durable();
         }
         metrics::gauge!("maintainpro_edge_outbox_bytes").set(flow.outbox.bytes() as f64);

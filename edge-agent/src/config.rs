@@ -1066,7 +1066,14 @@ timestamp = "/ts"
         assert!(m.sparkplug[0].rebirth);
         assert_eq!(
             m.sparkplug[0].filters(),
-            ["spBv1.0/plant/+/+", "spBv1.0/plant/+/+/+"]
+            [
+                "spBv1.0/plant/NBIRTH/+",
+                "spBv1.0/plant/NDATA/+",
+                "spBv1.0/plant/NDEATH/+",
+                "spBv1.0/plant/DBIRTH/+/+",
+                "spBv1.0/plant/DDATA/+/+",
+                "spBv1.0/plant/DDEATH/+/+"
+            ]
         );
         assert_eq!(m.json[0].quality, None);
     }

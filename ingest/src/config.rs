@@ -36,7 +36,7 @@ fn default_subscribe() -> Vec<String> {
         model::topic::all_readings_filter(),
         model::topic::all_json_readings_filter(),
     ];
-    filters.extend(model::sparkplug::host_filters("+"));
+    filters.extend(model::sparkplug::host_filters("+", "+"));
     filters
 }
 

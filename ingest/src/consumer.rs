@@ -200,7 +200,7 @@ impl Consumer {
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(
-                model::wire::MAX_MESSAGE_BYTES + 4096,
+                model::topic::MAX_INCOMING_PACKET,
                 model::wire::MAX_MESSAGE_BYTES + 4096,
             );
         if let (Some(u), Some(p)) = (&self.config.username, &self.config.password) {
@@ -461,11 +461,12 @@ impl DecodeStage {
                 ));
             }
         };
+        let received = Timestamp::now();
         let outcome = self
             .nodes
             .entry((tenant, gateway.clone()))
             .or_insert_with(|| NodeSession::new(""))
-            .on_message(&topic, &publish.payload, Timestamp::now());
+            .on_message(&topic, &publish.payload, received);
         for p in &outcome.problems {
             metrics::counter!("maintainpro_ingest_sparkplug_problems_total", "reason" => p.reason())
                 .increment(1);
@@ -476,11 +477,23 @@ impl DecodeStage {
         }
         let batch = match outcome.problems.iter().find(|p| p.is_fatal()) {
             Some(p) => Err((p.reason(), p.to_string())),
-            None => Ok(Batch::from_readings(
-                gateway.clone(),
-                sparkplug::derived_seq(&publish.topic, &publish.payload),
-                &outcome.readings,
-            )),
+            None => {
+                // A death's bytes repeat (a node's will is the same for every death of one
+                // connection), so its number also takes the receipt time: two deaths are two
+                // batches, each stored. A death delivered again finds the node or device
+                // already dead (or, after a restart, not yet born) and gives no readings.
+                let seq = if matches!(topic.kind, MessageType::NDeath | MessageType::DDeath) {
+                    let at = format!("{}@{}", publish.topic, received.as_micros());
+                    sparkplug::derived_seq(&at, &publish.payload)
+                } else {
+                    sparkplug::derived_seq(&publish.topic, &publish.payload)
+                };
+                Ok(Batch::from_readings(
+                    gateway.clone(),
+                    seq,
+                    &outcome.readings,
+                ))
+            }
         };
         let lost: Vec<&sparkplug::Problem> = outcome
             .problems

@@ -164,15 +164,15 @@ impl fmt::Display for Topic {
 }
 
 /// The filters a host subscribes to for the births, data and deaths (not the commands) of
-/// every edge node of `group` (`+` for every group).
-pub fn host_filters(group: &str) -> Vec<String> {
+/// `edge_node` in `group` (`+` for every group or node).
+pub fn host_filters(group: &str, edge_node: &str) -> Vec<String> {
     ["NBIRTH", "NDATA", "NDEATH"]
         .iter()
-        .map(|k| format!("{NAMESPACE}/{group}/{k}/+"))
+        .map(|k| format!("{NAMESPACE}/{group}/{k}/{edge_node}"))
         .chain(
             ["DBIRTH", "DDATA", "DDEATH"]
                 .iter()
-                .map(|k| format!("{NAMESPACE}/{group}/{k}/+/+")),
+                .map(|k| format!("{NAMESPACE}/{group}/{k}/{edge_node}/+")),
         )
         .collect()
 }
@@ -297,9 +297,18 @@ pub struct Outcome {
 
 #[derive(Debug, Clone)]
 struct Known {
-    tag: TagName,
+    /// `None` for a metric whose name cannot become a tag (reported at its birth): it stays
+    /// known, so that its values are skipped without asking for births again and again.
+    tag: Option<TagName>,
     datatype: DataType,
     device: Option<String>,
+}
+
+impl Known {
+    /// The tag, when the metric's values become readings.
+    fn readable(&self) -> Option<&TagName> {
+        self.tag.as_ref().filter(|_| self.datatype.is_numeric())
+    }
 }
 
 /// What a host application knows of one edge node between its birth and its death.
@@ -338,7 +347,7 @@ impl NodeSession {
 
     /// The tags named by the current births.
     pub fn tags(&self) -> impl Iterator<Item = &TagName> {
-        self.metrics.iter().map(|m| &m.tag)
+        self.metrics.iter().filter_map(|m| m.tag.as_ref())
     }
 
     /// Reads one message of this node. `received` stands in for missing timestamps (and is
@@ -374,7 +383,9 @@ impl NodeSession {
                     (MessageType::DBirth, Some(d)) => {
                         self.device_birth(d, &payload, received, &mut out)
                     }
-                    (MessageType::DDeath, Some(d)) => self.device_death(d, received, &mut out),
+                    (MessageType::DDeath, Some(d)) => {
+                        self.device_death(d, &payload, received, &mut out)
+                    }
                     (MessageType::DData, Some(d)) if !self.devices.contains(d) => {
                         out.problems.push(Problem::NoBirth {
                             kind: "DDATA",
@@ -459,29 +470,37 @@ impl NodeSession {
         out: &mut Outcome,
     ) {
         for metric in &payload.metrics {
-            let Some(name) = metric.name.as_deref() else {
-                out.problems.push(Problem::Anonymous);
-                continue;
-            };
-            if is_control(name) {
+            let name = metric.name.as_deref();
+            if name.is_some_and(is_control) {
                 continue;
             }
             let datatype = DataType::from_code(metric.datatype.unwrap_or(0));
-            let tag = match tag_name(&self.prefix, device, name) {
-                Ok(tag) => tag,
-                Err(e) => {
-                    out.problems.push(Problem::BadName {
-                        metric: name.to_owned(),
-                        reason: e.to_string(),
-                    });
-                    continue;
+            let tag = match name {
+                None => {
+                    out.problems.push(Problem::Anonymous);
+                    None
                 }
+                Some(name) => match tag_name(&self.prefix, device, name) {
+                    Ok(tag) => Some(tag),
+                    Err(e) => {
+                        out.problems.push(Problem::BadName {
+                            metric: name.to_owned(),
+                            reason: e.to_string(),
+                        });
+                        None
+                    }
+                },
             };
-            if !datatype.is_numeric() {
+            if let (Some(name), Some(_)) = (name, &tag)
+                && !datatype.is_numeric()
+            {
                 out.problems.push(Problem::Unsupported {
                     metric: name.to_owned(),
                     datatype: metric.datatype.unwrap_or(0),
                 });
+            }
+            if name.is_none() && metric.alias.is_none() {
+                continue; // nothing could ever refer to it
             }
             let index = self.metrics.len();
             self.metrics.push(Known {
@@ -489,12 +508,14 @@ impl NodeSession {
                 datatype,
                 device: device.map(str::to_owned),
             });
-            self.by_name
-                .insert((device.map(str::to_owned), name.to_owned()), index);
+            if let Some(name) = name {
+                self.by_name
+                    .insert((device.map(str::to_owned), name.to_owned()), index);
+            }
             if let Some(alias) = metric.alias {
                 self.by_alias.insert(alias, index);
             }
-            if datatype.is_numeric() {
+            if self.metrics[index].readable().is_some() {
                 self.read(index, metric, payload, received, out);
             }
         }
@@ -536,7 +557,7 @@ impl NodeSession {
                     continue;
                 }
             };
-            if self.metrics[index].datatype.is_numeric() {
+            if self.metrics[index].readable().is_some() {
                 self.read(index, metric, payload, received, out);
             }
         }
@@ -552,7 +573,10 @@ impl NodeSession {
         out: &mut Outcome,
     ) {
         let known = &self.metrics[index];
-        let name = || known.tag.as_str().to_owned();
+        let Some(tag) = known.readable() else {
+            return;
+        };
+        let name = || tag.as_str().to_owned();
         let ms = metric.timestamp.or(payload.timestamp);
         let ts = match ms {
             None => received,
@@ -583,7 +607,7 @@ impl NodeSession {
             }
         };
         out.readings.push(Reading {
-            tag: known.tag.clone(),
+            tag: tag.clone(),
             ts,
             value,
             quality,
@@ -598,30 +622,34 @@ impl NodeSession {
         }
         self.online = false;
         self.last_seq = None;
-        out.readings.extend(
-            self.metrics
-                .iter()
-                .filter(|m| m.datatype.is_numeric())
-                .map(|m| Reading {
-                    tag: m.tag.clone(),
-                    ts: received,
-                    value: 0.0,
-                    quality: Quality::Bad,
-                }),
-        );
+        // A will's payload was written when the node connected: its time is not the death's.
+        self.mark_bad(|_| true, received, out);
     }
 
-    fn device_death(&mut self, device: &str, received: Timestamp, out: &mut Outcome) {
+    fn device_death(
+        &mut self,
+        device: &str,
+        payload: &Payload,
+        received: Timestamp,
+        out: &mut Outcome,
+    ) {
         if !self.devices.remove(device) {
             return;
         }
+        let ts = death_time(payload, received);
+        self.mark_bad(|m| m.device.as_deref() == Some(device), ts, out);
+    }
+
+    /// A reading of bad quality at `ts` for every readable metric `which` selects.
+    fn mark_bad(&self, which: impl Fn(&Known) -> bool, ts: Timestamp, out: &mut Outcome) {
         out.readings.extend(
             self.metrics
                 .iter()
-                .filter(|m| m.device.as_deref() == Some(device) && m.datatype.is_numeric())
-                .map(|m| Reading {
-                    tag: m.tag.clone(),
-                    ts: received,
+                .filter(|m| which(m))
+                .filter_map(Known::readable)
+                .map(|tag| Reading {
+                    tag: tag.clone(),
+                    ts,
                     value: 0.0,
                     quality: Quality::Bad,
                 }),
@@ -643,6 +671,14 @@ fn renumber_map<K>(map: &mut HashMap<K, usize>, renumber: &[Option<usize>]) {
 /// Metrics that control the node rather than describe the process.
 fn is_control(name: &str) -> bool {
     name == BD_SEQ || name.starts_with("Node Control/") || name.starts_with("Device Control/")
+}
+
+/// When a device's values stopped being current: its death's time, else the receipt.
+fn death_time(payload: &Payload, received: Timestamp) -> Timestamp {
+    payload
+        .timestamp
+        .and_then(ms_to_timestamp)
+        .unwrap_or(received)
 }
 
 fn bd_seq(payload: &Payload) -> Option<u64> {

@@ -38,6 +38,11 @@ pub enum Format {
     Json,
 }
 
+/// The largest MQTT packet MaintAInPro's subscribers accept: well above every decoder's own
+/// limit, so that an oversized message is read and refused (a dead letter, a counted problem)
+/// instead of breaking the connection, which would have the broker deliver it again forever.
+pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024 + 4096;
+
 /// The port of `mqtt://` when the URL names none.
 pub const DEFAULT_BROKER_PORT: u16 = 1883;
 

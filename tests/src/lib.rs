@@ -121,7 +121,7 @@ impl Plant {
                     .flat_map(|t| {
                         let tenant = format!("{}/{t}/+/readings", model::topic::PREFIX);
                         let mut filters = vec![format!("{tenant}/json"), tenant];
-                        filters.extend(model::sparkplug::host_filters(&t.to_string()));
+                        filters.extend(model::sparkplug::host_filters(&t.to_string(), "+"));
                         filters
                     })
                     .collect(),

@@ -68,8 +68,13 @@ fn main() -> ExitCode {
                     1 => "; 1 string tag, shown by `edge-agent read` but not published".into(),
                     n => format!("; {n} string tags, shown by `edge-agent read` but not published"),
                 };
+                let sources = match c.mqtt.len() {
+                    0 => String::new(),
+                    1 => ", 1 MQTT source".into(),
+                    n => format!(", {n} MQTT sources"),
+                };
                 println!(
-                    "{}: ok ({} devices, {} tags{unpublished})",
+                    "{}: ok ({} devices, {} tags{sources}{unpublished})",
                     config.display(),
                     c.device.len(),
                     c.tag_count()

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use model::settings::{Report, Secret};
-use model::sparkplug::NAMESPACE;
 use serde::Deserialize;
 
 use super::json::Template;
@@ -76,12 +75,10 @@ pub struct SparkplugSubscription {
 }
 
 impl SparkplugSubscription {
-    /// The topic filters that carry this subscription's node and device messages.
-    pub fn filters(&self) -> [String; 2] {
-        [
-            format!("{NAMESPACE}/{}/+/{}", self.group, self.edge_node),
-            format!("{NAMESPACE}/{}/+/{}/+", self.group, self.edge_node),
-        ]
+    /// The topic filters that carry this subscription's births, data and deaths (not the
+    /// commands, which hosts publish).
+    pub fn filters(&self) -> Vec<String> {
+        model::sparkplug::host_filters(&self.group, &self.edge_node)
     }
 
     pub fn covers(&self, group: &str, edge_node: &str) -> bool {

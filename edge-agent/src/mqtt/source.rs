@@ -72,7 +72,7 @@ impl MqttSource {
             .set_keep_alive(Duration::from_secs(15))
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(sparkplug::MAX_PAYLOAD_BYTES + 4096, 64 * 1024);
+            .set_max_packet_size(model::topic::MAX_INCOMING_PACKET, 64 * 1024);
         if let Some(user) = &self.config.username {
             let password = self.config.password.as_ref().map_or("", |p| p.expose());
             options.set_credentials(user, password);
@@ -107,9 +107,9 @@ impl MqttSource {
                 Err(e) => {
                     if connected {
                         tracing::warn!(error = %e, "connection to the local broker lost; retrying");
+                        metrics::counter!("maintainpro_edge_mqtt_source_disconnects_total", "source" => self.config.name.clone()).increment(1);
                     }
                     connected = false;
-                    metrics::counter!("maintainpro_edge_mqtt_source_disconnects_total", "source" => self.config.name.clone()).increment(1);
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

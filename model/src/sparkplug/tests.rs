@@ -439,3 +439,66 @@ fn derived_numbers_differ_by_topic_and_bytes() {
     assert_ne!(a, derived_seq("spBv1.0/g/NDATA/m", b"x"));
     assert_ne!(a, derived_seq("spBv1.0/g/NDATA/n", b"y"));
 }
+
+#[test]
+fn metrics_that_cannot_become_tags_are_skipped_without_asking_again() {
+    let mut s = NodeSession::new("");
+    let long = "m".repeat(200);
+    let out = s.on_message(
+        &topic("spBv1.0/g/NBIRTH/n"),
+        &nbirth(
+            0,
+            1,
+            vec![
+                Metric::new(&long, DataType::Double, MetricValue::Double(1.0)).with_alias(1),
+                Metric {
+                    alias: Some(2),
+                    datatype: Some(DataType::Double.code()),
+                    value: Some(MetricValue::Double(2.0)),
+                    ..Metric::default()
+                },
+                Metric::new("ok", DataType::Double, MetricValue::Double(3.0)).with_alias(3),
+            ],
+        ),
+        received(),
+    );
+    let reasons: Vec<&str> = out.problems.iter().map(Problem::reason).collect();
+    assert_eq!(reasons, ["bad_name", "unknown_metric"]);
+    assert_eq!(values(&out), vec![("ok", 3.0, Quality::Good)]);
+    let out = s.on_message(
+        &topic("spBv1.0/g/NDATA/n"),
+        &message(
+            Some(1),
+            vec![
+                Metric::aliased(1, MetricValue::Double(1.5)),
+                Metric::aliased(2, MetricValue::Double(2.5)),
+                Metric::aliased(3, MetricValue::Double(3.5)),
+            ],
+        ),
+        received(),
+    );
+    assert!(out.problems.is_empty() && !out.rebirth, "{out:?}");
+    assert_eq!(values(&out), vec![("ok", 3.5, Quality::Good)]);
+}
+
+#[test]
+fn a_device_death_is_dated_by_its_payload() {
+    let mut s = born();
+    s.on_message(
+        &topic("spBv1.0/plant/DBIRTH/n1/pump"),
+        &message(
+            Some(1),
+            vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1.0)).with_alias(10)],
+        ),
+        received(),
+    );
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDEATH/n1/pump"),
+        &message(Some(2), vec![]),
+        received(),
+    );
+    assert_eq!(
+        out.readings[0].ts,
+        Timestamp::from_micros((T0 as i64 + 1000) * 1000)
+    );
+}
