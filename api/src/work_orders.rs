@@ -365,14 +365,20 @@ impl WorkOrderService {
 ///
 /// The same statement adds the effect's event to the tenant's log (`emit_event`), so the event
 /// exists exactly when the effect committed: the CTE runs the effects (and sets the tenant)
-/// before the outer select's expressions are evaluated.
+/// before the outer select's expressions are evaluated. A work order the raise created gets
+/// the rule's checklist as items in the same statement (`c` reads `e`, so it runs after it).
 const RAISED: &str = "WITH e AS (
        SELECT * FROM alarm_raised_effects(
          p_tenant => set_config($1, $2, true)::uuid, p_key => $3, p_rule_id => $4,
          p_tag_id => $5, p_asset_id => $6, p_failure_mode => $7, p_severity => $8,
          p_value => $9, p_raised_at => $10, p_detail => $11, p_new_alarm => $12,
          p_new_work_order => $13, p_title => $14, p_description => $15, p_priority => $16,
-         p_work_type => $17, p_repeat_since => $18, p_repeat_window_s => $19))
+         p_work_type => $17, p_repeat_since => $18, p_repeat_window_s => $19)),
+     c AS (
+       INSERT INTO work_order_checklist_items (id, tenant_id, work_order_id, position, text)
+       SELECT gen_random_uuid(), $2::uuid, e.work_order, item.n - 1, item.text
+       FROM e, unnest($20::text[]) WITH ORDINALITY AS item(text, n)
+       WHERE e.outcome = 'created')
      SELECT outcome, work_order, escalated, shelved_until, auto_close_at,
             CASE WHEN outcome IN ('created', 'appended') THEN emit_event(
                 $2::uuid,
@@ -443,16 +449,6 @@ async fn raised(
     value: f64,
     draft: &WorkOrderDraft,
 ) -> Result<AlarmOutcome, sqlx::Error> {
-    let description = if draft.checklist.is_empty() {
-        draft.description.clone()
-    } else {
-        let lines: Vec<String> = draft
-            .checklist
-            .iter()
-            .map(|c| format!("- [ ] {c}"))
-            .collect();
-        format!("{}\n\nChecklist:\n{}", draft.description, lines.join("\n"))
-    };
     // The event's detail but for `alarm_id`, which the database adds.
     let detail = json!({
         "rule_id": s.rule_id,
@@ -476,11 +472,12 @@ async fn raised(
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())
         .bind(&draft.title)
-        .bind(description)
+        .bind(&draft.description)
         .bind(draft.priority.as_str())
         .bind(draft.work_type.as_str())
         .bind(repeat_since(at, draft.repeat_window))
         .bind(i64::try_from(draft.repeat_window.as_secs()).unwrap_or(i64::MAX))
+        .bind(&draft.checklist)
         .fetch_one(pool)
         .await?;
     let outcome = effect.into_outcome()?;

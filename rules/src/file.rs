@@ -140,6 +140,11 @@ struct RawWorkOrder {
     repeat_window: Option<Duration>,
 }
 
+/// Most checklist items a rule's work order may carry, and the longest item: what a work
+/// order's checklist holds through the API as well.
+pub const MAX_CHECKLIST_ITEMS: usize = 100;
+pub const MAX_CHECKLIST_TEXT: usize = 500;
+
 /// How long a cleared condition must stay clear before an untouched work order closes.
 pub const DEFAULT_HEALTHY_PERIOD: Duration = Duration::from_secs(30 * 60);
 /// How recently a work order of the same failure mode must have closed for a new one to be a
@@ -559,6 +564,27 @@ impl RuleSet {
                     None,
                 ));
             }
+            if wo.checklist.len() > MAX_CHECKLIST_ITEMS {
+                diags.push(loc.at(
+                    wo_at,
+                    format!(
+                        "rule {id:?}: work_order.checklist has {} items; at most {MAX_CHECKLIST_ITEMS}",
+                        wo.checklist.len()
+                    ),
+                    None,
+                ));
+            }
+            for (i, item) in wo.checklist.iter().enumerate() {
+                if item.trim().is_empty() || item.chars().count() > MAX_CHECKLIST_TEXT {
+                    diags.push(loc.at(
+                        wo_at,
+                        format!(
+                            "rule {id:?}: work_order.checklist[{i}] must be 1-{MAX_CHECKLIST_TEXT} characters"
+                        ),
+                        None,
+                    ));
+                }
+            }
             if let Some(kind) = kind {
                 let tag_patterns = match &kind {
                     Kind::Combination(c) => c.patterns().map(str::to_owned).collect(),
@@ -658,6 +684,26 @@ description = "{tag} reached {value}"
             labels: [("line".to_owned(), "2".to_owned())].into(),
             criticality: model::Criticality::DEFAULT,
         }
+    }
+
+    #[test]
+    fn checklist_items_are_kept_in_order_and_checked() {
+        let text = format!("{GOOD}checklist = [\"Grease\", \"Measure play\"]\n");
+        let rule = &RuleSet::parse("r.toml", &text).unwrap().rules[0];
+        assert_eq!(rule.work_order.checklist, ["Grease", "Measure play"]);
+        let long = "x".repeat(MAX_CHECKLIST_TEXT + 1);
+        let text = format!("{GOOD}checklist = [\"ok\", \" \", \"{long}\"]\n");
+        let diags = RuleSet::parse("r.toml", &text).unwrap_err();
+        let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages[0].contains("work_order.checklist[1]"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].contains("work_order.checklist[2]"),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -68,6 +68,30 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
         .await?;
     assert_eq!(status, 200);
     assert_eq!(detail["events"][0]["kind"], "opened_by_alarm", "{detail}");
+    // The rule's checklist became the work order's items, in order, none done.
+    let items: Vec<(&str, bool)> = detail["checklist"]
+        .as_array()
+        .context("checklist")?
+        .iter()
+        .map(|i| {
+            (
+                i["text"].as_str().unwrap_or_default(),
+                i["done_at"].is_null(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("Check lubrication level and grease lines", true),
+            (
+                "Measure bearing temperature with a handheld thermometer",
+                true
+            ),
+            ("Listen for abnormal noise; record vibration", true),
+        ],
+        "{detail}"
+    );
 
     // No token: 401. Another tenant: sees nothing, and the id answers 404.
     let (status, body) = plant.get("/api/v1/work-orders", None).await?;
