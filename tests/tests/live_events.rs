@@ -163,14 +163,29 @@ async fn the_stream_and_a_webhook_see_every_step_of_an_automatic_work_order() ->
         .await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["details"][0]["field"], "url");
+    // Each kind is a prefix; every bad one is named, and good ones are stored trimmed.
+    let (status, body) = plant
+        .send(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(&admin),
+            Some(json!({ "url": url, "event_kinds": ["work_order.", "Alarm", " "], "allow_private": true })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        maintainpro_tests::error_fields(&body),
+        ["event_kinds.1", "event_kinds.2"]
+    );
     let created = plant
         .send_ok(
             Method::POST,
             "/api/v1/webhooks",
             &admin,
-            json!({ "url": url, "event_kinds": ["work_order."], "allow_private": true }),
+            json!({ "url": url, "event_kinds": [" work_order. "], "allow_private": true }),
         )
         .await?;
+    assert_eq!(created["event_kinds"], json!(["work_order."]), "{created}");
     let webhook = id_of(&created)?;
     let secret = secret_bytes(created["secret"].as_str().context("secret")?).context("secret")?;
     *state.secret.lock().expect("lock") = secret;

@@ -25,7 +25,6 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
-use crate::routes::live::parse_kinds;
 use crate::webhooks::check_target;
 
 const ADMINS: &[&str] = &["admin"];
@@ -74,9 +73,30 @@ async fn check_url(url: &str, allow_private: bool, errors: &mut FieldErrors) {
     }
 }
 
-fn check_kinds(kinds: &[String], errors: &mut FieldErrors) {
-    parse_kinds(Some(&kinds.join(",")), errors);
+/// The event kinds as stored: each trimmed, and each a prefix of event kinds (lowercase
+/// letters, `_` and `.`), at most 20; every bad one is named in `errors`.
+fn clean_kinds(kinds: &[String], errors: &mut FieldErrors) -> Vec<String> {
+    let cleaned: Vec<String> = kinds.iter().map(|k| k.trim().to_owned()).collect();
+    if cleaned.len() > MAX_KINDS {
+        errors.add("event_kinds", format!("at most {MAX_KINDS} prefixes"));
+    }
+    for (i, k) in cleaned.iter().enumerate() {
+        let valid = !k.is_empty()
+            && k.len() <= 65
+            && k.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.');
+        if !valid {
+            errors.add(
+                format!("event_kinds.{i}"),
+                "a prefix of event kinds: lowercase letters, _ and ., e.g. work_order. or part.low_stock",
+            );
+        }
+    }
+    cleaned
 }
+
+/// Most event-kind prefixes a webhook takes, as the live stream.
+const MAX_KINDS: usize = 20;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -87,7 +107,7 @@ pub async fn create(
     auth.require(ADMINS)?;
     let mut errors = FieldErrors::default();
     check_url(&req.url, req.allow_private, &mut errors).await;
-    check_kinds(&req.event_kinds, &mut errors);
+    let event_kinds = clean_kinds(&req.event_kinds, &mut errors);
     errors.finish()?;
     let id = Uuid::new_v4();
     let mut secret = [0u8; 32];
@@ -107,7 +127,7 @@ pub async fn create(
     .bind(id)
     .bind(tenant)
     .bind(&req.url)
-    .bind(&req.event_kinds)
+    .bind(&event_kinds)
     .bind(&sealed)
     .bind(req.allow_private)
     .bind(auth.user)
@@ -115,7 +135,7 @@ pub async fn create(
     .await?;
     let detail = json!({
         "url": req.url,
-        "event_kinds": req.event_kinds,
+        "event_kinds": event_kinds,
         "allow_private": req.allow_private,
     });
     audit::write_change(
@@ -202,9 +222,10 @@ pub async fn update(
     if req.url.is_some() || req.allow_private == Some(false) {
         check_url(&url, allow_private, &mut errors).await;
     }
-    if let Some(kinds) = &req.event_kinds {
-        check_kinds(kinds, &mut errors);
-    }
+    let event_kinds = req
+        .event_kinds
+        .as_ref()
+        .map(|kinds| clean_kinds(kinds, &mut errors));
     errors.finish()?;
     let enabling = req.enabled == Some(true) && !before.enabled;
     sqlx::query(
@@ -220,7 +241,7 @@ pub async fn update(
     .bind(tenant)
     .bind(id)
     .bind(&url)
-    .bind(&req.event_kinds)
+    .bind(&event_kinds)
     .bind(allow_private)
     .bind(req.enabled)
     .bind(enabling)
@@ -228,7 +249,7 @@ pub async fn update(
     .await?;
     let detail = json!({
         "url": req.url,
-        "event_kinds": req.event_kinds,
+        "event_kinds": event_kinds,
         "allow_private": req.allow_private,
         "enabled": req.enabled,
     });
