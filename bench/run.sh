@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|edge|breach|cmms|rules|backtest|all]
+#   bench/run.sh [outbox|ingest|history|edge|breach|cmms|rules|backtest|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -15,6 +15,10 @@ if [ "$what" = ingest ] || [ "$what" = all ]; then
     echo "== ingest end to end vs raw COPY, 10,000 tags"
     MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
     target/release/ingest-bench --mosquitto "$MOSQUITTO"
+fi
+if [ "$what" = history ] || [ "$what" = all ]; then
+    echo "== readings layout at 100M rows: one tag over 24 h in 1,000 points, COPY empty vs full"
+    target/release/history-bench
 fi
 if [ "$what" = edge ] || [ "$what" = all ]; then
     echo "== edge agent: 1,000 tags at 1 s on 10 Modbus PLCs"

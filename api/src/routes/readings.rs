@@ -465,10 +465,12 @@ pub async fn asset_readings(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Queries. Each filters by tag and time range, which the index `readings_tag_ts (tag_id, ts)`
-// serves, and by tenant through the tag, on top of the view's row-level security.
+// Queries. Each filters by tag and time range, which the covering index `readings_tag_ts
+// (tag_id, ts DESC) INCLUDE (value, quality)` answers alone (an index-only scan), and by
+// tenant through the tag, on top of the view's row-level security.
 
-const COUNT: &str = "SELECT count(*) FROM (
+/// The readings in a window, counted up to a limit (public for the history benchmark's plans).
+pub const COUNT_SQL: &str = "SELECT count(*) FROM (
         SELECT 1 FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
         WHERE t.tenant_id = $1 AND r.tag_id = $2 AND r.ts >= $3 AND r.ts < $4
         LIMIT $5) bounded";
@@ -478,16 +480,39 @@ const RAW: &str = "SELECT r.ts, r.value, r.quality
     WHERE t.tenant_id = $1 AND r.tag_id = $2 AND r.ts >= $3 AND r.ts < $4
     ORDER BY r.ts LIMIT $5";
 
-const BUCKETS: &str =
-    "SELECT date_bin($6::bigint * interval '1 second', r.ts, 'epoch'::timestamptz)
-             AS start,
-           min(r.value) AS min, max(r.value) AS max, avg(r.value) AS avg,
-           (array_agg(r.value ORDER BY r.ts DESC))[1] AS last,
-           count(*) AS count,
-           count(*) FILTER (WHERE r.quality <> $7) AS bad
-    FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
-    WHERE t.tenant_id = $1 AND r.tag_id = $2 AND r.ts >= $3 AND r.ts < $4
-    GROUP BY start ORDER BY start LIMIT $5";
+/// Settings of the bucket query, for this transaction only: memory to group a day of
+/// one-second readings in a hash table, no sort of the window's readings for the grouping
+/// (the planner cannot know how few buckets `date_bin` makes and would sort every reading;
+/// only the buckets are sorted then), and a plan made for this window and bucket width
+/// rather than a generic one cached by the connection. Measured with `history-bench`
+/// (BENCHMARKS.md).
+pub const BUCKETS_SETTINGS: &str = "SELECT set_config('work_mem', '32MB', true),
+            set_config('enable_sort', 'off', true),
+            set_config('plan_cache_mode', 'force_custom_plan', true)";
+
+/// One tag's window in time buckets (public for the history benchmark's plans). The buckets
+/// are aggregated in one pass (hashed, no sort of the window's readings) keeping each one's
+/// latest time; the value at that time is then looked up by index, once per bucket. Measured
+/// with `history-bench` against taking the last value with `array_agg(... ORDER BY ts DESC)`,
+/// which sorts every bucket's readings (BENCHMARKS.md).
+pub const BUCKETS_SQL: &str = "
+    WITH b AS (
+        SELECT date_bin($6::bigint * interval '1 second', r.ts, 'epoch'::timestamptz) AS start,
+               min(r.value) AS min, max(r.value) AS max, avg(r.value) AS avg,
+               max(r.ts) AS last_ts,
+               count(*) AS count,
+               count(*) FILTER (WHERE r.quality <> $7) AS bad
+        FROM tenant_readings r
+        WHERE r.tag_id = $2 AND r.ts >= $3 AND r.ts < $4
+          AND EXISTS (SELECT 1 FROM tags t WHERE t.id = $2 AND t.tenant_id = $1)
+        GROUP BY start)
+    SELECT b.start, b.min, b.max, b.avg, l.value AS last, b.count, b.bad
+    FROM (SELECT * FROM b ORDER BY start LIMIT $5) b
+    CROSS JOIN LATERAL (
+        SELECT r.value FROM tenant_readings r
+        WHERE r.tag_id = $2 AND r.ts = b.last_ts
+        LIMIT 1) l
+    ORDER BY b.start";
 
 /// One tag's series over the window: counts the readings first when the resolution depends on
 /// them, then reads at most `max_points + 1` points, the last of which only says where to go
@@ -506,7 +531,7 @@ async fn series(
     let one_more = i64::from(max_points) + 1;
     let readings = match requested {
         Requested::Auto => {
-            let n: i64 = sqlx::query_scalar(COUNT)
+            let n: i64 = sqlx::query_scalar(COUNT_SQL)
                 .bind(tenant)
                 .bind(tag.id)
                 .bind(window.from())
@@ -535,7 +560,8 @@ async fn series(
             (Points::Raw(points), next_from, None)
         }
         Resolution::Buckets { seconds } => {
-            let mut rows: Vec<Bucket> = sqlx::query_as(BUCKETS)
+            sqlx::query(BUCKETS_SETTINGS).execute(&mut *conn).await?;
+            let mut rows: Vec<Bucket> = sqlx::query_as(BUCKETS_SQL)
                 .bind(tenant)
                 .bind(tag.id)
                 .bind(window.from())
