@@ -9,8 +9,12 @@
 //! - `bin/breach-bench.rs`: from the MQTT publish of a breaching reading to the commit of the
 //!   work order it opens, idle and under background load, with ingest and rules in-process.
 //! - `benches/`: criterion benchmarks of the rules engine and of the backtest replay.
+//! - `bin/cmms-bench.rs`: filtered work-order lists under load, 1M work orders.
+//! - `bin/history-bench.rs`: one tag over 24 hours in 1,000 points with 100M readings stored,
+//!   and COPY into the empty and the full table.
 //! - this library: small helpers shared by the programs (process and machine CPU from
-//!   `/proc`, a private Mosquitto on a free loopback port).
+//!   `/proc`, a private Mosquitto on a free loopback port, a migrated throwaway database,
+//!   latency percentiles).
 //!
 //! Benchmarks only touch 127.0.0.1 and stop by themselves.
 
@@ -150,6 +154,40 @@ pub fn machine_cpu() -> Option<MachineCpu> {
     Some(MachineCpu {
         busy: Duration::from_millis((total - idle) * 1000 / ticks_per_s),
         total: Duration::from_millis(total * 1000 / ticks_per_s),
+    })
+}
+
+/// A throwaway PostgreSQL cluster (fsync on: the durability production has) with a migrated
+/// database `bench` and random role passwords. The cluster stops when dropped.
+pub async fn migrated_cluster()
+-> anyhow::Result<(migrations::throwaway::Cluster, migrations::DatabaseUrls)> {
+    let cluster = migrations::throwaway::Cluster::start(migrations::throwaway::ClusterOptions {
+        fsync: true,
+    })
+    .await?;
+    let secrets = migrations::RoleSecrets {
+        owner_password: uuid::Uuid::new_v4().simple().to_string(),
+        app_password: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
+    migrations::migrate(&urls.owner_url).await?;
+    Ok((cluster, urls))
+}
+
+/// Latency percentiles of `samples` (sorted in place), in milliseconds.
+pub fn latency_summary(samples: &mut [Duration]) -> serde_json::Value {
+    samples.sort();
+    let pick = |q: f64| {
+        samples
+            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    serde_json::json!({
+        "requests": samples.len(),
+        "p50_ms": pick(0.50),
+        "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
+        "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     })
 }
 

@@ -131,8 +131,6 @@ pub const GROUP_MESSAGES: usize = 64;
 const STORE_QUEUE: usize = GROUP_MESSAGES;
 /// How long a stopping consumer waits for its acknowledgements and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
-/// The least time between two rebirth requests to one Sparkplug B edge node.
-const REBIRTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How often upcoming readings partitions are created.
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 
@@ -238,7 +236,7 @@ impl Consumer {
                 rules: self.rules,
                 client: client.clone(),
                 nodes: HashMap::new(),
-                rebirth_asked: HashMap::new(),
+                rebirths: sparkplug::RebirthRequests::default(),
             }
             .run(received_rx, decoded_tx, stop_intake.clone()),
         ));
@@ -304,8 +302,8 @@ struct DecodeStage {
     client: AsyncClient,
     /// Sparkplug B edge nodes by (tenant, gateway).
     nodes: HashMap<(TenantId, GatewayId), NodeSession>,
-    /// When each Sparkplug node (group, node id) was last asked for a rebirth.
-    rebirth_asked: HashMap<(String, String), Instant>,
+    /// When each Sparkplug node was last asked for a rebirth.
+    rebirths: sparkplug::RebirthRequests,
 }
 
 /// What a message's topic and bytes gave, before any database lookup.
@@ -512,28 +510,19 @@ impl DecodeStage {
         }
     }
 
-    /// Asks an edge node for its births (at most once per [`REBIRTH_INTERVAL`] per node).
+    /// Asks an edge node for its births (at most once per
+    /// [`sparkplug::REBIRTH_INTERVAL`] per node).
     fn ask_rebirth(&mut self, topic: &sparkplug::Topic) {
-        let key = (topic.group.clone(), topic.edge_node.clone());
-        let now = Instant::now();
-        if self
-            .rebirth_asked
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < REBIRTH_INTERVAL)
-        {
+        let Some((ncmd, payload)) = self.rebirths.due(topic, Instant::now(), Timestamp::now())
+        else {
             return;
-        }
-        self.rebirth_asked.insert(key, now);
-        let ncmd = sparkplug::Topic::node(&topic.group, MessageType::NCmd, &topic.edge_node);
-        let ms = u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0);
+        };
         metrics::counter!("maintainpro_ingest_sparkplug_rebirths_requested_total").increment(1);
         tracing::info!(topic = %ncmd, "asking the edge node to publish its births again");
-        if let Err(e) = self.client.try_publish(
-            ncmd,
-            QoS::AtLeastOnce,
-            false,
-            sparkplug::rebirth_request(ms),
-        ) {
+        if let Err(e) = self
+            .client
+            .try_publish(ncmd, QoS::AtLeastOnce, false, payload)
+        {
             tracing::warn!(error = %e, "cannot ask for a rebirth");
         }
     }

@@ -209,6 +209,42 @@ pub fn rebirth_request(now_ms: u64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The least time between two rebirth requests to one edge node.
+pub const REBIRTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When a host last asked each edge node for its births, so that a stream of unreadable
+/// messages gives one request per [`REBIRTH_INTERVAL`], not one per message.
+#[derive(Debug, Default, Clone)]
+pub struct RebirthRequests {
+    asked: HashMap<(String, String), std::time::Instant>,
+}
+
+impl RebirthRequests {
+    /// The `NCMD` topic and payload to publish for the node of `topic`, or `None` when it was
+    /// asked less than [`REBIRTH_INTERVAL`] before `now`. `at` stamps the payload.
+    pub fn due(
+        &mut self,
+        topic: &Topic,
+        now: std::time::Instant,
+        at: Timestamp,
+    ) -> Option<(String, Vec<u8>)> {
+        let key = (topic.group.clone(), topic.edge_node.clone());
+        if self
+            .asked
+            .get(&key)
+            .is_some_and(|last| now.duration_since(*last) < REBIRTH_INTERVAL)
+        {
+            return None;
+        }
+        self.asked.insert(key, now);
+        let ms = u64::try_from(at.as_micros() / 1000).unwrap_or(0);
+        Some((
+            Topic::node(&topic.group, MessageType::NCmd, &topic.edge_node),
+            rebirth_request(ms),
+        ))
+    }
+}
+
 /// A number in `[2^62, 2^63)` derived from a message's topic and bytes: the batch number a
 /// Sparkplug message is stored under by ingest, so a redelivered message is stored once.
 pub fn derived_seq(topic: &str, payload: &[u8]) -> u64 {

@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use maintainpro_bench::{MachineCpu, Mosquitto, machine_cpu, sample, tree_cpu};
-use migrations::throwaway::{Cluster, ClusterOptions};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
 use rules::RuleSet;
@@ -684,13 +683,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value> {
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
-    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
-    let secrets = migrations::RoleSecrets {
-        owner_password: Uuid::new_v4().simple().to_string(),
-        app_password: Uuid::new_v4().simple().to_string(),
-    };
-    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
-    migrations::migrate(&urls.owner_url).await?;
+    let (cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let plant = seed(&urls.app_url, args).await?;
     {
         let owner = PgPoolOptions::new()

@@ -19,7 +19,6 @@ use anyhow::Context;
 use api::ApiConfig;
 use api::config::Secret;
 use clap::Parser;
-use migrations::throwaway::{Cluster, ClusterOptions};
 use serde_json::json;
 use server::config::{DatabaseConfig, MetricsConfig, Role, RulesConfig};
 use server::{ServerConfig, Services};
@@ -158,13 +157,7 @@ async fn seed(pool: &sqlx::PgPool, tenant: Uuid, args: &Args) -> anyhow::Result<
 
 async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value> {
     eprintln!("starting PostgreSQL (fsync on)");
-    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
-    let secrets = migrations::RoleSecrets {
-        owner_password: Uuid::new_v4().simple().to_string(),
-        app_password: Uuid::new_v4().simple().to_string(),
-    };
-    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
-    migrations::migrate(&urls.owner_url).await?;
+    let (_cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
     let hash = api::password::PasswordHasher::new(pepper.clone())?.hash(PASSWORD)?;
     let plant = server::demo::seed_plant(&urls.app_url, "bench", &hash).await?;
@@ -292,7 +285,10 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
             res.bytes().await?;
             took.push(sent.elapsed());
         }
-        serial.insert((*name).to_owned(), summary(&mut took));
+        serial.insert(
+            (*name).to_owned(),
+            maintainpro_bench::latency_summary(&mut took),
+        );
     }
 
     eprintln!(
@@ -312,7 +308,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     for (name, path) in baselines {
         let (mut samples, errors) = run(vec![format!("{base}{path}")], args.baseline).await?;
         let mut took: Vec<Duration> = samples.drain(..).map(|(_, d)| d).collect();
-        let mut s = summary(&mut took);
+        let mut s = maintainpro_bench::latency_summary(&mut took);
         s["requests_per_second"] = json!(took.len() as f64 / args.baseline.as_secs_f64());
         s["errors"] = json!(errors);
         baseline.insert(name.to_owned(), s);
@@ -331,7 +327,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
             .filter(|(w, _)| *w == k)
             .map(|(_, d)| *d)
             .collect();
-        let mut s = summary(&mut mine);
+        let mut s = maintainpro_bench::latency_summary(&mut mine);
         s["query"] = json!(q);
         s["serial"] = serial.remove(*name).unwrap_or_default();
         per_query.insert((*name).to_owned(), s);
@@ -344,29 +340,12 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         "seconds": seconds,
         "requests_per_second": total as f64 / seconds,
         "errors": errors,
-        "latency": summary(&mut overall),
+        "latency": maintainpro_bench::latency_summary(&mut overall),
         "per_query": per_query,
         "baselines": baseline,
     });
     services.stop().await;
     Ok(report)
-}
-
-/// Latency percentiles of `samples` (sorted in place), in milliseconds.
-fn summary(samples: &mut [Duration]) -> serde_json::Value {
-    samples.sort();
-    let pick = |q: f64| {
-        samples
-            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    json!({
-        "requests": samples.len(),
-        "p50_ms": pick(0.50),
-        "p95_ms": pick(0.95),
-        "p99_ms": pick(0.99),
-        "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-    })
 }
 
 /// `--clients` keep-alive clients on the clients' runtime, each sending GETs to the next of

@@ -26,7 +26,6 @@ use api::ApiConfig;
 use api::config::Secret;
 use clap::Parser;
 use ingest::copy::{self, Row};
-use migrations::throwaway::{Cluster, ClusterOptions};
 use model::{Quality, Timestamp};
 use serde_json::json;
 use server::config::{DatabaseConfig, MetricsConfig, Role, RulesConfig};
@@ -111,13 +110,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "--rows must cover 24 h of every tag: at least 86,400 x --tags"
     );
     eprintln!("starting PostgreSQL (fsync on)");
-    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
-    let secrets = migrations::RoleSecrets {
-        owner_password: Uuid::new_v4().simple().to_string(),
-        app_password: Uuid::new_v4().simple().to_string(),
-    };
-    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
-    migrations::migrate(&urls.owner_url).await?;
+    let (_cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
     let hash = api::password::PasswordHasher::new(pepper.clone())?.hash(PASSWORD)?;
     let plant = server::demo::seed_plant(&urls.app_url, "bench", &hash).await?;
@@ -344,9 +337,9 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         "copy_rows_per_second": { "empty_table": copy_empty.round(), "full_table": copy_full.round() },
         "tag_history_24h_1000_points": {
             "points_returned": points,
-            "through_the_api": summary(&mut api_took),
-            "first_touch_statements_alone": summary(&mut cold),
-            "its_statements_alone": summary(&mut sql_took),
+            "through_the_api": maintainpro_bench::latency_summary(&mut api_took),
+            "first_touch_statements_alone": maintainpro_bench::latency_summary(&mut cold),
+            "its_statements_alone": maintainpro_bench::latency_summary(&mut sql_took),
         },
     }))
 }
@@ -403,21 +396,4 @@ async fn statements_alone(
     }
     conn.close().await?;
     Ok(took)
-}
-
-/// Latency percentiles of `samples` (sorted in place), in milliseconds.
-fn summary(samples: &mut [Duration]) -> serde_json::Value {
-    samples.sort();
-    let pick = |q: f64| {
-        samples
-            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    json!({
-        "requests": samples.len(),
-        "p50_ms": pick(0.50),
-        "p95_ms": pick(0.95),
-        "p99_ms": pick(0.99),
-        "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-    })
 }

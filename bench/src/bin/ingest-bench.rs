@@ -12,7 +12,6 @@ use clap::Parser;
 use ingest::copy::{self, Row};
 use ingest::{Consumer, IngestConfig, PgStore};
 use maintainpro_bench::Mosquitto;
-use migrations::throwaway::{Cluster, ClusterOptions};
 use model::{GatewayId, TagName, TenantId, Timestamp};
 use simulators::load::{LoadSpec, batch_readings, publish};
 use sqlx::postgres::PgPoolOptions;
@@ -70,13 +69,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
-    let cluster = Cluster::start(ClusterOptions { fsync: true }).await?;
-    let secrets = migrations::RoleSecrets {
-        owner_password: Uuid::new_v4().simple().to_string(),
-        app_password: Uuid::new_v4().simple().to_string(),
-    };
-    let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
-    migrations::migrate(&urls.owner_url).await?;
+    let (cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect(&urls.app_url)

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model::sparkplug::{self, MessageType, NodeSession, Topic};
+use model::sparkplug::{self, NodeSession, Topic};
 use model::{GatewayId, Timestamp};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +20,6 @@ use super::config::MqttSourceConfig;
 use super::json::JsonMapper;
 use crate::agent::{AgentStats, Chunk};
 
-/// The least time between two rebirth requests to one edge node.
-const REBIRTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Acknowledgements waiting for their seal; beyond it, reading waits.
 const PENDING_ACKS: usize = 1024;
 /// How long a stopping source waits to acknowledge what the agent sealed.
@@ -35,7 +33,7 @@ pub struct MqttSource {
     json: JsonMapper,
     /// Edge nodes by (group, node id).
     nodes: HashMap<(String, String), NodeSession>,
-    rebirth_asked: HashMap<(String, String), Instant>,
+    rebirths: sparkplug::RebirthRequests,
     stats: Arc<AgentStats>,
 }
 
@@ -46,7 +44,7 @@ impl MqttSource {
             config,
             gateway,
             nodes: HashMap::new(),
-            rebirth_asked: HashMap::new(),
+            rebirths: sparkplug::RebirthRequests::default(),
             stats,
         }
     }
@@ -208,38 +206,26 @@ impl MqttSource {
         let rebirth = sub.rebirth;
         let outcome = self
             .nodes
-            .entry(key.clone())
+            .entry(key)
             .or_insert_with(|| NodeSession::new(prefix))
             .on_message(topic, payload, received);
         for p in &outcome.problems {
             self.problem(&topic.to_string(), p.reason(), p);
         }
         if outcome.rebirth && rebirth {
-            self.ask_rebirth(client, key);
+            self.ask_rebirth(client, topic);
         }
         outcome.readings
     }
 
-    fn ask_rebirth(&mut self, client: &AsyncClient, key: (String, String)) {
-        let now = Instant::now();
-        if self
-            .rebirth_asked
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < REBIRTH_INTERVAL)
-        {
+    fn ask_rebirth(&mut self, client: &AsyncClient, topic: &Topic) {
+        let Some((ncmd, payload)) = self.rebirths.due(topic, Instant::now(), Timestamp::now())
+        else {
             return;
-        }
-        self.rebirth_asked.insert(key.clone(), now);
-        let topic = Topic::node(&key.0, MessageType::NCmd, &key.1);
-        let ms = u64::try_from(Timestamp::now().as_micros() / 1000).unwrap_or(0);
-        tracing::info!(%topic, "asking the edge node to publish its births again");
+        };
+        tracing::info!(topic = %ncmd, "asking the edge node to publish its births again");
         metrics::counter!("maintainpro_edge_sparkplug_rebirths_requested_total").increment(1);
-        if let Err(e) = client.try_publish(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            sparkplug::rebirth_request(ms),
-        ) {
+        if let Err(e) = client.try_publish(ncmd, QoS::AtLeastOnce, false, payload) {
             tracing::warn!(error = %e, "cannot ask for a rebirth");
         }
     }

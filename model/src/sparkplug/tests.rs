@@ -502,3 +502,28 @@ fn a_device_death_is_dated_by_its_payload() {
         Timestamp::from_micros((T0 as i64 + 1000) * 1000)
     );
 }
+
+#[test]
+fn rebirth_requests_are_spaced_per_node() {
+    let mut requests = RebirthRequests::default();
+    let start = std::time::Instant::now();
+    let n1 = topic("spBv1.0/plant/NDATA/n1");
+    let (ncmd, payload) = requests.due(&n1, start, received()).unwrap();
+    assert_eq!(ncmd, "spBv1.0/plant/NCMD/n1");
+    assert_eq!(payload, rebirth_request(1_800_000_000_000));
+    assert!(
+        requests
+            .due(&n1, start + std::time::Duration::from_secs(4), received())
+            .is_none()
+    );
+    assert!(
+        requests
+            .due(&topic("spBv1.0/plant/NDATA/n2"), start, received())
+            .is_some()
+    );
+    assert!(
+        requests
+            .due(&n1, start + REBIRTH_INTERVAL, received())
+            .is_some()
+    );
+}
