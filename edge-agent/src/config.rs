@@ -151,8 +151,15 @@ pub const DEFAULT_DATA_BITS: u8 = 8;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct UplinkConfig {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or `mqtts://host:port` for MQTT over TLS (default port 8883).
     pub broker: String,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only);
+    /// without it, the platform's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of the gateway's client certificate (with its chain) and private key, for
+    /// brokers that authenticate clients by certificate (`mqtts://` only; both or neither).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<Secret>,
@@ -393,8 +400,9 @@ fn is_host_port(address: &str) -> bool {
 
 impl Validate for AgentConfig {
     fn validate(&self, report: &mut Report) {
-        if let Err(e) = model::topic::broker_address(&self.uplink.broker) {
-            report.error("uplink.broker", e.to_string());
+        match model::topic::broker_endpoint(&self.uplink.broker) {
+            Err(e) => report.error("uplink.broker", e.to_string()),
+            Ok(endpoint) => validate_tls(&self.uplink, endpoint.tls, report),
         }
         let u = &self.uplink;
         if u.batch_max_readings == 0 || u.batch_max_readings > model::wire::MAX_POINTS {
@@ -447,6 +455,42 @@ impl Validate for AgentConfig {
         for (i, m) in self.mqtt.iter().enumerate() {
             m.validate(&format!("mqtt[{i}]"), &mut source_names, report);
         }
+    }
+}
+
+/// The TLS files of the uplink: only with `mqtts://`, certificate and key together, and
+/// readable as what they should hold.
+fn validate_tls(u: &UplinkConfig, tls: bool, report: &mut Report) {
+    let files = [
+        ("uplink.ca_file", u.ca_file.is_some()),
+        ("uplink.client_cert_file", u.client_cert_file.is_some()),
+        ("uplink.client_key_file", u.client_key_file.is_some()),
+    ];
+    if !tls {
+        for (key, set) in files {
+            if set {
+                report.error(
+                    key,
+                    "applies only to a TLS broker: write uplink.broker as mqtts://host:port",
+                );
+            }
+        }
+        return;
+    }
+    if u.client_cert_file.is_some() != u.client_key_file.is_some() {
+        let missing = if u.client_cert_file.is_some() {
+            "uplink.client_key_file"
+        } else {
+            "uplink.client_cert_file"
+        };
+        report.error(
+            missing,
+            "a client certificate needs both client_cert_file and client_key_file",
+        );
+        return;
+    }
+    if let Err(e) = crate::tls::client_config(u) {
+        report.error(e.key(), e.to_string());
     }
 }
 

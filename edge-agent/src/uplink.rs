@@ -31,6 +31,8 @@ pub enum UplinkEvent {
 pub enum UplinkError {
     #[error("uplink.broker: {0}")]
     BadBroker(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("the MQTT client stopped: {0}")]
     ClientGone(String),
 }
@@ -96,9 +98,16 @@ impl Uplink {
         ),
         UplinkError,
     > {
-        let (host, port) = model::topic::broker_address(&config.uplink.broker)
+        let endpoint = model::topic::broker_endpoint(&config.uplink.broker)
             .map_err(|e| UplinkError::BadBroker(e.to_string()))?;
-        let mut options = MqttOptions::new(config.client_id(), host, port);
+        let mut options = MqttOptions::new(config.client_id(), endpoint.host, endpoint.port);
+        if endpoint.tls {
+            let tls = crate::tls::client_config(&config.uplink)
+                .map_err(|e| UplinkError::Tls(format!("{}: {e}", e.key())))?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         options
             .set_keep_alive(Duration::from_secs(15))
             .set_clean_session(false)

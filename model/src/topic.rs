@@ -45,24 +45,54 @@ pub const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024 + 4096;
 
 /// The port of `mqtt://` when the URL names none.
 pub const DEFAULT_BROKER_PORT: u16 = 1883;
+/// The port of `mqtts://` (MQTT over TLS) when the URL names none.
+pub const DEFAULT_TLS_BROKER_PORT: u16 = 8883;
 
 /// Why a broker URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerUrlError {
-    #[error("{0:?} must start with mqtt:// (TLS arrives with mqtts://)")]
+    #[error("{0:?} must start with mqtt:// here (mqtts:// is for the edge agent's uplink)")]
     Scheme(String),
+    #[error("{0:?} must start with mqtt:// or mqtts:// (MQTT over TLS)")]
+    TlsScheme(String),
     #[error("{url:?} has an invalid port {port:?}")]
     Port { url: String, port: String },
     #[error("{0:?} names no host")]
     NoHost(String),
 }
 
+/// A broker to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: MQTT over TLS.
+    pub tls: bool,
+}
+
 /// Splits a broker URL `mqtt://host[:port][/]` into host and port (default 1883).
 pub fn broker_address(url: &str) -> Result<(String, u16), BrokerUrlError> {
     let rest = url
         .strip_prefix("mqtt://")
-        .ok_or_else(|| BrokerUrlError::Scheme(url.to_owned()))?
-        .trim_end_matches('/');
+        .ok_or_else(|| BrokerUrlError::Scheme(url.to_owned()))?;
+    host_port(url, rest, DEFAULT_BROKER_PORT)
+}
+
+/// Reads `mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (TLS, default 8883).
+pub fn broker_endpoint(url: &str) -> Result<BrokerEndpoint, BrokerUrlError> {
+    let (rest, tls, default) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, true, DEFAULT_TLS_BROKER_PORT)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (rest, false, DEFAULT_BROKER_PORT)
+    } else {
+        return Err(BrokerUrlError::TlsScheme(url.to_owned()));
+    };
+    let (host, port) = host_port(url, rest, default)?;
+    Ok(BrokerEndpoint { host, port, tls })
+}
+
+fn host_port(url: &str, rest: &str, default: u16) -> Result<(String, u16), BrokerUrlError> {
+    let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
@@ -71,7 +101,7 @@ pub fn broker_address(url: &str) -> Result<(String, u16), BrokerUrlError> {
                 port: p.to_owned(),
             })?,
         ),
-        None => (rest, DEFAULT_BROKER_PORT),
+        None => (rest, default),
     };
     if host.is_empty() {
         return Err(BrokerUrlError::NoHost(url.to_owned()));
@@ -168,6 +198,35 @@ mod tests {
         assert!(matches!(
             broker_address("mqtt://:1"),
             Err(BrokerUrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            broker_address("mqtts://x"),
+            Err(BrokerUrlError::Scheme(_))
+        ));
+    }
+
+    #[test]
+    fn tls_broker_urls_default_to_8883() {
+        let tls = |host: &str, port| BrokerEndpoint {
+            host: host.into(),
+            port,
+            tls: true,
+        };
+        assert_eq!(
+            broker_endpoint("mqtts://broker.plant"),
+            Ok(tls("broker.plant", 8883))
+        );
+        assert_eq!(
+            broker_endpoint("mqtts://10.0.0.5:9883/"),
+            Ok(tls("10.0.0.5", 9883))
+        );
+        assert_eq!(
+            broker_endpoint("mqtt://b").map(|e| (e.port, e.tls)),
+            Ok((1883, false))
+        );
+        assert!(matches!(
+            broker_endpoint("ssl://b"),
+            Err(BrokerUrlError::TlsScheme(_))
         ));
     }
 

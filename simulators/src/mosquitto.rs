@@ -43,6 +43,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts a broker whose configuration and persistence live under `dir`.
     pub fn start(dir: &Path) -> Result<Self, BrokerError> {
+        Self::start_with(dir, "")
+    }
+
+    /// As [`PrivateBroker::start`], with `extra` lines appended to its configuration (more
+    /// listeners, TLS files).
+    pub fn start_with(dir: &Path, extra: &str) -> Result<Self, BrokerError> {
         let binary = ["mosquitto", "/usr/sbin/mosquitto"]
             .iter()
             .map(PathBuf::from)
@@ -74,7 +80,7 @@ impl PrivateBroker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}",
                 data.display()
             ),
         )
