@@ -2,7 +2,8 @@
 # Runs the whole MaintAInPro test suite against real services it starts itself:
 # a throwaway PostgreSQL cluster (from the installed server binaries) and Mosquitto (installed
 # from the OS packages when absent), plus a Python virtual environment with pymodbus for the
-# Modbus interoperability test (Python 3.10 or later). Everything is stopped and removed on exit.
+# Modbus interoperability test, openapi-spec-validator and schemathesis for the API's document
+# (Python 3.10 or later). Everything is stopped and removed on exit.
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
 set -euo pipefail
@@ -93,16 +94,20 @@ PYMODBUS_VERSION=3.16.1
 # openapi-spec-validator checks the served OpenAPI document against the 3.1 specification
 # (tests/tests/openapi.rs).
 OPENAPI_VALIDATOR_VERSION=0.9.0
+# schemathesis generates requests from that document and sends them to a running API
+# (tests/tests/openapi.rs): none may get a server error.
+SCHEMATHESIS_VERSION=4.32.5
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     log "installing python3-venv (for the pymodbus test server) from the OS packages"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-log "installing pymodbus $PYMODBUS_VERSION and openapi-spec-validator into a virtual environment"
+log "installing pymodbus $PYMODBUS_VERSION, openapi-spec-validator and schemathesis into a virtual environment"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$PYMODBUS_VERSION" \
-    "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+    "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
 export MPTEST_PYTHON="$work/venv/bin/python"
+export MPTEST_SCHEMATHESIS="$work/venv/bin/schemathesis"
 
 export MPTEST_PG_ADMIN_URL="postgres://postgres:$pg_password@127.0.0.1:$pg_port/postgres"
 export MPTEST_MQTT_URL="mqtt://127.0.0.1:$mq_port"

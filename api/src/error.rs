@@ -92,9 +92,27 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // Text PostgreSQL cannot hold is the request's fault, wherever it came in (a body, a
+        // query string): the NUL character, which JSON carries as \u0000 but a PostgreSQL
+        // text value cannot.
+        if let sqlx::Error::Database(db) = &e
+            && matches!(
+                db.code().as_deref(),
+                Some(UNTRANSLATABLE | NOT_IN_REPERTOIRE)
+            )
+        {
+            return ApiError::BadRequest(
+                "text must not contain the NUL character (\\u0000)".to_owned(),
+            );
+        }
         ApiError::Internal(e.into())
     }
 }
+
+/// SQLSTATE `untranslatable_character` and `character_not_in_repertoire`: what PostgreSQL
+/// answers for a NUL character in text.
+const UNTRANSLATABLE: &str = "22P05";
+const NOT_IN_REPERTOIRE: &str = "22021";
 
 /// One field of a request that is wrong: its name as the request spells it (a dotted path
 /// inside a body, e.g. `checklist.2`) and what is wrong with it.
