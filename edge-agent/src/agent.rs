@@ -129,6 +129,8 @@ struct Flow {
     /// Sealed batches not yet published, oldest first.
     backlog: BTreeSet<u64>,
     connected: bool,
+    /// The current outage has been logged (retries are not).
+    reported_unreachable: bool,
     outbox_dropped: u64,
     /// Batches the replay may still send: refilled at the configured rate, capped at one
     /// second's worth.
@@ -199,6 +201,7 @@ impl Agent {
             uplink,
             unsealed: VecDeque::new(),
             connected: false,
+            reported_unreachable: false,
             outbox_dropped: 0,
             replay_budget: 0.0,
             accepted: 0,
@@ -378,12 +381,18 @@ impl Agent {
         match event {
             UplinkEvent::Connected => {
                 flow.connected = true;
+                flow.reported_unreachable = false;
                 tracing::info!(backlog = flow.backlog.len(), "connected to broker");
             }
             UplinkEvent::Disconnected(e) => {
                 if flow.connected {
                     tracing::warn!(error = %e, "broker connection lost; readings go to the outbox");
+                } else if !flow.reported_unreachable {
+                    // Once per outage, not on every retry: a TLS handshake refused, a wrong
+                    // port, a broker not yet up.
+                    tracing::warn!(error = %e, "cannot connect to the broker; readings go to the outbox, retrying");
                 }
+                flow.reported_unreachable = true;
                 flow.connected = false;
             }
             _ => {}

@@ -6,7 +6,10 @@
 //! id = "line-1-gw"               # this gateway's id within the tenant
 //!
 //! [uplink]
-//! broker = "mqtt://127.0.0.1:1883"
+//! broker = "mqtt://127.0.0.1:1883"   # or mqtts://host:8883 for MQTT over TLS, with:
+//! # ca_file = "/etc/maintainpro/tls/ca.pem"            # default: the platform's roots
+//! # client_cert_file = "/etc/maintainpro/tls/gateway.pem"
+//! # client_key_file = "/etc/maintainpro/tls/gateway.key"
 //! client_id = "edge-line-1-gw"   # default: "edge-<gateway id>"
 //! batch_max_readings = 1000      # publish when this many readings wait ...
 //! batch_max_age = "1s"           # ... or when the oldest has waited this long

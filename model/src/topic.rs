@@ -103,6 +103,11 @@ fn host_port(url: &str, rest: &str, default: u16) -> Result<(String, u16), Broke
         ),
         None => (rest, default),
     };
+    // An IPv6 address is written in brackets (`mqtt://[::1]:1883`); the host is the address.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() {
         return Err(BrokerUrlError::NoHost(url.to_owned()));
     }
@@ -224,6 +229,7 @@ mod tests {
             broker_endpoint("mqtt://b").map(|e| (e.port, e.tls)),
             Ok((1883, false))
         );
+        assert_eq!(broker_endpoint("mqtts://[::1]:8883"), Ok(tls("::1", 8883)));
         assert!(matches!(
             broker_endpoint("ssl://b"),
             Err(BrokerUrlError::TlsScheme(_))

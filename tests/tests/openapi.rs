@@ -302,12 +302,13 @@ async fn the_docs_page_works_offline() -> anyhow::Result<()> {
 
 /// schemathesis (pinned in the test environment by `scripts/test.sh`) reads the served
 /// document, generates requests for every operation from its schemas and examples, and sends
-/// them to a running API as a tenant admin: no request may get a server error. Bounded: five
+/// them to a running API as a tenant admin: no request may get a server error, and every
+/// answer must have a status code, content type and body the document gives for it. Bounded: five
 /// generated cases per operation, a fixed seed (the same requests every run), one worker.
 /// Left out: what would end the test's own session or change its credentials (sign-in, sign
 /// out, sessions, passwords, MFA, API keys, erasure) and deletions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generated_requests_get_no_server_error() -> anyhow::Result<()> {
+async fn generated_requests_get_documented_answers_and_no_server_error() -> anyhow::Result<()> {
     let schemathesis = std::env::var("MPTEST_SCHEMATHESIS").context(
         "MPTEST_SCHEMATHESIS is not set: it names the schemathesis program. Run the tests \
          through scripts/test.sh, which installs it.",
@@ -317,7 +318,11 @@ async fn generated_requests_get_no_server_error() -> anyhow::Result<()> {
     let run = tokio::process::Command::new(schemathesis)
         .args(["run", &format!("{}/api/v1/openapi.json", plant.api)])
         .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(["--checks", "not_a_server_error"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance",
+        ])
         .args(["--phases", "examples,fuzzing"])
         .args(["--max-examples", "5", "--seed", "42", "--workers", "1"])
         .args(["--exclude-method", "DELETE"])
