@@ -9,7 +9,7 @@
 //!  ]}
 //! ```
 //!
-//! - `readings`: up to [`MAX_POINTS`] objects with `tag` (a registered tag of the topic's
+//! - `readings`: up to [`MAX_POINTS`] objects, naming at most [`MAX_TAGS`] distinct tags, with `tag` (a registered tag of the topic's
 //!   gateway), `value` (a finite number), `ts` (RFC 3339 text with an offset, or an integer of
 //!   milliseconds since the Unix epoch) and optional `quality` (`good`, the default,
 //!   `uncertain` or `bad`). Other fields are refused, so that a misspelt one is not ignored.
@@ -26,7 +26,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::wire::{Batch, MAX_MESSAGE_BYTES, MAX_POINTS};
+use crate::wire::{Batch, MAX_MESSAGE_BYTES, MAX_POINTS, MAX_TAGS};
 use crate::{GatewayId, Quality, Reading, TagName, Timestamp};
 
 /// Explicit sequence numbers stay below this; derived ones are at or above it.
@@ -41,6 +41,8 @@ pub enum JsonBatchError {
     Malformed(String),
     #[error("batch has {0} readings; the limit is {MAX_POINTS}")]
     TooMany(usize),
+    #[error("batch names {0} distinct tags; the limit is {MAX_TAGS}")]
+    TooManyTags(usize),
     #[error("seq {0} is not below 2^62")]
     BadSequence(u64),
     #[error("readings[{index}].tag: {reason}")]
@@ -60,6 +62,7 @@ impl JsonBatchError {
             JsonBatchError::TooLarge { .. } => "oversized",
             JsonBatchError::Malformed(_) => "malformed_json",
             JsonBatchError::TooMany(_) => "too_many",
+            JsonBatchError::TooManyTags(_) => "too_many_tags",
             JsonBatchError::BadSequence(_) => "bad_sequence",
             JsonBatchError::BadTag { .. } => "bad_tag",
             JsonBatchError::NonFinite { .. } => "non_finite_value",
@@ -137,7 +140,11 @@ pub fn decode(gateway: &GatewayId, payload: &[u8]) -> Result<Batch, JsonBatchErr
             quality,
         });
     }
-    Ok(Batch::from_readings(gateway.clone(), seq, &readings))
+    let batch = Batch::from_readings(gateway.clone(), seq, &readings);
+    if batch.tags.len() > MAX_TAGS {
+        return Err(JsonBatchError::TooManyTags(batch.tags.len()));
+    }
+    Ok(batch)
 }
 
 fn time(ts: &JsonTime) -> Result<Timestamp, String> {
@@ -265,5 +272,19 @@ mod tests {
         }
         let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(decode(&gw(), &big).unwrap_err().reason(), "oversized");
+    }
+
+    #[test]
+    fn a_batch_names_at_most_max_tags_tags() {
+        let batch = |tags: usize| {
+            let readings: Vec<String> = (0..tags)
+                .map(|i| format!(r#"{{"tag": "t{i}", "value": 1, "ts": 1796205600000}}"#))
+                .collect();
+            format!(r#"{{"readings": [{}]}}"#, readings.join(","))
+        };
+        assert!(decode(&gw(), batch(MAX_TAGS).as_bytes()).is_ok());
+        let err = decode(&gw(), batch(MAX_TAGS + 1).as_bytes()).unwrap_err();
+        assert_eq!(err, JsonBatchError::TooManyTags(MAX_TAGS + 1));
+        assert_eq!(err.reason(), "too_many_tags");
     }
 }
