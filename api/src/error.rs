@@ -284,13 +284,13 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge)
-            }
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON, sent with Content-Type: application/json".to_owned(),
+            ));
         }
+        let bytes = read_body(req, state).await?;
+        decode_body(&bytes).map(Body)
     }
 }
 
@@ -307,14 +307,87 @@ where
         req: axum::extract::Request,
         state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
-            Ok(value) => Ok(value.map(|Json(value)| Body(value))),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge)
-            }
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        if !req.headers().contains_key(header::CONTENT_TYPE) {
+            return Ok(None);
         }
+        <Self as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
     }
+}
+
+/// `application/json`, or an `application/...+json` type, with any parameters.
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_body<S: Send + Sync>(
+    req: axum::extract::Request,
+    state: &S,
+) -> Result<axum::body::Bytes, ApiError> {
+    use axum::extract::FromRequest;
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(rejection.body_text())
+            }
+        })
+}
+
+/// Reads a JSON body. JSON that does not parse is a `bad_request`; a value of the wrong type,
+/// a missing or unknown field is an `invalid` answer naming the field in `details`, with the
+/// dotted path the API's own checks use (`checklist.2`).
+fn decode_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+        let field = dotted(e.path());
+        let inner = e.into_inner();
+        // serde_json appends the position; the field says where.
+        let text = inner.to_string();
+        let message = text
+            .rfind(" at line ")
+            .map_or(text.as_str(), |at| &text[..at])
+            .to_owned();
+        if inner.is_data() {
+            ApiError::field(if field.is_empty() { "body" } else { &field }, message)
+        } else {
+            ApiError::BadRequest(format!("the body is not valid JSON: {text}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// `checklist[2].text` as the API names fields: `checklist.2.text`; `""` for the whole body.
+fn dotted(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let parts: Vec<String> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect();
+    parts.join(".")
 }
 
 /// For a field of a `PATCH` body (`#[serde(default, deserialize_with = "present")]` on an

@@ -1129,3 +1129,62 @@ async fn a_nul_character_in_text_is_a_bad_request() -> anyhow::Result<()> {
     assert_eq!(status, 400, "{body}");
     Ok(())
 }
+
+/// A body that does not fit the endpoint names the field in `details`, with the dotted path
+/// the API's own checks use; JSON that does not parse, or is not JSON at all, says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_the_wrong_shape_names_its_field() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let post = |path: &'static str, body: Value| {
+        let admin = admin.clone();
+        let plant = &plant;
+        async move {
+            plant
+                .send(Method::POST, path, Some(&admin), Some(body))
+                .await
+        }
+    };
+    let (status, body) = post("/api/v1/teams", json!({ "name": 5 })).await?;
+    assert_eq!((status, error_fields(&body)), (400, vec!["name"]), "{body}");
+    assert_eq!(body["error"]["code"], "invalid");
+    let (status, body) = post("/api/v1/teams", json!({ "name": "Night", "colour": "red" })).await?;
+    assert_eq!(
+        (status, error_fields(&body)),
+        (400, vec!["colour"]),
+        "{body}"
+    );
+    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    let (status, body) = post(
+        "/api/v1/work-orders",
+        json!({ "title": "Leak", "asset_id": asset, "checklist": ["ok", 7] }),
+    )
+    .await?;
+    assert_eq!(
+        (status, error_fields(&body)),
+        (400, vec!["checklist.1"]),
+        "{body}"
+    );
+    let res = plant
+        .http
+        .post(format!("{}/api/v1/teams", plant.api))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await?;
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await?;
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let status = plant
+        .http
+        .post(format!("{}/api/v1/teams", plant.api))
+        .bearer_auth(&admin)
+        .body("name=Night")
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 415);
+    Ok(())
+}
