@@ -45,3 +45,60 @@ mod tests {
         assert_eq!(super::contains_pattern(" 50%_off\\ "), "%50\\%\\_off\\\\%");
     }
 }
+
+/// A page of a list sorted by a text key and then the id (parts by SKU, schedules by name):
+/// where the next page starts, handed out as an opaque `cursor`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyCursor {
+    pub key: String,
+    pub id: uuid::Uuid,
+}
+
+/// Default and largest page of the lists paged by [`KeyCursor`].
+pub(crate) const DEFAULT_PAGE: i64 = 100;
+pub(crate) const MAX_PAGE: i64 = 500;
+
+impl KeyCursor {
+    /// The page size and the position from `limit` and `cursor`; each bad one is added to
+    /// `errors`.
+    pub(crate) fn parse(
+        limit: Option<i64>,
+        cursor: Option<&str>,
+        errors: &mut crate::error::FieldErrors,
+    ) -> (i64, Option<KeyCursor>) {
+        use base64::Engine as _;
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            errors.add("limit", format!("must be between 1 and {MAX_PAGE}"));
+        }
+        let cursor = cursor.and_then(|c| {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<KeyCursor>(&b).ok());
+            if decoded.is_none() {
+                errors.add("cursor", "is not a cursor this list handed out");
+            }
+            decoded
+        });
+        (limit, cursor)
+    }
+
+    /// Cuts `items` (fetched with `LIMIT limit + 1`) to the page and hands out the cursor of
+    /// the next one, `None` on the last page.
+    pub(crate) fn next<T>(
+        items: &mut Vec<T>,
+        limit: i64,
+        key: impl Fn(&T) -> (String, uuid::Uuid),
+    ) -> Option<String> {
+        use base64::Engine as _;
+        let page = usize::try_from(limit).unwrap_or(usize::MAX);
+        if items.len() <= page {
+            return None;
+        }
+        items.truncate(page);
+        let (key, id) = key(items.last()?);
+        let cursor = serde_json::to_vec(&KeyCursor { key, id }).ok()?;
+        Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor))
+    }
+}

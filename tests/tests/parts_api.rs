@@ -259,3 +259,54 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     assert_eq!(list["items"], json!([]));
     Ok(())
 }
+
+/// The parts list and the schedule list come in pages with a cursor: nothing is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_and_schedules_are_listed_page_by_page() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    for sku in ["C-3", "A-1", "B-2"] {
+        plant
+            .send_ok(
+                Method::POST,
+                "/api/v1/parts",
+                &admin,
+                json!({ "sku": sku, "name": format!("Part {sku}") }),
+            )
+            .await?;
+    }
+    let skus = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|p| p["sku"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, first) = plant.get("/api/v1/parts?limit=2", Some(&admin)).await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(skus(&first), ["A-1", "B-2"]);
+    let cursor = first["next_cursor"].as_str().context("a next page")?;
+    let (_, second) = plant
+        .get(
+            &format!("/api/v1/parts?limit=2&cursor={cursor}"),
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(skus(&second), ["C-3"]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let (status, body) = plant
+        .get("/api/v1/parts?limit=0&cursor=nonsense", Some(&admin))
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(maintainpro_tests::error_fields(&body), ["limit", "cursor"]);
+    let (status, page) = plant
+        .get("/api/v1/pm-schedules?limit=1", Some(&admin))
+        .await?;
+    assert_eq!(status, 200, "{page}");
+    assert!(page["next_cursor"].is_null() || page["next_cursor"].is_string());
+    Ok(())
+}

@@ -22,6 +22,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::{self, InventoryError, Movement, Stock};
+use crate::routes::KeyCursor;
 
 const STOREKEEPERS: &[&str] = &["admin", "manager"];
 const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
@@ -139,11 +140,16 @@ pub struct PartQuery {
     pub q: Option<String>,
     /// Only parts at or below a reorder point somewhere.
     pub low_stock: Option<bool>,
+    /// 1-500, default 100.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct PartList {
     pub items: Vec<Part>,
+    /// Pass as `cursor`, with the same filters, for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 pub async fn list_parts(
@@ -152,25 +158,33 @@ pub async fn list_parts(
     Query(q): Query<PartQuery>,
 ) -> Result<Json<PartList>, ApiError> {
     auth.require(READERS)?;
+    let mut errors = FieldErrors::default();
     if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(ApiError::field("q", "must be at most 200 characters"));
+        errors.add("q", "must be at most 200 characters");
     }
+    let (limit, cursor) = KeyCursor::parse(q.limit, q.cursor.as_deref(), &mut errors);
+    errors.finish()?;
     let tenant = auth.tenant.as_uuid();
     let pattern = q.q.as_deref().map(crate::routes::contains_pattern);
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let items = sqlx::query_as::<_, Part>(&format!(
+    let mut items = sqlx::query_as::<_, Part>(&format!(
         "{PARTS} AND ($2::text IS NULL OR p.sku ILIKE $2 OR p.name ILIKE $2)
+           AND ($4::text IS NULL OR (p.sku, p.id) > ($4, $5))
          GROUP BY p.id
          HAVING NOT $3 OR coalesce(bool_or(s.on_hand - s.reserved <= s.reorder_point), false)
-         ORDER BY p.sku LIMIT 1000"
+         ORDER BY p.sku, p.id LIMIT $6"
     ))
     .bind(tenant)
     .bind(pattern)
     .bind(q.low_stock.unwrap_or(false))
+    .bind(cursor.as_ref().map(|c| c.key.clone()))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(PartList { items }))
+    let next_cursor = KeyCursor::next(&mut items, limit, |p| (p.sku.clone(), p.id));
+    Ok(Json(PartList { items, next_cursor }))
 }
 
 #[derive(Debug, Deserialize)]

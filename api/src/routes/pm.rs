@@ -13,7 +13,7 @@
 use std::time::Duration as StdDuration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
@@ -29,6 +29,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::pm::{self, Calendar, Every, Meter, Occurrence, Plan};
+use crate::routes::KeyCursor;
 
 const PLANNERS: &[&str] = &["admin", "manager"];
 const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
@@ -622,23 +623,43 @@ async fn detail(
 #[derive(Debug, Serialize)]
 pub struct ScheduleList {
     pub items: Vec<Schedule>,
+    /// Pass as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// 1-500, default 100.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
 }
 
 pub async fn list(
     State(state): State<AppState>,
     auth: AuthUser,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<ScheduleList>, ApiError> {
     auth.require(READERS)?;
+    let mut errors = FieldErrors::default();
+    let (limit, cursor) = KeyCursor::parse(q.limit, q.cursor.as_deref(), &mut errors);
+    errors.finish()?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let items = sqlx::query_as::<_, Schedule>(&format!(
-        "SELECT {COLUMNS} FROM pm_schedules WHERE tenant_id = $1 ORDER BY name LIMIT 1000"
+    let mut items = sqlx::query_as::<_, Schedule>(&format!(
+        "SELECT {COLUMNS} FROM pm_schedules WHERE tenant_id = $1
+           AND ($2::text IS NULL OR (name, id) > ($2, $3))
+         ORDER BY name, id LIMIT $4"
     ))
     .bind(tenant)
+    .bind(cursor.as_ref().map(|c| c.key.clone()))
+    .bind(cursor.map(|c| c.id))
+    .bind(limit + 1)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(ScheduleList { items }))
+    let next_cursor = KeyCursor::next(&mut items, limit, |s| (s.name.clone(), s.id));
+    Ok(Json(ScheduleList { items, next_cursor }))
 }
 
 pub async fn get(
