@@ -149,27 +149,28 @@ impl PgStore {
                 .into_iter()
                 .collect()
             };
-            for &i in &candidates {
-                if let Item::Batch {
-                    gateway,
-                    seq,
-                    rows,
-                    rejected,
-                    ..
-                } = &items[i]
-                    && inserted.contains(&(*gateway, *seq))
-                {
-                    outcome[i] = Written::Stored { rows: rows.len() };
-                    fresh_rows.extend(rows.iter());
-                    if let Some(letter) = rejected {
-                        insert_dead_letter(&mut tx, letter).await?;
-                    }
-                }
-            }
+            // In message order, so that dead letters are numbered as their messages came.
+            let candidates: HashSet<usize> = candidates.into_iter().collect();
             for &i in indexes {
-                if let Item::Dead(letter) = &items[i] {
-                    insert_dead_letter(&mut tx, letter).await?;
-                    outcome[i] = Written::DeadLettered;
+                match &items[i] {
+                    Item::Batch {
+                        gateway,
+                        seq,
+                        rows,
+                        rejected,
+                        ..
+                    } if candidates.contains(&i) && inserted.contains(&(*gateway, *seq)) => {
+                        outcome[i] = Written::Stored { rows: rows.len() };
+                        fresh_rows.extend(rows.iter());
+                        if let Some(letter) = rejected {
+                            insert_dead_letter(&mut tx, letter).await?;
+                        }
+                    }
+                    Item::Dead(letter) => {
+                        insert_dead_letter(&mut tx, letter).await?;
+                        outcome[i] = Written::DeadLettered;
+                    }
+                    Item::Batch { .. } => {}
                 }
             }
         }

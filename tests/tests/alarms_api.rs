@@ -96,7 +96,8 @@ async fn alarms_are_acknowledged_and_shelved_by_operators_of_their_tenant_only()
         )
         .await?;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert_eq!(body["error"]["code"], "invalid", "{body}");
+    assert_eq!(maintainpro_tests::error_fields(&body), ["coment"], "{body}");
     let (status, body) = plant
         .send(
             Method::POST,
