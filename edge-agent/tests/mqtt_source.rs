@@ -4,12 +4,13 @@
 //!
 //! Needs Mosquitto: `MPTEST_MQTT_URL` (provided by `scripts/test.sh`).
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use edge_agent::{Agent, AgentConfig};
-use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TenantId, Timestamp};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use simulators::Scenario;
@@ -20,35 +21,11 @@ type Seen = Arc<Mutex<Vec<Reading>>>;
 
 /// Collects every reading of every batch published on `topic`.
 fn ledger(broker: &str, topic: String, cancel: CancellationToken) -> anyhow::Result<Seen> {
-    let (host, port) = model::topic::broker_address(broker)?;
-    let options = MqttOptions::new(
-        format!("ledger-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port,
-    );
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
     let seen: Seen = Arc::default();
     let out = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => break,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(batch) = Batch::decode(&p.payload) {
-                        out.lock().expect("ledger lock").extend(batch.readings());
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    common::on_batches(broker, topic, cancel, move |batch| {
+        out.lock().expect("ledger lock").extend(batch.readings());
+    })?;
     Ok(seen)
 }
 

@@ -5,6 +5,8 @@
 //! Needs Mosquitto: `MPTEST_MQTT_URL` for a shared broker and the `mosquitto` binary
 //! for a private one (both provided by `scripts/test.sh`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,9 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use edge_agent::{Agent, AgentConfig, AgentStats};
-use model::wire::Batch;
 use model::{GatewayId, TenantId};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use simulators::mosquitto::PrivateBroker;
 use simulators::{Scenario, spawn_modbus_plc};
 use tokio_util::sync::CancellationToken;
@@ -26,40 +26,13 @@ type Ledger = Arc<Mutex<BTreeMap<u64, (usize, usize)>>>;
 
 /// A subscriber with a persistent session that records every batch on `topic`.
 fn ledger(broker: &str, topic: String, cancel: CancellationToken) -> anyhow::Result<Ledger> {
-    let (host, port) = model::topic::broker_address(broker)?;
-    let mut options = MqttOptions::new(
-        format!("ledger-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port,
-    );
-    options
-        .set_clean_session(false)
-        .set_max_packet_size(2 << 20, 2 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
     let ledger: Ledger = Arc::default();
     let out = Arc::clone(&ledger);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => break,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(batch) = Batch::decode(&p.payload) {
-                        let mut l = out.lock().expect("ledger lock");
-                        let entry = l.entry(batch.seq).or_insert((batch.points.len(), 0));
-                        entry.1 += 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    common::on_batches(broker, topic, cancel, move |batch| {
+        let mut l = out.lock().expect("ledger lock");
+        let entry = l.entry(batch.seq).or_insert((batch.points.len(), 0));
+        entry.1 += 1;
+    })?;
     Ok(ledger)
 }
 

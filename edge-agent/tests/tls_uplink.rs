@@ -6,16 +6,16 @@
 //!
 //! Needs the `mosquitto` binary (installed by `scripts/test.sh`).
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::bail;
 use edge_agent::{Agent, AgentConfig};
-use model::wire::Batch;
 use model::{GatewayId, TenantId};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use simulators::mosquitto::PrivateBroker;
 use simulators::{Scenario, spawn_modbus_plc};
 use tokio_util::sync::CancellationToken;
@@ -60,35 +60,11 @@ fn ledger(
     topic: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<Arc<Mutex<usize>>> {
-    let (host, port) = model::topic::broker_address(broker)?;
-    let options = MqttOptions::new(
-        format!("ledger-{}", uuid::Uuid::new_v4().simple()),
-        host,
-        port,
-    );
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
     let seen = Arc::new(Mutex::new(0));
     let out = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let event = tokio::select! {
-                _ = cancel.cancelled() => break,
-                e = eventloop.poll() => e,
-            };
-            match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(batch) = Batch::decode(&p.payload) {
-                        *out.lock().expect("ledger lock") += batch.points.len();
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
+    common::on_batches(broker, topic, cancel, move |batch| {
+        *out.lock().expect("ledger lock") += batch.points.len();
+    })?;
     Ok(seen)
 }
 
