@@ -157,6 +157,18 @@ pub fn machine_cpu() -> Option<MachineCpu> {
     })
 }
 
+/// Logs warnings and errors (or what `RUST_LOG` asks for) to standard error, so that standard
+/// output carries only the benchmark's report.
+pub fn log_warnings_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// A throwaway PostgreSQL cluster (fsync on: the durability production has) with a migrated
 /// database `bench` and random role passwords. The cluster stops when dropped.
 pub async fn migrated_cluster()

@@ -663,13 +663,7 @@ fn main() -> anyhow::Result<()> {
         args.min_spacing <= args.max_spacing,
         "--min-spacing exceeds --max-spacing"
     );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    maintainpro_bench::log_warnings_to_stderr();
     let clients = Clients {
         probe: runtime("probe", 1)?,
         load: runtime("load", 1)?,

@@ -59,13 +59,7 @@ fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     api::webhooks::install_tls_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    maintainpro_bench::log_warnings_to_stderr();
     let clients = runtime("clients", 1)?;
     let server = runtime("server", 2)?;
     let report = server.block_on(run(&args, &clients))?;

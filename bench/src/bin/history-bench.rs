@@ -60,13 +60,7 @@ const LOAD_SECONDS_PER_STATEMENT: i64 = 3_600;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     api::webhooks::install_tls_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    maintainpro_bench::log_warnings_to_stderr();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -61,13 +61,7 @@ async fn wait_stored(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    maintainpro_bench::log_warnings_to_stderr();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
     let (cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pool = PgPoolOptions::new()
