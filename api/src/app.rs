@@ -18,8 +18,8 @@ use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, devices, docs, health, live, login, mfa, parts,
-    password, password_reset, pm, privacy, readings, registry, reliability, rules, sessions, sla,
-    teams, webhooks, work_orders,
+    password, password_reset, pm, privacy, readings, registry, reliability, roles, rules, sessions,
+    sla, teams, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -111,6 +111,13 @@ pub fn router(state: AppState) -> Router {
             post(password_reset::confirm),
         )
         .route("/api/v1/users/{id}/reset-mfa", post(mfa::reset_user))
+        .route("/api/v1/users/{id}/role", put(roles::set_user_role))
+        .route("/api/v1/permissions", get(roles::permissions))
+        .route("/api/v1/roles", get(roles::list).post(roles::create))
+        .route(
+            "/api/v1/roles/{id}",
+            get(roles::get).patch(roles::update).delete(roles::delete),
+        )
         .route("/api/v1/users/{id}/export", get(privacy::export))
         .route("/api/v1/users/{id}/erase", post(privacy::erase))
         .route(

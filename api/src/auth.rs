@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
+use crate::permissions::{Permission, Permissions};
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,8 +226,8 @@ pub enum Principal {
     ApiKey { id: Uuid, scopes: Vec<Scope> },
 }
 
-/// The role of an API key: no list of roles names it, so [`AuthUser::require`] never lets a
-/// key pass; only [`AuthUser::require_scope`] does.
+/// The role of an API key. A key holds no permissions, so [`AuthUser::require`] never lets a
+/// key pass; only [`AuthUser::require_scope`] does, on the key's scopes.
 pub const API_KEY_ROLE: &str = "service";
 
 /// An authenticated caller. Handlers that take it reject unauthenticated requests with 401,
@@ -237,8 +238,11 @@ pub struct AuthUser {
     /// The user; for an API key, the admin who created it, who answers for what it does.
     pub user: Uuid,
     pub tenant: TenantId,
-    /// The user's role; [`API_KEY_ROLE`] for an API key.
+    /// The user's role as it is now (not as the token says: a changed role holds at the
+    /// next request); [`API_KEY_ROLE`] for an API key.
     pub role: String,
+    /// What the role allows; none for an API key.
+    pub permissions: Permissions,
     pub principal: Principal,
     /// Where the request came from and what it asked for, for the audit entry of a denial.
     request: Arc<DeniedRequest>,
@@ -262,31 +266,48 @@ impl AuthUser {
         }
     }
 
-    /// Refuses the request (403) unless the caller is a user with one of `roles`. A refusal is
-    /// written to the audit log (`permission.denied`, with the method, path and the caller's
-    /// role) in the background: the answer does not wait for it.
-    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
+    /// Whether the caller is a user who sees only the work orders they requested (their role
+    /// opens work orders without `work_orders:read`). An API key with the read scope sees all.
+    pub fn sees_only_own_work_orders(&self) -> bool {
+        matches!(self.principal, Principal::Session(_))
+            && !self.permissions.has(Permission::WorkOrdersRead)
+    }
+
+    /// Whether the caller's role allows `permission` (never for an API key).
+    pub fn can(&self, permission: Permission) -> bool {
+        matches!(self.principal, Principal::Session(_)) && self.permissions.has(permission)
+    }
+
+    /// Refuses the request (403) unless the caller is a user whose role allows `permission`.
+    /// A refusal is written to the audit log (`permission.denied`, with the method, path, the
+    /// caller's role and the permission) in the background: the answer does not wait for it.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         match self.principal {
-            Principal::Session(_) if roles.contains(&self.role.as_str()) => Ok(()),
-            Principal::Session(_) => Err(self.deny(None, ApiError::Forbidden)),
-            Principal::ApiKey { .. } => Err(self.deny(None, ApiError::UserOnly)),
+            Principal::Session(_) if self.permissions.has(permission) => Ok(()),
+            Principal::Session(_) => Err(self.deny(Some(permission), None, ApiError::Forbidden)),
+            Principal::ApiKey { .. } => Err(self.deny(Some(permission), None, ApiError::UserOnly)),
         }
     }
 
     /// As [`Self::require`] for a user; an API key passes when it holds `scope`. A refusal is
     /// audited alike, with the key and the scope it lacked.
-    pub fn require_scope(&self, scope: Scope, roles: &[&str]) -> Result<(), ApiError> {
+    pub fn require_scope(&self, scope: Scope, permission: Permission) -> Result<(), ApiError> {
         match &self.principal {
-            Principal::Session(_) => self.require(roles),
+            Principal::Session(_) => self.require(permission),
             Principal::ApiKey { scopes, .. } if scopes.contains(&scope) => Ok(()),
             Principal::ApiKey { .. } => {
-                Err(self.deny(Some(scope), ApiError::MissingScope(scope.as_str())))
+                Err(self.deny(None, Some(scope), ApiError::MissingScope(scope.as_str())))
             }
         }
     }
 
     /// Audits a refusal in the background and returns `error`.
-    fn deny(&self, scope: Option<Scope>, error: ApiError) -> ApiError {
+    fn deny(
+        &self,
+        permission: Option<Permission>,
+        scope: Option<Scope>,
+        error: ApiError,
+    ) -> ApiError {
         tracing::info!(user = %self.user, role = %self.role, "permission denied");
         let request = Arc::clone(&self.request);
         let (tenant, user) = (self.tenant.as_uuid(), self.user);
@@ -300,6 +321,9 @@ impl AuthUser {
         }
         if let Some(scope) = scope {
             detail["scope"] = scope.as_str().into();
+        }
+        if let Some(permission) = permission {
+            detail["permission"] = permission.as_str().into();
         }
         tokio::spawn(async move {
             let entry = Entry::new(
@@ -324,7 +348,7 @@ impl FromRequestParts<AppState> for AuthUser {
     ) -> Result<Self, Self::Rejection> {
         let auth = authenticate(parts, state).await?;
         if let Principal::ApiKey { .. } = auth.principal {
-            return Err(auth.deny(None, ApiError::UserOnly));
+            return Err(auth.deny(None, None, ApiError::UserOnly));
         }
         Ok(auth)
     }
@@ -341,10 +365,15 @@ impl Caller {
         self.0.tenant
     }
 
-    /// The caller, if it may do what needs `scope` (an API key) or one of `roles` (a user);
+    /// What the caller's role allows; none for an API key.
+    pub fn permissions(&self) -> Permissions {
+        self.0.permissions
+    }
+
+    /// The caller, if it may do what needs `scope` (an API key) or `permission` (a user);
     /// see [`AuthUser::require_scope`].
-    pub fn require_scope(self, scope: Scope, roles: &[&str]) -> Result<AuthUser, ApiError> {
-        self.0.require_scope(scope, roles)?;
+    pub fn require_scope(self, scope: Scope, permission: Permission) -> Result<AuthUser, ApiError> {
+        self.0.require_scope(scope, permission)?;
         Ok(self.0)
     }
 }
@@ -368,12 +397,13 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
         Err(never) => match never {},
     };
     let token = bearer(parts)?;
-    let (tenant, user, role, principal) = if api_keys::looks_like_key(token) {
+    let (tenant, user, role, permissions, principal) = if api_keys::looks_like_key(token) {
         let key = verify_api_key(state, token, &meta).await?;
         (
             key.tenant,
             key.created_by,
             API_KEY_ROLE.to_owned(),
+            Permissions::NONE,
             Principal::ApiKey {
                 id: key.id,
                 scopes: key.scopes,
@@ -387,14 +417,17 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
             .protection
             .admit_tenant(TenantId::from_uuid(claims.tid))?;
         // A token outlives nothing it stands for: a revoked session (logout, reuse of a
-        // refresh token, an admin's revocation) or a disabled user ends it at once.
-        if !crate::sessions::is_active(&state.pool, claims.tid, claims.sid, claims.sub).await? {
-            return Err(ApiError::Unauthenticated);
-        }
+        // refresh token, an admin's revocation) or a disabled user ends it at once, and the
+        // role is the user's role now, not when the token was issued.
+        let (role, permissions) =
+            crate::sessions::active_role(&state.pool, claims.tid, claims.sid, claims.sub)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?;
         (
             claims.tid,
             claims.sub,
-            claims.role,
+            role,
+            permissions,
             Principal::Session(claims.sid),
         )
     };
@@ -404,6 +437,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
         user,
         tenant: TenantId::from_uuid(tenant),
         role,
+        permissions,
         principal,
         request: Arc::new(DeniedRequest {
             pool: state.pool.clone(),

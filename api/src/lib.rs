@@ -6,6 +6,8 @@
 //!   API key where the handler names the scope it needs).
 //! - [`notify`]: email to assignees and requesters over SMTP, from the event log.
 //! - [`password`]: the password policy and Argon2id hashing with the configured pepper.
+//! - [`permissions`]: the documented permissions, the built-in roles' sets, custom roles'
+//!   names and the generated permission matrix; pure.
 //! - [`api_keys`]: API keys of gateways and services: scopes, the key's text, its keyed hash;
 //!   pure.
 //! - [`mfa`]: TOTP (RFC 6238) with replay protection, sealed secrets and recovery codes, pure.
@@ -52,6 +54,7 @@ pub mod mfa;
 pub mod notify;
 pub mod openapi;
 pub mod password;
+pub mod permissions;
 pub mod pm;
 pub mod protect;
 pub mod registry_csv;

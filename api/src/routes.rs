@@ -19,6 +19,7 @@ pub mod privacy;
 pub mod readings;
 pub mod registry;
 pub mod reliability;
+pub mod roles;
 pub mod rules;
 pub mod sessions;
 pub mod sla;

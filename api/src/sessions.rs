@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::TokenKeys;
 use crate::error::ApiError;
+use crate::permissions::Permissions;
 use model::TenantId;
 
 const PREFIX: &str = "mprt";
@@ -275,26 +276,54 @@ pub async fn end_all_of_user(
     .rows_affected())
 }
 
-/// Whether an access token's session is still live and its user still enabled.
-pub async fn is_active(
+/// The role of a live session's user and what it allows, or `None` when the session was
+/// revoked or has expired, or the user is disabled. A custom role's permission names that are
+/// no longer known are ignored: the role allows less, never more.
+pub async fn active_role(
     pool: &PgPool,
     tenant: Uuid,
     session: Uuid,
     user: Uuid,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<(String, Permissions)>, sqlx::Error> {
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
-    let live: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
-                        WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3
-                          AND s.revoked_at IS NULL AND s.expires_at > now() AND NOT u.disabled)",
+    let row: Option<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT u.role, r.permissions
+         FROM sessions s JOIN users u ON u.id = s.user_id
+         LEFT JOIN custom_roles r ON r.tenant_id = u.tenant_id AND r.name = u.custom_role
+         WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3
+           AND s.revoked_at IS NULL AND s.expires_at > now() AND NOT u.disabled",
     )
     .bind(tenant)
     .bind(session)
     .bind(user)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(live)
+    Ok(row.map(|(role, custom)| {
+        let permissions = role_permissions(&role, custom.as_deref());
+        (role, permissions)
+    }))
+}
+
+/// What `role` allows: a built-in role's fixed set, or the known names of a custom role's
+/// list (`custom`); nothing for a name that is neither.
+pub fn role_permissions(role: &str, custom: Option<&[String]>) -> Permissions {
+    if let Some(builtin) = Permissions::builtin(role) {
+        return builtin;
+    }
+    let names = custom.unwrap_or_default();
+    let known: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| crate::permissions::Permission::parse(n).is_some())
+        .collect();
+    if known.len() < names.len() {
+        tracing::warn!(
+            role,
+            "a custom role lists permissions this version does not know; ignored"
+        );
+    }
+    Permissions::parse(&known).unwrap_or(Permissions::NONE)
 }
 
 /// A session as its owner sees it.

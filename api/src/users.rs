@@ -28,8 +28,16 @@ pub enum UserError {
     TenantExists(String),
     #[error("no organisation has slug {0:?}")]
     UnknownTenant(String),
-    #[error("role {0:?} is not one of admin, manager, technician, requester, viewer")]
+    #[error(
+        "role {0:?} is not a role: use admin, manager, technician, requester, viewer, or a custom role's name (2-40 lower-case letters, digits, `-`, `_`)"
+    )]
     BadRole(String),
+    #[error(
+        "the organisation has no custom role {0:?}; create it first (POST /api/v1/roles) or use a built-in role"
+    )]
+    UnknownRole(String),
+    #[error("this is the organisation's last enabled admin; make another user admin first")]
+    LastAdmin,
     #[error("{0:?} is not an email address")]
     BadEmail(String),
     #[error("a user with email {0:?} exists already in this organisation")]
@@ -164,6 +172,7 @@ pub async fn create_user(
     validate(&new, slug)?;
     let hash = hash_blocking(hasher, new.password).await?;
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    require_role(&mut tx, tenant, new.role).await?;
     let user = insert_user(&mut tx, tenant, &new, &hash).await?;
     audit::write(
         &mut tx,
@@ -175,6 +184,92 @@ pub async fn create_user(
     .await?;
     tx.commit().await?;
     Ok(user)
+}
+
+/// A role's name is a built-in role's or may be a custom role's.
+fn check_role_name(role: &str) -> Result<(), UserError> {
+    if ROLES.contains(&role) || crate::permissions::valid_custom_role_name(role) {
+        Ok(())
+    } else {
+        Err(UserError::BadRole(role.chars().take(60).collect()))
+    }
+}
+
+/// A role that is not built in must be one of the organisation's custom roles.
+async fn require_role(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    role: &str,
+) -> Result<(), UserError> {
+    if ROLES.contains(&role) {
+        return Ok(());
+    }
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM custom_roles WHERE tenant_id = $1 AND name = $2)",
+    )
+    .bind(tenant)
+    .bind(role)
+    .fetch_one(conn)
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(UserError::UnknownRole(role.to_owned()))
+    }
+}
+
+/// Gives `user` the role `role` (built in, or a custom role of the organisation) and answers
+/// the role it had. The change holds from the user's next request; it is audited
+/// (`user.role_change`, with both roles).
+pub async fn set_role(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    role: &str,
+    actor: Option<Uuid>,
+    meta: &RequestMeta,
+) -> Result<String, UserError> {
+    check_role_name(role)?;
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT role FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+            .bind(tenant)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let before = before.ok_or_else(|| UserError::UnknownUser(user.to_string()))?;
+    require_role(&mut tx, tenant, role).await?;
+    if before == "admin" && role != "admin" {
+        // Locks the admins, so two demotions at once cannot both pass.
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM users
+                                   WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled
+                                     AND id <> $2 FOR UPDATE) a",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+        if others == 0 {
+            return Err(UserError::LastAdmin);
+        }
+    }
+    sqlx::query("UPDATE users SET role = $3 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .bind(role)
+        .execute(&mut *tx)
+        .await?;
+    audit::write(
+        &mut tx,
+        &Entry::new(Some(tenant), actor, "user.role_change", Outcome::Success)
+            .target("user", user)
+            .detail(serde_json::json!({ "before": before, "after": role })),
+        meta,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(before)
 }
 
 /// A user of an organisation, with the organisation's slug (the password policy reads it).
@@ -536,10 +631,48 @@ async fn end_sessions_audited(
     Ok(ended)
 }
 
+/// Whether work may be assigned to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assignable {
+    Yes,
+    /// No such user in the organisation.
+    Unknown,
+    Disabled,
+    /// The user's role (named) allows neither `work_orders:work` nor `work_orders:supervise`.
+    NotAWorker(String),
+}
+
+/// Whether work may be assigned to `user`: an enabled user whose role may work on or
+/// supervise work orders.
+pub async fn assignable(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+) -> Result<Assignable, sqlx::Error> {
+    let row: Option<(String, bool, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT u.role, u.disabled, r.permissions FROM users u
+         LEFT JOIN custom_roles r ON r.tenant_id = u.tenant_id AND r.name = u.custom_role
+         WHERE u.tenant_id = $1 AND u.id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        None => Assignable::Unknown,
+        Some((_, true, _)) => Assignable::Disabled,
+        Some((role, false, custom)) => {
+            if crate::sessions::role_permissions(&role, custom.as_deref()).can_be_assigned() {
+                Assignable::Yes
+            } else {
+                Assignable::NotAWorker(role)
+            }
+        }
+    })
+}
+
 fn validate(new: &NewUser<'_>, slug: &str) -> Result<(), UserError> {
-    if !ROLES.contains(&new.role) {
-        return Err(UserError::BadRole(new.role.to_owned()));
-    }
+    check_role_name(new.role)?;
     if !valid_email(new.email) {
         return Err(UserError::BadEmail(new.email.to_owned()));
     }

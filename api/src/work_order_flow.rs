@@ -155,11 +155,15 @@ impl Who {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// Who, in words: supervisors hold `work_orders:supervise` (admin, manager), workers
+    /// `work_orders:work` (technician).
+    pub fn describe(self) -> &'static str {
         match self {
-            Who::Supervisors => "admin, manager",
-            Who::Workers => "admin, manager, technician assigned to it",
-            Who::SupervisorsOrRequester => "admin, manager, its requester while it is open",
+            Who::Supervisors => "supervisors (admin, manager)",
+            Who::Workers => "supervisors (admin, manager), workers (technician) assigned to it",
+            Who::SupervisorsOrRequester => {
+                "supervisors (admin, manager), its requester while it is open"
+            }
         }
     }
 }

@@ -60,11 +60,21 @@ pub enum AdminCommand {
         tenant: String,
         #[arg(long)]
         email: String,
-        /// admin, manager, technician, requester or viewer.
+        /// admin, manager, technician, requester, viewer, or a custom role of the
+        /// organisation.
         #[arg(long)]
         role: String,
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Give a user another role (built in or custom); it holds from the user's next request.
+    SetRole {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
     },
     /// Set a new password for a user and end the user's sessions.
     ResetPassword {
@@ -251,6 +261,15 @@ async fn command(
                 "password of {email} set; {ended} session(s) ended\n{}",
                 password_note(&password, generated)
             )
+        }
+        AdminCommand::SetRole {
+            tenant,
+            email,
+            role,
+        } => {
+            let (t, u) = user_of(tenant, email).await?;
+            let before = users::set_role(pool, t, u, role, None, meta).await?;
+            format!("{email}: role {before} -> {role}")
         }
         AdminCommand::DisableUser { tenant, email } => {
             let (t, u) = user_of(tenant, email).await?;

@@ -54,6 +54,8 @@ enum Command {
     /// Organisations and users: bootstrap the first tenant and admin, reset passwords,
     /// disable users, end sessions.
     Admin(server::admin_cli::AdminArgs),
+    /// Print the permission matrix (Markdown, as docs/PERMISSIONS.md holds it).
+    Permissions,
     /// Rule-file tooling.
     Rules {
         #[command(subcommand)]
@@ -122,6 +124,10 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::Permissions = &cli.command {
+        print!("{}", api::permissions::matrix_markdown());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Rules {
         command: RulesCommand::Check { files },
     } = &cli.command
@@ -194,7 +200,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::from(2)
             }
-            Command::Rules { .. } => ExitCode::SUCCESS,
+            Command::Rules { .. } | Command::Permissions => ExitCode::SUCCESS,
         }
     })
 }

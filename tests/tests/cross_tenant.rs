@@ -436,6 +436,24 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
     secrets.push(email.to_owned());
     let technician = plant.login_as("plant-b", email).await?;
 
+    // A custom role (the user above does not hold it, so it may be deleted).
+    let role = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/roles",
+            &admin,
+            json!({ "name": "bravo-secret-role", "description": format!("{MARK} role"),
+                    "permissions": ["assets:read", "parts:read"] }),
+        )
+        .await?;
+    keep(
+        &mut ids,
+        &mut secrets,
+        ("roles", "id"),
+        uuid_of(&role, "/id")?,
+    );
+    secrets.push("bravo-secret-role".to_owned());
+
     // A site with an area, and an asset in it.
     let site = plant
         .send_ok(

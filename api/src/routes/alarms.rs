@@ -23,10 +23,8 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, Body, FieldErrors};
-use crate::users::ROLES;
+use crate::permissions::Permission;
 
-/// The roles that may acknowledge and shelve alarms.
-const OPERATORS: &[&str] = &["admin", "manager", "technician"];
 /// The longest a shelf may last: a forgotten shelf must not hide a rule for good.
 const MAX_SHELF_DAYS: i64 = 30;
 
@@ -81,7 +79,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<AlarmList>, ApiError> {
-    let auth = caller.require_scope(Scope::AlarmsRead, ROLES)?;
+    let auth = caller.require_scope(Scope::AlarmsRead, Permission::AlarmsRead)?;
     let mut errors = FieldErrors::default();
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -151,7 +149,7 @@ pub async fn acknowledge(
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     // Another tenant's alarm, or none: 404 before any permission question.
     fetch(&mut tx, tenant, id).await?;
-    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, Permission::AlarmsWrite)?;
     if let Some(c) = &req.comment {
         check_comment(c)?;
     }
@@ -204,7 +202,7 @@ pub async fn shelve(
     let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
-    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, Permission::AlarmsWrite)?;
     let now = Utc::now();
     let mut errors = FieldErrors::default();
     if req.until <= now || req.until > now + chrono::Duration::days(MAX_SHELF_DAYS) {
@@ -252,7 +250,7 @@ pub async fn unshelve(
     let tenant = caller.tenant().as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let alarm = fetch(&mut tx, tenant, id).await?;
-    let auth = caller.require_scope(Scope::AlarmsWrite, OPERATORS)?;
+    let auth = caller.require_scope(Scope::AlarmsWrite, Permission::AlarmsWrite)?;
     let ended = end_shelves(&mut tx, tenant, &alarm, auth.user).await?;
     if ended > 0 {
         let detail = json!({ "rule_id": alarm.rule_id, "tag_id": alarm.tag_id });

@@ -30,6 +30,7 @@ use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body};
+use crate::permissions::Permission;
 
 /// An API key as admins see it: never the key or its hash.
 #[derive(Debug, Serialize, FromRow)]
@@ -147,7 +148,7 @@ pub async fn create(
     meta: RequestMeta,
     Body(req): Body<CreateRequest>,
 ) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
-    auth.require(&["admin"])?;
+    auth.require(Permission::ApiKeysManage)?;
     let name = api_keys::parse_name(&req.name).map_err(ApiError::BadRequest)?;
     let scopes = api_keys::parse_scopes(&req.scopes).map_err(ApiError::BadRequest)?;
     if let Some(at) = req.expires_at {
@@ -199,7 +200,7 @@ pub async fn list(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    auth.require(&["admin"])?;
+    auth.require(Permission::ApiKeysManage)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, ApiKeyView>(&format!(
@@ -260,7 +261,7 @@ pub async fn rotate(
     .await?;
     // Another organisation's key, or none: 404 before any permission question.
     let old = old.ok_or(ApiError::NotFound)?;
-    auth.require(&["admin"])?;
+    auth.require(Permission::ApiKeysManage)?;
     let overlap = req.overlap.unwrap_or(api_keys::DEFAULT_OVERLAP);
     api_keys::check_overlap(overlap).map_err(ApiError::BadRequest)?;
     let now = Utc::now();
@@ -348,7 +349,7 @@ pub async fn revoke(
     if fetch(&mut tx, tenant, id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
-    auth.require(&["admin"])?;
+    auth.require(Permission::ApiKeysManage)?;
     // Revoking a revoked key changes nothing and answers alike.
     let revoked = sqlx::query(
         "UPDATE api_keys SET revoked_at = now(), revoked_by = $3

@@ -27,10 +27,9 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::permissions::Permission;
 use crate::registry_csv::valid_key;
-use crate::users::ROLES;
 
-const PLANNERS: &[&str] = &["admin", "manager"];
 const STATUSES: [&str; 5] = [
     "operational",
     "degraded",
@@ -65,7 +64,7 @@ pub async fn list_sites(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<SiteList>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::AssetsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Site>(&format!("{SITES} ORDER BY s.name"))
@@ -94,7 +93,7 @@ pub async fn create_site(
     meta: RequestMeta,
     Body(req): Body<NameRequest>,
 ) -> Result<(StatusCode, Json<Site>), ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::AssetsWrite)?;
     let tenant = auth.tenant.as_uuid();
     let mut errors = FieldErrors::default();
     check_name(&mut errors, &req.name);
@@ -144,7 +143,7 @@ pub async fn create_area(
         .fetch_optional(&mut *tx)
         .await?;
     found.ok_or(ApiError::NotFound)?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::AssetsWrite)?;
     let mut errors = FieldErrors::default();
     check_name(&mut errors, &req.name);
     errors.finish()?;
@@ -313,7 +312,7 @@ pub async fn get(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<AssetDetail>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::AssetsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let asset = fetch_asset(&mut tx, tenant, id).await?;
@@ -356,7 +355,7 @@ pub async fn list(
     auth: AuthUser,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<AssetList>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::AssetsRead)?;
     let mut errors = FieldErrors::default();
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
@@ -642,7 +641,7 @@ pub async fn create(
     headers: HeaderMap,
     Body(fields): Body<AssetFields>,
 ) -> Result<(StatusCode, Json<AssetDetail>), ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::AssetsWrite)?;
     let tenant = auth.tenant.as_uuid();
     let mut errors = FieldErrors::default();
     if fields.name.is_none() {
@@ -722,7 +721,7 @@ pub async fn update(
         .execute(&mut *tx)
         .await?;
     let before = fetch_asset(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::AssetsWrite)?;
     let mut errors = FieldErrors::default();
     fields.check(&mut errors);
     if fields.site_id.is_some() && fields.parent_id.is_none() && before.parent_id.is_some() {
@@ -853,7 +852,7 @@ async fn link_of(
     headers: &HeaderMap,
     id: Uuid,
 ) -> Result<String, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::AssetsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     fetch_asset(&mut tx, tenant, id).await?;

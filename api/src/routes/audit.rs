@@ -27,6 +27,7 @@ use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldErrors};
+use crate::permissions::Permission;
 
 /// Entries per page of an export.
 const EXPORT_PAGE: i64 = 1000;
@@ -180,7 +181,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<Params>,
 ) -> Result<Json<Page>, ApiError> {
-    let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
+    let auth = caller.require_scope(Scope::AuditRead, Permission::AuditRead)?;
     let mut errors = FieldErrors::default();
     if q.format.is_some() {
         errors.add("format", "applies to /api/v1/audit/export");
@@ -224,7 +225,7 @@ pub async fn export(
     meta: RequestMeta,
     Query(q): Query<Params>,
 ) -> Result<Response, ApiError> {
-    let auth = caller.require_scope(Scope::AuditRead, &["admin"])?;
+    let auth = caller.require_scope(Scope::AuditRead, Permission::AuditRead)?;
     let mut errors = FieldErrors::default();
     for (field, given) in [("limit", q.limit.is_some()), ("before", q.before.is_some())] {
         if given {

@@ -23,9 +23,8 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::permissions::Permission;
 
-const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
-const PLANNERS: &[&str] = &["admin", "manager"];
 pub const PROTOCOLS: [&str; 6] = [
     "modbus_tcp",
     "modbus_rtu",
@@ -84,7 +83,7 @@ pub async fn list(
     auth: AuthUser,
     Path(gateway): Path<Uuid>,
 ) -> Result<Json<DeviceList>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::RegistryRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     gateway_exists(&mut tx, tenant, gateway).await?;
@@ -187,7 +186,7 @@ pub async fn create(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     gateway_exists(&mut tx, tenant, gateway).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let change = DeviceChange {
         name: Some(req.name.trim().to_owned()),
         protocol: Some(req.protocol),
@@ -237,7 +236,7 @@ pub async fn update(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     req.name = req.name.map(|n| n.trim().to_owned());
     req.address = req.address.map(|a| a.trim().to_owned());
     req.description = req.description.map(|d| d.trim().to_owned());
@@ -283,7 +282,7 @@ pub async fn delete(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     sqlx::query("DELETE FROM devices WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(id)

@@ -29,8 +29,8 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldErrors};
+use crate::permissions::Permission;
 
-const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
 /// How often a stream reads the log for new events.
 pub const POLL: Duration = Duration::from_millis(500);
 /// Events read at once.
@@ -137,7 +137,7 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::EventsRead)?;
     let mut errors = FieldErrors::default();
     let kinds = parse_kinds(q.kinds.as_deref(), &mut errors);
     let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {

@@ -38,6 +38,7 @@ use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::{AuthUser, TokenType, bearer};
 use crate::error::{ApiError, Body};
 use crate::mfa::{self, MfaKeys};
+use crate::permissions::Permission;
 use crate::sessions::{self, Tokens};
 use crate::users::{self, ROLES};
 
@@ -734,7 +735,7 @@ pub async fn reset_user(
     if !exists {
         return Err(ApiError::NotFound);
     }
-    if let Err(denied) = auth.require(&["admin"]) {
+    if let Err(denied) = auth.require(Permission::UsersManage) {
         audit::record(
             &state.pool,
             Entry::new(
@@ -790,32 +791,43 @@ pub async fn set_policy(
     meta: RequestMeta,
     Body(req): Body<MfaPolicy>,
 ) -> Result<Json<MfaPolicy>, ApiError> {
-    auth.require(&["admin"])?;
+    auth.require(Permission::OrganisationManage)?;
+    let tenant = auth.tenant.as_uuid();
+    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let custom: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM custom_roles WHERE tenant_id = $1 ORDER BY name")
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?;
     let unknown: Vec<&str> = req
         .required_roles
         .iter()
         .map(String::as_str)
-        .filter(|r| !ROLES.contains(r))
+        .filter(|r| !ROLES.contains(r) && !custom.iter().any(|c| c == r))
         .map(|r| r.get(..40).unwrap_or(r))
         .collect();
     if !unknown.is_empty() {
         return Err(ApiError::field(
             "required_roles",
             format!(
-                "not a role: {}; the roles are {}",
+                "not a role: {}; the roles are {}{}",
                 unknown.join(", "),
-                ROLES.join(", ")
+                ROLES.join(", "),
+                if custom.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and the custom roles {}", custom.join(", "))
+                }
             ),
         ));
     }
-    // In the order of ROLES, each once.
+    // Built-in roles in the order of ROLES, then custom roles by name, each once.
     let roles: Vec<&str> = ROLES
         .iter()
         .copied()
+        .chain(custom.iter().map(String::as_str))
         .filter(|r| req.required_roles.iter().any(|x| x == r))
         .collect();
-    let tenant = auth.tenant.as_uuid();
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = read_policy(&mut tx, tenant).await?;
     sqlx::query(
         "INSERT INTO tenant_mfa_policy (tenant_id, required_roles, updated_by)

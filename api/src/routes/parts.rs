@@ -22,10 +22,8 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::{self, InventoryError, Movement, Stock};
+use crate::permissions::Permission;
 use crate::routes::KeyCursor;
-
-const STOREKEEPERS: &[&str] = &["admin", "manager"];
-const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
 
 #[derive(Debug, Serialize, FromRow)]
 pub struct Location {
@@ -42,7 +40,7 @@ pub async fn list_locations(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<LocationList>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::PartsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Location>(
@@ -67,7 +65,7 @@ pub async fn create_location(
     meta: RequestMeta,
     Body(req): Body<CreateLocation>,
 ) -> Result<(StatusCode, Json<Location>), ApiError> {
-    auth.require(STOREKEEPERS)?;
+    auth.require(Permission::PartsWrite)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(ApiError::field("name", "must be 1-200 characters"));
@@ -157,7 +155,7 @@ pub async fn list_parts(
     auth: AuthUser,
     Query(q): Query<PartQuery>,
 ) -> Result<Json<PartList>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::PartsRead)?;
     let mut errors = FieldErrors::default();
     if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
         errors.add("q", "must be at most 200 characters");
@@ -204,7 +202,7 @@ pub async fn create_part(
     meta: RequestMeta,
     Body(req): Body<CreatePart>,
 ) -> Result<(StatusCode, Json<PartDetail>), ApiError> {
-    auth.require(STOREKEEPERS)?;
+    auth.require(Permission::PartsWrite)?;
     let mut errors = FieldErrors::default();
     if !(1..=64).contains(&req.sku.len())
         || !req
@@ -339,7 +337,7 @@ pub async fn get_part(
     auth: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<PartDetail>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::PartsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let detail = part_detail(&mut tx, tenant, id).await?;
@@ -494,7 +492,7 @@ pub async fn add_movement(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let allow_negative = part_and_location(&mut tx, tenant, part, req.location_id).await?;
-    auth.require(STOREKEEPERS)?;
+    auth.require(Permission::PartsWrite)?;
     let mut errors = FieldErrors::default();
     let movement = match req.kind.as_str() {
         "receipt" => Some(Movement::Receipt(req.quantity)),
@@ -565,7 +563,7 @@ pub async fn set_levels(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     part_and_location(&mut tx, tenant, part, location).await?;
-    auth.require(STOREKEEPERS)?;
+    auth.require(Permission::PartsWrite)?;
     let mut errors = FieldErrors::default();
     for (field, value) in [
         ("min_qty", req.min_qty),

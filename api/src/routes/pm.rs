@@ -28,11 +28,10 @@ use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
+use crate::permissions::Permission;
 use crate::pm::{self, Calendar, Every, Meter, Occurrence, Plan};
 use crate::routes::KeyCursor;
-
-const PLANNERS: &[&str] = &["admin", "manager"];
-const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
+use crate::users;
 
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct Schedule {
@@ -385,7 +384,7 @@ pub async fn create(
     meta: RequestMeta,
     Body(req): Body<CreateSchedule>,
 ) -> Result<(StatusCode, Json<ScheduleDetail>), ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::PmWrite)?;
     let mut errors = FieldErrors::default();
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -478,11 +477,12 @@ pub async fn create(
         errors.add("asset_id", "no asset with this id");
     }
     if let Some(u) = req.assignee_user
-        && !exists("SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2 AND NOT disabled AND role IN ('admin', 'manager', 'technician'))", u)
-            .fetch_one(&mut *tx)
-            .await?
+        && users::assignable(&mut tx, tenant, u).await? != users::Assignable::Yes
     {
-        errors.add("assignee_user", "no enabled admin, manager or technician with this id");
+        errors.add(
+            "assignee_user",
+            "no enabled user with this id whose role may work on work orders",
+        );
     }
     if let Some(t) = req.assignee_team
         && !exists(
@@ -640,7 +640,7 @@ pub async fn list(
     auth: AuthUser,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<ScheduleList>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::PmRead)?;
     let mut errors = FieldErrors::default();
     let (limit, cursor) = KeyCursor::parse(q.limit, q.cursor.as_deref(), &mut errors);
     errors.finish()?;
@@ -667,7 +667,7 @@ pub async fn get(
     auth: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ScheduleDetail>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::PmRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let detail = detail(&mut tx, tenant, id).await?;
@@ -696,7 +696,7 @@ pub async fn update(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     detail(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::PmWrite)?;
     let mut errors = FieldErrors::default();
     if req
         .title

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body};
+use crate::permissions::Permission;
 
 /// The sections of an export: name, and the query of its rows as JSON (`$1` tenant, `$2`
 /// user), run in the tenant's transaction.
@@ -145,7 +146,7 @@ pub async fn export(
         return Err(ApiError::NotFound);
     };
     if auth.user != user
-        && let Err(denied) = auth.require(&["admin"])
+        && let Err(denied) = auth.require(Permission::UsersManage)
     {
         tx.commit().await?;
         return Err(deny(&state, &auth, &meta, "user.export", user, denied).await);
@@ -204,7 +205,7 @@ pub async fn erase(
     let Some((email, erased)) = found else {
         return Err(ApiError::NotFound);
     };
-    if let Err(denied) = auth.require(&["admin"]) {
+    if let Err(denied) = auth.require(Permission::UsersManage) {
         return Err(deny(&state, &auth, &meta, "user.erase", user, denied).await);
     }
     if user == auth.user {

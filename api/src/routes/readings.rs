@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldErrors};
-use crate::users::ROLES;
+use crate::permissions::Permission;
 
 const DEFAULT_MAX_POINTS: u32 = 1000;
 const MAX_POINTS: u32 = 10_000;
@@ -380,7 +380,7 @@ pub async fn tag_readings(
     Path(id): Path<i64>,
     Query(q): Query<TagReadingsQuery>,
 ) -> Result<Json<Series>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::ReadingsRead)?;
     let params = Params::parse(
         q.from.as_deref(),
         q.to.as_deref(),
@@ -410,7 +410,7 @@ pub async fn asset_readings(
     Path(id): Path<Uuid>,
     Query(q): Query<AssetReadingsQuery>,
 ) -> Result<Json<AssetReadings>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::ReadingsRead)?;
     let mut errors = FieldErrors::default();
     if let Some(name) = &q.tag
         && !(1..=128).contains(&name.chars().count())

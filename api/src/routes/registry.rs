@@ -31,11 +31,9 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldError, FieldErrors};
+use crate::permissions::Permission;
 use crate::registry_csv::{self as rc, AssetRow, RowError, TagRow, defuse, format_labels};
 use crate::routes::assets::SUBTREE;
-use crate::users::ROLES;
-
-const PLANNERS: &[&str] = &["admin", "manager"];
 
 // ---------------------------------------------------------------------------------------------
 // Gateways and tags.
@@ -56,7 +54,7 @@ pub async fn list_gateways(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<GatewayList>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::RegistryRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Gateway>(
@@ -83,7 +81,7 @@ pub async fn create_gateway(
     meta: RequestMeta,
     Body(req): Body<CreateGateway>,
 ) -> Result<(StatusCode, Json<Gateway>), ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let mut errors = FieldErrors::default();
     if !(1..=64).contains(&req.code.len())
         || !req
@@ -189,7 +187,7 @@ pub async fn list_tags(
     auth: AuthUser,
     Query(q): Query<TagQuery>,
 ) -> Result<Json<TagList>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::RegistryRead)?;
     let limit = q.limit.unwrap_or(200);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::field("limit", "must be between 1 and 1000"));
@@ -254,7 +252,7 @@ pub async fn update_tag(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch_tag(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let mut errors = FieldErrors::default();
     if let Some(Some(asset)) = req.asset_id {
         let known: bool = sqlx::query_scalar(
@@ -411,7 +409,7 @@ pub async fn export_assets(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Response, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::RegistryRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let assets = sqlx::query_as::<_, AssetExport>(
@@ -465,7 +463,7 @@ pub async fn export_tags(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Response, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::RegistryRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let tags: Vec<TagExport> = sqlx::query_as(
@@ -544,7 +542,7 @@ pub async fn import_assets(
     Query(q): Query<ImportQuery>,
     body: Bytes,
 ) -> Result<Json<ImportReport>, ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let (rows, mut errors) = rc::parse_assets(&body);
     if !errors.is_empty() {
         return Err(invalid(errors));
@@ -799,7 +797,7 @@ pub async fn import_tags(
     Query(q): Query<ImportQuery>,
     body: Bytes,
 ) -> Result<Json<ImportReport>, ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let (rows, mut errors) = rc::parse_tags(&body);
     if !errors.is_empty() {
         return Err(invalid(errors));
@@ -965,7 +963,7 @@ pub async fn ingest_policy(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<IngestPolicy>, ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::RegistryWrite)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let policy = read_ingest_policy(&mut tx, tenant).await?;
@@ -979,7 +977,7 @@ pub async fn set_ingest_policy(
     meta: RequestMeta,
     Body(req): Body<IngestPolicy>,
 ) -> Result<Json<IngestPolicy>, ApiError> {
-    auth.require(&["admin"])?;
+    auth.require(Permission::OrganisationManage)?;
     if !(1..=1_000_000).contains(&req.max_tags_per_gateway) {
         return Err(ApiError::field(
             "max_tags_per_gateway",

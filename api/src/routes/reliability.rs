@@ -14,10 +14,9 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, FieldErrors};
+use crate::permissions::Permission;
 use crate::reliability::{self, Failure, GroupBy, Period};
 use crate::routes::assets::SUBTREE;
-
-const READERS: &[&str] = &["admin", "manager", "technician", "viewer"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +52,7 @@ pub async fn report(
     auth: AuthUser,
     Query(q): Query<ReliabilityQuery>,
 ) -> Result<Json<ReliabilityAnswer>, ApiError> {
-    auth.require(READERS)?;
+    auth.require(Permission::ReliabilityRead)?;
     let now = Utc::now();
     let to = q.to.unwrap_or(now);
     let from = q.from.unwrap_or(to - chrono::Duration::days(30));

@@ -7,13 +7,13 @@ use crate::api_keys::Scope;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::permissions::Permission;
 use crate::rules_status::RulesSnapshot;
-use crate::users::ROLES;
 
 pub async fn status(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<RulesSnapshot>, ApiError> {
-    caller.require_scope(Scope::RulesRead, ROLES)?;
+    caller.require_scope(Scope::RulesRead, Permission::RulesRead)?;
     Ok(Json(state.rules.snapshot()))
 }

@@ -18,6 +18,7 @@ use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body};
+use crate::permissions::Permission;
 use crate::sessions::{self, EndReason, SessionView, Tokens};
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +135,7 @@ pub async fn revoke_user(
     if !exists {
         return Err(ApiError::NotFound);
     }
-    if let Err(denied) = auth.require(&["admin"]) {
+    if let Err(denied) = auth.require(Permission::UsersManage) {
         tx.commit().await?;
         audit::record(
             &state.pool,

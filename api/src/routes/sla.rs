@@ -23,6 +23,7 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::permissions::Permission;
 
 /// Most urgent first, with the defaults of `work_orders_sla_due`.
 const DEFAULTS: [(&str, u64); 4] = [
@@ -103,7 +104,7 @@ pub async fn set(
     meta: RequestMeta,
     Body(req): Body<SetPolicies>,
 ) -> Result<Json<SlaPolicies>, ApiError> {
-    auth.require(&["admin"])?;
+    auth.require(Permission::OrganisationManage)?;
     let mut errors = FieldErrors::default();
     if req.policies.is_empty() || req.policies.len() > DEFAULTS.len() {
         errors.add("policies", "list 1 to 4 priorities");

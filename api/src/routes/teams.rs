@@ -18,9 +18,8 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
-use crate::users::ROLES;
+use crate::permissions::Permission;
 
-const PLANNERS: &[&str] = &["admin", "manager"];
 const MAX_MEMBERS: usize = 500;
 
 #[derive(Debug, Serialize, FromRow)]
@@ -45,7 +44,7 @@ pub async fn list(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<TeamList>, ApiError> {
-    auth.require(ROLES)?;
+    auth.require(Permission::TeamsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Team>(&format!("{SELECT} GROUP BY t.id ORDER BY t.name"))
@@ -131,7 +130,7 @@ pub async fn create(
     meta: RequestMeta,
     Body(req): Body<CreateTeam>,
 ) -> Result<(StatusCode, Json<Team>), ApiError> {
-    auth.require(PLANNERS)?;
+    auth.require(Permission::TeamsWrite)?;
     let tenant = auth.tenant.as_uuid();
     let name = req.name.trim();
     let mut errors = FieldErrors::default();
@@ -183,7 +182,7 @@ pub async fn replace_members(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch(&mut tx, tenant, id).await?;
-    auth.require(PLANNERS)?;
+    auth.require(Permission::TeamsWrite)?;
     let mut errors = FieldErrors::default();
     let members = check_members(&mut tx, tenant, &req.members, &mut errors).await?;
     errors.finish()?;

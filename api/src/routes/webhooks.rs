@@ -25,9 +25,8 @@ use crate::app::AppState;
 use crate::audit::{self, RequestMeta};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body, FieldErrors};
+use crate::permissions::Permission;
 use crate::webhooks::check_target;
-
-const ADMINS: &[&str] = &["admin"];
 
 #[derive(Debug, Serialize, FromRow)]
 pub struct Webhook {
@@ -104,7 +103,7 @@ pub async fn create(
     meta: RequestMeta,
     Body(req): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    auth.require(ADMINS)?;
+    auth.require(Permission::WebhooksManage)?;
     let mut errors = FieldErrors::default();
     check_url(&req.url, req.allow_private, &mut errors).await;
     let event_kinds = clean_kinds(&req.event_kinds, &mut errors);
@@ -183,7 +182,7 @@ pub async fn list(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<Json<WebhookList>, ApiError> {
-    auth.require(ADMINS)?;
+    auth.require(Permission::WebhooksManage)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let items = sqlx::query_as::<_, Webhook>(&format!(
@@ -215,7 +214,7 @@ pub async fn update(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch(&mut tx, tenant, id).await?;
-    auth.require(ADMINS)?;
+    auth.require(Permission::WebhooksManage)?;
     let mut errors = FieldErrors::default();
     let url = req.url.clone().unwrap_or(before.url.clone());
     let allow_private = req.allow_private.unwrap_or(before.allow_private);
@@ -276,7 +275,7 @@ pub async fn delete(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let before = fetch(&mut tx, tenant, id).await?;
-    auth.require(ADMINS)?;
+    auth.require(Permission::WebhooksManage)?;
     sqlx::query("DELETE FROM webhooks WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(id)
@@ -335,7 +334,7 @@ pub async fn deliveries(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     fetch(&mut tx, tenant, id).await?;
-    auth.require(ADMINS)?;
+    auth.require(Permission::WebhooksManage)?;
     let items = sqlx::query_as::<_, Delivery>(
         "SELECT id, event_seq, attempt, outcome, status_code, error, duration_ms, at
          FROM webhook_deliveries WHERE tenant_id = $1 AND webhook_id = $2

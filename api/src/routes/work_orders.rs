@@ -33,12 +33,11 @@ use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::Movement;
+use crate::permissions::Permission;
 use crate::routes::parts::{self, MoveContext};
-use crate::users::ROLES;
+use crate::users;
 use crate::work_order_flow::{self as flow, Actor, FlowError, Resolution, Role, Status};
 
-/// Roles that may create work orders (viewers only look).
-const CREATORS: &[&str] = &["admin", "manager", "technician", "requester"];
 const PRIORITIES: [&str; 4] = ["low", "medium", "high", "critical"];
 const WORK_TYPES: [&str; 5] = [
     "corrective",
@@ -633,13 +632,26 @@ pub struct WorkOrderList {
     pub next_cursor: Option<String>,
 }
 
+/// The caller of a work-order read: a holder of `work_orders:read` (or an API key with the
+/// scope) sees every work order; a holder of `work_orders:create` alone, their own requests.
+fn reader(caller: Caller) -> Result<AuthUser, ApiError> {
+    let permission = if caller.permissions().has(Permission::WorkOrdersCreate)
+        && !caller.permissions().has(Permission::WorkOrdersRead)
+    {
+        Permission::WorkOrdersCreate
+    } else {
+        Permission::WorkOrdersRead
+    };
+    caller.require_scope(Scope::WorkOrdersRead, permission)
+}
+
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<WorkOrderList>, ApiError> {
     let filter = q.check()?;
-    let auth = caller.require_scope(Scope::WorkOrdersRead, ROLES)?;
+    let auth = reader(caller)?;
     let tenant = auth.tenant.as_uuid();
     let mut query = QueryBuilder::new(format!(
         "SELECT {COLUMNS} FROM work_orders WHERE tenant_id = "
@@ -651,7 +663,7 @@ pub async fn list(
             .push(" AND id IN (SELECT id FROM work_orders WHERE tenant_id = ")
             .push_bind(tenant);
     }
-    if auth.role == Role::Requester.as_str() {
+    if auth.sees_only_own_work_orders() {
         query.push(" AND requested_by = ").push_bind(auth.user);
     }
     filter.push(&mut query, tenant, auth.user);
@@ -765,11 +777,11 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Json<WorkOrderDetail>, ApiError> {
-    let auth = caller.require_scope(Scope::WorkOrdersRead, ROLES)?;
+    let auth = reader(caller)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let work_order = fetch(&mut tx, tenant, id).await?;
-    if auth.role == Role::Requester.as_str() && work_order.requested_by != Some(auth.user) {
+    if auth.sees_only_own_work_orders() && work_order.requested_by != Some(auth.user) {
         return Err(ApiError::NotFound);
     }
     let detail = detail(&mut tx, tenant, work_order).await?;
@@ -803,9 +815,9 @@ async fn lock(conn: &mut PgConnection, auth: &AuthUser, id: Uuid) -> Result<Lock
     .fetch_optional(&mut *conn)
     .await?;
     let (status, has_assignee, requested_by, is_assignee) = row.ok_or(ApiError::NotFound)?;
-    let role = Role::parse(&auth.role).ok_or(ApiError::Forbidden)?;
+    let role = auth.permissions.standing();
     let is_requester = requested_by == Some(auth.user);
-    if role == Role::Requester && !is_requester {
+    if auth.sees_only_own_work_orders() && !is_requester {
         return Err(ApiError::NotFound);
     }
     let status = Status::parse(&status)
@@ -863,8 +875,8 @@ pub(crate) async fn can_see(
             .fetch_optional(&mut *conn)
             .await?;
     let requested_by = requested_by.ok_or(ApiError::NotFound)?;
-    let role = Role::parse(&auth.role).ok_or(ApiError::Forbidden)?;
-    if role == Role::Requester && requested_by != Some(auth.user) {
+    let role = auth.permissions.standing();
+    if auth.sees_only_own_work_orders() && requested_by != Some(auth.user) {
         return Err(ApiError::NotFound);
     }
     Ok(role)
@@ -994,7 +1006,7 @@ pub async fn create(
     headers: HeaderMap,
     Body(req): Body<CreateRequest>,
 ) -> Result<(StatusCode, Json<WorkOrderDetail>), ApiError> {
-    let auth = caller.require_scope(Scope::WorkOrdersCreate, CREATORS)?;
+    let auth = caller.require_scope(Scope::WorkOrdersCreate, Permission::WorkOrdersCreate)?;
     let key = idempotency_key(&headers)?;
     let mut errors = FieldErrors::default();
     check_text(&mut errors, "title", &req.title, MAX_TITLE, true);
@@ -1017,7 +1029,7 @@ pub async fn create(
         );
     }
     if let Some(due) = req.due_at {
-        if auth.role == Role::Requester.as_str() {
+        if auth.sees_only_own_work_orders() {
             errors.add(
                 "due_at",
                 "requesters cannot set a due date; it follows the priority",
@@ -1438,24 +1450,16 @@ pub async fn assign(
     .map_err(flow_error)?;
     let mut errors = FieldErrors::default();
     if let Some(user) = req.user_id {
-        let role: Option<(String, bool)> =
-            sqlx::query_as("SELECT role, disabled FROM users WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant)
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match role {
-            None => errors.add("user_id", "no user with this id"),
-            Some((_, true)) => errors.add("user_id", "this user is disabled"),
-            Some((role, false)) if !["admin", "manager", "technician"].contains(&role.as_str()) => {
-                errors.add(
-                    "user_id",
-                    format!(
-                        "a {role} cannot be assigned work; assign an admin, manager or technician"
-                    ),
-                )
-            }
-            Some(_) => {}
+        match users::assignable(&mut tx, tenant, user).await? {
+            users::Assignable::Unknown => errors.add("user_id", "no user with this id"),
+            users::Assignable::Disabled => errors.add("user_id", "this user is disabled"),
+            users::Assignable::NotAWorker(role) => errors.add(
+                "user_id",
+                format!(
+                    "a {role} cannot be assigned work; assign a user whose role has work_orders:work (technician) or work_orders:supervise (admin, manager)"
+                ),
+            ),
+            users::Assignable::Yes => {}
         }
     }
     if let Some(team) = req.team_id {

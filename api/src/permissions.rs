@@ -1,0 +1,595 @@
+//! What a user may do: the documented list of permissions, the permission sets of the
+//! built-in roles, and custom roles' names. Pure.
+//!
+//! Every handler asks for one [`Permission`]; a user's role gives a [`Permissions`] set,
+//! fixed for the built-in roles and chosen per organisation for custom ones. The work-order
+//! state machine sees the caller through [`Permissions::standing`]. `docs/PERMISSIONS.md` is
+//! [`matrix_markdown`]'s output; a test keeps the two equal.
+
+use std::fmt;
+
+use crate::work_order_flow::Role;
+
+/// One thing a role may allow. The text form (`assets:write`) is what custom roles list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    AssetsRead,
+    AssetsWrite,
+    RegistryRead,
+    RegistryWrite,
+    ReadingsRead,
+    AlarmsRead,
+    AlarmsWrite,
+    WorkOrdersRead,
+    WorkOrdersCreate,
+    WorkOrdersWork,
+    WorkOrdersSupervise,
+    TeamsRead,
+    TeamsWrite,
+    PmRead,
+    PmWrite,
+    PartsRead,
+    PartsWrite,
+    ReliabilityRead,
+    RulesRead,
+    EventsRead,
+    WebhooksManage,
+    ApiKeysManage,
+    AuditRead,
+    UsersManage,
+    RolesManage,
+    OrganisationManage,
+}
+
+impl Permission {
+    /// Every permission, in the documented order.
+    pub const ALL: [Permission; 26] = [
+        Permission::AssetsRead,
+        Permission::AssetsWrite,
+        Permission::RegistryRead,
+        Permission::RegistryWrite,
+        Permission::ReadingsRead,
+        Permission::AlarmsRead,
+        Permission::AlarmsWrite,
+        Permission::WorkOrdersRead,
+        Permission::WorkOrdersCreate,
+        Permission::WorkOrdersWork,
+        Permission::WorkOrdersSupervise,
+        Permission::TeamsRead,
+        Permission::TeamsWrite,
+        Permission::PmRead,
+        Permission::PmWrite,
+        Permission::PartsRead,
+        Permission::PartsWrite,
+        Permission::ReliabilityRead,
+        Permission::RulesRead,
+        Permission::EventsRead,
+        Permission::WebhooksManage,
+        Permission::ApiKeysManage,
+        Permission::AuditRead,
+        Permission::UsersManage,
+        Permission::RolesManage,
+        Permission::OrganisationManage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        self.describe().0
+    }
+
+    pub fn parse(s: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// What the permission allows, in one line.
+    pub fn description(self) -> &'static str {
+        self.describe().1
+    }
+
+    /// The endpoints that ask for it.
+    pub fn endpoints(self) -> &'static str {
+        self.describe().2
+    }
+
+    fn describe(self) -> (&'static str, &'static str, &'static str) {
+        use Permission::*;
+        match self {
+            AssetsRead => (
+                "assets:read",
+                "See sites, areas, assets and their QR codes.",
+                "`GET /sites`, `/assets`, `/assets/{id}`, `/assets/{id}/qr.svg`, `/assets/{id}/qr.png`",
+            ),
+            AssetsWrite => (
+                "assets:write",
+                "Create and change sites, areas and assets, and move assets in the hierarchy.",
+                "`POST /sites`, `/sites/{id}/areas`, `/assets`; `PATCH /assets/{id}`",
+            ),
+            RegistryRead => (
+                "registry:read",
+                "See gateways, devices and tags; export the asset and tag registers.",
+                "`GET /gateways`, `/gateways/{id}/devices`, `/tags`, `/assets/export.csv`, `/tags/export.csv`",
+            ),
+            RegistryWrite => (
+                "registry:write",
+                "Register and change gateways, devices and tags; import the registers; see the ingest policy.",
+                "`POST /gateways`, `/gateways/{id}/devices`, `/assets/import`, `/tags/import`; `PATCH /devices/{id}`, `/tags/{id}`; `DELETE /devices/{id}`; `GET /organisation/ingest-policy`",
+            ),
+            ReadingsRead => (
+                "readings:read",
+                "Query a tag's or an asset's readings.",
+                "`GET /tags/{id}/readings`, `/assets/{id}/readings`",
+            ),
+            AlarmsRead => (
+                "alarms:read",
+                "See alarms and their history.",
+                "`GET /alarms`",
+            ),
+            AlarmsWrite => (
+                "alarms:write",
+                "Acknowledge, shelve and unshelve alarms.",
+                "`/alarms/{id}/acknowledge`, `/alarms/{id}/shelve`",
+            ),
+            WorkOrdersRead => (
+                "work_orders:read",
+                "See every work order with its history. Without it, a holder of \
+                 `work_orders:create` sees only the work orders they requested.",
+                "`GET /work-orders`, `/work-orders/{id}` and what hangs under it",
+            ),
+            WorkOrdersCreate => (
+                "work_orders:create",
+                "Open work orders. Without `work_orders:read` they are requests: no due date, \
+                 and the requester may edit or cancel them while they are open.",
+                "`POST /work-orders`",
+            ),
+            WorkOrdersWork => (
+                "work_orders:work",
+                "Be assigned work, and work the work orders assigned to them or their team: \
+                 start, hold, complete, time logs, parts used, checklist, comments.",
+                "`POST /work-orders/{id}/status`, comments, time logs, checklist, parts used and attachments of work orders assigned to them",
+            ),
+            WorkOrdersSupervise => (
+                "work_orders:supervise",
+                "Every change to every work order: edit, assign, plan checklists and parts, \
+                 verify, cancel, reopen.",
+                "every change under `/work-orders/{id}`, including `PATCH`, `/assign`, checklist and parts planning",
+            ),
+            TeamsRead => ("teams:read", "See teams and their members.", "`GET /teams`"),
+            TeamsWrite => (
+                "teams:write",
+                "Create teams and set their members.",
+                "`POST /teams`, `PUT /teams/{id}/members`",
+            ),
+            PmRead => (
+                "pm:read",
+                "See preventive-maintenance schedules and their occurrences.",
+                "`GET /pm-schedules`, `/pm-schedules/{id}`",
+            ),
+            PmWrite => (
+                "pm:write",
+                "Create and change preventive-maintenance schedules.",
+                "`POST /pm-schedules`, `PATCH /pm-schedules/{id}`",
+            ),
+            PartsRead => (
+                "parts:read",
+                "See parts, stock per location and stock locations.",
+                "`GET /parts`, `/parts/{id}`, `/stock-locations`",
+            ),
+            PartsWrite => (
+                "parts:write",
+                "Create parts and stock locations, set stock levels, record movements.",
+                "`POST /parts`, `/stock-locations`, `/parts/{id}/movements`; `PUT /parts/{id}/stock/{location}`",
+            ),
+            ReliabilityRead => (
+                "reliability:read",
+                "See MTBF, MTTR and downtime reports.",
+                "`GET /reliability`",
+            ),
+            RulesRead => (
+                "rules:read",
+                "See which rule files are in force.",
+                "`GET /rules/status`",
+            ),
+            EventsRead => (
+                "events:read",
+                "Follow the live event stream.",
+                "`GET /events/stream`",
+            ),
+            WebhooksManage => (
+                "webhooks:manage",
+                "Create, change and delete webhooks; see their deliveries.",
+                "every `/webhooks` endpoint",
+            ),
+            ApiKeysManage => (
+                "api_keys:manage",
+                "Create, rotate, list and revoke API keys.",
+                "every `/api-keys` endpoint",
+            ),
+            AuditRead => (
+                "audit:read",
+                "Query and export the audit log.",
+                "`GET /audit`, `GET /audit/export`",
+            ),
+            UsersManage => (
+                "users:manage",
+                "Manage other users: change their role, end their sessions, reset their MFA, \
+                 export or erase their data.",
+                "`PUT /users/{id}/role`; `POST /users/{id}/revoke-sessions`, `/users/{id}/reset-mfa`, `/users/{id}/erase`; `GET /users/{id}/export` of another user",
+            ),
+            RolesManage => (
+                "roles:manage",
+                "Create, change and delete the organisation's custom roles.",
+                "`POST /roles`; `PATCH`, `DELETE /roles/{id}`",
+            ),
+            OrganisationManage => (
+                "organisation:manage",
+                "Set the organisation's MFA, ingest and service-level policies.",
+                "`PUT /organisation/mfa-policy`, `/organisation/ingest-policy`, `/sla-policies`",
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Permissions(u32);
+
+impl Permissions {
+    pub const NONE: Permissions = Permissions(0);
+
+    fn bit(p: Permission) -> u32 {
+        let index = Permission::ALL
+            .iter()
+            .position(|x| *x == p)
+            .expect("every permission is in ALL");
+        1 << index
+    }
+
+    pub fn of(list: &[Permission]) -> Permissions {
+        Permissions(list.iter().fold(0, |acc, p| acc | Self::bit(*p)))
+    }
+
+    pub fn all() -> Permissions {
+        Self::of(&Permission::ALL)
+    }
+
+    pub fn has(self, p: Permission) -> bool {
+        self.0 & Self::bit(p) != 0
+    }
+
+    /// The permissions in the documented order.
+    pub fn list(self) -> Vec<Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .collect()
+    }
+
+    /// The permissions named by `names`; the names that are no permission are returned as
+    /// the error, each once.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Permissions, Vec<String>> {
+        let mut unknown: Vec<String> = Vec::new();
+        let mut set = Permissions::NONE;
+        for name in names {
+            match Permission::parse(name.as_ref()) {
+                Some(p) => set.0 |= Self::bit(p),
+                None if !unknown.iter().any(|u| u == name.as_ref()) => {
+                    unknown.push(name.as_ref().to_owned())
+                }
+                None => {}
+            }
+        }
+        if unknown.is_empty() {
+            Ok(set)
+        } else {
+            Err(unknown)
+        }
+    }
+
+    /// The permissions of a built-in role, or `None` for another name.
+    pub fn builtin(role: &str) -> Option<Permissions> {
+        Role::parse(role).map(Self::of_role)
+    }
+
+    /// The permissions of a built-in role.
+    pub fn of_role(role: Role) -> Permissions {
+        use Permission::*;
+        // What every role of the organisation's staff may see.
+        const SEE: [Permission; 11] = [
+            AssetsRead,
+            RegistryRead,
+            ReadingsRead,
+            AlarmsRead,
+            WorkOrdersRead,
+            TeamsRead,
+            PmRead,
+            PartsRead,
+            ReliabilityRead,
+            RulesRead,
+            EventsRead,
+        ];
+        match role {
+            Role::Admin => Self::all(),
+            Role::Manager => Self::of(&[
+                AssetsWrite,
+                RegistryWrite,
+                AlarmsWrite,
+                WorkOrdersCreate,
+                WorkOrdersWork,
+                WorkOrdersSupervise,
+                TeamsWrite,
+                PmWrite,
+                PartsWrite,
+            ])
+            .union(Self::of(&SEE)),
+            Role::Technician => {
+                Self::of(&[AlarmsWrite, WorkOrdersCreate, WorkOrdersWork]).union(Self::of(&SEE))
+            }
+            // A requester sees the plant and follows the requests they made.
+            Role::Requester => Self::of(&[
+                AssetsRead,
+                RegistryRead,
+                ReadingsRead,
+                AlarmsRead,
+                TeamsRead,
+                RulesRead,
+                WorkOrdersCreate,
+            ]),
+            Role::Viewer => Self::of(&SEE),
+        }
+    }
+
+    pub fn union(self, other: Permissions) -> Permissions {
+        Permissions(self.0 | other.0)
+    }
+
+    /// How the work-order state machine sees a holder of these permissions: a supervisor
+    /// (as a manager), a worker (as a technician), a requester, or a viewer.
+    pub fn standing(self) -> Role {
+        if self.has(Permission::WorkOrdersSupervise) {
+            Role::Manager
+        } else if self.has(Permission::WorkOrdersWork) {
+            Role::Technician
+        } else if self.has(Permission::WorkOrdersCreate) {
+            // Opens work orders but works on none: follows the ones they requested, whether
+            // or not they also see every other one.
+            Role::Requester
+        } else {
+            Role::Viewer
+        }
+    }
+
+    /// Whether work orders may be assigned to a holder.
+    pub fn can_be_assigned(self) -> bool {
+        self.has(Permission::WorkOrdersWork) || self.has(Permission::WorkOrdersSupervise)
+    }
+
+    /// Whether a holder sees every work order, not only the ones they requested.
+    pub fn sees_all_work_orders(self) -> bool {
+        self.has(Permission::WorkOrdersRead)
+    }
+}
+
+/// Whether `name` may name a custom role: 2-40 lower-case letters, digits, `-` and `_`,
+/// starting with a letter, and not a built-in role's name.
+pub fn valid_custom_role_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (2..=40).contains(&name.len())
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && Role::parse(name).is_none()
+}
+
+/// The permission matrix, as `docs/PERMISSIONS.md` holds it.
+pub fn matrix_markdown() -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# Permissions\n\n\
+         Generated from `api/src/permissions.rs` by `maintainpro permissions`; a test fails \
+         when this file and the code disagree. Regenerate with\n\
+         `cargo run -q -p server --bin maintainpro -- permissions > docs/PERMISSIONS.md`.\n\n\
+         Every endpoint asks for one permission. A user's role gives the permissions: the five \
+         built-in roles below, or a custom role of the organisation (`POST /api/v1/roles`) \
+         listing any of them. A role change takes effect at the user's next request. API keys \
+         do not have roles: they carry scopes (see `docs/SECURITY.md`).\n\n\
+         ## Built-in roles\n\n",
+    );
+    out.push_str("| Permission |");
+    for role in Role::ALL {
+        out.push_str(&format!(" {} |", role.as_str()));
+    }
+    out.push_str("\n|---|");
+    for _ in Role::ALL {
+        out.push_str(":---:|");
+    }
+    out.push('\n');
+    for p in Permission::ALL {
+        out.push_str(&format!("| `{}` |", p.as_str()));
+        for role in Role::ALL {
+            let mark = if Permissions::of_role(role).has(p) {
+                " yes |"
+            } else {
+                " |"
+            };
+            out.push_str(mark);
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\n## What each permission allows\n\n| Permission | Allows | Endpoints |\n|---|---|---|\n",
+    );
+    for p in Permission::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            p.as_str(),
+            p.description(),
+            p.endpoints()
+        ));
+    }
+    out.push_str(
+        "\n## Work orders\n\n\
+         Permissions say who may ask; the state machine (`docs/WORK-ORDERS.md`) then looks at \
+         the caller's standing and at how the caller stands to the work order. The standing \
+         comes from the permissions: `work_orders:supervise` makes a supervisor (as admin and \
+         manager); otherwise `work_orders:work` a worker (as technician: on work orders \
+         assigned to them or their team); otherwise `work_orders:create` a requester (on their \
+         own requests while they are open); otherwise a viewer.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_unique() {
+        for p in Permission::ALL {
+            assert_eq!(Permission::parse(p.as_str()), Some(p));
+        }
+        let mut names: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Permission::ALL.len());
+    }
+
+    #[test]
+    fn parsing_names_every_unknown_permission_once() {
+        let set = Permissions::parse(&["assets:read", "parts:write"]).unwrap();
+        assert_eq!(
+            set.list(),
+            vec![Permission::AssetsRead, Permission::PartsWrite]
+        );
+        assert_eq!(
+            Permissions::parse(&["assets:read", "assets:delete", "x", "x"]).unwrap_err(),
+            vec!["assets:delete".to_owned(), "x".to_owned()]
+        );
+    }
+
+    /// The built-in roles keep the access they had when each handler listed roles itself.
+    #[test]
+    fn builtin_roles_allow_what_they_always_did() {
+        use Permission::*;
+        let admin = Permissions::of_role(Role::Admin);
+        assert_eq!(admin, Permissions::all());
+        let who = |p: Permission| -> Vec<&str> {
+            Role::ALL
+                .into_iter()
+                .filter(|r| Permissions::of_role(*r).has(p))
+                .map(Role::as_str)
+                .collect()
+        };
+        let everyone = vec!["admin", "manager", "technician", "requester", "viewer"];
+        let staff = vec!["admin", "manager", "technician", "viewer"];
+        let planners = vec!["admin", "manager"];
+        for p in [
+            AssetsRead,
+            RegistryRead,
+            ReadingsRead,
+            AlarmsRead,
+            TeamsRead,
+            RulesRead,
+        ] {
+            assert_eq!(who(p), everyone, "{p}");
+        }
+        for p in [
+            WorkOrdersRead,
+            PmRead,
+            PartsRead,
+            ReliabilityRead,
+            EventsRead,
+        ] {
+            assert_eq!(who(p), staff, "{p}");
+        }
+        for p in [
+            AssetsWrite,
+            RegistryWrite,
+            TeamsWrite,
+            PmWrite,
+            PartsWrite,
+            WorkOrdersSupervise,
+        ] {
+            assert_eq!(who(p), planners, "{p}");
+        }
+        assert_eq!(who(AlarmsWrite), vec!["admin", "manager", "technician"]);
+        assert_eq!(who(WorkOrdersWork), vec!["admin", "manager", "technician"]);
+        assert_eq!(
+            who(WorkOrdersCreate),
+            vec!["admin", "manager", "technician", "requester"]
+        );
+        for p in [
+            WebhooksManage,
+            ApiKeysManage,
+            AuditRead,
+            UsersManage,
+            RolesManage,
+            OrganisationManage,
+        ] {
+            assert_eq!(who(p), vec!["admin"], "{p}");
+        }
+    }
+
+    #[test]
+    fn standing_follows_the_work_order_permissions() {
+        use Permission::*;
+        for role in Role::ALL {
+            let expected = if role == Role::Admin {
+                Role::Manager
+            } else {
+                role
+            };
+            assert_eq!(Permissions::of_role(role).standing(), expected);
+        }
+        assert_eq!(
+            Permissions::of(&[WorkOrdersSupervise]).standing(),
+            Role::Manager
+        );
+        assert_eq!(
+            Permissions::of(&[WorkOrdersRead, WorkOrdersWork]).standing(),
+            Role::Technician
+        );
+        assert_eq!(
+            Permissions::of(&[WorkOrdersRead, WorkOrdersCreate]).standing(),
+            Role::Requester
+        );
+        assert_eq!(Permissions::of(&[WorkOrdersRead]).standing(), Role::Viewer);
+        assert_eq!(Permissions::NONE.standing(), Role::Viewer);
+        assert!(!Permissions::of_role(Role::Requester).sees_all_work_orders());
+        assert!(Permissions::of(&[WorkOrdersWork]).can_be_assigned());
+        assert!(!Permissions::of(&[WorkOrdersCreate, WorkOrdersRead]).can_be_assigned());
+    }
+
+    #[test]
+    fn custom_role_names() {
+        for good in ["storekeeper", "shift-lead", "qa_2"] {
+            assert!(valid_custom_role_name(good), "{good}");
+        }
+        for bad in [
+            "admin",
+            "viewer",
+            "x",
+            "Shift",
+            "1st",
+            "a b",
+            "",
+            &"a".repeat(41),
+        ] {
+            assert!(!valid_custom_role_name(bad), "{bad}");
+        }
+    }
+
+    /// `docs/PERMISSIONS.md` is generated from this module; regenerate it with
+    /// `maintainpro permissions` when this test fails.
+    #[test]
+    fn the_permission_document_is_current() {
+        let committed = include_str!("../../docs/PERMISSIONS.md");
+        assert!(
+            committed == matrix_markdown(),
+            "docs/PERMISSIONS.md is stale: run `cargo run -q -p server --bin maintainpro -- permissions > docs/PERMISSIONS.md`"
+        );
+    }
+}
