@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use serde_json::Value;
+
 use crate::work_order_flow::Role;
 
 /// One thing a role may allow. The text form (`assets:write`) is what custom roles list.
@@ -85,144 +87,90 @@ impl Permission {
         self.describe().1
     }
 
-    /// The endpoints that ask for it.
-    pub fn endpoints(self) -> &'static str {
-        self.describe().2
-    }
-
-    fn describe(self) -> (&'static str, &'static str, &'static str) {
+    fn describe(self) -> (&'static str, &'static str) {
         use Permission::*;
         match self {
             AssetsRead => (
                 "assets:read",
                 "See sites, areas, assets and their QR codes.",
-                "`GET /sites`, `/assets`, `/assets/{id}`, `/assets/{id}/qr.svg`, `/assets/{id}/qr.png`",
             ),
             AssetsWrite => (
                 "assets:write",
                 "Create and change sites, areas and assets, and move assets in the hierarchy.",
-                "`POST /sites`, `/sites/{id}/areas`, `/assets`; `PATCH /assets/{id}`",
             ),
             RegistryRead => (
                 "registry:read",
                 "See gateways, devices and tags; export the asset and tag registers.",
-                "`GET /gateways`, `/gateways/{id}/devices`, `/tags`, `/assets/export.csv`, `/tags/export.csv`",
             ),
             RegistryWrite => (
                 "registry:write",
                 "Register and change gateways, devices and tags; import the registers; see the ingest policy.",
-                "`POST /gateways`, `/gateways/{id}/devices`, `/assets/import`, `/tags/import`; `PATCH /devices/{id}`, `/tags/{id}`; `DELETE /devices/{id}`; `GET /organisation/ingest-policy`",
             ),
-            ReadingsRead => (
-                "readings:read",
-                "Query a tag's or an asset's readings.",
-                "`GET /tags/{id}/readings`, `/assets/{id}/readings`",
-            ),
-            AlarmsRead => (
-                "alarms:read",
-                "See alarms and their history.",
-                "`GET /alarms`",
-            ),
-            AlarmsWrite => (
-                "alarms:write",
-                "Acknowledge, shelve and unshelve alarms.",
-                "`/alarms/{id}/acknowledge`, `/alarms/{id}/shelve`",
-            ),
+            ReadingsRead => ("readings:read", "Query a tag's or an asset's readings."),
+            AlarmsRead => ("alarms:read", "See alarms and their history."),
+            AlarmsWrite => ("alarms:write", "Acknowledge, shelve and unshelve alarms."),
             WorkOrdersRead => (
                 "work_orders:read",
                 "See every work order with its history. Without it, a holder of \
                  `work_orders:create` sees only the work orders they requested.",
-                "`GET /work-orders`, `/work-orders/{id}` and what hangs under it",
             ),
             WorkOrdersCreate => (
                 "work_orders:create",
                 "Open work orders. Without `work_orders:read` they are requests: no due date, \
                  and the requester may edit or cancel them while they are open.",
-                "`POST /work-orders`",
             ),
             WorkOrdersWork => (
                 "work_orders:work",
                 "Be assigned work, and work the work orders assigned to them or their team: \
                  start, hold, complete, time logs, parts used, checklist, comments.",
-                "`POST /work-orders/{id}/status`, comments, time logs, checklist, parts used and attachments of work orders assigned to them",
             ),
             WorkOrdersSupervise => (
                 "work_orders:supervise",
                 "Every change to every work order: edit, assign, plan checklists and parts, \
                  verify, cancel, reopen.",
-                "every change under `/work-orders/{id}`, including `PATCH`, `/assign`, checklist and parts planning",
             ),
-            TeamsRead => ("teams:read", "See teams and their members.", "`GET /teams`"),
-            TeamsWrite => (
-                "teams:write",
-                "Create teams and set their members.",
-                "`POST /teams`, `PUT /teams/{id}/members`",
-            ),
+            TeamsRead => ("teams:read", "See teams and their members."),
+            TeamsWrite => ("teams:write", "Create teams and set their members."),
             PmRead => (
                 "pm:read",
                 "See preventive-maintenance schedules and their occurrences.",
-                "`GET /pm-schedules`, `/pm-schedules/{id}`",
             ),
             PmWrite => (
                 "pm:write",
                 "Create and change preventive-maintenance schedules.",
-                "`POST /pm-schedules`, `PATCH /pm-schedules/{id}`",
             ),
             PartsRead => (
                 "parts:read",
                 "See parts, stock per location and stock locations.",
-                "`GET /parts`, `/parts/{id}`, `/stock-locations`",
             ),
             PartsWrite => (
                 "parts:write",
                 "Create parts and stock locations, set stock levels, record movements.",
-                "`POST /parts`, `/stock-locations`, `/parts/{id}/movements`; `PUT /parts/{id}/stock/{location}`",
             ),
-            ReliabilityRead => (
-                "reliability:read",
-                "See MTBF, MTTR and downtime reports.",
-                "`GET /reliability`",
-            ),
-            RulesRead => (
-                "rules:read",
-                "See which rule files are in force.",
-                "`GET /rules/status`",
-            ),
-            EventsRead => (
-                "events:read",
-                "Follow the live event stream.",
-                "`GET /events/stream`",
-            ),
+            ReliabilityRead => ("reliability:read", "See MTBF, MTTR and downtime reports."),
+            RulesRead => ("rules:read", "See which rule files are in force."),
+            EventsRead => ("events:read", "Follow the live event stream."),
             WebhooksManage => (
                 "webhooks:manage",
                 "Create, change and delete webhooks; see their deliveries.",
-                "every `/webhooks` endpoint",
             ),
             ApiKeysManage => (
                 "api_keys:manage",
                 "Create, rotate, list and revoke API keys.",
-                "every `/api-keys` endpoint",
             ),
-            AuditRead => (
-                "audit:read",
-                "Query and export the audit log.",
-                "`GET /audit`, `GET /audit/export`",
-            ),
+            AuditRead => ("audit:read", "Query and export the audit log."),
             UsersManage => (
                 "users:manage",
                 "Manage other users: change their role, end their sessions, reset their MFA, \
                  export or erase their data.",
-                "`PUT /users/{id}/role`; `POST /users/{id}/revoke-sessions`, `/users/{id}/reset-mfa`, `/users/{id}/erase`; `GET /users/{id}/export` of another user",
             ),
             RolesManage => (
                 "roles:manage",
                 "Create, change and delete the organisation's custom roles.",
-                "`POST /roles`; `PATCH`, `DELETE /roles/{id}`",
             ),
             OrganisationManage => (
                 "organisation:manage",
                 "Set the organisation's MFA, ingest and service-level policies.",
-                "`PUT /organisation/mfa-policy`, `/organisation/ingest-policy`, `/sla-policies`",
             ),
         }
     }
@@ -384,13 +332,59 @@ pub fn valid_custom_role_name(name: &str) -> bool {
         && Role::parse(name).is_none()
 }
 
-/// The permission matrix, as `docs/PERMISSIONS.md` holds it.
-pub fn matrix_markdown() -> String {
+/// An operation's `x-permission` in the OpenAPI document: a permission's name, or one of
+/// these two.
+pub const ANY_USER: &str = "any";
+/// The operation's answer depends on the caller's work-order standing and on how the caller
+/// stands to the work order (see [`Permissions::standing`]).
+pub const STANDING: &str = "standing";
+
+/// The operations of the OpenAPI document `doc` by their `x-permission`, each as
+/// "`METHOD /path`" (without the `/api/v1` prefix), in the document's order.
+fn operations_by_permission(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(paths) = doc["paths"].as_object() else {
+        return out;
+    };
+    for (path, ops) in paths {
+        let Some(ops) = ops.as_object() else { continue };
+        for (method, op) in ops {
+            if let Some(permission) = op["x-permission"].as_str() {
+                let short = path.strip_prefix("/api/v1").unwrap_or(path);
+                out.push((
+                    permission.to_owned(),
+                    format!("`{} {short}`", method.to_uppercase()),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The permission matrix, as `docs/PERMISSIONS.md` holds it: the built-in roles' sets from
+/// [`Permissions::of_role`], and each permission's endpoints from the `x-permission` of the
+/// operations of the OpenAPI document `doc`.
+pub fn matrix_markdown(doc: &Value) -> String {
+    let operations = operations_by_permission(doc);
+    let endpoints = |key: &str| -> String {
+        let list: Vec<&str> = operations
+            .iter()
+            .filter(|(p, _)| p == key)
+            .map(|(_, op)| op.as_str())
+            .collect();
+        if list.is_empty() {
+            "by standing: see *Work orders* below".to_owned()
+        } else {
+            list.join(", ")
+        }
+    };
     let mut out = String::new();
     out.push_str(
         "# Permissions\n\n\
-         Generated from `api/src/permissions.rs` by `maintainpro permissions`; a test fails \
-         when this file and the code disagree. Regenerate with\n\
+         Generated by `maintainpro permissions` from `api/src/permissions.rs` (the permissions \
+         and the built-in roles) and from the `x-permission` of every operation in the \
+         OpenAPI document (the endpoints); a test fails when this file and the code disagree. \
+         Regenerate with\n\
          `cargo run -q -p server --bin maintainpro -- permissions > docs/PERMISSIONS.md`.\n\n\
          Every endpoint asks for one permission. A user's role gives the permissions: the five \
          built-in roles below, or a custom role of the organisation (`POST /api/v1/roles`) \
@@ -420,25 +414,36 @@ pub fn matrix_markdown() -> String {
         out.push('\n');
     }
     out.push_str(
-        "\n## What each permission allows\n\n| Permission | Allows | Endpoints |\n|---|---|---|\n",
+        "\n## What each permission allows\n\n\
+         A tenant's object of another tenant answers 404 before any permission question; the \
+         caller then needs the permission of the endpoint.\n\n\
+         | Permission | Allows | Endpoints (`/api/v1`) |\n|---|---|---|\n",
     );
     for p in Permission::ALL {
         out.push_str(&format!(
             "| `{}` | {} | {} |\n",
             p.as_str(),
             p.description(),
-            p.endpoints()
+            endpoints(p.as_str())
         ));
     }
-    out.push_str(
+    out.push_str(&format!(
+        "\n## Any signed-in user\n\n\
+         Their own account and sessions, and what every user may read: {}. \
+         (`GET /users/{{id}}/export` is also open to the user themselves.)\n",
+        endpoints(ANY_USER)
+    ));
+    out.push_str(&format!(
         "\n## Work orders\n\n\
          Permissions say who may ask; the state machine (`docs/WORK-ORDERS.md`) then looks at \
          the caller's standing and at how the caller stands to the work order. The standing \
          comes from the permissions: `work_orders:supervise` makes a supervisor (as admin and \
          manager); otherwise `work_orders:work` a worker (as technician: on work orders \
          assigned to them or their team); otherwise `work_orders:create` a requester (on their \
-         own requests while they are open); otherwise a viewer.\n",
-    );
+         own requests while they are open); otherwise a viewer. A role without \
+         `work_orders:read` sees only the work orders it requested. Decided this way: {}.\n",
+        endpoints(STANDING)
+    ));
     out
 }
 
@@ -582,13 +587,45 @@ mod tests {
         }
     }
 
+    /// Every operation that needs a signed-in caller names what it needs, and every
+    /// permission but the work-order ones (decided by standing) guards an endpoint.
+    #[test]
+    fn every_operation_names_its_permission() {
+        let doc = crate::openapi::document().unwrap();
+        let mut missing = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let public = op["security"].as_array().is_some_and(Vec::is_empty);
+                match op["x-permission"].as_str() {
+                    None if public => {}
+                    Some(_) if public => missing.push(format!("{method} {path}: public yet named")),
+                    Some(p) if p == ANY_USER || p == STANDING || Permission::parse(p).is_some() => {
+                    }
+                    other => missing.push(format!("{method} {path}: {other:?}")),
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+        let named = operations_by_permission(&doc);
+        for p in Permission::ALL {
+            let standing = matches!(
+                p,
+                Permission::WorkOrdersRead
+                    | Permission::WorkOrdersWork
+                    | Permission::WorkOrdersSupervise
+            );
+            assert_eq!(named.iter().any(|(n, _)| n == p.as_str()), !standing, "{p}");
+        }
+    }
+
     /// `docs/PERMISSIONS.md` is generated from this module; regenerate it with
     /// `maintainpro permissions` when this test fails.
     #[test]
     fn the_permission_document_is_current() {
         let committed = include_str!("../../docs/PERMISSIONS.md");
+        let doc = crate::openapi::document().unwrap();
         assert!(
-            committed == matrix_markdown(),
+            committed == matrix_markdown(&doc),
             "docs/PERMISSIONS.md is stale: run `cargo run -q -p server --bin maintainpro -- permissions > docs/PERMISSIONS.md`"
         );
     }

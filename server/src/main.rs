@@ -125,8 +125,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     if let Command::Permissions = &cli.command {
-        print!("{}", api::permissions::matrix_markdown());
-        return ExitCode::SUCCESS;
+        return match api::openapi::document() {
+            Ok(doc) => {
+                print!("{}", api::permissions::matrix_markdown(&doc));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("the embedded OpenAPI document is broken: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Command::Rules {
         command: RulesCommand::Check { files },

@@ -17,6 +17,9 @@
 //! seeded here is probed without touching this file, and one that names a kind of object not
 //! seeded here fails the test, named.
 //!
+//! A second test holds the permission matrix endpoint by endpoint: inside one organisation,
+//! a role with every permission but the one an operation names (`x-permission`) is refused.
+//!
 //! The API's rate limits are raised for this plant: the probes measure lookups, and a 429
 //! halfway through would make two answers differ for reasons that reveal nothing.
 
@@ -73,11 +76,14 @@ struct Payload {
     bytes: Vec<u8>,
 }
 
-/// One operation of the document whose path has parameters.
+/// One operation of the document.
 #[derive(Debug)]
 struct Operation {
     method: Method,
     template: String,
+    /// What it needs (`x-permission`): a permission's name, `any` or `standing`; `None` for a
+    /// public operation.
+    permission: Option<String>,
     /// The required query parameters, with the document's example values.
     query: Vec<(String, String)>,
     /// One per example of the request body; `[None]` for an operation without one.
@@ -232,11 +238,16 @@ fn payloads(doc: &Value, at: &str, op: &Value) -> anyhow::Result<Vec<Option<Payl
 
 /// Every operation of the document whose path has a parameter.
 fn operations(doc: &Value) -> anyhow::Result<Vec<Operation>> {
+    Ok(all_operations(doc)?
+        .into_iter()
+        .filter(|op| op.template.contains('{'))
+        .collect())
+}
+
+/// Every operation of the document.
+fn all_operations(doc: &Value) -> anyhow::Result<Vec<Operation>> {
     let mut ops = Vec::new();
     for (template, item) in doc["paths"].as_object().context("paths")? {
-        if !template.contains('{') {
-            continue;
-        }
         let shared = item["parameters"].as_array().cloned().unwrap_or_default();
         for (method, op) in item.as_object().context("path item")? {
             if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
@@ -274,6 +285,7 @@ fn operations(doc: &Value) -> anyhow::Result<Vec<Operation>> {
             ops.push(Operation {
                 method: Method::from_bytes(method.to_uppercase().as_bytes())?,
                 template: template.clone(),
+                permission: op["x-permission"].as_str().map(str::to_owned),
                 query,
                 bodies: payloads(doc, &at, op)?,
                 window,
@@ -799,7 +811,10 @@ async fn snapshot(
     own: &mut BTreeSet<String>,
 ) -> anyhow::Result<BTreeMap<String, (u16, Vec<u8>)>> {
     let mut out = BTreeMap::new();
-    for op in ops.iter().filter(|op| op.method == Method::GET) {
+    for op in ops
+        .iter()
+        .filter(|op| op.method == Method::GET && op.template.contains('{'))
+    {
         let Some(ids) = parameters(&op.template)
             .into_iter()
             .map(|(collection, name)| {
@@ -867,10 +882,9 @@ async fn snapshot(
     Ok(out)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::Result<()> {
-    let started = Instant::now();
-    let plant = Plant::start_with_api(|api| {
+/// A plant whose rate limits do not get in the way of the probes.
+async fn probe_plant() -> anyhow::Result<Plant> {
+    Plant::start_with_api(|api| {
         api.tenant_rate = "100000/s".parse().expect("a rate");
         api.tenant_burst = NonZeroU32::new(100_000).expect("not zero");
         api.auth_rate_per_ip = "100000/min".parse().expect("a rate");
@@ -880,7 +894,143 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
         // The scheduler runs once at start; nothing of it moves during the probes.
         api.pm_interval = Duration::from_secs(3600);
     })
-    .await?;
+    .await
+}
+
+/// The permission matrix holds endpoint by endpoint: for every operation whose
+/// `x-permission` names a permission, a user of the same organisation whose custom role has
+/// every permission but that one is refused with 403, on the organisation's own objects (so
+/// no 404 stands in for the refusal). Afterwards the objects are as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_refuses_a_role_without_its_permission() -> anyhow::Result<()> {
+    let plant = probe_plant().await?;
+    let b = seed_tenant_b(&plant).await?;
+    let (status, doc) = plant.get("/api/v1/openapi.json", None).await?;
+    anyhow::ensure!(status == 200, "the document: {status}");
+    let ops: Vec<Operation> = all_operations(&doc)?
+        .into_iter()
+        .filter(|op| {
+            op.permission
+                .as_deref()
+                .and_then(api::permissions::Permission::parse)
+                .is_some()
+        })
+        .collect();
+    anyhow::ensure!(
+        ops.len() >= 60,
+        "only {} operations name a permission",
+        ops.len()
+    );
+
+    // One prober of tenant B whose role is moved from one "all but P" role to the next.
+    let email = "prober@plant-b.example";
+    let prober = {
+        let pool = plant.db.app_pool().await;
+        let mut tx = migrations::begin_tenant(&pool, plant.tenant_b.tenant).await?;
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, email, display_name, password_hash, role)
+             VALUES ($1, $2, $3, 'Prober', $4, 'viewer')",
+        )
+        .bind(id)
+        .bind(plant.tenant_b.tenant)
+        .bind(email)
+        .bind(plant.hash(PASSWORD)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        id
+    };
+    let token = plant.login_as("plant-b", email).await?;
+
+    let mut own = BTreeSet::new();
+    let before = snapshot(&plant, &ops, &b, &mut own).await?;
+    let mut failures = Vec::new();
+    let mut probes = 0;
+    for (n, permission) in api::permissions::Permission::ALL.into_iter().enumerate() {
+        let guarded: Vec<&Operation> = ops
+            .iter()
+            .filter(|op| op.permission.as_deref() == Some(permission.as_str()))
+            .collect();
+        if guarded.is_empty() {
+            continue;
+        }
+        let others: Vec<&str> = api::permissions::Permission::ALL
+            .into_iter()
+            .filter(|p| *p != permission)
+            .map(|p| p.as_str())
+            .collect();
+        let role = format!("all-but-{n}");
+        plant
+            .send_ok(
+                Method::POST,
+                "/api/v1/roles",
+                &b.admin,
+                json!({ "name": role, "permissions": others }),
+            )
+            .await?;
+        plant
+            .send_ok(
+                Method::PUT,
+                &format!("/api/v1/users/{prober}/role"),
+                &b.admin,
+                json!({ "role": role }),
+            )
+            .await?;
+        for op in guarded {
+            let ids = parameters(&op.template)
+                .into_iter()
+                .map(|(collection, name)| {
+                    let id = b
+                        .lookup(&collection, &name)
+                        .with_context(|| format!("no {collection}/{{{name}}} of tenant B"))?;
+                    Ok((name, id))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let path = fill(&op.template, &ids);
+            let payload = op.bodies.first().and_then(Option::as_ref);
+            let answer = call(
+                &plant,
+                op.method.clone(),
+                &path,
+                &op.query,
+                &token,
+                payload,
+                None,
+            )
+            .await?;
+            own.extend(answer.request_id.clone());
+            probes += 1;
+            if answer.status != 403 || answer.code() != "forbidden" {
+                failures.push(format!(
+                    "{} {} without {permission}: {} {}",
+                    op.method,
+                    op.template,
+                    answer.status,
+                    clip(&answer.text())
+                ));
+            }
+        }
+    }
+    let after = snapshot(&plant, &ops, &b, &mut own).await?;
+    for (what, (status, body)) in &before {
+        if after.get(what) != Some(&(*status, body.clone())) {
+            failures.push(format!("{what} changed during the probes"));
+        }
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {probes} probes were not refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let plant = probe_plant().await?;
     let b = seed_tenant_b(&plant).await?;
 
     // Tenant A: a user of every role, and an API key with every scope.

@@ -491,8 +491,18 @@ pub async fn add_movement(
 ) -> Result<(StatusCode, Json<PartDetail>), ApiError> {
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let allow_negative = part_and_location(&mut tx, tenant, part, req.location_id).await?;
+    // Another tenant's part, or none: 404; then the permission, before anything in the body.
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM parts WHERE tenant_id = $1 AND id = $2)")
+            .bind(tenant)
+            .bind(part)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !known {
+        return Err(ApiError::NotFound);
+    }
     auth.require(Permission::PartsWrite)?;
+    let allow_negative = part_and_location(&mut tx, tenant, part, req.location_id).await?;
     let mut errors = FieldErrors::default();
     let movement = match req.kind.as_str() {
         "receipt" => Some(Movement::Receipt(req.quantity)),
