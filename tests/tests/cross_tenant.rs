@@ -17,6 +17,11 @@
 //! seeded here is probed without touching this file, and one that names a kind of object not
 //! seeded here fails the test, named.
 //!
+//! Operations with a parent and a child id are probed with tenant A's own parent and tenant
+//! B's child too, and must answer as for a child that does not exist. A user is always told
+//! 404 for B's objects, never 403; only an API key on an endpoint that serves users alone is
+//! refused (403) for the endpoint as a whole, whatever the id.
+//!
 //! A second test holds the permission matrix endpoint by endpoint: inside one organisation,
 //! a role with every permission but the one an operation names (`x-permission`) is refused.
 //!
@@ -1087,7 +1092,7 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
     let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // The switch works: with it, tenant A's admin lists by tenant B's id under tenant A's
     // policies, which leaves nothing of either; without it, A's own work orders.
-    plant.rule_work_order().await?;
+    let wo_a = plant.rule_work_order().await?;
     let admin_a = &principals[0].1;
     for (app_tenant, expect_any) in [(None, true), (Some(plant.tenant_b.tenant), false)] {
         let answer = call(
@@ -1174,6 +1179,15 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
                     *outcomes
                         .entry((role.clone(), ours.status, ours.code()))
                         .or_default() += 1;
+                    // A user is told 404 for B's objects, never 403; an API key on an
+                    // endpoint that serves only users is refused for the endpoint as a whole.
+                    if ours.status != 404 && role != "API key" {
+                        failures.push(format!(
+                            "{at}: B's ids → {} {}, not 404",
+                            ours.status,
+                            ours.code()
+                        ));
+                    }
                     if ours.status != 404 {
                         refused
                             .entry(format!("{} {}", op.method, op.template))
@@ -1206,6 +1220,92 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
             }
         }
     }
+
+    // Mixed ids: tenant A's own parent with tenant B's child (`/work-orders/{A}/checklist/{B}`)
+    // answers as A's parent with a child that does not exist.
+    let part_a = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/parts",
+            admin_a,
+            json!({ "sku": "ALPHA-1", "name": "Alpha part", "unit": "pcs" }),
+        )
+        .await?;
+    let parents_a: BTreeMap<(String, String), Id> = [
+        (("work-orders".to_owned(), "id".to_owned()), Id::Uuid(wo_a)),
+        (
+            ("parts".to_owned(), "id".to_owned()),
+            Id::Uuid(uuid_of(&part_a, "/id")?),
+        ),
+    ]
+    .into();
+    let mut mixed = 0;
+    for op in ops.iter().filter(|op| parameters(&op.template).len() > 1) {
+        let params = parameters(&op.template);
+        let (parent_collection, parent_name) = &params[0];
+        let Some(parent) = parents_a
+            .get(&(parent_collection.clone(), parent_name.clone()))
+            .copied()
+        else {
+            failures.push(format!(
+                "{} {}: no object of tenant A for {{{parent_name}}} (after /{parent_collection}/): seed one",
+                op.method, op.template
+            ));
+            continue;
+        };
+        let Some(children) = params[1..]
+            .iter()
+            .map(|(collection, name)| Some((name.clone(), b.lookup(collection, name)?)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let mut theirs = vec![(parent_name.clone(), parent)];
+        theirs.extend(children.iter().cloned());
+        let mut none = vec![(parent_name.clone(), parent)];
+        none.extend(children.iter().map(|(n, id)| (n.clone(), id.nonexistent())));
+        for (role, token) in &principals {
+            for payload in &op.bodies {
+                let ours = call(
+                    &plant,
+                    op.method.clone(),
+                    &fill(&op.template, &theirs),
+                    &op.query,
+                    token,
+                    payload.as_ref(),
+                    None,
+                )
+                .await?;
+                let nothing = call(
+                    &plant,
+                    op.method.clone(),
+                    &fill(&op.template, &none),
+                    &op.query,
+                    token,
+                    payload.as_ref(),
+                    None,
+                )
+                .await?;
+                mixed += 1;
+                requests += 2;
+                let same =
+                    ours.status == nothing.status && ours.error(&theirs) == nothing.error(&none);
+                if ours.ok() || !same || !b.found_in(&ours).is_empty() {
+                    failures.push(format!(
+                        "{} {} as {role}, A's parent and B's child: {} {} | nonexistent child: {} {}\n    {}",
+                        op.method,
+                        op.template,
+                        ours.status,
+                        ours.code(),
+                        nothing.status,
+                        nothing.code(),
+                        clip(&ours.text()),
+                    ));
+                }
+            }
+        }
+    }
+    anyhow::ensure!(mixed > 0, "no operation takes a parent and a child id");
 
     // Tenant B's objects are as they were, and what B holds still works.
     let after = snapshot(&plant, &ops, &b, &mut own).await?;
@@ -1295,8 +1395,9 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
         })
         .collect();
     println!(
-        "{} operations with path parameters, {} roles: {probes} probes, {requests} requests, \
-         {} snapshots compared, in {:.1?}\nanswers to tenant B's ids: {}\nother than 404:\n{}",
+        "{} operations with path parameters, {} roles: {probes} probes and {mixed} mixed-id \
+         probes, {requests} requests, {} snapshots compared, in {:.1?}\nanswers to tenant B's \
+         ids: {}\nother than 404:\n{}",
         ops.len(),
         principals.len(),
         before.len(),

@@ -337,11 +337,12 @@ pub async fn get_part(
     auth: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<PartDetail>, ApiError> {
-    auth.require(Permission::PartsRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    // Another tenant's part, or none: 404 before the permission question.
     let detail = part_detail(&mut tx, tenant, id).await?;
     tx.commit().await?;
+    auth.require(Permission::PartsRead)?;
     Ok(Json(detail))
 }
 

@@ -667,11 +667,12 @@ pub async fn get(
     auth: AuthUser,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ScheduleDetail>, ApiError> {
-    auth.require(Permission::PmRead)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    // Another tenant's schedule, or none: 404 before the permission question.
     let detail = detail(&mut tx, tenant, id).await?;
     tx.commit().await?;
+    auth.require(Permission::PmRead)?;
     Ok(Json(detail))
 }
 
