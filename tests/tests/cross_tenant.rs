@@ -22,7 +22,10 @@
 //! 404 for B's objects, never 403; only an API key on an endpoint that serves users alone is
 //! refused (403) for the endpoint as a whole, whatever the id.
 //!
-//! A second test holds the permission matrix endpoint by endpoint: inside one organisation,
+//! Another test puts B's ids into request bodies (`asset_id`, `members`, ...) next to A's own
+//! ids: each is refused as an id that does not exist, naming the field.
+//!
+//! A further test holds the permission matrix endpoint by endpoint: inside one organisation,
 //! a role with every permission but the one an operation names (`x-permission`) is refused.
 //!
 //! The API's rate limits are raised for this plant: the probes measure lookups, and a 429
@@ -491,7 +494,7 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
         )
         .await?;
     let area = uuid_of(&site, "/areas/0/id")?;
-    secrets.push(area.to_string());
+    keep(&mut ids, &mut secrets, ("areas", "id"), area);
     let asset = plant
         .send_ok(
             Method::POST,
@@ -1026,6 +1029,282 @@ async fn every_endpoint_refuses_a_role_without_its_permission() -> anyhow::Resul
     anyhow::ensure!(
         failures.is_empty(),
         "{} of {probes} probes were not refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// The object kind a body field refers to, as the key of tenant B's ids: `asset_id` names an
+/// asset, `members` lists users, and so on.
+fn referent(field: &str) -> Option<(&'static str, &'static str)> {
+    Some(match field {
+        "asset_id" | "parent_id" => ("assets", "id"),
+        "site_id" => ("sites", "id"),
+        "area_id" => ("areas", "id"),
+        "user_id" | "assignee_user" | "members" => ("users", "id"),
+        "team_id" | "assignee_team" => ("teams", "id"),
+        "part_id" => ("parts", "id"),
+        "location_id" => ("stock", "location"),
+        "tag_id" => ("tags", "id"),
+        "device_id" => ("devices", "id"),
+        "gateway_id" => ("gateways", "id"),
+        _ => return None,
+    })
+}
+
+/// The places in `body` that refer to another object: a JSON pointer and the kind, for every
+/// known field holding an id (a UUID string or, for tags, a number), and for every element
+/// of a list of them.
+fn references(body: &Value, at: &str, out: &mut Vec<(String, (&'static str, &'static str))>) {
+    match body {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let here = format!("{at}/{key}");
+                match (referent(key), value) {
+                    (Some(kind), Value::String(_) | Value::Number(_)) => out.push((here, kind)),
+                    (Some(kind), Value::Array(items)) => {
+                        for i in 0..items.len() {
+                            out.push((format!("{here}/{i}"), kind));
+                        }
+                    }
+                    _ => references(value, &here, out),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                references(item, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn id_value(id: Id) -> Value {
+    match id {
+        Id::Uuid(u) => Value::from(u.to_string()),
+        Id::Int(n) => Value::from(n),
+    }
+}
+
+/// A body may name objects by id (`asset_id`, `members`, `location_id`, ...). Tenant A's admin
+/// sends every example body of the document with every such id of A's own objects, but one
+/// replaced by tenant B's object of the same kind: the answer is the one for an id that does
+/// not exist, an error naming that field, with none of B's data; B's objects stay as they
+/// were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_body_reaches_another_tenants_object_by_reference() -> anyhow::Result<()> {
+    let plant = probe_plant().await?;
+    let b = seed_tenant_b(&plant).await?;
+    let admin = plant.login("plant-a").await?;
+    let tenant_a = plant.tenant_a.tenant;
+
+    // Tenant A's own object of every kind a body or a path names.
+    let mut a: BTreeMap<(String, String), Id> = BTreeMap::new();
+    let mut put = |kind: (&str, &str), id: Id| {
+        a.insert((kind.0.to_owned(), kind.1.to_owned()), id);
+    };
+    let tech = plant
+        .add_user("alpha-tech@plant-a.example", "technician")
+        .await?;
+    put(("users", "id"), Id::Uuid(tech));
+    let site = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/sites",
+            &admin,
+            json!({ "name": "Alpha site" }),
+        )
+        .await?;
+    let site = uuid_of(&site, "/id")?;
+    put(("sites", "id"), Id::Uuid(site));
+    let areas = plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/sites/{site}/areas"),
+            &admin,
+            json!({ "name": "Alpha area" }),
+        )
+        .await?;
+    let area = uuid_of(&areas, "/areas/0/id")?;
+    put(("areas", "id"), Id::Uuid(area));
+    let asset = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/assets",
+            &admin,
+            json!({ "name": "Alpha asset", "site_id": site, "area_id": area }),
+        )
+        .await?;
+    put(("assets", "id"), Id::Uuid(uuid_of(&asset, "/id")?));
+    let team = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/teams",
+            &admin,
+            json!({ "name": "Alpha team", "members": [tech] }),
+        )
+        .await?;
+    put(("teams", "id"), Id::Uuid(uuid_of(&team, "/id")?));
+    let location = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/stock-locations",
+            &admin,
+            json!({ "name": "Alpha store" }),
+        )
+        .await?;
+    put(("stock", "location"), Id::Uuid(uuid_of(&location, "/id")?));
+    let part = plant
+        .send_ok(
+            Method::POST,
+            "/api/v1/parts",
+            &admin,
+            json!({ "sku": "ALPHA-REF", "name": "Alpha part", "unit": "pcs" }),
+        )
+        .await?;
+    put(("parts", "id"), Id::Uuid(uuid_of(&part, "/id")?));
+    put(
+        ("tags", "id"),
+        Id::Int(plant.tag_id(tenant_a, "press-1.bearing_temp").await?),
+    );
+    let (_, gateways) = plant.get("/api/v1/gateways", Some(&admin)).await?;
+    let gateway = uuid_of(&gateways, "/items/0/id")?;
+    put(("gateways", "id"), Id::Uuid(gateway));
+    let device = plant
+        .send_ok(
+            Method::POST,
+            &format!("/api/v1/gateways/{gateway}/devices"),
+            &admin,
+            json!({ "name": "alpha-plc", "protocol": "modbus_tcp" }),
+        )
+        .await?;
+    put(("devices", "id"), Id::Uuid(uuid_of(&device, "/id")?));
+    put(
+        ("work-orders", "id"),
+        Id::Uuid(plant.rule_work_order().await?),
+    );
+
+    let (status, doc) = plant.get("/api/v1/openapi.json", None).await?;
+    anyhow::ensure!(status == 200, "the document: {status}");
+    let ops = all_operations(&doc)?;
+    let mut own = BTreeSet::new();
+    let before = snapshot(&plant, &operations(&doc)?, &b, &mut own).await?;
+    let mut failures = Vec::new();
+    let (mut probes, mut skipped, mut seen) = (0, Vec::new(), Vec::new());
+    for op in &ops {
+        for payload in op.bodies.iter().flatten() {
+            let Ok(example) = serde_json::from_slice::<Value>(&payload.bytes) else {
+                continue;
+            };
+            let mut places = Vec::new();
+            references(&example, "", &mut places);
+            if places.is_empty() {
+                continue;
+            }
+            let Some(path_ids) = parameters(&op.template)
+                .into_iter()
+                .map(|(collection, name)| Some((name.clone(), *a.get(&(collection, name))?)))
+                .collect::<Option<Vec<_>>>()
+            else {
+                skipped.push(format!("{} {}", op.method, op.template));
+                continue;
+            };
+            let path = fill(&op.template, &path_ids);
+            // Every reference to one of A's own objects...
+            let mut base = example.clone();
+            for (pointer, (collection, name)) in &places {
+                let own_id = a
+                    .get(&(collection.to_string(), name.to_string()))
+                    .with_context(|| format!("no object of tenant A for {collection}/{name}"))?;
+                if let Some(slot) = base.pointer_mut(pointer) {
+                    *slot = id_value(*own_id);
+                }
+            }
+            // ... then one of them B's, or one that names nothing.
+            for (pointer, (collection, name)) in &places {
+                let theirs = b
+                    .lookup(collection, name)
+                    .with_context(|| format!("no object of tenant B for {collection}/{name}"))?;
+                let none = theirs.nonexistent();
+                let mut answers = Vec::new();
+                for id in [theirs, none] {
+                    let mut body = base.clone();
+                    if let Some(slot) = body.pointer_mut(pointer) {
+                        *slot = id_value(id);
+                    }
+                    let payload = Payload {
+                        label: payload.label.clone(),
+                        content_type: payload.content_type.clone(),
+                        bytes: serde_json::to_vec(&body)?,
+                    };
+                    let answer = call(
+                        &plant,
+                        op.method.clone(),
+                        &path,
+                        &op.query,
+                        &admin,
+                        Some(&payload),
+                        None,
+                    )
+                    .await?;
+                    own.extend(answer.request_id.clone());
+                    answers.push(answer);
+                }
+                probes += 1;
+                let (ours, nothing) = (&answers[0], &answers[1]);
+                seen.push(format!(
+                    "  {} {} {pointer}: {} {} {:?}",
+                    op.method,
+                    op.template,
+                    ours.status,
+                    ours.code(),
+                    ours.json()
+                        .map(|v| maintainpro_tests::error_fields(&v).join(","))
+                        .unwrap_or_default()
+                ));
+                let tag = vec![("ref".to_owned(), theirs)];
+                let untag = vec![("ref".to_owned(), none)];
+                let same =
+                    ours.status == nothing.status && ours.error(&tag) == nothing.error(&untag);
+                // Refused for the reference itself, not for something else in the body.
+                let field = pointer.trim_start_matches('/').replace('/', ".");
+                let named = nothing
+                    .json()
+                    .is_some_and(|v| maintainpro_tests::error_fields(&v).contains(&field.as_str()));
+                if ours.ok() || !same || !named || !b.found_in(ours).is_empty() {
+                    failures.push(format!(
+                        "{} {} with B's {collection} at {pointer}: {} {} | nothing: {} {}\n    {}",
+                        op.method,
+                        op.template,
+                        ours.status,
+                        ours.code(),
+                        nothing.status,
+                        nothing.code(),
+                        clip(&ours.text())
+                    ));
+                }
+            }
+        }
+    }
+    let after = snapshot(&plant, &operations(&doc)?, &b, &mut own).await?;
+    for (what, (status, body)) in &before {
+        if after.get(what) != Some(&(*status, body.clone())) {
+            failures.push(format!("{what} changed during the probes"));
+        }
+    }
+    println!(
+        "{probes} references probed; skipped (no object of A for the path): {skipped:?}\n{}",
+        seen.join("\n")
+    );
+    anyhow::ensure!(
+        probes >= 15,
+        "only {probes} references in the document's bodies"
+    );
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} problem(s) across {probes} references:\n{}",
         failures.len(),
         failures.join("\n")
     );
