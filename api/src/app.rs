@@ -19,7 +19,7 @@ use crate::protect::{self, Protection};
 use crate::routes::{
     alarms, api_keys, assets, attachments, audit, devices, docs, health, live, login, mfa, parts,
     password, password_reset, pm, privacy, readings, registry, reliability, roles, rules, sessions,
-    sla, teams, webhooks, work_orders,
+    sla, teams, users, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -112,6 +112,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/users/{id}/reset-mfa", post(mfa::reset_user))
         .route("/api/v1/users/{id}/role", put(roles::set_user_role))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route("/api/v1/users/{id}", get(users::get).patch(users::update))
         .route("/api/v1/permissions", get(roles::permissions))
         .route("/api/v1/roles", get(roles::list).post(roles::create))
         .route(

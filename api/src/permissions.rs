@@ -38,6 +38,7 @@ pub enum Permission {
     WebhooksManage,
     ApiKeysManage,
     AuditRead,
+    UsersRead,
     UsersManage,
     RolesManage,
     OrganisationManage,
@@ -45,7 +46,7 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, in the documented order.
-    pub const ALL: [Permission; 26] = [
+    pub const ALL: [Permission; 27] = [
         Permission::AssetsRead,
         Permission::AssetsWrite,
         Permission::RegistryRead,
@@ -69,6 +70,7 @@ impl Permission {
         Permission::WebhooksManage,
         Permission::ApiKeysManage,
         Permission::AuditRead,
+        Permission::UsersRead,
         Permission::UsersManage,
         Permission::RolesManage,
         Permission::OrganisationManage,
@@ -159,10 +161,14 @@ impl Permission {
                 "Create, rotate, list and revoke API keys.",
             ),
             AuditRead => ("audit:read", "Query and export the audit log."),
+            UsersRead => (
+                "users:read",
+                "See the organisation's users: name, email, role, whether disabled or with MFA.",
+            ),
             UsersManage => (
                 "users:manage",
-                "Manage other users: change their role, end their sessions, reset their MFA, \
-                 export or erase their data.",
+                "Manage users: create them, rename, disable and enable them, change their \
+                 role, end their sessions, reset their MFA, export or erase their data.",
             ),
             RolesManage => (
                 "roles:manage",
@@ -263,6 +269,7 @@ impl Permissions {
         match role {
             Role::Admin => Self::all(),
             Role::Manager => Self::of(&[
+                UsersRead,
                 AssetsWrite,
                 RegistryWrite,
                 AlarmsWrite,
@@ -521,6 +528,8 @@ mod tests {
             assert_eq!(who(p), planners, "{p}");
         }
         assert_eq!(who(AlarmsWrite), vec!["admin", "manager", "technician"]);
+        // Added with the users' endpoints: planners see whom they can assign.
+        assert_eq!(who(UsersRead), planners);
         assert_eq!(who(WorkOrdersWork), vec!["admin", "manager", "technician"]);
         assert_eq!(
             who(WorkOrdersCreate),

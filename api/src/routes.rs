@@ -24,6 +24,7 @@ pub mod rules;
 pub mod sessions;
 pub mod sla;
 pub mod teams;
+pub mod users;
 pub mod webhooks;
 pub mod work_orders;
 

@@ -36,7 +36,9 @@ pub enum UserError {
         "the organisation has no custom role {0:?}; create it first (POST /api/v1/roles) or use a built-in role"
     )]
     UnknownRole(String),
-    #[error("this is the organisation's last enabled admin; make another user admin first")]
+    #[error(
+        "this is the organisation's last enabled admin; make another user admin first, or keep this one"
+    )]
     LastAdmin,
     #[error("{0:?} is not an email address")]
     BadEmail(String),
@@ -60,7 +62,7 @@ fn valid_slug(slug: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-fn valid_email(email: &str) -> bool {
+pub fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {
         return false;
     };
@@ -184,6 +186,16 @@ pub async fn create_user(
     .await?;
     tx.commit().await?;
     Ok(user)
+}
+
+/// A new random password (18 random bytes, URL-safe base64): for a user whose first password
+/// is shown once.
+pub fn generate_password() -> String {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use base64::Engine as _;
+    let mut bytes = [0u8; 18];
+    OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A role's name is a built-in role's or may be a custom role's.
@@ -332,6 +344,19 @@ pub async fn set_disabled(
     meta: &RequestMeta,
 ) -> Result<u64, UserError> {
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    if disabled {
+        // Locks the enabled admins, so two disablings at once cannot both pass.
+        let admins: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled
+             FOR UPDATE",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await?;
+        if admins == [user] {
+            return Err(UserError::LastAdmin);
+        }
+    }
     let n = sqlx::query("UPDATE users SET disabled = $3 WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)
         .bind(user)

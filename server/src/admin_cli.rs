@@ -21,8 +21,6 @@ use std::time::Duration;
 use api::audit::RequestMeta;
 use api::password::PasswordHasher;
 use api::users::{self, NewUser, UserError};
-use argon2::password_hash::rand_core::{OsRng, RngCore};
-use base64::Engine as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -173,14 +171,7 @@ pub async fn execute(args: &AdminArgs, password: Option<String>) -> Result<Strin
 fn new_password(given: &Option<String>) -> (String, bool) {
     match given {
         Some(p) => (p.clone(), false),
-        None => {
-            let mut bytes = [0u8; 18];
-            OsRng.fill_bytes(&mut bytes);
-            (
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
-                true,
-            )
-        }
+        None => (users::generate_password(), true),
     }
 }
 

@@ -403,7 +403,7 @@ pub struct RoleChange {
 }
 
 /// What a role allows, as the tenant has it now; `None` when no such role exists.
-async fn allows(
+pub(crate) async fn allows(
     conn: &mut PgConnection,
     tenant: Uuid,
     role: &str,
