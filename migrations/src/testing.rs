@@ -111,6 +111,11 @@ impl TestDatabase {
         &self.admin_url
     }
 
+    /// The app role's URL of this database, for tests that build their own pool.
+    pub fn app_url(&self) -> &str {
+        &self.urls.app_url
+    }
+
     /// A pool logged in as the app role, the way the services connect.
     ///
     /// # Panics

@@ -293,6 +293,72 @@ async fn the_app_role_sees_only_the_current_tenants_rows() -> TestResult {
     Ok(())
 }
 
+/// One pooled connection, used by transaction after transaction: the tenant set by one
+/// (`migrations::begin_tenant`) is gone when it commits, rolls back or fails, so the next
+/// request on that connection starts with no tenant and sees no tenant's rows.
+#[tokio::test]
+async fn a_pooled_connection_carries_no_tenant_into_the_next_transaction() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let a = seed_tenant(&db.app_pool().await, "tenant-a").await?;
+    let mut tx = begin_as(&db.app_pool().await, Some(a.tenant)).await?;
+    sqlx::query(INSERT_WORK_ORDER)
+        .bind(Uuid::new_v4())
+        .bind(a.tenant)
+        .bind(a.asset)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(db.app_url())
+        .await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    // What the next user of the connection finds: its backend, the tenant setting and the
+    // work orders it can see, in a transaction and outside one.
+    let next = || async {
+        let mut tx = pool.begin().await?;
+        let found: (i32, Option<String>, i64) = sqlx::query_as(
+            "SELECT pg_backend_pid(), current_setting('app.tenant_id', true),
+                    (SELECT count(*) FROM work_orders)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let outside: i64 = sqlx::query_scalar("SELECT count(*) FROM work_orders")
+            .fetch_one(&pool)
+            .await?;
+        Ok::<_, sqlx::Error>((found.0, found.1.unwrap_or_default(), found.2, outside))
+    };
+    let clean = (backend, String::new(), 0, 0);
+
+    let seen = "SELECT count(*) FROM work_orders";
+    let mut tx = migrations::begin_tenant(&pool, a.tenant).await?;
+    let own: i64 = sqlx::query_scalar(seen).fetch_one(&mut *tx).await?;
+    assert_eq!(own, 1, "the tenant's own row, inside its transaction");
+    tx.commit().await?;
+    assert_eq!(next().await?, clean, "after a commit");
+
+    let mut tx = migrations::begin_tenant(&pool, a.tenant).await?;
+    let own: i64 = sqlx::query_scalar(seen).fetch_one(&mut *tx).await?;
+    assert_eq!(own, 1);
+    tx.rollback().await?;
+    assert_eq!(next().await?, clean, "after a rollback");
+
+    let mut tx = migrations::begin_tenant(&pool, a.tenant).await?;
+    let failed = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
+    assert!(failed.is_err());
+    drop(tx);
+    assert_eq!(
+        next().await?,
+        clean,
+        "after a failed transaction dropped unfinished"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_app_role_reads_readings_only_through_tenant_readings() -> TestResult {
     let db = TestDatabase::create().await?;
