@@ -323,3 +323,105 @@ async fn injected_faults_reach_the_agent_as_a_field_engineer_would_see_them() {
     })
     .await;
 }
+
+/// Publishes `body` on `topic` as a retained message (QoS 1) and returns once the broker has
+/// it.
+async fn publish_retained(broker: &str, topic: &str, body: &str) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let (host, port) = model::topic::broker_address(broker).expect("a broker URL");
+    let options = MqttOptions::new(
+        format!("read-pub-{}", uuid::Uuid::new_v4().simple()),
+        host,
+        port,
+    );
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    client
+        .publish(topic, QoS::AtLeastOnce, true, body.as_bytes().to_vec())
+        .await
+        .expect("the publish is queued");
+    while !matches!(
+        eventloop.poll().await.expect("the broker answers"),
+        Event::Incoming(Packet::PubAck(_))
+    ) {}
+    client.disconnect().await.expect("the disconnect is queued");
+    while !matches!(
+        eventloop.poll().await.expect("the broker answers"),
+        Event::Outgoing(Outgoing::Disconnect)
+    ) {}
+}
+
+/// An MQTT source is watched as well: its JSON messages print as readings, with a tag filter
+/// too, and a tag no device has is not an error when an MQTT source may bring it.
+#[tokio::test]
+async fn mqtt_sources_are_watched_for_the_listen_window() {
+    within_deadline(async {
+        let broker = std::env::var("MPTEST_MQTT_URL")
+            .expect("MPTEST_MQTT_URL is not set: run scripts/test.sh");
+        let plc = plc().await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let root = format!("read-{}", uuid::Uuid::new_v4().simple());
+        let config = write_config(dir.path(), plc.local_addr());
+        let mut text = std::fs::read_to_string(&config).expect("the config was written");
+        text.push_str(&format!(
+            r#"
+[[mqtt]]
+name = "floor"
+broker = "{broker}"
+
+[[mqtt.json]]
+topic = "{root}/+/state"
+tag = "{{2}}.temp"
+value = "/t"
+timestamp = "/ts"
+"#
+        ));
+        std::fs::write(&config, text).expect("the config is writable");
+        publish_retained(
+            &broker,
+            &format!("{root}/pump-7/state"),
+            r#"{"t": 48.25, "ts": 1796205600000}"#,
+        )
+        .await;
+
+        let output = run(&["--once", "--json", "--listen", "2s"], &config).await;
+        assert!(output.status.success(), "{output:?}");
+        let lines = json_lines(&output);
+        assert_eq!(
+            lines.len(),
+            6,
+            "five device tags and the MQTT one: {lines:?}"
+        );
+        let pump = lines
+            .iter()
+            .find(|l| l["tag"] == "pump-7.temp")
+            .unwrap_or_else(|| panic!("no MQTT reading in {lines:?}"));
+        assert_eq!(pump["value"], 48.25, "{pump}");
+        assert_eq!(pump["quality"], "good", "{pump}");
+        assert!(
+            pump["ts"]
+                .as_str()
+                .is_some_and(|ts| ts.starts_with("2026-12-02T10:00:00")),
+            "{pump}"
+        );
+
+        let output = run(
+            &["--once", "--json", "--listen", "2s", "--tag", "pump-7.temp"],
+            &config,
+        )
+        .await;
+        assert!(output.status.success(), "{output:?}");
+        let lines = json_lines(&output);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["tag"], "pump-7.temp");
+
+        let output = run(&["--once", "--listen", "soon"], &config).await;
+        assert!(!output.status.success());
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("not a duration"),
+            "{output:?}"
+        );
+        publish_retained(&broker, &format!("{root}/pump-7/state"), "").await;
+        plc.shutdown().await.expect("the PLC stops");
+    })
+    .await;
+}

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use edge_agent::modbus::line::{Line, Sample, TagScope};
+use edge_agent::agent::Chunk;
+use edge_agent::modbus::line::{Line, Sample, TagScope, Value};
 use edge_agent::modbus::transport::group_devices;
+use edge_agent::mqtt::source::MqttSource;
 use edge_agent::read::{Format, Printer};
 use edge_agent::{Agent, AgentConfig, AgentStats};
 use tokio::sync::mpsc;
@@ -30,19 +32,29 @@ enum Command {
     Run { config: PathBuf },
     /// Validate a configuration file without connecting to anything.
     Check { config: PathBuf },
-    /// Read the configured devices and print decoded values; nothing is published.
+    /// Read the configured devices and print decoded values; nothing is published. MQTT
+    /// sources are watched in a session of their own: the agent's queued messages stay.
     Read {
         config: PathBuf,
         /// Only this tag (its exact name).
         #[arg(long, value_name = "NAME")]
         tag: Option<String>,
-        /// Read every device once and exit, instead of repeating until Ctrl-C.
+        /// Read every device once and exit, instead of repeating until Ctrl-C. MQTT sources
+        /// are watched for `--listen` and then left.
         #[arg(long)]
         once: bool,
+        /// With `--once`: how long MQTT sources are watched (e.g. 5s, 1m).
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        listen: std::time::Duration,
         /// Print one JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is not a duration; write it like 5s, 500ms or 1m"))
 }
 
 fn load(path: &PathBuf) -> Result<AgentConfig, String> {
@@ -90,12 +102,21 @@ fn main() -> ExitCode {
             config,
             tag,
             once,
+            listen,
             json,
         } => {
-            let devices = match load(&config).and_then(|c| {
-                edge_agent::read::select(&c.device, tag.as_deref()).map_err(|e| e.to_string())
-            }) {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // A tag no device has may still come from an MQTT source: its names are known
+            // only once messages arrive.
+            let devices = match edge_agent::read::select(&config.device, tag.as_deref()) {
                 Ok(d) => d,
+                Err(_) if !config.mqtt.is_empty() => Vec::new(),
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
@@ -110,7 +131,13 @@ fn main() -> ExitCode {
             let Some(runtime) = runtime() else {
                 return ExitCode::FAILURE;
             };
-            runtime.block_on(read(devices, printer, once));
+            let watch = Watch {
+                sources: config.mqtt.clone(),
+                gateway: config.gateway.id.clone(),
+                tag,
+                listen,
+            };
+            runtime.block_on(read(devices, watch, printer, once));
             ExitCode::SUCCESS
         }
         Command::Run { config } => {
@@ -158,10 +185,66 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// The MQTT sources `read` watches, and which of their tags it prints.
+struct Watch {
+    sources: Vec<edge_agent::config::MqttSourceConfig>,
+    gateway: model::GatewayId,
+    /// Only this tag.
+    tag: Option<String>,
+    /// With `--once`, how long the sources are watched.
+    listen: std::time::Duration,
+}
+
+impl Watch {
+    /// Starts watching every source; their readings, as samples, go to the returned receiver
+    /// until `stop` is cancelled.
+    fn start(
+        &self,
+        stats: &Arc<AgentStats>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> mpsc::Receiver<Vec<Sample>> {
+        let (chunks, mut incoming) = mpsc::channel::<Chunk>(64);
+        for source in &self.sources {
+            let source =
+                MqttSource::new(source.clone(), self.gateway.clone(), Arc::clone(stats)).watching();
+            tokio::spawn(source.run(chunks.clone(), stop.clone()));
+        }
+        drop(chunks);
+        let (tx, rx) = mpsc::channel(64);
+        let tag = self.tag.clone();
+        tokio::spawn(async move {
+            while let Some(chunk) = incoming.recv().await {
+                let samples: Vec<Sample> = chunk
+                    .readings
+                    .into_iter()
+                    .filter(|r| tag.as_deref().is_none_or(|t| r.tag.as_str() == t))
+                    .map(|r| Sample {
+                        value: (r.quality != model::Quality::Bad).then_some(Value::Number(r.value)),
+                        tag: r.tag,
+                        ts: r.ts,
+                        quality: r.quality,
+                    })
+                    .collect();
+                if !samples.is_empty() && tx.send(samples).await.is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+}
+
 /// Polls the lines of `devices` (all tags, strings included) and prints every sample: each
 /// device once with `once`, otherwise on its poll interval until Ctrl-C or SIGTERM. Lines are
-/// polled concurrently, as the agent does; the devices of one line one after another.
-async fn read(devices: Vec<edge_agent::config::DeviceConfig>, printer: Printer, once: bool) {
+/// polled concurrently, as the agent does; the devices of one line one after another. The
+/// MQTT sources' readings are printed as they arrive: for `watch.listen` with `once`,
+/// otherwise until Ctrl-C or SIGTERM.
+async fn read(
+    devices: Vec<edge_agent::config::DeviceConfig>,
+    watch: Watch,
+    printer: Printer,
+    once: bool,
+) {
     let stats = Arc::new(AgentStats::default());
     let lines: Vec<Line> = group_devices(&devices)
         .into_iter()
@@ -182,6 +265,8 @@ async fn read(devices: Vec<edge_agent::config::DeviceConfig>, printer: Printer, 
             .try_for_each(|s| writeln!(out, "{}", printer.line(s)))
             .and_then(|()| out.flush())
     };
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let mut watched = watch.start(&stats, &stop_watching);
     if once {
         let mut polls = tokio::task::JoinSet::new();
         for (n, mut line) in lines.into_iter().enumerate() {
@@ -201,6 +286,20 @@ async fn read(devices: Vec<edge_agent::config::DeviceConfig>, printer: Printer, 
                 return;
             }
         }
+        if !watch.sources.is_empty() {
+            let until = tokio::time::sleep(watch.listen);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    _ = &mut until => break,
+                    samples = watched.recv() => match samples {
+                        Some(samples) if print(&mut out, &samples).is_ok() => {}
+                        _ => break,
+                    },
+                }
+            }
+        }
+        stop_watching.cancel();
         return;
     }
     let (tx, mut rx) = mpsc::channel::<Vec<Sample>>(16);
@@ -210,6 +309,16 @@ async fn read(devices: Vec<edge_agent::config::DeviceConfig>, printer: Printer, 
         polls.spawn(async move {
             loop {
                 let samples = line.next().await;
+                if tx.send(samples).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    {
+        let tx = tx.clone();
+        polls.spawn(async move {
+            while let Some(samples) = watched.recv().await {
                 if tx.send(samples).await.is_err() {
                     break;
                 }
@@ -228,6 +337,7 @@ async fn read(devices: Vec<edge_agent::config::DeviceConfig>, printer: Printer, 
             },
         }
     }
+    stop_watching.cancel();
     polls.abort_all();
 }
 

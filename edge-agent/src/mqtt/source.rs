@@ -5,6 +5,10 @@
 //! are sealed into the outbox, so a crash of the agent before that point makes the broker
 //! deliver the message again. Acknowledgements go out in the order the messages came, from a
 //! task of their own, so waiting for a seal never stops the reading of later messages.
+//!
+//! `edge-agent read` runs a source as a watcher instead ([`MqttSource::watching`]): a session
+//! of its own that the broker forgets (clean session, a client id of its own), so it takes
+//! nothing from the agent's queued messages; it publishes nothing, not even rebirth requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +39,9 @@ pub struct MqttSource {
     nodes: HashMap<(String, String), NodeSession>,
     rebirths: sparkplug::RebirthRequests,
     stats: Arc<AgentStats>,
+    /// Watching for `edge-agent read`: no persistent session, no acknowledgements held back,
+    /// nothing published.
+    watch: bool,
 }
 
 impl MqttSource {
@@ -46,7 +53,15 @@ impl MqttSource {
             nodes: HashMap::new(),
             rebirths: sparkplug::RebirthRequests::default(),
             stats,
+            watch: false,
         }
+    }
+
+    /// The source as `edge-agent read` runs it: in a session of its own that the broker
+    /// forgets, publishing nothing. Its chunks carry no seal to wait for.
+    pub fn watching(mut self) -> Self {
+        self.watch = true;
+        self
     }
 
     fn filters(&self) -> Vec<String> {
@@ -65,11 +80,20 @@ impl MqttSource {
             tracing::error!(broker = %self.config.broker, "not a broker URL; source stopped");
             return;
         };
-        let mut options = MqttOptions::new(self.config.client_id(&self.gateway), host, port);
+        let client_id = if self.watch {
+            format!(
+                "{}-read-{}",
+                self.config.client_id(&self.gateway),
+                std::process::id()
+            )
+        } else {
+            self.config.client_id(&self.gateway)
+        };
+        let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(15))
-            .set_clean_session(false)
-            .set_manual_acks(true)
+            .set_clean_session(self.watch)
+            .set_manual_acks(!self.watch)
             .set_max_packet_size(model::topic::MAX_INCOMING_PACKET, 64 * 1024);
         if let Some(user) = &self.config.username {
             let password = self.config.password.as_ref().map_or("", |p| p.expose());
@@ -97,7 +121,8 @@ impl MqttSource {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let sealed = self.on_publish(&client, &publish, &out).await;
-                    if acks.send((publish, sealed)).await.is_err() {
+                    // A watcher's client acknowledges by itself.
+                    if !self.watch && acks.send((publish, sealed)).await.is_err() {
                         break;
                     }
                 }
@@ -167,6 +192,14 @@ impl MqttSource {
         if readings.is_empty() {
             return None;
         }
+        if self.watch {
+            let chunk = Chunk {
+                readings,
+                on_sealed: None,
+            };
+            out.send(chunk).await.ok()?;
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
         let chunk = Chunk {
             readings,
@@ -212,7 +245,7 @@ impl MqttSource {
         for p in &outcome.problems {
             self.problem(&topic.to_string(), p.reason(), p);
         }
-        if outcome.rebirth && rebirth {
+        if outcome.rebirth && rebirth && !self.watch {
             self.ask_rebirth(client, topic);
         }
         outcome.readings
