@@ -401,11 +401,23 @@ fn is_host_port(address: &str) -> bool {
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
+impl UplinkConfig {
+    /// The uplink's TLS files, for `mqtts://`.
+    pub fn tls_files(&self) -> crate::tls::TlsFiles<'_> {
+        crate::tls::TlsFiles {
+            section: "uplink",
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
+}
+
 impl Validate for AgentConfig {
     fn validate(&self, report: &mut Report) {
         match model::topic::broker_endpoint(&self.uplink.broker) {
             Err(e) => report.error("uplink.broker", e.to_string()),
-            Ok(endpoint) => validate_tls(&self.uplink, endpoint.tls, report),
+            Ok(endpoint) => self.uplink.tls_files().validate(endpoint.tls, report),
         }
         let u = &self.uplink;
         if u.batch_max_readings == 0 || u.batch_max_readings > model::wire::MAX_POINTS {
@@ -458,42 +470,6 @@ impl Validate for AgentConfig {
         for (i, m) in self.mqtt.iter().enumerate() {
             m.validate(&format!("mqtt[{i}]"), &mut source_names, report);
         }
-    }
-}
-
-/// The TLS files of the uplink: only with `mqtts://`, certificate and key together, and
-/// readable as what they should hold.
-fn validate_tls(u: &UplinkConfig, tls: bool, report: &mut Report) {
-    let files = [
-        ("uplink.ca_file", u.ca_file.is_some()),
-        ("uplink.client_cert_file", u.client_cert_file.is_some()),
-        ("uplink.client_key_file", u.client_key_file.is_some()),
-    ];
-    if !tls {
-        for (key, set) in files {
-            if set {
-                report.error(
-                    key,
-                    "applies only to a TLS broker: write uplink.broker as mqtts://host:port",
-                );
-            }
-        }
-        return;
-    }
-    if u.client_cert_file.is_some() != u.client_key_file.is_some() {
-        let missing = if u.client_cert_file.is_some() {
-            "uplink.client_key_file"
-        } else {
-            "uplink.client_cert_file"
-        };
-        report.error(
-            missing,
-            "a client certificate needs both client_cert_file and client_key_file",
-        );
-        return;
-    }
-    if let Err(e) = crate::tls::client_config(u) {
-        report.error(e.key(), e.to_string());
     }
 }
 

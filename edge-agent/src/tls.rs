@@ -1,4 +1,5 @@
-//! TLS of the `mqtts://` uplink: the client configuration built from the uplink's PEM files.
+//! TLS of `mqtts://` connections, the uplink's and the `[[mqtt]]` sources': the client
+//! configuration built from a section's PEM files.
 //!
 //! The broker's certificate is checked against `ca_file` when it is given, else against the
 //! platform's trusted roots. A client certificate (`client_cert_file` with `client_key_file`)
@@ -12,52 +13,114 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::UplinkConfig;
+use model::settings::Report;
 
-/// Why the uplink's TLS configuration cannot be built; [`TlsError::key`] names the key to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read certificates from {path}: {reason}")]
-    Certificates {
-        key: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
-    NoCertificate { key: &'static str, path: PathBuf },
-    #[error("cannot read a PEM private key from {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Roots(String),
-    #[error("the certificate and key do not make a client identity: {0}")]
-    Identity(String),
-    #[error(
-        "uplink: no trusted roots: give uplink.ca_file, or install the platform's CA certificates"
-    )]
-    NoRoots,
+/// A section's TLS files: `section` names it in errors (`uplink`, `mqtt[0]`).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsFiles<'a> {
+    pub section: &'a str,
+    pub ca_file: Option<&'a Path>,
+    pub client_cert_file: Option<&'a Path>,
+    pub client_key_file: Option<&'a Path>,
 }
 
-impl TlsError {
-    /// The configuration key the error is about.
-    pub fn key(&self) -> &'static str {
-        match self {
-            TlsError::Certificates { key, .. } | TlsError::NoCertificate { key, .. } => key,
-            TlsError::Key { .. } => "uplink.client_key_file",
-            TlsError::Roots(_) => "uplink.ca_file",
-            TlsError::Identity(_) => "uplink.client_cert_file",
-            TlsError::NoRoots => "uplink.ca_file",
+impl TlsFiles<'_> {
+    fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.section)
+    }
+
+    /// Checks the files of a section whose broker is `tls` (`mqtts://`) or not: only with
+    /// TLS, certificate and key together, and readable as what they should hold.
+    pub fn validate(&self, tls: bool, report: &mut Report) {
+        let files = [
+            ("ca_file", self.ca_file.is_some()),
+            ("client_cert_file", self.client_cert_file.is_some()),
+            ("client_key_file", self.client_key_file.is_some()),
+        ];
+        if !tls {
+            for (name, set) in files {
+                if set {
+                    report.error(
+                        self.key(name),
+                        format!(
+                            "applies only to a TLS broker: write {} as mqtts://host:port",
+                            self.key("broker")
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            let missing = if self.client_cert_file.is_some() {
+                "client_key_file"
+            } else {
+                "client_cert_file"
+            };
+            report.error(
+                self.key(missing),
+                "a client certificate needs both client_cert_file and client_key_file",
+            );
+            return;
+        }
+        if let Err(e) = client_config(self) {
+            report.error(e.key(), e.to_string());
         }
     }
 }
 
-fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
+/// Why a TLS configuration cannot be built; [`TlsError::key`] names the key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {path}: {reason}")]
+    Certificates {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate { key: String, path: PathBuf },
+    #[error("cannot read a PEM private key from {path}: {reason}")]
+    Key {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{reason}")]
+    Roots { key: String, reason: String },
+    #[error("the certificate and key do not make a client identity: {reason}")]
+    Identity { key: String, reason: String },
+    #[error("no trusted roots: give {key}, or install the platform's CA certificates")]
+    NoRoots { key: String },
+}
+
+impl TlsError {
+    /// The configuration key the error is about.
+    pub fn key(&self) -> &str {
+        match self {
+            TlsError::Certificates { key, .. }
+            | TlsError::NoCertificate { key, .. }
+            | TlsError::Key { key, .. }
+            | TlsError::Roots { key, .. }
+            | TlsError::Identity { key, .. }
+            | TlsError::NoRoots { key } => key,
+        }
+    }
+}
+
+fn certificates(key: String, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = match CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Certificates {
-            key,
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+    {
+        Ok(certs) => certs,
+        Err(e) => {
+            return Err(TlsError::Certificates {
+                key,
+                path: path.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+    };
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             key,
@@ -67,15 +130,16 @@ fn certificates(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
-/// The rustls client configuration of the uplink.
-pub fn client_config(uplink: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// The rustls client configuration of a section's TLS files.
+pub fn client_config(files: &TlsFiles<'_>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    match &uplink.ca_file {
+    match files.ca_file {
         Some(path) => {
-            for cert in certificates("uplink.ca_file", path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| TlsError::Roots(format!("{}: {e}", path.display())))?;
+            for cert in certificates(files.key("ca_file"), path)? {
+                roots.add(cert).map_err(|e| TlsError::Roots {
+                    key: files.key("ca_file"),
+                    reason: format!("{}: {e}", path.display()),
+                })?;
             }
         }
         None => {
@@ -85,25 +149,32 @@ pub fn client_config(uplink: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>,
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(TlsError::NoRoots);
+                return Err(TlsError::NoRoots {
+                    key: files.key("ca_file"),
+                });
             }
         }
     }
+    let identity = |reason: String| TlsError::Identity {
+        key: files.key("client_cert_file"),
+        reason,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Identity(e.to_string()))?
+        .map_err(|e| identity(e.to_string()))?
         .with_root_certificates(roots);
-    let config = match (&uplink.client_cert_file, &uplink.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let chain = certificates("uplink.client_cert_file", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-                path: key.clone(),
+    let config = match (files.client_cert_file, files.client_key_file) {
+        (Some(cert), Some(key_file)) => {
+            let chain = certificates(files.key("client_cert_file"), cert)?;
+            let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
+                key: files.key("client_key_file"),
+                path: key_file.to_owned(),
                 reason: e.to_string(),
             })?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsError::Identity(e.to_string()))?
+                .map_err(|e| identity(e.to_string()))?
         }
         // Validation asks for both or neither.
         _ => builder.with_no_client_auth(),

@@ -102,7 +102,7 @@ impl Uplink {
             .map_err(|e| UplinkError::BadBroker(e.to_string()))?;
         let mut options = MqttOptions::new(config.client_id(), endpoint.host, endpoint.port);
         if endpoint.tls {
-            let tls = crate::tls::client_config(&config.uplink)
+            let tls = crate::tls::client_config(&config.uplink.tls_files())
                 .map_err(|e| UplinkError::Tls(format!("{}: {e}", e.key())))?;
             options.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(tls),

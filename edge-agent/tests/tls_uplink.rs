@@ -1,4 +1,4 @@
-//! The `mqtts://` uplink against Mosquitto with a TLS listener that requires a client
+//! The `mqtts://` uplink, and an `[[mqtt]]` source over TLS, against Mosquitto with a TLS listener that requires a client
 //! certificate: certificates made for the run (a CA, the broker's for 127.0.0.1, the
 //! gateway's), batches read back on a plain listener of the same broker. An agent trusting
 //! another CA publishes nothing. And the uplink's TLS keys are checked before the agent
@@ -236,5 +236,127 @@ fn the_uplink_tls_keys_are_checked_before_the_agent_starts() -> anyhow::Result<(
         e.len() == 1 && e[0].contains("holds no PEM certificate"),
         "{e:?}"
     );
+    Ok(())
+}
+
+/// An `[[mqtt]]` source reads a local broker over TLS with a client certificate: a JSON
+/// message published on the TLS listener becomes a reading the uplink (on the plain
+/// listener) carries. A source whose TLS files are wrong is refused before the agent starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_source_reads_its_broker_over_tls() -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let local = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    certificates(
+        &pki,
+        "Plant CA",
+        &[("broker", local), ("gateway", vec!["gw-src".to_owned()])],
+    )?;
+    let tls_port = free_port()?;
+    let broker = PrivateBroker::start_with(
+        &dir.path().join("mq"),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.join("ca.pem").display(),
+            pki.join("broker.pem").display(),
+            pki.join("broker.key").display(),
+        ),
+    )?;
+    let tenant = TenantId::new_random();
+    let stop_ledger = CancellationToken::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::clone(&seen);
+    common::on_batches(
+        &broker.url(),
+        model::topic::readings(tenant, &GatewayId::parse("gw-src")?),
+        stop_ledger.clone(),
+        move |batch| {
+            out.lock().expect("ledger lock").extend(
+                batch
+                    .readings()
+                    .map(|r| (r.tag.as_str().to_owned(), r.value)),
+            );
+        },
+    )?;
+    let root = format!("tls-{}", uuid::Uuid::new_v4().simple());
+    let source = |ca: &str| {
+        format!(
+            "[gateway]\ntenant = \"{tenant}\"\nid = \"gw-src\"\n\n[uplink]\nbroker = \"{}\"\nbatch_max_age = \"100ms\"\n\n\
+             [outbox]\ndir = {}\n\n[[mqtt]]\nname = \"floor\"\nbroker = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             ca_file = {ca}\nclient_cert_file = {}\nclient_key_file = {}\n\n\
+             [[mqtt.json]]\ntopic = \"{root}/+/state\"\ntag = \"{{2}}.temp\"\nvalue = \"/t\"\n",
+            broker.url(),
+            toml_path(&dir.path().join("outbox")),
+            toml_path(&pki.join("gateway.pem")),
+            toml_path(&pki.join("gateway.key")),
+        )
+    };
+    // A key file where the CA certificates belong is named before anything starts.
+    let refused = AgentConfig::from_toml_with_env(
+        "agent.toml",
+        &source(&toml_path(&pki.join("gateway.key"))),
+        Vec::new(),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        refused.contains("mqtt[0].ca_file") && refused.contains("holds no PEM certificate"),
+        "{refused}"
+    );
+    let config = AgentConfig::from_toml_with_env(
+        "agent.toml",
+        &source(&toml_path(&pki.join("ca.pem"))),
+        Vec::new(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    let agent = tokio::spawn(Agent::build(config).run_until(until.cancelled_owned()));
+
+    // A publisher on the TLS listener, with the gateway's certificate too.
+    let files = edge_agent::tls::TlsFiles {
+        section: "test",
+        ca_file: Some(&pki.join("ca.pem")),
+        client_cert_file: Some(&pki.join("gateway.pem")),
+        client_key_file: Some(&pki.join("gateway.key")),
+    };
+    let mut options = MqttOptions::new("tls-publisher", "127.0.0.1", tls_port);
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(edge_agent::tls::client_config(&files)?),
+    ));
+    let (client, mut eventloop) = AsyncClient::new(options, 8);
+    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // Published again until it arrives: the agent's subscription may come after the first.
+        client
+            .publish(
+                format!("{root}/pump-3/state"),
+                QoS::AtLeastOnce,
+                false,
+                r#"{"t": 61.5}"#,
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(tag, value)| tag == "pump-3.temp" && *value == 61.5)
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("no reading of the TLS source within 20 s");
+        }
+    }
+    pump.abort();
+    stop.cancel();
+    agent.await??;
+    stop_ledger.cancel();
+    drop(broker);
     Ok(())
 }

@@ -23,8 +23,16 @@ fn yes() -> bool {
 pub struct MqttSourceConfig {
     /// Names the source in logs and metrics; unique among `[[mqtt]]` sources.
     pub name: String,
-    /// `mqtt://host:port` of the local broker.
+    /// `mqtt://host:port` of the local broker, or `mqtts://host:port` for MQTT over TLS
+    /// (default port 8883), with:
     pub broker: String,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only);
+    /// without it, the platform's trusted roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain and private key of the gateway, for brokers that authenticate
+    /// clients by certificate (`mqtts://` only; both or neither).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    pub client_key_file: Option<std::path::PathBuf>,
     /// Default `edge-<gateway>-<name>`. The session is persistent (clean session off), so
     /// messages published while the agent restarts wait at the broker.
     pub client_id: Option<String>,
@@ -93,6 +101,16 @@ impl MqttSourceConfig {
             .unwrap_or_else(|| format!("edge-{gateway}-{}", self.name))
     }
 
+    /// The source's TLS files, for `mqtts://`; `section` names it in errors (`mqtt[0]`).
+    pub fn tls_files<'a>(&'a self, section: &'a str) -> crate::tls::TlsFiles<'a> {
+        crate::tls::TlsFiles {
+            section,
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
+
     pub fn validate(&self, at: &str, names: &mut HashSet<String>, report: &mut Report) {
         if self.name.trim().is_empty() {
             report.error(format!("{at}.name"), "must not be empty");
@@ -102,8 +120,9 @@ impl MqttSourceConfig {
                 format!("source name {:?} is used twice", self.name),
             );
         }
-        if let Err(e) = model::topic::broker_address(&self.broker) {
-            report.error(format!("{at}.broker"), e.to_string());
+        match model::topic::broker_endpoint(&self.broker) {
+            Err(e) => report.error(format!("{at}.broker"), e.to_string()),
+            Ok(endpoint) => self.tls_files(at).validate(endpoint.tls, report),
         }
         if self.password.is_some() && self.username.is_none() {
             report.error(format!("{at}.password"), "a password needs a username");

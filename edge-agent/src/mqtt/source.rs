@@ -75,11 +75,12 @@ impl MqttSource {
     /// Reads until `cancel`; readings go to `out`.
     #[tracing::instrument(skip_all, fields(source = %self.config.name))]
     pub async fn run(mut self, out: mpsc::Sender<Chunk>, cancel: CancellationToken) {
-        let Ok((host, port)) = model::topic::broker_address(&self.config.broker) else {
+        let Ok(endpoint) = model::topic::broker_endpoint(&self.config.broker) else {
             // Validation refuses such a configuration before the agent starts.
             tracing::error!(broker = %self.config.broker, "not a broker URL; source stopped");
             return;
         };
+        let (host, port) = (endpoint.host, endpoint.port);
         let client_id = if self.watch {
             format!(
                 "{}-read-{}",
@@ -95,6 +96,20 @@ impl MqttSource {
             .set_clean_session(self.watch)
             .set_manual_acks(!self.watch)
             .set_max_packet_size(model::topic::MAX_INCOMING_PACKET, 64 * 1024);
+        if endpoint.tls {
+            // Validation builds the same configuration before the agent starts.
+            match crate::tls::client_config(&self.config.tls_files(&self.config.name)) {
+                Ok(tls) => {
+                    options.set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(tls),
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, key = e.key(), "TLS files unusable; source stopped");
+                    return;
+                }
+            }
+        }
         if let Some(user) = &self.config.username {
             let password = self.config.password.as_ref().map_or("", |p| p.expose());
             options.set_credentials(user, password);
