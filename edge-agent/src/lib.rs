@@ -10,7 +10,8 @@
 //! - [`read`]: what `edge-agent read` prints.
 //! - [`outbox`]: the durable, bounded, checksummed store of batches waiting for the broker's
 //!   acknowledgement.
-//! - [`tls`]: the `mqtts://` uplink's TLS client configuration from its PEM files.
+//! - [`tls`]: the `mqtts://` TLS client configuration from a section's PEM files (the
+//!   `mqtt-tls` crate, shared with ingest).
 //! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
 //! - [`agent`]: wires sources, buffer and uplink together and shuts them down gracefully.
 //! - [`exporter`]: the optional Prometheus endpoint (`[metrics] listen`).
@@ -26,7 +27,7 @@ pub mod modbus;
 pub mod mqtt;
 pub mod outbox;
 pub mod read;
-pub mod tls;
+pub use mqtt_tls as tls;
 pub mod uplink;
 
 pub use agent::{Agent, AgentError, AgentStats};

@@ -12,8 +12,16 @@ fn default_queue() -> usize {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestConfig {
-    /// `mqtt://host:port` of the broker edge agents publish to.
+    /// `mqtt://host:port` of the broker edge agents publish to, or `mqtts://host:port` for
+    /// MQTT over TLS (default port 8883), with:
     pub broker: String,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only);
+    /// without it, the platform's trusted roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain and private key of this ingest process, for brokers that
+    /// authenticate clients by certificate (`mqtts://` only; both or neither).
+    pub client_cert_file: Option<std::path::PathBuf>,
+    pub client_key_file: Option<std::path::PathBuf>,
     /// Fixed, so the broker keeps this consumer's session (and unacknowledged messages) across
     /// restarts. Two ingest processes must never share one.
     #[serde(default = "default_client_id")]
@@ -44,6 +52,9 @@ impl IngestConfig {
     pub fn new(broker: impl Into<String>) -> Self {
         Self {
             broker: broker.into(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             client_id: default_client_id(),
             username: None,
             password: None,
@@ -54,34 +65,51 @@ impl IngestConfig {
 }
 
 impl IngestConfig {
+    /// The TLS files, for `mqtts://`.
+    pub fn tls_files(&self) -> mqtt_tls::TlsFiles<'_> {
+        mqtt_tls::TlsFiles {
+            section: "ingest",
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
+
     /// Problems with these settings, as (key, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if model::topic::broker_address(&self.broker).is_err() {
-            out.push((
-                "ingest.broker",
-                format!("{:?} is not mqtt://host[:port]", self.broker),
-            ));
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        match model::topic::broker_endpoint(&self.broker) {
+            Err(_) => out.push((
+                "ingest.broker".to_owned(),
+                format!(
+                    "{:?} is not mqtt://host[:port] or mqtts://host[:port]",
+                    self.broker
+                ),
+            )),
+            Ok(endpoint) => out.extend(self.tls_files().problems(endpoint.tls)),
         }
         if self.client_id.is_empty() || self.client_id.len() > 128 {
-            out.push(("ingest.client_id", "must be 1-128 characters".to_owned()));
+            out.push((
+                "ingest.client_id".to_owned(),
+                "must be 1-128 characters".to_owned(),
+            ));
         }
         if self.queue == 0 {
             out.push((
-                "ingest.queue",
+                "ingest.queue".to_owned(),
                 "must be at least 1, and should exceed the broker's in-flight limit per client"
                     .to_owned(),
             ));
         }
         if self.subscribe.is_empty() {
             out.push((
-                "ingest.subscribe",
+                "ingest.subscribe".to_owned(),
                 "list at least one topic filter".to_owned(),
             ));
         }
         if self.password.is_some() != self.username.is_some() {
             out.push((
-                "ingest.password",
+                "ingest.password".to_owned(),
                 "username and password go together".to_owned(),
             ));
         }

@@ -85,8 +85,10 @@ pub struct RuleInput {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("ingest.broker {0:?} is not mqtt://host[:port]")]
+    #[error("ingest.broker {0:?} is not mqtt://host[:port] or mqtts://host[:port]")]
     BadBroker(String),
+    #[error("ingest TLS: {0}")]
+    Tls(String),
 }
 
 /// Counters ingest keeps; also exported as Prometheus metrics.
@@ -190,9 +192,17 @@ impl Consumer {
     /// nothing more.
     #[tracing::instrument(skip_all, fields(client_id = %self.config.client_id))]
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
-        let (host, port) = model::topic::broker_address(&self.config.broker)
+        let endpoint = model::topic::broker_endpoint(&self.config.broker)
             .map_err(|_| IngestError::BadBroker(self.config.broker.clone()))?;
-        let mut options = MqttOptions::new(self.config.client_id.clone(), host, port);
+        let mut options =
+            MqttOptions::new(self.config.client_id.clone(), endpoint.host, endpoint.port);
+        if endpoint.tls {
+            let tls = mqtt_tls::client_config(&self.config.tls_files())
+                .map_err(|e| IngestError::Tls(format!("{}: {e}", e.key())))?;
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         options
             .set_clean_session(false)
             .set_manual_acks(true)

@@ -1,7 +1,7 @@
 //! Ingest: MQTT batches from edge agents into PostgreSQL, exactly once, and on to the rules.
 //!
 //! # Layout
-//! - [`config`]: broker, client id and subscription settings.
+//! - [`config`]: broker (plain or TLS), client id and subscription settings.
 //! - [`copy`]: the binary COPY encoding of reading rows and the times it can hold (pure).
 //! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
 //! - [`latency`]: the receipt-to-commit latency histogram.

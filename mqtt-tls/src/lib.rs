@@ -1,5 +1,10 @@
-//! TLS of `mqtts://` connections, the uplink's and the `[[mqtt]]` sources': the client
-//! configuration built from a section's PEM files.
+//! TLS of `mqtts://` connections (the edge agent's uplink and `[[mqtt]]` sources, ingest's
+//! broker): the client configuration built from a configuration section's PEM files.
+//!
+//! # Layout
+//! - [`TlsFiles`]: a section's `ca_file`, `client_cert_file` and `client_key_file`, and their
+//!   checks ([`TlsFiles::problems`], [`TlsFiles::validate`]).
+//! - [`client_config`]: the rustls client configuration; [`TlsError`] names the key to fix.
 //!
 //! The broker's certificate is checked against `ca_file` when it is given, else against the
 //! platform's trusted roots. A client certificate (`client_cert_file` with `client_key_file`)
@@ -29,9 +34,19 @@ impl TlsFiles<'_> {
         format!("{}.{name}", self.section)
     }
 
-    /// Checks the files of a section whose broker is `tls` (`mqtts://`) or not: only with
-    /// TLS, certificate and key together, and readable as what they should hold.
+    /// Checks the files of a section whose broker is `tls` (`mqtts://`) or not, into
+    /// `report`; see [`TlsFiles::problems`].
     pub fn validate(&self, tls: bool, report: &mut Report) {
+        for (key, message) in self.problems(tls) {
+            report.error(key, message);
+        }
+    }
+
+    /// The problems of the files of a section whose broker is `tls` (`mqtts://`) or not, as
+    /// (key, message): files only with TLS, certificate and key together, and each readable
+    /// as what it should hold.
+    pub fn problems(&self, tls: bool) -> Vec<(String, String)> {
+        let mut out = Vec::new();
         let files = [
             ("ca_file", self.ca_file.is_some()),
             ("client_cert_file", self.client_cert_file.is_some()),
@@ -40,16 +55,16 @@ impl TlsFiles<'_> {
         if !tls {
             for (name, set) in files {
                 if set {
-                    report.error(
+                    out.push((
                         self.key(name),
                         format!(
                             "applies only to a TLS broker: write {} as mqtts://host:port",
                             self.key("broker")
                         ),
-                    );
+                    ));
                 }
             }
-            return;
+            return out;
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             let missing = if self.client_cert_file.is_some() {
@@ -57,15 +72,16 @@ impl TlsFiles<'_> {
             } else {
                 "client_cert_file"
             };
-            report.error(
+            out.push((
                 self.key(missing),
-                "a client certificate needs both client_cert_file and client_key_file",
-            );
-            return;
+                "a client certificate needs both client_cert_file and client_key_file".to_owned(),
+            ));
+            return out;
         }
         if let Err(e) = client_config(self) {
-            report.error(e.key(), e.to_string());
+            out.push((e.key().to_owned(), e.to_string()));
         }
+        out
     }
 }
 
