@@ -340,6 +340,37 @@ async fn call(
     })
 }
 
+/// `op` called twice with the same token and body: its path filled with `ids[0]` (tenant B's),
+/// then with `ids[1]` (ids that name nothing). Both answers, in that order.
+async fn both(
+    plant: &Plant,
+    op: &Operation,
+    ids: [&[(String, Id)]; 2],
+    token: &str,
+    payload: Option<&Payload>,
+    app_tenant: Option<Uuid>,
+) -> anyhow::Result<(Answer, Answer)> {
+    let mut answers = Vec::with_capacity(2);
+    for ids in ids {
+        let path = fill(&op.template, ids);
+        answers.push(
+            call(
+                plant,
+                op.method.clone(),
+                &path,
+                &op.query,
+                token,
+                payload,
+                app_tenant,
+            )
+            .await?,
+        );
+    }
+    let nothing = answers.pop().context("two answers")?;
+    let ours = answers.pop().context("two answers")?;
+    Ok((ours, nothing))
+}
+
 async fn read(plant: &Plant, path: &str, token: &str) -> anyhow::Result<Value> {
     let (status, answer) = plant.get(path, Some(token)).await?;
     anyhow::ensure!(status == 200, "GET {path}: {status} {answer}");
@@ -1434,21 +1465,10 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
                             .map(|p| format!(" ({})", p.label))
                             .unwrap_or_default()
                     );
-                    let ours = call(
+                    let (ours, nothing) = both(
                         &plant,
-                        op.method.clone(),
-                        &fill(&op.template, &theirs),
-                        &op.query,
-                        token,
-                        payload.as_ref(),
-                        app_tenant,
-                    )
-                    .await?;
-                    let nothing = call(
-                        &plant,
-                        op.method.clone(),
-                        &fill(&op.template, &none),
-                        &op.query,
+                        op,
+                        [&theirs, &none],
                         token,
                         payload.as_ref(),
                         app_tenant,
@@ -1545,26 +1565,8 @@ async fn no_role_of_one_tenant_reaches_any_object_of_another_by_id() -> anyhow::
         none.extend(children.iter().map(|(n, id)| (n.clone(), id.nonexistent())));
         for (role, token) in &principals {
             for payload in &op.bodies {
-                let ours = call(
-                    &plant,
-                    op.method.clone(),
-                    &fill(&op.template, &theirs),
-                    &op.query,
-                    token,
-                    payload.as_ref(),
-                    None,
-                )
-                .await?;
-                let nothing = call(
-                    &plant,
-                    op.method.clone(),
-                    &fill(&op.template, &none),
-                    &op.query,
-                    token,
-                    payload.as_ref(),
-                    None,
-                )
-                .await?;
+                let (ours, nothing) =
+                    both(&plant, op, [&theirs, &none], token, payload.as_ref(), None).await?;
                 mixed += 1;
                 requests += 2;
                 let same =
