@@ -195,12 +195,10 @@ pub struct Permissions(u32);
 impl Permissions {
     pub const NONE: Permissions = Permissions(0);
 
+    /// `ALL` lists the permissions in declaration order, so a permission's discriminant is
+    /// its place there (a test holds it).
     fn bit(p: Permission) -> u32 {
-        let index = Permission::ALL
-            .iter()
-            .position(|x| *x == p)
-            .expect("every permission is in ALL");
-        1 << index
+        1 << p as u32
     }
 
     pub fn of(list: &[Permission]) -> Permissions {
@@ -221,27 +219,6 @@ impl Permissions {
             .into_iter()
             .filter(|p| self.has(*p))
             .collect()
-    }
-
-    /// The permissions named by `names`; the names that are no permission are returned as
-    /// the error, each once.
-    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<Permissions, Vec<String>> {
-        let mut unknown: Vec<String> = Vec::new();
-        let mut set = Permissions::NONE;
-        for name in names {
-            match Permission::parse(name.as_ref()) {
-                Some(p) => set.0 |= Self::bit(p),
-                None if !unknown.iter().any(|u| u == name.as_ref()) => {
-                    unknown.push(name.as_ref().to_owned())
-                }
-                None => {}
-            }
-        }
-        if unknown.is_empty() {
-            Ok(set)
-        } else {
-            Err(unknown)
-        }
     }
 
     /// The permissions of a built-in role, or `None` for another name.
@@ -300,6 +277,29 @@ impl Permissions {
 
     pub fn union(self, other: Permissions) -> Permissions {
         Permissions(self.0 | other.0)
+    }
+
+    /// What of `wanted` this set does not have.
+    pub fn lacking(self, wanted: Permissions) -> Permissions {
+        Permissions(wanted.0 & !self.0)
+    }
+
+    /// Whether this set has every permission of `other`.
+    pub fn covers(self, other: Permissions) -> bool {
+        self.lacking(other) == Permissions::NONE
+    }
+
+    /// The permissions named by `names`, skipping names that are no permission; the flag
+    /// says whether any was skipped. For stored lists, which may hold a name this version
+    /// no longer knows: such a list allows less, never more.
+    pub fn parse_known<S: AsRef<str>>(names: &[S]) -> (Permissions, bool) {
+        names.iter().fold(
+            (Permissions::NONE, false),
+            |(set, skipped), name| match Permission::parse(name.as_ref()) {
+                Some(p) => (set.union(Permissions::of(&[p])), skipped),
+                None => (set, true),
+            },
+        )
     }
 
     /// How the work-order state machine sees a holder of these permissions: a supervisor
@@ -459,6 +459,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_lists_the_permissions_in_declaration_order() {
+        for (i, p) in Permission::ALL.into_iter().enumerate() {
+            assert_eq!(p as usize, i, "{p}");
+        }
+    }
+
+    #[test]
+    fn sets_cover_and_lack() {
+        use Permission::*;
+        let mine = Permissions::of(&[AssetsRead, PartsRead]);
+        let wanted = Permissions::of(&[PartsRead, PartsWrite]);
+        assert_eq!(mine.lacking(wanted), Permissions::of(&[PartsWrite]));
+        assert!(!mine.covers(wanted));
+        assert!(mine.covers(Permissions::of(&[PartsRead])));
+        assert!(mine.covers(Permissions::NONE));
+        assert_eq!(
+            Permissions::parse_known(&["parts:read", "parts:shred"]),
+            (Permissions::of(&[PartsRead]), true)
+        );
+    }
+
+    #[test]
     fn names_round_trip_and_are_unique() {
         for p in Permission::ALL {
             assert_eq!(Permission::parse(p.as_str()), Some(p));
@@ -467,19 +489,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Permission::ALL.len());
-    }
-
-    #[test]
-    fn parsing_names_every_unknown_permission_once() {
-        let set = Permissions::parse(&["assets:read", "parts:write"]).unwrap();
-        assert_eq!(
-            set.list(),
-            vec![Permission::AssetsRead, Permission::PartsWrite]
-        );
-        assert_eq!(
-            Permissions::parse(&["assets:read", "assets:delete", "x", "x"]).unwrap_err(),
-            vec!["assets:delete".to_owned(), "x".to_owned()]
-        );
     }
 
     /// The built-in roles keep the access they had when each handler listed roles itself.

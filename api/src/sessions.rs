@@ -311,19 +311,14 @@ pub fn role_permissions(role: &str, custom: Option<&[String]>) -> Permissions {
     if let Some(builtin) = Permissions::builtin(role) {
         return builtin;
     }
-    let names = custom.unwrap_or_default();
-    let known: Vec<&str> = names
-        .iter()
-        .map(String::as_str)
-        .filter(|n| crate::permissions::Permission::parse(n).is_some())
-        .collect();
-    if known.len() < names.len() {
+    let (set, skipped) = Permissions::parse_known(custom.unwrap_or_default());
+    if skipped {
         tracing::warn!(
             role,
             "a custom role lists permissions this version does not know; ignored"
         );
     }
-    Permissions::parse(&known).unwrap_or(Permissions::NONE)
+    set
 }
 
 /// A session as its owner sees it.

@@ -54,6 +54,29 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Makes the plant's certificates in `pki` (its CA, the broker's for 127.0.0.1, the gateway's
+/// named `gateway`) and starts a private Mosquitto under `dir` with a plain listener and a TLS
+/// listener that requires a client certificate; answers the broker and the TLS port.
+fn tls_broker(dir: &Path, pki: &Path, gateway: &str) -> anyhow::Result<(PrivateBroker, u16)> {
+    let local = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    certificates(
+        pki,
+        "Plant CA",
+        &[("broker", local), ("gateway", vec![gateway.to_owned()])],
+    )?;
+    let tls_port = free_port()?;
+    let broker = PrivateBroker::start_with(
+        &dir.join("mq"),
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.join("ca.pem").display(),
+            pki.join("broker.pem").display(),
+            pki.join("broker.key").display(),
+        ),
+    )?;
+    Ok((broker, tls_port))
+}
+
 /// Counts the readings of the batches on `topic`, read on the broker's plain listener.
 fn ledger(
     broker: &str,
@@ -95,23 +118,8 @@ async fn the_tls_uplink_publishes_with_a_client_certificate_and_refuses_an_unkno
     let other = dir.path().join("other");
     std::fs::create_dir_all(&pki)?;
     std::fs::create_dir_all(&other)?;
-    let local = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    certificates(
-        &pki,
-        "Plant CA",
-        &[("broker", local), ("gateway", vec!["gw-tls".to_owned()])],
-    )?;
     certificates(&other, "Someone else's CA", &[])?;
-    let tls_port = free_port()?;
-    let broker = PrivateBroker::start_with(
-        &dir.path().join("mq"),
-        &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-            pki.join("ca.pem").display(),
-            pki.join("broker.pem").display(),
-            pki.join("broker.key").display(),
-        ),
-    )?;
+    let (broker, tls_port) = tls_broker(dir.path(), &pki, "gw-tls")?;
     let tenant = TenantId::new_random();
     let stop_ledger = CancellationToken::new();
     let good = ledger(
@@ -248,22 +256,7 @@ async fn an_mqtt_source_reads_its_broker_over_tls() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pki = dir.path().join("pki");
     std::fs::create_dir_all(&pki)?;
-    let local = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    certificates(
-        &pki,
-        "Plant CA",
-        &[("broker", local), ("gateway", vec!["gw-src".to_owned()])],
-    )?;
-    let tls_port = free_port()?;
-    let broker = PrivateBroker::start_with(
-        &dir.path().join("mq"),
-        &format!(
-            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-            pki.join("ca.pem").display(),
-            pki.join("broker.pem").display(),
-            pki.join("broker.key").display(),
-        ),
-    )?;
+    let (broker, tls_port) = tls_broker(dir.path(), &pki, "gw-src")?;
     let tenant = TenantId::new_random();
     let stop_ledger = CancellationToken::new();
     let seen = Arc::new(Mutex::new(Vec::new()));

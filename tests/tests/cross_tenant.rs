@@ -371,6 +371,18 @@ async fn both(
     Ok((ours, nothing))
 }
 
+/// POSTs `body` to `path` as `token` and answers the id at `pointer` of what it made.
+async fn created(
+    plant: &Plant,
+    token: &str,
+    path: &str,
+    body: Value,
+    pointer: &str,
+) -> anyhow::Result<Uuid> {
+    let answer = plant.send_ok(Method::POST, path, token, body).await?;
+    uuid_of(&answer, pointer)
+}
+
 async fn read(plant: &Plant, path: &str, token: &str) -> anyhow::Result<Value> {
     let (status, answer) = plant.get(path, Some(token)).await?;
     anyhow::ensure!(status == 200, "GET {path}: {status} {answer}");
@@ -1140,62 +1152,60 @@ async fn no_body_reaches_another_tenants_object_by_reference() -> anyhow::Result
         .add_user("alpha-tech@plant-a.example", "technician")
         .await?;
     put(("users", "id"), Id::Uuid(tech));
-    let site = plant
-        .send_ok(
-            Method::POST,
-            "/api/v1/sites",
-            &admin,
-            json!({ "name": "Alpha site" }),
-        )
-        .await?;
-    let site = uuid_of(&site, "/id")?;
+    let site = created(
+        &plant,
+        &admin,
+        "/api/v1/sites",
+        json!({ "name": "Alpha site" }),
+        "/id",
+    )
+    .await?;
     put(("sites", "id"), Id::Uuid(site));
-    let areas = plant
-        .send_ok(
-            Method::POST,
-            &format!("/api/v1/sites/{site}/areas"),
-            &admin,
-            json!({ "name": "Alpha area" }),
-        )
-        .await?;
-    let area = uuid_of(&areas, "/areas/0/id")?;
+    let area = created(
+        &plant,
+        &admin,
+        &format!("/api/v1/sites/{site}/areas"),
+        json!({ "name": "Alpha area" }),
+        "/areas/0/id",
+    )
+    .await?;
     put(("areas", "id"), Id::Uuid(area));
-    let asset = plant
-        .send_ok(
-            Method::POST,
-            "/api/v1/assets",
-            &admin,
-            json!({ "name": "Alpha asset", "site_id": site, "area_id": area }),
-        )
-        .await?;
-    put(("assets", "id"), Id::Uuid(uuid_of(&asset, "/id")?));
-    let team = plant
-        .send_ok(
-            Method::POST,
-            "/api/v1/teams",
-            &admin,
-            json!({ "name": "Alpha team", "members": [tech] }),
-        )
-        .await?;
-    put(("teams", "id"), Id::Uuid(uuid_of(&team, "/id")?));
-    let location = plant
-        .send_ok(
-            Method::POST,
-            "/api/v1/stock-locations",
-            &admin,
-            json!({ "name": "Alpha store" }),
-        )
-        .await?;
-    put(("stock", "location"), Id::Uuid(uuid_of(&location, "/id")?));
-    let part = plant
-        .send_ok(
-            Method::POST,
-            "/api/v1/parts",
-            &admin,
-            json!({ "sku": "ALPHA-REF", "name": "Alpha part", "unit": "pcs" }),
-        )
-        .await?;
-    put(("parts", "id"), Id::Uuid(uuid_of(&part, "/id")?));
+    let asset = created(
+        &plant,
+        &admin,
+        "/api/v1/assets",
+        json!({ "name": "Alpha asset", "site_id": site, "area_id": area }),
+        "/id",
+    )
+    .await?;
+    put(("assets", "id"), Id::Uuid(asset));
+    let team = created(
+        &plant,
+        &admin,
+        "/api/v1/teams",
+        json!({ "name": "Alpha team", "members": [tech] }),
+        "/id",
+    )
+    .await?;
+    put(("teams", "id"), Id::Uuid(team));
+    let location = created(
+        &plant,
+        &admin,
+        "/api/v1/stock-locations",
+        json!({ "name": "Alpha store" }),
+        "/id",
+    )
+    .await?;
+    put(("stock", "location"), Id::Uuid(location));
+    let part = created(
+        &plant,
+        &admin,
+        "/api/v1/parts",
+        json!({ "sku": "ALPHA-REF", "name": "Alpha part", "unit": "pcs" }),
+        "/id",
+    )
+    .await?;
+    put(("parts", "id"), Id::Uuid(part));
     put(
         ("tags", "id"),
         Id::Int(plant.tag_id(tenant_a, "press-1.bearing_temp").await?),
@@ -1203,15 +1213,15 @@ async fn no_body_reaches_another_tenants_object_by_reference() -> anyhow::Result
     let (_, gateways) = plant.get("/api/v1/gateways", Some(&admin)).await?;
     let gateway = uuid_of(&gateways, "/items/0/id")?;
     put(("gateways", "id"), Id::Uuid(gateway));
-    let device = plant
-        .send_ok(
-            Method::POST,
-            &format!("/api/v1/gateways/{gateway}/devices"),
-            &admin,
-            json!({ "name": "alpha-plc", "protocol": "modbus_tcp" }),
-        )
-        .await?;
-    put(("devices", "id"), Id::Uuid(uuid_of(&device, "/id")?));
+    let device = created(
+        &plant,
+        &admin,
+        &format!("/api/v1/gateways/{gateway}/devices"),
+        json!({ "name": "alpha-plc", "protocol": "modbus_tcp" }),
+        "/id",
+    )
+    .await?;
+    put(("devices", "id"), Id::Uuid(device));
     put(
         ("work-orders", "id"),
         Id::Uuid(plant.rule_work_order().await?),

@@ -44,8 +44,8 @@ pub struct PermissionList {
     pub items: Vec<PermissionView>,
 }
 
-pub async fn permissions(auth: AuthUser) -> Json<PermissionList> {
-    let _ = auth;
+/// Any signed-in user: the extractor refuses others.
+pub async fn permissions(_auth: AuthUser) -> Json<PermissionList> {
     Json(PermissionList {
         items: Permission::ALL
             .into_iter()
@@ -205,10 +205,11 @@ fn check_permissions(
             ),
         }
     }
-    let beyond: Vec<&str> = set
+    let beyond: Vec<&str> = auth
+        .permissions
+        .lacking(set)
         .list()
         .into_iter()
-        .filter(|p| !auth.permissions.has(*p))
         .map(Permission::as_str)
         .collect();
     if !beyond.is_empty() {
@@ -319,8 +320,8 @@ pub async fn update(
             let set = check_permissions(&auth, list, &mut errors)?;
             // Taking a permission away from a role is granting less to its holders, but a
             // role with permissions the caller lacks is beyond the caller to change.
-            let held = Permissions::parse(&before.permissions).unwrap_or(Permissions::NONE);
-            if !held.list().into_iter().all(|p| auth.permissions.has(p)) {
+            let (held, _) = Permissions::parse_known(&before.permissions);
+            if !auth.permissions.covers(held) {
                 return Err(ApiError::ForbiddenByPolicy(
                     "this role has permissions your own role lacks; only a user holding them all may change it".into(),
                 ));
@@ -448,8 +449,7 @@ pub async fn set_user_role(
     let held = allows(&mut tx, tenant, &current)
         .await?
         .unwrap_or(Permissions::NONE);
-    let mine = |set: Permissions| set.list().into_iter().all(|p| auth.permissions.has(p));
-    if !mine(held) || !mine(wanted) {
+    if !auth.permissions.covers(held.union(wanted)) {
         return Err(ApiError::ForbiddenByPolicy(
             "you may change a user's role only between roles whose permissions your own role has"
                 .into(),

@@ -157,16 +157,12 @@ async fn within_caller(
     let Some(set) = crate::routes::roles::allows(conn, auth.tenant.as_uuid(), role).await? else {
         return Ok(None);
     };
-    if beyond(auth, set) {
+    if !auth.permissions.covers(set) {
         return Err(ApiError::ForbiddenByPolicy(
             "you may give only a role whose permissions your own role has".into(),
         ));
     }
     Ok(Some(()))
-}
-
-fn beyond(auth: &AuthUser, set: Permissions) -> bool {
-    set.list().into_iter().any(|p| !auth.permissions.has(p))
 }
 
 pub async fn create(
@@ -269,7 +265,7 @@ pub async fn update(
     let held = crate::routes::roles::allows(&mut tx, tenant, &before.role)
         .await?
         .unwrap_or(Permissions::NONE);
-    if beyond(&auth, held) {
+    if !auth.permissions.covers(held) {
         return Err(ApiError::ForbiddenByPolicy(
             "this user's role has permissions your own role lacks; only a user holding them all may change them".into(),
         ));
