@@ -186,6 +186,29 @@ pub async fn migrated_cluster()
     Ok((cluster, urls))
 }
 
+/// The password the API benchmarks give their seeded admin.
+pub const BENCH_PASSWORD: &str = "bench password 2026 long enough";
+
+/// Signs in to the API at `base` as the seeded admin of organisation `bench`; answers the
+/// access token.
+pub async fn bench_login(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let login: serde_json::Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&serde_json::json!({
+            "tenant": "bench",
+            "email": server::demo::DEMO_EMAIL,
+            "password": BENCH_PASSWORD,
+        }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    login["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no access token in the login answer: {login}"))
+}
+
 /// Latency percentiles of `samples` (sorted in place), in milliseconds.
 pub fn latency_summary(samples: &mut [Duration]) -> serde_json::Value {
     samples.sort();

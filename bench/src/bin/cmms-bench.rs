@@ -46,8 +46,6 @@ struct Args {
     serial: usize,
 }
 
-const PASSWORD: &str = "bench password 2026 long enough";
-
 fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -153,7 +151,8 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     eprintln!("starting PostgreSQL (fsync on)");
     let (_cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
-    let hash = api::password::PasswordHasher::new(pepper.clone())?.hash(PASSWORD)?;
+    let hash = api::password::PasswordHasher::new(pepper.clone())?
+        .hash(maintainpro_bench::BENCH_PASSWORD)?;
     let plant = server::demo::seed_plant(&urls.app_url, "bench", &hash).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -203,16 +202,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(
-            &json!({ "tenant": "bench", "email": server::demo::DEMO_EMAIL, "password": PASSWORD }),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().context("login")?.to_owned();
+    let token = maintainpro_bench::bench_login(&http, &base).await?;
     let mut tx = migrations::begin_tenant(&pool, plant.tenant).await?;
     let tech: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = 'tech7@bench.example'")
         .fetch_one(&mut *tx)

@@ -53,7 +53,6 @@ struct Args {
     explain: bool,
 }
 
-const PASSWORD: &str = "bench password 2026 long enough";
 /// Rows per statement of the bulk load: one hour of every tag at 1,000 tags.
 const LOAD_SECONDS_PER_STATEMENT: i64 = 3_600;
 
@@ -106,7 +105,8 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     eprintln!("starting PostgreSQL (fsync on)");
     let (_cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     let pepper = Secret::new(Uuid::new_v4().simple().to_string().repeat(2));
-    let hash = api::password::PasswordHasher::new(pepper.clone())?.hash(PASSWORD)?;
+    let hash = api::password::PasswordHasher::new(pepper.clone())?
+        .hash(maintainpro_bench::BENCH_PASSWORD)?;
     let plant = server::demo::seed_plant(&urls.app_url, "bench", &hash).await?;
     let owner = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -234,16 +234,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
     let services = Services::start(&config, None).await?;
     let base = format!("http://{}", services.api_addr().context("the api runs")?);
     let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(
-            &json!({ "tenant": "bench", "email": server::demo::DEMO_EMAIL, "password": PASSWORD }),
-        )
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["access_token"].as_str().context("login")?.to_owned();
+    let token = maintainpro_bench::bench_login(&http, &base).await?;
 
     // A fixed pseudo-random sequence of (tag, window start), so runs compare.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
