@@ -101,7 +101,7 @@ impl AgentStats {
         metrics::counter!("maintainpro_edge_readings_acked_total").increment(readings as u64);
     }
 
-    fn count_dropped(&self, n: u64) {
+    pub(crate) fn count_dropped(&self, n: u64) {
         if n > 0 {
             self.readings_dropped.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("maintainpro_edge_readings_dropped_total").increment(n);
@@ -223,10 +223,19 @@ impl Agent {
             );
             pollers.spawn(source.run(tx.clone(), stop_sources.clone()));
         }
+        for source in &cfg.opcua {
+            let source = crate::opcua::source::OpcUaSource::new(
+                source.clone(),
+                cfg.gateway.id.clone(),
+                Arc::clone(&self.stats),
+            );
+            pollers.spawn(source.run(tx.clone(), stop_sources.clone()));
+        }
         drop(tx);
         tracing::info!(
             devices = cfg.device.len(),
             mqtt_sources = cfg.mqtt.len(),
+            opcua_sources = cfg.opcua.len(),
             tags = cfg.tag_count(),
             broker = %cfg.uplink.broker,
             outbox = %cfg.outbox.dir.display(),

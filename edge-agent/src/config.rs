@@ -74,6 +74,7 @@ use crate::exception::Deadband;
 use crate::modbus::decode::{ByteOrder, DataType, Scaling};
 use crate::modbus::plan::MAX_REGISTERS;
 pub use crate::mqtt::config::{JsonMapping, MqttSourceConfig, SparkplugSubscription};
+pub use crate::opcua::config::{OpcUaSourceConfig, OpcUaTagConfig};
 use crate::outbox::OutboxConfig;
 
 /// Prefix of environment variables that override configuration keys.
@@ -90,6 +91,9 @@ pub struct AgentConfig {
     /// Local brokers to read Sparkplug B and JSON messages from.
     #[serde(default)]
     pub mqtt: Vec<MqttSourceConfig>,
+    /// OPC-UA servers to subscribe to or poll.
+    #[serde(default)]
+    pub opcua: Vec<OpcUaSourceConfig>,
     #[serde(default)]
     pub metrics: MetricsSection,
 }
@@ -332,29 +336,28 @@ impl TagConfig {
         self.data_type != DataType::String
     }
 
+    /// The tag's scaling and deadband keys.
+    pub fn conversion(&self) -> Conversion {
+        Conversion {
+            scale: self.scale,
+            offset: self.offset,
+            raw_min: self.raw_min,
+            raw_max: self.raw_max,
+            eng_min: self.eng_min,
+            eng_max: self.eng_max,
+            deadband: self.deadband,
+            heartbeat: self.heartbeat,
+        }
+    }
+
     /// How the decoded number becomes the engineering value (not used for bool tags).
     pub fn scaling(&self) -> Scaling {
-        match (self.raw_min, self.raw_max, self.eng_min, self.eng_max) {
-            (Some(raw_min), Some(raw_max), Some(eng_min), Some(eng_max)) => Scaling::Range {
-                raw_min,
-                raw_max,
-                eng_min,
-                eng_max,
-            },
-            _ => Scaling::Linear {
-                scale: self.scale,
-                offset: self.offset,
-            },
-        }
+        self.conversion().scaling()
     }
 
     /// The tag's report-by-exception state, if it has a deadband.
     pub fn deadband(&self) -> Option<Deadband> {
-        let band = self.deadband?;
-        Some(Deadband::new(
-            band,
-            self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
-        ))
+        self.conversion().deadband()
     }
 }
 
@@ -469,6 +472,22 @@ impl Validate for AgentConfig {
         let mut source_names = HashSet::new();
         for (i, m) in self.mqtt.iter().enumerate() {
             m.validate(&format!("mqtt[{i}]"), &mut source_names, report);
+        }
+        let mut opcua_names = HashSet::new();
+        for (i, o) in self.opcua.iter().enumerate() {
+            let at = format!("opcua[{i}]");
+            o.validate(&at, &mut opcua_names, report);
+            for (j, t) in o.tag.iter().enumerate() {
+                if !tag_names.insert(t.name.as_str()) {
+                    report.error(
+                        format!("{at}.tag[{j}].name"),
+                        format!(
+                            "tag name {:?} is used twice in this gateway",
+                            t.name.as_str()
+                        ),
+                    );
+                }
+            }
         }
     }
 }
@@ -612,29 +631,94 @@ fn validate_tag(at: &str, t: &TagConfig, report: &mut Report) {
     if u32::from(t.address) + u32::from(t.width()) > 65536 {
         report.error(format!("{at}.address"), "the tag runs past address 65535");
     }
-    if !t.scale.is_finite() || t.scale == 0.0 || !t.offset.is_finite() {
+    let numbers_only = match t.data_type {
+        DataType::String => Some("string"),
+        DataType::Bool => Some("bool"),
+        _ => None,
+    };
+    validate_conversion(at, &t.conversion(), numbers_only, t.is_published(), report);
+}
+
+/// The keys that turn a source's raw number into the engineering value and decide which
+/// readings are forwarded; Modbus and OPC-UA tags share them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conversion {
+    pub scale: f64,
+    pub offset: f64,
+    pub raw_min: Option<f64>,
+    pub raw_max: Option<f64>,
+    pub eng_min: Option<f64>,
+    pub eng_max: Option<f64>,
+    pub deadband: Option<f64>,
+    pub heartbeat: Option<Duration>,
+}
+
+impl Conversion {
+    /// How the raw number becomes the engineering value.
+    pub fn scaling(&self) -> Scaling {
+        match (self.raw_min, self.raw_max, self.eng_min, self.eng_max) {
+            (Some(raw_min), Some(raw_max), Some(eng_min), Some(eng_max)) => Scaling::Range {
+                raw_min,
+                raw_max,
+                eng_min,
+                eng_max,
+            },
+            _ => Scaling::Linear {
+                scale: self.scale,
+                offset: self.offset,
+            },
+        }
+    }
+
+    /// The report-by-exception state, if there is a deadband.
+    pub fn deadband(&self) -> Option<Deadband> {
+        let band = self.deadband?;
+        Some(Deadband::new(
+            band,
+            self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+        ))
+    }
+}
+
+/// Checks a tag's scaling and deadband. `numbers_only` names the tag's kind when it is not a
+/// number that scaling applies to (`"bool"`, `"string"`); `published` is false for tags that
+/// only `edge-agent read` shows.
+pub(crate) fn validate_conversion(
+    at: &str,
+    c: &Conversion,
+    numbers_only: Option<&str>,
+    published: bool,
+    report: &mut Report,
+) {
+    if !c.scale.is_finite() || c.scale == 0.0 || !c.offset.is_finite() {
         report.error(
             format!("{at}.scale"),
             "scale must be finite and non-zero, offset finite",
         );
     }
-    let linear_is_default = t.scale == 1.0 && t.offset == 0.0;
-    if is_string && !linear_is_default {
+    let linear_is_default = c.scale == 1.0 && c.offset == 0.0;
+    if numbers_only == Some("string") && !linear_is_default {
         report.error(
             format!("{at}.scale"),
             "a string tag is text; scale and offset do not apply",
         );
     }
-    validate_range(at, t, linear_is_default, report);
-    validate_deadband(at, t, report);
+    validate_range(at, c, linear_is_default, numbers_only, report);
+    validate_deadband(at, c, published, report);
 }
 
-fn validate_range(at: &str, t: &TagConfig, linear_is_default: bool, report: &mut Report) {
+fn validate_range(
+    at: &str,
+    c: &Conversion,
+    linear_is_default: bool,
+    numbers_only: Option<&str>,
+    report: &mut Report,
+) {
     let keys = [
-        ("raw_min", t.raw_min),
-        ("raw_max", t.raw_max),
-        ("eng_min", t.eng_min),
-        ("eng_max", t.eng_max),
+        ("raw_min", c.raw_min),
+        ("raw_max", c.raw_max),
+        ("eng_min", c.eng_min),
+        ("eng_max", c.eng_max),
     ];
     let Some((first, _)) = keys.iter().find(|(_, v)| v.is_some()) else {
         return;
@@ -651,7 +735,7 @@ fn validate_range(at: &str, t: &TagConfig, linear_is_default: bool, report: &mut
             Some(_) => {}
         }
     }
-    if let (Some(lo), Some(hi)) = (t.raw_min, t.raw_max)
+    if let (Some(lo), Some(hi)) = (c.raw_min, c.raw_max)
         && lo == hi
     {
         report.error(
@@ -665,7 +749,7 @@ fn validate_range(at: &str, t: &TagConfig, linear_is_default: bool, report: &mut
             "scale/offset and raw_min/raw_max/eng_min/eng_max are two ways to scale; use one",
         );
     }
-    if matches!(t.data_type, DataType::Bool | DataType::String) {
+    if numbers_only.is_some() {
         report.error(
             format!("{at}.{first}"),
             "a range mapping scales numbers; it does not apply to bool or string tags",
@@ -673,23 +757,23 @@ fn validate_range(at: &str, t: &TagConfig, linear_is_default: bool, report: &mut
     }
 }
 
-fn validate_deadband(at: &str, t: &TagConfig, report: &mut Report) {
-    if let Some(band) = t.deadband {
+fn validate_deadband(at: &str, c: &Conversion, published: bool, report: &mut Report) {
+    if let Some(band) = c.deadband {
         if !(band.is_finite() && band >= 0.0) {
             report.error(
                 format!("{at}.deadband"),
                 "must be a finite amount of 0 or more, in engineering units",
             );
         }
-        if !t.is_published() {
+        if !published {
             report.error(
                 format!("{at}.deadband"),
                 "string tags are not published, so they have no deadband",
             );
         }
     }
-    match t.heartbeat {
-        Some(_) if t.deadband.is_none() => report.error(
+    match c.heartbeat {
+        Some(_) if c.deadband.is_none() => report.error(
             format!("{at}.heartbeat"),
             "applies only with a deadband (without one, every reading is forwarded)",
         ),

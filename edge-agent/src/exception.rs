@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use model::{Quality, Reading, TagName, Timestamp};
 
-use crate::config::TagConfig;
+use crate::config::{Conversion, TagConfig};
 
 /// The report-by-exception state of one tag.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +71,21 @@ pub struct ExceptionFilter {
 }
 
 impl ExceptionFilter {
+    /// A filter for the tags whose conversion has a `deadband`.
+    pub fn for_conversions(tags: impl IntoIterator<Item = (TagName, Conversion)>) -> Self {
+        Self {
+            tags: tags
+                .into_iter()
+                .filter_map(|(name, c)| Some((name, c.deadband()?)))
+                .collect(),
+        }
+    }
+
+    /// Whether `tag` is reported by exception.
+    pub fn has(&self, tag: &TagName) -> bool {
+        self.tags.contains_key(tag)
+    }
+
     /// A filter for the tags that have a `deadband`.
     pub fn for_tags<'a>(tags: impl IntoIterator<Item = &'a TagConfig>) -> Self {
         Self {

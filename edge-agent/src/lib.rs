@@ -6,6 +6,8 @@
 //! - [`modbus`]: the Modbus source (TCP, RTU over TCP, RTU on serial lines): pure decoding,
 //!   request planning and line grouping, and the polling task.
 //! - [`mqtt`]: the MQTT source (Sparkplug B edge nodes and plain JSON on a local broker).
+//! - [`opcua`]: the OPC-UA source (subscriptions or polling, security, a subscription
+//!   watchdog): pure conversion and watchdog, and the task per server.
 //! - [`exception`]: report by exception (deadband and heartbeat), pure.
 //! - [`read`]: what `edge-agent read` prints.
 //! - [`outbox`]: the durable, bounded, checksummed store of batches waiting for the broker's
@@ -25,6 +27,7 @@ pub mod exception;
 pub mod exporter;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod outbox;
 pub mod read;
 pub use mqtt_tls as tls;

@@ -16,6 +16,8 @@
 //!   reads are legal. Pure.
 //! - [`plc`]: the Modbus server around a scenario: Modbus TCP ([`spawn_modbus_plc`]) or RTU
 //!   frames over TCP ([`spawn_modbus_rtu_over_tcp_plc`]).
+//! - [`opcua`]: an OPC-UA server around a scenario ([`opcua::spawn_opcua_server`]), with
+//!   security None and Basic256Sha256, anonymous and user name logins.
 //! - [`load`]: the load generator: numbered batches of readings for many tags, published to a
 //!   broker as a fleet of edge agents would (benchmarks and load tests).
 //! - [`sparkplug`]: a Sparkplug B edge node publishing a scenario to a broker (births with
@@ -33,6 +35,7 @@
 
 pub mod load;
 pub mod mosquitto;
+pub mod opcua;
 pub mod plc;
 pub mod registers;
 pub mod scenario;
