@@ -7,7 +7,7 @@ use std::fmt;
 use model::TagName;
 use serde::Serialize;
 
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, OpcUaSourceConfig};
 use crate::modbus::line::{Sample, Value};
 
 /// `--tag` named a tag the configuration does not have.
@@ -52,6 +52,23 @@ pub fn select(
             .map(|t| t.name.as_str().to_owned())
             .collect(),
     })
+}
+
+/// The OPC-UA servers to read, each with only the tag named exactly `tag` (servers without
+/// it left out), or all of them.
+pub fn select_opcua(servers: &[OpcUaSourceConfig], tag: Option<&str>) -> Vec<OpcUaSourceConfig> {
+    let Some(name) = tag else {
+        return servers.to_vec();
+    };
+    servers
+        .iter()
+        .filter_map(|s| {
+            let t = s.tag.iter().find(|t| t.name.as_str() == name)?;
+            let mut only = s.clone();
+            only.tag = vec![t.clone()];
+            Some(only)
+        })
+        .collect()
 }
 
 /// The output format.
@@ -102,6 +119,18 @@ impl Printer {
             unit_width: units.values().map(String::len).max().unwrap_or(0).max(4),
             units,
         }
+    }
+
+    /// Adds tags that are not on a device (OPC-UA tags), with their units.
+    pub fn with_tags(mut self, tags: impl IntoIterator<Item = (TagName, Option<String>)>) -> Self {
+        for (tag, unit) in tags {
+            self.tag_width = self.tag_width.max(tag.as_str().len());
+            if let Some(unit) = unit {
+                self.unit_width = self.unit_width.max(unit.len());
+                self.units.insert(tag, unit);
+            }
+        }
+        self
     }
 
     /// The first line of output: the table's column names; none for JSON lines.

@@ -425,3 +425,83 @@ timestamp = "/ts"
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_servers_are_read_once_with_text_units_and_bad_nodes() {
+    within_deadline(async {
+        let pki = tempfile::tempdir().expect("a temporary directory");
+        let scenario = Scenario::from_toml_str(
+            "[[signal]]\nname = \"oven.temp\"\naddress = 0\nkind.constant = { value = 180.25 }\n",
+            "read-opcua",
+        )
+        .expect("the test scenario is valid");
+        let server = simulators::opcua::spawn_opcua_server(
+            simulators::opcua::OpcUaServerSpec::new(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                pki.path().join("server"),
+            ),
+            scenario,
+        )
+        .await
+        .expect("the OPC-UA server starts");
+        // The server's own name is a text variable of the standard namespace.
+        let config = pki.path().join("agent.toml");
+        let text = format!(
+            r#"
+[gateway]
+tenant = "8c1c5a4e-3f57-4d8e-9d55-1c1f6f0c9a11"
+id = "gw-read"
+
+[uplink]
+broker = "mqtt://127.0.0.1:1"
+
+[[opcua]]
+name = "oven-plc"
+endpoint = "{}"
+pki_dir = "{}"
+
+[[opcua.tag]]
+name = "oven.temp"
+node = "{}"
+unit = "degC"
+
+[[opcua.tag]]
+name = "oven.server_name"
+node = "i=2261"
+
+[[opcua.tag]]
+name = "oven.missing"
+node = "ns={};s=NoSuchVariable"
+"#,
+            server.endpoint(),
+            pki.path().join("client").display(),
+            server.node_id("oven.temp"),
+            server.namespace(),
+        );
+        std::fs::write(&config, text).expect("the temporary directory is writable");
+
+        let output = run(&["--once", "--json"], &config).await;
+        assert!(output.status.success(), "{output:?}");
+        let lines = json_lines(&output);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["tag"], "oven.temp");
+        assert_eq!(lines[0]["value"], Json::from(180.25));
+        assert_eq!(lines[0]["unit"], "degC");
+        assert_eq!(lines[0]["quality"], "good");
+        assert_eq!(lines[1]["tag"], "oven.server_name");
+        assert!(lines[1]["value"].is_string(), "{}", lines[1]);
+        assert_eq!(lines[2]["tag"], "oven.missing");
+        assert_eq!(lines[2]["quality"], "bad", "{}", lines[2]);
+
+        let output = run(&["--once", "--tag", "oven.temp"], &config).await;
+        assert!(output.status.success(), "{output:?}");
+        let table = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert!(
+            table.contains("180.25") && table.contains("degC"),
+            "{table}"
+        );
+        server.shutdown().await.expect("the server stops");
+    })
+    .await;
+}

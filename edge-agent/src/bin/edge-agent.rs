@@ -11,6 +11,7 @@ use edge_agent::agent::Chunk;
 use edge_agent::modbus::line::{Line, Sample, TagScope, Value};
 use edge_agent::modbus::transport::group_devices;
 use edge_agent::mqtt::source::MqttSource;
+use edge_agent::opcua::source::OpcUaSource;
 use edge_agent::read::{Format, Printer};
 use edge_agent::{Agent, AgentConfig, AgentStats};
 use tokio::sync::mpsc;
@@ -85,8 +86,13 @@ fn main() -> ExitCode {
                     1 => ", 1 MQTT source".into(),
                     n => format!(", {n} MQTT sources"),
                 };
+                let opcua = match c.opcua.len() {
+                    0 => String::new(),
+                    1 => ", 1 OPC-UA server".into(),
+                    n => format!(", {n} OPC-UA servers"),
+                };
                 println!(
-                    "{}: ok ({} devices, {} tags{sources}{unpublished})",
+                    "{}: ok ({} devices, {} tags{sources}{opcua}{unpublished})",
                     config.display(),
                     c.device.len(),
                     c.tag_count()
@@ -112,12 +118,20 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // A tag no device has may still come from an MQTT source: its names are known
-            // only once messages arrive.
+            let opcua = edge_agent::read::select_opcua(&config.opcua, tag.as_deref());
+            // A tag no device has may still come from an MQTT source (its names are known
+            // only once messages arrive) or an OPC-UA server.
             let devices = match edge_agent::read::select(&config.device, tag.as_deref()) {
                 Ok(d) => d,
-                Err(_) if !config.mqtt.is_empty() => Vec::new(),
-                Err(e) => {
+                Err(_) if !config.mqtt.is_empty() || !opcua.is_empty() => Vec::new(),
+                Err(mut e) => {
+                    e.known.extend(
+                        config
+                            .opcua
+                            .iter()
+                            .flat_map(|o| &o.tag)
+                            .map(|t| t.name.as_str().to_owned()),
+                    );
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
@@ -127,12 +141,18 @@ fn main() -> ExitCode {
             } else {
                 Format::Table
             };
-            let printer = Printer::new(&devices, format);
+            let printer = Printer::new(&devices, format).with_tags(
+                opcua
+                    .iter()
+                    .flat_map(|o| &o.tag)
+                    .map(|t| (t.name.clone(), t.unit.clone())),
+            );
             let Some(runtime) = runtime() else {
                 return ExitCode::FAILURE;
             };
             let watch = Watch {
                 sources: config.mqtt.clone(),
+                opcua,
                 gateway: config.gateway.id.clone(),
                 tag,
                 listen,
@@ -185,9 +205,11 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// The MQTT sources `read` watches, and which of their tags it prints.
+/// The MQTT and OPC-UA sources `read` watches, and which of their tags it prints.
 struct Watch {
     sources: Vec<edge_agent::config::MqttSourceConfig>,
+    /// OPC-UA servers, each with only the tags to print.
+    opcua: Vec<edge_agent::config::OpcUaSourceConfig>,
     gateway: model::GatewayId,
     /// Only this tag.
     tag: Option<String>,
@@ -196,18 +218,27 @@ struct Watch {
 }
 
 impl Watch {
-    /// Starts watching every source; their readings, as samples, go to the returned receiver
-    /// until `stop` is cancelled.
+    /// Starts watching every source (OPC-UA servers as the agent reads them, `read_once`
+    /// being for `--once`); their readings, as samples, go to the returned receiver until
+    /// `stop` is cancelled.
     fn start(
         &self,
         stats: &Arc<AgentStats>,
         stop: &tokio_util::sync::CancellationToken,
+        once: bool,
     ) -> mpsc::Receiver<Vec<Sample>> {
         let (chunks, mut incoming) = mpsc::channel::<Chunk>(64);
         for source in &self.sources {
             let source =
                 MqttSource::new(source.clone(), self.gateway.clone(), Arc::clone(stats)).watching();
             tokio::spawn(source.run(chunks.clone(), stop.clone()));
+        }
+        if !once {
+            for server in &self.opcua {
+                let source =
+                    OpcUaSource::new(server.clone(), self.gateway.clone(), Arc::clone(stats));
+                tokio::spawn(source.run(chunks.clone(), stop.clone()));
+            }
         }
         drop(chunks);
         let (tx, rx) = mpsc::channel(64);
@@ -266,11 +297,27 @@ async fn read(
             .and_then(|()| out.flush())
     };
     let stop_watching = tokio_util::sync::CancellationToken::new();
-    let mut watched = watch.start(&stats, &stop_watching);
+    let mut watched = watch.start(&stats, &stop_watching, once);
     if once {
         let mut polls = tokio::task::JoinSet::new();
+        let line_count = lines.len();
         for (n, mut line) in lines.into_iter().enumerate() {
             polls.spawn(async move { (n, line.poll_once().await) });
+        }
+        for (n, server) in watch.opcua.iter().enumerate() {
+            let source =
+                OpcUaSource::new(server.clone(), watch.gateway.clone(), Arc::clone(&stats));
+            let name = server.name.clone();
+            polls.spawn(async move {
+                let samples = match source.read_once().await {
+                    Ok(samples) => samples,
+                    Err(e) => {
+                        eprintln!("opcua {name}: {e}");
+                        Vec::new()
+                    }
+                };
+                (line_count + n, samples)
+            });
         }
         let mut done = Vec::new();
         while let Some(joined) = polls.join_next().await {

@@ -1,17 +1,18 @@
-//! `plant-sim`: serves a simulated plant as a Modbus PLC, or publishes it as a Sparkplug B
-//! edge node, until Ctrl-C or SIGTERM.
+//! `plant-sim`: serves a simulated plant as a Modbus PLC or an OPC-UA server, or publishes it
+//! as a Sparkplug B edge node, until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use simulators::opcua::{OpcUaServerSpec, spawn_opcua_server};
 use simulators::sparkplug::{NodeSpec, spawn_sparkplug_node};
 use simulators::{Scenario, spawn_modbus_plc, spawn_modbus_rtu_over_tcp_plc};
 use tracing_subscriber::EnvFilter;
 
-/// Serve a simulated plant as a Modbus TCP PLC (or RTU over TCP), or publish it as a
-/// Sparkplug B edge node.
+/// Serve a simulated plant as a Modbus TCP PLC (or RTU over TCP) or an OPC-UA server, or
+/// publish it as a Sparkplug B edge node.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -25,6 +26,17 @@ struct Args {
     /// Modbus TCP.
     #[arg(long)]
     rtu_over_tcp: bool,
+    /// Serve the plant as an OPC-UA server (opc.tcp://<listen>/) instead of Modbus: one
+    /// variable per signal, `ns=2;s=<signal name>`.
+    #[arg(long, conflicts_with_all = ["rtu_over_tcp", "sparkplug"])]
+    opcua: bool,
+    /// With --opcua: accept this user name and password (USER:PASSWORD; repeatable). Without
+    /// any, logins are anonymous.
+    #[arg(long, value_name = "USER:PASSWORD", requires = "opcua")]
+    opcua_user: Vec<String>,
+    /// With --opcua: where the server keeps its certificate.
+    #[arg(long, value_name = "DIR", requires = "opcua")]
+    pki_dir: Option<PathBuf>,
     /// Publish the plant as a Sparkplug B edge node to this broker (mqtt://host:port)
     /// instead of serving Modbus.
     #[arg(long, value_name = "BROKER")]
@@ -71,6 +83,27 @@ async fn main() -> anyhow::Result<()> {
             "stopping"
         );
         node.shutdown().await;
+        return Ok(());
+    }
+    if args.opcua {
+        let pki_dir = args
+            .pki_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("maintainpro-plant-sim-pki"));
+        let mut spec = OpcUaServerSpec::new(args.listen, pki_dir);
+        for pair in &args.opcua_user {
+            let (user, password) = pair
+                .split_once(':')
+                .with_context(|| format!("--opcua-user {pair:?} is not USER:PASSWORD"))?;
+            spec.users.push((user.to_owned(), password.to_owned()));
+        }
+        spec.anonymous = spec.users.is_empty();
+        let server = spawn_opcua_server(spec, scenario)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(endpoint = %server.endpoint(), "serving OPC-UA");
+        stop_requested().await?;
+        tracing::info!("stopping");
+        server.shutdown().await.map_err(anyhow::Error::msg)?;
         return Ok(());
     }
     let plc = if args.rtu_over_tcp {
