@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole MaintAInPro test suite against real services it starts itself:
 # a throwaway PostgreSQL cluster (from the installed server binaries) and Mosquitto (installed
-# from the OS packages when absent), plus a Python virtual environment with pymodbus for the
-# Modbus interoperability test, openapi-spec-validator and schemathesis for the API's document
+# from the OS packages when absent), plus a Python virtual environment with pymodbus and asyncua for the
+# Modbus and OPC-UA interoperability tests, openapi-spec-validator and schemathesis for the API's document
 # (Python 3.10 or later). Everything is stopped and removed on exit.
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
@@ -91,6 +91,9 @@ done
 # pymodbus, an implementation independent of the agent's, serves the values that
 # edge-agent/tests/modbus_interop.rs decodes. Pinned, so that a new release cannot change the test.
 PYMODBUS_VERSION=3.16.1
+# asyncua, likewise independent of the agent's OPC-UA client, serves the variables that
+# edge-agent/tests/opcua_interop.rs reads over plain and encrypted channels.
+ASYNCUA_VERSION=2.1.0
 # openapi-spec-validator checks the served OpenAPI document against the 3.1 specification
 # (tests/tests/openapi.rs).
 OPENAPI_VALIDATOR_VERSION=0.9.0
@@ -102,9 +105,10 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-log "installing pymodbus $PYMODBUS_VERSION, openapi-spec-validator and schemathesis into a virtual environment"
+log "installing pymodbus $PYMODBUS_VERSION, asyncua $ASYNCUA_VERSION, openapi-spec-validator and schemathesis into a virtual environment"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$PYMODBUS_VERSION" \
+    "asyncua==$ASYNCUA_VERSION" \
     "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" "schemathesis==$SCHEMATHESIS_VERSION"
 export MPTEST_PYTHON="$work/venv/bin/python"
 export MPTEST_SCHEMATHESIS="$work/venv/bin/schemathesis"
