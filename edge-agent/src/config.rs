@@ -382,8 +382,11 @@ impl AgentConfig {
             .unwrap_or_else(|| format!("edge-{}", self.gateway.id))
     }
 
+    /// Tags of the devices and the OPC-UA servers (MQTT sources' tags are known only once
+    /// their messages arrive).
     pub fn tag_count(&self) -> usize {
-        self.device.iter().map(|d| d.tag.len()).sum()
+        self.device.iter().map(|d| d.tag.len()).sum::<usize>()
+            + self.opcua.iter().map(|o| o.tag.len()).sum::<usize>()
     }
 
     /// Tags that `edge-agent read` shows but the agent does not publish (`string` tags).
@@ -1230,6 +1233,96 @@ broker = "mqtt://h:1"
                 "mqtt[0].sparkplug[0].tag_prefix",
                 "mqtt[1]",
                 "mqtt[1].name",
+            ],
+            "{err}"
+        );
+    }
+    #[test]
+    fn opcua_sources_parse_with_their_defaults() {
+        let text = format!(
+            r#"{HEAD}
+[[opcua]]
+name = "oven"
+endpoint = "opc.tcp://10.0.0.9:4840/"
+
+[[opcua.tag]]
+name = "oven.temp"
+node = "ns=2;s=Oven.Temp"
+sampling_interval = "250ms"
+"#
+        );
+        let c = load(&text).unwrap();
+        let o = &c.opcua[0];
+        assert_eq!(o.mode, crate::opcua::config::Mode::Subscribe);
+        assert_eq!(o.publishing_interval(), Duration::from_secs(1));
+        assert_eq!(o.keep_alive_count(), 10);
+        assert_eq!(o.watchdog(), Duration::from_secs(30));
+        assert_eq!(
+            o.tag[0].queue_size(o),
+            4,
+            "one publishing interval of samples"
+        );
+        // Subscribed tags repeat a steady value once a minute.
+        assert_eq!(
+            o.effective_conversion(&o.tag[0]).heartbeat,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(c.tag_count(), 1);
+    }
+
+    #[test]
+    fn opcua_source_problems_are_listed_with_their_keys() {
+        let text = format!(
+            r#"{HEAD}
+[[opcua]]
+name = "a"
+endpoint = "http://x"
+security_mode = "Sign"
+password = "p"
+mode = "poll"
+publishing_interval = "1s"
+certificate_file = "own.crt"
+private_key_file = "nowhere.pem"
+
+[[opcua.tag]]
+name = "press-1.bearing_temp"
+node = "ns=two;s=x"
+queue_size = 0
+raw_min = 1.0
+
+[[opcua]]
+name = "a"
+endpoint = "opc.tcp://h:1"
+security_policy = "Basic256Sha256"
+keep_alive_count = 10
+watchdog = "5s"
+
+[[opcua.tag]]
+name = "press-1.bearing_temp"
+node = "i=2261"
+"#
+        );
+        let err = load(&text).unwrap_err();
+        assert_eq!(
+            paths(&err),
+            [
+                "opcua[0].certificate_file",
+                "opcua[0].certificate_file",
+                "opcua[0].endpoint",
+                "opcua[0].password",
+                "opcua[0].private_key_file",
+                "opcua[0].publishing_interval",
+                "opcua[0].security_policy",
+                "opcua[0].tag[0].eng_max",
+                "opcua[0].tag[0].eng_min",
+                "opcua[0].tag[0].node",
+                "opcua[0].tag[0].queue_size",
+                "opcua[0].tag[0].queue_size",
+                "opcua[0].tag[0].raw_max",
+                "opcua[1].name",
+                "opcua[1].security_mode",
+                "opcua[1].tag[0].name",
+                "opcua[1].watchdog",
             ],
             "{err}"
         );

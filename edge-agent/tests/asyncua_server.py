@@ -11,8 +11,9 @@ first argument; accepts anonymous logins and the user "operator" with the passwo
 exits when its standard input closes (the test holds the pipe).
 
 Variables, in namespace "urn:maintainpro:interop", all under Objects/Interop:
-  Flag (Boolean true), Small (Int16 -1234), Big (UInt32 4000000000), Huge (Int64 -2**40),
-  Ratio (Float 1.5), Level (Double 3.25), State (String "RUNNING"),
+  Flag (Boolean true), Tiny (SByte -7), Octet (Byte 200), Small (Int16 -1234),
+  Word (UInt16 65000), Medium (Int32 -70000), Big (UInt32 4000000000), Huge (Int64 -2**40),
+  Vast (UInt64 2**50), Ratio (Float 1.5), Level (Double 3.25), State (String "RUNNING"),
   Counter (Double, +1 every 100 ms from 0), Broken (Double, status BadSensorFailure).
 
 Run by scripts/test.sh through the virtual environment it creates (asyncua 2.1).
@@ -84,9 +85,14 @@ async def main():
         return await folder.add_variable(ua.NodeId(name, ns), name, ua.Variant(value, variant))
 
     await var("Flag", True, ua.VariantType.Boolean)
+    await var("Tiny", -7, ua.VariantType.SByte)
+    await var("Octet", 200, ua.VariantType.Byte)
     await var("Small", -1234, ua.VariantType.Int16)
+    await var("Word", 65000, ua.VariantType.UInt16)
+    await var("Medium", -70000, ua.VariantType.Int32)
     await var("Big", 4000000000, ua.VariantType.UInt32)
     await var("Huge", -(2**40), ua.VariantType.Int64)
+    await var("Vast", 2**50, ua.VariantType.UInt64)
     await var("Ratio", 1.5, ua.VariantType.Float)
     await var("Level", 3.25, ua.VariantType.Double)
     await var("State", "RUNNING", ua.VariantType.String)

@@ -70,8 +70,9 @@ async fn asyncua() -> Asyncua {
     }
 }
 
-const VARIABLES: [&str; 9] = [
-    "Flag", "Small", "Big", "Huge", "Ratio", "Level", "State", "Counter", "Broken",
+const VARIABLES: [&str; 14] = [
+    "Flag", "Tiny", "Octet", "Small", "Word", "Medium", "Big", "Huge", "Vast", "Ratio", "Level",
+    "State", "Counter", "Broken",
 ];
 
 fn config(
@@ -141,9 +142,14 @@ async fn every_scalar_type_of_an_asyncua_server_reads_as_its_value() {
         };
         for (name, expected) in [
             ("flag", 1.0),
+            ("tiny", -7.0),
+            ("octet", 200.0),
             ("small", -1234.0),
+            ("word", 65_000.0),
+            ("medium", -70_000.0),
             ("big", 4_000_000_000.0),
             ("huge", -1_099_511_627_776.0),
+            ("vast", 1_125_899_906_842_624.0),
             ("ratio", 1.5),
             ("level", 3.25),
         ] {

@@ -444,7 +444,7 @@ async fn opcua_servers_are_read_once_with_text_units_and_bad_nodes() {
         )
         .await
         .expect("the OPC-UA server starts");
-        // The server's own name is a text variable of the standard namespace.
+        // The server's product name is a text variable of the standard namespace.
         let config = pki.path().join("agent.toml");
         let text = format!(
             r#"
@@ -466,7 +466,7 @@ node = "{}"
 unit = "degC"
 
 [[opcua.tag]]
-name = "oven.server_name"
+name = "oven.product_name"
 node = "i=2261"
 
 [[opcua.tag]]
@@ -488,7 +488,7 @@ node = "ns={};s=NoSuchVariable"
         assert_eq!(lines[0]["value"], Json::from(180.25));
         assert_eq!(lines[0]["unit"], "degC");
         assert_eq!(lines[0]["quality"], "good");
-        assert_eq!(lines[1]["tag"], "oven.server_name");
+        assert_eq!(lines[1]["tag"], "oven.product_name");
         assert!(lines[1]["value"].is_string(), "{}", lines[1]);
         assert_eq!(lines[2]["tag"], "oven.missing");
         assert_eq!(lines[2]["quality"], "bad", "{}", lines[2]);

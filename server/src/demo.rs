@@ -1,8 +1,9 @@
 //! The demo plant: everything MaintAInPro does, on one machine, from embedded defaults.
 //!
 //! A throwaway PostgreSQL cluster (unless a database URL is given), the embedded broker
-//! (unless a broker URL is given), a simulated press PLC whose bearing overheats after a
-//! while, an edge agent polling it, and ingest, rules and the API. The breach becomes an
+//! (unless a broker URL is given), a simulated press PLC (Modbus TCP) whose bearing overheats
+//! after a while, a simulated curing oven (an OPC-UA server), an edge agent polling the one
+//! and subscribed to the other, and ingest, rules and the API. The breach becomes an
 //! alarm, the alarm one work order, visible through the API. On stop, every part shuts down
 //! in order and temporary data is removed.
 
@@ -149,6 +150,88 @@ pub async fn seed_plant(
     Ok(SeededPlant { tenant })
 }
 
+/// Adds the asset "Oven 1" (criticality 3) and its tags ([`OVEN_TAGS`]) on the demo gateway of
+/// `tenant`: the machine the demo agent reads over OPC-UA.
+pub async fn seed_oven(app_url: &str, tenant: Uuid) -> Result<(), sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(app_url)
+        .await?;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let asset = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO assets (id, tenant_id, site_id, name, criticality, asset_class, labels)
+         SELECT $1, $2, id, 'Oven 1', 3, 'curing-oven', '{\"line\": \"1\"}' FROM sites LIMIT 1",
+    )
+    .bind(asset)
+    .bind(tenant)
+    .execute(&mut *tx)
+    .await?;
+    for (name, unit) in OVEN_TAGS {
+        sqlx::query(
+            "INSERT INTO tags (tenant_id, gateway_id, name, asset_id, unit)
+             SELECT $1, id, $2, $3, $4 FROM gateways WHERE code = $5",
+        )
+        .bind(tenant)
+        .bind(format!("oven-1.{name}"))
+        .bind(asset)
+        .bind(unit)
+        .bind(DEMO_GATEWAY)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// The oven's signals and their units, served as OPC-UA variables.
+pub const OVEN_TAGS: [(&str, &str); 2] = [("zone_temp", "degC"), ("fan_speed", "rpm")];
+
+/// The oven's scenario: a curing zone held around 180 degC and a circulation fan.
+pub fn oven_scenario() -> Result<Scenario, DemoError> {
+    let text = r#"
+seed = 7
+
+[[signal]]
+name = "oven-1.zone_temp"
+address = 0
+kind.sine = { base = 180.0, amplitude = 1.5, period = "90s" }
+noise = 0.2
+
+[[signal]]
+name = "oven-1.fan_speed"
+address = 2
+kind.constant = { value = 1450.0 }
+noise = 5.0
+"#;
+    Scenario::from_toml_str(text, "built-in oven scenario").map_err(|e| DemoError::BuiltIn {
+        what: "oven scenario",
+        detail: e.to_string(),
+    })
+}
+
+/// The `[[opcua]]` section that reads the oven at `endpoint` (`ns` is its namespace index),
+/// to append to [`agent_config`]'s text; the agent's OPC-UA certificates go to `pki_dir`.
+pub fn oven_source(endpoint: &str, ns: u16, pki_dir: &std::path::Path) -> String {
+    let mut text = format!(
+        r#"
+[[opcua]]
+name = "oven-1"
+endpoint = "{endpoint}"
+pki_dir = {pki}
+publishing_interval = "500ms"
+"#,
+        pki = toml::Value::String(pki_dir.display().to_string()),
+    );
+    for (name, unit) in OVEN_TAGS {
+        text.push_str(&format!(
+            "\n[[opcua.tag]]\nname = \"oven-1.{name}\"\nnode = \"ns={ns};s=oven-1.{name}\"\nunit = \"{unit}\"\n"
+        ));
+    }
+    text
+}
+
 /// The demo PLC's signals (see `config/scenarios/demo.toml`) and their units; the register of
 /// each is its position times two.
 const DEMO_TAGS: [(&str, &str); 4] = [
@@ -266,6 +349,7 @@ pub async fn run(
             .map_err(|e| DemoError::Hash(e.to_string()))?
     };
     let seeded = seed_plant(&urls.app_url, DEMO_TENANT_SLUG, &hash).await?;
+    seed_oven(&urls.app_url, seeded.tenant).await?;
 
     let (embedded, broker_url) = match &options.broker {
         Some(url) => (None, url.clone()),
@@ -316,20 +400,32 @@ pub async fn run(
     .map_err(DemoError::Plc)?;
     tracing::info!(addr = %plc.local_addr(), breach_after = ?options.breach_after, "simulated press PLC running");
     let outbox_dir = tempfile::tempdir().map_err(DemoError::Plc)?;
-    let agent_config = AgentConfig::from_toml_with_env(
-        "demo edge agent",
-        &agent_config(
-            seeded.tenant,
-            &broker_url,
-            plc.local_addr(),
-            outbox_dir.path(),
+    let oven = simulators::opcua::spawn_opcua_server(
+        simulators::opcua::OpcUaServerSpec::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            outbox_dir.path().join("oven-pki"),
         ),
-        Vec::new(),
+        oven_scenario()?,
     )
-    .map_err(|e| DemoError::BuiltIn {
-        what: "edge agent configuration",
-        detail: e.to_string(),
-    })?;
+    .await
+    .map_err(|e| DemoError::Plc(std::io::Error::other(e)))?;
+    tracing::info!(endpoint = %oven.endpoint(), "simulated oven OPC-UA server running");
+    let mut agent_text = agent_config(
+        seeded.tenant,
+        &broker_url,
+        plc.local_addr(),
+        &outbox_dir.path().join("outbox"),
+    );
+    agent_text.push_str(&oven_source(
+        &oven.endpoint(),
+        oven.namespace(),
+        &outbox_dir.path().join("agent-pki"),
+    ));
+    let agent_config = AgentConfig::from_toml_with_env("demo edge agent", &agent_text, Vec::new())
+        .map_err(|e| DemoError::BuiltIn {
+            what: "edge agent configuration",
+            detail: e.to_string(),
+        })?;
     let stop_agent = tokio_util::sync::CancellationToken::new();
     let agent = {
         let stop = stop_agent.clone();
@@ -371,6 +467,9 @@ pub async fn run(
     }
     if let Err(e) = plc.shutdown().await {
         tracing::warn!(error = %e, "simulated PLC stopped with an error");
+    }
+    if let Err(e) = oven.shutdown().await {
+        tracing::warn!(error = %e, "simulated oven stopped with an error");
     }
     let summary = services.stop().await;
     match cluster {

@@ -1,5 +1,6 @@
-//! End to end: simulated PLC -> edge agent -> Mosquitto -> ingest -> PostgreSQL -> rules ->
-//! work order -> HTTP API. Needs `scripts/test.sh` (PostgreSQL cluster and Mosquitto).
+//! End to end: simulated PLC (Modbus) and oven (OPC-UA) -> edge agent -> Mosquitto -> ingest
+//! -> PostgreSQL -> rules -> work order -> HTTP API. Needs `scripts/test.sh` (PostgreSQL
+//! cluster and Mosquitto).
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use edge_agent::{Agent, AgentConfig};
 use maintainpro_tests::{Plant, publish_all};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
-use server::demo::{DEMO_GATEWAY, agent_config, demo_scenario};
+use server::demo::{
+    DEMO_GATEWAY, agent_config, demo_scenario, oven_scenario, oven_source, seed_oven,
+};
 use simulators::spawn_modbus_plc;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
@@ -22,16 +25,25 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
     )
     .await?;
     let outbox = tempfile::tempdir()?;
-    let config = AgentConfig::from_toml_with_env(
-        "test agent",
-        &agent_config(
-            plant.tenant_a.tenant,
-            &plant.broker,
-            plc.local_addr(),
-            outbox.path(),
-        ),
-        Vec::new(),
-    )?;
+    seed_oven(&plant.db.urls.app_url, plant.tenant_a.tenant).await?;
+    let oven = simulators::opcua::spawn_opcua_server(
+        simulators::opcua::OpcUaServerSpec::new("127.0.0.1:0".parse()?, outbox.path().join("oven")),
+        oven_scenario()?,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let mut text = agent_config(
+        plant.tenant_a.tenant,
+        &plant.broker,
+        plc.local_addr(),
+        &outbox.path().join("outbox"),
+    );
+    text.push_str(&oven_source(
+        &oven.endpoint(),
+        oven.namespace(),
+        &outbox.path().join("pki"),
+    ));
+    let config = AgentConfig::from_toml_with_env("test agent", &text, Vec::new())?;
     let stop_agent = CancellationToken::new();
     let agent = {
         let stop = stop_agent.clone();
@@ -110,9 +122,39 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
     assert_eq!(status, 404, "{body}");
     assert!(body.get("title").is_none());
 
+    // The oven's readings came over OPC-UA through the same agent, and the API shows them.
+    let zone = plant
+        .tag_id(plant.tenant_a.tenant, "oven-1.zone_temp")
+        .await?;
+    let window = || {
+        let now = chrono::Utc::now();
+        format!(
+            "/api/v1/tags/{zone}/readings?from={}&to={}&bucket=raw",
+            (now - chrono::Duration::minutes(5)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            (now + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let body = Plant::eventually(Duration::from_secs(30), "oven readings", || async {
+        let (status, body) = plant.get(&window(), Some(&token_a)).await?;
+        anyhow::ensure!(status == 200, "readings answered {status}: {body}");
+        let n = body["points"].as_array().map_or(0, Vec::len);
+        Ok((n >= 3).then_some(body))
+    })
+    .await?;
+    assert_eq!(body["tag"]["unit"], "degC", "{body}");
+    for p in body["points"].as_array().context("points")? {
+        assert_eq!(p["quality"], "good", "{p}");
+        let v = p["value"].as_f64().context("value")?;
+        assert!(
+            (177.0..183.0).contains(&v),
+            "the oven holds about 180 degC: {p}"
+        );
+    }
+
     stop_agent.cancel();
     agent.await??;
     plc.shutdown().await?;
+    oven.shutdown().await.map_err(anyhow::Error::msg)?;
     let summary = plant.services.stop().await;
     assert_eq!(summary.work_orders_opened, 1);
     assert_eq!(summary.dead_letters, 0);

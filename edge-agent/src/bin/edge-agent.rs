@@ -236,7 +236,8 @@ impl Watch {
         if !once {
             for server in &self.opcua {
                 let source =
-                    OpcUaSource::new(server.clone(), self.gateway.clone(), Arc::clone(stats));
+                    OpcUaSource::new(server.clone(), self.gateway.clone(), Arc::clone(stats))
+                        .watching();
                 tokio::spawn(source.run(chunks.clone(), stop.clone()));
             }
         }
@@ -313,7 +314,7 @@ async fn read(
                     Ok(samples) => samples,
                     Err(e) => {
                         eprintln!("opcua {name}: {e}");
-                        Vec::new()
+                        source.unreadable(model::Timestamp::now())
                     }
                 };
                 (line_count + n, samples)

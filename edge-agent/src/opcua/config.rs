@@ -16,10 +16,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// The largest monitored-item queue accepted.
 pub const MAX_QUEUE_SIZE: u32 = 10_000;
 
-fn one_second() -> Duration {
-    Duration::from_secs(1)
-}
-
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
 }
@@ -28,9 +24,13 @@ fn default_pki_dir() -> PathBuf {
     PathBuf::from("opcua-pki")
 }
 
-fn default_keep_alive_count() -> u32 {
-    10
-}
+/// Default publishing and poll interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default keep-alive count of a subscription.
+pub const DEFAULT_KEEP_ALIVE_COUNT: u32 = 10;
+/// Default heartbeat of subscribed tags: a subscription reports only changes, so a steady
+/// value is repeated this often while the subscription is healthy.
+pub const SUBSCRIBED_HEARTBEAT: Duration = Duration::from_secs(60);
 
 fn default_scale() -> f64 {
     1.0
@@ -96,13 +96,15 @@ pub struct OpcUaSourceConfig {
     /// server certificates. Created if missing.
     #[serde(default = "default_pki_dir")]
     pub pki_dir: PathBuf,
-    /// The client's application instance certificate (DER) and private key (PEM). Without
-    /// them, a self-signed pair is created in `pki_dir` on the first secure connection.
+    /// The client's application instance certificate (`.der` or `.pem`) and private key
+    /// (`.pem`), absolute or relative to `pki_dir`. Without them, a self-signed pair is
+    /// created in `pki_dir` (`own/cert.der`, `private/private.pem`) on the first start.
     pub certificate_file: Option<PathBuf>,
     pub private_key_file: Option<PathBuf>,
     /// Accept whatever certificate the server presents. Off by default: the server's
-    /// certificate must then be in `<pki_dir>/trusted/certs`; a rejected one lands in
-    /// `<pki_dir>/rejected/certs`, from where an operator moves it after checking it.
+    /// certificate must then be in `<pki_dir>/trusted`; an unknown one lands in
+    /// `<pki_dir>/rejected`, from where an operator moves it after checking it. A
+    /// certificate left in `rejected` stays rejected even with this on.
     #[serde(default)]
     pub trust_server_certificate: bool,
     /// The application URI the client presents; default `urn:maintainpro:edge:<gateway>`.
@@ -112,20 +114,19 @@ pub struct OpcUaSourceConfig {
     pub password: Option<Secret>,
     #[serde(default)]
     pub mode: Mode,
-    /// `subscribe`: how often the server sends what changed.
-    #[serde(default = "one_second", with = "humantime_serde")]
-    pub publishing_interval: Duration,
+    /// `subscribe`: how often the server sends what changed (default 1 s).
+    #[serde(default, with = "humantime_serde")]
+    pub publishing_interval: Option<Duration>,
     /// `subscribe`: publishing intervals without data after which the server sends a
-    /// keep-alive.
-    #[serde(default = "default_keep_alive_count")]
-    pub keep_alive_count: u32,
+    /// keep-alive (default 10).
+    pub keep_alive_count: Option<u32>,
     /// `subscribe`: rebuild the subscription when it delivered neither data nor a keep-alive
     /// for this long. Default: three keep-alive periods, and at least 5 s.
     #[serde(default, with = "humantime_serde")]
     pub watchdog: Option<Duration>,
-    /// `poll`: how often every tag is read.
-    #[serde(default = "one_second", with = "humantime_serde")]
-    pub poll_interval: Duration,
+    /// `poll`: how often every tag is read (default 1 s).
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
     /// How long a request may take before the server counts as unreachable.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub timeout: Duration,
@@ -157,13 +158,15 @@ pub struct OpcUaTagConfig {
     /// Report by exception, in engineering units. With `subscribe` it is also sent to the
     /// server as an absolute data-change deadband (on the raw value, so only without scaling).
     pub deadband: Option<f64>,
-    /// With a deadband: forward at least this often (default 60 s).
+    /// With a deadband: forward at least this often (default 60 s). Subscribed tags without
+    /// a deadband repeat a steady value every 60 s as well.
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
     pub unit: Option<String>,
 }
 
 impl OpcUaTagConfig {
+    /// The scaling and deadband keys as configured.
     pub fn conversion(&self) -> Conversion {
         Conversion {
             scale: self.scale,
@@ -179,14 +182,15 @@ impl OpcUaTagConfig {
 
     /// The sampling interval asked of the server.
     pub fn sampling_interval(&self, source: &OpcUaSourceConfig) -> Duration {
-        self.sampling_interval.unwrap_or(source.publishing_interval)
+        self.sampling_interval
+            .unwrap_or_else(|| source.publishing_interval())
     }
 
     /// The monitored item's queue: as asked, or one publishing interval's samples.
     pub fn queue_size(&self, source: &OpcUaSourceConfig) -> u32 {
         self.queue_size.unwrap_or_else(|| {
             let sampling = self.sampling_interval(source).as_secs_f64();
-            let per_publish = (source.publishing_interval.as_secs_f64() / sampling).ceil();
+            let per_publish = (source.publishing_interval().as_secs_f64() / sampling).ceil();
             // Bounded by validation: both intervals are at least MIN_INTERVAL.
             (per_publish as u32).clamp(1, MAX_QUEUE_SIZE)
         })
@@ -209,12 +213,43 @@ impl OpcUaSourceConfig {
             .unwrap_or_else(|| format!("urn:maintainpro:edge:{gateway}"))
     }
 
+    pub fn publishing_interval(&self) -> Duration {
+        self.publishing_interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    pub fn keep_alive_count(&self) -> u32 {
+        self.keep_alive_count.unwrap_or(DEFAULT_KEEP_ALIVE_COUNT)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    /// The longest a healthy subscription stays silent: one keep-alive period.
+    fn keep_alive_period(&self) -> Duration {
+        self.publishing_interval() * self.keep_alive_count().max(1)
+    }
+
     /// How long the subscription may stay silent before it is rebuilt.
     pub fn watchdog(&self) -> Duration {
-        self.watchdog.unwrap_or_else(|| {
-            let keep_alive = self.publishing_interval * self.keep_alive_count.max(1);
-            (keep_alive * 3).max(Duration::from_secs(5))
-        })
+        self.watchdog
+            .unwrap_or_else(|| (self.keep_alive_period() * 3).max(Duration::from_secs(5)))
+    }
+
+    /// A certificate or key file as the client reads it: relative paths start at `pki_dir`.
+    pub fn pki_path(&self, file: &std::path::Path) -> PathBuf {
+        self.pki_dir.join(file)
+    }
+
+    /// The tag's report-by-exception keys as the source applies them: subscribed tags
+    /// without a deadband still repeat a steady value every [`SUBSCRIBED_HEARTBEAT`].
+    pub fn effective_conversion(&self, tag: &OpcUaTagConfig) -> Conversion {
+        let mut c = tag.conversion();
+        if self.mode == Mode::Subscribe && c.deadband.is_none() {
+            c.deadband = Some(0.0);
+            c.heartbeat = Some(SUBSCRIBED_HEARTBEAT);
+        }
+        c
     }
 
     pub fn is_secure(&self) -> bool {
@@ -257,16 +292,30 @@ impl OpcUaSourceConfig {
             ),
             _ => {}
         }
-        for (key, file) in [
-            ("certificate_file", &self.certificate_file),
-            ("private_key_file", &self.private_key_file),
+        for (key, file, extensions) in [
+            (
+                "certificate_file",
+                &self.certificate_file,
+                &["der", "pem"][..],
+            ),
+            ("private_key_file", &self.private_key_file, &["pem"][..]),
         ] {
-            if let Some(path) = file
-                && !path.is_file()
-            {
+            let Some(path) = file else { continue };
+            let full = self.pki_path(path);
+            if !full.is_file() {
                 report.error(
                     format!("{at}.{key}"),
-                    format!("{} is not a readable file", path.display()),
+                    format!(
+                        "{} is not a readable file (a relative path starts at pki_dir)",
+                        full.display()
+                    ),
+                );
+            }
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !extensions.contains(&extension) {
+                report.error(
+                    format!("{at}.{key}"),
+                    format!("must end in .{}", extensions.join(" or .")),
                 );
             }
         }
@@ -287,15 +336,44 @@ impl OpcUaSourceConfig {
             ("publishing_interval", self.publishing_interval),
             ("poll_interval", self.poll_interval),
         ] {
-            if interval < MIN_INTERVAL {
+            if interval.is_some_and(|i| i < MIN_INTERVAL) {
                 report.error(format!("{at}.{key}"), "must be at least 50ms");
             }
         }
-        if !(1..=1000).contains(&self.keep_alive_count) {
+        let other_mode = [
+            (
+                "publishing_interval",
+                self.publishing_interval.is_some(),
+                Mode::Subscribe,
+            ),
+            (
+                "keep_alive_count",
+                self.keep_alive_count.is_some(),
+                Mode::Subscribe,
+            ),
+            ("watchdog", self.watchdog.is_some(), Mode::Subscribe),
+            ("poll_interval", self.poll_interval.is_some(), Mode::Poll),
+        ];
+        for (key, set, mode) in other_mode {
+            if set && self.mode != mode {
+                let name = match mode {
+                    Mode::Subscribe => "subscribe",
+                    Mode::Poll => "poll",
+                };
+                report.error(
+                    format!("{at}.{key}"),
+                    format!("applies only with mode = \"{name}\""),
+                );
+            }
+        }
+        if self
+            .keep_alive_count
+            .is_some_and(|k| !(1..=1000).contains(&k))
+        {
             report.error(format!("{at}.keep_alive_count"), "must be 1-1000");
         }
         if let Some(w) = self.watchdog
-            && w <= self.publishing_interval * self.keep_alive_count.max(1)
+            && w <= self.keep_alive_period()
         {
             report.error(
                 format!("{at}.watchdog"),

@@ -14,6 +14,7 @@
 //! Notifications travel from the library's callback to the source over a bounded channel;
 //! should it fill (the agent stalled), the values that do not fit are counted as dropped.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,11 @@ pub enum OpcUaError {
         offered: String,
     },
     #[error(
+        "{endpoint}: the server offers this security at {offered}; set endpoint to that URL \
+         (with the host and port you reach the server at)"
+    )]
+    OtherPath { endpoint: String, offered: String },
+    #[error(
         "{endpoint} does not accept {login} logins on its {policy}/{mode:?} endpoint; \
          {hint}"
     )]
@@ -82,7 +88,9 @@ pub enum OpcUaError {
         hint: &'static str,
     },
     #[error(
-        "{endpoint}: the session did not open within {timeout:?} (wrong credentials, an untrusted certificate, or a busy server; the server's log says which)"
+        "{endpoint}: the session did not open within {timeout:?}: wrong credentials, a \
+         certificate one side does not trust (see this agent's log and the server's), or a \
+         busy server"
     )]
     SessionNotOpened { endpoint: String, timeout: Duration },
     #[error("{endpoint}: {service} failed: {detail}")]
@@ -170,6 +178,8 @@ pub struct OpcUaSource {
     gateway: GatewayId,
     tags: Vec<Tag>,
     stats: Arc<AgentStats>,
+    /// Watching for `edge-agent read`: every value is shown, deadbands do not apply.
+    watch: bool,
 }
 
 impl OpcUaSource {
@@ -197,7 +207,14 @@ impl OpcUaSource {
             gateway,
             tags,
             stats,
+            watch: false,
         }
+    }
+
+    /// The source as `edge-agent read` runs it: every value shown, no deadbands.
+    pub fn watching(mut self) -> Self {
+        self.watch = true;
+        self
     }
 
     fn endpoint(&self) -> &str {
@@ -211,7 +228,9 @@ impl OpcUaSource {
             .application_uri(c.application_uri(&self.gateway))
             .product_uri("urn:maintainpro:edge-agent")
             .pki_dir(&c.pki_dir)
-            .create_sample_keypair(c.is_secure() && c.certificate_file.is_none())
+            // Made once in pki_dir when no certificate is configured, so that switching a
+            // source to a secure mode later needs no extra step.
+            .create_sample_keypair(c.certificate_file.is_none())
             .trust_server_certs(c.trust_server_certificate)
             // Reconnects after a lost connection are the library's, without a limit; the
             // source starts over when its event loop ends all the same.
@@ -221,7 +240,14 @@ impl OpcUaSource {
             .request_timeout(c.timeout)
             .keep_alive_interval(c.timeout.max(Duration::from_secs(1)))
             .session_timeout(60_000)
-            .session_name(format!("maintainpro-edge-{}-{}", self.gateway, c.name));
+            .session_name(format!("maintainpro-edge-{}-{}", self.gateway, c.name))
+            .endpoint("configured", {
+                let mut e = opcua::client::ClientEndpoint::new(c.endpoint.as_str());
+                e.security_policy = crypto_policy(c.security_policy).to_str().to_owned();
+                e.security_mode = format!("{:?}", c.security_mode);
+                e
+            })
+            .default_endpoint("configured");
         if let (Some(cert), Some(key)) = (&c.certificate_file, &c.private_key_file) {
             builder = builder.certificate_path(cert).private_key_path(key);
         }
@@ -260,10 +286,21 @@ impl OpcUaSource {
         .map_err(unreachable)?;
         let policy = crypto_policy(self.config.security_policy);
         let mode = message_mode(self.config.security_mode);
-        let Some(chosen) = offered.iter().find(|e| {
+        let secured = |e: &&EndpointDescription| {
             e.security_mode == mode
                 && opcua::crypto::SecurityPolicy::from_uri(e.security_policy_uri.as_ref()) == policy
-        }) else {
+        };
+        let Some(chosen) = offered
+            .iter()
+            .filter(secured)
+            .find(|e| url_path(e.endpoint_url.as_ref()) == url_path(&endpoint))
+        else {
+            if let Some(elsewhere) = offered.iter().find(secured) {
+                return Err(OpcUaError::OtherPath {
+                    endpoint,
+                    offered: elsewhere.endpoint_url.as_ref().to_owned(),
+                });
+            }
             return Err(OpcUaError::NoMatchingEndpoint {
                 endpoint,
                 policy: self.config.security_policy.as_str(),
@@ -348,16 +385,40 @@ impl OpcUaSource {
         Ok(connection)
     }
 
-    /// Reads every tag once: what `edge-agent read --once` prints.
+    /// Reads every tag once: what `edge-agent read --once` prints. Values the server could
+    /// not give are bad samples, their reasons logged.
     pub async fn read_once(&self) -> Result<Vec<Sample>, OpcUaError> {
         let connection = self.connect().await?;
-        let samples = self.read_all(&connection.session).await;
-        connection.close(self.config.timeout).await;
-        let (samples, _problems) = samples?;
+        let read = self.read_all(&connection.session).await;
+        connection.close(self.grace()).await;
+        let (samples, problems) = read?;
+        for (tag, problem) in problems {
+            tracing::warn!(%tag, %problem, "value not read");
+        }
         Ok(samples)
     }
 
-    /// One Read of every tag (in requests of at most [`NODES_PER_REQUEST`] nodes).
+    /// A bad sample of every tag at `at`: what `read --once` shows for a server it cannot
+    /// read.
+    pub fn unreadable(&self, at: Timestamp) -> Vec<Sample> {
+        self.tags
+            .iter()
+            .map(|t| Sample {
+                tag: t.name.clone(),
+                value: None,
+                ts: at,
+                quality: model::Quality::Bad,
+            })
+            .collect()
+    }
+
+    /// How long a stopping source waits for the server.
+    fn grace(&self) -> Duration {
+        self.config.timeout.min(Duration::from_secs(2))
+    }
+
+    /// One Read of every tag (in requests of at most [`NODES_PER_REQUEST`] nodes), with the
+    /// reason for each value that is not good data.
     async fn read_all(
         &self,
         session: &Session,
@@ -384,8 +445,12 @@ impl OpcUaSource {
             let received = Timestamp::now();
             for (tag, value) in chunk.iter().zip(values.iter()) {
                 let c = convert::sample(&tag.name, tag.scaling, value, received);
-                if let Some(p) = c.problem {
-                    problems.push((tag.name.clone(), p));
+                match (c.problem, value.status) {
+                    (Some(p), _) => problems.push((tag.name.clone(), p)),
+                    (None, Some(status)) if status.is_bad() => {
+                        problems.push((tag.name.clone(), format!("the server answered {status}")));
+                    }
+                    _ => {}
                 }
                 samples.push(c.sample);
             }
@@ -396,15 +461,23 @@ impl OpcUaSource {
     /// Reads until `cancel`; readings go to `out`.
     #[tracing::instrument(skip_all, fields(source = %self.config.name))]
     pub async fn run(self, out: mpsc::Sender<Chunk>, cancel: CancellationToken) {
-        let mut run = Running {
-            exceptions: ExceptionFilter::for_conversions(
+        let exceptions = if self.watch {
+            ExceptionFilter::default()
+        } else {
+            ExceptionFilter::for_conversions(
                 self.config
                     .tag
                     .iter()
-                    .map(|t| (t.name.clone(), t.conversion())),
-            ),
+                    .map(|t| (t.name.clone(), self.config.effective_conversion(t))),
+            )
+        };
+        let mut run = Running {
+            exceptions,
             gaps: GapMarker::default(),
-            last: std::collections::HashMap::new(),
+            last: HashMap::new(),
+            text: HashSet::new(),
+            reported: HashSet::new(),
+            data_seen: false,
             out,
         };
         let mut backoff = BACKOFF_FIRST;
@@ -414,8 +487,29 @@ impl OpcUaSource {
                 _ = cancel.cancelled() => return,
                 c = self.connect() => c,
             };
-            let mut connection = match connected {
-                Ok(c) => c,
+            let wait = match connected {
+                Ok(mut connection) => {
+                    tracing::info!(endpoint = %self.endpoint(), mode = ?self.config.mode, tags = self.tags.len(), "connected");
+                    reported = false;
+                    run.data_seen = false;
+                    let outcome = match self.config.mode {
+                        Mode::Subscribe => {
+                            self.subscribed(&mut connection, &mut run, &cancel).await
+                        }
+                        Mode::Poll => self.polled(&mut connection, &mut run, &cancel).await,
+                    };
+                    connection.close(self.grace()).await;
+                    let Outcome::Reconnect(why) = outcome else {
+                        return;
+                    };
+                    tracing::warn!(reason = %why, "starting a new session");
+                    metrics::counter!("maintainpro_edge_opcua_reconnects_total", "source" => self.config.name.clone()).increment(1);
+                    // A session that delivered data was healthy: start the backoff over.
+                    if run.data_seen {
+                        backoff = BACKOFF_FIRST;
+                    }
+                    backoff
+                }
                 Err(e) => {
                     if reported {
                         tracing::debug!(error = %e, "still cannot connect");
@@ -424,39 +518,17 @@ impl OpcUaSource {
                         reported = true;
                     }
                     self.count_error("connect");
-                    if !run.mark_gap(&self.tags).await {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+                    backoff
                 }
             };
-            tracing::info!(endpoint = %self.endpoint(), mode = ?self.config.mode, tags = self.tags.len(), "connected");
-            reported = false;
-            backoff = BACKOFF_FIRST;
-            let outcome = match self.config.mode {
-                Mode::Subscribe => self.subscribed(&mut connection, &mut run, &cancel).await,
-                Mode::Poll => self.polled(&mut connection, &mut run, &cancel).await,
-            };
-            connection.close(self.config.timeout).await;
-            match outcome {
-                Outcome::Cancelled | Outcome::AgentGone => return,
-                Outcome::Reconnect(why) => {
-                    tracing::warn!(reason = %why, "starting a new session");
-                    metrics::counter!("maintainpro_edge_opcua_reconnects_total", "source" => self.config.name.clone()).increment(1);
-                    if !run.mark_gap(&self.tags).await {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(BACKOFF_FIRST) => {}
-                    }
-                }
+            if !run.mark_gap(&self.tags).await {
+                return;
             }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -466,7 +538,7 @@ impl OpcUaSource {
         &self,
         session: &Session,
         run: &mut Running,
-    ) -> Result<(u32, mpsc::Receiver<Notice>), OpcUaError> {
+    ) -> Result<(u32, mpsc::Receiver<Notice>), Outcome> {
         let c = &self.config;
         let (tx, rx) = mpsc::channel(INBOX);
         let inbox = Inbox {
@@ -474,25 +546,31 @@ impl OpcUaSource {
             source: c.name.clone(),
             stats: Arc::clone(&self.stats),
         };
-        let service = |service: &'static str| {
-            move |e: opcua::types::Error| OpcUaError::Service {
-                endpoint: c.endpoint.clone(),
-                service,
-                detail: e.to_string(),
+        let failed = |service: &'static str| {
+            move |e: opcua::types::Error| {
+                Outcome::Reconnect(
+                    OpcUaError::Service {
+                        endpoint: c.endpoint.clone(),
+                        service,
+                        detail: e.to_string(),
+                    }
+                    .to_string(),
+                )
             }
         };
+        let keep_alive = c.keep_alive_count();
         let id = session
             .create_subscription(
-                c.publishing_interval,
-                c.keep_alive_count.saturating_mul(3),
-                c.keep_alive_count,
+                c.publishing_interval(),
+                keep_alive.saturating_mul(3),
+                keep_alive,
                 0,
                 0,
                 true,
                 inbox,
             )
             .await
-            .map_err(service("CreateSubscription"))?;
+            .map_err(failed("CreateSubscription"))?;
         let mut refused = Vec::new();
         for (first, chunk) in self
             .tags
@@ -508,23 +586,26 @@ impl OpcUaSource {
             let results = session
                 .create_monitored_items(id, TimestampsToReturn::Both, items)
                 .await
-                .map_err(service("CreateMonitoredItems"))?;
+                .map_err(failed("CreateMonitoredItems"))?;
             for (t, r) in chunk.iter().zip(results.iter()) {
                 if r.result.status_code.is_bad() {
                     refused.push((t, r.result.status_code));
                 }
             }
         }
+        let mut marks = Vec::new();
         for (t, status) in refused {
             tracing::error!(tag = %t.name, node = %t.config.node, %status, "the server refused to monitor this node; check the node id");
             self.count_error("monitored_item");
-            let reading = Reading {
+            marks.push(Reading {
                 tag: t.name.clone(),
                 ts: Timestamp::now(),
                 value: 0.0,
                 quality: model::Quality::Bad,
-            };
-            run.forward(vec![reading]).await;
+            });
+        }
+        if !run.forward(marks).await {
+            return Err(Outcome::AgentGone);
         }
         Ok((id, rx))
     }
@@ -565,40 +646,42 @@ impl OpcUaSource {
         let Connection {
             session, events, ..
         } = connection;
-        let (mut id, mut notices) = match self.subscribe(session, run).await {
-            Ok(s) => s,
-            Err(e) => return Outcome::Reconnect(e.to_string()),
+        let mut notices = match self.subscribe(session, run).await {
+            Ok((_, notices)) => notices,
+            Err(outcome) => return outcome,
         };
         let bound = self.config.watchdog();
-        let mut watchdog = Watchdog::new(bound, Instant::now().into_std());
+        let now = || Instant::now().into_std();
+        let mut watchdog = Watchdog::new(bound, now());
         let mut connected = true;
         let mut heartbeat = tokio::time::interval(HEARTBEAT_TICK);
         loop {
             let deadline = Instant::from_std(watchdog.deadline());
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    let _ = session.delete_subscription(id).await;
+                    let _ = tokio::time::timeout(self.grace(), delete_all(session)).await;
                     return Outcome::Cancelled;
                 }
                 notice = notices.recv() => match notice {
                     Some(Notice::Alive(values)) => {
-                        watchdog.sign(Instant::now().into_std());
+                        watchdog.sign(now());
                         if !values.is_empty() && !run.values(self, values).await {
                             return Outcome::AgentGone;
                         }
                     }
                     Some(Notice::Status(status)) => {
                         tracing::warn!(%status, "the server ended the subscription; rebuilding it");
-                        if let Err(e) = self.rebuild(session, run, &mut id, &mut notices).await {
-                            return Outcome::Reconnect(e.to_string());
+                        if let Err(outcome) = self.rebuild(session, run, &mut notices).await {
+                            return outcome;
                         }
-                        watchdog = Watchdog::new(bound, Instant::now().into_std());
+                        watchdog = Watchdog::new(bound, now());
                     }
                     None => return Outcome::Reconnect("the subscription's callback was dropped".into()),
                 },
                 event = events.recv() => match event {
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(%status, "connection lost; the client reconnects");
+                        self.count_loss();
                         connected = false;
                         if !run.mark_gap(&self.tags).await {
                             return Outcome::AgentGone;
@@ -607,22 +690,18 @@ impl OpcUaSource {
                     Some(SessionEvent::Reconnected) => {
                         tracing::info!("reconnected; the subscription is restored");
                         connected = true;
-                        watchdog = Watchdog::new(bound, Instant::now().into_std());
+                        watchdog = Watchdog::new(bound, now());
                     }
                     Some(SessionEvent::Ended(why)) => return Outcome::Reconnect(why),
                     None => return Outcome::Reconnect("the session's event loop stopped".into()),
                 },
                 _ = tokio::time::sleep_until(deadline), if connected => {
-                    let silent = watchdog.silent_for(Instant::now().into_std());
+                    let silent = watchdog.silent_for(now());
                     tracing::warn!(?silent, "the subscription delivered neither data nor keep-alives; rebuilding it");
-                    metrics::counter!("maintainpro_edge_opcua_subscription_rebuilds_total", "source" => self.config.name.clone()).increment(1);
-                    if !run.mark_gap(&self.tags).await {
-                        return Outcome::AgentGone;
+                    if let Err(outcome) = self.rebuild(session, run, &mut notices).await {
+                        return outcome;
                     }
-                    if let Err(e) = self.rebuild(session, run, &mut id, &mut notices).await {
-                        return Outcome::Reconnect(e.to_string());
-                    }
-                    watchdog = Watchdog::new(bound, Instant::now().into_std());
+                    watchdog = Watchdog::new(bound, now());
                 }
                 _ = heartbeat.tick(), if connected && !run.gaps.in_gap() => {
                     if !run.heartbeats().await {
@@ -633,19 +712,22 @@ impl OpcUaSource {
         }
     }
 
-    /// Deletes the subscription (best effort: the server may have lost it) and creates it
-    /// again.
+    /// Marks the gap, deletes every subscription of the session (best effort: the server
+    /// may have lost them; after a reconnect the library may have made new ones) and creates
+    /// the subscription again.
     async fn rebuild(
         &self,
         session: &Session,
         run: &mut Running,
-        id: &mut u32,
         notices: &mut mpsc::Receiver<Notice>,
-    ) -> Result<(), OpcUaError> {
-        let _ = tokio::time::timeout(self.config.timeout, session.delete_subscription(*id)).await;
-        let (new_id, new_notices) = self.subscribe(session, run).await?;
-        *id = new_id;
-        *notices = new_notices;
+    ) -> Result<(), Outcome> {
+        metrics::counter!("maintainpro_edge_opcua_subscription_rebuilds_total", "source" => self.config.name.clone()).increment(1);
+        if !run.mark_gap(&self.tags).await {
+            return Err(Outcome::AgentGone);
+        }
+        let _ = tokio::time::timeout(self.config.timeout, delete_all(session)).await;
+        let (_, fresh) = self.subscribe(session, run).await?;
+        *notices = fresh;
         Ok(())
     }
 
@@ -655,7 +737,7 @@ impl OpcUaSource {
         run: &mut Running,
         cancel: &CancellationToken,
     ) -> Outcome {
-        let mut interval = tokio::time::interval(self.config.poll_interval);
+        let mut interval = tokio::time::interval(self.config.poll_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -663,6 +745,7 @@ impl OpcUaSource {
                 event = connection.events.recv() => match event {
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(%status, "connection lost; the client reconnects");
+                        self.count_loss();
                         if !run.mark_gap(&self.tags).await {
                             return Outcome::AgentGone;
                         }
@@ -674,10 +757,10 @@ impl OpcUaSource {
                 _ = interval.tick() => {
                     match self.read_all(&connection.session).await {
                         Ok((samples, problems)) => {
-                            for (tag, problem) in problems {
-                                self.problem(&tag, &problem);
-                            }
+                            run.note_problems(self, problems);
                             run.gaps.resumed();
+                            run.data_seen = true;
+                            run.note_text(&samples);
                             let readings = samples.iter().filter_map(Sample::to_reading).collect();
                             if !run.forward(readings).await {
                                 return Outcome::AgentGone;
@@ -701,10 +784,25 @@ impl OpcUaSource {
         metrics::counter!("maintainpro_edge_opcua_errors_total", "source" => self.config.name.clone(), "kind" => kind).increment(1);
     }
 
-    fn problem(&self, tag: &TagName, problem: &str) {
+    fn count_loss(&self) {
+        metrics::counter!("maintainpro_edge_opcua_connection_losses_total", "source" => self.config.name.clone()).increment(1);
+    }
+
+    fn count_problem(&self) {
         self.stats.count_decode_error();
         metrics::counter!("maintainpro_edge_opcua_problems_total", "source" => self.config.name.clone()).increment(1);
-        tracing::warn!(%tag, %problem, "value not read");
+    }
+}
+
+/// Deletes every subscription the session knows.
+async fn delete_all(session: &Session) {
+    let ids = session
+        .subscription_state()
+        .lock()
+        .subscription_ids()
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        let _ = session.delete_subscriptions(&ids).await;
     }
 }
 
@@ -736,8 +834,14 @@ impl Connection {
 struct Running {
     exceptions: ExceptionFilter,
     gaps: GapMarker,
-    /// The latest good reading of each tag with a deadband, for heartbeats.
-    last: std::collections::HashMap<TagName, Reading>,
+    /// The latest good reading of each tag reported by exception, for heartbeats.
+    last: HashMap<TagName, Reading>,
+    /// Tags whose variable holds text: never published, not even as bad readings.
+    text: HashSet<TagName>,
+    /// Tags whose current problem has been logged (logged again once it clears and recurs).
+    reported: HashSet<TagName>,
+    /// The current session delivered data.
+    data_seen: bool,
     out: mpsc::Sender<Chunk>,
 }
 
@@ -745,7 +849,8 @@ impl Running {
     /// Converts a notification's values and forwards them; false once the agent is gone.
     async fn values(&mut self, source: &OpcUaSource, values: Vec<(u32, DataValue)>) -> bool {
         let received = Timestamp::now();
-        let mut readings = Vec::with_capacity(values.len());
+        let mut samples = Vec::with_capacity(values.len());
+        let mut problems = Vec::new();
         for (handle, value) in values {
             let Some(tag) = (handle as usize)
                 .checked_sub(1)
@@ -754,15 +859,37 @@ impl Running {
                 continue;
             };
             let c = convert::sample(&tag.name, tag.scaling, &value, received);
-            if let Some(p) = &c.problem {
-                source.problem(&tag.name, p);
+            if let Some(p) = c.problem {
+                problems.push((tag.name.clone(), p));
             }
-            if let Some(r) = c.sample.to_reading() {
-                readings.push(r);
+            samples.push(c.sample);
+        }
+        self.note_problems(source, problems);
+        self.note_text(&samples);
+        self.gaps.resumed();
+        self.data_seen = true;
+        self.forward(samples.iter().filter_map(Sample::to_reading).collect())
+            .await
+    }
+
+    /// Counts every problem and logs each tag's once, until the tag reads cleanly again.
+    fn note_problems(&mut self, source: &OpcUaSource, problems: Vec<(TagName, String)>) {
+        let troubled: HashSet<TagName> = problems.iter().map(|(t, _)| t.clone()).collect();
+        for (tag, problem) in problems {
+            source.count_problem();
+            if self.reported.insert(tag.clone()) {
+                tracing::warn!(%tag, %problem, "value not read");
             }
         }
-        self.gaps.resumed();
-        self.forward(readings).await
+        self.reported.retain(|t| troubled.contains(t));
+    }
+
+    fn note_text(&mut self, samples: &[Sample]) {
+        for s in samples {
+            if matches!(s.value, Some(crate::modbus::line::Value::Text(_))) {
+                self.text.insert(s.tag.clone());
+            }
+        }
     }
 
     /// Marks a gap (once); false once the agent is gone.
@@ -774,9 +901,9 @@ impl Running {
         self.forward(marks).await
     }
 
-    /// Repeats each deadband tag's latest value now, for the filter to pass when its
-    /// heartbeat is due: a subscription reports only changes, and a healthy one vouches that
-    /// the value still holds.
+    /// Repeats each reported-by-exception tag's latest value now, for the filter to pass
+    /// when its heartbeat is due: a subscription reports only changes, and a healthy one
+    /// vouches that the value still holds.
     async fn heartbeats(&mut self) -> bool {
         if self.last.is_empty() {
             return true;
@@ -795,6 +922,7 @@ impl Running {
 
     /// Applies report by exception and hands the readings to the agent.
     async fn forward(&mut self, mut readings: Vec<Reading>) -> bool {
+        readings.retain(|r| !self.text.contains(&r.tag));
         for r in &readings {
             if self.exceptions.has(&r.tag) && r.quality != model::Quality::Bad {
                 self.last.insert(r.tag.clone(), r.clone());
@@ -823,6 +951,14 @@ fn message_mode(m: SecurityMode) -> MessageSecurityMode {
         SecurityMode::Sign => MessageSecurityMode::Sign,
         SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
     }
+}
+
+/// The path of an `opc.tcp://` URL, without trailing slashes (`""` for the root).
+fn url_path(url: &str) -> &str {
+    let rest = url.strip_prefix("opc.tcp://").unwrap_or(url);
+    rest.find('/')
+        .map_or("", |i| &rest[i..])
+        .trim_end_matches('/')
 }
 
 /// The server's endpoints as `policy/mode` pairs, for an error message.
