@@ -274,3 +274,115 @@ timeout = "5s"
     server.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+/// A TCP relay between the agent and the server that can stop passing bytes while keeping
+/// every connection open: a network that silently swallows traffic.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> anyhow::Result<Relay> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let gate = Arc::clone(&open);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pass(cr, sw, Arc::clone(&gate)));
+                tokio::spawn(pass(sr, cw, Arc::clone(&gate)));
+            }
+        });
+        Ok(Relay { addr, open })
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` while the gate is open; while it is shut, what arrives is held back
+/// and dropped, and nothing is written.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    gate: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if gate.load(std::sync::atomic::Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_goes_silent_on_an_open_connection_is_detected_and_recovered()
+-> anyhow::Result<()> {
+    let pki = tempfile::tempdir()?;
+    let server = start(OpcUaServerSpec::new(
+        "127.0.0.1:0".parse()?,
+        pki.path().join("server"),
+    ))
+    .await?;
+    let relay = Relay::start(server.local_addr()).await?;
+    let config = source_config(&format!(
+        r#"
+[[opcua]]
+name = "behind-relay"
+endpoint = "opc.tcp://{}/"
+pki_dir = "{}"
+publishing_interval = "200ms"
+keep_alive_count = 5
+watchdog = "3s"
+timeout = "2s"
+{}
+"#,
+        relay.addr,
+        pki.path().join("client").display(),
+        tags(&server)
+    ))?;
+    let (a, b) = signals();
+    let cancel = CancellationToken::new();
+    let mut rx = run(config, &cancel);
+    until(
+        &mut rx,
+        Duration::from_secs(20),
+        "values before the silence",
+        |seen| good_values(seen, &a).len() >= 2 && good_values(seen, &b).len() >= 2,
+    )
+    .await?;
+
+    // The network swallows everything; the TCP connection stays up. Nothing says the
+    // subscription is gone but its silence: the gap must be marked all the same.
+    relay.set_open(false);
+    until(&mut rx, Duration::from_secs(30), "gap marks", |seen| {
+        seen.iter().any(|r| r.quality == Quality::Bad)
+    })
+    .await?;
+
+    // Traffic flows again: data resumes with no one acting.
+    relay.set_open(true);
+    until(
+        &mut rx,
+        Duration::from_secs(90),
+        "values after the silence",
+        |seen| good_values(seen, &a).len() >= 2 && good_values(seen, &b).len() >= 2,
+    )
+    .await?;
+    cancel.cancel();
+    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}

@@ -29,8 +29,8 @@ use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue,
     DeadbandType, EndpointDescription, ExtensionObject, MessageSecurityMode,
     MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, NotificationMessage,
-    ReadValueId, StatusChangeNotification, StatusCode, TimestampsToReturn, UserTokenPolicy,
-    UserTokenType, match_extension_object_owned,
+    ReadValueId, StatusChangeNotification, StatusCode, TimestampsToReturn, UserTokenType,
+    match_extension_object_owned,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -333,19 +333,13 @@ impl OpcUaSource {
                 hint,
             });
         }
-        let wanted: EndpointDescription = (
-            endpoint.as_str(),
-            policy.to_uri(),
-            mode,
-            UserTokenPolicy {
-                token_type,
-                ..UserTokenPolicy::anonymous()
-            },
-        )
-            .into();
+        // The endpoint as the server describes it (certificate, token policies), reached at
+        // the configured host and port: a server behind port forwarding or NAT advertises
+        // an address the gateway may not be able to use.
+        let mut chosen = chosen.clone();
+        chosen.endpoint_url = endpoint.as_str().into();
         let (session, event_loop) = client
-            .connect_to_matching_endpoint(wanted, identity)
-            .await
+            .connect_to_endpoint_directly(chosen, identity)
             .map_err(unreachable)?;
         let (events_tx, events) = mpsc::channel(16);
         let driver = tokio::spawn(async move {
@@ -688,7 +682,10 @@ impl OpcUaSource {
                         }
                     }
                     Some(SessionEvent::Reconnected) => {
-                        tracing::info!("reconnected; the subscription is restored");
+                        // The session's first opening is reported as well.
+                        if !connected {
+                            tracing::info!("reconnected; the subscription is restored");
+                        }
                         connected = true;
                         watchdog = Watchdog::new(bound, now());
                     }
@@ -738,6 +735,7 @@ impl OpcUaSource {
         cancel: &CancellationToken,
     ) -> Outcome {
         let mut interval = tokio::time::interval(self.config.poll_interval());
+        let mut lost = false;
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -746,11 +744,16 @@ impl OpcUaSource {
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(%status, "connection lost; the client reconnects");
                         self.count_loss();
+                        lost = true;
                         if !run.mark_gap(&self.tags).await {
                             return Outcome::AgentGone;
                         }
                     }
-                    Some(SessionEvent::Reconnected) => tracing::info!("reconnected"),
+                    Some(SessionEvent::Reconnected) => {
+                        if std::mem::take(&mut lost) {
+                            tracing::info!("reconnected");
+                        }
+                    }
                     Some(SessionEvent::Ended(why)) => return Outcome::Reconnect(why),
                     None => return Outcome::Reconnect("the session's event loop stopped".into()),
                 },
