@@ -122,6 +122,11 @@ async fn a_subscription_resumes_by_itself_after_the_server_restarts() -> anyhow:
     let pki = tempfile::tempdir()?;
     let spec = OpcUaServerSpec::new("127.0.0.1:0".parse()?, pki.path().join("server"));
     let server = start(spec.clone()).await?;
+    assert_eq!(
+        server.namespace(),
+        2,
+        "the documented node ids are ns=2;s=<signal>"
+    );
     let addr = server.local_addr();
     let config = source_config(&format!(
         r#"

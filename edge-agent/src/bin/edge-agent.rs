@@ -33,15 +33,16 @@ enum Command {
     Run { config: PathBuf },
     /// Validate a configuration file without connecting to anything.
     Check { config: PathBuf },
-    /// Read the configured devices and print decoded values; nothing is published. MQTT
-    /// sources are watched in a session of their own: the agent's queued messages stay.
+    /// Read the configured devices and OPC-UA servers and print decoded values; nothing is
+    /// published. MQTT sources are watched in a session of their own: the agent's queued
+    /// messages stay.
     Read {
         config: PathBuf,
         /// Only this tag (its exact name).
         #[arg(long, value_name = "NAME")]
         tag: Option<String>,
-        /// Read every device once and exit, instead of repeating until Ctrl-C. MQTT sources
-        /// are watched for `--listen` and then left.
+        /// Read every device and OPC-UA server once and exit, instead of repeating until
+        /// Ctrl-C. MQTT sources are watched for `--listen` and then left.
         #[arg(long)]
         once: bool,
         /// With `--once`: how long MQTT sources are watched (e.g. 5s, 1m).

@@ -51,7 +51,7 @@ const NODES_PER_REQUEST: usize = 500;
 /// Backoff between connection attempts: from the first to the last, doubling.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often tags with a deadband are checked for a due heartbeat.
+/// How often subscribed tags are checked for a due heartbeat.
 const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 
 /// Why a source could not connect or read.
@@ -387,7 +387,9 @@ impl OpcUaSource {
         connection.close(self.grace()).await;
         let (samples, problems) = read?;
         for (tag, problem) in problems {
-            tracing::warn!(%tag, %problem, "value not read");
+            if let Some(problem) = problem {
+                tracing::warn!(%tag, %problem, "value not read");
+            }
         }
         Ok(samples)
     }
@@ -411,12 +413,12 @@ impl OpcUaSource {
         self.config.timeout.min(Duration::from_secs(2))
     }
 
-    /// One Read of every tag (in requests of at most [`NODES_PER_REQUEST`] nodes), with the
-    /// reason for each value that is not good data.
+    /// One Read of every tag (in requests of at most [`NODES_PER_REQUEST`] nodes), and for
+    /// each tag the reason its value is not good data, if it is not.
     async fn read_all(
         &self,
         session: &Session,
-    ) -> Result<(Vec<Sample>, Vec<(TagName, String)>), OpcUaError> {
+    ) -> Result<(Vec<Sample>, Vec<(TagName, Option<String>)>), OpcUaError> {
         let mut samples = Vec::with_capacity(self.tags.len());
         let mut problems = Vec::new();
         for chunk in self.tags.chunks(NODES_PER_REQUEST) {
@@ -439,13 +441,7 @@ impl OpcUaSource {
             let received = Timestamp::now();
             for (tag, value) in chunk.iter().zip(values.iter()) {
                 let c = convert::sample(&tag.name, tag.scaling, value, received);
-                match (c.problem, value.status) {
-                    (Some(p), _) => problems.push((tag.name.clone(), p)),
-                    (None, Some(status)) if status.is_bad() => {
-                        problems.push((tag.name.clone(), format!("the server answered {status}")));
-                    }
-                    _ => {}
-                }
+                problems.push((tag.name.clone(), problem(c.problem, value)));
                 samples.push(c.sample);
             }
         }
@@ -797,6 +793,17 @@ impl OpcUaSource {
     }
 }
 
+/// Why a value is not good data, if it is not: it could not be converted, or the server
+/// answered with a bad status.
+fn problem(conversion: Option<String>, value: &DataValue) -> Option<String> {
+    conversion.or_else(|| {
+        value
+            .status
+            .filter(|s| s.is_bad())
+            .map(|s| format!("the server answered {s}"))
+    })
+}
+
 /// Deletes every subscription the session knows.
 async fn delete_all(session: &Session) {
     let ids = session
@@ -862,9 +869,7 @@ impl Running {
                 continue;
             };
             let c = convert::sample(&tag.name, tag.scaling, &value, received);
-            if let Some(p) = c.problem {
-                problems.push((tag.name.clone(), p));
-            }
+            problems.push((tag.name.clone(), problem(c.problem, &value)));
             samples.push(c.sample);
         }
         self.note_problems(source, problems);
@@ -875,16 +880,22 @@ impl Running {
             .await
     }
 
-    /// Counts every problem and logs each tag's once, until the tag reads cleanly again.
-    fn note_problems(&mut self, source: &OpcUaSource, problems: Vec<(TagName, String)>) {
-        let troubled: HashSet<TagName> = problems.iter().map(|(t, _)| t.clone()).collect();
-        for (tag, problem) in problems {
-            source.count_problem();
-            if self.reported.insert(tag.clone()) {
-                tracing::warn!(%tag, %problem, "value not read");
+    /// Counts every problem and logs each tag's once, until the tag reads cleanly again;
+    /// `outcomes` holds each tag read, with its problem if it had one.
+    fn note_problems(&mut self, source: &OpcUaSource, outcomes: Vec<(TagName, Option<String>)>) {
+        for (tag, problem) in outcomes {
+            match problem {
+                Some(problem) => {
+                    source.count_problem();
+                    if self.reported.insert(tag.clone()) {
+                        tracing::warn!(%tag, %problem, "value not read");
+                    }
+                }
+                None => {
+                    self.reported.remove(&tag);
+                }
             }
         }
-        self.reported.retain(|t| troubled.contains(t));
     }
 
     fn note_text(&mut self, samples: &[Sample]) {
