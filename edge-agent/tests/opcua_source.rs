@@ -241,6 +241,17 @@ timeout = "5s"
     .await?;
     cancel.cancel();
 
+    // Signed only, not encrypted: the other secure endpoint the server offers.
+    let signed = source_config(
+        &section("username = \"operator\"\npassword = \"s3cret-pass\"")
+            .replace("\"SignAndEncrypt\"", "\"Sign\""),
+    )?;
+    let once = OpcUaSource::new(signed, GatewayId::parse("opc-gw")?, Arc::default())
+        .read_once()
+        .await
+        .context("read once, signed")?;
+    assert!(once.iter().all(|s| s.quality == Quality::Good), "{once:?}");
+
     // Anonymous is not offered: the error says so and how to fix it.
     let anonymous = source_config(&section(""))?;
     let err = OpcUaSource::new(anonymous, GatewayId::parse("opc-gw")?, Arc::default())
