@@ -91,6 +91,16 @@ async fn parts_are_reserved_used_and_released_through_work_orders() -> anyhow::R
     )
     .await?;
     assert_eq!(status, 400, "{body}");
+    // A stock location that does not exist, in the path: a resource that is not there.
+    let (status, body) = call(
+        &plant,
+        Method::PUT,
+        &format!("/api/v1/parts/{part_id}/stock/{}", Uuid::new_v4()),
+        &admin,
+        json!({ "min_qty": 2 }),
+    )
+    .await?;
+    assert_eq!(status, 404, "{body}");
     plant
         .send_ok(
             Method::PUT,

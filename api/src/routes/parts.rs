@@ -573,7 +573,12 @@ pub async fn set_levels(
 ) -> Result<Json<PartDetail>, ApiError> {
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    part_and_location(&mut tx, tenant, part, location).await?;
+    // The location is part of the path here, not a field of the body: a missing one is a
+    // resource that does not exist.
+    match part_and_location(&mut tx, tenant, part, location).await {
+        Err(ApiError::Invalid(_)) => return Err(ApiError::NotFound),
+        other => other?,
+    };
     auth.require(Permission::PartsWrite)?;
     let mut errors = FieldErrors::default();
     for (field, value) in [
