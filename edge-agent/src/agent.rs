@@ -24,6 +24,10 @@ use crate::config::AgentConfig;
 use crate::outbox::{DirStorage, FsyncPolicy, Outbox, OutboxError};
 use crate::uplink::{Uplink, UplinkError, UplinkEvent};
 
+/// How long a stopping agent waits for its sources to stop reading.
+const SOURCES_STOP: Duration = Duration::from_secs(3);
+/// Then, how long it waits for MQTT sources to acknowledge what was sealed.
+const SOURCES_ACK: Duration = Duration::from_secs(10);
 /// How long a stopping agent waits for outstanding acknowledgements.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often the backlog is replayed (the rate is spread over these ticks).
@@ -271,14 +275,32 @@ impl Agent {
         tracing::info!("stopping: draining sources and waiting for acknowledgements");
         stop_sources.cancel();
         // Every source drops its sender when it stops; what they handed over before is sealed.
-        while let Some(chunk) = readings.recv().await {
-            self.accept(&mut flow, chunk);
+        // A source that does not stop in time is not waited for: what the others handed over
+        // is sealed all the same.
+        let drain_until = tokio::time::Instant::now() + SOURCES_STOP;
+        loop {
+            tokio::select! {
+                chunk = readings.recv() => match chunk {
+                    Some(chunk) => self.accept(&mut flow, chunk),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(drain_until) => {
+                    tracing::warn!(?SOURCES_STOP, "a source did not stop in time; sealing what was handed over");
+                    break;
+                }
+            }
         }
         self.seal(&mut flow, true).await?;
         flow.outbox.sync()?;
         flow.mark_durable();
         // MQTT sources acknowledge to their brokers what is now durable, then end.
-        while pollers.join_next().await.is_some() {}
+        let joined = async { while pollers.join_next().await.is_some() {} };
+        if tokio::time::timeout(SOURCES_STOP + SOURCES_ACK, joined)
+            .await
+            .is_err()
+        {
+            pollers.abort_all();
+        }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while flow.outbox.unacked_count() > 0 {
             self.replay(&mut flow).await?;

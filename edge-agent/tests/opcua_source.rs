@@ -264,13 +264,15 @@ timeout = "5s"
         "{err}"
     );
 
-    // A wrong password: the session does not open, and the source says so.
+    // A wrong password: refused at the first attempt (not tried again and again), with the
+    // server's reason.
     let wrong = source_config(&section("username = \"operator\"\npassword = \"wrong\""))?;
     let err = OpcUaSource::new(wrong, GatewayId::parse("opc-gw")?, Arc::default())
         .read_once()
         .await
         .expect_err("a wrong password is refused");
-    assert!(matches!(err, OpcUaError::SessionNotOpened { .. }), "{err}");
+    assert!(matches!(err, OpcUaError::SessionRefused { .. }), "{err}");
+    assert!(err.to_string().contains("username and password"), "{err}");
 
     // A policy the server does not offer: the error lists what it offers.
     let text = section("username = \"operator\"\npassword = \"s3cret-pass\"")

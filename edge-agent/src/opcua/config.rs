@@ -28,9 +28,15 @@ fn default_pki_dir() -> PathBuf {
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Default keep-alive count of a subscription.
 pub const DEFAULT_KEEP_ALIVE_COUNT: u32 = 10;
-/// Default heartbeat of subscribed tags: a subscription reports only changes, so a steady
-/// value is repeated this often while the subscription is healthy.
-pub const SUBSCRIBED_HEARTBEAT: Duration = Duration::from_secs(60);
+/// Default heartbeat of tags without a deadband: a subscription reports only changes, and a
+/// polled steady value is not sent again each poll, so a steady value is repeated this often.
+pub const STEADY_HEARTBEAT: Duration = Duration::from_secs(60);
+/// The longest publishing, sampling or poll interval accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest watchdog bound accepted.
+pub const MAX_WATCHDOG: Duration = Duration::from_secs(86_400);
+/// The longest request timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn default_scale() -> f64 {
     1.0
@@ -158,8 +164,8 @@ pub struct OpcUaTagConfig {
     /// Report by exception, in engineering units. With `subscribe` it is also sent to the
     /// server as an absolute data-change deadband (on the raw value, so only without scaling).
     pub deadband: Option<f64>,
-    /// With a deadband: forward at least this often (default 60 s). Subscribed tags without
-    /// a deadband repeat a steady value every 60 s as well.
+    /// With a deadband: forward at least this often (default 60 s). Tags without a deadband
+    /// repeat a steady value every 60 s as well.
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
     pub unit: Option<String>,
@@ -197,11 +203,11 @@ impl OpcUaTagConfig {
     }
 
     /// The deadband the server applies, when it can: only an unscaled value's deadband
-    /// means the same thing on the server's side.
+    /// means the same thing on the server's side (and a deadband of 0 asks nothing of it).
     pub fn server_deadband(&self) -> Option<f64> {
         let c = self.conversion();
         let unscaled = c.scale == 1.0 && c.offset == 0.0 && c.raw_min.is_none();
-        self.deadband.filter(|_| unscaled)
+        self.deadband.filter(|band| unscaled && *band > 0.0)
     }
 }
 
@@ -227,13 +233,17 @@ impl OpcUaSourceConfig {
 
     /// The longest a healthy subscription stays silent: one keep-alive period.
     fn keep_alive_period(&self) -> Duration {
-        self.publishing_interval() * self.keep_alive_count().max(1)
+        self.publishing_interval()
+            .saturating_mul(self.keep_alive_count().max(1))
     }
 
     /// How long the subscription may stay silent before it is rebuilt.
     pub fn watchdog(&self) -> Duration {
-        self.watchdog
-            .unwrap_or_else(|| (self.keep_alive_period() * 3).max(Duration::from_secs(5)))
+        self.watchdog.unwrap_or_else(|| {
+            self.keep_alive_period()
+                .saturating_mul(3)
+                .max(Duration::from_secs(5))
+        })
     }
 
     /// A certificate or key file as the client reads it: relative paths start at `pki_dir`.
@@ -241,13 +251,14 @@ impl OpcUaSourceConfig {
         self.pki_dir.join(file)
     }
 
-    /// The tag's report-by-exception keys as the source applies them: subscribed tags
-    /// without a deadband still repeat a steady value every [`SUBSCRIBED_HEARTBEAT`].
+    /// The tag's report-by-exception keys as the source applies them: a tag without a
+    /// deadband forwards every change and repeats a steady value every
+    /// [`STEADY_HEARTBEAT`].
     pub fn effective_conversion(&self, tag: &OpcUaTagConfig) -> Conversion {
         let mut c = tag.conversion();
-        if self.mode == Mode::Subscribe && c.deadband.is_none() {
+        if c.deadband.is_none() {
             c.deadband = Some(0.0);
-            c.heartbeat = Some(SUBSCRIBED_HEARTBEAT);
+            c.heartbeat = Some(STEADY_HEARTBEAT);
         }
         c
     }
@@ -336,8 +347,8 @@ impl OpcUaSourceConfig {
             ("publishing_interval", self.publishing_interval),
             ("poll_interval", self.poll_interval),
         ] {
-            if interval.is_some_and(|i| i < MIN_INTERVAL) {
-                report.error(format!("{at}.{key}"), "must be at least 50ms");
+            if interval.is_some_and(|i| i < MIN_INTERVAL || i > MAX_INTERVAL) {
+                report.error(format!("{at}.{key}"), "must be from 50ms to 1h");
             }
         }
         let other_mode = [
@@ -372,7 +383,9 @@ impl OpcUaSourceConfig {
         {
             report.error(format!("{at}.keep_alive_count"), "must be 1-1000");
         }
-        if let Some(w) = self.watchdog
+        if self.watchdog.is_some_and(|w| w > MAX_WATCHDOG) {
+            report.error(format!("{at}.watchdog"), "must be at most 24h");
+        } else if let Some(w) = self.watchdog
             && w <= self.keep_alive_period()
         {
             report.error(
@@ -381,8 +394,8 @@ impl OpcUaSourceConfig {
                  subscription would be rebuilt",
             );
         }
-        if self.timeout < Duration::from_millis(100) {
-            report.error(format!("{at}.timeout"), "must be at least 100ms");
+        if self.timeout < Duration::from_millis(100) || self.timeout > MAX_TIMEOUT {
+            report.error(format!("{at}.timeout"), "must be from 100ms to 10m");
         }
         if self.tag.is_empty() {
             report.error(
@@ -420,8 +433,11 @@ impl OpcUaTagConfig {
                 );
             }
         }
-        if self.sampling_interval.is_some_and(|s| s < MIN_INTERVAL) {
-            report.error(format!("{at}.sampling_interval"), "must be at least 50ms");
+        if self
+            .sampling_interval
+            .is_some_and(|s| s < MIN_INTERVAL || s > MAX_INTERVAL)
+        {
+            report.error(format!("{at}.sampling_interval"), "must be from 50ms to 1h");
         }
         if self
             .queue_size

@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -45,12 +46,21 @@ use crate::modbus::decode::Scaling;
 use crate::modbus::line::Sample;
 
 /// Notification messages waiting for the source; beyond, their values are dropped and counted.
-const INBOX: usize = 256;
+const INBOX: usize = 64;
+/// Most values the server puts in one notification message: with [`INBOX`], a bound on the
+/// values held in memory.
+const MAX_PER_PUBLISH: u32 = 2_000;
 /// Most nodes asked for in one Read or CreateMonitoredItems request.
 const NODES_PER_REQUEST: usize = 500;
 /// Backoff between connection attempts: from the first to the last, doubling.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Failed reconnects in a row after which the source starts over with a new client.
+const RECONNECT_ATTEMPTS: u32 = 5;
+/// Reads in a row that fail before a polling source starts over.
+const POLL_FAILURES: u32 = 3;
+/// How often refused monitored items are tried again.
+const RETRY_REFUSED: Duration = Duration::from_secs(30);
 /// How often subscribed tags are checked for a due heartbeat.
 const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 
@@ -93,6 +103,11 @@ pub enum OpcUaError {
          busy server"
     )]
     SessionNotOpened { endpoint: String, timeout: Duration },
+    #[error(
+        "{endpoint}: the server refused the session ({status}): check username and password, \
+         and that each side trusts the other's certificate"
+    )]
+    SessionRefused { endpoint: String, status: String },
     #[error("{endpoint}: {service} failed: {detail}")]
     Service {
         endpoint: String,
@@ -123,6 +138,8 @@ enum Notice {
 /// client's event loop.
 struct Inbox {
     tx: mpsc::Sender<Notice>,
+    /// Set when values had to be dropped; the source marks the gap.
+    overflowed: Arc<AtomicBool>,
     source: String,
     stats: Arc<AgentStats>,
 }
@@ -151,15 +168,35 @@ impl OnSubscriptionNotificationCore for Inbox {
             )
         }
         let n = values.len();
-        if self.tx.try_send(Notice::Alive(values)).is_err() && n > 0 {
+        // A closed inbox belongs to a subscription the source has replaced: nothing waits
+        // for it.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Notice::Alive(values))
+            && n > 0
+        {
             self.stats.count_dropped(n as u64);
             metrics::counter!("maintainpro_edge_opcua_values_dropped_total", "source" => self.source.clone()).increment(n as u64);
-            tracing::warn!(source = %self.source, values = n, "the agent is not keeping up; values dropped");
+            if !self.overflowed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(source = %self.source, values = n, "the agent is not keeping up; values dropped and the gap marked");
+            }
         }
-        if let Some(s) = status {
-            let _ = self.tx.try_send(Notice::Status(s));
+        if let Some(s) = status
+            && self.tx.try_send(Notice::Status(s)).is_err()
+        {
+            self.overflowed.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// The subscription a session works with.
+struct Sub {
+    notices: mpsc::Receiver<Notice>,
+    /// Set by the callback when it dropped values.
+    overflowed: Arc<AtomicBool>,
+    /// The watchdog's bound: as configured, and at least three keep-alive periods as the
+    /// server revised them.
+    bound: Duration,
+    /// Tags whose monitored item the server refused, by index; tried again periodically.
+    refused: Vec<usize>,
 }
 
 /// Session events the source acts on.
@@ -167,6 +204,8 @@ impl OnSubscriptionNotificationCore for Inbox {
 enum SessionEvent {
     Lost(StatusCode),
     Reconnected,
+    /// A (re)connection attempt failed; the library tries again.
+    Failed(StatusCode),
     /// The event loop stopped: the client gave up or was closed.
     Ended(String),
 }
@@ -232,9 +271,13 @@ impl OpcUaSource {
             // source to a secure mode later needs no extra step.
             .create_sample_keypair(c.certificate_file.is_none())
             .trust_server_certs(c.trust_server_certificate)
-            // Reconnects after a lost connection are the library's, without a limit; the
-            // source starts over when its event loop ends all the same.
+            // Reconnects after a lost connection are the library's; after
+            // RECONNECT_ATTEMPTS failures in a row the source starts over with a new client,
+            // which asks the server for its endpoints (and certificate) again.
             .session_retry_limit(-1)
+            // Three keep-alive reads without an answer end the connection: a network that
+            // swallows traffic is noticed in poll mode too.
+            .max_failed_keep_alive_count(3)
             .session_retry_initial(BACKOFF_FIRST)
             .session_retry_max(BACKOFF_MAX)
             .request_timeout(c.timeout)
@@ -341,42 +384,73 @@ impl OpcUaSource {
         let (session, event_loop) = client
             .connect_to_endpoint_directly(chosen, identity)
             .map_err(unreachable)?;
-        let (events_tx, events) = mpsc::channel(16);
+        // Events are few (losses, reconnects, failures); the channel never holds up the
+        // library's event loop.
+        let (events_tx, events) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let stream = event_loop.enter();
             tokio::pin!(stream);
+            let mut failures = 0;
             let end = loop {
                 let event = match stream.next().await {
                     None => break "closed".to_owned(),
                     Some(Err(status)) => break status.to_string(),
                     Some(Ok(SessionPollResult::ConnectionLost(s))) => SessionEvent::Lost(s),
-                    Some(Ok(SessionPollResult::Reconnected(_))) => SessionEvent::Reconnected,
+                    Some(Ok(SessionPollResult::Reconnected(_))) => {
+                        failures = 0;
+                        SessionEvent::Reconnected
+                    }
+                    Some(Ok(SessionPollResult::ReconnectFailed(s))) => {
+                        failures += 1;
+                        if failures >= RECONNECT_ATTEMPTS {
+                            break format!(
+                                "{failures} reconnects in a row failed, the last with {s}"
+                            );
+                        }
+                        SessionEvent::Failed(s)
+                    }
                     Some(Ok(_)) => continue,
                 };
-                if events_tx.send(event).await.is_err() {
+                if events_tx.send(event).is_err() {
                     return;
                 }
             };
-            let _ = events_tx.send(SessionEvent::Ended(end)).await;
+            let _ = events_tx.send(SessionEvent::Ended(end));
         });
-        let connection = Connection {
+        let mut connection = Connection {
             session,
             driver,
             events,
         };
-        let opened = tokio::time::timeout(
-            self.config.timeout,
-            connection.session.wait_for_connection(),
-        )
+        // The first failure ends the attempt with its reason (a wrong password is not tried
+        // again and again); a silent server ends it after `timeout`.
+        let opened = tokio::time::timeout(self.config.timeout, async {
+            tokio::select! {
+                opened = connection.session.wait_for_connection() => opened.then_some(()).ok_or(None),
+                event = connection.events.recv() => match event {
+                    Some(SessionEvent::Reconnected) => Ok(()),
+                    Some(SessionEvent::Failed(status)) => Err(Some(status.to_string())),
+                    Some(SessionEvent::Ended(why)) => Err(Some(why)),
+                    Some(SessionEvent::Lost(status)) => Err(Some(status.to_string())),
+                    None => Err(None),
+                },
+            }
+        })
         .await;
-        if !matches!(opened, Ok(true)) {
-            connection.close(Duration::ZERO).await;
-            return Err(OpcUaError::SessionNotOpened {
-                endpoint,
-                timeout: self.config.timeout,
-            });
+        match opened {
+            Ok(Ok(())) => Ok(connection),
+            Ok(Err(Some(status))) => {
+                connection.close(Duration::ZERO).await;
+                Err(OpcUaError::SessionRefused { endpoint, status })
+            }
+            Ok(Err(None)) | Err(_) => {
+                connection.close(Duration::ZERO).await;
+                Err(OpcUaError::SessionNotOpened {
+                    endpoint,
+                    timeout: self.config.timeout,
+                })
+            }
         }
-        Ok(connection)
     }
 
     /// Reads every tag once: what `edge-agent read --once` prints. Values the server could
@@ -438,6 +512,13 @@ impl OpcUaSource {
                     service: "Read",
                     detail: e.to_string(),
                 })?;
+            if values.len() != chunk.len() {
+                return Err(OpcUaError::Service {
+                    endpoint: self.endpoint().to_owned(),
+                    service: "Read",
+                    detail: format!("{} values answered for {} nodes", values.len(), chunk.len()),
+                });
+            }
             let received = Timestamp::now();
             for (tag, value) in chunk.iter().zip(values.iter()) {
                 let c = convert::sample(&tag.name, tag.scaling, value, received);
@@ -464,7 +545,9 @@ impl OpcUaSource {
         let mut run = Running {
             exceptions,
             gaps: GapMarker::default(),
+            last_gap: None,
             last: HashMap::new(),
+            source_ts: HashMap::new(),
             text: HashSet::new(),
             reported: HashSet::new(),
             data_seen: false,
@@ -482,11 +565,16 @@ impl OpcUaSource {
                     tracing::info!(endpoint = %self.endpoint(), mode = ?self.config.mode, tags = self.tags.len(), "connected");
                     reported = false;
                     run.data_seen = false;
-                    let outcome = match self.config.mode {
-                        Mode::Subscribe => {
-                            self.subscribed(&mut connection, &mut run, &cancel).await
-                        }
-                        Mode::Poll => self.polled(&mut connection, &mut run, &cancel).await,
+                    // Every request of the session's work is abandoned at once on a stop;
+                    // closing the session then deletes its subscriptions.
+                    let outcome = tokio::select! {
+                        _ = cancel.cancelled() => Outcome::Cancelled,
+                        o = async {
+                            match self.config.mode {
+                                Mode::Subscribe => self.subscribed(&mut connection, &mut run).await,
+                                Mode::Poll => self.polled(&mut connection, &mut run).await,
+                            }
+                        } => o,
                     };
                     connection.close(self.grace()).await;
                     let Outcome::Reconnect(why) = outcome else {
@@ -522,31 +610,17 @@ impl OpcUaSource {
         }
     }
 
-    /// Creates the subscription and its monitored items; items the server refuses are
-    /// reported and get a bad reading.
-    async fn subscribe(
-        &self,
-        session: &Session,
-        run: &mut Running,
-    ) -> Result<(u32, mpsc::Receiver<Notice>), Outcome> {
+    /// Creates the subscription and its monitored items. Items the server refuses are
+    /// reported, get a bad reading, and are listed for retrying.
+    async fn subscribe(&self, session: &Session, run: &mut Running) -> Result<Sub, Outcome> {
         let c = &self.config;
-        let (tx, rx) = mpsc::channel(INBOX);
+        let (tx, notices) = mpsc::channel(INBOX);
+        let overflowed = Arc::new(AtomicBool::new(false));
         let inbox = Inbox {
             tx,
+            overflowed: Arc::clone(&overflowed),
             source: c.name.clone(),
             stats: Arc::clone(&self.stats),
-        };
-        let failed = |service: &'static str| {
-            move |e: opcua::types::Error| {
-                Outcome::Reconnect(
-                    OpcUaError::Service {
-                        endpoint: c.endpoint.clone(),
-                        service,
-                        detail: e.to_string(),
-                    }
-                    .to_string(),
-                )
-            }
         };
         let keep_alive = c.keep_alive_count();
         let id = session
@@ -554,38 +628,37 @@ impl OpcUaSource {
                 c.publishing_interval(),
                 keep_alive.saturating_mul(3),
                 keep_alive,
-                0,
+                MAX_PER_PUBLISH,
                 0,
                 true,
                 inbox,
             )
             .await
-            .map_err(failed("CreateSubscription"))?;
-        let mut refused = Vec::new();
-        for (first, chunk) in self
-            .tags
-            .chunks(NODES_PER_REQUEST)
-            .enumerate()
-            .map(|(n, chunk)| (n * NODES_PER_REQUEST, chunk))
-        {
-            let items: Vec<MonitoredItemCreateRequest> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, t)| self.monitored_item(first + i, t))
-                .collect();
-            let results = session
-                .create_monitored_items(id, TimestampsToReturn::Both, items)
-                .await
-                .map_err(failed("CreateMonitoredItems"))?;
-            for (t, r) in chunk.iter().zip(results.iter()) {
-                if r.result.status_code.is_bad() {
-                    refused.push((t, r.result.status_code));
-                }
-            }
-        }
+            .map_err(|e| self.failed("CreateSubscription", &e))?;
+        // The server may have revised the interval and the keep-alive count: the watchdog
+        // waits for what the server will actually do.
+        let revised = session.subscription_state().lock().get(id).map(|s| {
+            s.publishing_interval()
+                .saturating_mul(s.max_keep_alive_count().max(1))
+        });
+        let bound = match revised {
+            Some(period) => self.config.watchdog().max(period.saturating_mul(3)),
+            None => self.config.watchdog(),
+        };
+        let all: Vec<usize> = (0..self.tags.len()).collect();
+        let refused = self.add_items(session, id, &all).await?;
         let mut marks = Vec::new();
-        for (t, status) in refused {
-            tracing::error!(tag = %t.name, node = %t.config.node, %status, "the server refused to monitor this node; check the node id");
+        for &(i, status) in &refused {
+            let t = &self.tags[i];
+            let hint = if matches!(
+                status,
+                StatusCode::BadNodeIdUnknown | StatusCode::BadNodeIdInvalid
+            ) {
+                "check the node id"
+            } else {
+                "tried again every 30 s"
+            };
+            tracing::error!(tag = %t.name, node = %t.config.node, %status, hint, "the server refused to monitor this node");
             self.count_error("monitored_item");
             marks.push(Reading {
                 tag: t.name.clone(),
@@ -597,11 +670,66 @@ impl OpcUaSource {
         if !run.forward(marks).await {
             return Err(Outcome::AgentGone);
         }
-        Ok((id, rx))
+        Ok(Sub {
+            notices,
+            overflowed,
+            bound,
+            refused: refused.into_iter().map(|(i, _)| i).collect(),
+        })
     }
 
-    fn monitored_item(&self, index: usize, t: &Tag) -> MonitoredItemCreateRequest {
-        let filter = match t.config.server_deadband() {
+    /// Adds the monitored items of the tags at `indices` to subscription `id`; returns the
+    /// ones the server refused. An item refused for its deadband filter (a server that has
+    /// no deadbands, or a variable that is not a number) is asked for again without it.
+    async fn add_items(
+        &self,
+        session: &Session,
+        id: u32,
+        indices: &[usize],
+    ) -> Result<Vec<(usize, StatusCode)>, Outcome> {
+        let mut refused = Vec::new();
+        for chunk in indices.chunks(NODES_PER_REQUEST) {
+            let mut pending: Vec<(usize, bool)> = chunk.iter().map(|&i| (i, true)).collect();
+            while !pending.is_empty() {
+                let items: Vec<MonitoredItemCreateRequest> = pending
+                    .iter()
+                    .map(|&(i, filtered)| self.monitored_item(i, filtered))
+                    .collect();
+                let results = session
+                    .create_monitored_items(id, TimestampsToReturn::Both, items)
+                    .await
+                    .map_err(|e| self.failed("CreateMonitoredItems", &e))?;
+                let mut again = Vec::new();
+                for (n, &(i, filtered)) in pending.iter().enumerate() {
+                    let status = results
+                        .get(n)
+                        .map_or(StatusCode::BadUnexpectedError, |r| r.result.status_code);
+                    if !status.is_bad() {
+                        continue;
+                    }
+                    let filter_refused = matches!(
+                        status,
+                        StatusCode::BadFilterNotAllowed
+                            | StatusCode::BadMonitoredItemFilterUnsupported
+                            | StatusCode::BadMonitoredItemFilterInvalid
+                            | StatusCode::BadDeadbandFilterInvalid
+                    );
+                    if filtered && filter_refused && self.tags[i].config.server_deadband().is_some()
+                    {
+                        again.push((i, false));
+                    } else {
+                        refused.push((i, status));
+                    }
+                }
+                pending = again;
+            }
+        }
+        Ok(refused)
+    }
+
+    fn monitored_item(&self, index: usize, filtered: bool) -> MonitoredItemCreateRequest {
+        let t = &self.tags[index];
+        let filter = match t.config.server_deadband().filter(|_| filtered) {
             Some(band) => ExtensionObject::from_message(DataChangeFilter {
                 trigger: DataChangeTrigger::StatusValue,
                 deadband_type: DeadbandType::Absolute as u32,
@@ -627,47 +755,50 @@ impl OpcUaSource {
         }
     }
 
-    async fn subscribed(
-        &self,
-        connection: &mut Connection,
-        run: &mut Running,
-        cancel: &CancellationToken,
-    ) -> Outcome {
+    /// A service failure that ends the session's work.
+    fn failed(&self, service: &'static str, e: &opcua::types::Error) -> Outcome {
+        Outcome::Reconnect(
+            OpcUaError::Service {
+                endpoint: self.config.endpoint.clone(),
+                service,
+                detail: e.to_string(),
+            }
+            .to_string(),
+        )
+    }
+
+    /// Whether the session holds one subscription with every item the source asked for
+    /// (after the library re-created it following a reconnect, say).
+    fn subscription_complete(&self, session: &Session, sub: &Sub) -> bool {
+        let state = session.subscription_state().lock();
+        let ids = state.subscription_ids().unwrap_or_default();
+        let expected = self.tags.len() - sub.refused.len();
+        ids.len() == 1
+            && state
+                .get(ids[0])
+                .is_some_and(|s| s.monitored_items().count() >= expected)
+    }
+
+    async fn subscribed(&self, connection: &mut Connection, run: &mut Running) -> Outcome {
         let Connection {
             session, events, ..
         } = connection;
-        let mut notices = match self.subscribe(session, run).await {
-            Ok((_, notices)) => notices,
+        let mut sub = match self.subscribe(session, run).await {
+            Ok(sub) => sub,
             Err(outcome) => return outcome,
         };
-        let bound = self.config.watchdog();
         let now = || Instant::now().into_std();
-        let mut watchdog = Watchdog::new(bound, now());
+        let mut watchdog = Watchdog::new(sub.bound, now());
         let mut connected = true;
         let mut heartbeat = tokio::time::interval(HEARTBEAT_TICK);
+        let mut retry = tokio::time::interval_at(Instant::now() + RETRY_REFUSED, RETRY_REFUSED);
         loop {
             let deadline = Instant::from_std(watchdog.deadline());
+            // Biased: session events first (a loss is marked before data that follows the
+            // reconnect), then data (a backlog of notifications is read before the watchdog
+            // may call the subscription silent).
             tokio::select! {
-                _ = cancel.cancelled() => {
-                    let _ = tokio::time::timeout(self.grace(), delete_all(session)).await;
-                    return Outcome::Cancelled;
-                }
-                notice = notices.recv() => match notice {
-                    Some(Notice::Alive(values)) => {
-                        watchdog.sign(now());
-                        if !values.is_empty() && !run.values(self, values).await {
-                            return Outcome::AgentGone;
-                        }
-                    }
-                    Some(Notice::Status(status)) => {
-                        tracing::warn!(%status, "the server ended the subscription; rebuilding it");
-                        if let Err(outcome) = self.rebuild(session, run, &mut notices).await {
-                            return outcome;
-                        }
-                        watchdog = Watchdog::new(bound, now());
-                    }
-                    None => return Outcome::Reconnect("the subscription's callback was dropped".into()),
-                },
+                biased;
                 event = events.recv() => match event {
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(%status, "connection lost; the client reconnects");
@@ -679,22 +810,77 @@ impl OpcUaSource {
                     }
                     Some(SessionEvent::Reconnected) => {
                         // The session's first opening is reported as well.
-                        if !connected {
-                            tracing::info!("reconnected; the subscription is restored");
-                        }
+                        let after_loss = !connected;
                         connected = true;
-                        watchdog = Watchdog::new(bound, now());
+                        watchdog = Watchdog::new(sub.bound, now());
+                        if !after_loss {
+                            continue;
+                        }
+                        tracing::info!("reconnected");
+                        if !self.subscription_complete(session, &sub) {
+                            tracing::warn!("the subscription came back incomplete; rebuilding it");
+                            if let Err(outcome) = self.rebuild(session, run, &mut sub).await {
+                                return outcome;
+                            }
+                            watchdog = Watchdog::new(sub.bound, now());
+                        } else if let Err(outcome) = self.resync(session, run).await {
+                            // A reactivated session sends no values that did not change:
+                            // read them, so the gap ends for steady tags too.
+                            return outcome;
+                        }
+                    }
+                    Some(SessionEvent::Failed(status)) => {
+                        tracing::debug!(%status, "reconnect failed; the client tries again");
                     }
                     Some(SessionEvent::Ended(why)) => return Outcome::Reconnect(why),
                     None => return Outcome::Reconnect("the session's event loop stopped".into()),
                 },
+                notice = sub.notices.recv() => match notice {
+                    Some(Notice::Alive(values)) => {
+                        watchdog.sign(now());
+                        if sub.overflowed.swap(false, Ordering::Relaxed)
+                            && !run.mark_gap(&self.tags).await
+                        {
+                            return Outcome::AgentGone;
+                        }
+                        if !values.is_empty() && !run.values(self, values).await {
+                            return Outcome::AgentGone;
+                        }
+                    }
+                    Some(Notice::Status(status)) if status.is_bad() => {
+                        tracing::warn!(%status, "the server ended the subscription; rebuilding it");
+                        if let Err(outcome) = self.rebuild(session, run, &mut sub).await {
+                            return outcome;
+                        }
+                        watchdog = Watchdog::new(sub.bound, now());
+                    }
+                    Some(Notice::Status(status)) => {
+                        tracing::info!(%status, "subscription status changed");
+                    }
+                    None => return Outcome::Reconnect("the subscription's callback was dropped".into()),
+                },
                 _ = tokio::time::sleep_until(deadline), if connected => {
                     let silent = watchdog.silent_for(now());
                     tracing::warn!(?silent, "the subscription delivered neither data nor keep-alives; rebuilding it");
-                    if let Err(outcome) = self.rebuild(session, run, &mut notices).await {
+                    if let Err(outcome) = self.rebuild(session, run, &mut sub).await {
                         return outcome;
                     }
-                    watchdog = Watchdog::new(bound, now());
+                    watchdog = Watchdog::new(sub.bound, now());
+                }
+                _ = retry.tick(), if connected && !sub.refused.is_empty() => {
+                    let ids = session.subscription_state().lock().subscription_ids().unwrap_or_default();
+                    if let Some(&id) = ids.first() {
+                        match self.add_items(session, id, &sub.refused).await {
+                            Ok(still) => {
+                                let added = sub.refused.len() - still.len();
+                                if added > 0 {
+                                    tracing::info!(added, "monitored items the server refused before are added");
+                                }
+                                sub.refused = still.into_iter().map(|(i, _)| i).collect();
+                            }
+                            Err(outcome) => return outcome,
+                        }
+                    }
                 }
                 _ = heartbeat.tick(), if connected && !run.gaps.in_gap() => {
                     if !run.heartbeats().await {
@@ -705,37 +891,54 @@ impl OpcUaSource {
         }
     }
 
-    /// Marks the gap, deletes every subscription of the session (best effort: the server
-    /// may have lost them; after a reconnect the library may have made new ones) and creates
-    /// the subscription again.
+    /// Reads every tag and forwards the values: after a session was reactivated, when the
+    /// server sends only what changes.
+    async fn resync(&self, session: &Session, run: &mut Running) -> Result<(), Outcome> {
+        let (samples, problems) = self
+            .read_all(session)
+            .await
+            .map_err(|e| Outcome::Reconnect(e.to_string()))?;
+        run.note_problems(self, problems);
+        if run.samples(samples, Timestamp::now()).await {
+            Ok(())
+        } else {
+            Err(Outcome::AgentGone)
+        }
+    }
+
+    /// Marks the gap, hands over what the old subscription still delivered, deletes every
+    /// subscription of the session (best effort: the server may have lost them; after a
+    /// reconnect the library may have made new ones) and creates the subscription again.
     async fn rebuild(
         &self,
         session: &Session,
         run: &mut Running,
-        notices: &mut mpsc::Receiver<Notice>,
+        sub: &mut Sub,
     ) -> Result<(), Outcome> {
         metrics::counter!("maintainpro_edge_opcua_subscription_rebuilds_total", "source" => self.config.name.clone()).increment(1);
+        while let Ok(notice) = sub.notices.try_recv() {
+            if let Notice::Alive(values) = notice
+                && !run.values(self, values).await
+            {
+                return Err(Outcome::AgentGone);
+            }
+        }
         if !run.mark_gap(&self.tags).await {
             return Err(Outcome::AgentGone);
         }
         let _ = tokio::time::timeout(self.config.timeout, delete_all(session)).await;
-        let (_, fresh) = self.subscribe(session, run).await?;
-        *notices = fresh;
+        *sub = self.subscribe(session, run).await?;
         Ok(())
     }
 
-    async fn polled(
-        &self,
-        connection: &mut Connection,
-        run: &mut Running,
-        cancel: &CancellationToken,
-    ) -> Outcome {
+    async fn polled(&self, connection: &mut Connection, run: &mut Running) -> Outcome {
         let mut interval = tokio::time::interval(self.config.poll_interval());
-        let mut lost = false;
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lost = false;
+        let mut failures = 0;
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return Outcome::Cancelled,
+                biased;
                 event = connection.events.recv() => match event {
                     Some(SessionEvent::Lost(status)) => {
                         tracing::warn!(%status, "connection lost; the client reconnects");
@@ -750,26 +953,30 @@ impl OpcUaSource {
                             tracing::info!("reconnected");
                         }
                     }
+                    Some(SessionEvent::Failed(status)) => {
+                        tracing::debug!(%status, "reconnect failed; the client tries again");
+                    }
                     Some(SessionEvent::Ended(why)) => return Outcome::Reconnect(why),
                     None => return Outcome::Reconnect("the session's event loop stopped".into()),
                 },
                 _ = interval.tick() => {
                     match self.read_all(&connection.session).await {
                         Ok((samples, problems)) => {
+                            failures = 0;
                             run.note_problems(self, problems);
-                            run.gaps.resumed();
-                            run.data_seen = true;
-                            run.note_text(&samples);
-                            let readings = samples.iter().filter_map(Sample::to_reading).collect();
-                            if !run.forward(readings).await {
+                            if !run.polled(samples, Timestamp::now()).await {
                                 return Outcome::AgentGone;
                             }
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "poll failed");
                             self.count_error("read");
+                            failures += 1;
                             if !run.mark_gap(&self.tags).await {
                                 return Outcome::AgentGone;
+                            }
+                            if failures >= POLL_FAILURES {
+                                return Outcome::Reconnect(format!("{failures} reads in a row failed, the last with {e}"));
                             }
                         }
                     }
@@ -823,19 +1030,25 @@ enum Outcome {
     Reconnect(String),
 }
 
-/// An open session and the task driving it.
+/// An open session and the task driving it; dropping it stops the task.
 struct Connection {
     session: Arc<Session>,
     driver: tokio::task::JoinHandle<()>,
-    events: mpsc::Receiver<SessionEvent>,
+    events: mpsc::UnboundedReceiver<SessionEvent>,
 }
 
 impl Connection {
-    /// Closes the session (waiting up to `grace` for the server) and stops its driver.
+    /// Closes the session, which deletes its subscriptions (waiting up to `grace` for the
+    /// server), and stops its driver.
     async fn close(self, grace: Duration) {
         if !grace.is_zero() {
             let _ = tokio::time::timeout(grace, self.session.disconnect()).await;
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
         self.driver.abort();
     }
 }
@@ -844,9 +1057,15 @@ impl Connection {
 struct Running {
     exceptions: ExceptionFilter,
     gaps: GapMarker,
+    /// When the latest gap was marked: values stamped earlier are restamped on receipt, so
+    /// that they come after the mark (a steady value re-read after an outage, say).
+    last_gap: Option<Timestamp>,
     /// The latest good reading of each tag reported by exception, for heartbeats.
     last: HashMap<TagName, Reading>,
-    /// Tags whose variable holds text: never published, not even as bad readings.
+    /// Polling: each tag's latest source timestamp, to tell a new value from the same one
+    /// read again.
+    source_ts: HashMap<TagName, Timestamp>,
+    /// Tags whose variable holds text now: no readings, not even bad ones.
     text: HashSet<TagName>,
     /// Tags whose current problem has been logged (logged again once it clears and recurs).
     reported: HashSet<TagName>,
@@ -868,12 +1087,47 @@ impl Running {
             else {
                 continue;
             };
+            if value.status.is_some_and(|s| s.overflow()) {
+                metrics::counter!("maintainpro_edge_opcua_queue_overflows_total", "source" => source.config.name.clone()).increment(1);
+                tracing::debug!(tag = %tag.name, "the server's queue for this item overflowed; samples were discarded there");
+            }
             let c = convert::sample(&tag.name, tag.scaling, &value, received);
             problems.push((tag.name.clone(), problem(c.problem, &value)));
             samples.push(c.sample);
         }
         self.note_problems(source, problems);
-        self.note_text(&samples);
+        self.samples(samples, received).await
+    }
+
+    /// Polled samples: a value whose source timestamp did not change since the last poll is
+    /// the same value read again, stamped with the time of this poll (report by exception
+    /// then passes it only when its heartbeat is due).
+    async fn polled(&mut self, mut samples: Vec<Sample>, received: Timestamp) -> bool {
+        for s in &mut samples {
+            match self.source_ts.insert(s.tag.clone(), s.ts) {
+                Some(previous) if previous == s.ts => s.ts = received,
+                _ => {}
+            }
+        }
+        self.samples(samples, received).await
+    }
+
+    /// Forwards samples that show the source is delivering again.
+    async fn samples(&mut self, mut samples: Vec<Sample>, received: Timestamp) -> bool {
+        for s in &mut samples {
+            match &s.value {
+                Some(crate::modbus::line::Value::Text(_)) => {
+                    self.text.insert(s.tag.clone());
+                }
+                Some(crate::modbus::line::Value::Number(_)) => {
+                    self.text.remove(&s.tag);
+                }
+                None => {}
+            }
+            if self.last_gap.is_some_and(|gap| s.ts <= gap) {
+                s.ts = received;
+            }
+        }
         self.gaps.resumed();
         self.data_seen = true;
         self.forward(samples.iter().filter_map(Sample::to_reading).collect())
@@ -898,19 +1152,13 @@ impl Running {
         }
     }
 
-    fn note_text(&mut self, samples: &[Sample]) {
-        for s in samples {
-            if matches!(s.value, Some(crate::modbus::line::Value::Text(_))) {
-                self.text.insert(s.tag.clone());
-            }
-        }
-    }
-
     /// Marks a gap (once); false once the agent is gone.
     async fn mark_gap(&mut self, tags: &[Tag]) -> bool {
-        let marks = self
-            .gaps
-            .gap(tags.iter().map(|t| &t.name), Timestamp::now());
+        let at = Timestamp::now();
+        let marks = self.gaps.gap(tags.iter().map(|t| &t.name), at);
+        if !marks.is_empty() {
+            self.last_gap = Some(at);
+        }
         self.last.clear();
         self.forward(marks).await
     }
