@@ -404,3 +404,76 @@ timeout = "2s"
     server.shutdown().await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_value_shows_good_again_after_a_network_blip() -> anyhow::Result<()> {
+    let pki = tempfile::tempdir()?;
+    // A value that never changes: the server reports it once per subscription, never again.
+    let steady = Scenario::from_toml_str(
+        "[[signal]]\nname = \"tank.level\"\naddress = 0\nkind.constant = { value = 42.5 }\n",
+        "steady",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = spawn_opcua_server(
+        OpcUaServerSpec::new("127.0.0.1:0".parse()?, pki.path().join("server")),
+        steady,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let relay = Relay::start(server.local_addr()).await?;
+    let config = source_config(&format!(
+        r#"
+[[opcua]]
+name = "steady"
+endpoint = "opc.tcp://{}/"
+pki_dir = "{}"
+publishing_interval = "200ms"
+keep_alive_count = 5
+timeout = "1s"
+
+[[opcua.tag]]
+name = "tank.level"
+node = "{}"
+"#,
+        relay.addr,
+        pki.path().join("client").display(),
+        server.node_id("tank.level"),
+    ))?;
+    let cancel = CancellationToken::new();
+    let mut rx = run(config, &cancel);
+    let good = |seen: &[Reading]| {
+        seen.iter()
+            .any(|r| r.quality == Quality::Good && r.value == 42.5)
+    };
+    until(&mut rx, Duration::from_secs(20), "the steady value", good).await?;
+
+    relay.set_open(false);
+    let marked = until(&mut rx, Duration::from_secs(30), "the gap mark", |seen| {
+        seen.iter().any(|r| r.quality == Quality::Bad)
+    })
+    .await?;
+    let gap = marked
+        .iter()
+        .find(|r| r.quality == Quality::Bad)
+        .map(|r| r.ts)
+        .context("a mark")?;
+    relay.set_open(true);
+
+    // The value did not change, so no notification carries it: the source must read it, and
+    // stamp it after the mark, for the tag to show good again before any heartbeat.
+    let resumed = until(
+        &mut rx,
+        Duration::from_secs(45),
+        "the value after the blip",
+        good,
+    )
+    .await?;
+    let back = resumed
+        .iter()
+        .find(|r| r.quality == Quality::Good)
+        .context("a good reading")?;
+    assert!(back.ts > gap, "{back:?} comes after the mark at {gap:?}");
+    cancel.cancel();
+    server.shutdown().await.map_err(anyhow::Error::msg)?;
+    Ok(())
+}
