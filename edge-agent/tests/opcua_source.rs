@@ -110,6 +110,20 @@ async fn until(
     }
 }
 
+/// Waits until both tags of [`signals`] showed at least `n` different good values.
+async fn both_streaming(
+    rx: &mut mpsc::Receiver<Chunk>,
+    within: Duration,
+    what: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Reading>> {
+    let (a, b) = signals();
+    until(rx, within, what, |seen| {
+        good_values(seen, &a).len() >= n && good_values(seen, &b).len() >= n
+    })
+    .await
+}
+
 fn good_values(seen: &[Reading], tag: &str) -> HashSet<u64> {
     seen.iter()
         .filter(|r| r.tag.as_str() == tag && r.quality == Quality::Good)
@@ -147,13 +161,7 @@ keep_alive_count = 5
     let mut rx = run(config, &cancel);
 
     // Both tags stream changing, good values with their source timestamps.
-    let seen = until(
-        &mut rx,
-        Duration::from_secs(20),
-        "values of both tags",
-        |seen| good_values(seen, &a).len() >= 3 && good_values(seen, &b).len() >= 3,
-    )
-    .await?;
+    let seen = both_streaming(&mut rx, Duration::from_secs(20), "values of both tags", 3).await?;
     let now = model::Timestamp::now();
     assert!(
         seen.iter()
@@ -177,11 +185,11 @@ keep_alive_count = 5
     let mut spec = spec;
     spec.listen = addr;
     let server = start(spec).await?;
-    until(
+    both_streaming(
         &mut rx,
         Duration::from_secs(60),
         "values after the restart",
-        |seen| good_values(seen, &a).len() >= 2 && good_values(seen, &b).len() >= 2,
+        2,
     )
     .await?;
     cancel.cancel();
@@ -217,7 +225,6 @@ timeout = "5s"
             tags(&server).replace("sampling_interval = \"100ms\"", "")
         )
     };
-    let (a, b) = signals();
 
     let config = source_config(&section(
         "username = \"operator\"\npassword = \"s3cret-pass\"",
@@ -235,10 +242,7 @@ timeout = "5s"
 
     let cancel = CancellationToken::new();
     let mut rx = run(config, &cancel);
-    until(&mut rx, Duration::from_secs(20), "polled values", |seen| {
-        good_values(seen, &a).len() >= 3 && good_values(seen, &b).len() >= 3
-    })
-    .await?;
+    both_streaming(&mut rx, Duration::from_secs(20), "polled values", 3).await?;
     cancel.cancel();
 
     // Signed only, not encrypted: the other secure endpoint the server offers.
@@ -372,14 +376,13 @@ timeout = "2s"
         pki.path().join("client").display(),
         tags(&server)
     ))?;
-    let (a, b) = signals();
     let cancel = CancellationToken::new();
     let mut rx = run(config, &cancel);
-    until(
+    both_streaming(
         &mut rx,
         Duration::from_secs(20),
         "values before the silence",
-        |seen| good_values(seen, &a).len() >= 2 && good_values(seen, &b).len() >= 2,
+        2,
     )
     .await?;
 
@@ -393,11 +396,11 @@ timeout = "2s"
 
     // Traffic flows again: data resumes with no one acting.
     relay.set_open(true);
-    until(
+    both_streaming(
         &mut rx,
         Duration::from_secs(90),
         "values after the silence",
-        |seen| good_values(seen, &a).len() >= 2 && good_values(seen, &b).len() >= 2,
+        2,
     )
     .await?;
     cancel.cancel();
