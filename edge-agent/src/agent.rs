@@ -295,10 +295,7 @@ impl Agent {
         flow.mark_durable();
         // MQTT sources acknowledge to their brokers what is now durable, then end.
         let joined = async { while pollers.join_next().await.is_some() {} };
-        if tokio::time::timeout(SOURCES_STOP + SOURCES_ACK, joined)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SOURCES_ACK, joined).await.is_err() {
             pollers.abort_all();
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

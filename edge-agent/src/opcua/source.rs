@@ -12,7 +12,8 @@
 //! - every stop of the data is marked once with a bad reading per tag ([`GapMarker`]).
 //!
 //! Notifications travel from the library's callback to the source over a bounded channel;
-//! should it fill (the agent stalled), the values that do not fit are counted as dropped.
+//! should it fill (the agent stalled), the values that do not fit are counted as dropped,
+//! logged once per overflow, and the gap is marked.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -98,14 +99,14 @@ pub enum OpcUaError {
         hint: &'static str,
     },
     #[error(
-        "{endpoint}: the session did not open within {timeout:?}: wrong credentials, a \
-         certificate one side does not trust (see this agent's log and the server's), or a \
-         busy server"
+        "{endpoint}: the session did not open within {timeout:?}: the server accepted the \
+         connection but did not answer (busy, or stuck); it is tried again"
     )]
     SessionNotOpened { endpoint: String, timeout: Duration },
     #[error(
-        "{endpoint}: the server refused the session ({status}): check username and password, \
-         and that each side trusts the other's certificate"
+        "{endpoint}: the session was refused ({status}): check username and password, and \
+         that each side trusts the other's certificate (an untrusted server certificate lands \
+         in the rejected folder of pki_dir)"
     )]
     SessionRefused { endpoint: String, status: String },
     #[error("{endpoint}: {service} failed: {detail}")]
