@@ -495,6 +495,23 @@ impl Validate for AgentConfig {
     }
 }
 
+/// A source's `name`: not empty, and unique among the sources of its kind (`names`).
+pub(crate) fn validate_source_name(
+    at: &str,
+    name: &str,
+    names: &mut HashSet<String>,
+    report: &mut Report,
+) {
+    if name.trim().is_empty() {
+        report.error(format!("{at}.name"), "must not be empty");
+    } else if !names.insert(name.to_owned()) {
+        report.error(
+            format!("{at}.name"),
+            format!("source name {name:?} is used twice"),
+        );
+    }
+}
+
 const SERIAL_KEYS: [&str; 5] = ["device", "baud_rate", "parity", "stop_bits", "data_bits"];
 
 fn validate_transport(at: &str, d: &DeviceConfig, report: &mut Report) {

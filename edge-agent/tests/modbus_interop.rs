@@ -7,11 +7,12 @@
 //! - scripted RTU peers, over TCP and on a pseudo-terminal (a serial line without hardware),
 //!   where one unit stays silent.
 
+mod python_peer;
+
 use std::collections::HashMap;
 use std::future::{self, Future, Ready};
 use std::io;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +24,8 @@ use edge_agent::modbus::transport::group_devices;
 use edge_agent::{AgentConfig, AgentStats};
 use model::{Quality, Reading};
 use simulators::{Scenario, spawn_modbus_rtu_over_tcp_plc};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_modbus::server::Service;
@@ -71,27 +71,7 @@ struct Pymodbus {
 }
 
 async fn start_pymodbus() -> Pymodbus {
-    let python = std::env::var("MPTEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "MPTEST_PYTHON is not set: it names a Python with pymodbus installed. \
-             Run the tests through scripts/test.sh, which creates that environment."
-        )
-    });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pymodbus_server.py");
-    let mut child = Command::new(&python)
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let line = BufReader::new(stdout)
-        .lines()
-        .next_line()
-        .await
-        .expect("the server's output is readable")
-        .expect("the server prints its port before anything else");
+    let (child, line) = python_peer::start("pymodbus_server.py", &[], "pymodbus").await;
     let port = line
         .trim()
         .parse()

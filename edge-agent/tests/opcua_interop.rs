@@ -5,7 +5,8 @@
 //! Checks every scalar type's conversion, a bad status, text, and a subscription over a
 //! signed and encrypted channel with a user name login.
 
-use std::process::Stdio;
+mod python_peer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,7 @@ use edge_agent::modbus::line::Value;
 use edge_agent::opcua::source::OpcUaSource;
 use edge_agent::{AgentConfig, AgentStats};
 use model::{GatewayId, Quality};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,32 +32,9 @@ struct Asyncua {
 
 /// Starts the asyncua server and waits until it listens.
 async fn asyncua() -> Asyncua {
-    let python = std::env::var("MPTEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "MPTEST_PYTHON is not set: it names a Python with asyncua installed. \
-             Run the tests through scripts/test.sh, which creates that environment."
-        )
-    });
     let pki = tempfile::tempdir().expect("a temporary directory");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/asyncua_server.py");
-    let mut child = Command::new(&python)
-        .arg(script)
-        .arg(pki.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let line = tokio::time::timeout(
-        Duration::from_secs(60),
-        BufReader::new(stdout).lines().next_line(),
-    )
-    .await
-    .expect("the asyncua server starts within a minute")
-    .expect("the server's output is readable")
-    .expect("the server prints its port and namespace before anything else");
+    let (child, line) =
+        python_peer::start("asyncua_server.py", &[pki.path().as_os_str()], "asyncua").await;
     let mut words = line.split_whitespace().map(str::parse::<u16>);
     let (Some(Ok(port)), Some(Ok(namespace))) = (words.next(), words.next()) else {
         panic!("the server printed {line:?} instead of a port and a namespace index");

@@ -112,14 +112,7 @@ impl MqttSourceConfig {
     }
 
     pub fn validate(&self, at: &str, names: &mut HashSet<String>, report: &mut Report) {
-        if self.name.trim().is_empty() {
-            report.error(format!("{at}.name"), "must not be empty");
-        } else if !names.insert(self.name.clone()) {
-            report.error(
-                format!("{at}.name"),
-                format!("source name {:?} is used twice", self.name),
-            );
-        }
+        crate::config::validate_source_name(at, &self.name, names, report);
         match model::topic::broker_endpoint(&self.broker) {
             Err(e) => report.error(format!("{at}.broker"), e.to_string()),
             Ok(endpoint) => self.tls_files(at).validate(endpoint.tls, report),

@@ -268,14 +268,7 @@ impl OpcUaSourceConfig {
     }
 
     pub fn validate(&self, at: &str, names: &mut HashSet<String>, report: &mut Report) {
-        if self.name.trim().is_empty() {
-            report.error(format!("{at}.name"), "must not be empty");
-        } else if !names.insert(self.name.clone()) {
-            report.error(
-                format!("{at}.name"),
-                format!("source name {:?} is used twice", self.name),
-            );
-        }
+        crate::config::validate_source_name(at, &self.name, names, report);
         if let Err(e) = endpoint_host_port(&self.endpoint) {
             report.error(format!("{at}.endpoint"), e);
         }
