@@ -88,12 +88,7 @@ impl ExceptionFilter {
 
     /// A filter for the tags that have a `deadband`.
     pub fn for_tags<'a>(tags: impl IntoIterator<Item = &'a TagConfig>) -> Self {
-        Self {
-            tags: tags
-                .into_iter()
-                .filter_map(|t| Some((t.name.clone(), t.deadband()?)))
-                .collect(),
-        }
+        Self::for_conversions(tags.into_iter().map(|t| (t.name.clone(), t.conversion())))
     }
 
     /// Keeps the readings that are forwarded, in their order.

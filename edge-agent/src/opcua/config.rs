@@ -263,10 +263,6 @@ impl OpcUaSourceConfig {
         c
     }
 
-    pub fn is_secure(&self) -> bool {
-        self.security_mode != SecurityMode::None
-    }
-
     pub fn validate(&self, at: &str, names: &mut HashSet<String>, report: &mut Report) {
         crate::config::validate_source_name(at, &self.name, names, report);
         if let Err(e) = endpoint_host_port(&self.endpoint) {

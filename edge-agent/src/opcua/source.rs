@@ -1061,8 +1061,8 @@ struct Running {
     /// When the latest gap was marked: values stamped earlier are restamped on receipt, so
     /// that they come after the mark (a steady value re-read after an outage, say).
     last_gap: Option<Timestamp>,
-    /// The latest good reading of each tag reported by exception, for heartbeats.
-    last: HashMap<TagName, Reading>,
+    /// The latest good value and quality of each tag reported by exception, for heartbeats.
+    last: HashMap<TagName, (f64, model::Quality)>,
     /// Polling: each tag's latest source timestamp, to tell a new value from the same one
     /// read again.
     source_ts: HashMap<TagName, Timestamp>,
@@ -1080,7 +1080,6 @@ impl Running {
     async fn values(&mut self, source: &OpcUaSource, values: Vec<(u32, DataValue)>) -> bool {
         let received = Timestamp::now();
         let mut samples = Vec::with_capacity(values.len());
-        let mut problems = Vec::new();
         for (handle, value) in values {
             let Some(tag) = (handle as usize)
                 .checked_sub(1)
@@ -1093,10 +1092,9 @@ impl Running {
                 tracing::debug!(tag = %tag.name, "the server's queue for this item overflowed; samples were discarded there");
             }
             let c = convert::sample(&tag.name, tag.scaling, &value, received);
-            problems.push((tag.name.clone(), problem(c.problem, &value)));
+            self.note_problem(source, &tag.name, problem(c.problem, &value));
             samples.push(c.sample);
         }
-        self.note_problems(source, problems);
         self.samples(samples, received).await
     }
 
@@ -1105,9 +1103,12 @@ impl Running {
     /// then passes it only when its heartbeat is due).
     async fn polled(&mut self, mut samples: Vec<Sample>, received: Timestamp) -> bool {
         for s in &mut samples {
-            match self.source_ts.insert(s.tag.clone(), s.ts) {
-                Some(previous) if previous == s.ts => s.ts = received,
-                _ => {}
+            match self.source_ts.get_mut(&s.tag) {
+                Some(previous) if *previous == s.ts => s.ts = received,
+                Some(previous) => *previous = s.ts,
+                None => {
+                    self.source_ts.insert(s.tag.clone(), s.ts);
+                }
             }
         }
         self.samples(samples, received).await
@@ -1139,17 +1140,24 @@ impl Running {
     /// `outcomes` holds each tag read, with its problem if it had one.
     fn note_problems(&mut self, source: &OpcUaSource, outcomes: Vec<(TagName, Option<String>)>) {
         for (tag, problem) in outcomes {
-            match problem {
-                Some(problem) => {
-                    source.count_problem();
-                    if self.reported.insert(tag.clone()) {
-                        tracing::warn!(%tag, %problem, "value not read");
-                    }
-                }
-                None => {
-                    self.reported.remove(&tag);
+            self.note_problem(source, &tag, problem);
+        }
+    }
+
+    /// One tag's outcome, as [`Running::note_problems`] takes them.
+    fn note_problem(&mut self, source: &OpcUaSource, tag: &TagName, problem: Option<String>) {
+        match problem {
+            Some(problem) => {
+                source.count_problem();
+                if !self.reported.contains(tag) {
+                    tracing::warn!(%tag, %problem, "value not read");
+                    self.reported.insert(tag.clone());
                 }
             }
+            None if !self.reported.is_empty() => {
+                self.reported.remove(tag);
+            }
+            None => {}
         }
     }
 
@@ -1174,10 +1182,12 @@ impl Running {
         let now = Timestamp::now();
         let repeats = self
             .last
-            .values()
-            .map(|r| Reading {
+            .iter()
+            .map(|(tag, &(value, quality))| Reading {
+                tag: tag.clone(),
                 ts: now,
-                ..r.clone()
+                value,
+                quality,
             })
             .collect();
         self.forward(repeats).await
@@ -1187,8 +1197,14 @@ impl Running {
     async fn forward(&mut self, mut readings: Vec<Reading>) -> bool {
         readings.retain(|r| !self.text.contains(&r.tag));
         for r in &readings {
-            if self.exceptions.has(&r.tag) && r.quality != model::Quality::Bad {
-                self.last.insert(r.tag.clone(), r.clone());
+            if r.quality == model::Quality::Bad || !self.exceptions.has(&r.tag) {
+                continue;
+            }
+            match self.last.get_mut(&r.tag) {
+                Some(latest) => *latest = (r.value, r.quality),
+                None => {
+                    self.last.insert(r.tag.clone(), (r.value, r.quality));
+                }
             }
         }
         self.exceptions.retain(&mut readings);
