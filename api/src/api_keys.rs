@@ -38,7 +38,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 /// The first part of every API key, which also tells it from an access token.
-pub const PREFIX: &str = "mpak";
+pub const PREFIX: &str = model::gateway_key::PREFIX;
 /// Random bytes of a key's secret: 256 bits.
 const SECRET_BYTES: usize = 32;
 /// Characters of the secret in base64url without padding.
@@ -77,17 +77,21 @@ pub enum Scope {
     RulesRead,
     /// `GET /api/v1/audit`, `GET /api/v1/audit/export`.
     AuditRead,
+    /// No HTTP endpoint: the key is a gateway's broker login, allowed to publish readings on
+    /// its organisation's topics ([`crate::broker_accounts`]).
+    ReadingsPublish,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented and listed.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::WorkOrdersRead,
         Scope::WorkOrdersCreate,
         Scope::AlarmsRead,
         Scope::AlarmsWrite,
         Scope::RulesRead,
         Scope::AuditRead,
+        Scope::ReadingsPublish,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Scope {
             Scope::AlarmsWrite => "alarms:write",
             Scope::RulesRead => "rules:read",
             Scope::AuditRead => "audit:read",
+            Scope::ReadingsPublish => "readings:publish",
         }
     }
 

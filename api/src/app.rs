@@ -45,6 +45,8 @@ pub struct AppState {
     pub mailer: Option<crate::notify::Mailer>,
     /// The link of a password-reset mail (`[api] reset_link`).
     pub reset_link: Option<Arc<str>>,
+    /// Keeps gateway keys' broker accounts; `None` without `[api.broker_accounts]`.
+    pub broker_accounts: Option<Arc<crate::broker_admin::BrokerAdmin>>,
     /// Turns true when the server shuts down: long-lived responses (event streams) end.
     pub closing: watch::Receiver<bool>,
     closing_tx: Arc<watch::Sender<bool>>,
@@ -81,6 +83,10 @@ impl AppState {
             attachments_dir: Arc::new(config.attachments_dir.clone()),
             mailer: config.smtp.as_ref().and_then(crate::notify::Mailer::new),
             reset_link: config.reset_link.as_deref().map(Arc::from),
+            broker_accounts: config
+                .broker_accounts
+                .clone()
+                .map(|settings| Arc::new(crate::broker_admin::BrokerAdmin::new(settings))),
             closing,
             closing_tx: Arc::new(closing_tx),
         })
@@ -285,6 +291,7 @@ pub struct Api {
     dispatcher: crate::webhooks::Dispatcher,
     pm_interval: std::time::Duration,
     smtp: Option<crate::config::SmtpSettings>,
+    broker_accounts: Option<Arc<crate::broker_admin::BrokerAdmin>>,
 }
 
 impl Api {
@@ -308,6 +315,7 @@ impl Api {
             dispatcher,
             pm_interval: config.pm_interval,
             smtp: config.smtp.clone(),
+            broker_accounts: state.broker_accounts.clone(),
             router: router(state),
         })
     }
@@ -330,6 +338,13 @@ impl Api {
         let pool = self.dispatcher.pool.clone();
         let webhooks = tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe()));
         let scheduler = tokio::spawn(pm::run(pool.clone(), self.pm_interval, closing.subscribe()));
+        let reconciler = self.broker_accounts.map(|admin| {
+            tokio::spawn(crate::broker_admin::run(
+                pool.clone(),
+                admin,
+                closing.subscribe(),
+            ))
+        });
         let notifier = self
             .smtp
             .map(|smtp| tokio::spawn(crate::notify::run(pool, smtp, closing.subscribe())));
@@ -348,6 +363,12 @@ impl Api {
         }
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the preventive-maintenance scheduler failed");
+        }
+        if let Some(Err(e)) = match reconciler {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "the broker account reconciler failed");
         }
         if let Some(Err(e)) = match notifier {
             Some(task) => Some(task.await),

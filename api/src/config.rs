@@ -208,6 +208,123 @@ pub struct ApiConfig {
     /// Email to assignees and requesters (`[api.smtp]`); unset: no email is sent.
     #[serde(default)]
     pub smtp: Option<SmtpSettings>,
+    /// Broker accounts of gateway API keys (`[api.broker_accounts]`); unset: keys with the
+    /// scope `readings:publish` cannot be created.
+    #[serde(default)]
+    pub broker_accounts: Option<BrokerAccountsSettings>,
+}
+
+/// How the server reaches Mosquitto's dynamic-security plugin to keep gateway keys' broker
+/// accounts ([`crate::broker_accounts`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerAccountsSettings {
+    /// `mqtt://host[:port]`, or `mqtts://host[:port]` for MQTT over TLS (default port 8883):
+    /// the broker the gateways publish to.
+    pub broker: String,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only);
+    /// without it, the platform's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate chain and key, for brokers that ask for one (`mqtts://` only;
+    /// both or neither).
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// The MQTT client id's start; each connection adds a random suffix, so that concurrent
+    /// requests never take each other's connection.
+    #[serde(default = "default_broker_accounts_client_id")]
+    pub client_id: String,
+    /// An account of the plugin holding its admin role (`mosquitto_ctrl dynsec init`).
+    pub username: String,
+    pub password: Secret,
+    /// How often accounts are compared with the keys: revoked, expired and orphaned accounts
+    /// go, missing ones are reported.
+    #[serde(default = "default_broker_accounts_reconcile", with = "humantime_serde")]
+    pub reconcile: Duration,
+    /// How long one exchange with the broker may take (connect, command, answer).
+    #[serde(default = "default_broker_accounts_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_broker_accounts_client_id() -> String {
+    "maintainpro-broker-accounts".into()
+}
+fn default_broker_accounts_reconcile() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_broker_accounts_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl BrokerAccountsSettings {
+    /// Settings with the defaults, for `broker` and the plugin admin's login.
+    pub fn new(broker: impl Into<String>, username: impl Into<String>, password: Secret) -> Self {
+        Self {
+            broker: broker.into(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            client_id: default_broker_accounts_client_id(),
+            username: username.into(),
+            password,
+            reconcile: default_broker_accounts_reconcile(),
+            timeout: default_broker_accounts_timeout(),
+        }
+    }
+
+    pub fn tls_files(&self) -> mqtt_tls::TlsFiles<'_> {
+        mqtt_tls::TlsFiles {
+            section: "api.broker_accounts",
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
+
+    /// Problems with these settings, as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match model::topic::broker_endpoint(&self.broker) {
+            Err(_) => out.push((
+                "api.broker_accounts.broker".to_owned(),
+                format!(
+                    "{:?} is not mqtt://host[:port] or mqtts://host[:port]",
+                    self.broker
+                ),
+            )),
+            Ok(endpoint) => out.extend(self.tls_files().problems(endpoint.tls)),
+        }
+        if self.client_id.is_empty()
+            || self.client_id.len() > 64
+            || !self.client_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            out.push((
+                "api.broker_accounts.client_id".to_owned(),
+                "use 1-64 letters, digits or `-` (a random suffix is added)".to_owned(),
+            ));
+        }
+        if self.username.is_empty() {
+            out.push((
+                "api.broker_accounts.username".to_owned(),
+                "name the account with the plugin's admin role".to_owned(),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.reconcile) {
+            out.push((
+                "api.broker_accounts.reconcile".to_owned(),
+                "must be 1s to 1h".to_owned(),
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.timeout) {
+            out.push((
+                "api.broker_accounts.timeout".to_owned(),
+                "must be 100ms to 60s".to_owned(),
+            ));
+        }
+        out
+    }
 }
 
 /// How the API sends email.
@@ -268,12 +385,13 @@ impl ApiConfig {
             attachments_dir: default_attachments_dir(),
             attachment_max_bytes: default_attachment_max_bytes(),
             smtp: None,
+            broker_accounts: None,
         }
     }
 
     /// Problems with these settings, as (key, message).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(&'static str, String)> = Vec::new();
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.pm_interval) {
             out.push(("api.pm_interval", "must be 10ms to 1h".to_owned()));
         }
@@ -415,6 +533,11 @@ impl ApiConfig {
                     .to_owned(),
             ));
         }
+        let mut out: Vec<(String, String)> =
+            out.into_iter().map(|(k, m)| (k.to_owned(), m)).collect();
+        if let Some(accounts) = &self.broker_accounts {
+            out.extend(accounts.problems());
+        }
         out
     }
 }
@@ -447,7 +570,44 @@ mod tests {
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         c.asset_link = Some("cmms.example.com/assets".into());
         c.reset_link = Some("https://cmms.example.com/reset-password".into());
-        let keys: Vec<&str> = c.problems().iter().map(|(k, _)| *k).collect();
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["api.asset_link", "api.reset_link"]);
+    }
+
+    #[test]
+    fn broker_accounts_are_checked_with_every_problem() {
+        let mut c = config();
+        c.broker_accounts = Some(BrokerAccountsSettings::new(
+            "mqtt://127.0.0.1:1883",
+            "admin",
+            Secret::new("pw".to_owned()),
+        ));
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.broker_accounts = Some(BrokerAccountsSettings {
+            ca_file: Some("ca.pem".into()),
+            client_id: "not an id".to_owned(),
+            username: String::new(),
+            reconcile: Duration::ZERO,
+            timeout: Duration::from_secs(600),
+            ..BrokerAccountsSettings::new("mqtt://h:1883", "a", Secret::new("p".to_owned()))
+        });
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "api.broker_accounts.ca_file",
+                "api.broker_accounts.client_id",
+                "api.broker_accounts.username",
+                "api.broker_accounts.reconcile",
+                "api.broker_accounts.timeout",
+            ]
+        );
+        c.broker_accounts = Some(BrokerAccountsSettings::new(
+            "http://h",
+            "a",
+            Secret::new("p".to_owned()),
+        ));
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["api.broker_accounts.broker"]);
     }
 }

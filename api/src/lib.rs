@@ -10,6 +10,9 @@
 //!   names and the generated permission matrix; pure.
 //! - [`api_keys`]: API keys of gateways and services: scopes, the key's text, its keyed hash;
 //!   pure.
+//! - [`broker_accounts`]: the broker accounts of gateway keys (scope `readings:publish`) in
+//!   Mosquitto's dynamic-security plugin: names, commands, the reconciliation plan; pure.
+//! - [`broker_admin`]: sends those commands over MQTT, and the reconciler task.
 //! - [`mfa`]: TOTP (RFC 6238) with replay protection, sealed secrets and recovery codes, pure.
 //! - [`events`]: the tenant's event log, numbered in commit order, that live streams and
 //!   webhooks read.
@@ -46,6 +49,8 @@ pub mod api_keys;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod broker_accounts;
+pub mod broker_admin;
 pub mod config;
 pub mod error;
 pub mod events;

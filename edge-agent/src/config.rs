@@ -168,8 +168,13 @@ pub struct UplinkConfig {
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
     pub client_id: Option<String>,
+    /// A broker login of the plant's own (both or neither).
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Or an API key with the scope `readings:publish`, made by an admin of the gateway's
+    /// organisation: the server keeps a broker account for it that may publish only that
+    /// organisation's readings. Instead of `username` and `password`.
+    pub api_key: Option<Secret>,
     #[serde(default = "default_batch_max_readings")]
     pub batch_max_readings: usize,
     #[serde(default = "default_batch_max_age", with = "humantime_serde")]
@@ -408,6 +413,47 @@ fn is_host_port(address: &str) -> bool {
 }
 
 impl UplinkConfig {
+    /// The broker login (user name, password): of the API key when one is given, else the
+    /// configured pair, else none.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        match (&self.api_key, &self.username, &self.password) {
+            (Some(key), _, _) => model::gateway_key::broker_login(key.expose())
+                .map(|(_, username)| (username, key.expose())),
+            (None, Some(user), Some(password)) => Some((user, password.expose())),
+            _ => None,
+        }
+    }
+
+    fn validate_login(&self, tenant: TenantId, report: &mut Report) {
+        if self.username.is_some() != self.password.is_some() {
+            report.error("uplink.password", "give both username and password, or neither");
+        }
+        let Some(key) = &self.api_key else {
+            return;
+        };
+        if self.username.is_some() || self.password.is_some() {
+            report.error(
+                "uplink.api_key",
+                "give either api_key or username and password, not both",
+            );
+        }
+        match model::gateway_key::broker_login(key.expose()) {
+            None => report.error(
+                "uplink.api_key",
+                "is not an API key (mpak.<organisation>.<key id>.<secret>): an admin creates \
+                 one with the scope readings:publish (POST /api/v1/api-keys), shown once",
+            ),
+            Some((of, _)) if of != tenant => report.error(
+                "uplink.api_key",
+                format!(
+                    "belongs to organisation {of}, but gateway.tenant is {tenant}: a key \
+                     publishes only its own organisation's readings"
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+
     /// The uplink's TLS files, for `mqtts://`.
     pub fn tls_files(&self) -> crate::tls::TlsFiles<'_> {
         crate::tls::TlsFiles {
@@ -426,6 +472,7 @@ impl Validate for AgentConfig {
             Ok(endpoint) => self.uplink.tls_files().validate(endpoint.tls, report),
         }
         let u = &self.uplink;
+        u.validate_login(self.gateway.tenant, report);
         if u.batch_max_readings == 0 || u.batch_max_readings > model::wire::MAX_POINTS {
             report.error(
                 "uplink.batch_max_readings",
@@ -881,6 +928,49 @@ data_type = "f32"
         assert_eq!(err.errors[0].path, "metrics.listen", "{err}");
         let err = load(&format!("{GOOD}\n[metrics]\nport = 9465\n")).unwrap_err();
         assert_eq!(err.errors[0].path, "metrics.port", "{err}");
+    }
+
+    #[test]
+    fn an_api_key_is_the_uplink_login_of_its_own_organisation() {
+        let tenant = "8c1c5a4e3f574d8e9d551c1f6f0c9a11";
+        let key = format!(
+            "mpak.{tenant}.0b7e9d6c52a14c3e8f2d9a6b5c4d3e2f.{}",
+            "s".repeat(43)
+        );
+        let with = |extra: &str| {
+            load(&GOOD.replace(
+                "broker = \"mqtt://127.0.0.1:1883\"",
+                &format!("broker = \"mqtt://127.0.0.1:1883\"\n{extra}"),
+            ))
+        };
+        let c = with(&format!("api_key = \"{key}\"")).unwrap();
+        assert_eq!(
+            c.uplink.credentials(),
+            Some((&key[..key.len() - 44], key.as_str()))
+        );
+        let c = with("username = \"u\"\npassword = \"p\"").unwrap();
+        assert_eq!(c.uplink.credentials(), Some(("u", "p")));
+        assert_eq!(load(GOOD).unwrap().uplink.credentials(), None);
+
+        let paths = |extra: &str| -> Vec<(String, String)> {
+            with(extra)
+                .unwrap_err()
+                .errors
+                .into_iter()
+                .map(|e| (e.path, e.message))
+                .collect()
+        };
+        let other = key.replace(tenant, "0b7e9d6c52a14c3e8f2d9a6b5c4d3e2f");
+        let errs = paths(&format!("api_key = \"{other}\""));
+        assert_eq!(errs[0].0, "uplink.api_key");
+        assert!(errs[0].1.contains("gateway.tenant is"), "{errs:?}");
+        let errs = paths("api_key = \"secret\"");
+        assert_eq!(errs[0].0, "uplink.api_key");
+        assert!(!errs[0].1.contains("secret\""), "the value is not echoed: {errs:?}");
+        let errs = paths(&format!("api_key = \"{key}\"\nusername = \"u\"\npassword = \"p\""));
+        assert_eq!(errs[0].0, "uplink.api_key", "{errs:?}");
+        let errs = paths("username = \"u\"");
+        assert_eq!(errs[0].0, "uplink.password", "{errs:?}");
     }
 
     #[test]

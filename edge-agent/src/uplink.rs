@@ -116,8 +116,8 @@ impl Uplink {
                 model::wire::MAX_MESSAGE_BYTES + 4096,
             )
             .set_inflight(u16::try_from(config.uplink.max_in_flight).unwrap_or(u16::MAX));
-        if let (Some(user), Some(password)) = (&config.uplink.username, &config.uplink.password) {
-            options.set_credentials(user, password.expose());
+        if let Some((user, password)) = config.uplink.credentials() {
+            options.set_credentials(user, password);
         }
         let (client, mut eventloop) =
             AsyncClient::new(options, config.uplink.max_in_flight * 2 + 8);

@@ -9,6 +9,7 @@
 //! - [`sparkplug`]: Sparkplug B topics and payloads, and an edge node's session as a host
 //!   follows it (births, aliases, sequence numbers, deaths) turned into readings.
 //! - [`topic`]: the MQTT topic names both sides agree on.
+//! - [`gateway_key`]: a gateway's API key as its broker login (user name and password).
 //! - [`priority`]: rule severity, asset criticality and the priority matrix between them.
 //! - [`settings`]: layered configuration (file, then environment) with every error at once.
 //!
@@ -16,6 +17,7 @@
 //! be built, checked and round-tripped in a unit test.
 
 pub mod alarm;
+pub mod gateway_key;
 pub mod ids;
 pub mod json_batch;
 pub mod priority;

@@ -24,6 +24,12 @@ pub fn all_readings_filter() -> String {
     format!("{PREFIX}/+/+/readings")
 }
 
+/// The filter of every gateway's batch topic of one tenant: what a gateway's broker account
+/// may publish to.
+pub fn tenant_readings_filter(tenant: TenantId) -> String {
+    format!("{PREFIX}/{tenant}/+/readings")
+}
+
 /// The subscription filter that matches every JSON batch topic.
 pub fn all_json_readings_filter() -> String {
     format!("{PREFIX}/+/+/readings/json")

@@ -2,7 +2,12 @@
 //! listens on a free port of 127.0.0.1, persists its sessions in a directory of the caller's,
 //! and can be stopped gracefully and started again on the same port with those sessions.
 //!
-//! Needs the `mosquitto` binary (on `PATH` or in `/usr/sbin`); `scripts/test.sh` installs it.
+//! [`PrivateBroker::start_with_accounts`] runs it with Mosquitto's dynamic-security plugin, as
+//! a plant whose gateways log in with API keys runs it (docs/GATEWAY.md), and
+//! [`PrivateBroker::dynsec`] runs `mosquitto_ctrl dynsec` commands against it.
+//!
+//! Needs the `mosquitto` binary (on `PATH` or in `/usr/sbin`) and, for accounts, its plugin and
+//! `mosquitto_ctrl` (same package); `scripts/test.sh` installs it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,6 +30,12 @@ pub enum BrokerError {
     },
     #[error("mosquitto did not accept connections on port {0} within 5 s")]
     NotListening(u16),
+    #[error(
+        "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed under /usr/lib"
+    )]
+    NoPlugin,
+    #[error("mosquitto_ctrl {args}: {output}")]
+    Ctrl { args: String, output: String },
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> BrokerError {
@@ -38,6 +49,8 @@ pub struct PrivateBroker {
     conf: PathBuf,
     child: Option<Child>,
     port: u16,
+    /// The dynamic-security plugin's admin login, when the broker runs it.
+    admin: Option<(String, String)>,
 }
 
 impl PrivateBroker {
@@ -49,6 +62,82 @@ impl PrivateBroker {
     /// As [`PrivateBroker::start`], with `extra` lines appended to its configuration (more
     /// listeners, TLS files).
     pub fn start_with(dir: &Path, extra: &str) -> Result<Self, BrokerError> {
+        Self::launch(dir, "allow_anonymous true\n", extra, None)
+    }
+
+    /// A broker whose accounts and ACLs the dynamic-security plugin keeps, in
+    /// `<dir>/mosquitto/dynamic-security.json`, made by `mosquitto_ctrl dynsec init` with the
+    /// admin login `admin` (user, password). Anonymous clients are refused.
+    pub fn start_with_accounts(dir: &Path, admin: (&str, &str)) -> Result<Self, BrokerError> {
+        let plugin = dynsec_plugin().ok_or(BrokerError::NoPlugin)?;
+        let data = dir.join("mosquitto");
+        std::fs::create_dir_all(&data).map_err(io_error("creating the persistence directory"))?;
+        let store = data.join("dynamic-security.json");
+        let output = Command::new(ctrl_binary())
+            .args(["dynsec", "init"])
+            .arg(&store)
+            .args([admin.0, admin.1])
+            .output()
+            .map_err(io_error("running mosquitto_ctrl"))?;
+        if !output.status.success() {
+            return Err(BrokerError::Ctrl {
+                args: "dynsec init".to_owned(),
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        #[cfg(unix)]
+        {
+            // Mosquitto started as root reads and rewrites the store as its own user.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o666))
+                .map_err(io_error("opening the account store to the broker"))?;
+        }
+        Self::launch(
+            dir,
+            "allow_anonymous false\n",
+            &format!(
+                "plugin {}\nplugin_opt_config_file {}\n",
+                plugin.display(),
+                store.display()
+            ),
+            Some((admin.0.to_owned(), admin.1.to_owned())),
+        )
+    }
+
+    /// Runs `mosquitto_ctrl dynsec <args>` against this broker as the plugin's admin; answers
+    /// what it printed.
+    pub fn dynsec(&self, args: &[&str]) -> Result<String, BrokerError> {
+        let (user, password) = self.admin.as_ref().ok_or(BrokerError::Ctrl {
+            args: args.join(" "),
+            output: "this broker runs without the dynamic-security plugin".to_owned(),
+        })?;
+        let output = Command::new(ctrl_binary())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-u", user, "-P", password, "dynsec"])
+            .args(args)
+            .output()
+            .map_err(io_error("running mosquitto_ctrl"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // mosquitto_ctrl exits 0 on some refusals; the plugin's refusals start with "Error".
+        if !output.status.success() || text.starts_with("Error") {
+            return Err(BrokerError::Ctrl {
+                args: args.join(" "),
+                output: text,
+            });
+        }
+        Ok(text)
+    }
+
+    fn launch(
+        dir: &Path,
+        anonymous: &str,
+        extra: &str,
+        admin: Option<(String, String)>,
+    ) -> Result<Self, BrokerError> {
         let binary = ["mosquitto", "/usr/sbin/mosquitto"]
             .iter()
             .map(PathBuf::from)
@@ -80,7 +169,7 @@ impl PrivateBroker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n{extra}",
+                "listener {port} 127.0.0.1\n{anonymous}persistence true\npersistence_location {}/\n{extra}",
                 data.display()
             ),
         )
@@ -90,6 +179,7 @@ impl PrivateBroker {
             conf,
             child: None,
             port,
+            admin,
         };
         broker.resume()?;
         Ok(broker)
@@ -142,6 +232,35 @@ impl PrivateBroker {
         }
         Ok(())
     }
+}
+
+/// `mosquitto_ctrl` on `PATH`, else where Debian puts it.
+fn ctrl_binary() -> PathBuf {
+    let on_path = Command::new("mosquitto_ctrl")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    PathBuf::from(if on_path {
+        "mosquitto_ctrl"
+    } else {
+        "/usr/bin/mosquitto_ctrl"
+    })
+}
+
+/// The dynamic-security plugin: in `/usr/lib` or a multiarch folder of it.
+fn dynsec_plugin() -> Option<PathBuf> {
+    const NAME: &str = "mosquitto_dynamic_security.so";
+    let top = Path::new("/usr/lib");
+    std::iter::once(top.join(NAME))
+        .chain(
+            std::fs::read_dir(top)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path().join(NAME)),
+        )
+        .find(|path| path.is_file())
 }
 
 impl Drop for PrivateBroker {

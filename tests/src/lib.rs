@@ -37,6 +37,13 @@ pub fn mqtt_url() -> anyhow::Result<String> {
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The seeded tenants, for a configuration made before the server starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Plant0 {
+    pub tenant_a: Uuid,
+    pub tenant_b: Uuid,
+}
+
 /// A database with two seeded tenants and the server running against it.
 #[derive(Debug)]
 pub struct Plant {
@@ -60,7 +67,21 @@ impl Plant {
 
     /// As [`Plant::start`], with ingest's message queue of the given length.
     pub async fn start_with_queue(queue: usize) -> anyhow::Result<Plant> {
-        Self::start_with(queue, Vec::new(), |_| {}).await
+        Self::start_with(queue, Vec::new(), |_| {}, |_, _| {}).await
+    }
+
+    /// As [`Plant::start`], with the whole server configuration changed by `configure` after
+    /// the tenants are seeded (e.g. another broker for ingest, with its login).
+    pub async fn start_configured(
+        configure: impl FnOnce(&Plant0, &mut ServerConfig),
+    ) -> anyhow::Result<Plant> {
+        Self::start_with(
+            IngestConfig::new("mqtt://unused").queue,
+            Vec::new(),
+            |_| {},
+            configure,
+        )
+        .await
     }
 
     /// As [`Plant::start`], with the API's settings changed by `configure` (e.g. lower rate
@@ -70,19 +91,27 @@ impl Plant {
             IngestConfig::new("mqtt://unused").queue,
             Vec::new(),
             configure,
+            |_, _| {},
         )
         .await
     }
 
     /// As [`Plant::start`], with the rules read (and watched) from `rule_files`.
     pub async fn start_with_rule_files(rule_files: Vec<PathBuf>) -> anyhow::Result<Plant> {
-        Self::start_with(IngestConfig::new("mqtt://unused").queue, rule_files, |_| {}).await
+        Self::start_with(
+            IngestConfig::new("mqtt://unused").queue,
+            rule_files,
+            |_| {},
+            |_, _| {},
+        )
+        .await
     }
 
     async fn start_with(
         queue: usize,
         rule_files: Vec<PathBuf>,
         configure: impl FnOnce(&mut ApiConfig),
+        configure_server: impl FnOnce(&Plant0, &mut ServerConfig),
     ) -> anyhow::Result<Plant> {
         // HTTP clients here and in the API use rustls with ring, installed once per process.
         api::webhooks::install_tls_provider();
@@ -134,6 +163,18 @@ impl Plant {
             },
             metrics: MetricsConfig::default(),
         };
+        let mut config = config;
+        configure_server(
+            &Plant0 {
+                tenant_a: tenant_a.tenant,
+                tenant_b: tenant_b.tenant,
+            },
+            &mut config,
+        );
+        let broker = config
+            .ingest
+            .as_ref()
+            .map_or(broker, |ingest| ingest.broker.clone());
         let (services, api) = start_services(&config).await?;
         Ok(Plant {
             db,

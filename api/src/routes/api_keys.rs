@@ -10,10 +10,15 @@
 //!   The replacement expires when asked, else after the old key's lifetime again, else never.
 //! - `DELETE /api/v1/api-keys/{id}`: revokes the key at once.
 //!
+//! A key with the scope `readings:publish` is a gateway's broker login: its broker account is
+//! made before the key is committed (no account, no key: `503`), and removed when the key is
+//! revoked or, after a rotation or at its expiry, by the reconciler ([`crate::broker_admin`]).
+//!
 //! Only admins manage keys, and only signed in as themselves: a key cannot manage keys.
 //! Another organisation's key answers 404 before any permission question. Every change is
 //! audited (`api_key.create`, `api_key.rotate`, `api_key.revoke`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -28,6 +33,8 @@ use uuid::Uuid;
 use crate::api_keys::{self, Scope};
 use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::broker_accounts;
+use crate::broker_admin::BrokerAdmin;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, Body};
 use crate::permissions::Permission;
@@ -114,6 +121,52 @@ async fn insert(
     Ok((id, text))
 }
 
+/// The broker that keeps the accounts of keys with `scopes`: `None` when no scope needs one,
+/// an error when one does and this server keeps no broker accounts.
+fn broker_for(
+    state: &AppState,
+    scopes: &[Scope],
+) -> Result<Option<Arc<BrokerAdmin>>, ApiError> {
+    if !scopes.contains(&Scope::ReadingsPublish) {
+        return Ok(None);
+    }
+    match &state.broker_accounts {
+        Some(admin) => Ok(Some(Arc::clone(admin))),
+        None => Err(ApiError::Unavailable(
+            "readings:publish keys are broker logins, and this server manages no broker accounts: \
+             its operator sets [api.broker_accounts] (docs/GATEWAY.md)"
+                .to_owned(),
+        )),
+    }
+}
+
+/// Makes the broker account of a key before its row is committed: without it, no key.
+async fn provision(
+    admin: &BrokerAdmin,
+    tenant: Uuid,
+    id: Uuid,
+    name: &str,
+    key: &str,
+) -> Result<(), ApiError> {
+    admin.provision(tenant, id, name, key).await.map_err(|e| {
+        tracing::warn!(%tenant, api_key = %id, error = %e, "the broker did not take a gateway key's account");
+        ApiError::Unavailable(
+            "the MQTT broker did not take the key's account, so no key was made: retry later \
+             (the server's log names the cause)"
+                .to_owned(),
+        )
+    })
+}
+
+/// Removes a key's broker account once its row says it is dead; a failure is left to the
+/// reconciler, which removes it at its next pass.
+async fn unprovision(admin: &BrokerAdmin, tenant: Uuid, id: Uuid) {
+    let username = broker_accounts::username(tenant, id);
+    if let Err(e) = admin.remove(&[username]).await {
+        tracing::warn!(%tenant, api_key = %id, error = %e, "removing a dead key's broker account failed; the reconciler retries");
+    }
+}
+
 /// Refuses a new key when the organisation holds the most live keys it may.
 async fn check_room(conn: &mut PgConnection, tenant: Uuid) -> Result<(), ApiError> {
     let live: i64 = sqlx::query_scalar(
@@ -154,6 +207,7 @@ pub async fn create(
     if let Some(at) = req.expires_at {
         api_keys::check_expiry(at, Utc::now()).map_err(ApiError::BadRequest)?;
     }
+    let broker = broker_for(&state, &scopes)?;
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     check_room(&mut tx, tenant).await?;
@@ -184,6 +238,9 @@ pub async fn create(
     let api_key = fetch(&mut tx, tenant, id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    if let Some(admin) = &broker {
+        provision(admin, tenant, id, &name, &key).await?;
+    }
     tx.commit().await?;
     tracing::info!(%tenant, api_key = %id, "API key created");
     Ok((
@@ -279,12 +336,9 @@ pub async fn rotate(
             "this key is revoked or expired: create a new one (POST /api/v1/api-keys)".to_owned(),
         ));
     }
-    let scopes: Vec<&str> = old
-        .scopes
-        .iter()
-        .filter_map(|s| Scope::parse(s))
-        .map(Scope::as_str)
-        .collect();
+    let kept: Vec<Scope> = old.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+    let broker = broker_for(&state, &kept)?;
+    let scopes = api_keys::scope_names(&kept);
     let new_expiry =
         api_keys::replacement_expiry(req.expires_at, old.created_at, old.expires_at, now);
     let (new_id, key) = insert(
@@ -325,8 +379,16 @@ pub async fn rotate(
     let api_key = fetch(&mut tx, tenant, new_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    if let Some(admin) = &broker {
+        provision(admin, tenant, new_id, &old.name, &key).await?;
+    }
     tx.commit().await?;
     tracing::info!(%tenant, api_key = %id, replaced_by = %new_id, "API key rotated");
+    // Without an overlap the old key is dead now; with one, the reconciler removes its
+    // account when the overlap ends.
+    if let (Some(admin), true) = (&broker, overlap.is_zero()) {
+        unprovision(admin, tenant, id).await;
+    }
     Ok((
         StatusCode::CREATED,
         Json(NewApiKey {
@@ -346,9 +408,9 @@ pub async fn revoke(
     let tenant = auth.tenant.as_uuid();
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     // Another organisation's key, or none: 404 before any permission question.
-    if fetch(&mut tx, tenant, id).await?.is_none() {
+    let Some(key) = fetch(&mut tx, tenant, id).await? else {
         return Err(ApiError::NotFound);
-    }
+    };
     auth.require(Permission::ApiKeysManage)?;
     // Revoking a revoked key changes nothing and answers alike.
     let revoked = sqlx::query(
@@ -377,5 +439,12 @@ pub async fn revoke(
         tracing::info!(%tenant, api_key = %id, "API key revoked");
     }
     tx.commit().await?;
+    let publishes = key
+        .scopes
+        .iter()
+        .any(|s| s == Scope::ReadingsPublish.as_str());
+    if let (true, Some(admin)) = (publishes, &state.broker_accounts) {
+        unprovision(admin, tenant, id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
