@@ -30,7 +30,6 @@ use model::TenantId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-
 /// The topic the plugin takes commands on.
 pub const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 /// The topic the plugin answers on (every admin client subscribed hears every answer).
@@ -324,7 +323,8 @@ mod tests {
         let (tenant, key) = (Uuid::new_v4(), Uuid::new_v4());
         let name = username(tenant, key);
         assert_eq!(parse_username(&name), Some((tenant, key)));
-        let hasher = crate::api_keys::ApiKeyHasher::new(&model::settings::Secret::new("p".repeat(32)));
+        let hasher =
+            crate::api_keys::ApiKeyHasher::new(&model::settings::Secret::new("p".repeat(32)));
         let (text, _) = hasher.new_key(tenant, key);
         assert!(text.starts_with(&format!("{name}.")), "{text} {name}");
         assert_eq!(

@@ -73,13 +73,8 @@ impl BrokerAdmin {
         key_name: &str,
         text: &str,
     ) -> Result<(), BrokerAdminError> {
-        let commands = broker_accounts::provision(
-            tenant,
-            key,
-            key_name,
-            text,
-            &mut Self::correlations(),
-        );
+        let commands =
+            broker_accounts::provision(tenant, key, key_name, text, &mut Self::correlations());
         let answers = self.exchange(&commands).await?;
         broker_accounts::check(&commands, &answers)?;
         metrics::counter!("maintainpro_broker_accounts_created_total").increment(1);
@@ -189,9 +184,7 @@ impl BrokerAdmin {
                             continue;
                         };
                         answers.extend(responses.responses.into_iter().filter(|a| {
-                            a.correlation
-                                .as_deref()
-                                .is_some_and(|c| wanted.contains(c))
+                            a.correlation.as_deref().is_some_and(|c| wanted.contains(c))
                         }));
                         if answers.len() >= wanted.len() {
                             return Ok(answers);
@@ -277,11 +270,7 @@ async fn publishing_keys(pool: &PgPool) -> Result<HashMap<(Uuid, Uuid), KeyState
         .await?;
         tx.commit().await?;
         for (id, live) in rows {
-            let state = if live {
-                KeyState::Live
-            } else {
-                KeyState::Dead
-            };
+            let state = if live { KeyState::Live } else { KeyState::Dead };
             keys.insert((tenant, id), state);
         }
     }

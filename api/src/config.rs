@@ -241,7 +241,10 @@ pub struct BrokerAccountsSettings {
     pub password: Secret,
     /// How often accounts are compared with the keys: revoked, expired and orphaned accounts
     /// go, missing ones are reported.
-    #[serde(default = "default_broker_accounts_reconcile", with = "humantime_serde")]
+    #[serde(
+        default = "default_broker_accounts_reconcile",
+        with = "humantime_serde"
+    )]
     pub reconcile: Duration,
     /// How long one exchange with the broker may take (connect, command, answer).
     #[serde(default = "default_broker_accounts_timeout", with = "humantime_serde")]
@@ -298,7 +301,10 @@ impl BrokerAccountsSettings {
         }
         if self.client_id.is_empty()
             || self.client_id.len() > 64
-            || !self.client_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || !self
+                .client_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
             out.push((
                 "api.broker_accounts.client_id".to_owned(),

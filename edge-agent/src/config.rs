@@ -426,7 +426,10 @@ impl UplinkConfig {
 
     fn validate_login(&self, tenant: TenantId, report: &mut Report) {
         if self.username.is_some() != self.password.is_some() {
-            report.error("uplink.password", "give both username and password, or neither");
+            report.error(
+                "uplink.password",
+                "give both username and password, or neither",
+            );
         }
         let Some(key) = &self.api_key else {
             return;
@@ -966,8 +969,13 @@ data_type = "f32"
         assert!(errs[0].1.contains("gateway.tenant is"), "{errs:?}");
         let errs = paths("api_key = \"secret\"");
         assert_eq!(errs[0].0, "uplink.api_key");
-        assert!(!errs[0].1.contains("secret\""), "the value is not echoed: {errs:?}");
-        let errs = paths(&format!("api_key = \"{key}\"\nusername = \"u\"\npassword = \"p\""));
+        assert!(
+            !errs[0].1.contains("secret\""),
+            "the value is not echoed: {errs:?}"
+        );
+        let errs = paths(&format!(
+            "api_key = \"{key}\"\nusername = \"u\"\npassword = \"p\""
+        ));
         assert_eq!(errs[0].0, "uplink.api_key", "{errs:?}");
         let errs = paths("username = \"u\"");
         assert_eq!(errs[0].0, "uplink.password", "{errs:?}");

@@ -122,8 +122,9 @@ impl PrivateBroker {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        // mosquitto_ctrl exits 0 on some refusals; the plugin's refusals start with "Error".
-        if !output.status.success() || text.starts_with("Error") {
+        // mosquitto_ctrl exits 0 on some refusals; its and the plugin's refusals are lines
+        // that start with "Error".
+        if !output.status.success() || text.lines().any(|l| l.starts_with("Error")) {
             return Err(BrokerError::Ctrl {
                 args: args.join(" "),
                 output: text,

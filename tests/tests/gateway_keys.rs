@@ -174,11 +174,17 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
     let (key, id) = new_key(&plant, &admin, &["readings:publish"]).await?;
     let listed = broker.dynsec(&["listClients"])?;
     assert!(listed.contains(username(&key)?), "{listed}");
-    assert!(!logs_in(&plant.broker, "mpak.guess").await?, "anonymous guess");
+    assert!(
+        !logs_in(&plant.broker, "mpak.guess").await?,
+        "anonymous guess"
+    );
 
     // The edge agent logs in with the key and its readings are stored.
-    let plc = spawn_modbus_plc("127.0.0.1:0".parse()?, demo_scenario(Duration::from_secs(3600))?)
-        .await?;
+    let plc = spawn_modbus_plc(
+        "127.0.0.1:0".parse()?,
+        demo_scenario(Duration::from_secs(3600))?,
+    )
+    .await?;
     let files = tempfile::tempdir()?;
     let text = agent_config(
         plant.tenant_a.tenant,
@@ -215,7 +221,9 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
         TenantId::from_uuid(plant.tenant_a.tenant),
         &GatewayId::parse(DEMO_GATEWAY)?,
     );
-    client.subscribe("maintainpro/v1/#", QoS::AtLeastOnce).await?;
+    client
+        .subscribe("maintainpro/v1/#", QoS::AtLeastOnce)
+        .await?;
     client
         .publish(&b_topic, QoS::AtLeastOnce, false, batch(1_000_001, 7)?)
         .await?;
@@ -239,9 +247,13 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
     // Keep the connection served while ingest stores the batch on A's topic, which was sent
     // after the one on B's; the task ends when the broker closes the connection.
     let driver = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    Plant::eventually(Duration::from_secs(15), "the batch on its own topic", || async {
-        Ok((readings_of(&plant, plant.tenant_a.tenant).await? >= before + 5).then_some(()))
-    })
+    Plant::eventually(
+        Duration::from_secs(15),
+        "the batch on its own topic",
+        || async {
+            Ok((readings_of(&plant, plant.tenant_a.tenant).await? >= before + 5).then_some(()))
+        },
+    )
     .await?;
     assert_eq!(
         readings_of(&plant, plant.tenant_b.tenant).await?,
@@ -318,11 +330,18 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
         listed.contains(ADMIN.0) && listed.contains(INGEST.0),
         "{listed}"
     );
-    assert!(listed.contains(username(&third)?), "a live key's account stays: {listed}");
+    assert!(
+        listed.contains(username(&third)?),
+        "a live key's account stays: {listed}"
+    );
 
     // A key without readings:publish has no account; one with every scope has.
     let (reader, _) = new_key(&plant, &admin, &["work_orders:read"]).await?;
-    assert!(!broker.dynsec(&["listClients"])?.contains(username(&reader)?));
+    assert!(
+        !broker
+            .dynsec(&["listClients"])?
+            .contains(username(&reader)?)
+    );
     let every: Vec<&str> = api::api_keys::Scope::ALL
         .iter()
         .map(|s| s.as_str())
@@ -342,7 +361,10 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
         .await?;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body["error"]["message"].as_str().unwrap_or_default().contains("no key was made"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no key was made"),
         "{body}"
     );
     let (status, list) = plant.get(KEYS, Some(&admin)).await?;

@@ -33,9 +33,9 @@ use uuid::Uuid;
 use crate::api_keys::{self, Scope};
 use crate::app::AppState;
 use crate::audit::{self, Entry, Outcome, RequestMeta};
+use crate::auth::AuthUser;
 use crate::broker_accounts;
 use crate::broker_admin::BrokerAdmin;
-use crate::auth::AuthUser;
 use crate::error::{ApiError, Body};
 use crate::permissions::Permission;
 
@@ -123,10 +123,7 @@ async fn insert(
 
 /// The broker that keeps the accounts of keys with `scopes`: `None` when no scope needs one,
 /// an error when one does and this server keeps no broker accounts.
-fn broker_for(
-    state: &AppState,
-    scopes: &[Scope],
-) -> Result<Option<Arc<BrokerAdmin>>, ApiError> {
+fn broker_for(state: &AppState, scopes: &[Scope]) -> Result<Option<Arc<BrokerAdmin>>, ApiError> {
     if !scopes.contains(&Scope::ReadingsPublish) {
         return Ok(None);
     }
