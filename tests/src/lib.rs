@@ -346,6 +346,28 @@ impl Plant {
     }
 
     /// Any request with an optional bearer token and JSON body: status and JSON body.
+    /// Creates an API key named "gateway" with `scopes` as the admin of `token`; answers its
+    /// text (shown once) and id.
+    pub async fn new_api_key(
+        &self,
+        token: &str,
+        scopes: &[&str],
+    ) -> anyhow::Result<(String, String)> {
+        let (status, body) = self
+            .send(
+                reqwest::Method::POST,
+                "/api/v1/api-keys",
+                Some(token),
+                Some(serde_json::json!({ "name": "gateway", "scopes": scopes })),
+            )
+            .await?;
+        anyhow::ensure!(
+            status == 201,
+            "creating an API key answered {status}: {body}"
+        );
+        Ok((text(&body, "key")?, text(&body, "id")?))
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,
@@ -439,6 +461,14 @@ fn hash_password(pepper: &Secret, password: &str) -> anyhow::Result<String> {
     api::password::PasswordHasher::new(pepper.clone())?
         .hash(password)
         .map_err(Into::into)
+}
+
+/// The text of `key` in a JSON answer; an error naming the key and the answer otherwise.
+pub fn text(v: &serde_json::Value, key: &str) -> anyhow::Result<String> {
+    Ok(v[key]
+        .as_str()
+        .with_context(|| format!("{key} in {v}"))?
+        .to_owned())
 }
 
 /// The fields an error answer's `details` name, in order (none when it has no details).

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::Context;
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, text};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -18,21 +18,6 @@ async fn create(plant: &Plant, token: &str, body: Value) -> anyhow::Result<(u16,
     plant
         .send(Method::POST, KEYS, Some(token), Some(body))
         .await
-}
-
-/// Creates a key with `scopes` as the admin of `token`; returns its text and id.
-async fn new_key(plant: &Plant, token: &str, scopes: &[&str]) -> anyhow::Result<(String, String)> {
-    let (status, body) =
-        create(plant, token, json!({ "name": "gateway", "scopes": scopes })).await?;
-    anyhow::ensure!(status == 201, "create answered {status}: {body}");
-    Ok((text(&body, "key")?, text(&body, "id")?))
-}
-
-fn text(v: &Value, key: &str) -> anyhow::Result<String> {
-    Ok(v[key]
-        .as_str()
-        .with_context(|| format!("{key} in {v}"))?
-        .to_owned())
 }
 
 async fn status_of(plant: &Plant, path: &str, key: &str) -> anyhow::Result<u16> {
@@ -295,7 +280,7 @@ async fn rotated_api_keys_overlap_and_expired_api_keys_stop() -> anyhow::Result<
     let expiring_key = text(&expiring, "key")?;
     assert_eq!(status_of(&plant, path, &expiring_key).await?, 200);
 
-    let (old_key, old_id) = new_key(&plant, &admin, &["work_orders:read"]).await?;
+    let (old_key, old_id) = plant.new_api_key(&admin, &["work_orders:read"]).await?;
     let rotate = format!("{KEYS}/{old_id}/rotate");
     let (status, body) = plant
         .send(
@@ -369,8 +354,8 @@ async fn each_api_key_has_its_own_rate_limit() -> anyhow::Result<()> {
     })
     .await?;
     let admin = plant.login("plant-a").await?;
-    let (busy, _) = new_key(&plant, &admin, &["work_orders:read"]).await?;
-    let (quiet, _) = new_key(&plant, &admin, &["work_orders:read"]).await?;
+    let (busy, _) = plant.new_api_key(&admin, &["work_orders:read"]).await?;
+    let (quiet, _) = plant.new_api_key(&admin, &["work_orders:read"]).await?;
     let url = format!("{}/api/v1/work-orders", plant.api);
     for _ in 0..2 {
         assert_eq!(status_of(&plant, "/api/v1/work-orders", &busy).await?, 200);

@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::Context;
 use api::config::{BrokerAccountsSettings, Secret};
 use edge_agent::{Agent, AgentConfig};
-use maintainpro_tests::Plant;
+use maintainpro_tests::{Plant, text};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
 use reqwest::Method;
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use server::demo::{DEMO_GATEWAY, agent_config, demo_scenario};
 use simulators::mosquitto::PrivateBroker;
 use simulators::spawn_modbus_plc;
@@ -72,27 +72,6 @@ async fn plant_on(broker: &PrivateBroker) -> anyhow::Result<Plant> {
         }
     })
     .await
-}
-
-/// Creates a key with `scopes` as the admin of `token`: its text and id.
-async fn new_key(plant: &Plant, token: &str, scopes: &[&str]) -> anyhow::Result<(String, String)> {
-    let (status, body) = plant
-        .send(
-            Method::POST,
-            KEYS,
-            Some(token),
-            Some(json!({ "name": "gateway north hall", "scopes": scopes })),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "create answered {status}: {body}");
-    Ok((text(&body, "key")?, text(&body, "id")?))
-}
-
-fn text(v: &Value, key: &str) -> anyhow::Result<String> {
-    Ok(v[key]
-        .as_str()
-        .with_context(|| format!("{key} in {v}"))?
-        .to_owned())
 }
 
 /// The broker user name of a key's text.
@@ -171,7 +150,7 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
     let broker = accounts_broker(dir.path())?;
     let plant = plant_on(&broker).await?;
     let admin = plant.login("plant-a").await?;
-    let (key, id) = new_key(&plant, &admin, &["readings:publish"]).await?;
+    let (key, id) = plant.new_api_key(&admin, &["readings:publish"]).await?;
     let listed = broker.dynsec(&["listClients"])?;
     assert!(listed.contains(username(&key)?), "{listed}");
     assert!(
@@ -286,7 +265,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
     let url = plant.broker.clone();
 
     // A rotation without overlap ends the old login at once.
-    let (first, first_id) = new_key(&plant, &admin, &["readings:publish"]).await?;
+    let (first, first_id) = plant.new_api_key(&admin, &["readings:publish"]).await?;
     assert!(logs_in(&url, &first).await?);
     let (status, body) = plant
         .send(
@@ -336,7 +315,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
     );
 
     // A key without readings:publish has no account; one with every scope has.
-    let (reader, _) = new_key(&plant, &admin, &["work_orders:read"]).await?;
+    let (reader, _) = plant.new_api_key(&admin, &["work_orders:read"]).await?;
     assert!(
         !broker
             .dynsec(&["listClients"])?
@@ -346,7 +325,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
         .iter()
         .map(|s| s.as_str())
         .collect();
-    let (all, _) = new_key(&plant, &admin, &every).await?;
+    let (all, _) = plant.new_api_key(&admin, &every).await?;
     assert!(logs_in(&url, &all).await?, "a key with every scope");
 
     // The broker away: no key is made, and none is left behind.
@@ -374,7 +353,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
         "{list}"
     );
     broker.resume()?;
-    let (again, _) = new_key(&plant, &admin, &["readings:publish"]).await?;
+    let (again, _) = plant.new_api_key(&admin, &["readings:publish"]).await?;
     assert!(logs_in(&url, &again).await?);
     Ok(())
 }
