@@ -5,7 +5,9 @@
 //!
 //! # Accounts
 //! - User name: the key without its secret, `mpak.<tenant>.<key id>` ([`username`]); password:
-//!   the whole key. The broker keeps only its own salted hash of the password.
+//!   the whole key. The broker keeps only its own salted hash of the password. The account is
+//!   bound to the client id equal to its user name, so that a key can never take over another
+//!   client's connection or session (ingest's, another organisation's gateway).
 //! - Role: one per organisation, `maintainpro-gateways-<tenant>` ([`role`]), allowed to publish
 //!   on `maintainpro/v1/<tenant>/+/readings` and nothing else: the plugin's default refuses
 //!   every other publish and every subscription. A key of one organisation therefore cannot
@@ -16,15 +18,19 @@
 //!   exists is a key the broker knows (else the request fails and nothing is kept).
 //! - Removed when the key is revoked, when a rotation's overlap ends or the key expires (by the
 //!   reconciler, within its interval), and when no key row stands behind it (an account whose
-//!   creation was rolled back: removed only when seen without a row twice in a row, so that a
-//!   key committed between the two reads is never touched).
+//!   creation was rolled back): only once it has been seen without a row for longer than a
+//!   grace period (the exchange timeout and two reconcile intervals), so that a key whose row
+//!   is still being committed is never touched.
 //! - The server cannot re-create a lost account (it never keeps the key); a live key without
-//!   an account is reported ([`Plan::missing`]) and fixed by rotating the key.
+//!   an account in two passes in a row is reported ([`Plan::missing`]) and fixed by rotating
+//!   the key.
 //!
 //! Accounts whose names are not key names (the plugin's admin, ingest's account) are never
-//! touched.
+//! touched, nor are key accounts of organisations this database does not hold (another
+//! deployment on the same broker).
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use model::TenantId;
 use serde::{Deserialize, Serialize};
@@ -57,6 +63,17 @@ pub struct Acl {
     pub allow: bool,
 }
 
+/// An account's password (a whole API key): serialized as it is, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
 /// A role an account holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoleRef {
@@ -85,7 +102,9 @@ pub enum Command {
     #[serde(rename = "createClient")]
     CreateClient {
         username: String,
-        password: String,
+        password: Password,
+        /// The only client id the account may connect with.
+        clientid: String,
         textname: String,
         roles: Vec<RoleRef>,
         #[serde(rename = "correlationData")]
@@ -173,21 +192,27 @@ pub struct Refusal {
     pub error: String,
 }
 
-/// Checks each answer against its command: the first refusal that is not harmless.
+/// Checks each answer against its command: the first command without an answer, or with a
+/// refusal that is not harmless.
 pub fn check(commands: &[Command], answers: &[Answer]) -> Result<(), Refusal> {
     for command in commands {
         let answer = answers
             .iter()
             .find(|a| a.correlation.as_deref() == Some(command.correlation()));
-        match answer.and_then(|a| a.error.as_deref()) {
-            Some(error) if !command.tolerates(error) => {
-                return Err(Refusal {
-                    command: command.name(),
-                    error: error.to_owned(),
-                });
-            }
-            _ => {}
-        }
+        let error = match answer {
+            None => "no answer",
+            Some(Answer { error: None, .. }) => continue,
+            Some(Answer {
+                error: Some(error), ..
+            }) if command.tolerates(error) => continue,
+            Some(Answer {
+                error: Some(error), ..
+            }) => error,
+        };
+        return Err(Refusal {
+            command: command.name(),
+            error: error.to_owned(),
+        });
     }
     Ok(())
 }
@@ -219,7 +244,8 @@ pub fn provision(
         },
         Command::CreateClient {
             username: username(tenant, key),
-            password: password.to_owned(),
+            password: Password(password.to_owned()),
+            clientid: username(tenant, key),
             textname: format!("MaintAInPro API key {key_name:?}"),
             roles: vec![RoleRef { rolename }],
             correlation: correlation(),
@@ -227,29 +253,34 @@ pub fn provision(
     ]
 }
 
-/// The user names in the answer to [`Command::ListClients`].
-pub fn listed_clients(answer: &Answer) -> Result<Vec<String>, Refusal> {
+/// The user names in the answer to [`Command::ListClients`], and the total the plugin holds.
+pub fn listed_clients(answer: &Answer) -> Result<(Vec<String>, usize), Refusal> {
     if let Some(error) = &answer.error {
         return Err(Refusal {
             command: "listClients",
             error: error.clone(),
         });
     }
-    answer
-        .data
-        .as_ref()
+    let data = answer.data.as_ref();
+    let clients = data
         .and_then(|d| d.get("clients"))
         .and_then(|c| c.as_array())
         .map(|clients| {
             clients
                 .iter()
                 .filter_map(|c| c.as_str().map(str::to_owned))
-                .collect()
+                .collect::<Vec<_>>()
         })
         .ok_or_else(|| Refusal {
             command: "listClients",
             error: "the answer lists no clients".to_owned(),
-        })
+        })?;
+    let total = data
+        .and_then(|d| d.get("totalCount"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(clients.len());
+    Ok((clients, total))
 }
 
 /// What the database says of a key that may have an account.
@@ -266,44 +297,71 @@ pub enum KeyState {
 pub struct Plan {
     /// Accounts to remove now.
     pub remove: Vec<String>,
-    /// Accounts without a key row, seen for the first time: removed if the next pass sees them
-    /// so again.
-    pub unknown: HashSet<String>,
-    /// Live keys whose account is missing, as (tenant, key).
+    /// Live keys whose account was missing in this pass and the one before, as (tenant, key).
     pub missing: Vec<(Uuid, Uuid)>,
 }
 
-/// Compares the broker's `accounts` (listed first) with the `keys` read afterwards. Accounts
-/// in `unknown_before` (from the previous pass) that still have no key row are removed.
-pub fn plan(
-    accounts: &[String],
-    keys: &HashMap<(Uuid, Uuid), KeyState>,
-    unknown_before: &HashSet<String>,
-) -> Plan {
-    let mut out = Plan::default();
+/// What a reconciliation remembers for the next one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// Accounts without a key row, with when they were first seen so.
+    pub unknown: HashMap<String, Instant>,
+    /// Live keys without an account in the last pass.
+    pub missing: HashSet<(Uuid, Uuid)>,
+}
+
+/// What one pass read: the broker's `accounts` (listed first), then the database's `keys`
+/// (every key that holds or held `readings:publish`) and `tenants`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    pub accounts: &'a [String],
+    pub keys: &'a HashMap<(Uuid, Uuid), KeyState>,
+    pub tenants: &'a HashSet<Uuid>,
+}
+
+/// Compares one pass with what the previous ones remembered, at `now`. An account without a
+/// key row goes once it has been seen so for longer than `grace`; accounts of tenants this
+/// database does not hold are left alone.
+pub fn plan(pass: Pass<'_>, before: &Memory, now: Instant, grace: Duration) -> (Plan, Memory) {
+    let mut plan = Plan::default();
+    let mut memory = Memory::default();
     let mut present = HashSet::new();
-    for account in accounts {
+    for account in pass.accounts {
         let Some(id) = parse_username(account) else {
             continue;
         };
+        if !pass.tenants.contains(&id.0) {
+            continue;
+        }
         present.insert(id);
-        match keys.get(&id) {
+        match pass.keys.get(&id) {
             Some(KeyState::Live) => {}
-            Some(KeyState::Dead) => out.remove.push(account.clone()),
-            None if unknown_before.contains(account) => out.remove.push(account.clone()),
+            Some(KeyState::Dead) => plan.remove.push(account.clone()),
             None => {
-                out.unknown.insert(account.clone());
+                let since = before.unknown.get(account).copied().unwrap_or(now);
+                if now.saturating_duration_since(since) > grace {
+                    plan.remove.push(account.clone());
+                } else {
+                    memory.unknown.insert(account.clone(), since);
+                }
             }
         }
     }
-    let mut missing: Vec<(Uuid, Uuid)> = keys
+    memory.missing = pass
+        .keys
         .iter()
         .filter(|(id, state)| **state == KeyState::Live && !present.contains(*id))
         .map(|(id, _)| *id)
         .collect();
+    let mut missing: Vec<(Uuid, Uuid)> = memory
+        .missing
+        .iter()
+        .filter(|id| before.missing.contains(*id))
+        .copied()
+        .collect();
     missing.sort();
-    out.missing = missing;
-    out
+    plan.missing = missing;
+    (plan, memory)
 }
 
 #[cfg(test)]
@@ -365,10 +423,16 @@ mod tests {
                  "allow": true, "correlationData": "c2"},
                 {"command": "createClient",
                  "username": "mpak.6f1c2a0e0a4e4f439b403d8d4f7c9a11.0b7e9d6c52a14c3e8f2d9a6b5c4d3e2f",
-                 "password": "mpak.x.y.z", "textname": "MaintAInPro API key \"north hall\"",
+                 "password": "mpak.x.y.z",
+                 "clientid": "mpak.6f1c2a0e0a4e4f439b403d8d4f7c9a11.0b7e9d6c52a14c3e8f2d9a6b5c4d3e2f",
+                 "textname": "MaintAInPro API key \"north hall\"",
                  "roles": [{"rolename": "maintainpro-gateways-6f1c2a0e0a4e4f439b403d8d4f7c9a11"}],
                  "correlationData": "c3"},
             ]})
+        );
+        assert!(
+            !format!("{commands:?}").contains("mpak.x.y.z"),
+            "the password never shows in Debug output"
         );
     }
 
@@ -402,6 +466,14 @@ mod tests {
         let mut denied = ok.clone();
         denied[0].error = Some("Not authorized".to_owned());
         assert!(check(&commands, &denied).is_err());
+        assert_eq!(
+            check(&commands, &ok[..2]),
+            Err(Refusal {
+                command: "createClient",
+                error: "no answer".to_owned()
+            }),
+            "a command without an answer"
+        );
         let delete = [Command::DeleteClient {
             username: "u".to_owned(),
             correlation: "d".to_owned(),
@@ -425,7 +497,7 @@ mod tests {
         };
         assert_eq!(
             listed_clients(&list),
-            Ok(vec!["admin".to_owned(), "mpak.a.b".to_owned()])
+            Ok((vec!["admin".to_owned(), "mpak.a.b".to_owned()], 2))
         );
         let refused = answer("listClients", Some("Not authorized"), "l");
         assert!(listed_clients(&refused).is_err());
@@ -437,28 +509,60 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_removes_dead_and_twice_unknown_accounts_and_reports_missing_ones() {
-        let tenant = Uuid::new_v4();
-        let [live, dead, unknown, twice, lost] = [(); 5].map(|()| Uuid::new_v4());
+    fn the_plan_removes_dead_and_long_unknown_accounts_and_reports_lasting_missing_ones() {
+        let (tenant, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
+        let [live, dead, unknown, lost] = [(); 4].map(|()| Uuid::new_v4());
         let accounts: Vec<String> = ["admin".to_owned(), "maintainpro-ingest".to_owned()]
             .into_iter()
-            .chain([live, dead, unknown, twice].map(|k| username(tenant, k)))
+            .chain([live, dead, unknown].map(|k| username(tenant, k)))
+            .chain([username(elsewhere, Uuid::new_v4())])
             .collect();
         let keys = HashMap::from([
             ((tenant, live), KeyState::Live),
             ((tenant, dead), KeyState::Dead),
             ((tenant, lost), KeyState::Live),
         ]);
-        let before = HashSet::from([username(tenant, twice)]);
-        let p = plan(&accounts, &keys, &before);
+        let tenants = HashSet::from([tenant]);
+        let pass = Pass {
+            accounts: &accounts,
+            keys: &keys,
+            tenants: &tenants,
+        };
+        let grace = Duration::from_secs(65);
+        let t0 = Instant::now();
+        let (first, memory) = plan(pass, &Memory::default(), t0, grace);
+        assert_eq!(first.remove, vec![username(tenant, dead)]);
+        assert!(first.missing.is_empty(), "missing once is not yet missing");
         assert_eq!(
-            p.remove,
-            vec![username(tenant, dead), username(tenant, twice)]
+            memory.unknown,
+            HashMap::from([(username(tenant, unknown), t0)])
         );
-        assert_eq!(p.unknown, HashSet::from([username(tenant, unknown)]));
-        assert_eq!(p.missing, vec![(tenant, lost)]);
-        // The next pass: the unknown account still has no row, and goes.
-        let again = plan(&accounts, &keys, &p.unknown);
-        assert!(again.remove.contains(&username(tenant, unknown)));
+        // Within the grace the unknown account stays; after it, it goes. The account of an
+        // organisation this database does not hold is never touched.
+        let (second, memory) = plan(pass, &memory, t0 + Duration::from_secs(60), grace);
+        assert_eq!(second.remove, vec![username(tenant, dead)]);
+        assert_eq!(second.missing, vec![(tenant, lost)]);
+        let (third, memory) = plan(pass, &memory, t0 + Duration::from_secs(66), grace);
+        assert_eq!(
+            third.remove,
+            vec![username(tenant, dead), username(tenant, unknown)]
+        );
+        assert!(memory.unknown.is_empty());
+        // A key committed meanwhile is no longer unknown, and its account stays.
+        let mut committed = keys.clone();
+        committed.insert((tenant, unknown), KeyState::Live);
+        let (fourth, _) = plan(
+            Pass {
+                keys: &committed,
+                ..pass
+            },
+            &Memory {
+                unknown: HashMap::from([(username(tenant, unknown), t0)]),
+                ..Memory::default()
+            },
+            t0 + Duration::from_secs(600),
+            grace,
+        );
+        assert_eq!(fourth.remove, vec![username(tenant, dead)]);
     }
 }

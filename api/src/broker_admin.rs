@@ -16,7 +16,9 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::broker_accounts::{self, Answer, Command, KeyState, Refusal, Request, Responses};
+use crate::broker_accounts::{
+    self, Answer, Command, KeyState, Memory, Pass, Refusal, Request, Responses,
+};
 use crate::config::BrokerAccountsSettings;
 
 /// Why an exchange with the broker failed.
@@ -39,6 +41,12 @@ pub enum BrokerAdminError {
     #[error(transparent)]
     Refused(#[from] Refusal),
 }
+
+/// Accounts listed per exchange, and removed per exchange: each message stays far below the
+/// packet limit ([`MAX_PACKET`]).
+const PAGE: usize = 500;
+/// The largest MQTT packet either way: a page of names, or of commands.
+const MAX_PACKET: usize = 1024 * 1024;
 
 /// Sends commands to the dynamic-security plugin of one broker.
 #[derive(Debug, Clone)]
@@ -86,35 +94,42 @@ impl BrokerAdmin {
         if usernames.is_empty() {
             return Ok(());
         }
-        let mut correlation = Self::correlations();
-        let commands: Vec<Command> = usernames
-            .iter()
-            .map(|username| Command::DeleteClient {
-                username: username.clone(),
-                correlation: correlation(),
-            })
-            .collect();
-        let answers = self.exchange(&commands).await?;
-        broker_accounts::check(&commands, &answers)?;
-        metrics::counter!("maintainpro_broker_accounts_removed_total")
-            .increment(usernames.len() as u64);
+        for chunk in usernames.chunks(PAGE) {
+            let mut correlation = Self::correlations();
+            let commands: Vec<Command> = chunk
+                .iter()
+                .map(|username| Command::DeleteClient {
+                    username: username.clone(),
+                    correlation: correlation(),
+                })
+                .collect();
+            let answers = self.exchange(&commands).await?;
+            broker_accounts::check(&commands, &answers)?;
+            metrics::counter!("maintainpro_broker_accounts_removed_total")
+                .increment(chunk.len() as u64);
+        }
         Ok(())
     }
 
-    /// Every account of the plugin, by user name.
+    /// Every account of the plugin, by user name, a page at a time.
     pub async fn list(&self) -> Result<Vec<String>, BrokerAdminError> {
-        let commands = [Command::ListClients {
-            verbose: false,
-            count: -1,
-            offset: 0,
-            correlation: Self::correlations()(),
-        }];
-        let answers = self.exchange(&commands).await?;
-        let answer = answers.first().ok_or_else(|| Refusal {
-            command: "listClients",
-            error: "no answer".to_owned(),
-        })?;
-        Ok(broker_accounts::listed_clients(answer)?)
+        let mut all = Vec::new();
+        loop {
+            let commands = [Command::ListClients {
+                verbose: false,
+                count: PAGE as i64,
+                offset: all.len() as i64,
+                correlation: Self::correlations()(),
+            }];
+            let answers = self.exchange(&commands).await?;
+            broker_accounts::check(&commands, &answers)?;
+            let (page, total) = broker_accounts::listed_clients(&answers[0])?;
+            let last = page.len() < PAGE || all.len() + page.len() >= total;
+            all.extend(page);
+            if last {
+                return Ok(all);
+            }
+        }
     }
 
     fn options(&self) -> Result<MqttOptions, BrokerAdminError> {
@@ -135,12 +150,13 @@ impl BrokerAdmin {
         options
             .set_clean_session(true)
             .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_credentials(&s.username, s.password.expose());
         Ok(options)
     }
 
     /// Sends `commands` and answers their answers (in no particular order), once every
-    /// command has one.
+    /// command has one (the last answer to a command counts).
     #[tracing::instrument(skip_all, fields(broker = %self.settings.broker, commands = commands.len()))]
     pub async fn exchange(&self, commands: &[Command]) -> Result<Vec<Answer>, BrokerAdminError> {
         let options = self.options()?;
@@ -150,7 +166,7 @@ impl BrokerAdmin {
         let broker = self.settings.broker.clone();
         let (client, mut events) = AsyncClient::new(options, 8);
         let work = async {
-            let mut answers: Vec<Answer> = Vec::new();
+            let mut answers: HashMap<String, Answer> = HashMap::new();
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -165,7 +181,19 @@ impl BrokerAdmin {
                             .await
                             .map_err(|e| unreachable(&broker, e))?;
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        if ack
+                            .return_codes
+                            .contains(&rumqttc::SubscribeReasonCode::Failure)
+                        {
+                            return Err(BrokerAdminError::Refused(Refusal {
+                                command: "subscribe",
+                                error: format!(
+                                    "{} may not read the plugin's answers: give it the plugin's admin role",
+                                    self.settings.username
+                                ),
+                            }));
+                        }
                         client
                             .publish(
                                 broker_accounts::CONTROL_TOPIC,
@@ -183,11 +211,15 @@ impl BrokerAdmin {
                         let Ok(responses) = serde_json::from_slice::<Responses>(&p.payload) else {
                             continue;
                         };
-                        answers.extend(responses.responses.into_iter().filter(|a| {
-                            a.correlation.as_deref().is_some_and(|c| wanted.contains(c))
-                        }));
-                        if answers.len() >= wanted.len() {
-                            return Ok(answers);
+                        for answer in responses.responses {
+                            if let Some(c) = answer.correlation.clone()
+                                && wanted.contains(c.as_str())
+                            {
+                                answers.insert(c, answer);
+                            }
+                        }
+                        if answers.len() == wanted.len() {
+                            return Ok(answers.into_values().collect::<Vec<_>>());
                         }
                     }
                     Ok(_) => {}
@@ -251,15 +283,17 @@ enum ReconcileError {
     Database(#[from] sqlx::Error),
 }
 
-/// Every key of every organisation that holds (or held) the scope `readings:publish`, with
-/// whether it is live.
-async fn publishing_keys(pool: &PgPool) -> Result<HashMap<(Uuid, Uuid), KeyState>, sqlx::Error> {
+/// Every organisation, and every key of theirs that holds (or held) the scope
+/// `readings:publish`, with whether it is live.
+async fn publishing_keys(
+    pool: &PgPool,
+) -> Result<(HashSet<Uuid>, HashMap<(Uuid, Uuid), KeyState>), sqlx::Error> {
     // Tenants' ids are readable across tenants; each tenant's keys only under its own.
     let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants")
         .fetch_all(pool)
         .await?;
     let mut keys = HashMap::new();
-    for tenant in tenants {
+    for &tenant in &tenants {
         let mut tx = migrations::begin_tenant(pool, tenant).await?;
         let rows: Vec<(Uuid, bool)> = sqlx::query_as(
             "SELECT id, revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
@@ -274,19 +308,31 @@ async fn publishing_keys(pool: &PgPool) -> Result<HashMap<(Uuid, Uuid), KeyState
             keys.insert((tenant, id), state);
         }
     }
-    Ok(keys)
+    Ok((tenants.into_iter().collect(), keys))
 }
 
 /// One pass: accounts listed first, keys read afterwards (so that a key committed in between
-/// is seen), then the plan carried out. Answers the accounts seen without a key row.
+/// is seen), then the plan carried out. Answers what the next pass must remember.
 async fn reconcile(
     pool: &PgPool,
     admin: &BrokerAdmin,
-    unknown_before: &HashSet<String>,
-) -> Result<HashSet<String>, ReconcileError> {
+    before: &Memory,
+) -> Result<Memory, ReconcileError> {
     let accounts = admin.list().await?;
-    let keys = publishing_keys(pool).await?;
-    let plan = broker_accounts::plan(&accounts, &keys, unknown_before);
+    let (tenants, keys) = publishing_keys(pool).await?;
+    // The row of a key being created commits right after its account is made (within the
+    // exchange's timeout); two intervals more leave a slow commit ample room.
+    let grace = admin.settings.timeout + 2 * admin.settings.reconcile;
+    let (plan, memory) = broker_accounts::plan(
+        Pass {
+            accounts: &accounts,
+            keys: &keys,
+            tenants: &tenants,
+        },
+        before,
+        std::time::Instant::now(),
+        grace,
+    );
     if !plan.remove.is_empty() {
         admin.remove(&plan.remove).await?;
         tracing::info!(accounts = ?plan.remove, "broker accounts of revoked, expired or unknown API keys removed");
@@ -300,14 +346,14 @@ async fn reconcile(
         );
     }
     metrics::gauge!("maintainpro_broker_accounts_missing").set(plan.missing.len() as f64);
-    Ok(plan.unknown)
+    Ok(memory)
 }
 
 /// Reconciles every `reconcile` interval until `closing` turns true.
 pub async fn run(pool: PgPool, admin: Arc<BrokerAdmin>, mut closing: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(admin.settings.reconcile);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unknown = HashSet::new();
+    let mut memory = Memory::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -318,8 +364,8 @@ pub async fn run(pool: PgPool, admin: Arc<BrokerAdmin>, mut closing: watch::Rece
                 continue;
             }
         }
-        match reconcile(&pool, &admin, &unknown).await {
-            Ok(seen) => unknown = seen,
+        match reconcile(&pool, &admin, &memory).await {
+            Ok(next) => memory = next,
             Err(e) => {
                 tracing::warn!(error = %e, "reconciling gateway keys' broker accounts failed; retrying at the next interval");
             }

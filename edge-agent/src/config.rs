@@ -380,11 +380,16 @@ impl AgentConfig {
         settings::load(source_name, text, ENV_PREFIX, env)
     }
 
+    /// The uplink's MQTT client id: the configured one, else the API key's user name (the
+    /// broker binds a key's account to it), else `edge-<gateway id>`.
     pub fn client_id(&self) -> String {
-        self.uplink
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("edge-{}", self.gateway.id))
+        if let Some(id) = &self.uplink.client_id {
+            return id.clone();
+        }
+        match self.uplink.credentials() {
+            Some((username, _)) if self.uplink.api_key.is_some() => username.to_owned(),
+            _ => format!("edge-{}", self.gateway.id),
+        }
     }
 
     /// Tags of the devices and the OPC-UA servers (MQTT sources' tags are known only once
@@ -453,7 +458,16 @@ impl UplinkConfig {
                      publishes only its own organisation's readings"
                 ),
             ),
-            Some(_) => {}
+            Some((_, username)) => {
+                if self.client_id.as_deref().is_some_and(|id| id != username) {
+                    report.error(
+                        "uplink.client_id",
+                        format!(
+                            "with an API key the broker accepts only the client id {username}: leave client_id out"
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -951,6 +965,15 @@ data_type = "f32"
             c.uplink.credentials(),
             Some((&key[..key.len() - 44], key.as_str()))
         );
+        assert_eq!(
+            c.client_id(),
+            &key[..key.len() - 44],
+            "bound to the key's name"
+        );
+        let errs = with(&format!("api_key = \"{key}\"\nclient_id = \"edge-gw-1\""))
+            .unwrap_err()
+            .errors;
+        assert_eq!(errs[0].path, "uplink.client_id", "{errs:?}");
         let c = with("username = \"u\"\npassword = \"p\"").unwrap();
         assert_eq!(c.uplink.credentials(), Some(("u", "p")));
         assert_eq!(load(GOOD).unwrap().uplink.credentials(), None);

@@ -46,7 +46,7 @@ fn accounts_broker(dir: &std::path::Path) -> anyhow::Result<PrivateBroker> {
             "spBv1.0/#",
             "allow",
         ],
-        &["createClient", INGEST.0, "-p", INGEST.1],
+        &["createClient", INGEST.0, "-c", INGEST.0, "-p", INGEST.1],
         &["addClientRole", INGEST.0, "maintainpro-ingest"],
     ] {
         broker.dynsec(args)?;
@@ -67,6 +67,7 @@ async fn plant_on(broker: &PrivateBroker) -> anyhow::Result<Plant> {
         }
         if let Some(ingest) = config.ingest.as_mut() {
             ingest.broker = url.clone();
+            ingest.client_id = INGEST.0.to_owned();
             ingest.username = Some(INGEST.0.to_owned());
             ingest.password = Some(Secret::new(INGEST.1.to_owned()));
         }
@@ -81,20 +82,24 @@ fn username(key: &str) -> anyhow::Result<&str> {
         .1)
 }
 
-fn options(broker: &str, key: &str) -> anyhow::Result<MqttOptions> {
+/// A login with `key`, under the client id its account is bound to (`client_id` None) or
+/// another.
+fn options(broker: &str, key: &str, client_id: Option<&str>) -> anyhow::Result<MqttOptions> {
     let endpoint = model::topic::broker_endpoint(broker)?;
-    let mut options = MqttOptions::new(
-        format!("probe-{}", Uuid::new_v4().simple()),
-        endpoint.host,
-        endpoint.port,
-    );
-    options.set_credentials(username(key).unwrap_or(key), key);
+    let name = username(key).unwrap_or(key);
+    let mut options = MqttOptions::new(client_id.unwrap_or(name), endpoint.host, endpoint.port);
+    options.set_credentials(name, key);
     Ok(options)
 }
 
 /// Whether the broker takes `key` as a login.
 async fn logs_in(broker: &str, key: &str) -> anyhow::Result<bool> {
-    let (_client, mut events) = AsyncClient::new(options(broker, key)?, 8);
+    logs_in_as(broker, key, None).await
+}
+
+/// Whether the broker takes `key` as a login under `client_id` (None: the key's own).
+async fn logs_in_as(broker: &str, key: &str, client_id: Option<&str>) -> anyhow::Result<bool> {
+    let (_client, mut events) = AsyncClient::new(options(broker, key, client_id)?, 8);
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match events.poll().await {
@@ -111,20 +116,21 @@ async fn logs_in(broker: &str, key: &str) -> anyhow::Result<bool> {
 
 /// Waits until the broker answers `want` to a login with `key`.
 async fn until_login(broker: &str, key: &str, want: bool, what: &str) -> anyhow::Result<()> {
-    Plant::eventually(Duration::from_secs(15), what, || async {
+    Plant::eventually(Duration::from_secs(30), what, || async {
         Ok((logs_in(broker, key).await? == want).then_some(()))
     })
     .await
 }
 
-/// A batch of `n` readings of the demo press's bearing temperature.
+/// A batch of `n` readings of the demo press's bearing temperature, stamped half an hour ago
+/// (the agent's readings are current: [`old_readings_of`] tells them apart).
 fn batch(seq: u64, n: i64) -> anyhow::Result<Vec<u8>> {
     let now = Timestamp::now().as_micros();
     let readings: Vec<Reading> = (0..n)
         .map(|i| {
             Ok(Reading {
                 tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(now - 60_000_000 + i * 1_000),
+                ts: Timestamp::from_micros(now - 1_800_000_000 + i * 1_000),
                 value: 40.0 + i as f64,
                 quality: Quality::Good,
             })
@@ -134,11 +140,23 @@ fn batch(seq: u64, n: i64) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn readings_of(plant: &Plant, tenant: Uuid) -> anyhow::Result<i64> {
+    count(plant, tenant, "SELECT count(*) FROM tenant_readings").await
+}
+
+/// Readings of `tenant` older than a quarter of an hour: those of [`batch`].
+async fn old_readings_of(plant: &Plant, tenant: Uuid) -> anyhow::Result<i64> {
+    count(
+        plant,
+        tenant,
+        "SELECT count(*) FROM tenant_readings WHERE ts < now() - interval '15 minutes'",
+    )
+    .await
+}
+
+async fn count(plant: &Plant, tenant: Uuid, query: &str) -> anyhow::Result<i64> {
     let pool = plant.db.app_pool().await;
     let mut tx = migrations::begin_tenant(&pool, tenant).await?;
-    let n = sqlx::query_scalar("SELECT count(*) FROM tenant_readings")
-        .fetch_one(&mut *tx)
-        .await?;
+    let n = sqlx::query_scalar(query).fetch_one(&mut *tx).await?;
     tx.commit().await?;
     Ok(n)
 }
@@ -191,7 +209,7 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
     agent.await??;
 
     // The key may publish its own organisation's readings only, and subscribe to nothing.
-    let (client, mut events) = AsyncClient::new(options(&plant.broker, &key)?, 16);
+    let (client, mut events) = AsyncClient::new(options(&plant.broker, &key, None)?, 16);
     let b_topic = model::topic::readings(
         TenantId::from_uuid(plant.tenant_b.tenant),
         &GatewayId::parse(DEMO_GATEWAY)?,
@@ -209,7 +227,7 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
     client
         .publish(&a_topic, QoS::AtLeastOnce, false, batch(1_000_002, 5)?)
         .await?;
-    let before = readings_of(&plant, plant.tenant_a.tenant).await?;
+    let before = old_readings_of(&plant, plant.tenant_a.tenant).await?;
     let sub_refused = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Event::Incoming(Packet::SubAck(ack)) = events.poll().await? {
@@ -230,7 +248,7 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
         Duration::from_secs(15),
         "the batch on its own topic",
         || async {
-            Ok((readings_of(&plant, plant.tenant_a.tenant).await? >= before + 5).then_some(()))
+            Ok((old_readings_of(&plant, plant.tenant_a.tenant).await? >= before + 5).then_some(()))
         },
     )
     .await?;
@@ -238,6 +256,17 @@ async fn a_gateway_key_publishes_its_organisations_readings_and_nothing_else() -
         readings_of(&plant, plant.tenant_b.tenant).await?,
         0,
         "another organisation's topic"
+    );
+
+    // The account is bound to its client id: the key cannot take over ingest's connection
+    // (or any other client's).
+    assert!(
+        !logs_in_as(&plant.broker, &key, Some(INGEST.0)).await?,
+        "ingest's client id"
+    );
+    assert!(
+        !logs_in_as(&plant.broker, &key, Some("edge-line-1-gw")).await?,
+        "another client id"
     );
 
     // A wrong secret is refused; revoking the key ends its connection and its login.
@@ -287,7 +316,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
             Method::POST,
             &format!("{KEYS}/{second_id}/rotate"),
             Some(&admin),
-            Some(json!({ "overlap": "2s" })),
+            Some(json!({ "overlap": "6s" })),
         )
         .await?;
     assert_eq!(status, 201, "{body}");
@@ -300,7 +329,7 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
     // accounts are not.
     let orphan = model::gateway_key::username(plant.tenant_a.tenant, Uuid::new_v4());
     broker.dynsec(&["createClient", &orphan, "-p", "orphan password"])?;
-    Plant::eventually(Duration::from_secs(15), "the orphan removed", || async {
+    Plant::eventually(Duration::from_secs(30), "the orphan removed", || async {
         Ok((!broker.dynsec(&["listClients"])?.contains(&orphan)).then_some(()))
     })
     .await?;

@@ -440,8 +440,16 @@ pub async fn revoke(
         .scopes
         .iter()
         .any(|s| s == Scope::ReadingsPublish.as_str());
-    if let (true, Some(admin)) = (publishes, &state.broker_accounts) {
-        unprovision(admin, tenant, id).await;
+    match (publishes, &state.broker_accounts) {
+        (true, Some(admin)) => unprovision(admin, tenant, id).await,
+        (true, None) => tracing::error!(
+            %tenant,
+            api_key = %id,
+            "a readings:publish key was revoked, but this server keeps no broker accounts \
+             ([api.broker_accounts] is not set): its broker account stays until a server \
+             with the setting reconciles, or is removed by hand (mosquitto_ctrl dynsec deleteClient)"
+        ),
+        (false, _) => {}
     }
     Ok(StatusCode::NO_CONTENT)
 }
