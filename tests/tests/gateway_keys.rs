@@ -60,6 +60,9 @@ async fn plant_on(broker: &PrivateBroker) -> anyhow::Result<Plant> {
     let url = broker.url();
     Plant::start_configured(|_, config| {
         if let Some(api) = config.api.as_mut() {
+            // The tests fill an organisation's key allowance.
+            api.tenant_rate = "100000/s".parse().expect("a rate");
+            api.tenant_burst = std::num::NonZeroU32::new(100_000).expect("not zero");
             api.broker_accounts = Some(BrokerAccountsSettings {
                 reconcile: Duration::from_secs(1),
                 ..BrokerAccountsSettings::new(url.clone(), ADMIN.0, Secret::new(ADMIN.1.to_owned()))
@@ -384,5 +387,38 @@ async fn rotations_expiries_orphans_and_an_unreachable_broker_keep_accounts_and_
     broker.resume()?;
     let (again, _) = plant.new_api_key(&admin, &["readings:publish"]).await?;
     assert!(logs_in(&url, &again).await?);
+
+    // A key whose row is refused after its account was made (the organisation holds the most
+    // live keys it may) takes its account back.
+    let accounts = |listed: String| -> usize {
+        listed
+            .lines()
+            .filter(|l| l.trim().starts_with("mpak."))
+            .count()
+    };
+    let before = accounts(broker.dynsec(&["listClients"])?);
+    assert!(before >= 3, "the live keys' accounts are listed");
+    let (status, list) = plant.get(KEYS, Some(&admin)).await?;
+    assert_eq!(status, 200);
+    let live = list["items"].as_array().map_or(0, |items| {
+        items.iter().filter(|k| k["status"] == "active").count()
+    });
+    for _ in live..api::api_keys::MAX_LIVE_KEYS as usize {
+        plant.new_api_key(&admin, &["rules:read"]).await?;
+    }
+    let (status, body) = plant
+        .send(
+            Method::POST,
+            KEYS,
+            Some(&admin),
+            Some(json!({ "name": "one too many", "scopes": ["readings:publish"] })),
+        )
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        accounts(broker.dynsec(&["listClients"])?),
+        before,
+        "no account is left behind"
+    );
     Ok(())
 }

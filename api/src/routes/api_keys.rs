@@ -11,8 +11,9 @@
 //! - `DELETE /api/v1/api-keys/{id}`: revokes the key at once.
 //!
 //! A key with the scope `readings:publish` is a gateway's broker login: its broker account is
-//! made before the key is committed (no account, no key: `503`), and removed when the key is
-//! revoked or, after a rotation or at its expiry, by the reconciler ([`crate::broker_admin`]).
+//! made before the key's row is written, outside the transaction (no account, no key: `503`;
+//! a row that fails takes its account back), and removed when the key is revoked or, after a
+//! rotation or at its expiry, by the reconciler ([`crate::broker_admin`]).
 //!
 //! Only admins manage keys, and only signed in as themselves: a key cannot manage keys.
 //! Another organisation's key answers 404 before any permission question. Every change is
@@ -93,32 +94,45 @@ async fn fetch(
         .await
 }
 
-/// Inserts a key of `tenant` made by `user`; returns its id and its text, shown once.
+/// A key made before its row is written: its id, its text (shown once) and its hash.
+struct Minted {
+    id: Uuid,
+    text: String,
+    hash: [u8; 32],
+}
+
+impl Minted {
+    fn new(state: &AppState, tenant: Uuid) -> Self {
+        let id = Uuid::new_v4();
+        let (text, hash) = state.api_keys.new_key(tenant, id);
+        Self { id, text, hash }
+    }
+}
+
+/// Inserts the minted key of `tenant`, made by `user`.
 async fn insert(
     conn: &mut PgConnection,
-    state: &AppState,
+    minted: &Minted,
     tenant: Uuid,
     user: Uuid,
     name: &str,
     scopes: &[&str],
     expires_at: Option<DateTime<Utc>>,
-) -> Result<(Uuid, String), sqlx::Error> {
-    let id = Uuid::new_v4();
-    let (text, hash) = state.api_keys.new_key(tenant, id);
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO api_keys (id, tenant_id, name, secret_hash, scopes, created_by, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(id)
+    .bind(minted.id)
     .bind(tenant)
     .bind(name)
-    .bind(&hash[..])
+    .bind(&minted.hash[..])
     .bind(scopes)
     .bind(user)
     .bind(expires_at)
     .execute(conn)
     .await?;
-    Ok((id, text))
+    Ok(())
 }
 
 /// The broker that keeps the accounts of keys with `scopes`: `None` when no scope needs one,
@@ -137,7 +151,9 @@ fn broker_for(state: &AppState, scopes: &[Scope]) -> Result<Option<Arc<BrokerAdm
     }
 }
 
-/// Makes the broker account of a key before its row is committed: without it, no key.
+/// Makes the broker account of a key before its row is written, outside any transaction (no
+/// database connection waits on the broker): without it, no key. A row that then fails to
+/// commit takes the account back with it ([`unprovision`], else the reconciler).
 async fn provision(
     admin: &BrokerAdmin,
     tenant: Uuid,
@@ -206,44 +222,58 @@ pub async fn create(
     }
     let broker = broker_for(&state, &scopes)?;
     let tenant = auth.tenant.as_uuid();
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    check_room(&mut tx, tenant).await?;
-    let names = api_keys::scope_names(&scopes);
-    let (id, key) = insert(
-        &mut tx,
-        &state,
-        tenant,
-        auth.user,
-        &name,
-        &names,
-        req.expires_at,
-    )
-    .await?;
-    audit::write(
-        &mut tx,
-        &Entry::new(
-            Some(tenant),
-            Some(auth.user),
-            "api_key.create",
-            Outcome::Success,
-        )
-        .target("api_key", id)
-        .detail(json!({ "name": name, "scopes": names, "expires_at": req.expires_at })),
-        &meta,
-    )
-    .await?;
-    let api_key = fetch(&mut tx, tenant, id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    let minted = Minted::new(&state, tenant);
     if let Some(admin) = &broker {
-        provision(admin, tenant, id, &name, &key).await?;
+        provision(admin, tenant, minted.id, &name, &minted.text).await?;
     }
-    tx.commit().await?;
-    tracing::info!(%tenant, api_key = %id, "API key created");
+    let stored = async {
+        let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+        check_room(&mut tx, tenant).await?;
+        let names = api_keys::scope_names(&scopes);
+        insert(
+            &mut tx,
+            &minted,
+            tenant,
+            auth.user,
+            &name,
+            &names,
+            req.expires_at,
+        )
+        .await?;
+        audit::write(
+            &mut tx,
+            &Entry::new(
+                Some(tenant),
+                Some(auth.user),
+                "api_key.create",
+                Outcome::Success,
+            )
+            .target("api_key", minted.id)
+            .detail(json!({ "name": name, "scopes": names, "expires_at": req.expires_at })),
+            &meta,
+        )
+        .await?;
+        let api_key = fetch(&mut tx, tenant, minted.id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+        tx.commit().await?;
+        Ok::<_, ApiError>(api_key)
+    }
+    .await;
+    let api_key = match stored {
+        Ok(api_key) => api_key,
+        Err(e) => {
+            if let Some(admin) = &broker {
+                unprovision(admin, tenant, minted.id).await;
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(%tenant, api_key = %minted.id, "API key created");
     Ok((
         StatusCode::CREATED,
         Json(NewApiKey {
-            key,
+            key: minted.text,
             api_key,
             replaces: None,
         }),
@@ -292,36 +322,28 @@ struct Rotating {
     replaced: bool,
 }
 
-pub async fn rotate(
-    State(state): State<AppState>,
-    auth: AuthUser,
-    meta: RequestMeta,
-    Path(id): Path<Uuid>,
-    body: Option<Body<RotateRequest>>,
-) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
-    let req = body.map(|Body(req)| req).unwrap_or_default();
-    let tenant = auth.tenant.as_uuid();
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    // Locked: two rotations of one key must not both make a replacement.
-    let old: Option<Rotating> = sqlx::query_as(
+/// The key being rotated, read under `tenant`'s row-level security; locked with `lock`.
+async fn rotating(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+    lock: bool,
+) -> Result<Option<Rotating>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "SELECT name, scopes, created_at, expires_at,
                 revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS live,
                 replaced_by IS NOT NULL AS replaced
-         FROM api_keys WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-    )
+         FROM api_keys WHERE tenant_id = $1 AND id = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    ))
     .bind(tenant)
     .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    // Another organisation's key, or none: 404 before any permission question.
-    let old = old.ok_or(ApiError::NotFound)?;
-    auth.require(Permission::ApiKeysManage)?;
-    let overlap = req.overlap.unwrap_or(api_keys::DEFAULT_OVERLAP);
-    api_keys::check_overlap(overlap).map_err(ApiError::BadRequest)?;
-    let now = Utc::now();
-    if let Some(at) = req.expires_at {
-        api_keys::check_expiry(at, now).map_err(ApiError::BadRequest)?;
-    }
+    .fetch_optional(conn)
+    .await
+}
+
+/// Refuses to rotate a key rotated already, revoked or expired.
+fn check_rotatable(old: &Rotating) -> Result<(), ApiError> {
     if old.replaced {
         return Err(ApiError::Conflict(
             "this key was already rotated: rotate its replacement (`replaced_by` in GET /api/v1/api-keys)"
@@ -333,54 +355,110 @@ pub async fn rotate(
             "this key is revoked or expired: create a new one (POST /api/v1/api-keys)".to_owned(),
         ));
     }
+    Ok(())
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+    body: Option<Body<RotateRequest>>,
+) -> Result<(StatusCode, Json<NewApiKey>), ApiError> {
+    let req = body.map(|Body(req)| req).unwrap_or_default();
+    let tenant = auth.tenant.as_uuid();
+    // Read first without a lock: the replacement's broker account is made before the locked
+    // transaction, which checks the key again.
+    let old = {
+        let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+        let old = rotating(&mut tx, tenant, id, false).await?;
+        tx.commit().await?;
+        old
+    };
+    // Another organisation's key, or none: 404 before any permission question.
+    let old = old.ok_or(ApiError::NotFound)?;
+    auth.require(Permission::ApiKeysManage)?;
+    let overlap = req.overlap.unwrap_or(api_keys::DEFAULT_OVERLAP);
+    api_keys::check_overlap(overlap).map_err(ApiError::BadRequest)?;
+    let now = Utc::now();
+    if let Some(at) = req.expires_at {
+        api_keys::check_expiry(at, now).map_err(ApiError::BadRequest)?;
+    }
+    check_rotatable(&old)?;
     let kept: Vec<Scope> = old.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
     let broker = broker_for(&state, &kept)?;
     let scopes = api_keys::scope_names(&kept);
     let new_expiry =
         api_keys::replacement_expiry(req.expires_at, old.created_at, old.expires_at, now);
-    let (new_id, key) = insert(
-        &mut tx, &state, tenant, auth.user, &old.name, &scopes, new_expiry,
-    )
-    .await?;
-    let overlap_secs = overlap.as_secs_f64();
-    sqlx::query(
-        "UPDATE api_keys
-         SET replaced_by = $3,
-             expires_at = LEAST(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $4))
-         WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(new_id)
-    .bind(overlap_secs)
-    .execute(&mut *tx)
-    .await?;
-    let replaces = fetch(&mut tx, tenant, id).await?;
-    audit::write(
-        &mut tx,
-        &Entry::new(
-            Some(tenant),
-            Some(auth.user),
-            "api_key.rotate",
-            Outcome::Success,
-        )
-        .target("api_key", id)
-        .detail(json!({
-            "replaced_by": new_id,
-            "overlap_seconds": overlap.as_secs(),
-            "expires_at": replaces.as_ref().and_then(|k| k.expires_at),
-        })),
-        &meta,
-    )
-    .await?;
-    let api_key = fetch(&mut tx, tenant, new_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+    let minted = Minted::new(&state, tenant);
     if let Some(admin) = &broker {
-        provision(admin, tenant, new_id, &old.name, &key).await?;
+        provision(admin, tenant, minted.id, &old.name, &minted.text).await?;
     }
-    tx.commit().await?;
-    tracing::info!(%tenant, api_key = %id, replaced_by = %new_id, "API key rotated");
+    let stored = async {
+        let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+        // Locked: two rotations of one key must not both make a replacement.
+        let locked = rotating(&mut tx, tenant, id, true)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        check_rotatable(&locked)?;
+        insert(
+            &mut tx,
+            &minted,
+            tenant,
+            auth.user,
+            &old.name,
+            &scopes,
+            new_expiry,
+        )
+        .await?;
+        let overlap_secs = overlap.as_secs_f64();
+        sqlx::query(
+            "UPDATE api_keys
+             SET replaced_by = $3,
+                 expires_at = LEAST(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $4))
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(minted.id)
+        .bind(overlap_secs)
+        .execute(&mut *tx)
+        .await?;
+        let replaces = fetch(&mut tx, tenant, id).await?;
+        audit::write(
+            &mut tx,
+            &Entry::new(
+                Some(tenant),
+                Some(auth.user),
+                "api_key.rotate",
+                Outcome::Success,
+            )
+            .target("api_key", id)
+            .detail(json!({
+                "replaced_by": minted.id,
+                "overlap_seconds": overlap.as_secs(),
+                "expires_at": replaces.as_ref().and_then(|k| k.expires_at),
+            })),
+            &meta,
+        )
+        .await?;
+        let api_key = fetch(&mut tx, tenant, minted.id)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+        tx.commit().await?;
+        Ok::<_, ApiError>((api_key, replaces))
+    }
+    .await;
+    let (api_key, replaces) = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            if let Some(admin) = &broker {
+                unprovision(admin, tenant, minted.id).await;
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(%tenant, api_key = %id, replaced_by = %minted.id, "API key rotated");
     // Without an overlap the old key is dead now; with one, the reconciler removes its
     // account when the overlap ends.
     if let (Some(admin), true) = (&broker, overlap.is_zero()) {
@@ -389,7 +467,7 @@ pub async fn rotate(
     Ok((
         StatusCode::CREATED,
         Json(NewApiKey {
-            key,
+            key: minted.text,
             api_key,
             replaces,
         }),
