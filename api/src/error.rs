@@ -135,7 +135,20 @@ impl FieldError {
 #[derive(Debug, Default)]
 pub struct FieldErrors(Vec<FieldError>);
 
+/// The longest search text (`q`) a list takes, in characters.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
 impl FieldErrors {
+    /// Refuses a list's search text (`q`) longer than [`MAX_SEARCH_CHARS`].
+    pub fn check_search(&mut self, q: Option<&str>) {
+        if q.is_some_and(|t| t.chars().count() > MAX_SEARCH_CHARS) {
+            self.add(
+                "q",
+                format!("must be at most {MAX_SEARCH_CHARS} characters"),
+            );
+        }
+    }
+
     pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
     }
@@ -409,6 +422,27 @@ fn retry_after_secs(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_text_is_at_most_200_characters() {
+        for (q, ok) in [
+            (None, true),
+            (Some(String::new()), true),
+            (Some("é".repeat(200)), true),
+            (Some("x".repeat(201)), false),
+        ] {
+            let mut errors = FieldErrors::default();
+            errors.check_search(q.as_deref());
+            match errors.finish() {
+                Ok(()) => assert!(ok, "{q:?}"),
+                Err(ApiError::Invalid(fields)) => {
+                    assert!(!ok, "{q:?}");
+                    assert_eq!(fields[0].field, "q");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

@@ -377,9 +377,7 @@ pub async fn list(
     {
         errors.add("status", format!("must be one of {}", STATUSES.join(", ")));
     }
-    if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        errors.add("q", "must be at most 200 characters");
-    }
+    errors.check_search(q.q.as_deref());
     let cursor = q.cursor.as_deref().and_then(|c| {
         let decoded = URL_SAFE_NO_PAD
             .decode(c)

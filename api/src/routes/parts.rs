@@ -157,9 +157,7 @@ pub async fn list_parts(
 ) -> Result<Json<PartList>, ApiError> {
     auth.require(Permission::PartsRead)?;
     let mut errors = FieldErrors::default();
-    if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        errors.add("q", "must be at most 200 characters");
-    }
+    errors.check_search(q.q.as_deref());
     let (limit, cursor) = KeyCursor::parse(q.limit, q.cursor.as_deref(), &mut errors);
     errors.finish()?;
     let tenant = auth.tenant.as_uuid();

@@ -71,9 +71,7 @@ pub async fn list(
 ) -> Result<Json<UserList>, ApiError> {
     auth.require(Permission::UsersRead)?;
     let mut errors = FieldErrors::default();
-    if q.q.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        errors.add("q", "must be at most 200 characters");
-    }
+    errors.check_search(q.q.as_deref());
     if q.role.as_ref().is_some_and(|r| r.chars().count() > 40) {
         errors.add("role", "must be at most 40 characters");
     }

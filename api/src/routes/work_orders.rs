@@ -438,9 +438,7 @@ impl ListQuery {
             .q
             .map(|q| q.trim().to_owned())
             .filter(|q| !q.is_empty());
-        if q.as_ref().is_some_and(|q| q.chars().count() > 200) {
-            errors.add("q", "must be at most 200 characters");
-        }
+        errors.check_search(q.as_deref());
         errors.finish()?;
         Ok(Filter {
             limit,
