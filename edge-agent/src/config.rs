@@ -386,9 +386,10 @@ impl AgentConfig {
         if let Some(id) = &self.uplink.client_id {
             return id.clone();
         }
-        match self.uplink.credentials() {
-            Some((username, _)) if self.uplink.api_key.is_some() => username.to_owned(),
-            _ => format!("edge-{}", self.gateway.id),
+        let key = self.uplink.api_key.as_ref();
+        match key.and_then(|key| model::gateway_key::broker_login(key.expose())) {
+            Some((_, username)) => username.to_owned(),
+            None => format!("edge-{}", self.gateway.id),
         }
     }
 

@@ -180,6 +180,33 @@ async fn unprovision(admin: &BrokerAdmin, tenant: Uuid, id: Uuid) {
     }
 }
 
+/// What storing a provisioned key's row came to: on failure, its broker account (if any) is
+/// taken back before the error is answered.
+async fn kept_or_taken_back<T>(
+    stored: Result<T, ApiError>,
+    broker: Option<&BrokerAdmin>,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<T, ApiError> {
+    if stored.is_err()
+        && let Some(admin) = broker
+    {
+        unprovision(admin, tenant, id).await;
+    }
+    stored
+}
+
+/// A key just inserted in `conn`'s transaction.
+async fn fetch_new(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<ApiKeyView, ApiError> {
+    fetch(conn, tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))
+}
+
 /// Refuses a new key when the organisation holds the most live keys it may.
 async fn check_room(conn: &mut PgConnection, tenant: Uuid) -> Result<(), ApiError> {
     let live: i64 = sqlx::query_scalar(
@@ -253,22 +280,12 @@ pub async fn create(
             &meta,
         )
         .await?;
-        let api_key = fetch(&mut tx, tenant, minted.id)
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+        let api_key = fetch_new(&mut tx, tenant, minted.id).await?;
         tx.commit().await?;
         Ok::<_, ApiError>(api_key)
     }
     .await;
-    let api_key = match stored {
-        Ok(api_key) => api_key,
-        Err(e) => {
-            if let Some(admin) = &broker {
-                unprovision(admin, tenant, minted.id).await;
-            }
-            return Err(e);
-        }
-    };
+    let api_key = kept_or_taken_back(stored, broker.as_deref(), tenant, minted.id).await?;
     tracing::info!(%tenant, api_key = %minted.id, "API key created");
     Ok((
         StatusCode::CREATED,
@@ -442,22 +459,13 @@ pub async fn rotate(
             &meta,
         )
         .await?;
-        let api_key = fetch(&mut tx, tenant, minted.id)
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a new API key is not found")))?;
+        let api_key = fetch_new(&mut tx, tenant, minted.id).await?;
         tx.commit().await?;
         Ok::<_, ApiError>((api_key, replaces))
     }
     .await;
-    let (api_key, replaces) = match stored {
-        Ok(stored) => stored,
-        Err(e) => {
-            if let Some(admin) = &broker {
-                unprovision(admin, tenant, minted.id).await;
-            }
-            return Err(e);
-        }
-    };
+    let (api_key, replaces) =
+        kept_or_taken_back(stored, broker.as_deref(), tenant, minted.id).await?;
     tracing::info!(%tenant, api_key = %id, replaced_by = %minted.id, "API key rotated");
     // Without an overlap the old key is dead now; with one, the reconciler removes its
     // account when the overlap ends.
