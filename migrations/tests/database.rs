@@ -835,3 +835,195 @@ async fn a_throwaway_cluster_stops_when_its_process_exits() -> TestResult {
     wait_until_gone(&[pid], &dir, Duration::from_secs(20)).await;
     Ok(())
 }
+
+/// The ancestry rows as they should be: for every work order, its asset and each asset above
+/// it, with the work order's creation time, status and openness, computed here from the
+/// tables themselves.
+async fn expected_ancestry(
+    tx: &mut PgConnection,
+) -> Result<std::collections::BTreeSet<(Uuid, Uuid, String, bool)>, sqlx::Error> {
+    let parents: std::collections::HashMap<Uuid, Option<Uuid>> =
+        sqlx::query_as::<_, (Uuid, Option<Uuid>)>("SELECT id, parent_id FROM assets")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    let orders: Vec<(Uuid, Uuid, String, bool)> =
+        sqlx::query_as("SELECT id, asset_id, status, closed_at IS NULL FROM work_orders")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut rows = std::collections::BTreeSet::new();
+    for (order, asset, status, open) in orders {
+        let mut at = Some(asset);
+        while let Some(a) = at {
+            rows.insert((order, a, status.clone(), open));
+            at = parents.get(&a).copied().flatten();
+        }
+    }
+    Ok(rows)
+}
+
+async fn stored_ancestry(
+    tx: &mut PgConnection,
+) -> Result<std::collections::BTreeSet<(Uuid, Uuid, String, bool)>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid, String, bool)> = sqlx::query_as(
+        "SELECT a.work_order_id, a.ancestor_id, a.status, a.open FROM work_order_ancestors a
+         JOIN work_orders w ON w.id = a.work_order_id AND w.created_at = a.created_at",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM work_order_ancestors")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(
+        total as usize,
+        rows.len(),
+        "rows with a stale creation time"
+    );
+    Ok(rows.into_iter().collect())
+}
+
+#[tokio::test]
+async fn work_order_ancestry_follows_new_work_orders_status_changes_and_asset_moves() -> TestResult
+{
+    let db = TestDatabase::create().await?;
+    let app = db.app_pool().await;
+    let seeded = seed_tenant(&app, "ancestry").await?;
+    let tenant = seeded.tenant;
+    let mut tx = begin_as(&app, Some(tenant)).await?;
+    let site: Uuid = sqlx::query_scalar("SELECT site_id FROM assets WHERE id = $1")
+        .bind(seeded.asset)
+        .fetch_one(&mut *tx)
+        .await?;
+    // A tree of 40 assets under the seeded one, each under one made before it.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize % n
+    };
+    let mut assets = vec![seeded.asset];
+    for i in 0..40 {
+        let id = Uuid::new_v4();
+        let parent = assets[next(assets.len())];
+        sqlx::query(
+            "INSERT INTO assets (id, tenant_id, site_id, parent_id, name) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(site)
+        .bind(parent)
+        .bind(format!("Asset {i}"))
+        .execute(&mut *tx)
+        .await?;
+        assets.push(id);
+    }
+    // Work orders one at a time, then a statement of many.
+    let mut orders = Vec::new();
+    for _ in 0..30 {
+        let id = Uuid::new_v4();
+        sqlx::query(INSERT_WORK_ORDER)
+            .bind(id)
+            .bind(tenant)
+            .bind(assets[next(assets.len())])
+            .execute(&mut *tx)
+            .await?;
+        orders.push(id);
+    }
+    sqlx::query(
+        "INSERT INTO work_orders (id, tenant_id, asset_id, title, priority, source)
+         SELECT gen_random_uuid(), $1, a, 'Bulk', 'low', 'manual' FROM unnest($2::uuid[]) a",
+    )
+    .bind(tenant)
+    .bind(&assets)
+    .execute(&mut *tx)
+    .await?;
+    assert_eq!(
+        stored_ancestry(&mut tx).await?,
+        expected_ancestry(&mut tx).await?
+    );
+
+    for step in 0..60 {
+        match step % 4 {
+            // A status change, closing some.
+            0 | 1 => {
+                let (status, closed) = [
+                    ("in_progress", false),
+                    ("completed", true),
+                    ("on_hold", false),
+                ][next(3)];
+                sqlx::query(
+                    "UPDATE work_orders SET status = $2,
+                            closed_at = CASE WHEN $3 THEN now() END,
+                            assignee_user = NULL
+                      WHERE id = $1",
+                )
+                .bind(orders[next(orders.len())])
+                .bind(status)
+                .bind(closed)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // A work order put on another asset.
+            2 => {
+                sqlx::query("UPDATE work_orders SET asset_id = $2 WHERE id = $1")
+                    .bind(orders[next(orders.len())])
+                    .bind(assets[next(assets.len())])
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // An asset moved under another that is not below it, or to the top.
+            _ => {
+                let moved = assets[1 + next(assets.len() - 1)];
+                let below: Vec<Uuid> = sqlx::query_scalar(
+                    "WITH RECURSIVE s AS (SELECT id FROM assets WHERE id = $1
+                       UNION SELECT a.id FROM assets a JOIN s ON a.parent_id = s.id)
+                     SELECT id FROM s",
+                )
+                .bind(moved)
+                .fetch_all(&mut *tx)
+                .await?;
+                let candidates: Vec<Uuid> = assets
+                    .iter()
+                    .copied()
+                    .filter(|a| !below.contains(a))
+                    .collect();
+                let parent = (next(5) > 0 && !candidates.is_empty())
+                    .then(|| candidates[next(candidates.len())]);
+                sqlx::query("UPDATE assets SET parent_id = $2 WHERE id = $1")
+                    .bind(moved)
+                    .bind(parent)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        assert_eq!(
+            stored_ancestry(&mut tx).await?,
+            expected_ancestry(&mut tx).await?,
+            "after step {step}"
+        );
+    }
+    tx.commit().await?;
+    // The rows are the tenant's own: another tenant sees none of them.
+    let other = seed_tenant(&app, "ancestry-other").await?;
+    assert_eq!(
+        count_as(
+            &app,
+            Some(other.tenant),
+            "SELECT count(*) FROM work_order_ancestors"
+        )
+        .await?,
+        0
+    );
+    assert!(
+        count_as(
+            &app,
+            Some(tenant),
+            "SELECT count(*) FROM work_order_ancestors"
+        )
+        .await?
+            > 70
+    );
+    Ok(())
+}

@@ -183,6 +183,14 @@ async fn assets_form_a_tree_that_moves_without_losing_its_history() -> anyhow::R
         .filter_map(|w| w["id"].as_str())
         .collect();
     assert!(ids.contains(&wo_id.to_string().as_str()), "{list}");
+    // ... and no longer in the subtree of the line it left.
+    let (_, list) = plant
+        .get(
+            &format!("/api/v1/work-orders?asset_id={line_id}"),
+            Some(&viewer),
+        )
+        .await?;
+    assert!(!list.to_string().contains(&wo_id.to_string()), "{list}");
     let (_, line) = plant
         .get(&format!("/api/v1/assets/{line_id}"), Some(&viewer))
         .await?;

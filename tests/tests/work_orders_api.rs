@@ -757,6 +757,48 @@ async fn lists_filter_sort_search_and_page_and_tenants_stay_apart() -> anyhow::R
         assert_eq!(seen, all, "{sort}");
         assert_eq!(all.len(), 5, "{sort}");
     }
+    // The same through an asset's subtree (every work order here is below Press 1), where
+    // the newest and oldest sorts read the subtree's own index.
+    for sort in ["newest", "oldest", "due", "priority"] {
+        let mut seen = Vec::new();
+        let mut query = format!("asset_id={press_1}&sort={sort}&limit=2");
+        for _ in 0..10 {
+            let page = api.list(&admin, &query).await?;
+            seen.extend(titles_of(&page));
+            match page["next_cursor"].as_str() {
+                Some(cursor) => {
+                    query = format!("asset_id={press_1}&sort={sort}&limit=2&cursor={cursor}")
+                }
+                None => break,
+            }
+        }
+        let all = titles_of(&api.list(&admin, &format!("sort={sort}&limit=200")).await?);
+        assert_eq!(seen, all, "subtree, {sort}");
+    }
+    let list = api
+        .list(&admin, &format!("asset_id={pump}&priority=critical"))
+        .await?;
+    assert_eq!(titles_of(&list), ["Motor bearing noise"]);
+    let list = api
+        .list(
+            &admin,
+            &format!("asset_id={press_1}&status=assigned&sort=oldest"),
+        )
+        .await?;
+    assert_eq!(
+        titles_of(&list),
+        ["Oil leak at the pump", "Press guard loose"]
+    );
+    let list = api
+        .list(
+            &tech,
+            &format!("asset_id={press_1}&assignee=me&sort=oldest"),
+        )
+        .await?;
+    assert_eq!(
+        titles_of(&list),
+        ["Oil leak at the pump", "Press guard loose"]
+    );
 
     // Bad parameters, all at once; unknown ones refused.
     let (status, body) = api

@@ -464,21 +464,118 @@ impl ListQuery {
 
 impl Filter {
     /// Appends the filter's conditions, the cursor's, the order and the limit (one more row
-    /// than a page, to tell whether another page follows).
-    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid) {
+    /// than a page, to tell whether another page follows) to a query of `work_orders` whose
+    /// tenant condition is written. `own` is the requester a caller who sees only their own
+    /// requests is.
+    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid, own: Option<Uuid>) {
+        if let Some(asset) = self.subtree_in_order() {
+            self.push_subtree_page(q, tenant, me, own, asset);
+            return;
+        }
+        self.push_status(q, "closed_at IS NULL");
+        match self.asset {
+            Some((asset, true)) => {
+                q.push(
+                    " AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ",
+                )
+                .push_bind(tenant)
+                .push(" AND ancestor_id = ")
+                .push_bind(asset)
+                .push(")");
+            }
+            Some((asset, false)) => {
+                q.push(" AND asset_id = ").push_bind(asset);
+            }
+            None => {}
+        }
+        if let Some(own) = own {
+            q.push(" AND requested_by = ").push_bind(own);
+        }
+        self.push_row_filters(q, tenant, me);
+        self.push_created(q);
+        self.push_cursor(q, "id");
+        q.push(self.order());
+        q.push(" LIMIT ").push_bind(self.limit + 1);
+    }
+
+    /// The asset subtree of a list newest or oldest first: the subtree's work orders come in
+    /// list order from `work_order_ancestors` (which also holds their status and creation
+    /// time), so the page's ids are found without walking the asset tree, and only the page's
+    /// rows are read from `work_orders`. Filters on other columns are checked per candidate.
+    fn subtree_in_order(&self) -> Option<Uuid> {
+        match (self.asset, self.sort) {
+            (Some((asset, true)), Sort::Newest | Sort::Oldest) => Some(asset),
+            _ => None,
+        }
+    }
+
+    fn push_subtree_page(
+        &self,
+        q: &mut QueryBuilder<'_, Postgres>,
+        tenant: Uuid,
+        me: Uuid,
+        own: Option<Uuid>,
+        asset: Uuid,
+    ) {
+        q.push(" AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ")
+            .push_bind(tenant)
+            .push(" AND ancestor_id = ")
+            .push_bind(asset);
+        self.push_status(q, "open");
+        self.push_created(q);
+        if own.is_some() || self.has_row_filters() {
+            q.push(" AND work_order_id IN (SELECT id FROM work_orders WHERE tenant_id = ")
+                .push_bind(tenant);
+            if let Some(own) = own {
+                q.push(" AND requested_by = ").push_bind(own);
+            }
+            self.push_row_filters(q, tenant, me);
+            q.push(")");
+        }
+        self.push_cursor(q, "work_order_id");
+        q.push(if self.sort == Sort::Oldest {
+            " ORDER BY created_at, work_order_id"
+        } else {
+            " ORDER BY created_at DESC, work_order_id DESC"
+        });
+        q.push(" LIMIT ").push_bind(self.limit + 1);
+        q.push(")").push(self.order());
+    }
+
+    /// The status condition; `open` is the condition, on the queried table, that holds
+    /// exactly for open work orders (the partial indexes over open ones are defined by it).
+    fn push_status(&self, q: &mut QueryBuilder<'_, Postgres>, open: &str) {
         if let Some(status) = &self.status {
             q.push(" AND status = ANY(")
                 .push_bind(status.clone())
                 .push(")");
-            // Open statuses only: the same rows as `closed_at IS NULL` (a check constraint),
-            // which the indexes over open work orders are defined by.
+            // Open statuses only: the same rows as `open` (for `work_orders`, a check
+            // constraint ties `closed_at` to the status).
             if status
                 .iter()
                 .all(|s| Status::parse(s).is_some_and(|s| !s.is_closed()))
             {
-                q.push(" AND closed_at IS NULL");
+                q.push(" AND ").push(open);
             }
         }
+    }
+
+    /// Whether a filter needs columns only `work_orders` holds.
+    fn has_row_filters(&self) -> bool {
+        self.priority.is_some()
+            || self.work_type.is_some()
+            || self.assignee.is_some()
+            || self.team.is_some()
+            || self.requested_by.is_some()
+            || self.source.is_some()
+            || self.rule_id.is_some()
+            || self.due_before.is_some()
+            || self.overdue.is_some()
+            || self.q.is_some()
+    }
+
+    /// The filters on columns only `work_orders` holds (see [`Filter::has_row_filters`]).
+    fn push_row_filters(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid) {
         if let Some(priority) = &self.priority {
             q.push(" AND priority = ANY(")
                 .push_bind(priority.clone())
@@ -488,27 +585,6 @@ impl Filter {
             q.push(" AND work_type = ANY(")
                 .push_bind(work_type.clone())
                 .push(")");
-        }
-        match self.asset {
-            Some((asset, true)) => {
-                q.push(
-                    " AND asset_id IN (WITH RECURSIVE subtree AS (
-                        SELECT id FROM assets WHERE tenant_id = ",
-                )
-                .push_bind(tenant)
-                .push(" AND id = ")
-                .push_bind(asset)
-                .push(
-                    " UNION SELECT a.id FROM assets a JOIN subtree s ON a.parent_id = s.id
-                        WHERE a.tenant_id = ",
-                )
-                .push_bind(tenant)
-                .push(") SELECT id FROM subtree)");
-            }
-            Some((asset, false)) => {
-                q.push(" AND asset_id = ").push_bind(asset);
-            }
-            None => {}
         }
         match self.assignee {
             Some(Who::User(user)) => {
@@ -556,31 +632,38 @@ impl Filter {
             Some(false) => q.push(" AND NOT (closed_at IS NULL AND due_at < now())"),
             None => q,
         };
+        if let Some(text) = &self.q {
+            q.push(" AND search @@ websearch_to_tsquery('english', ")
+                .push_bind(text.clone())
+                .push(")");
+        }
+    }
+
+    fn push_created(&self, q: &mut QueryBuilder<'_, Postgres>) {
         if let Some(after) = self.created_after {
             q.push(" AND created_at >= ").push_bind(after);
         }
         if let Some(before) = self.created_before {
             q.push(" AND created_at < ").push_bind(before);
         }
-        if let Some(text) = &self.q {
-            q.push(" AND search @@ websearch_to_tsquery('english', ")
-                .push_bind(text.clone())
-                .push(")");
-        }
+    }
+
+    /// Where the previous page ended; `id` names the work order's id column.
+    fn push_cursor(&self, q: &mut QueryBuilder<'_, Postgres>, id: &str) {
         if let Some(c) = &self.cursor {
             match self.sort {
-                Sort::Newest => q.push(" AND (created_at, id) < ("),
-                Sort::Oldest => q.push(" AND (created_at, id) > ("),
-                Sort::Due => q.push(" AND (due_at, id) > ("),
+                Sort::Newest => q.push(" AND (created_at, ").push(id).push(") < ("),
+                Sort::Oldest => q.push(" AND (created_at, ").push(id).push(") > ("),
+                Sort::Due => q.push(" AND (due_at, ").push(id).push(") > ("),
                 Sort::Priority => q
-                    .push(" AND (priority_rank, created_at, id) < (")
+                    .push(" AND (priority_rank, created_at, ")
+                    .push(id)
+                    .push(") < (")
                     .push_bind(c.rank.unwrap_or_default())
                     .push(", "),
             };
             q.push_bind(c.at).push(", ").push_bind(c.id).push(")");
         }
-        q.push(self.order());
-        q.push(" LIMIT ").push_bind(self.limit + 1);
     }
 
     fn order(&self) -> &'static str {
@@ -590,13 +673,6 @@ impl Filter {
             Sort::Due => " ORDER BY due_at, id",
             Sort::Priority => " ORDER BY priority_rank DESC, created_at DESC, id DESC",
         }
-    }
-
-    /// Whether the page's ids are chosen first and its rows fetched after: for an asset
-    /// subtree, whose matching work orders are many and whose ids, order and status the
-    /// asset indexes hold, so that only the page's rows are read from the table.
-    fn late_rows(&self) -> bool {
-        matches!(self.asset, Some((_, true)))
     }
 
     fn cursor_after(&self, last: &WorkOrder) -> Cursor {
@@ -655,19 +731,8 @@ pub async fn list(
         "SELECT {COLUMNS} FROM work_orders WHERE tenant_id = "
     ));
     query.push_bind(tenant);
-    let late = filter.late_rows();
-    if late {
-        query
-            .push(" AND id IN (SELECT id FROM work_orders WHERE tenant_id = ")
-            .push_bind(tenant);
-    }
-    if auth.sees_only_own_work_orders() {
-        query.push(" AND requested_by = ").push_bind(auth.user);
-    }
-    filter.push(&mut query, tenant, auth.user);
-    if late {
-        query.push(")").push(filter.order());
-    }
+    let own = auth.sees_only_own_work_orders().then_some(auth.user);
+    filter.push(&mut query, tenant, auth.user, own);
     let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
     let mut items: Vec<WorkOrder> = query.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
