@@ -47,6 +47,9 @@ pub struct AppState {
     pub reset_link: Option<Arc<str>>,
     /// Keeps gateway keys' broker accounts; `None` without `[api.broker_accounts]`.
     pub broker_accounts: Option<Arc<crate::broker_admin::BrokerAdmin>>,
+    /// Access tokens' session checks, remembered while the database's announcements of
+    /// changes are heard.
+    pub session_cache: Arc<crate::session_cache::SessionCache>,
     /// Turns true when the server shuts down: long-lived responses (event streams) end.
     pub closing: watch::Receiver<bool>,
     closing_tx: Arc<watch::Sender<bool>>,
@@ -87,6 +90,7 @@ impl AppState {
                 .broker_accounts
                 .clone()
                 .map(|settings| Arc::new(crate::broker_admin::BrokerAdmin::new(settings))),
+            session_cache: crate::session_cache::SessionCache::new(config.session_cache),
             closing,
             closing_tx: Arc::new(closing_tx),
         })
@@ -265,6 +269,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/alarms/{id}/shelve",
             post(alarms::shelve).delete(alarms::unshelve),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.session_cache),
+            forget_session_checks_after_account_changes,
+        ))
         .with_state(state.clone());
     // Attachments take bodies up to their own limit, not the API's general one.
     let uploads = Router::new()
@@ -282,6 +290,28 @@ pub fn router(state: AppState) -> Router {
     protect::layers(routes, uploads, protection)
 }
 
+/// After a request that may have changed sessions, users or roles (any method but a read, on
+/// the sign-in, session, user and role endpoints), this process forgets every remembered
+/// session check before the response leaves: the caller's next request sees the change at
+/// once. Other processes hear of it from the database ([`crate::session_cache`]).
+async fn forget_session_checks_after_account_changes(
+    axum::extract::State(cache): axum::extract::State<Arc<crate::session_cache::SessionCache>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let changes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) && ["/api/v1/auth/", "/api/v1/users", "/api/v1/roles"]
+        .iter()
+        .any(|prefix| request.uri().path().starts_with(prefix));
+    let response = next.run(request).await;
+    if changes {
+        cache.forget_all();
+    }
+    response
+}
+
 /// A bound API server, ready to serve.
 #[derive(Debug)]
 pub struct Api {
@@ -292,6 +322,7 @@ pub struct Api {
     pm_interval: std::time::Duration,
     smtp: Option<crate::config::SmtpSettings>,
     broker_accounts: Option<Arc<crate::broker_admin::BrokerAdmin>>,
+    session_cache: Arc<crate::session_cache::SessionCache>,
 }
 
 impl Api {
@@ -316,6 +347,7 @@ impl Api {
             pm_interval: config.pm_interval,
             smtp: config.smtp.clone(),
             broker_accounts: state.broker_accounts.clone(),
+            session_cache: Arc::clone(&state.session_cache),
             router: router(state),
         })
     }
@@ -345,6 +377,11 @@ impl Api {
                 closing.subscribe(),
             ))
         });
+        let session_listener = tokio::spawn(crate::session_cache::run(
+            pool.clone(),
+            self.session_cache,
+            closing.subscribe(),
+        ));
         let notifier = self
             .smtp
             .map(|smtp| tokio::spawn(crate::notify::run(pool, smtp, closing.subscribe())));
@@ -363,6 +400,9 @@ impl Api {
         }
         if let Err(e) = scheduler.await {
             tracing::error!(error = %e, "the preventive-maintenance scheduler failed");
+        }
+        if let Err(e) = session_listener.await {
+            tracing::error!(error = %e, "the session-check listener failed");
         }
         if let Some(Err(e)) = match reconciler {
             Some(task) => Some(task.await),

@@ -21,6 +21,7 @@ use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 use crate::permissions::{Permission, Permissions};
+use crate::session_cache::Answer;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -419,10 +420,8 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
         // A token outlives nothing it stands for: a revoked session (logout, reuse of a
         // refresh token, an admin's revocation) or a disabled user ends it at once, and the
         // role is the user's role now, not when the token was issued.
-        let (role, permissions) =
-            crate::sessions::active_role(&state.pool, claims.tid, claims.sid, claims.sub)
-                .await?
-                .ok_or(ApiError::Unauthenticated)?;
+        let Answer { role, permissions } =
+            session_check(state, claims.tid, claims.sid, claims.sub).await?;
         (
             claims.tid,
             claims.sub,
@@ -447,6 +446,32 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
             path: parts.uri.path().chars().take(300).collect(),
         }),
     })
+}
+
+/// The session check of an access token: remembered in the process while the database's
+/// announcements of changes are heard ([`crate::session_cache`]), read from the database
+/// otherwise.
+async fn session_check(
+    state: &AppState,
+    tenant: Uuid,
+    session: Uuid,
+    user: Uuid,
+) -> Result<Answer, ApiError> {
+    if let Some(answer) = state.session_cache.get(tenant, session, user, Utc::now()) {
+        metrics::counter!("maintainpro_session_checks_total", "source" => "cache").increment(1);
+        return Ok(answer);
+    }
+    metrics::counter!("maintainpro_session_checks_total", "source" => "database").increment(1);
+    let ticket = state.session_cache.ticket();
+    let (answer, expires) = crate::sessions::active_role(&state.pool, tenant, session, user)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if let Some(ticket) = ticket {
+        state
+            .session_cache
+            .store(ticket, tenant, session, user, answer.clone(), expires);
+    }
+    Ok(answer)
 }
 
 /// A verified API key.

@@ -81,6 +81,10 @@ fn default_attachments_dir() -> std::path::PathBuf {
 fn default_attachment_max_bytes() -> usize {
     20 * 1024 * 1024
 }
+fn default_session_cache() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_pm_interval() -> Duration {
     Duration::from_secs(60)
 }
@@ -196,6 +200,11 @@ pub struct ApiConfig {
     /// Webhook delivery (`[api.webhooks]`).
     #[serde(default)]
     pub webhooks: WebhookSettings,
+    /// How long an access token's session check may be answered from memory while the
+    /// database's announcements of session, user and role changes are heard (see
+    /// `session_cache`); `0s` checks every request against the database.
+    #[serde(default = "default_session_cache", with = "humantime_serde")]
+    pub session_cache: Duration,
     /// How often the preventive-maintenance scheduler looks for occurrences to generate.
     #[serde(default = "default_pm_interval", with = "humantime_serde")]
     pub pm_interval: Duration,
@@ -387,6 +396,7 @@ impl ApiConfig {
             asset_link: None,
             reset_link: None,
             webhooks: WebhookSettings::default(),
+            session_cache: default_session_cache(),
             pm_interval: default_pm_interval(),
             attachments_dir: default_attachments_dir(),
             attachment_max_bytes: default_attachment_max_bytes(),
@@ -398,6 +408,12 @@ impl ApiConfig {
     /// Problems with these settings, as (key, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out: Vec<(&'static str, String)> = Vec::new();
+        if self.session_cache > Duration::from_secs(300) {
+            out.push((
+                "api.session_cache",
+                "must be at most 5m (0s turns it off)".to_owned(),
+            ));
+        }
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.pm_interval) {
             out.push(("api.pm_interval", "must be 10ms to 1h".to_owned()));
         }

@@ -66,6 +66,7 @@ pub mod registry_csv;
 pub mod reliability;
 pub mod routes;
 pub mod rules_status;
+pub mod session_cache;
 pub mod sessions;
 pub mod users;
 pub mod webhooks;

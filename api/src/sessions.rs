@@ -23,6 +23,7 @@ use crate::audit::{self, Entry, Outcome, RequestMeta};
 use crate::auth::TokenKeys;
 use crate::error::ApiError;
 use crate::permissions::Permissions;
+use crate::session_cache::Answer;
 use model::TenantId;
 
 const PREFIX: &str = "mprt";
@@ -276,18 +277,20 @@ pub async fn end_all_of_user(
     .rows_affected())
 }
 
-/// The role of a live session's user and what it allows, or `None` when the session was
-/// revoked or has expired, or the user is disabled. A custom role's permission names that are
-/// no longer known are ignored: the role allows less, never more.
+/// The role of a live session's user and what it allows, with the session's expiry, or
+/// `None` when the session was revoked or has expired, or the user is disabled. A custom
+/// role's permission names that are no longer known are ignored: the role allows less, never
+/// more. Whatever changes this answer announces the organisation on
+/// [`crate::session_cache::CHANNEL`].
 pub async fn active_role(
     pool: &PgPool,
     tenant: Uuid,
     session: Uuid,
     user: Uuid,
-) -> Result<Option<(String, Permissions)>, sqlx::Error> {
+) -> Result<Option<(Answer, DateTime<Utc>)>, sqlx::Error> {
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
-    let row: Option<(String, Option<Vec<String>>)> = sqlx::query_as(
-        "SELECT u.role, r.permissions
+    let row: Option<(String, Option<Vec<String>>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT u.role, r.permissions, s.expires_at
          FROM sessions s JOIN users u ON u.id = s.user_id
          LEFT JOIN custom_roles r ON r.tenant_id = u.tenant_id AND r.name = u.custom_role
          WHERE s.tenant_id = $1 AND s.id = $2 AND s.user_id = $3
@@ -299,9 +302,9 @@ pub async fn active_role(
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(row.map(|(role, custom)| {
+    Ok(row.map(|(role, custom, expires)| {
         let permissions = role_permissions(&role, custom.as_deref());
-        (role, permissions)
+        (Answer { role, permissions }, expires)
     }))
 }
 

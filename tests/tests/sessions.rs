@@ -205,3 +205,182 @@ async fn sessions_end_by_logout_by_their_owner_and_by_an_admin_only() -> anyhow:
     plant.services.stop().await;
     Ok(())
 }
+
+/// The id of the session `access` belongs to.
+async fn current_session(plant: &Plant, access: &str) -> anyhow::Result<Uuid> {
+    let (status, list) = plant.get("/api/v1/auth/sessions", Some(access)).await?;
+    anyhow::ensure!(status == 200, "{list}");
+    let current = list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|s| s["current"] == true))
+        .with_context(|| format!("the current session in {list}"))?;
+    Ok(field(current, "id")?.parse()?)
+}
+
+/// Runs `sql` (binding `id`) as the database owner in `tenant`'s transaction: a change made
+/// outside the API process, as another API process, the command line or an operator's SQL
+/// would make it.
+async fn change_outside(plant: &Plant, tenant: Uuid, sql: &str, id: Uuid) -> anyhow::Result<()> {
+    let owner = plant.db.owner_pool().await;
+    let mut tx = migrations::begin_tenant(&owner, tenant).await?;
+    let n = sqlx::query(sql)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    owner.close().await;
+    anyhow::ensure!(n == 1, "{sql}: {n} rows");
+    Ok(())
+}
+
+/// Signs the admin in and revokes the session with the database's announcement switched
+/// off, until the API still accepts the token: proof that it answers from memory. Returns
+/// the session and its access token.
+async fn silently_revoked(plant: &Plant) -> anyhow::Result<(Uuid, String)> {
+    let tenant = plant.tenant_a.tenant;
+    let owner = plant.db.owner_pool().await;
+    sqlx::query("ALTER TABLE sessions DISABLE TRIGGER session_check_changed")
+        .execute(&owner)
+        .await?;
+    let found = Plant::eventually(
+        std::time::Duration::from_secs(15),
+        "a session check answered from memory",
+        || async {
+            let tokens = login(plant, "plant-a", server::demo::DEMO_EMAIL).await?;
+            let access = field(&tokens, "access_token")?.to_owned();
+            anyhow::ensure!(works(plant, &access).await?);
+            let session = current_session(plant, &access).await?;
+            change_outside(
+                plant,
+                tenant,
+                "UPDATE sessions SET revoked_at = now(), revoked_reason = 'revoked_by_admin'
+                 WHERE id = $1",
+                session,
+            )
+            .await?;
+            Ok(works(plant, &access).await?.then_some((session, access)))
+        },
+    )
+    .await;
+    sqlx::query("ALTER TABLE sessions ENABLE TRIGGER session_check_changed")
+        .execute(&owner)
+        .await?;
+    owner.close().await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_session_checks_end_when_the_database_announces_a_change() -> anyhow::Result<()>
+{
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    // The API remembers checks: a session revoked with the announcement switched off still
+    // passes (once the listener has subscribed, which the helper waits for).
+    let (session, access) = silently_revoked(&plant).await?;
+
+    // With the announcement, the change ends the remembered check within moments.
+    change_outside(
+        &plant,
+        tenant,
+        "UPDATE sessions SET expires_at = expires_at - interval '1 second' WHERE id = $1",
+        session,
+    )
+    .await?;
+    let refused = |access: String| {
+        let plant = &plant;
+        move || {
+            let access = access.clone();
+            async move { Ok((!works(plant, &access).await?).then_some(())) }
+        }
+    };
+    Plant::eventually(
+        std::time::Duration::from_secs(3),
+        "the revoked session refused",
+        refused(access),
+    )
+    .await?;
+
+    // A user disabled outside the API.
+    let tech = plant.add_user("tech@plant-a.example", "technician").await?;
+    let access = plant.login_as("plant-a", "tech@plant-a.example").await?;
+    assert!(works(&plant, &access).await?);
+    assert!(works(&plant, &access).await?);
+    change_outside(
+        &plant,
+        tenant,
+        "UPDATE users SET disabled = true WHERE id = $1",
+        tech,
+    )
+    .await?;
+    Plant::eventually(
+        std::time::Duration::from_secs(3),
+        "the disabled user's session refused",
+        refused(access),
+    )
+    .await?;
+
+    // A role changed outside the API: the demoted admin's token loses what only admins may.
+    let clerk = plant.add_user("clerk@plant-a.example", "admin").await?;
+    let access = plant.login_as("plant-a", "clerk@plant-a.example").await?;
+    let teams = std::sync::atomic::AtomicUsize::new(0);
+    let create_team = || async {
+        let name = format!(
+            "Team {}",
+            teams.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (status, body) = plant
+            .send(
+                Method::POST,
+                "/api/v1/teams",
+                Some(&access),
+                Some(json!({ "name": name })),
+            )
+            .await?;
+        anyhow::ensure!(status == 201 || status == 403, "{status}: {body}");
+        anyhow::Ok(status)
+    };
+    assert_eq!(create_team().await?, 201);
+    change_outside(
+        &plant,
+        tenant,
+        "UPDATE users SET role = 'viewer' WHERE id = $1",
+        clerk,
+    )
+    .await?;
+    Plant::eventually(
+        std::time::Duration::from_secs(3),
+        "the new role's permissions applied",
+        || async { Ok((create_team().await? == 403).then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_connection_forgets_every_check_until_it_subscribes_again()
+-> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let (_, access) = silently_revoked(&plant).await?;
+    // The listener's connection ends (a database restart, a network cut): what it would
+    // have heard meanwhile is lost, so every remembered check goes.
+    let admin = sqlx::PgPool::connect(&migrations::testing::admin_url().await?).await?;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND query LIKE 'LISTEN%' AND pg_terminate_backend(pid)",
+    )
+    .bind(&plant.db.name)
+    .fetch_one(&admin)
+    .await?;
+    admin.close().await;
+    assert_eq!(ended, 1, "the listener's connection");
+    Plant::eventually(
+        std::time::Duration::from_secs(3),
+        "the revoked session refused",
+        || async { Ok((!works(&plant, &access).await?).then_some(())) },
+    )
+    .await?;
+    // It subscribes again (after a second), and remembers again.
+    silently_revoked(&plant).await?;
+    Ok(())
+}
