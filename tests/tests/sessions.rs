@@ -217,6 +217,16 @@ async fn current_session(plant: &Plant, access: &str) -> anyhow::Result<Uuid> {
     Ok(field(current, "id")?.parse()?)
 }
 
+/// Waits (at most 3 s) until `access` is refused.
+async fn refused_soon(plant: &Plant, access: &str, what: &str) -> anyhow::Result<()> {
+    Plant::eventually(
+        std::time::Duration::from_secs(3),
+        &format!("{what} refused"),
+        || async { Ok((!works(plant, access).await?).then_some(())) },
+    )
+    .await
+}
+
 /// Runs `sql` (binding `id`) as the database owner in `tenant`'s transaction: a change made
 /// outside the API process, as another API process, the command line or an operator's SQL
 /// would make it.
@@ -287,19 +297,7 @@ async fn remembered_session_checks_end_when_the_database_announces_a_change() ->
         session,
     )
     .await?;
-    let refused = |access: String| {
-        let plant = &plant;
-        move || {
-            let access = access.clone();
-            async move { Ok((!works(plant, &access).await?).then_some(())) }
-        }
-    };
-    Plant::eventually(
-        std::time::Duration::from_secs(3),
-        "the revoked session refused",
-        refused(access),
-    )
-    .await?;
+    refused_soon(&plant, &access, "the revoked session").await?;
 
     // A user disabled outside the API.
     let tech = plant.add_user("tech@plant-a.example", "technician").await?;
@@ -313,12 +311,7 @@ async fn remembered_session_checks_end_when_the_database_announces_a_change() ->
         tech,
     )
     .await?;
-    Plant::eventually(
-        std::time::Duration::from_secs(3),
-        "the disabled user's session refused",
-        refused(access),
-    )
-    .await?;
+    refused_soon(&plant, &access, "the disabled user's session").await?;
 
     // A role changed outside the API: the demoted admin's token loses what only admins may.
     let clerk = plant.add_user("clerk@plant-a.example", "admin").await?;
@@ -374,12 +367,7 @@ async fn a_lost_listener_connection_forgets_every_check_until_it_subscribes_agai
     .await?;
     admin.close().await;
     assert_eq!(ended, 1, "the listener's connection");
-    Plant::eventually(
-        std::time::Duration::from_secs(3),
-        "the revoked session refused",
-        || async { Ok((!works(&plant, &access).await?).then_some(())) },
-    )
-    .await?;
+    refused_soon(&plant, &access, "the revoked session").await?;
     // It subscribes again (after a second), and remembers again.
     silently_revoked(&plant).await?;
     Ok(())
