@@ -32,7 +32,7 @@ if [ "$what" = breach ] || [ "$what" = all ]; then
 fi
 if [ "$what" = cmms ] || [ "$what" = all ]; then
     echo "== CMMS API: filtered work-order lists, 1,000,000 work orders, 100,000 assets"
-    target/release/cmms-bench --duration 30s --warmup 5s
+    target/release/cmms-bench --duration 30s --warmup 5s --also-clients 8,16,64
 fi
 if [ "$what" = rules ] || [ "$what" = all ]; then
     echo "== rules engine: readings evaluated per second on one core, per rule kind"

@@ -8,7 +8,8 @@
 //! full-text search, overdue, each with its sort). Prints requests per second and latency
 //! percentiles, overall and per query, as JSON, with each query's latency alone (sent one at a
 //! time before the load) and two baselines of the same server under the same load: the HTTP
-//! stack alone (`/health/live`) and the cheapest authenticated list (`/api/v1/teams`). The
+//! stack alone (`/health/live`) and the cheapest authenticated list (`/api/v1/teams`), and
+//! the lists again with each client count of `--also-clients` (`by_clients`). The
 //! clients run on a runtime of their own (one thread), on the same machine: their CPU is taken
 //! from the server's, as a load generator's would be.
 
@@ -34,6 +35,14 @@ struct Args {
     assets: i64,
     #[arg(long, default_value_t = 32)]
     clients: usize,
+    /// Other client counts to measure the lists with after the main run (comma-separated),
+    /// each for `--duration` after `--warmup`: how throughput and latency move with load.
+    #[arg(long, value_delimiter = ',')]
+    also_clients: Vec<usize>,
+    /// Database connections of the API's pool (8 on two cores: 16 gave the same throughput
+    /// with a longer tail, BENCHMARKS.md).
+    #[arg(long, default_value_t = 8)]
+    pool: u32,
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -189,7 +198,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         database: DatabaseConfig {
             url: urls.app_url.clone(),
             owner_url: None,
-            max_connections: 16,
+            max_connections: args.pool,
         },
         api: Some(api),
         ingest: None,
@@ -200,7 +209,12 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     let base = format!("http://{}", services.api_addr().context("the api runs")?);
 
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
+        .pool_max_idle_per_host(
+            args.also_clients
+                .iter()
+                .copied()
+                .fold(args.clients, usize::max),
+        )
         .build()?;
     let token = maintainpro_bench::bench_login(&http, &base).await?;
     let mut tx = migrations::begin_tenant(&pool, plant.tenant).await?;
@@ -280,7 +294,15 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         args.clients, args.warmup, args.duration
     );
     let run = |paths: Vec<String>, duration: Duration| {
-        load(clients, &http, &token, args, Arc::new(paths), duration)
+        load(
+            clients,
+            &http,
+            &token,
+            args,
+            args.clients,
+            Arc::new(paths),
+            duration,
+        )
     };
     // Baselines of the same run: the HTTP stack alone (no authentication, no database), and
     // an authenticated list of one row (the session check and a tenant transaction).
@@ -297,11 +319,11 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         s["errors"] = json!(errors);
         baseline.insert(name.to_owned(), s);
     }
-    let urls = queries
+    let urls: Vec<String> = queries
         .iter()
         .map(|(_, q)| format!("{base}/api/v1/work-orders?{q}"))
         .collect();
-    let (all, errors) = run(urls, args.duration).await?;
+    let (all, errors) = run(urls.clone(), args.duration).await?;
     let seconds = args.duration.as_secs_f64();
     let mut overall: Vec<Duration> = all.iter().map(|(_, d)| *d).collect();
     let mut per_query = serde_json::Map::new();
@@ -317,9 +339,31 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         per_query.insert((*name).to_owned(), s);
     }
     let total = overall.len();
+    let mut by_clients = Vec::new();
+    for &n in &args.also_clients {
+        eprintln!("{n} clients");
+        let (samples, errors) = load(
+            clients,
+            &http,
+            &token,
+            args,
+            n,
+            Arc::new(urls.clone()),
+            args.duration,
+        )
+        .await?;
+        let mut took: Vec<Duration> = samples.into_iter().map(|(_, d)| d).collect();
+        let mut s = maintainpro_bench::latency_summary(&mut took);
+        s["clients"] = json!(n);
+        s["requests_per_second"] = json!(took.len() as f64 / seconds);
+        s["errors"] = json!(errors);
+        by_clients.push(s);
+    }
     let report = json!({
         "work_orders": args.work_orders,
         "assets": args.assets,
+        "pool": args.pool,
+        "by_clients": by_clients,
         "clients": args.clients,
         "seconds": seconds,
         "requests_per_second": total as f64 / seconds,
@@ -332,7 +376,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     Ok(report)
 }
 
-/// `--clients` keep-alive clients on the clients' runtime, each sending GETs to the next of
+/// `count` keep-alive clients on the clients' runtime, each sending GETs to the next of
 /// `urls` in turn for `--warmup` and then `duration`. The samples of the measured part
 /// (index of the URL, latency) and the number of failed requests in it.
 async fn load(
@@ -340,13 +384,14 @@ async fn load(
     http: &reqwest::Client,
     token: &str,
     args: &Args,
+    count: usize,
     urls: Arc<Vec<String>>,
     duration: Duration,
 ) -> anyhow::Result<(Vec<(usize, Duration)>, u64)> {
     let start = Instant::now() + args.warmup;
     let end = start + duration;
     let mut tasks = Vec::new();
-    for c in 0..args.clients {
+    for c in 0..count {
         let (http, token, urls) = (http.clone(), token.to_owned(), Arc::clone(&urls));
         tasks.push(clients.spawn(async move {
             let mut samples: Vec<(usize, Duration)> = Vec::new();
