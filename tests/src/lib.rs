@@ -209,9 +209,23 @@ impl Plant {
 
     /// The id of the seeded tag `name` of tenant `tenant` (e.g. "press-1.bearing_temp").
     pub async fn tag_id(&self, tenant: Uuid, name: &str) -> anyhow::Result<i64> {
+        self.id_by_name(tenant, "SELECT id FROM tags WHERE name = $1", name)
+            .await
+    }
+
+    /// The id of the seeded asset `name` of tenant `tenant` (e.g. "Press 1").
+    pub async fn asset_id(&self, tenant: Uuid, name: &str) -> anyhow::Result<Uuid> {
+        self.id_by_name(tenant, "SELECT id FROM assets WHERE name = $1", name)
+            .await
+    }
+
+    async fn id_by_name<T>(&self, tenant: Uuid, sql: &str, name: &str) -> anyhow::Result<T>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
         let pool = self.db.app_pool().await;
         let mut tx = migrations::begin_tenant(&pool, tenant).await?;
-        let id = sqlx::query_scalar("SELECT id FROM tags WHERE name = $1")
+        let id = sqlx::query_scalar(sql)
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;

@@ -10,17 +10,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The asset "Press 1" of tenant `plant-a`.
-async fn press(plant: &Plant) -> anyhow::Result<Uuid> {
-    let pool = plant.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, plant.tenant_a.tenant).await?;
-    let id = sqlx::query_scalar("SELECT id FROM assets WHERE name = 'Press 1'")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(id)
-}
-
 async fn create_role(
     plant: &Plant,
     token: &str,
@@ -390,7 +379,7 @@ async fn nobody_grants_more_than_they_hold_and_the_last_admin_stays() -> anyhow:
 async fn work_order_standing_follows_the_custom_roles_permissions() -> anyhow::Result<()> {
     let plant = Plant::start().await?;
     let admin = plant.login("plant-a").await?;
-    let asset = press(&plant).await?;
+    let asset = plant.asset_id(plant.tenant_a.tenant, "Press 1").await?;
     create_role(
         &plant,
         &admin,

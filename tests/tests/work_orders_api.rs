@@ -9,17 +9,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The seeded asset "Press 1" of `tenant`.
-async fn press(plant: &Plant, tenant: Uuid) -> anyhow::Result<Uuid> {
-    let pool = plant.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
-    let id = sqlx::query_scalar("SELECT id FROM assets WHERE name = 'Press 1'")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(id)
-}
-
 /// Adds an asset below `parent` in tenant `plant-a`.
 async fn child_asset(plant: &Plant, parent: Uuid, name: &str) -> anyhow::Result<Uuid> {
     let pool = plant.db.app_pool().await;
@@ -418,7 +407,7 @@ async fn requesters_see_and_cancel_only_their_own_requests() -> anyhow::Result<(
     let plant = Plant::start().await?;
     let api = Api { plant: &plant };
     let tenant = plant.tenant_a.tenant;
-    let asset = press(&plant, tenant).await?;
+    let asset = plant.asset_id(tenant, "Press 1").await?;
     plant.add_user("req@plant-a.example", "requester").await?;
     plant.add_user("req2@plant-a.example", "requester").await?;
     let tech_id = plant.add_user("tech@plant-a.example", "technician").await?;
@@ -620,7 +609,7 @@ async fn lists_filter_sort_search_and_page_and_tenants_stay_apart() -> anyhow::R
     let plant = Plant::start().await?;
     let api = Api { plant: &plant };
     let tenant = plant.tenant_a.tenant;
-    let press_1 = press(&plant, tenant).await?;
+    let press_1 = plant.asset_id(tenant, "Press 1").await?;
     let pump = child_asset(&plant, press_1, "Press 1 hydraulic pump").await?;
     let motor = child_asset(&plant, pump, "Press 1 pump motor").await?;
     let tech_id = plant.add_user("tech@plant-a.example", "technician").await?;
@@ -852,7 +841,7 @@ async fn lists_filter_sort_search_and_page_and_tenants_stay_apart() -> anyhow::R
         assert_eq!(status, 404, "{method} {path}: {answer}");
     }
     // Nor can tenant A name tenant B's asset, or assign tenant B's users.
-    let b_asset = press(&plant, plant.tenant_b.tenant).await?;
+    let b_asset = plant.asset_id(plant.tenant_b.tenant, "Press 1").await?;
     let (status, body) = api
         .call(
             Method::POST,
@@ -871,7 +860,7 @@ async fn reliability_counts_confirmed_failures_of_an_asset_subtree() -> anyhow::
     let plant = Plant::start().await?;
     let api = Api { plant: &plant };
     let tenant = plant.tenant_a.tenant;
-    let press_1 = press(&plant, tenant).await?;
+    let press_1 = plant.asset_id(tenant, "Press 1").await?;
     let pump = child_asset(&plant, press_1, "Press 1 pump").await?;
     let admin = plant.login("plant-a").await?;
     let t0: DateTime<Utc> = "2026-10-01T00:00:00Z".parse()?;
@@ -989,7 +978,7 @@ async fn reliability_counts_confirmed_failures_of_an_asset_subtree() -> anyhow::
 async fn service_levels_set_the_due_dates_of_new_work_orders() -> anyhow::Result<()> {
     let plant = Plant::start().await?;
     let admin = plant.login("plant-a").await?;
-    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    let asset = plant.asset_id(plant.tenant_a.tenant, "Press 1").await?;
     let (status, levels) = plant.get("/api/v1/sla-policies", Some(&admin)).await?;
     assert_eq!(status, 200, "{levels}");
     assert_eq!(
@@ -1083,7 +1072,7 @@ async fn service_levels_set_the_due_dates_of_new_work_orders() -> anyhow::Result
 async fn concurrent_retries_and_duplicate_names_never_answer_500() -> anyhow::Result<()> {
     let plant = Plant::start().await?;
     let admin = plant.login("plant-a").await?;
-    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    let asset = plant.asset_id(plant.tenant_a.tenant, "Press 1").await?;
     // Eight copies of one request with one Idempotency-Key, at once: one work order, and each
     // answer is it (201 for the first, 200 for the rest).
     let sends = (0..8).map(|_| {
@@ -1182,7 +1171,7 @@ async fn a_body_of_the_wrong_shape_names_its_field() -> anyhow::Result<()> {
         (400, vec!["colour"]),
         "{body}"
     );
-    let asset = press(&plant, plant.tenant_a.tenant).await?;
+    let asset = plant.asset_id(plant.tenant_a.tenant, "Press 1").await?;
     let (status, body) = post(
         "/api/v1/work-orders",
         json!({ "title": "Leak", "asset_id": asset, "checklist": ["ok", 7] }),
