@@ -182,9 +182,9 @@ impl SessionCache {
     }
 }
 
-/// Listens on [`CHANNEL`] with a connection of `pool` until `closing` turns true, feeding
-/// `cache`; reconnects with backoff (1 s doubling to 30 s) when the connection fails. Does
-/// nothing when the cache is off.
+/// Listens on [`CHANNEL`] with a connection made as `pool` makes them (outside it) until
+/// `closing` turns true, feeding `cache`; reconnects with backoff (1 s doubling to 30 s)
+/// when the connection fails. Does nothing when the cache is off.
 pub async fn run(pool: PgPool, cache: Arc<SessionCache>, mut closing: watch::Receiver<bool>) {
     if cache.max_age.is_zero() {
         return;
@@ -224,7 +224,12 @@ async fn listen(
     cache: &SessionCache,
     closing: &mut watch::Receiver<bool>,
 ) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    // A connection of its own, with the service pool's settings: the listener holds it for
+    // as long as it listens, which would take it from the requests.
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = PgListener::connect_with(&own).await?;
     // Announcements made while disconnected are lost: a lost connection must end this
     // subscription (and forget every answer), not be mended silently.
     listener.eager_reconnect(false);
