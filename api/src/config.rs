@@ -84,7 +84,6 @@ fn default_attachment_max_bytes() -> usize {
 fn default_session_cache() -> Duration {
     Duration::from_secs(30)
 }
-
 fn default_pm_interval() -> Duration {
     Duration::from_secs(60)
 }

@@ -475,23 +475,15 @@ impl Filter {
         self.push_status(q, "closed_at IS NULL");
         match self.asset {
             Some((asset, true)) => {
-                q.push(
-                    " AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ",
-                )
-                .push_bind(tenant)
-                .push(" AND ancestor_id = ")
-                .push_bind(asset)
-                .push(")");
+                push_subtree_ids(q, tenant, asset);
+                q.push(")");
             }
             Some((asset, false)) => {
                 q.push(" AND asset_id = ").push_bind(asset);
             }
             None => {}
         }
-        if let Some(own) = own {
-            q.push(" AND requested_by = ").push_bind(own);
-        }
-        self.push_row_filters(q, tenant, me);
+        self.push_row_filters(q, tenant, me, own);
         self.push_created(q);
         self.push_cursor(q, "id");
         q.push(self.order());
@@ -517,19 +509,13 @@ impl Filter {
         own: Option<Uuid>,
         asset: Uuid,
     ) {
-        q.push(" AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ")
-            .push_bind(tenant)
-            .push(" AND ancestor_id = ")
-            .push_bind(asset);
+        push_subtree_ids(q, tenant, asset);
         self.push_status(q, "open");
         self.push_created(q);
-        if own.is_some() || self.has_row_filters() {
+        if self.has_row_filters(own) {
             q.push(" AND work_order_id IN (SELECT id FROM work_orders WHERE tenant_id = ")
                 .push_bind(tenant);
-            if let Some(own) = own {
-                q.push(" AND requested_by = ").push_bind(own);
-            }
-            self.push_row_filters(q, tenant, me);
+            self.push_row_filters(q, tenant, me, own);
             q.push(")");
         }
         self.push_cursor(q, "work_order_id");
@@ -560,9 +546,10 @@ impl Filter {
         }
     }
 
-    /// Whether a filter needs columns only `work_orders` holds.
-    fn has_row_filters(&self) -> bool {
-        self.priority.is_some()
+    /// Whether a filter needs columns only `work_orders` holds (`own`: see [`Filter::push`]).
+    fn has_row_filters(&self, own: Option<Uuid>) -> bool {
+        own.is_some()
+            || self.priority.is_some()
             || self.work_type.is_some()
             || self.assignee.is_some()
             || self.team.is_some()
@@ -575,7 +562,16 @@ impl Filter {
     }
 
     /// The filters on columns only `work_orders` holds (see [`Filter::has_row_filters`]).
-    fn push_row_filters(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid) {
+    fn push_row_filters(
+        &self,
+        q: &mut QueryBuilder<'_, Postgres>,
+        tenant: Uuid,
+        me: Uuid,
+        own: Option<Uuid>,
+    ) {
+        if let Some(own) = own {
+            q.push(" AND requested_by = ").push_bind(own);
+        }
         if let Some(priority) = &self.priority {
             q.push(" AND priority = ANY(")
                 .push_bind(priority.clone())
@@ -687,6 +683,15 @@ impl Filter {
             id: last.id,
         }
     }
+}
+
+/// Opens ` AND id IN (` the ids of the work orders of `asset`'s subtree, from
+/// `work_order_ancestors`; the caller may add conditions on that table and closes it.
+fn push_subtree_ids(q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, asset: Uuid) {
+    q.push(" AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ")
+        .push_bind(tenant)
+        .push(" AND ancestor_id = ")
+        .push_bind(asset);
 }
 
 /// As the generated column `work_orders.priority_rank`.
