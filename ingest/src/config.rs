@@ -9,6 +9,12 @@ fn default_client_id() -> String {
 fn default_queue() -> usize {
     256
 }
+fn default_writers() -> usize {
+    3
+}
+
+/// Most store writers a consumer runs.
+pub const MAX_WRITERS: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngestConfig {
@@ -31,6 +37,11 @@ pub struct IngestConfig {
     /// Messages received but not yet processed; a full queue stops reading from the broker.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Transactions the store stage writes at once, each a group of messages on its own
+    /// connection. A second writer copies while the first waits for its commit to reach the
+    /// disk; see BENCHMARKS.md for the measurement behind the default.
+    #[serde(default = "default_writers")]
+    pub writers: usize,
     /// Topic filters to subscribe to. The default takes every tenant's gateways and every
     /// Sparkplug B group's births, data and deaths; a process that serves some tenants only
     /// lists theirs (`maintainpro/v1/<tenant>/+/readings`,
@@ -59,6 +70,7 @@ impl IngestConfig {
             username: None,
             password: None,
             queue: default_queue(),
+            writers: default_writers(),
             subscribe: default_subscribe(),
         }
     }
@@ -99,6 +111,12 @@ impl IngestConfig {
                 "ingest.queue".to_owned(),
                 "must be at least 1, and should exceed the broker's in-flight limit per client"
                     .to_owned(),
+            ));
+        }
+        if !(1..=MAX_WRITERS).contains(&self.writers) {
+            out.push((
+                "ingest.writers".to_owned(),
+                format!("must be 1-{MAX_WRITERS}; each writer holds a database connection"),
             ));
         }
         if self.subscribe.is_empty() {

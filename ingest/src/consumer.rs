@@ -1,9 +1,12 @@
 //! The MQTT consumer and the pipeline every message goes through.
 //!
-//! Three tasks joined by bounded queues, so that the rules never wait for the database:
+//! Three stages joined by bounded queues, so that the rules never wait for the database:
 //!
 //! ```text
-//! broker -> driver -[ingest.queue]-> decode -+-[STORE_QUEUE]-> store: COMMIT, then PUBACK
+//! broker -> driver -[ingest.queue]-> decode -+-[STORE_QUEUE]-> store: up to ingest.writers
+//!                                            |                 transactions at once; each
+//!                                            |                 group's PUBACKs after its COMMIT,
+//!                                            |                 in arrival order
 //!                                            +-> rules: the message's readings, at once
 //! ```
 //!
@@ -17,10 +20,14 @@
 //! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings or
 //!   [`GROUP_MESSAGES`] messages, and writes it in one transaction ([`crate::store`]),
 //!   retrying transient errors and splitting a group the database refuses until the poison
-//!   message is alone and becomes a dead letter. Then it acknowledges the group's messages.
+//!   message is alone and becomes a dead letter. It writes up to `ingest.writers` groups at
+//!   once, each on its own connection, so that one group is copied while another waits for its
+//!   commit to reach the disk. Groups are acknowledged in the order they were formed: a group
+//!   that commits before the one formed ahead of it waits for it, so the broker sees the
+//!   acknowledgements in the order it sent the messages.
 //!
 //! Nothing is acknowledged before its commit. A full queue stops the stage before it: while
-//! the database is down the store stage holds its group, the queues fill, and the driver stops
+//! the database is down the store stage holds its groups, the queues fill, and the driver stops
 //! taking messages from the broker.
 //!
 //! # Readings reach the rules before they are stored
@@ -46,9 +53,10 @@
 //! # Shutdown
 //!
 //! The decode stage stops taking messages and finishes the one in hand; the store stage
-//! stores and acknowledges everything decoded (it stops retrying if the database is down,
-//! without acknowledging); then ingest disconnects once the acknowledgements are out. Messages
-//! not taken stay with the broker, which delivers them again to the next session.
+//! stores and acknowledges everything decoded: the groups in flight, then the rest of its
+//! queue (it stops retrying if the database is down, without acknowledging). Then ingest
+//! disconnects once the acknowledgements are out. Messages not taken stay with the broker,
+//! which delivers them again to the next session.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -57,6 +65,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use model::sparkplug::{self, MessageType, NodeSession};
 use model::topic::Format;
 use model::wire::Batch;
@@ -256,7 +266,7 @@ impl Consumer {
                 stats: Arc::clone(&self.stats),
                 client: client.clone(),
             }
-            .run(decoded_rx, stop_intake.clone()),
+            .run(decoded_rx, self.config.writers, stop_intake.clone()),
         ));
         // Both stages end once intake stops: the decode stage at once, the store stage when
         // it has written what the decode stage passed on.
@@ -712,7 +722,8 @@ impl DecodeStage {
     }
 }
 
-/// Groups decoded messages, stores each group in one transaction, then acknowledges it.
+/// Groups decoded messages, stores each group in one transaction (several at once), then
+/// acknowledges the groups in order.
 struct StoreStage {
     store: PgStore,
     stats: Arc<IngestStats>,
@@ -720,52 +731,98 @@ struct StoreStage {
 }
 
 impl StoreStage {
-    async fn run(self, mut decoded: mpsc::Receiver<Decoded>, stop_intake: CancellationToken) {
-        while let Some(first) = decoded.recv().await {
-            let mut group = Group::default();
-            group.push(first);
-            while group.items.len() < GROUP_MESSAGES && group.readings < GROUP_READINGS {
-                match decoded.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
+    /// Forms groups from the queue and writes up to `writers` of them at once, each in its
+    /// own transaction; acknowledges the groups in the order they were formed, which is the
+    /// order their messages arrived (MQTT wants acknowledgements in that order).
+    async fn run(
+        self,
+        mut decoded: mpsc::Receiver<Decoded>,
+        writers: usize,
+        stop_intake: CancellationToken,
+    ) {
+        let this = Arc::new(self);
+        let mut in_flight = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = in_flight.next() => {
+                    let done: Option<Vec<Publish>> = done;
+                    let Some(publishes) = done else {
+                        break; // stopped while the database was down: not stored, so not acked
+                    };
+                    if !this.ack(&publishes).await {
+                        break;
+                    }
                 }
-            }
-            queue_depth("store", decoded.len());
-            metrics::histogram!("maintainpro_ingest_group_messages")
-                .record(group.items.len() as f64);
-            metrics::histogram!("maintainpro_ingest_group_readings").record(group.readings as f64);
-            let Group {
-                received,
-                publishes,
-                items,
-                ..
-            } = group;
-            if !self
-                .store_with_retry(&publishes, &items, &stop_intake)
-                .await
-            {
-                break; // stopped while the database was down: not stored, so not acked
-            }
-            for at in &received {
-                let latency = at.elapsed();
-                self.stats.receipt_to_commit.record(latency);
-                metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
-                    .record(latency.as_secs_f64());
-            }
-            let mut acked = true;
-            for publish in &publishes {
-                if let Err(e) = self.client.ack(publish).await {
-                    tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
-                    acked = false;
-                    break;
+                next = decoded.recv(), if open && in_flight.len() < writers => {
+                    let Some(first) = next else {
+                        open = false;
+                        continue;
+                    };
+                    let group = Self::group(first, &mut decoded);
+                    in_flight.push_back(Arc::clone(&this).write(group, stop_intake.clone()));
                 }
-            }
-            if !acked {
-                break;
+                else => break,
             }
         }
         // Whatever ended this stage ends intake too.
         stop_intake.cancel();
+    }
+
+    /// `first` and what else is queued, up to a group's limits.
+    fn group(first: Decoded, decoded: &mut mpsc::Receiver<Decoded>) -> Group {
+        let mut group = Group::default();
+        group.push(first);
+        while group.items.len() < GROUP_MESSAGES && group.readings < GROUP_READINGS {
+            match decoded.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        queue_depth("store", decoded.len());
+        metrics::histogram!("maintainpro_ingest_group_messages").record(group.items.len() as f64);
+        metrics::histogram!("maintainpro_ingest_group_readings").record(group.readings as f64);
+        group
+    }
+
+    /// Stores a group and records its messages' receipt-to-commit latency. The group's
+    /// messages, to be acknowledged, or `None` when intake stopped before it was stored.
+    async fn write(
+        self: Arc<Self>,
+        group: Group,
+        stop_intake: CancellationToken,
+    ) -> Option<Vec<Publish>> {
+        let Group {
+            received,
+            publishes,
+            items,
+            ..
+        } = group;
+        if !self
+            .store_with_retry(&publishes, &items, &stop_intake)
+            .await
+        {
+            return None;
+        }
+        for at in &received {
+            let latency = at.elapsed();
+            self.stats.receipt_to_commit.record(latency);
+            metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
+                .record(latency.as_secs_f64());
+        }
+        Some(publishes)
+    }
+
+    /// Acknowledges stored messages; `false` when the client is gone.
+    async fn ack(&self, publishes: &[Publish]) -> bool {
+        for publish in publishes {
+            if let Err(e) = self.client.ack(publish).await {
+                tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
+                return false;
+            }
+        }
+        true
     }
 
     /// Stores a group, retrying transient database errors with backoff. A group the database

@@ -4,7 +4,9 @@
 //! its batches in `ingest_batches`, which conflict for batches stored before, then the readings
 //! of the new batches by one binary COPY. Either all of it commits or none does, so a
 //! redelivered batch is skipped exactly when it was stored. Grouping is what lets ingest keep
-//! up with the database: one commit (one WAL flush) serves many messages.
+//! up with the database: one commit (one WAL flush) serves many messages. Several groups may be
+//! written at once, on separate connections; the ledger's unique key settles a batch that two
+//! of them carry (the second waits for the first to commit or roll back).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -115,7 +117,9 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
             // The first item with a given (gateway, seq) claims it; later copies in the same
-            // group are duplicates, like copies already in the ledger.
+            // group are duplicates, like copies already in the ledger. A copy in another
+            // group written at the same time waits for that group's transaction; the rows go
+            // in key order, so two groups never wait for each other.
             let mut claimed = HashSet::new();
             let (mut gateways, mut seqs, mut counts, mut candidates) =
                 (vec![], vec![], vec![], vec![]);
@@ -137,6 +141,7 @@ impl PgStore {
                 sqlx::query_as::<_, (Uuid, i64)>(
                     "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
                      SELECT $1, g, s, r FROM UNNEST($2::uuid[], $3::bigint[], $4::int[]) AS t(g, s, r)
+                     ORDER BY g, s
                      ON CONFLICT DO NOTHING
                      RETURNING gateway_id, seq",
                 )
@@ -149,7 +154,8 @@ impl PgStore {
                 .into_iter()
                 .collect()
             };
-            // In message order, so that dead letters are numbered as their messages came.
+            // In message order, so that a group's dead letters are numbered as its messages
+            // came (groups written at once may interleave).
             let candidates: HashSet<usize> = candidates.into_iter().collect();
             for &i in indexes {
                 match &items[i] {

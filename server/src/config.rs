@@ -185,9 +185,20 @@ impl Validate for ServerConfig {
                 "ingest",
                 "the ingest role needs an [ingest] section with broker",
             ),
-            (Some(ingest), _) => {
+            (Some(ingest), runs) => {
                 for (key, message) in ingest.problems() {
                     report.error(key, message);
+                }
+                let max = usize::try_from(self.database.max_connections).unwrap_or(usize::MAX);
+                if runs && ingest.writers >= max {
+                    report.error(
+                        "ingest.writers",
+                        format!(
+                            "{} writers need as many database connections, but database.max_connections is {max}; \
+                             keep writers below it (the decode stage and the other roles share the pool)",
+                            ingest.writers
+                        ),
+                    );
                 }
             }
             _ => {}
@@ -250,6 +261,32 @@ mod tests {
             "rules.files",
         ] {
             assert!(paths.contains(&want), "missing {want}: {err}");
+        }
+    }
+
+    #[test]
+    fn ingest_writers_are_checked_against_the_range_and_the_pool() {
+        let load = |writers: usize, pool: u32| {
+            let text = format!(
+                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\nmax_connections = {pool}\n\
+                 [ingest]\nbroker = 'mqtt://127.0.0.1'\nwriters = {writers}"
+            );
+            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                .err()
+                .map(|err| err.to_string())
+        };
+        assert_eq!(load(3, 10), None);
+        assert_eq!(load(1, 2), None);
+        for (writers, pool, says) in [
+            (0, 10, "must be 1-16"),
+            (17, 40, "must be 1-16"),
+            (4, 4, "database.max_connections is 4"),
+        ] {
+            let err = load(writers, pool).expect("refused");
+            assert!(
+                err.contains("ingest.writers") && err.contains(says),
+                "{err}"
+            );
         }
     }
 

@@ -96,7 +96,9 @@ fn publisher(
             client
                 .publish(&topic, QoS::AtLeastOnce, false, batch(n, start).encode())
                 .await?;
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            // About 9 s of publishing: longer than the faults below take, so that the last
+            // kill still finds the stream in progress.
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while acked.load(Ordering::Relaxed) < BATCHES {

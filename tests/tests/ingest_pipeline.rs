@@ -1,6 +1,7 @@
 //! Ingest's pipeline against a real database and broker: the rules receive a message's readings
 //! while its storage transaction still waits, the message is acknowledged only after its
-//! commit, and what the database could not store never reaches the rules. The storage
+//! commit (and after the messages that arrived before it), and what the database could not
+//! store never reaches the rules. The storage
 //! transaction is held up by a lock another connection takes on the batch ledger. Needs
 //! `scripts/test.sh`.
 
@@ -122,6 +123,49 @@ impl World {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         anyhow::bail!("no transaction waited for the ledger lock within 10 s")
+    }
+}
+
+impl World {
+    /// An open transaction that has put batch `seq` of the demo gateway in the ledger: ingest's
+    /// insert of the same batch waits until it ends.
+    async fn claim_batch(&self, seq: i64) -> anyhow::Result<PgConnection> {
+        let mut conn = PgConnection::connect(&self.db.urls.owner_url).await?;
+        sqlx::query("BEGIN").execute(&mut conn).await?;
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(migrations::TENANT_SETTING)
+            .bind(self.tenant.to_string())
+            .execute(&mut conn)
+            .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
+             SELECT tenant_id, id, $2, 0 FROM gateways WHERE tenant_id = $1 AND code = $3",
+        )
+        .bind(self.tenant)
+        .bind(seq)
+        .bind(DEMO_GATEWAY)
+        .execute(&mut conn)
+        .await?;
+        anyhow::ensure!(claimed.rows_affected() == 1, "the demo gateway not found");
+        Ok(conn)
+    }
+
+    /// Waits until another transaction waits for the one open on `claim`.
+    async fn someone_waits(&self, claim: &mut PgConnection) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                 WHERE locktype = 'transactionid' AND NOT granted
+                   AND transactionid::text = pg_current_xact_id()::text",
+            )
+            .fetch_one(&mut *claim)
+            .await?;
+            if waiting > 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("no transaction waited for a lock within 10 s")
     }
 }
 
@@ -294,5 +338,57 @@ async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see(
         .await?;
     tx.commit().await?;
     assert_eq!(reasons, ["bad_timestamp"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_commits_first_is_acknowledged_only_after_the_group_ahead_of_it()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    assert!(world.config.writers > 1, "needs writers that run at once");
+    let first = world.consumer().await?;
+    // Batch 1's group waits for another transaction that has claimed the same ledger key.
+    let mut claim = world.claim_batch(1).await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    world.someone_waits(&mut claim).await?;
+
+    // Batch 2 arrives after that group was formed: another writer commits it meanwhile.
+    let later = t0 + 10_000_000;
+    publish_all(
+        &world.config.broker,
+        &world.topic,
+        vec![bearing(2, later, 4)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(10), "batch 2 stored", || async {
+        Ok((get(&first.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(world.stored().await?, (1, 4));
+
+    // A crash now: batch 2 is stored, but its acknowledgement waits for batch 1's, so the
+    // broker still holds both messages.
+    first.task.abort();
+    assert!(first.task.await.is_err_and(|e| e.is_cancelled()));
+    first.pool.close().await;
+    sqlx::query("ROLLBACK").execute(&mut claim).await?;
+    claim.close().await?;
+
+    let second = world.consumer().await?;
+    Plant::eventually(Duration::from_secs(10), "both messages again", || async {
+        let done = get(&second.stats.batches_stored) + get(&second.stats.batches_duplicate);
+        Ok((done == 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&second.stats.messages), 2);
+    assert_eq!(get(&second.stats.batches_stored), 1, "batch 1");
+    assert_eq!(
+        get(&second.stats.batches_duplicate),
+        1,
+        "batch 2, stored before"
+    );
+    second.stop().await?;
+    assert_eq!(world.stored().await?, (2, 7));
     Ok(())
 }

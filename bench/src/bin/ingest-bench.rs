@@ -34,6 +34,9 @@ struct Args {
     paced_for: Duration,
     #[arg(long, default_value = "mosquitto")]
     mosquitto: std::path::PathBuf,
+    /// Store writers of the consumer (`ingest.writers`); its default when not given.
+    #[arg(long)]
+    writers: Option<usize>,
 }
 
 async fn wait_stored(
@@ -64,8 +67,11 @@ async fn main() -> anyhow::Result<()> {
     maintainpro_bench::log_warnings_to_stderr();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
     let (cluster, urls) = maintainpro_bench::migrated_cluster().await?;
+    let defaults = IngestConfig::new("");
+    let writers = args.writers.unwrap_or(defaults.writers);
+    // The writers, and one for the decode stage's look-ups.
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(u32::try_from(writers)? + 1)
         .connect(&urls.app_url)
         .await?;
 
@@ -113,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let consumer = Consumer::new(
         IngestConfig {
             queue: 512,
+            writers,
             ..IngestConfig::new(broker.clone())
         },
         PgStore::new(pool.clone()),
@@ -242,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "tags": args.tags,
+            "writers": writers,
             "readings_per_batch": args.readings_per_batch,
             "throughput_readings": report.readings,
             "end_to_end_readings_per_s": e2e_rate.round(),
