@@ -17,9 +17,9 @@ use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
 use crate::routes::{
-    alarms, api_keys, assets, attachments, audit, devices, docs, health, live, login, mfa, parts,
-    password, password_reset, pm, privacy, readings, registry, reliability, roles, rules, sessions,
-    sla, teams, users, webhooks, work_orders,
+    alarms, api_keys, assets, attachments, audit, dead_letters, devices, docs, health, live, login,
+    mfa, parts, password, password_reset, pm, privacy, readings, registry, reliability, roles,
+    rules, sessions, sla, teams, users, webhooks, work_orders,
 };
 use crate::rules_status::RulesStatus;
 use crate::sessions::Lifetimes;
@@ -263,6 +263,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rules/status", get(rules::status))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/export", get(audit::export))
+        .route("/api/v1/dead-letters", get(dead_letters::list))
+        .route(
+            "/api/v1/dead-letters/{id}/payload",
+            get(dead_letters::payload),
+        )
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/{id}/acknowledge", post(alarms::acknowledge))
         .route(

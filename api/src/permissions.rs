@@ -106,7 +106,7 @@ impl Permission {
             ),
             RegistryWrite => (
                 "registry:write",
-                "Register and change gateways, devices and tags; import the registers; see the ingest policy.",
+                "Register and change gateways, devices and tags; import the registers; see the ingest policy and the dead letters.",
             ),
             ReadingsRead => ("readings:read", "Query a tag's or an asset's readings."),
             AlarmsRead => ("alarms:read", "See alarms and their history."),

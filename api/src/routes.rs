@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod assets;
 pub mod attachments;
 pub mod audit;
+pub mod dead_letters;
 pub mod devices;
 pub mod docs;
 pub mod health;

@@ -466,8 +466,8 @@ fn keep(
 }
 
 /// Creates one object of tenant B for every kind of path parameter, through B's API as B's
-/// admin; SQL only for a second user (no endpoint creates users) and the alarm, raised the
-/// way the rules engine raises one.
+/// admin; SQL only for a second user (no endpoint creates users), the alarm, raised the
+/// way the rules engine raises one, and a dead letter, stored the way ingest stores one.
 async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
     let tenant = plant.tenant_b.tenant;
     let admin = plant.login("plant-b").await?;
@@ -561,6 +561,27 @@ async fn seed_tenant_b(plant: &Plant) -> anyhow::Result<TenantB> {
         )
         .await?;
     ids.insert(("tags".to_owned(), "id".to_owned()), Id::Int(tag));
+
+    // A dead letter (integer id), stored as ingest stores one; its id is large, so that it
+    // cannot be mistaken for a count or a size in another tenant's answer.
+    let letter: i64 = 900_000_000_001;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    sqlx::query(
+        "INSERT INTO dead_letters (id, tenant_id, topic, reason, detail, payload)
+         OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, 'bad_magic', $4, $5)",
+    )
+    .bind(letter)
+    .bind(tenant)
+    .bind(format!("maintainpro/v1/{tenant}/line-1-gw/readings"))
+    .bind(format!("{MARK} dead letter"))
+    .bind(MARK.as_bytes())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    ids.insert(
+        ("dead-letters".to_owned(), "id".to_owned()),
+        Id::Int(letter),
+    );
 
     // The gateway, and a device on it that the tag names.
     let (_, gateways) = plant.get("/api/v1/gateways", Some(&admin)).await?;

@@ -232,6 +232,71 @@ async fn redelivered_batches_are_stored_once_and_poison_becomes_dead_letters() -
         letters.iter().all(|r| r.get::<i32, _>("bytes") > 0),
         "raw bytes are kept"
     );
+
+    // The dead letters through the API: newest first, a page at a time, with their bytes.
+    let admin = plant.login("plant-a").await?;
+    let (status, all) = plant.get("/api/v1/dead-letters", Some(&admin)).await?;
+    assert_eq!(status, 200, "{all}");
+    let items = all["items"].as_array().context("items")?;
+    let ids: Vec<i64> = items.iter().filter_map(|i| i["id"].as_i64()).collect();
+    assert_eq!(ids.len(), 3, "{all}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let (_, page) = plant
+        .get("/api/v1/dead-letters?limit=2", Some(&admin))
+        .await?;
+    let cursor = page["next_cursor"].as_str().context("a second page")?;
+    let (_, rest) = plant
+        .get(
+            &format!("/api/v1/dead-letters?limit=2&before={cursor}"),
+            Some(&admin),
+        )
+        .await?;
+    assert_eq!(rest["items"][0]["id"].as_i64(), Some(ids[2]));
+    assert!(rest["next_cursor"].is_null());
+    let (_, magic) = plant
+        .get("/api/v1/dead-letters?reason=bad_magic", Some(&admin))
+        .await?;
+    let magic = &magic["items"];
+    assert_eq!(magic.as_array().map(Vec::len), Some(1), "{magic}");
+    assert_eq!(magic[0]["topic"], topic.as_str());
+    assert_eq!(magic[0]["payload_bytes"], 14);
+    let res = plant
+        .http
+        .get(format!(
+            "{}/api/v1/dead-letters/{}/payload",
+            plant.api, magic[0]["id"]
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/octet-stream");
+    assert_eq!(res.bytes().await?.as_ref(), b"{\"not\":\"ours\"}");
+
+    // Every bad parameter at once; other roles and other organisations see none of it.
+    let (status, bad) = plant
+        .get("/api/v1/dead-letters?limit=0&reason=Bad", Some(&admin))
+        .await?;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["details"].as_array().map(Vec::len), Some(2));
+    plant.add_user("tech@plant-a.example", "technician").await?;
+    let tech = plant.login_as("plant-a", "tech@plant-a.example").await?;
+    let (status, _) = plant.get("/api/v1/dead-letters", Some(&tech)).await?;
+    assert_eq!(status, 403);
+    let other = plant.login("plant-b").await?;
+    let (status, none) = plant.get("/api/v1/dead-letters", Some(&other)).await?;
+    assert_eq!(
+        (status, none["items"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, _) = plant
+        .get(
+            &format!("/api/v1/dead-letters/{}/payload", magic[0]["id"]),
+            Some(&other),
+        )
+        .await?;
+    assert_eq!(status, 404);
+
     let summary = plant.services.stop().await;
     assert_eq!(summary.batches_duplicate, 1);
     assert_eq!(summary.dead_letters, 3);
