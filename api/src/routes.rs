@@ -105,3 +105,33 @@ impl KeyCursor {
         Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor))
     }
 }
+
+/// Reads a page of a list sorted newest first by a `bigint` id (the audit log, dead letters):
+/// adds the cursor (`before`: ids below it) and the order to `query`, which ends in a
+/// condition, runs it in a transaction of `tenant`, and answers the page with the `next_cursor`
+/// of the page after it (`None` on the last page).
+pub(crate) async fn newest_by_id<T>(
+    pool: &sqlx::PgPool,
+    tenant: uuid::Uuid,
+    mut query: sqlx::QueryBuilder<'_, sqlx::Postgres>,
+    before: Option<i64>,
+    limit: i64,
+    id: fn(&T) -> i64,
+) -> Result<(Vec<T>, Option<String>), crate::error::ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    if let Some(before) = before {
+        query.push(" AND id < ").push_bind(before);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
+    let mut tx = migrations::begin_tenant(pool, tenant).await?;
+    let mut items: Vec<T> = query.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = more
+        .then(|| items.last().map(|e| id(e).to_string()))
+        .flatten();
+    Ok((items, next_cursor))
+}

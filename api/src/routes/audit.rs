@@ -195,18 +195,15 @@ pub async fn list(
     let mut query = QueryBuilder::new(COLUMNS);
     query.push_bind(tenant);
     filter.push(&mut query);
-    if let Some(before) = before {
-        query.push(" AND id < ").push_bind(before);
-    }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let mut items: Vec<AuditEntry> = query.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| items.last().map(|e| e.id.to_string()))
-        .flatten();
+    let (items, next_cursor) = super::newest_by_id(
+        &state.pool,
+        tenant,
+        query,
+        before,
+        limit,
+        |e: &AuditEntry| e.id,
+    )
+    .await?;
     Ok(Json(Page { items, next_cursor }))
 }
 

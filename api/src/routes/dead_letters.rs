@@ -99,18 +99,15 @@ pub async fn list(
     if let Some(until) = q.until {
         query.push(" AND received_at < ").push_bind(until);
     }
-    if let Some(before) = q.before {
-        query.push(" AND id < ").push_bind(before);
-    }
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
-    let mut items: Vec<DeadLetter> = query.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_cursor = more
-        .then(|| items.last().map(|e| e.id.to_string()))
-        .flatten();
+    let (items, next_cursor) = super::newest_by_id(
+        &state.pool,
+        tenant,
+        query,
+        q.before,
+        limit,
+        |e: &DeadLetter| e.id,
+    )
+    .await?;
     Ok(Json(Page { items, next_cursor }))
 }
 
