@@ -740,18 +740,16 @@ impl StoreStage {
         writers: usize,
         stop_intake: CancellationToken,
     ) {
-        let this = Arc::new(self);
         let mut in_flight = FuturesOrdered::new();
         let mut open = true;
         loop {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next() => {
-                    let done: Option<Vec<Publish>> = done;
                     let Some(publishes) = done else {
                         break; // stopped while the database was down: not stored, so not acked
                     };
-                    if !this.ack(&publishes).await {
+                    if !self.ack(publishes).await {
                         break;
                     }
                 }
@@ -761,7 +759,7 @@ impl StoreStage {
                         continue;
                     };
                     let group = Self::group(first, &mut decoded);
-                    in_flight.push_back(Arc::clone(&this).write(group, stop_intake.clone()));
+                    in_flight.push_back(self.write(group, &stop_intake));
                 }
                 else => break,
             }
@@ -788,21 +786,14 @@ impl StoreStage {
 
     /// Stores a group and records its messages' receipt-to-commit latency. The group's
     /// messages, to be acknowledged, or `None` when intake stopped before it was stored.
-    async fn write(
-        self: Arc<Self>,
-        group: Group,
-        stop_intake: CancellationToken,
-    ) -> Option<Vec<Publish>> {
+    async fn write(&self, group: Group, stop_intake: &CancellationToken) -> Option<Vec<Publish>> {
         let Group {
             received,
             publishes,
             items,
             ..
         } = group;
-        if !self
-            .store_with_retry(&publishes, &items, &stop_intake)
-            .await
-        {
+        if !self.store_with_retry(&publishes, &items, stop_intake).await {
             return None;
         }
         for at in &received {
@@ -815,8 +806,8 @@ impl StoreStage {
     }
 
     /// Acknowledges stored messages; `false` when the client is gone.
-    async fn ack(&self, publishes: &[Publish]) -> bool {
-        for publish in publishes {
+    async fn ack(&self, publishes: Vec<Publish>) -> bool {
+        for publish in &publishes {
             if let Err(e) = self.client.ack(publish).await {
                 tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
                 return false;

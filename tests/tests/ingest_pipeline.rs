@@ -110,23 +110,14 @@ impl World {
 
     /// Waits until some transaction waits for the ledger lock.
     async fn ingest_waits_for(&self, lock_holder: &mut PgConnection) -> anyhow::Result<()> {
-        for _ in 0..200 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                 WHERE relation = 'ingest_batches'::regclass AND NOT granted",
-            )
-            .fetch_one(&mut *lock_holder)
-            .await?;
-            if waiting > 0 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("no transaction waited for the ledger lock within 10 s")
+        wait_for_waiter(
+            lock_holder,
+            "SELECT count(*) FROM pg_locks
+             WHERE relation = 'ingest_batches'::regclass AND NOT granted",
+        )
+        .await
     }
-}
 
-impl World {
     /// An open transaction that has put batch `seq` of the demo gateway in the ledger: ingest's
     /// insert of the same batch waits until it ends.
     async fn claim_batch(&self, seq: i64) -> anyhow::Result<PgConnection> {
@@ -152,21 +143,27 @@ impl World {
 
     /// Waits until another transaction waits for the one open on `claim`.
     async fn someone_waits(&self, claim: &mut PgConnection) -> anyhow::Result<()> {
-        for _ in 0..200 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                 WHERE locktype = 'transactionid' AND NOT granted
-                   AND transactionid::text = pg_current_xact_id()::text",
-            )
-            .fetch_one(&mut *claim)
-            .await?;
-            if waiting > 0 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("no transaction waited for a lock within 10 s")
+        wait_for_waiter(
+            claim,
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'transactionid' AND NOT granted
+               AND transactionid::text = pg_current_xact_id()::text",
+        )
+        .await
     }
+}
+
+/// Polls `count` (the number of waiting lock requests) on `conn` until it is positive, for up
+/// to 10 s.
+async fn wait_for_waiter(conn: &mut PgConnection, count: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(count).fetch_one(&mut *conn).await?;
+        if waiting > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("no transaction waited for a lock within 10 s")
 }
 
 struct Running {
