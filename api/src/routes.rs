@@ -29,6 +29,33 @@ pub mod users;
 pub mod webhooks;
 pub mod work_orders;
 
+/// A JSON answer written into a buffer of `capacity` bytes reserved up front. The long lists
+/// answer tens of kilobytes; a buffer that starts small is grown and copied a dozen times on
+/// the way there, which showed in the list benchmark's profile.
+#[derive(Debug)]
+pub struct SizedJson<T> {
+    pub value: T,
+    pub capacity: usize,
+}
+
+impl<T: serde::Serialize> axum::response::IntoResponse for SizedJson<T> {
+    fn into_response(self) -> axum::response::Response {
+        let mut body = Vec::with_capacity(self.capacity);
+        match serde_json::to_writer(&mut body, &self.value) {
+            Ok(()) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => crate::error::ApiError::from(anyhow::anyhow!("encoding the answer: {e}"))
+                .into_response(),
+        }
+    }
+}
+
 /// A `LIKE`/`ILIKE` pattern matching text that contains `text` (trimmed), its wildcards and
 /// escape character taken literally.
 pub(crate) fn contains_pattern(text: &str) -> String {

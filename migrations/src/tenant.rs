@@ -17,10 +17,48 @@ pub async fn begin_tenant(
     pool: &PgPool,
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    begin_scoped(pool, tenant, "BEGIN", "").await
+}
+
+/// Begins a read-only transaction scoped to `tenant` for a list whose plan follows from the
+/// query's shape rather than from its values: an ordered walk of an index up to the page's
+/// end, whatever the ids, statuses or cursor. Its prepared statements run their generic plan,
+/// made once per connection, instead of being planned again for every request
+/// (`plan_cache_mode`, local to the transaction). As with [`begin_tenant`], it costs one round
+/// trip; end it with [`end_read`].
+pub async fn begin_tenant_list(
+    pool: &PgPool,
+    tenant: Uuid,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    begin_scoped(
+        pool,
+        tenant,
+        "BEGIN READ ONLY",
+        ", set_config('plan_cache_mode', 'force_generic_plan', true)",
+    )
+    .await
+}
+
+/// Ends a transaction that only read, without waiting for the server: dropping it queues the
+/// `ROLLBACK`, which the pool sends along with the check it makes of every connection handed
+/// back to it. The answer then does not wait for a round trip that changes nothing; for a
+/// transaction that wrote nothing, rolling back and committing are the same.
+pub fn end_read(tx: Transaction<'static, Postgres>) {
+    drop(tx);
+}
+
+/// `begin` (a `BEGIN` statement), then the tenant setting and the `settings` (a list of
+/// further `set_config` calls, each led by a comma) in one `SELECT`.
+async fn begin_scoped(
+    pool: &PgPool,
+    tenant: Uuid,
+    begin: &str,
+    settings: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     #[cfg(feature = "rls-probe")]
     let tenant = rls_probe::database_tenant(tenant);
     pool.begin_with(format!(
-        "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",
+        "{begin}; SELECT set_config('{TENANT_SETTING}', '{}', true){settings}",
         tenant.hyphenated()
     ))
     .await

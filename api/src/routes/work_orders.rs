@@ -34,6 +34,7 @@ use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::Movement;
 use crate::permissions::Permission;
+use crate::routes::SizedJson;
 use crate::routes::parts::{self, MoveContext};
 use crate::users;
 use crate::work_order_flow::{self as flow, Actor, FlowError, Resolution, Role, Status};
@@ -629,9 +630,11 @@ impl Filter {
             None => q,
         };
         if let Some(text) = &self.q {
-            q.push(" AND search @@ websearch_to_tsquery('english', ")
+            // A sub-select, so that the text is parsed once per query: in a generic plan a
+            // bare call would be evaluated again for every row the scan looks at.
+            q.push(" AND search @@ (SELECT websearch_to_tsquery('english', ")
                 .push_bind(text.clone())
-                .push(")");
+                .push("))");
         }
     }
 
@@ -728,7 +731,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<WorkOrderList>, ApiError> {
+) -> Result<SizedJson<WorkOrderList>, ApiError> {
     let filter = q.check()?;
     let auth = reader(caller)?;
     let tenant = auth.tenant.as_uuid();
@@ -738,15 +741,20 @@ pub async fn list(
     query.push_bind(tenant);
     let own = auth.sees_only_own_work_orders().then_some(auth.user);
     filter.push(&mut query, tenant, auth.user, own);
-    let mut tx = migrations::begin_tenant(&state.pool, tenant).await?;
+    let mut tx = migrations::begin_tenant_list(&state.pool, tenant).await?;
     let mut items: Vec<WorkOrder> = query.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
+    migrations::end_read(tx);
     let more = items.len() as i64 > filter.limit;
     items.truncate(filter.limit as usize);
     let next_cursor = more
         .then(|| items.last().map(|last| filter.cursor_after(last).encode()))
         .flatten();
-    Ok(Json(WorkOrderList { items, next_cursor }))
+    // A work order with short texts takes 650-900 bytes of JSON; longer ones grow the buffer.
+    let capacity = 64 + items.len() * 800;
+    Ok(SizedJson {
+        value: WorkOrderList { items, next_cursor },
+        capacity,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
