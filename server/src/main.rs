@@ -121,6 +121,10 @@ async fn shutdown_signal() {
     }
 }
 
+/// The server's allocator (see the workspace's `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();

@@ -63,6 +63,10 @@ fn runtime(name: &str, threads: usize) -> std::io::Result<Runtime> {
         .build()
 }
 
+/// The server's allocator (see the workspace's `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     api::webhooks::install_tls_provider();
