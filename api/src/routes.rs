@@ -30,7 +30,7 @@ pub mod webhooks;
 pub mod work_orders;
 
 /// A JSON answer written into a buffer of `capacity` bytes reserved up front. The long lists
-/// answer tens of kilobytes; a buffer that starts small is grown and copied a dozen times on
+/// answer tens of kilobytes; a buffer that starts small is grown and copied again and again on
 /// the way there, which showed in the list benchmark's profile.
 #[derive(Debug)]
 pub struct SizedJson<T> {
