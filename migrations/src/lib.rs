@@ -4,7 +4,8 @@
 //! Two roles share every MaintAInPro database of a cluster. [`OWNER_ROLE`] owns the database
 //! and runs the migrations; [`APP_ROLE`] is what the services connect as: it owns nothing, has
 //! no `BYPASSRLS`, and every tenant table FORCEs row-level security, so it sees only the rows
-//! of the tenant set with `set_config('app.tenant_id', <uuid>, true)` in its transaction.
+//! of the tenant set in its transaction (`SET LOCAL app.tenant_id`, or
+//! `set_config('app.tenant_id', <uuid>, true)`, the same setting).
 //!
 //! This crate never needs a live database to build, and it never keeps a superuser connection
 //! beyond [`bootstrap`].

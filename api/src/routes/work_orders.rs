@@ -23,7 +23,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
+use sqlx::postgres::PgRow;
+use sqlx::{Column as _, FromRow, PgConnection, Postgres, QueryBuilder, Row as _};
 use uuid::Uuid;
 
 use crate::api_keys::Scope;
@@ -34,8 +35,8 @@ use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::Movement;
 use crate::permissions::Permission;
-use crate::routes::SizedJson;
 use crate::routes::parts::{self, MoveContext};
+use crate::routes::{SizedJson, rfc3339};
 use crate::users;
 use crate::work_order_flow::{self as flow, Actor, FlowError, Resolution, Role, Status};
 
@@ -52,7 +53,7 @@ const MAX_DESCRIPTION: usize = 10_000;
 const MAX_COMMENT: usize = 5_000;
 const MAX_CHECKLIST: usize = 100;
 
-#[derive(Debug, Serialize, FromRow)]
+#[derive(Debug, Serialize)]
 pub struct WorkOrder {
     pub id: Uuid,
     pub asset_id: Uuid,
@@ -70,20 +71,26 @@ pub struct WorkOrder {
     pub requested_by: Option<Uuid>,
     pub assignee_user: Option<Uuid>,
     pub assignee_team: Option<Uuid>,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub due_at: DateTime<Utc>,
     /// Whether `due_at` follows the priority's service level.
     pub due_from_sla: bool,
     /// Still open past `due_at`.
     pub overdue: bool,
+    #[serde(serialize_with = "rfc3339::option")]
     pub started_at: Option<DateTime<Utc>>,
     /// How a closed work order ended, e.g. `fixed` or `cleared_automatically`.
     pub resolution: Option<String>,
+    #[serde(serialize_with = "rfc3339::option")]
     pub closed_at: Option<DateTime<Utc>>,
     /// When it closes by itself if the condition stays clear and nobody starts on it.
+    #[serde(serialize_with = "rfc3339::option")]
     pub auto_close_at: Option<DateTime<Utc>>,
     /// The earlier work order of the same failure mode when this one is a repeat failure.
     pub repeat_of: Option<Uuid>,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -91,6 +98,77 @@ const COLUMNS: &str = "id, asset_id, title, description, priority, status, work_
      source, rule_id, alarm_id, requested_by, assignee_user, assignee_team, due_at, due_from_sla, \
      (closed_at IS NULL AND due_at < now()) AS overdue, started_at, resolution, closed_at, \
      auto_close_at, repeat_of, created_at, updated_at";
+
+/// The names of [`COLUMNS`] in order, which [`WorkOrder`]'s `from_row` reads by position.
+const COLUMN_NAMES: [&str; 24] = [
+    "id",
+    "asset_id",
+    "title",
+    "description",
+    "priority",
+    "status",
+    "work_type",
+    "failure_mode",
+    "source",
+    "rule_id",
+    "alarm_id",
+    "requested_by",
+    "assignee_user",
+    "assignee_team",
+    "due_at",
+    "due_from_sla",
+    "overdue",
+    "started_at",
+    "resolution",
+    "closed_at",
+    "auto_close_at",
+    "repeat_of",
+    "created_at",
+    "updated_at",
+];
+
+/// By position rather than by name: looking each column's name up, for every row of a list,
+/// showed in the list benchmark's profile. Types are still checked; the names are checked
+/// against [`COLUMN_NAMES`] in debug builds (the tests).
+impl<'r> FromRow<'r, PgRow> for WorkOrder {
+    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+        debug_assert!(
+            row.columns().len() == COLUMN_NAMES.len()
+                && row
+                    .columns()
+                    .iter()
+                    .zip(COLUMN_NAMES)
+                    .all(|(column, name)| column.name() == name),
+            "the work-order query selects COLUMNS"
+        );
+        Ok(WorkOrder {
+            id: row.try_get(0)?,
+            asset_id: row.try_get(1)?,
+            title: row.try_get(2)?,
+            description: row.try_get(3)?,
+            priority: row.try_get(4)?,
+            status: row.try_get(5)?,
+            work_type: row.try_get(6)?,
+            failure_mode: row.try_get(7)?,
+            source: row.try_get(8)?,
+            rule_id: row.try_get(9)?,
+            alarm_id: row.try_get(10)?,
+            requested_by: row.try_get(11)?,
+            assignee_user: row.try_get(12)?,
+            assignee_team: row.try_get(13)?,
+            due_at: row.try_get(14)?,
+            due_from_sla: row.try_get(15)?,
+            overdue: row.try_get(16)?,
+            started_at: row.try_get(17)?,
+            resolution: row.try_get(18)?,
+            closed_at: row.try_get(19)?,
+            auto_close_at: row.try_get(20)?,
+            repeat_of: row.try_get(21)?,
+            created_at: row.try_get(22)?,
+            updated_at: row.try_get(23)?,
+        })
+    }
+}
 
 #[derive(Debug, Serialize, FromRow)]
 pub struct WorkOrderEvent {
