@@ -542,20 +542,27 @@ impl ListQuery {
 }
 
 impl Filter {
-    /// Appends the filter's conditions, the cursor's, the order and the limit (one more row
-    /// than a page, to tell whether another page follows) to a query of `work_orders` whose
-    /// tenant condition is written. `own` is the requester a caller who sees only their own
+    /// Appends what follows `SELECT <columns> FROM `: the tables, the tenant, the filter's
+    /// conditions, the cursor's, the order and the limit (one more row than a page, to tell
+    /// whether another page follows). `own` is the requester a caller who sees only their own
     /// requests is.
     fn push(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid, own: Option<Uuid>) {
         if let Some(asset) = self.subtree_in_order() {
             self.push_subtree_page(q, tenant, me, own, asset);
             return;
         }
+        q.push("work_orders WHERE tenant_id = ").push_bind(tenant);
         self.push_status(q, "closed_at IS NULL");
         match self.asset {
             Some((asset, true)) => {
-                push_subtree_ids(q, tenant, asset);
-                q.push(")");
+                // The ids of the work orders of `asset`'s subtree.
+                q.push(
+                    " AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ",
+                )
+                .push_bind(tenant)
+                .push(" AND ancestor_id = ")
+                .push_bind(asset)
+                .push(")");
             }
             Some((asset, false)) => {
                 q.push(" AND asset_id = ").push_bind(asset);
@@ -573,6 +580,9 @@ impl Filter {
     /// list order from `work_order_ancestors` (which also holds their status and creation
     /// time), so the page's ids are found without walking the asset tree, and only the page's
     /// rows are read from `work_orders`. Filters on other columns are checked per candidate.
+    /// The page is joined to `work_orders` in its own order: with `id IN (page)` instead,
+    /// PostgreSQL made the ids unique again and sorted the rows again, which took the list
+    /// from 0.17 to 0.56 ms in `EXPLAIN ANALYZE`.
     fn subtree_in_order(&self) -> Option<Uuid> {
         match (self.asset, self.sort) {
             (Some((asset, true)), Sort::Newest | Sort::Oldest) => Some(asset),
@@ -588,7 +598,13 @@ impl Filter {
         own: Option<Uuid>,
         asset: Uuid,
     ) {
-        push_subtree_ids(q, tenant, asset);
+        q.push(
+            "(SELECT work_order_id AS page_id, created_at AS page_at FROM work_order_ancestors \
+             WHERE tenant_id = ",
+        )
+        .push_bind(tenant)
+        .push(" AND ancestor_id = ")
+        .push_bind(asset);
         self.push_status(q, "open");
         self.push_created(q);
         if self.has_row_filters(own) {
@@ -598,13 +614,21 @@ impl Filter {
             q.push(")");
         }
         self.push_cursor(q, "work_order_id");
-        q.push(if self.sort == Sort::Oldest {
-            " ORDER BY created_at, work_order_id"
+        let (inner, outer) = if self.sort == Sort::Oldest {
+            (
+                " ORDER BY created_at, work_order_id",
+                " ORDER BY page_at, page_id",
+            )
         } else {
-            " ORDER BY created_at DESC, work_order_id DESC"
-        });
-        q.push(" LIMIT ").push_bind(self.limit + 1);
-        q.push(")").push(self.order());
+            (
+                " ORDER BY created_at DESC, work_order_id DESC",
+                " ORDER BY page_at DESC, page_id DESC",
+            )
+        };
+        q.push(inner).push(" LIMIT ").push_bind(self.limit + 1);
+        q.push(") page JOIN work_orders ON id = page_id WHERE tenant_id = ")
+            .push_bind(tenant)
+            .push(outer);
     }
 
     /// The status condition; `open` is the condition, on the queried table, that holds
@@ -766,15 +790,6 @@ impl Filter {
     }
 }
 
-/// Opens ` AND id IN (` the ids of the work orders of `asset`'s subtree, from
-/// `work_order_ancestors`; the caller may add conditions on that table and closes it.
-fn push_subtree_ids(q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, asset: Uuid) {
-    q.push(" AND id IN (SELECT work_order_id FROM work_order_ancestors WHERE tenant_id = ")
-        .push_bind(tenant)
-        .push(" AND ancestor_id = ")
-        .push_bind(asset);
-}
-
 /// As the generated column `work_orders.priority_rank`.
 fn priority_rank(priority: &str) -> i16 {
     match priority {
@@ -813,10 +828,7 @@ pub async fn list(
     let filter = q.check()?;
     let auth = reader(caller)?;
     let tenant = auth.tenant.as_uuid();
-    let mut query = QueryBuilder::new(format!(
-        "SELECT {COLUMNS} FROM work_orders WHERE tenant_id = "
-    ));
-    query.push_bind(tenant);
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM "));
     let own = auth.sees_only_own_work_orders().then_some(auth.user);
     filter.push(&mut query, tenant, auth.user, own);
     let mut tx = migrations::begin_tenant_list(&state.pool, tenant).await?;
