@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::api_keys::ApiKeyHasher;
 use crate::auth::TokenKeys;
 use crate::config::ApiConfig;
+use crate::list_db::ListPool;
 use crate::mfa::MfaKeys;
 use crate::password::{PasswordError, PasswordHasher};
 use crate::protect::{self, Protection};
@@ -42,6 +43,8 @@ impl std::ops::Deref for AppState {
 #[derive(Debug)]
 pub struct Shared {
     pub pool: PgPool,
+    /// The work-order list's connections ([`crate::list_db`]).
+    pub lists: ListPool,
     pub keys: Arc<TokenKeys>,
     pub lifetimes: Lifetimes,
     pub rules: Arc<RulesStatus>,
@@ -75,6 +78,7 @@ impl AppState {
     pub fn new(
         config: &ApiConfig,
         pool: PgPool,
+        lists: ListPool,
         rules: Arc<RulesStatus>,
     ) -> Result<Self, PasswordError> {
         crate::webhooks::install_tls_provider();
@@ -86,6 +90,7 @@ impl AppState {
         let (closing_tx, closing) = watch::channel(false);
         Ok(Self(Arc::new(Shared {
             pool,
+            lists,
             keys: TokenKeys::new(config),
             lifetimes: Lifetimes {
                 refresh_token: config.refresh_token_ttl,
@@ -350,10 +355,11 @@ impl Api {
     pub async fn build(
         config: &ApiConfig,
         pool: PgPool,
+        lists: ListPool,
         rules: Arc<RulesStatus>,
     ) -> std::io::Result<Api> {
         let listener = TcpListener::bind(config.listen).await?;
-        let state = AppState::new(config, pool, rules).map_err(std::io::Error::other)?;
+        let state = AppState::new(config, pool, lists, rules).map_err(std::io::Error::other)?;
         let dispatcher = crate::webhooks::Dispatcher {
             pool: state.pool.clone(),
             keys: state.mfa.clone(),

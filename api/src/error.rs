@@ -96,23 +96,24 @@ impl From<sqlx::Error> for ApiError {
         // query string): the NUL character, which JSON carries as \u0000 but a PostgreSQL
         // text value cannot.
         if let sqlx::Error::Database(db) = &e
-            && matches!(
-                db.code().as_deref(),
-                Some(UNTRANSLATABLE | NOT_IN_REPERTOIRE)
-            )
+            && db.code().is_some_and(|code| is_bad_text(&code))
         {
-            return ApiError::BadRequest(
-                "text must not contain the NUL character (\\u0000)".to_owned(),
-            );
+            return bad_text();
         }
         ApiError::Internal(e.into())
     }
 }
 
-/// SQLSTATE `untranslatable_character` and `character_not_in_repertoire`: what PostgreSQL
-/// answers for a NUL character in text.
-const UNTRANSLATABLE: &str = "22P05";
-const NOT_IN_REPERTOIRE: &str = "22021";
+/// Whether SQLSTATE `code` is `untranslatable_character` or `character_not_in_repertoire`:
+/// what PostgreSQL answers for a NUL character in text.
+pub(crate) fn is_bad_text(code: &str) -> bool {
+    matches!(code, "22P05" | "22021")
+}
+
+/// The answer to text PostgreSQL cannot hold.
+pub(crate) fn bad_text() -> ApiError {
+    ApiError::BadRequest("text must not contain the NUL character (\\u0000)".to_owned())
+}
 
 /// One field of a request that is wrong: its name as the request spells it (a dotted path
 /// inside a body, e.g. `checklist.2`) and what is wrong with it.

@@ -38,11 +38,13 @@
 //! - [`reliability`]: failures, downtime, MTTR and MTBF over a period, from work orders; pure.
 //! - [`openapi`]: the OpenAPI 3.1 document (hand-written per area in `api/openapi/`, merged)
 //!   and its offline docs page.
+//! - [`list_db`]: the work-order list's own connections, which read a page in one round trip
+//!   (the tenant's transaction, the list and its end sent together).
 //! - [`routes`]: the HTTP handlers, one module per resource.
 //! - [`app`]: builds the router and serves it until shutdown.
 //!
 //! Every query on tenant data runs in a transaction that set the tenant for row-level security
-//! (`migrations::begin_tenant`); the application also filters by tenant itself, so isolation
+//! (`migrations::begin_tenant`, or the same statements sent by [`list_db`]); the application also filters by tenant itself, so isolation
 //! holds twice. Internal error details never reach an HTTP response.
 
 pub mod api_keys;
@@ -55,6 +57,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod inventory;
+pub mod list_db;
 pub mod mfa;
 pub mod notify;
 pub mod openapi;

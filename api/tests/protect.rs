@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use api::app::{AppState, router};
 use api::config::{ApiConfig, Secret};
+use api::list_db::ListPool;
 use api::rules_status::RulesStatus;
 use axum::Router;
 use axum::body::Body;
@@ -31,7 +32,11 @@ fn app(config: &ApiConfig) -> Router {
         .acquire_timeout(Duration::from_millis(100))
         .connect_lazy("postgres://unused@127.0.0.1:1/x")
         .expect("a URL");
-    router(AppState::new(config, pool, Arc::new(RulesStatus::default())).expect("a valid pepper"))
+    let lists = ListPool::new("postgres://unused@127.0.0.1:1/x", 1).expect("a URL");
+    router(
+        AppState::new(config, pool, lists, Arc::new(RulesStatus::default()))
+            .expect("a valid pepper"),
+    )
 }
 
 /// `config` with fields set from JSON, the way the configuration file sets them.

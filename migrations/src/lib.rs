@@ -19,7 +19,7 @@
 //! - `urls.rs`: [`DatabaseUrls`], the per-role URLs derived from the admin URL.
 //! - `migrate.rs`: [`migrate`] and [`StorageLayout`], run as the owner.
 //! - `tenant.rs`: [`begin_tenant`], the transaction every tenant-scoped query runs in, and
-//!   [`begin_tenant_list`] / [`end_read`] for the hot read-only lists.
+//!   [`tenant_read_begin`], the same scope's statements for a client that sends them itself.
 //! - `sql.rs`: quoting of identifiers and literals for statements that take no parameters.
 //! - `error.rs`: [`DbError`], the error of everything above.
 //! - `throwaway.rs`: [`throwaway::Cluster`], a private PostgreSQL server started from the
@@ -47,7 +47,7 @@ pub use migrate::{StorageLayout, migrate};
 pub use roles::RoleSecrets;
 #[cfg(feature = "rls-probe")]
 pub use tenant::rls_probe;
-pub use tenant::{TENANT_SETTING, begin_tenant, begin_tenant_list, end_read, is_transient};
+pub use tenant::{TENANT_SETTING, begin_tenant, is_transient, tenant_read_begin};
 pub use urls::DatabaseUrls;
 
 /// The schema migrations of `sql/`, embedded at compile time. Run them as [`OWNER_ROLE`]

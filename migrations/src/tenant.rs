@@ -17,53 +17,27 @@ pub async fn begin_tenant(
     pool: &PgPool,
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    begin_scoped(pool, tenant, "BEGIN", "").await
+    pool.begin_with(scope("BEGIN", tenant)).await
 }
 
-/// Begins a read-only transaction scoped to `tenant` for a list whose plan follows from the
-/// query's shape rather than from its values: an ordered walk of an index up to the page's
-/// end, whatever the ids, statuses or cursor. Its prepared statements run their generic plan,
-/// made once per connection, instead of being planned again for every request
-/// (`plan_cache_mode`, local to the transaction). As with [`begin_tenant`], it costs one round
-/// trip; end it with [`end_read`].
-pub async fn begin_tenant_list(
-    pool: &PgPool,
-    tenant: Uuid,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    begin_scoped(
-        pool,
-        tenant,
-        "BEGIN READ ONLY",
-        "; SET LOCAL plan_cache_mode = force_generic_plan",
-    )
-    .await
+/// The statements that begin a read-only transaction scoped to `tenant`, for a client that
+/// sends them itself ahead of its query (the work-order list's pipelined read): `BEGIN READ
+/// ONLY` and the tenant setting, as one simple-protocol batch. Should the setting fail, the
+/// transaction is aborted and every statement sent after it fails until its end.
+pub fn tenant_read_begin(tenant: Uuid) -> String {
+    scope("BEGIN READ ONLY", tenant)
 }
 
-/// Ends a transaction that only read, without waiting for the server: dropping it queues the
-/// `ROLLBACK`, which the pool sends along with the check it makes of every connection handed
-/// back to it. The answer then does not wait for a round trip that changes nothing; for a
-/// transaction that wrote nothing, rolling back and committing are the same.
-pub fn end_read(tx: Transaction<'static, Postgres>) {
-    drop(tx);
-}
-
-/// `begin` (a `BEGIN` statement), then the tenant setting and the `settings` (further
-/// `SET LOCAL` statements, each led by a semicolon). `SET LOCAL` rather than `SELECT
+/// `begin` (a `BEGIN` statement) and the tenant setting. `SET LOCAL` rather than `SELECT
 /// set_config(.., true)`, which is the same setting: a `SET` is neither planned nor executed
 /// as a query and returns no row, which spared a list request about 2 % of its CPU.
-async fn begin_scoped(
-    pool: &PgPool,
-    tenant: Uuid,
-    begin: &str,
-    settings: &str,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+fn scope(begin: &str, tenant: Uuid) -> String {
     #[cfg(feature = "rls-probe")]
     let tenant = rls_probe::database_tenant(tenant);
-    pool.begin_with(format!(
-        "{begin}; SET LOCAL {TENANT_SETTING} = '{}'{settings}",
+    format!(
+        "{begin}; SET LOCAL {TENANT_SETTING} = '{}'",
         tenant.hyphenated()
-    ))
-    .await
+    )
 }
 
 /// Whether a database error may pass by itself (connection lost, server restarting, too many
@@ -90,7 +64,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// A test's switch that breaks the application's tenant filter on purpose: inside
-/// [`rls_probe::DATABASE_TENANT`]'s scope, once a value is set, every [`begin_tenant`] sets
+/// [`rls_probe::DATABASE_TENANT`]'s scope, once a value is set, every [`begin_tenant`] and [`tenant_read_begin`] sets
 /// that tenant for row-level security whatever tenant the application asked for. A request
 /// whose handlers filter by another tenant's id then reaches that tenant's rows only if the
 /// policies let it. Compiled only with the `rls-probe` feature.

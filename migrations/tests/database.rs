@@ -357,23 +357,22 @@ async fn a_pooled_connection_carries_no_tenant_into_the_next_transaction() -> Te
         "after a failed transaction dropped unfinished"
     );
 
-    // A list's transaction: the tenant's rows, generic plans, no writes; ended by dropping it,
-    // with the rollback sent as the pool takes the connection back.
-    let plans = "SELECT current_setting('plan_cache_mode')";
-    let mut tx = migrations::begin_tenant_list(&pool, a.tenant).await?;
-    let own: i64 = sqlx::query_scalar(seen).fetch_one(&mut *tx).await?;
+    // The statements of a read that sends its own scope: the tenant's rows, no writes, and
+    // nothing left once it ends.
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql(&migrations::tenant_read_begin(a.tenant))
+        .execute(&mut *conn)
+        .await?;
+    let own: i64 = sqlx::query_scalar(seen).fetch_one(&mut *conn).await?;
     assert_eq!(own, 1);
-    let mode: String = sqlx::query_scalar(plans).fetch_one(&mut *tx).await?;
-    assert_eq!(mode, "force_generic_plan");
     let write = sqlx::query("DELETE FROM work_orders")
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
-        .expect_err("a list's transaction is read-only");
+        .expect_err("the read's transaction is read-only");
     assert_eq!(sql_state(&write).as_deref(), Some("25006"), "{write}");
-    migrations::end_read(tx);
-    assert_eq!(next().await?, clean, "after a list's transaction");
-    let mode: String = sqlx::query_scalar(plans).fetch_one(&pool).await?;
-    assert_eq!(mode, "auto", "the plan setting ends with the transaction");
+    sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+    drop(conn);
+    assert_eq!(next().await?, clean, "after a read's transaction");
     Ok(())
 }
 

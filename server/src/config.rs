@@ -7,6 +7,7 @@
 //! url = "postgres://maintainpro_app:...@db:5432/maintainpro"   # the application role
 //! owner_url = "postgres://maintainpro_owner:...@db:5432/maintainpro"  # optional: migrate on start
 //! max_connections = 10
+//! list_connections = 8                   # the work-order list's own connections (API role)
 //!
 //! [api]
 //! listen = "0.0.0.0:8080"
@@ -52,6 +53,9 @@ fn all_roles() -> Vec<Role> {
 fn default_max_connections() -> u32 {
     10
 }
+fn default_list_connections() -> u32 {
+    8
+}
 
 #[derive(Clone, Deserialize)]
 pub struct DatabaseConfig {
@@ -59,6 +63,10 @@ pub struct DatabaseConfig {
     pub owner_url: Option<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// The API's work-order list reads on connections of its own (`api::list_db`), at most
+    /// this many, besides the `max_connections` of the shared pool.
+    #[serde(default = "default_list_connections")]
+    pub list_connections: u32,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -67,6 +75,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("url", &"***")
             .field("owner_url", &self.owner_url.as_ref().map(|_| "***"))
             .field("max_connections", &self.max_connections)
+            .field("list_connections", &self.list_connections)
             .finish()
     }
 }
@@ -168,6 +177,15 @@ impl Validate for ServerConfig {
             && !self.database.url.starts_with("postgresql://")
         {
             report.error("database.url", "must be a postgres:// URL");
+        }
+        if self.database.max_connections == 0 {
+            report.error("database.max_connections", "must be at least 1");
+        }
+        if self.database.list_connections == 0 {
+            report.error(
+                "database.list_connections",
+                "must be at least 1 (the work-order list reads on these connections)",
+            );
         }
         match (&self.api, self.runs(Role::Api)) {
             (None, true) => {

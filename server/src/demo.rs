@@ -381,6 +381,7 @@ pub async fn run(
             url: urls.app_url.clone(),
             owner_url: None,
             max_connections: 8,
+            list_connections: 4,
         },
         api: Some(api),
         ingest: Some(IngestConfig::new(broker_url.clone())),

@@ -34,6 +34,8 @@ fn oltp_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Err
 pub enum ServicesError {
     #[error("cannot connect to the database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Lists(#[from] api::list_db::ListPoolError),
     #[error("migration failed: {0}")]
     Migrate(#[from] migrations::DbError),
     #[error("cannot bind the API listener {addr}: {source}")]
@@ -155,7 +157,11 @@ impl Services {
             api: None,
         };
         if let (Some(api_config), true) = (&config.api, config.runs(Role::Api)) {
-            let api = Api::build(api_config, pool.clone(), Arc::clone(&rules_status))
+            let lists = api::list_db::ListPool::new(
+                &config.database.url,
+                usize::try_from(config.database.list_connections).unwrap_or(usize::MAX),
+            )?;
+            let api = Api::build(api_config, pool.clone(), lists, Arc::clone(&rules_status))
                 .await
                 .map_err(|source| ServicesError::Bind {
                     addr: api_config.listen,

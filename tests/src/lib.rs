@@ -140,6 +140,7 @@ impl Plant {
                 url: db.urls.app_url.clone(),
                 owner_url: None,
                 max_connections: 5,
+                list_connections: 2,
             },
             api: Some(api),
             // Tests share one broker: each ingest takes only its own tenants' topics.

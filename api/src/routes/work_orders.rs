@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
-use sqlx::{Column as _, FromRow, PgConnection, Postgres, QueryBuilder, Row as _};
+use sqlx::{Column as _, FromRow, PgConnection, Postgres, Row as _};
 use uuid::Uuid;
 
 use crate::api_keys::Scope;
@@ -34,6 +34,7 @@ use crate::auth::{AuthUser, Caller};
 use crate::error::{ApiError, Body, FieldErrors};
 use crate::events;
 use crate::inventory::Movement;
+use crate::list_db::Sql;
 use crate::permissions::Permission;
 use crate::routes::parts::{self, MoveContext};
 use crate::routes::{SizedJson, rfc3339};
@@ -99,11 +100,14 @@ const COLUMNS: &str = "id, asset_id, title, description, priority, status, work_
      (closed_at IS NULL AND due_at < now()) AS overdue, started_at, resolution, closed_at, \
      auto_close_at, repeat_of, created_at, updated_at";
 
+/// A [`WorkOrder`] from a row of [`COLUMNS`], of either driver (sqlx's `PgRow`, or
+/// tokio-postgres's `Row` for the list: see [`crate::list_db`]); both name the same methods.
 /// By position rather than by name: looking each column's name up, for every row of a list,
 /// showed in the list benchmark's profile. Types are still checked; the names are checked
 /// against [`COLUMNS`] in debug builds (the tests).
-impl<'r> FromRow<'r, PgRow> for WorkOrder {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+macro_rules! work_order_from_row {
+    ($row:expr) => {{
+        let row = $row;
         // Each column's name is the last word of its entry in COLUMNS (`... AS overdue`).
         debug_assert!(
             row.columns().iter().map(|column| column.name()).eq(COLUMNS
@@ -111,7 +115,7 @@ impl<'r> FromRow<'r, PgRow> for WorkOrder {
                 .filter_map(|c| c.split_whitespace().last())),
             "the work-order query selects COLUMNS"
         );
-        Ok(WorkOrder {
+        WorkOrder {
             id: row.try_get(0)?,
             asset_id: row.try_get(1)?,
             title: row.try_get(2)?,
@@ -136,7 +140,20 @@ impl<'r> FromRow<'r, PgRow> for WorkOrder {
             repeat_of: row.try_get(21)?,
             created_at: row.try_get(22)?,
             updated_at: row.try_get(23)?,
-        })
+        }
+    }};
+}
+
+impl<'r> FromRow<'r, PgRow> for WorkOrder {
+    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+        Ok(work_order_from_row!(row))
+    }
+}
+
+impl WorkOrder {
+    /// A row of the list's connections ([`crate::list_db`]).
+    fn from_list_row(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(work_order_from_row!(row))
     }
 }
 
@@ -516,7 +533,7 @@ impl Filter {
     /// conditions, the cursor's, the order and the limit (one more row than a page, to tell
     /// whether another page follows). `own` is the requester a caller who sees only their own
     /// requests is.
-    fn push(&self, q: &mut QueryBuilder<'_, Postgres>, tenant: Uuid, me: Uuid, own: Option<Uuid>) {
+    fn push(&self, q: &mut Sql, tenant: Uuid, me: Uuid, own: Option<Uuid>) {
         if let Some(asset) = self.subtree_in_order() {
             self.push_subtree_page(q, tenant, me, own, asset);
             return;
@@ -556,7 +573,7 @@ impl Filter {
     /// again, which took a machine's list from 0.17 to 0.56 ms in `EXPLAIN ANALYZE`.
     fn push_subtree_page(
         &self,
-        q: &mut QueryBuilder<'_, Postgres>,
+        q: &mut Sql,
         tenant: Uuid,
         me: Uuid,
         own: Option<Uuid>,
@@ -596,7 +613,7 @@ impl Filter {
 
     /// The status condition; `open` is the condition, on the queried table, that holds
     /// exactly for open work orders (the partial indexes over open ones are defined by it).
-    fn push_status(&self, q: &mut QueryBuilder<'_, Postgres>, open: &str) {
+    fn push_status(&self, q: &mut Sql, open: &str) {
         if let Some(status) = &self.status {
             q.push(" AND status = ANY(")
                 .push_bind(status.clone())
@@ -628,13 +645,7 @@ impl Filter {
     }
 
     /// The filters on columns only `work_orders` holds (see [`Filter::has_row_filters`]).
-    fn push_row_filters(
-        &self,
-        q: &mut QueryBuilder<'_, Postgres>,
-        tenant: Uuid,
-        me: Uuid,
-        own: Option<Uuid>,
-    ) {
+    fn push_row_filters(&self, q: &mut Sql, tenant: Uuid, me: Uuid, own: Option<Uuid>) {
         if let Some(own) = own {
             q.push(" AND requested_by = ").push_bind(own);
         }
@@ -703,7 +714,7 @@ impl Filter {
         }
     }
 
-    fn push_created(&self, q: &mut QueryBuilder<'_, Postgres>) {
+    fn push_created(&self, q: &mut Sql) {
         if let Some(after) = self.created_after {
             q.push(" AND created_at >= ").push_bind(after);
         }
@@ -713,7 +724,7 @@ impl Filter {
     }
 
     /// Where the previous page ended; `id` names the work order's id column.
-    fn push_cursor(&self, q: &mut QueryBuilder<'_, Postgres>, id: &str) {
+    fn push_cursor(&self, q: &mut Sql, id: &str) {
         if let Some(c) = &self.cursor {
             match self.sort {
                 Sort::Newest => q.push(" AND (created_at, ").push(id).push(") < ("),
@@ -755,7 +766,7 @@ impl Filter {
 
 /// `select` (an open `SELECT` list) of the rows of `work_order_ancestors` for `asset`'s
 /// subtree, one per work order at or below it; the caller may add conditions and closes it.
-fn push_subtree(q: &mut QueryBuilder<'_, Postgres>, select: &str, tenant: Uuid, asset: Uuid) {
+fn push_subtree(q: &mut Sql, select: &str, tenant: Uuid, asset: Uuid) {
     q.push(select)
         .push(" FROM work_order_ancestors WHERE tenant_id = ")
         .push_bind(tenant)
@@ -801,12 +812,15 @@ pub async fn list(
     let filter = q.check()?;
     let auth = reader(caller)?;
     let tenant = auth.tenant.as_uuid();
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM "));
+    let mut query = Sql::new(format!("SELECT {COLUMNS} FROM "));
     let own = auth.sees_only_own_work_orders().then_some(auth.user);
     filter.push(&mut query, tenant, auth.user, own);
-    let mut tx = migrations::begin_tenant_list(&state.pool, tenant).await?;
-    let mut items: Vec<WorkOrder> = query.build_query_as().fetch_all(&mut *tx).await?;
-    migrations::end_read(tx);
+    let rows = state.lists.read(tenant, &query).await?;
+    let mut items = rows
+        .iter()
+        .map(WorkOrder::from_list_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("a work-order row")))?;
     let more = items.len() as i64 > filter.limit;
     items.truncate(filter.limit as usize);
     let next_cursor = more

@@ -709,6 +709,7 @@ async fn run(args: &Args, clients: &Clients) -> anyhow::Result<serde_json::Value
             url: urls.app_url.clone(),
             owner_url: None,
             max_connections: 10,
+            list_connections: 2,
         },
         api: None,
         ingest: Some(ingest::IngestConfig::new(mosquitto.url.clone())),

@@ -203,6 +203,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
             url: urls.app_url.clone(),
             owner_url: None,
             max_connections: args.pool,
+            list_connections: args.pool,
         },
         api: Some(api),
         ingest: None,

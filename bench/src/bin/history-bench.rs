@@ -225,6 +225,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
             url: urls.app_url.clone(),
             owner_url: None,
             max_connections: 4,
+            list_connections: 2,
         },
         api: Some(api),
         ingest: None,
