@@ -15,7 +15,7 @@
 //! so the list always runs inside the tenant's transaction. Should the setting fail, the
 //! transaction is aborted and the list fails with it; were it missing, row-level security
 //! would show no rows (and the list filters by tenant itself). The `ROLLBACK` is sent whatever
-//! happens to the other two, and a connection any of the three failed on is not reused.
+//! happens to the other two; a connection whose `ROLLBACK` did not succeed is not reused.
 //!
 //! The connections run every prepared statement with its generic plan (`plan_cache_mode`), and
 //! without parallel workers or JIT, as the service pool does: the list's plan follows from its
@@ -117,13 +117,7 @@ impl ListPool {
         if client.statement_cache.size() >= MAX_STATEMENTS {
             client.statement_cache.clear();
         }
-        let statement = match client.prepare_cached(&sql.text).await {
-            Ok(statement) => statement,
-            Err(e) => {
-                let _ = deadpool_postgres::Object::take(client);
-                return Err(from_db(e));
-            }
-        };
+        let statement = client.prepare_cached(&sql.text).await.map_err(from_db)?;
         let begin = migrations::tenant_read_begin(tenant);
         let params = sql.params();
         // In this order, all three sent in join3's first poll; see the module's documentation.
@@ -133,12 +127,15 @@ impl ListPool {
             client.batch_execute("ROLLBACK"),
         )
         .await;
-        let e = match (begun, rows, ended) {
-            (Ok(()), Ok(rows), Ok(())) => return Ok(rows),
-            (Err(e), _, _) | (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => e,
-        };
-        let _ = deadpool_postgres::Object::take(client);
-        Err(from_db(e))
+        if ended.is_err() {
+            // The transaction may still be open: the connection is not handed out again.
+            // (When the ROLLBACK succeeded, whatever failed before it, nothing is left.)
+            drop(deadpool_postgres::Object::take(client));
+        }
+        match (begun, rows, ended) {
+            (Ok(()), Ok(rows), Ok(())) => Ok(rows),
+            (Err(e), _, _) | (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => Err(from_db(e)),
+        }
     }
 }
 
