@@ -14,7 +14,9 @@ fi
 if [ "$what" = ingest ] || [ "$what" = all ]; then
     echo "== ingest end to end vs raw COPY, 10,000 tags"
     MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-    target/release/ingest-bench --mosquitto "$MOSQUITTO"
+    # WAL buffers as docs/CONFIGURATION.md recommends for ingest (PostgreSQL's default is 4 MB
+    # with the default shared_buffers); both the ingest and the raw COPY runs use them.
+    target/release/ingest-bench --mosquitto "$MOSQUITTO" --pg-setting wal_buffers=64MB
 fi
 if [ "$what" = history ] || [ "$what" = all ]; then
     echo "== readings layout at 100M rows: one tag over 24 h in 1,000 points, COPY empty vs full"

@@ -37,6 +37,38 @@ struct Args {
     /// Store writers of the consumer (`ingest.writers`); its default when not given.
     #[arg(long)]
     writers: Option<usize>,
+    /// A PostgreSQL server setting, `name=value` (e.g. `max_wal_size=4GB`), made with `ALTER
+    /// SYSTEM` before the run, which restarts the cluster to apply it; repeat for several.
+    /// The output lists them. Without any, the server runs on PostgreSQL's defaults.
+    #[arg(long = "pg-setting", value_parser = parse_setting)]
+    pg_settings: Vec<(String, String)>,
+    /// Copy PostgreSQL's log here at the end (with `--pg-setting log_autovacuum_min_duration=0`
+    /// it shows what the server did in the background during the paced run, whose start and
+    /// end are printed to stderr).
+    #[arg(long)]
+    server_log: Option<std::path::PathBuf>,
+}
+
+/// `name=value`, both of the characters setting names and plain values use, so that they can
+/// be written into `ALTER SYSTEM` as they are.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write a setting as name=value"))?;
+    let plain = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+    };
+    if !plain(name, &['.']) {
+        return Err(format!("{name:?} is not a setting name"));
+    }
+    if !plain(value, &['.', '-']) {
+        return Err(format!(
+            "{value:?}: a value may hold letters, digits, '_', '.' and '-' only"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 async fn wait_stored(
@@ -70,7 +102,21 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     maintainpro_bench::log_warnings_to_stderr();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
-    let (cluster, urls) = maintainpro_bench::migrated_cluster().await?;
+    let (mut cluster, urls) = maintainpro_bench::migrated_cluster().await?;
+    if !args.pg_settings.is_empty() {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.admin_url())
+            .await?;
+        for (name, value) in &args.pg_settings {
+            sqlx::raw_sql(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+                .execute(&admin)
+                .await?;
+        }
+        admin.close().await;
+        cluster.restart().await?;
+        eprintln!("PostgreSQL restarted with {:?}", args.pg_settings);
+    }
     let defaults = IngestConfig::new("");
     let writers = args.writers.unwrap_or(defaults.writers);
     // The writers, and one for the decode stage's look-ups.
@@ -226,8 +272,10 @@ async fn main() -> anyhow::Result<()> {
     };
     stats.receipt_to_commit.reset();
     eprintln!(
-        "paced run: {:.0} readings/s for {:?}",
-        args.paced_rate, args.paced_for
+        "paced run: {:.0} readings/s for {:?}, from {}",
+        args.paced_rate,
+        args.paced_for,
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
     );
     let started = Instant::now();
     let paced_report = publish(&paced).await?;
@@ -238,6 +286,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let paced_rate = paced_report.readings as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "paced run stored by {}",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    );
     let p50 = stats.receipt_to_commit.quantile(0.50);
     let p99 = stats.receipt_to_commit.quantile(0.99);
 
@@ -246,6 +298,9 @@ async fn main() -> anyhow::Result<()> {
     ingest.await??;
     drop(mosquitto);
     pool.close().await;
+    if let Some(to) = &args.server_log {
+        std::fs::copy(cluster.root_dir().join("server.log"), to)?;
+    }
     cluster.stop().await;
 
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
@@ -254,6 +309,11 @@ async fn main() -> anyhow::Result<()> {
         serde_json::json!({
             "tags": args.tags,
             "writers": writers,
+            "pg_settings": args
+                .pg_settings
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>(),
             "readings_per_batch": args.readings_per_batch,
             "throughput_readings": report.readings,
             "end_to_end_readings_per_s": e2e_rate.round(),
