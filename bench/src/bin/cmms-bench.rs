@@ -123,6 +123,36 @@ FROM generate_series($3::int, $4::int) i,
                           ELSE 'cancelled' END AS status) s;
 ";
 
+/// Sends `GET /api/v1/work-orders?{query}` `times` times, one at a time: the latency summary,
+/// with how many items the last answer held.
+async fn serial_cost(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    times: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let mut took = Vec::new();
+    let mut items = 0;
+    for _ in 0..times {
+        let sent = Instant::now();
+        let res = http
+            .get(format!("{base}/api/v1/work-orders?{query}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        anyhow::ensure!(res.status() == 200, "{query}: {}", res.status());
+        let body = res.bytes().await?;
+        took.push(sent.elapsed());
+        items = serde_json::from_slice::<serde_json::Value>(&body)?["items"]
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    let mut summary = maintainpro_bench::latency_summary(&mut took);
+    summary["items"] = json!(items);
+    Ok(summary)
+}
+
 async fn seed(pool: &sqlx::PgPool, tenant: Uuid, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     anyhow::ensure!(
@@ -276,22 +306,26 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
     // One client, one request at a time: what each query costs when nothing else runs.
     let mut serial = serde_json::Map::new();
     for (name, q) in queries.iter() {
-        let mut took = Vec::new();
-        for _ in 0..args.serial {
-            let sent = Instant::now();
-            let res = http
-                .get(format!("{base}/api/v1/work-orders?{q}"))
-                .bearer_auth(&token)
-                .send()
-                .await?;
-            anyhow::ensure!(res.status() == 200, "{name}: {}", res.status());
-            res.bytes().await?;
-            took.push(sent.elapsed());
-        }
-        serial.insert(
-            (*name).to_owned(),
-            maintainpro_bench::latency_summary(&mut took),
-        );
+        let cost = serial_cost(&http, &base, &token, q, args.serial).await?;
+        serial.insert((*name).to_owned(), cost);
+    }
+    // Searches for one work order by its number (a word in no other title): measured the
+    // same way but 20 times each (each takes up to a second), and not part of the load's mix.
+    let number = args.work_orders / 2 / 10_000 * 10_000 + 5; // an open one (see WORK_ORDERS)
+    let mut searches = serde_json::Map::new();
+    for (name, q) in [
+        (
+            "one work order by number, open",
+            format!("q={number}&status=open_any&limit=50"),
+        ),
+        (
+            "one work order by number, any status",
+            format!("q={number}&limit=50"),
+        ),
+    ] {
+        let mut cost = serial_cost(&http, &base, &token, &q, args.serial.min(20)).await?;
+        cost["query"] = json!(q);
+        searches.insert(name.to_owned(), cost);
     }
 
     eprintln!(
@@ -375,6 +409,7 @@ async fn run(args: &Args, clients: &Runtime) -> anyhow::Result<serde_json::Value
         "errors": errors,
         "latency": maintainpro_bench::latency_summary(&mut overall),
         "per_query": per_query,
+        "searches_serial_only": searches,
         "baselines": baseline,
     });
     services.stop().await;
