@@ -44,8 +44,9 @@
 //! - [`app`]: builds the router and serves it until shutdown.
 //!
 //! Every query on tenant data runs in a transaction that set the tenant for row-level security
-//! (`migrations::begin_tenant`, or the same statements sent by [`list_db`]); the application also filters by tenant itself, so isolation
-//! holds twice. Internal error details never reach an HTTP response.
+//! (`migrations::begin_tenant`, or the same statements sent by [`list_db`]); the application
+//! also filters by tenant itself, so isolation holds twice. Internal error details never reach
+//! an HTTP response.
 
 pub mod api_keys;
 pub mod app;

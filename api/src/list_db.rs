@@ -18,7 +18,8 @@
 //! happens to the other two; a connection whose `ROLLBACK` did not succeed is not reused.
 //!
 //! The connections run every prepared statement with its generic plan (`plan_cache_mode`), and
-//! without parallel workers or JIT, as the service pool does: the list's plan follows from its
+//! with the service pool's settings (`migrations::SERVICE_SETTINGS`: no parallel workers, no
+//! JIT): the list's plan follows from its
 //! shape (an ordered index walk up to the page's end), not from its values.
 //!
 //! [`Sql`] builds a statement's text and parameters; [`ListPool::read`] runs it.
@@ -40,10 +41,6 @@ const MAX_STATEMENTS: usize = 200;
 
 /// How long a request waits for a connection, or for a new one to be made, before it fails.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The connection settings of the list's connections (see the module's documentation).
-const SETTINGS: &str =
-    "-c plan_cache_mode=force_generic_plan -c max_parallel_workers_per_gather=0 -c jit=off";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListPoolError {
@@ -78,11 +75,15 @@ impl ListPool {
     /// string, as the service pool's).
     pub fn new(url: &str, size: usize) -> Result<Self, ListPoolError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(ListPoolError::Url)?;
-        let options = match config.get_options() {
-            Some(own) if !own.is_empty() => format!("{own} {SETTINGS}"),
-            _ => SETTINGS.to_owned(),
-        };
-        config.options(&options);
+        // The URL's own options first, then the services' settings and the generic plans.
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        let settings = migrations::SERVICE_SETTINGS
+            .into_iter()
+            .chain([("plan_cache_mode", "force_generic_plan")]);
+        for (name, value) in settings {
+            let _ = write!(options, " -c {name}={value}");
+        }
+        config.options(options.trim_start());
         if config.get_application_name().is_none() {
             config.application_name("maintainpro-lists");
         }

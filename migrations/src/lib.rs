@@ -18,6 +18,8 @@
 //!   leave the process.
 //! - `urls.rs`: [`DatabaseUrls`], the per-role URLs derived from the admin URL.
 //! - `migrate.rs`: [`migrate`] and [`StorageLayout`], run as the owner.
+//! - `lib.rs` itself: the roles' names and [`SERVICE_SETTINGS`], the services' connection
+//!   settings.
 //! - `tenant.rs`: [`begin_tenant`], the transaction every tenant-scoped query runs in, and
 //!   [`tenant_read_begin`], the same scope's statements for a client that sends them itself.
 //! - `sql.rs`: quoting of identifiers and literals for statements that take no parameters.
@@ -59,3 +61,12 @@ pub const APP_ROLE: &str = "maintainpro_app";
 
 /// The role that owns the database and every object in it, and runs the migrations.
 pub const OWNER_ROLE: &str = "maintainpro_owner";
+
+/// The server settings of the services' connections (the shared pool and the work-order list's
+/// own). Their statements are short (a page of a list, a batch of readings, a work order's
+/// effects) and run many at a time: a parallel plan forks worker processes for each execution
+/// and JIT compiles each one, both of which cost more than the statement under concurrent load
+/// (the work-order list benchmark spent most of the database's CPU starting parallel workers
+/// before these were turned off). Long analytical work (backtests) runs on pools of its own.
+pub const SERVICE_SETTINGS: [(&str, &str); 2] =
+    [("max_parallel_workers_per_gather", "0"), ("jit", "off")];

@@ -64,8 +64,9 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// A test's switch that breaks the application's tenant filter on purpose: inside
-/// [`rls_probe::DATABASE_TENANT`]'s scope, once a value is set, every [`begin_tenant`] and [`tenant_read_begin`] sets
-/// that tenant for row-level security whatever tenant the application asked for. A request
+/// [`rls_probe::DATABASE_TENANT`]'s scope, once a value is set, every [`begin_tenant`] and
+/// [`tenant_read_begin`] sets that tenant for row-level security whatever tenant the
+/// application asked for. A request
 /// whose handlers filter by another tenant's id then reaches that tenant's rows only if the
 /// policies let it. Compiled only with the `rls-probe` feature.
 #[cfg(feature = "rls-probe")]

@@ -19,15 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Role, ServerConfig};
 use crate::rules_task::{self, RulesSource, RulesStats};
 
-/// The connection options of the service pool. Its statements are short (a page of a list,
-/// a batch of readings, a work order's effects) and run many at a time: a parallel plan forks
-/// worker processes for each execution and JIT compiles each one, both of which cost more
-/// than the statement under concurrent load (the work-order list benchmark spent most of the
-/// database's CPU starting parallel workers before these were turned off). Long analytical
-/// work (backtests) runs on pools of its own.
+/// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]).
 fn oltp_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-    Ok(options.options([("max_parallel_workers_per_gather", "0"), ("jit", "off")]))
+    Ok(options.options(migrations::SERVICE_SETTINGS))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -133,7 +133,7 @@ async fn serial_cost(
     times: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let mut took = Vec::new();
-    let mut items = 0;
+    let mut body = Default::default();
     for _ in 0..times {
         let sent = Instant::now();
         let res = http
@@ -142,12 +142,16 @@ async fn serial_cost(
             .send()
             .await?;
         anyhow::ensure!(res.status() == 200, "{query}: {}", res.status());
-        let body = res.bytes().await?;
+        body = res.bytes().await?;
         took.push(sent.elapsed());
-        items = serde_json::from_slice::<serde_json::Value>(&body)?["items"]
-            .as_array()
-            .map_or(0, Vec::len);
     }
+    let items = if body.is_empty() {
+        0
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&body)?["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
     let mut summary = maintainpro_bench::latency_summary(&mut took);
     summary["items"] = json!(items);
     Ok(summary)
