@@ -67,7 +67,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use model::sparkplug::{self, MessageType, NodeSession};
+use model::sparkplug::{self, MessageType, NodeSession, SessionChange};
 use model::topic::Format;
 use model::wire::Batch;
 use model::{GatewayId, Quality, TenantId, Timestamp};
@@ -82,7 +82,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::IngestConfig;
 use crate::copy::{self, Row};
 use crate::directory::{Directory, Resolved};
-use crate::store::{DeadLetter, Item, PgStore, StoreError, Written};
+use crate::store::{BirthRecord, DeadLetter, Item, PgStore, StoreError, Written};
 
 /// A reading on its way to the rules engine, handed over before it is stored.
 #[derive(Debug, Clone)]
@@ -257,6 +257,7 @@ impl Consumer {
                 client: client.clone(),
                 nodes: HashMap::new(),
                 rebirths: sparkplug::RebirthRequests::default(),
+                version: 0,
             }
             .run(received_rx, decoded_tx, stop_intake.clone()),
         ));
@@ -320,10 +321,31 @@ struct DecodeStage {
     rules: Option<mpsc::Sender<Vec<RuleInput>>>,
     /// Publishes Sparkplug B rebirth requests.
     client: AsyncClient,
-    /// Sparkplug B edge nodes by (tenant, gateway).
-    nodes: HashMap<(TenantId, GatewayId), NodeSession>,
+    /// Sparkplug B edge nodes by (tenant, gateway), each restored from its kept births at its
+    /// first message since the start.
+    nodes: HashMap<(TenantId, GatewayId), Followed>,
     /// When each Sparkplug node was last asked for a rebirth.
     rebirths: sparkplug::RebirthRequests,
+    /// The version of the last Sparkplug birth record ([`BirthRecord::version`]): the receipt
+    /// time in microseconds, kept increasing, and above every version of the births restored.
+    version: i64,
+}
+
+/// A Sparkplug B node ingest follows: its session, and the version of its current birth (what
+/// the records of its devices' births and deaths belong to).
+#[derive(Debug)]
+struct Followed {
+    session: NodeSession,
+    born: i64,
+}
+
+impl Default for Followed {
+    fn default() -> Self {
+        Self {
+            session: NodeSession::new(""),
+            born: 0,
+        }
+    }
 }
 
 /// What a message's topic and bytes gave, before any database lookup.
@@ -338,6 +360,9 @@ enum Decoding {
         /// The reason and detail of what a decodable message lost (Sparkplug metrics that
         /// could not be read); the message is also kept as a dead letter.
         partial: Option<(&'static str, String)>,
+        /// What a Sparkplug B birth or death changed in its node's kept births (boxed: few
+        /// messages have one).
+        birth: Option<Box<BirthRecord>>,
     },
 }
 
@@ -360,6 +385,9 @@ impl DecodeStage {
             queue_depth("decode", received.len());
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_ingest_messages_total").increment(1);
+            if !self.restore_node(&publish, &stop_intake).await {
+                break; // stopped while the database was down: not stored, so not acked
+            }
             let decoding = self.decode(&publish);
             let Some((item, mut inputs)) = self
                 .prepare_with_retry(&publish, &decoding, &stop_intake)
@@ -411,14 +439,9 @@ impl DecodeStage {
             match self.prepare(publish, decoding).await {
                 Ok(prepared) => return Some(prepared),
                 Err(e) if e.is_transient() => {
-                    count_retry();
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the message");
-                    tokio::select! {
-                        _ = stop_intake.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !self.wait_to_retry(&e, &mut backoff, stop_intake).await {
+                        return None;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
@@ -426,6 +449,97 @@ impl DecodeStage {
                 }
             }
         }
+    }
+
+    /// Counts a transient error and waits `backoff` (doubled for the next time, up to 5 s).
+    /// `false` when intake stops meanwhile.
+    async fn wait_to_retry(
+        &self,
+        error: &StoreError,
+        backoff: &mut Duration,
+        stop_intake: &CancellationToken,
+    ) -> bool {
+        count_retry();
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %error, retry_in = ?*backoff, "database unavailable; holding the message");
+        tokio::select! {
+            _ = stop_intake.cancelled() => return false,
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        true
+    }
+
+    /// At the first message of a Sparkplug B node since the start, restores the node's
+    /// session from the births kept in the database, retrying while the database is
+    /// unavailable. A node without kept births (or whose gateway is not registered) starts
+    /// unborn. `false` when intake stops while the database is down.
+    async fn restore_node(&mut self, publish: &Publish, stop_intake: &CancellationToken) -> bool {
+        if !publish.topic.starts_with(sparkplug::NAMESPACE) {
+            return true;
+        }
+        let Ok(key) = sparkplug::Topic::parse(&publish.topic)
+            .map_err(|e| e.to_string())
+            .and_then(|topic| node_key(&topic))
+        else {
+            return true;
+        };
+        if self.nodes.contains_key(&key) {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.kept_births(&key).await {
+                Ok(followed) => {
+                    self.nodes.insert(key, followed);
+                    return true;
+                }
+                Err(e) if e.is_transient() => {
+                    if !self.wait_to_retry(&e, &mut backoff, stop_intake).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, topic = %publish.topic, "cannot read the node's kept births; it is read from its next birth");
+                    self.nodes.insert(key, Followed::default());
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// The session of a Sparkplug B node as its kept births left it.
+    async fn kept_births(
+        &mut self,
+        (tenant, gateway): &(TenantId, GatewayId),
+    ) -> Result<Followed, StoreError> {
+        let id = match self
+            .directory
+            .resolve(self.store.pool(), *tenant, gateway, &[])
+            .await?
+        {
+            Resolved::Gateway(entry) => entry.id,
+            Resolved::UnknownGateway { .. } => return Ok(Followed::default()),
+        };
+        let Some(kept) = self.store.load_births(tenant.as_uuid(), id).await? else {
+            return Ok(Followed::default());
+        };
+        self.version = self.version.max(kept.latest);
+        let Some(birth) = kept.born else {
+            return Ok(Followed::default());
+        };
+        tracing::info!(%tenant, gateway = gateway.as_str(), devices = birth.devices.len(), "Sparkplug node restored from its kept births");
+        Ok(Followed {
+            session: NodeSession::restore(
+                "",
+                &birth.node,
+                birth
+                    .devices
+                    .iter()
+                    .map(|(d, bytes)| (d.as_str(), &bytes[..])),
+            ),
+            born: birth.version,
+        })
     }
 
     /// Reads a message's topic and bytes, once per delivery (a Sparkplug B session moves on
@@ -450,6 +564,7 @@ impl DecodeStage {
             gateway,
             batch,
             partial: None,
+            birth: None,
         }
     }
 
@@ -460,31 +575,36 @@ impl DecodeStage {
             Ok(t) => t,
             Err(e) => return Decoding::BadTopic(e.to_string()),
         };
-        if matches!(topic.kind, MessageType::NCmd | MessageType::DCmd) {
-            return Decoding::BadTopic(format!(
-                "{topic}: commands carry no readings; subscribe to births, data and deaths only"
-            ));
-        }
-        let Ok(tenant) = TenantId::parse(&topic.group) else {
-            return Decoding::BadTopic(format!(
-                "{topic}: the Sparkplug group id {:?} is not a tenant id; ingest reads group ids as tenant UUIDs",
-                topic.group
-            ));
-        };
-        let gateway = match GatewayId::parse(topic.edge_node.as_str()) {
-            Ok(g) => g,
-            Err(e) => {
-                return Decoding::BadTopic(format!(
-                    "{topic}: the edge node id is not a gateway code: {e}"
-                ));
-            }
+        let (tenant, gateway) = match node_key(&topic) {
+            Ok(key) => key,
+            Err(detail) => return Decoding::BadTopic(detail),
         };
         let received = Timestamp::now();
-        let outcome = self
-            .nodes
-            .entry((tenant, gateway.clone()))
-            .or_insert_with(|| NodeSession::new(""))
-            .on_message(&topic, &publish.payload, received);
+        let node = self.nodes.entry((tenant, gateway.clone())).or_default();
+        let outcome = node.session.on_message(&topic, &publish.payload, received);
+        let birth = outcome.change.as_ref().map(|change| {
+            // Later than every record before it, whatever the clock did.
+            self.version = (self.version + 1).max(received.as_micros());
+            let version = self.version;
+            // The node's own records are of the birth they make or end.
+            let (device, node_version, payload) = match change {
+                SessionChange::NodeBorn => {
+                    node.born = version;
+                    (String::new(), version, Some(publish.payload.clone()))
+                }
+                SessionChange::NodeDied => (String::new(), version, None),
+                SessionChange::DeviceBorn(d) => {
+                    (d.clone(), node.born, Some(publish.payload.clone()))
+                }
+                SessionChange::DeviceDied(d) => (d.clone(), node.born, None),
+            };
+            Box::new(BirthRecord {
+                device,
+                version,
+                node_version,
+                payload,
+            })
+        });
         for p in &outcome.problems {
             metrics::counter!("maintainpro_ingest_sparkplug_problems_total", "reason" => p.reason())
                 .increment(1);
@@ -527,6 +647,7 @@ impl DecodeStage {
             gateway,
             batch,
             partial,
+            birth,
         }
     }
 
@@ -565,14 +686,15 @@ impl DecodeStage {
                 Vec::new(),
             )
         };
-        let (tenant, gateway, decoded, partial) = match decoding {
+        let (tenant, gateway, decoded, partial, birth) = match decoding {
             Decoding::BadTopic(detail) => return Ok(dead(None, "bad_topic", detail.clone())),
             Decoding::Batch {
                 tenant,
                 gateway,
                 batch,
                 partial,
-            } => (*tenant, gateway, batch, partial),
+                birth,
+            } => (*tenant, gateway, batch, partial, birth),
         };
         let batch = match decoded {
             Ok(b) => b,
@@ -694,6 +816,7 @@ impl DecodeStage {
                 seq,
                 rows,
                 rejected,
+                birth: birth.as_deref().cloned(),
             },
             inputs,
         ))
@@ -911,6 +1034,25 @@ impl StoreStage {
             }
         }
     }
+}
+
+/// The tenant and gateway of a Sparkplug B node or device topic (group id = tenant UUID, edge
+/// node id = gateway code), or why the topic is not one ingest reads.
+fn node_key(topic: &sparkplug::Topic) -> Result<(TenantId, GatewayId), String> {
+    if matches!(topic.kind, MessageType::NCmd | MessageType::DCmd) {
+        return Err(format!(
+            "{topic}: commands carry no readings; subscribe to births, data and deaths only"
+        ));
+    }
+    let Ok(tenant) = TenantId::parse(&topic.group) else {
+        return Err(format!(
+            "{topic}: the Sparkplug group id {:?} is not a tenant id; ingest reads group ids as tenant UUIDs",
+            topic.group
+        ));
+    };
+    let gateway = GatewayId::parse(topic.edge_node.as_str())
+        .map_err(|e| format!("{topic}: the edge node id is not a gateway code: {e}"))?;
+    Ok((tenant, gateway))
 }
 
 /// The dead letter of a message the database refuses for good.

@@ -6,13 +6,14 @@
 //! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
 //! - [`latency`]: the receipt-to-commit latency histogram.
 //! - [`store`]: the PostgreSQL side: one transaction per group of messages with the batch
-//!   ledger, dead letters, partition upkeep.
+//!   ledger, dead letters and the kept Sparkplug B births; partition upkeep.
 //! - [`recent`]: recent stored readings read back, tenant by tenant, to warm up a fresh
 //!   rules engine.
 //! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
 //!   pipeline of three tasks joined by bounded queues: the driver (the broker connection), the
-//!   decode stage (decode, resolve, hand the readings to the rules at once) and the store stage
-//!   (group, write, then ack).
+//!   decode stage (decode, resolve, hand the readings to the rules at once; restore a Sparkplug
+//!   B node's session from its kept births at its first message) and the store stage (group,
+//!   write, then ack).
 //!
 //! Ingest acknowledges an MQTT message only after what it carried is committed: stored readings
 //! or a dead letter. It never writes a batch twice: (gateway, seq) is recorded in the same

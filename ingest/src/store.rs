@@ -7,6 +7,10 @@
 //! up with the database: one commit (one WAL flush) serves many messages. Several groups may be
 //! written at once, on separate connections; the ledger's unique key settles a batch that two
 //! of them carry (the second waits for the first to commit or roll back).
+//!
+//! The births of Sparkplug B nodes (`sparkplug_births`) go in the same transaction as the
+//! birth or death that changed them, and are read back when ingest first meets a node after
+//! a start ([`PgStore::load_births`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -53,17 +57,53 @@ pub struct DeadLetter {
     pub payload: bytes::Bytes,
 }
 
+/// What a Sparkplug B birth or death changed in the births kept for its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BirthRecord {
+    /// The device, or empty for the node itself.
+    pub device: String,
+    /// The order ingest read the message in: of two records of one node or device, the one
+    /// with the higher version stands, whichever transaction commits last.
+    pub version: i64,
+    /// The version of the node's birth the record belongs to (for the node, its own).
+    pub node_version: i64,
+    /// The birth's bytes, or `None` for a death.
+    pub payload: Option<bytes::Bytes>,
+}
+
+/// The births kept for one Sparkplug B node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptBirths {
+    /// The highest version of any of the node's records: later records must be numbered
+    /// above it.
+    pub latest: i64,
+    /// The node's current birth, `None` when the node died or was never born.
+    pub born: Option<CurrentBirth>,
+}
+
+/// A node's current birth and the births of the devices born under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentBirth {
+    pub version: i64,
+    pub node: bytes::Bytes,
+    /// `(device, bytes)`, by device.
+    pub devices: Vec<(String, bytes::Bytes)>,
+}
+
 /// One message, ready to store.
 #[derive(Debug, Clone)]
 pub enum Item {
     /// A decoded batch: its ledger key, its rows, and the dead letter for the part of it that
-    /// could not be stored (readings of unknown tags), if any.
+    /// could not be stored (readings of unknown tags), if any. `birth` is what a Sparkplug B
+    /// message changed in its node's births: written also when the batch is a duplicate,
+    /// since the message was read again and moved the node's session again.
     Batch {
         tenant: Uuid,
         gateway: Uuid,
         seq: i64,
         rows: Vec<Row>,
         rejected: Option<DeadLetter>,
+        birth: Option<BirthRecord>,
     },
     Dead(DeadLetter),
 }
@@ -179,6 +219,7 @@ impl PgStore {
                     Item::Batch { .. } => {}
                 }
             }
+            write_births(&mut tx, *tenant, indexes.iter().map(|&i| &items[i])).await?;
         }
         if !fresh_rows.is_empty() {
             let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
@@ -189,6 +230,46 @@ impl PgStore {
         Ok(outcome)
     }
 
+    /// The births kept for the node `gateway` of `tenant`, `None` when it has none.
+    pub async fn load_births(
+        &self,
+        tenant: Uuid,
+        gateway: Uuid,
+    ) -> Result<Option<KeptBirths>, StoreError> {
+        let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
+        let rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT device, version, node_version, payload FROM sparkplug_births
+             WHERE gateway_id = $1",
+        )
+        .bind(gateway)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some(latest) = rows.iter().map(|r| r.1).max() else {
+            return Ok(None);
+        };
+        let node = rows
+            .iter()
+            .find(|(device, ..)| device.is_empty())
+            .and_then(|(_, version, _, payload)| Some((*version, payload.clone()?)));
+        let born = node.map(|(node_version, bytes)| {
+            let mut devices: Vec<(String, bytes::Bytes)> = rows
+                .iter()
+                .filter(|(device, _, of, _)| !device.is_empty() && *of == node_version)
+                .filter_map(|(device, _, _, payload)| {
+                    Some((device.clone(), bytes::Bytes::from(payload.clone()?)))
+                })
+                .collect();
+            devices.sort();
+            CurrentBirth {
+                version: node_version,
+                node: bytes::Bytes::from(bytes),
+                devices,
+            }
+        });
+        Ok(Some(KeptBirths { latest, born }))
+    }
+
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.
     pub async fn ensure_partitions(&self) -> Result<i32, StoreError> {
         let created: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(7, 3)")
@@ -196,6 +277,63 @@ impl PgStore {
             .await?;
         Ok(created)
     }
+}
+
+/// Writes the birth records of one tenant's items: per node and device the latest, in key
+/// order (so that two groups never wait for each other), each replacing a stored one only if
+/// it is later.
+async fn write_births<'a>(
+    conn: &mut sqlx::PgConnection,
+    tenant: Option<Uuid>,
+    items: impl Iterator<Item = &'a Item>,
+) -> Result<(), sqlx::Error> {
+    let mut latest: BTreeMap<(Uuid, &str), &BirthRecord> = BTreeMap::new();
+    for item in items {
+        if let Item::Batch {
+            gateway,
+            birth: Some(birth),
+            ..
+        } = item
+        {
+            let slot = latest
+                .entry((*gateway, birth.device.as_str()))
+                .or_insert(birth);
+            if birth.version > slot.version {
+                *slot = birth;
+            }
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let (mut gateways, mut devices, mut versions, mut nodes, mut payloads) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for ((gateway, device), birth) in &latest {
+        gateways.push(*gateway);
+        devices.push(*device);
+        versions.push(birth.version);
+        nodes.push(birth.node_version);
+        payloads.push(birth.payload.as_deref());
+    }
+    sqlx::query(
+        "INSERT INTO sparkplug_births AS b (tenant_id, gateway_id, device, version, node_version, payload)
+         SELECT $1, g, d, v, n, p
+         FROM UNNEST($2::uuid[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[]) AS t(g, d, v, n, p)
+         ORDER BY g, d
+         ON CONFLICT (gateway_id, device) DO UPDATE
+         SET version = excluded.version, node_version = excluded.node_version,
+             payload = excluded.payload, updated_at = now()
+         WHERE b.version < excluded.version",
+    )
+    .bind(tenant)
+    .bind(&gateways)
+    .bind(&devices)
+    .bind(&versions)
+    .bind(&nodes)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_dead_letter(

@@ -194,6 +194,7 @@ async fn tenant_tables_force_row_level_security_and_the_app_role_is_unprivileged
         "alarms",
         "work_orders",
         "work_order_events",
+        "sparkplug_births",
     ] {
         assert!(
             names.contains(&expected),

@@ -16,7 +16,10 @@
 //! - a null value, a NaN, a `Quality` property below 192 (OPC's Good), and every metric of a
 //!   node or device that died become readings of lower quality (a bad one carries 0.0);
 //! - a message out of sequence, data before a birth, or an unknown alias is reported, and the
-//!   session asks for a rebirth (the caller publishes [`rebirth_request`]).
+//!   session asks for a rebirth (the caller publishes [`rebirth_request`]);
+//! - a birth, or a death that takes effect, is named in the outcome ([`SessionChange`]), so
+//!   that the caller can keep the births it needs to [`NodeSession::restore`] the session
+//!   after a restart.
 //!
 //! Pure: no clock (the receipt time is an argument), no I/O.
 
@@ -329,6 +332,21 @@ pub struct Outcome {
     /// The node's births are needed again (data without a birth, a sequence gap, an unknown
     /// alias): publish [`rebirth_request`] on its `NCMD` topic.
     pub rebirth: bool,
+    /// What the message changed in the births the session follows, if anything.
+    pub change: Option<SessionChange>,
+}
+
+/// A change to what a session knows from births: what a caller keeps to restore it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// An `NBIRTH`: the node's metrics are its payload's, and no device is born.
+    NodeBorn,
+    /// An `NDEATH` of the current connection: nothing is known until the next `NBIRTH`.
+    NodeDied,
+    /// A `DBIRTH` of this device: its metrics are its payload's.
+    DeviceBorn(String),
+    /// A `DDEATH` of a device that was born: its metrics are no longer known.
+    DeviceDied(String),
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +377,9 @@ pub struct NodeSession {
     by_alias: HashMap<u64, usize>,
     metrics: Vec<Known>,
     devices: HashSet<String>,
+    /// Restored from stored births: the next sequence number is taken as it comes, since the
+    /// messages between the last one read and the restart were never seen.
+    resync: bool,
 }
 
 impl NodeSession {
@@ -373,7 +394,34 @@ impl NodeSession {
             by_alias: HashMap::new(),
             metrics: Vec::new(),
             devices: HashSet::new(),
+            resync: false,
         }
+    }
+
+    /// A session as it was after `node_birth` (the bytes of the node's last `NBIRTH`) and
+    /// the `DBIRTH`s of the devices born since, each `(device, bytes)`: what a host that read
+    /// those births knows of the node. The next message's sequence number is accepted as it
+    /// comes; from there on gaps are reported as usual. A birth that does not decode leaves
+    /// the session as it was before it (a node birth: offline).
+    pub fn restore<'a>(
+        prefix: impl Into<String>,
+        node_birth: &[u8],
+        devices: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Self {
+        let mut session = Self::new(prefix);
+        let mut ignored = Outcome::default();
+        let Ok(birth) = Payload::decode(node_birth) else {
+            return session;
+        };
+        session.node_birth(&birth, Timestamp::from_micros(0), &mut ignored);
+        for (device, bytes) in devices {
+            if let Ok(birth) = Payload::decode(bytes) {
+                session.device_birth(device, &birth, Timestamp::from_micros(0), &mut ignored);
+            }
+        }
+        session.last_seq = None;
+        session.resync = true;
+        session
     }
 
     /// Whether the node has been born and has not died since.
@@ -439,6 +487,10 @@ impl NodeSession {
     }
 
     fn check_seq(&mut self, payload: &Payload, out: &mut Outcome) {
+        if std::mem::take(&mut self.resync) {
+            self.last_seq = payload.seq.and_then(|s| u8::try_from(s).ok());
+            return;
+        }
         let expected = self.last_seq.map_or(0, |s| s.wrapping_add(1));
         match payload.seq {
             Some(seq) if seq == u64::from(expected) => self.last_seq = Some(expected),
@@ -455,7 +507,9 @@ impl NodeSession {
     }
 
     fn node_birth(&mut self, payload: &Payload, received: Timestamp, out: &mut Outcome) {
+        out.change = Some(SessionChange::NodeBorn);
         self.online = true;
+        self.resync = false;
         self.by_name.clear();
         self.by_alias.clear();
         self.metrics.clear();
@@ -472,6 +526,7 @@ impl NodeSession {
         received: Timestamp,
         out: &mut Outcome,
     ) {
+        out.change = Some(SessionChange::DeviceBorn(device.to_owned()));
         self.forget_device(device);
         self.devices.insert(device.to_owned());
         self.register(Some(device), payload, received, out);
@@ -656,8 +711,10 @@ impl NodeSession {
         if !self.online || matches!((bd_seq(payload), self.bd_seq), (Some(a), Some(b)) if a != b) {
             return;
         }
+        out.change = Some(SessionChange::NodeDied);
         self.online = false;
         self.last_seq = None;
+        self.resync = false;
         // A will's payload was written when the node connected: its time is not the death's.
         self.mark_bad(|_| true, received, out);
     }
@@ -672,6 +729,7 @@ impl NodeSession {
         if !self.devices.remove(device) {
             return;
         }
+        out.change = Some(SessionChange::DeviceDied(device.to_owned()));
         let ts = death_time(payload, received);
         self.mark_bad(|m| m.device.as_deref() == Some(device), ts, out);
     }

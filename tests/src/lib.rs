@@ -196,7 +196,17 @@ impl Plant {
     /// database, with the same ingest client id (its persistent session keeps what the broker
     /// queued meanwhile). Returns the plant and what the stopped services did.
     pub async fn restart(self) -> anyhow::Result<(Plant, server::services::Summary)> {
+        self.restart_after(async { Ok(()) }).await
+    }
+
+    /// As [`Plant::restart`], running `while_stopped` between the stop and the start: to
+    /// publish what the broker keeps for ingest meanwhile.
+    pub async fn restart_after(
+        self,
+        while_stopped: impl Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<(Plant, server::services::Summary)> {
         let summary = self.services.stop().await;
+        while_stopped.await?;
         let (services, api) = start_services(&self.config).await?;
         Ok((
             Plant {

@@ -218,3 +218,156 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
     node.shutdown().await;
     Ok(())
 }
+
+/// The stored readings of `tenant` as (tag, value, quality), by time and tag, and the reasons
+/// of its dead letters.
+async fn stored(
+    plant: &Plant,
+    tenant: TenantId,
+) -> anyhow::Result<(Vec<(String, f64, i16)>, Vec<String>)> {
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    let readings = sqlx::query_as(
+        "SELECT t.name, r.value, r.quality FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
+         ORDER BY r.ts, t.name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let letters = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((readings, letters))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn births_outlive_an_ingest_restart() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let group = tenant.to_string();
+    let node = |kind| Topic::node(&group, kind, DEMO_GATEWAY);
+    let pump = |kind| Topic::device(&group, kind, DEMO_GATEWAY, "pump");
+    // The device's metric becomes the tag `pump/rpm`, registered on the demo gateway.
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    sqlx::query(
+        "INSERT INTO tags (tenant_id, gateway_id, name)
+         SELECT tenant_id, id, 'pump/rpm' FROM gateways WHERE code = $1",
+    )
+    .bind(DEMO_GATEWAY)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let rebirths = watch_commands(&plant.broker, node(MessageType::NCmd)).await?;
+    let ms = u64::try_from(Timestamp::now().as_micros() / 1000 - 60_000)?;
+    let value = |alias, v, at| Metric::aliased(alias, MetricValue::Double(v)).at(at);
+    let bd_seq = || Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(4));
+    let node_birth = payload(
+        Some(0),
+        vec![
+            bd_seq(),
+            Metric::new(
+                "press-1.bearing_temp",
+                DataType::Double,
+                MetricValue::Double(60.0),
+            )
+            .with_alias(1)
+            .at(ms),
+        ],
+    );
+    let pump_birth = payload(
+        Some(1),
+        vec![
+            Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0))
+                .with_alias(2)
+                .at(ms),
+        ],
+    );
+    publish_all(&plant.broker, &node(MessageType::NBirth), vec![node_birth]).await?;
+    publish_all(&plant.broker, &pump(MessageType::DBirth), vec![pump_birth]).await?;
+    Plant::eventually(Duration::from_secs(20), "the births stored", || async {
+        Ok((plant.services.summary().readings_stored >= 2).then_some(()))
+    })
+    .await?;
+
+    // While ingest is stopped the node goes on by alias; the broker keeps its data.
+    let broker = plant.broker.clone();
+    let (node_data, pump_data) = (node(MessageType::NData), pump(MessageType::DData));
+    let (plant, _) = plant
+        .restart_after(async move {
+            publish_all(
+                &broker,
+                &node_data,
+                vec![payload(Some(2), vec![value(1, 61.0, ms + 1)])],
+            )
+            .await?;
+            publish_all(
+                &broker,
+                &pump_data,
+                vec![payload(Some(3), vec![value(2, 1460.0, ms + 1)])],
+            )
+            .await
+        })
+        .await?;
+    Plant::eventually(
+        Duration::from_secs(20),
+        "the data read by alias",
+        || async { Ok((plant.services.summary().readings_stored >= 2).then_some(())) },
+    )
+    .await?;
+    // Read as the births named it, in sequence: nothing lost, no rebirth asked for.
+    let bearing = "press-1.bearing_temp".to_owned();
+    let rpm = "pump/rpm".to_owned();
+    let (readings, letters) = stored(&plant, tenant).await?;
+    assert_eq!(
+        readings,
+        [
+            (bearing.clone(), 60.0, 0),
+            (rpm.clone(), 1450.0, 0),
+            (bearing.clone(), 61.0, 0),
+            (rpm.clone(), 1460.0, 0),
+        ]
+    );
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(*rebirths.lock().expect("lock"), 0, "no rebirth asked for");
+
+    // The node dies: its device's metric is marked bad too, since the device's birth came
+    // back with the node's.
+    publish_all(
+        &plant.broker,
+        &node(MessageType::NDeath),
+        vec![payload(None, vec![bd_seq()])],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(20), "the death stored", || async {
+        Ok((plant.services.summary().readings_stored >= 4).then_some(()))
+    })
+    .await?;
+    let (readings, _) = stored(&plant, tenant).await?;
+    let bad: Vec<&str> = readings
+        .iter()
+        .filter(|(_, _, q)| *q == 2)
+        .map(|(t, _, _)| t.as_str())
+        .collect();
+    assert_eq!(bad, ["press-1.bearing_temp", "pump/rpm"]);
+
+    // After another restart the node is still dead: its data waits for a birth.
+    let (plant, _) = plant.restart().await?;
+    publish_all(
+        &plant.broker,
+        &node(MessageType::NData),
+        vec![payload(Some(0), vec![value(1, 62.0, ms + 2)])],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(20), "data after the death", || async {
+        Ok((plant.services.summary().dead_letters >= 1).then_some(()))
+    })
+    .await?;
+    let (_, letters) = stored(&plant, tenant).await?;
+    assert_eq!(letters, ["no_birth"]);
+    Plant::eventually(Duration::from_secs(10), "a rebirth request", || async {
+        Ok((*rebirths.lock().expect("lock") == 1).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

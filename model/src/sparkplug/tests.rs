@@ -527,3 +527,101 @@ fn rebirth_requests_are_spaced_per_node() {
             .is_some()
     );
 }
+
+#[test]
+fn births_and_deaths_that_take_effect_are_named_as_changes() {
+    let mut s = NodeSession::new("");
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(Some(0), vec![]),
+        received(),
+    );
+    assert_eq!(out.change, None, "data before a birth changes nothing");
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NBIRTH/n1"),
+        &nbirth(0, 7, vec![]),
+        received(),
+    );
+    assert_eq!(out.change, Some(SessionChange::NodeBorn));
+    let pump = |kind: &str| topic(&format!("spBv1.0/plant/{kind}/n1/pump"));
+    let out = s.on_message(&pump("DBIRTH"), &message(Some(1), vec![]), received());
+    assert_eq!(out.change, Some(SessionChange::DeviceBorn("pump".into())));
+    let out = s.on_message(&pump("DDATA"), &message(Some(2), vec![]), received());
+    assert_eq!(out.change, None);
+    let out = s.on_message(&pump("DDEATH"), &message(Some(3), vec![]), received());
+    assert_eq!(out.change, Some(SessionChange::DeviceDied("pump".into())));
+    let out = s.on_message(&pump("DDEATH"), &message(Some(4), vec![]), received());
+    assert_eq!(out.change, None, "a device that is not born cannot die");
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(6), received());
+    assert_eq!(out.change, None, "a stale will");
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(7), received());
+    assert_eq!(out.change, Some(SessionChange::NodeDied));
+}
+
+#[test]
+fn a_restored_session_reads_data_as_the_births_named_it() {
+    let node_birth = nbirth(
+        0,
+        7,
+        vec![Metric::new("Oil Temp", DataType::Float, MetricValue::Float(41.5)).with_alias(1)],
+    );
+    let pump_birth = message(
+        Some(1),
+        vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
+    );
+    let mut s = NodeSession::restore("n1/", &node_birth, [("pump", pump_birth.as_slice())]);
+    assert!(s.is_online());
+    // Messages 2..=40 went by while the host was down: the first one read is taken as due.
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(Some(41), vec![Metric::aliased(1, MetricValue::Float(42.0))]),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/Oil_Temp", 42.0, Quality::Good)]);
+    assert!(out.problems.is_empty() && !out.rebirth, "{out:?}");
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDATA/n1/pump"),
+        &message(
+            Some(42),
+            vec![Metric::aliased(10, MetricValue::Double(1460.0))],
+        ),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/pump/rpm", 1460.0, Quality::Good)]);
+    assert!(out.problems.is_empty(), "{out:?}");
+    // From there on, gaps count.
+    let out = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(Some(44), vec![]),
+        received(),
+    );
+    assert_eq!(
+        out.problems,
+        vec![Problem::OutOfSequence {
+            expected: 43,
+            got: 44
+        }]
+    );
+    // The birth's bdSeq came back too: an earlier connection's will is still ignored.
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(6), received());
+    assert!(out.readings.is_empty() && s.is_online());
+    let out = s.on_message(&topic("spBv1.0/plant/NDEATH/n1"), &death(7), received());
+    assert_eq!(out.readings.len(), 2);
+    assert!(!s.is_online());
+}
+
+#[test]
+fn a_birth_that_does_not_decode_restores_nothing() {
+    let s = NodeSession::restore("", b"\xff\xff not protobuf", []);
+    assert!(!s.is_online());
+    let good = nbirth(0, 1, vec![]);
+    let s = NodeSession::restore("", &good, [("pump", &b"\xff\xff"[..])]);
+    assert!(s.is_online());
+    let mut s = s;
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDATA/n1/pump"),
+        &message(Some(5), vec![]),
+        received(),
+    );
+    assert!(out.rebirth, "the device was not restored: {out:?}");
+}
