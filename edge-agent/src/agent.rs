@@ -220,11 +220,16 @@ impl Agent {
             pollers.spawn(poller.run(stop_sources.clone()));
         }
         for source in &cfg.mqtt {
+            let births = crate::mqtt::births::BirthFiles::new(
+                cfg.outbox.dir.join("sparkplug"),
+                &source.name,
+            );
             let source = crate::mqtt::source::MqttSource::new(
                 source.clone(),
                 cfg.gateway.id.clone(),
                 Arc::clone(&self.stats),
-            );
+            )
+            .keeping_births(births);
             pollers.spawn(source.run(tx.clone(), stop_sources.clone()));
         }
         for source in &cfg.opcua {

@@ -8,9 +8,11 @@
 //!   [`model::sparkplug::NodeSession`]s.
 //!
 //! I/O:
+//! - [`births`]: the Sparkplug B births of each node kept in a file, for the next start.
 //! - [`source`]: one task per broker; acknowledges a message only once its readings are
 //!   durable in the outbox, and asks Sparkplug nodes for a rebirth when it must.
 
+pub mod births;
 pub mod config;
 pub mod json;
 pub mod source;

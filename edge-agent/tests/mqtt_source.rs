@@ -222,17 +222,44 @@ timestamp = "/ts"
             .all(|r| now.micros_since(r.ts) < 60_000_000 && r.value > 50.0)
     );
 
-    // Messages published while the agent is down wait in its persistent session.
+    // Messages published while the agent is down wait in its persistent session. The node
+    // goes on publishing data by alias meanwhile: the agent reads it by the births it kept on
+    // disk, without waiting for a new birth.
     stop.cancel();
     agent.await??;
+    let stopped = Timestamp::now();
     publish(&broker, (5..8).map(|i| json_message(&state, i)).collect()).await?;
+    let data_before = node.data_messages();
+    wait_for(
+        Duration::from_secs(10),
+        "data while the agent is down",
+        || node.data_messages() >= data_before + 3,
+    )
+    .await?;
+    let restarted = Timestamp::now();
     let (stop, agent) = start_agent(&config);
     wait_for(
         Duration::from_secs(15),
         "the messages published during the restart",
-        || json_readings_in(&seen).len() == 8,
+        || {
+            let while_down = seen
+                .lock()
+                .expect("ledger lock")
+                .iter()
+                .filter(|r| {
+                    r.tag.as_str() == "sim/press-1/bearing_temp"
+                        && r.ts > stopped
+                        && r.ts < restarted
+                })
+                .count();
+            json_readings_in(&seen).len() == 8 && while_down >= 2
+        },
     )
     .await?;
+    assert!(
+        std::fs::read_dir(outbox.path().join("sparkplug"))?.count() >= 1,
+        "the node's births are kept in the outbox directory"
+    );
     let json = json_readings_in(&seen);
     for (i, (value, ts)) in json.iter().enumerate() {
         let i = i as i64;

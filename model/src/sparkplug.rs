@@ -751,6 +751,92 @@ impl NodeSession {
     }
 }
 
+/// The births a session follows, as bytes, for a host that keeps them across its restarts
+/// (the edge agent, in a file per node): the node's last `NBIRTH` and the `DBIRTH` of each
+/// device born since. [`KeptBirths::apply`] follows a session's changes;
+/// [`KeptBirths::restore`] gives the session back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptBirths {
+    pub node: Vec<u8>,
+    pub devices: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// The stored form of [`KeptBirths`] (protobuf, as the births themselves).
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeptBirthsMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    node: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    devices: Vec<KeptDevice>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeptDevice {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    birth: Vec<u8>,
+}
+
+impl KeptBirths {
+    /// What `kept` becomes after a message with `payload` made `change`: `None` once the
+    /// node died (nothing to keep).
+    pub fn apply(kept: Option<Self>, change: &SessionChange, payload: &[u8]) -> Option<Self> {
+        match change {
+            SessionChange::NodeBorn => Some(Self {
+                node: payload.to_vec(),
+                devices: std::collections::BTreeMap::new(),
+            }),
+            SessionChange::NodeDied => None,
+            SessionChange::DeviceBorn(device) => kept.map(|mut k| {
+                k.devices.insert(device.clone(), payload.to_vec());
+                k
+            }),
+            SessionChange::DeviceDied(device) => kept.map(|mut k| {
+                k.devices.remove(device);
+                k
+            }),
+        }
+    }
+
+    /// The session these births give (see [`NodeSession::restore`]).
+    pub fn restore(&self, prefix: impl Into<String>) -> NodeSession {
+        NodeSession::restore(
+            prefix,
+            &self.node,
+            self.devices.iter().map(|(d, b)| (d.as_str(), b.as_slice())),
+        )
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        KeptBirthsMessage {
+            node: self.node.clone(),
+            devices: self
+                .devices
+                .iter()
+                .map(|(name, birth)| KeptDevice {
+                    name: name.clone(),
+                    birth: birth.clone(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Reads what [`KeptBirths::encode`] wrote; the error says why the bytes are not that.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let message = KeptBirthsMessage::decode(bytes).map_err(|e| e.to_string())?;
+        Ok(Self {
+            node: message.node,
+            devices: message
+                .devices
+                .into_iter()
+                .map(|d| (d.name, d.birth))
+                .collect(),
+        })
+    }
+}
+
 /// Points a map's values at the renumbered metrics, dropping those that are gone.
 fn renumber_map<K>(map: &mut HashMap<K, usize>, renumber: &[Option<usize>]) {
     map.retain(|_, i| match renumber[*i] {

@@ -1,10 +1,11 @@
-//! Robustness of the decoders that read what the network hands ingest: any bytes and any
+//! Robustness of the decoders that read what the network hands ingest (and the edge agent's
+//! kept Sparkplug B births, read back from disk): any bytes and any
 //! damage to a valid message give a value or an error, never a panic, and what decodes
 //! encodes back to itself. Property tests over random and mutated input (coverage-guided
 //! fuzzing needs a nightly toolchain; these run in every test run).
 
 use model::sparkplug::proto::{DataType, Metric, MetricValue, Payload};
-use model::sparkplug::{NodeSession, Topic};
+use model::sparkplug::{KeptBirths, NodeSession, Topic};
 use model::wire::{Batch, Point};
 use model::{GatewayId, Quality, TagName, Timestamp};
 use proptest::prelude::*;
@@ -30,6 +31,16 @@ fn valid_batch() -> Vec<u8> {
         points,
     }
     .encode()
+}
+
+/// The births file of a node with one device, as the edge agent keeps it.
+fn kept_births() -> Vec<u8> {
+    let mut kept = KeptBirths {
+        node: valid_sparkplug(),
+        ..KeptBirths::default()
+    };
+    kept.devices.insert("d".into(), valid_sparkplug());
+    kept.encode()
 }
 
 fn valid_sparkplug() -> Vec<u8> {
@@ -136,6 +147,16 @@ proptest! {
             let topic = Topic::parse(&format!("spBv1.0/g/{kind}/n")).expect("a topic");
             let out = session.on_message(&topic, &bytes, Timestamp::from_micros(0));
             prop_assert!(out.readings.iter().all(|r| r.value.is_finite()));
+        }
+    }
+
+    #[test]
+    fn damaged_kept_births(bytes in mutated(kept_births())) {
+        if let Ok(kept) = KeptBirths::decode(&bytes) {
+            prop_assert_eq!(KeptBirths::decode(&kept.encode()), Ok(kept.clone()));
+            let mut session = kept.restore("n/");
+            let topic = Topic::parse("spBv1.0/g/DDATA/n/d").expect("a topic");
+            let _ = session.on_message(&topic, &valid_sparkplug(), Timestamp::from_micros(0));
         }
     }
 

@@ -9,17 +9,22 @@
 //! `edge-agent read` runs a source as a watcher instead ([`MqttSource::watching`]): a session
 //! of its own that the broker forgets (clean session, a client id of its own), so it takes
 //! nothing from the agent's queued messages; it publishes nothing, not even rebirth requests.
+//!
+//! The agent's sources keep each Sparkplug B node's births on disk ([`BirthFiles`]), written
+//! before the birth or death that changed them is acknowledged, and restore the node's session
+//! from them at its first message after a start. A watcher keeps none.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use model::sparkplug::{self, NodeSession, Topic};
+use model::sparkplug::{self, KeptBirths, NodeSession, Topic};
 use model::{GatewayId, Timestamp};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::births::BirthFiles;
 use super::config::MqttSourceConfig;
 use super::json::JsonMapper;
 use crate::agent::{AgentStats, Chunk};
@@ -35,8 +40,10 @@ pub struct MqttSource {
     config: MqttSourceConfig,
     gateway: GatewayId,
     json: JsonMapper,
-    /// Edge nodes by (group, node id).
-    nodes: HashMap<(String, String), NodeSession>,
+    /// Edge nodes by (group, node id): the session and the births it follows.
+    nodes: HashMap<(String, String), (NodeSession, Option<KeptBirths>)>,
+    /// Where the nodes' births are kept; `None` keeps them in memory only.
+    births: Option<BirthFiles>,
     rebirths: sparkplug::RebirthRequests,
     stats: Arc<AgentStats>,
     /// Watching for `edge-agent read`: no persistent session, no acknowledgements held back,
@@ -51,10 +58,17 @@ impl MqttSource {
             config,
             gateway,
             nodes: HashMap::new(),
+            births: None,
             rebirths: sparkplug::RebirthRequests::default(),
             stats,
             watch: false,
         }
+    }
+
+    /// Keeps the Sparkplug B nodes' births in `files`, and restores each node from them.
+    pub fn keeping_births(mut self, files: BirthFiles) -> Self {
+        self.births = Some(files);
+        self
     }
 
     /// The source as `edge-agent read` runs it: in a session of its own that the broker
@@ -195,6 +209,7 @@ impl MqttSource {
         let topic = publish.topic.clone();
         let readings = if let Some(sp) = self.sparkplug_topic(&topic) {
             self.sparkplug(client, &sp, &publish.payload, received)
+                .await
         } else if self.json.wants(&topic) {
             let (readings, problems) = self.json.map(&topic, &publish.payload, received);
             for p in &problems {
@@ -234,7 +249,7 @@ impl MqttSource {
             .then_some(t)
     }
 
-    fn sparkplug(
+    async fn sparkplug(
         &mut self,
         client: &AsyncClient,
         topic: &Topic,
@@ -252,11 +267,21 @@ impl MqttSource {
         let key = (topic.group.clone(), topic.edge_node.clone());
         let prefix = format!("{}{}/", sub.tag_prefix, topic.edge_node);
         let rebirth = sub.rebirth;
-        let outcome = self
-            .nodes
-            .entry(key)
-            .or_insert_with(|| NodeSession::new(prefix))
-            .on_message(topic, payload, received);
+        if !self.nodes.contains_key(&key) {
+            let kept = self.load_births(&key).await;
+            let session = match &kept {
+                Some(k) => k.restore(prefix),
+                None => NodeSession::new(prefix),
+            };
+            self.nodes.insert(key.clone(), (session, kept));
+        }
+        let (session, kept) = self.nodes.get_mut(&key).expect("inserted above");
+        let outcome = session.on_message(topic, payload, received);
+        if let Some(change) = &outcome.change {
+            *kept = KeptBirths::apply(kept.take(), change, payload);
+            let kept = kept.clone();
+            self.save_births(&key, kept).await;
+        }
         for p in &outcome.problems {
             self.problem(&topic.to_string(), p.reason(), p);
         }
@@ -264,6 +289,45 @@ impl MqttSource {
             self.ask_rebirth(client, topic);
         }
         outcome.readings
+    }
+
+    /// The births kept for a node, read at its first message since the start.
+    async fn load_births(&self, (group, node): &(String, String)) -> Option<KeptBirths> {
+        let files = self.births.clone()?;
+        let (g, n) = (group.clone(), node.clone());
+        match tokio::task::spawn_blocking(move || files.load(&g, &n)).await {
+            Ok(Ok(Some(kept))) => {
+                tracing::info!(%group, %node, devices = kept.devices.len(), "Sparkplug node restored from its kept births");
+                Some(kept)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %group, %node, "kept births unreadable; the node is read from its next birth");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading kept births failed");
+                None
+            }
+        }
+    }
+
+    /// Writes what a birth or death changed, before its message is acknowledged. A failure is
+    /// logged and counted: the readings still flow, but after a restart the node's data waits
+    /// for its next birth.
+    async fn save_births(&self, (group, node): &(String, String), kept: Option<KeptBirths>) {
+        let Some(files) = self.births.clone() else {
+            return;
+        };
+        let (g, n) = (group.clone(), node.clone());
+        let saved = tokio::task::spawn_blocking(move || files.save(&g, &n, kept.as_ref()))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = saved {
+            metrics::counter!("maintainpro_edge_sparkplug_births_unsaved_total").increment(1);
+            tracing::error!(error = %e, %group, %node, "cannot keep the node's births on disk");
+        }
     }
 
     fn ask_rebirth(&mut self, client: &AsyncClient, topic: &Topic) {

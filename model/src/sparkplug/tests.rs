@@ -625,3 +625,40 @@ fn a_birth_that_does_not_decode_restores_nothing() {
     );
     assert!(out.rebirth, "the device was not restored: {out:?}");
 }
+
+#[test]
+fn kept_births_follow_the_changes_and_round_trip() {
+    let node = nbirth(
+        0,
+        7,
+        vec![Metric::new("Oil Temp", DataType::Float, MetricValue::Float(41.5)).with_alias(1)],
+    );
+    let pump = message(
+        Some(1),
+        vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
+    );
+    let kept = KeptBirths::apply(None, &SessionChange::DeviceBorn("pump".into()), &pump);
+    assert_eq!(
+        kept, None,
+        "a device birth without a node birth keeps nothing"
+    );
+    let kept = KeptBirths::apply(None, &SessionChange::NodeBorn, &node);
+    let kept = KeptBirths::apply(kept, &SessionChange::DeviceBorn("pump".into()), &pump);
+    let kept = KeptBirths::apply(kept, &SessionChange::DeviceBorn("fan".into()), &pump);
+    let kept = KeptBirths::apply(kept, &SessionChange::DeviceDied("fan".into()), &[]).unwrap();
+    assert_eq!(kept.devices.keys().collect::<Vec<_>>(), ["pump"]);
+    let again = KeptBirths::decode(&kept.encode()).unwrap();
+    assert_eq!(again, kept);
+    let mut s = again.restore("n1/");
+    let out = s.on_message(
+        &topic("spBv1.0/plant/DDATA/n1/pump"),
+        &message(Some(9), vec![Metric::aliased(10, MetricValue::Double(1.0))]),
+        received(),
+    );
+    assert_eq!(values(&out), vec![("n1/pump/rpm", 1.0, Quality::Good)]);
+    assert_eq!(
+        KeptBirths::apply(Some(kept), &SessionChange::NodeDied, &[]),
+        None
+    );
+    assert!(KeptBirths::decode(b"\xff\xff\xff").is_err());
+}
