@@ -50,6 +50,18 @@ fn record(device: &str, version: i64, node_version: i64, payload: Option<&str>) 
     }
 }
 
+/// A current birth as text: its version, the node's bytes, and each device's.
+type Born = Option<(i64, String, Vec<(String, String)>)>;
+
+/// What [`World::born`] gives for a birth `version` with bytes `node` and these devices.
+fn born(version: i64, node: &str, devices: &[(&str, &str)]) -> Born {
+    let devices = devices
+        .iter()
+        .map(|(d, p)| ((*d).to_owned(), (*p).to_owned()))
+        .collect();
+    Some((version, node.to_owned(), devices))
+}
+
 impl World {
     /// One message per record, all in one transaction, each its own ledger batch.
     async fn write(&self, seq: i64, records: Vec<BirthRecord>) -> anyhow::Result<()> {
@@ -74,7 +86,7 @@ impl World {
     }
 
     /// The current birth's version, bytes, and devices with their bytes, as text.
-    async fn born(&self) -> anyhow::Result<Option<(i64, String, Vec<(String, String)>)>> {
+    async fn born(&self) -> anyhow::Result<Born> {
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
         Ok(self.kept().await?.and_then(|k| k.born).map(|b| {
             let devices = b
@@ -97,21 +109,14 @@ async fn kept_births_follow_the_order_ingest_read_them_in() -> anyhow::Result<()
         .await?;
     w.write(2, vec![record("", 10, 10, Some("node@10"))])
         .await?;
-    assert_eq!(
-        w.born().await?,
-        Some((
-            10,
-            "node@10".into(),
-            vec![("pump".into(), "pump@10".into())]
-        ))
-    );
+    assert_eq!(w.born().await?, born(10, "node@10", &[("pump", "pump@10")]));
 
     // The device died (version 12); its birth, written again by a transaction that commits
     // late (version 11), does not bring it back.
     w.write(3, vec![record("pump", 12, 10, None)]).await?;
     w.write(4, vec![record("pump", 11, 10, Some("pump@10"))])
         .await?;
-    assert_eq!(w.born().await?, Some((10, "node@10".into(), vec![])));
+    assert_eq!(w.born().await?, born(10, "node@10", &[]));
 
     // Two records of one device in one transaction: the later stands.
     w.write(
@@ -122,39 +127,22 @@ async fn kept_births_follow_the_order_ingest_read_them_in() -> anyhow::Result<()
         ],
     )
     .await?;
-    assert_eq!(
-        w.born().await?,
-        Some((10, "node@10".into(), vec![("fan".into(), "fan@14".into())]))
-    );
+    assert_eq!(w.born().await?, born(10, "node@10", &[("fan", "fan@14")]));
 
     // The node is born again: the devices born under its earlier birth are not born under
     // this one, until they are born again.
     w.write(7, vec![record("", 20, 20, Some("node@20"))])
         .await?;
-    assert_eq!(w.born().await?, Some((20, "node@20".into(), vec![])));
+    assert_eq!(w.born().await?, born(20, "node@20", &[]));
     w.write(8, vec![record("pump", 21, 20, Some("pump@21"))])
         .await?;
-    assert_eq!(
-        w.born().await?,
-        Some((
-            20,
-            "node@20".into(),
-            vec![("pump".into(), "pump@21".into())]
-        ))
-    );
+    assert_eq!(w.born().await?, born(20, "node@20", &[("pump", "pump@21")]));
 
     // A message delivered again (its ledger batch is a duplicate) still moves the births: it
     // was read again, and moved the node's session again.
     w.write(8, vec![record("pump", 22, 20, Some("pump@22"))])
         .await?;
-    assert_eq!(
-        w.born().await?,
-        Some((
-            20,
-            "node@20".into(),
-            vec![("pump".into(), "pump@22".into())]
-        ))
-    );
+    assert_eq!(w.born().await?, born(20, "node@20", &[("pump", "pump@22")]));
 
     // The node died: nothing is born, and the next record must be numbered above 30.
     w.write(9, vec![record("", 30, 30, None)]).await?;

@@ -558,17 +558,23 @@ fn births_and_deaths_that_take_effect_are_named_as_changes() {
     assert_eq!(out.change, Some(SessionChange::NodeDied));
 }
 
-#[test]
-fn a_restored_session_reads_data_as_the_births_named_it() {
-    let node_birth = nbirth(
+/// An `NBIRTH` (bdSeq 7, `Oil Temp` by alias 1) and a `DBIRTH` of a pump (`rpm` by alias 10).
+fn node_and_pump_births() -> (Vec<u8>, Vec<u8>) {
+    let node = nbirth(
         0,
         7,
         vec![Metric::new("Oil Temp", DataType::Float, MetricValue::Float(41.5)).with_alias(1)],
     );
-    let pump_birth = message(
+    let pump = message(
         Some(1),
         vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
     );
+    (node, pump)
+}
+
+#[test]
+fn a_restored_session_reads_data_as_the_births_named_it() {
+    let (node_birth, pump_birth) = node_and_pump_births();
     let mut s = NodeSession::restore("n1/", &node_birth, [("pump", pump_birth.as_slice())]);
     assert!(s.is_online());
     // Messages 2..=40 went by while the host was down: the first one read is taken as due.
@@ -628,15 +634,7 @@ fn a_birth_that_does_not_decode_restores_nothing() {
 
 #[test]
 fn kept_births_follow_the_changes_and_round_trip() {
-    let node = nbirth(
-        0,
-        7,
-        vec![Metric::new("Oil Temp", DataType::Float, MetricValue::Float(41.5)).with_alias(1)],
-    );
-    let pump = message(
-        Some(1),
-        vec![Metric::new("rpm", DataType::Double, MetricValue::Double(1450.0)).with_alias(10)],
-    );
+    let (node, pump) = node_and_pump_births();
     let kept = KeptBirths::apply(None, &SessionChange::DeviceBorn("pump".into()), &pump);
     assert_eq!(
         kept, None,
