@@ -149,6 +149,23 @@ async fn fresh_database_gets_the_servers_layout_and_migrating_again_changes_noth
         .fetch_one(&owner)
         .await?;
         assert_eq!(kind, "p", "readings is a partitioned table");
+        // Every partition, those of the first migration and those made later, is vacuumed at
+        // the gentler pace.
+        let made: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(10, 5)")
+            .fetch_one(&owner)
+            .await?;
+        assert_eq!(made, 5, "3 days further back and 2 further ahead");
+        let unpaced: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'readings'::regclass \
+               AND NOT coalesce(c.reloptions, '{}') @> '{autovacuum_vacuum_cost_delay=20}'",
+        )
+        .fetch_all(&owner)
+        .await?;
+        assert!(
+            unpaced.is_empty(),
+            "partitions at the default pace: {unpaced:?}"
+        );
     }
 
     assert_eq!(migrate(&db.urls.owner_url).await?, expected);
