@@ -133,19 +133,7 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
     })
     .await?;
 
-    let pool = plant.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
-    let readings: Vec<(String, f64, i16)> = sqlx::query_as(
-        "SELECT t.name, r.value, r.quality FROM tenant_readings r JOIN tags t ON t.id = r.tag_id
-         ORDER BY r.ts, t.name",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let letters: Vec<(String, String)> =
-        sqlx::query_as("SELECT reason, detail FROM dead_letters ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?;
-    tx.commit().await?;
+    let (readings, letters) = stored(&plant, tenant).await?;
     let bearing = "press-1.bearing_temp".to_owned();
     let vibration = "press-1.vibration".to_owned();
     assert_eq!(
@@ -180,6 +168,7 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
     .await?;
 
     // A simulated edge node publishing the plant's signals under the registered tag names.
+    let pool = plant.db.app_pool().await;
     let signals: Vec<Signal> = Scenario::demo()
         .signals()
         .iter()
@@ -219,12 +208,12 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
     Ok(())
 }
 
-/// The stored readings of `tenant` as (tag, value, quality), by time and tag, and the reasons
-/// of its dead letters.
+/// The stored readings of `tenant` as (tag, value, quality), by time and tag, and the reason
+/// and detail of each of its dead letters.
 async fn stored(
     plant: &Plant,
     tenant: TenantId,
-) -> anyhow::Result<(Vec<(String, f64, i16)>, Vec<String>)> {
+) -> anyhow::Result<(Vec<(String, f64, i16)>, Vec<(String, String)>)> {
     let pool = plant.db.app_pool().await;
     let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
     let readings = sqlx::query_as(
@@ -233,7 +222,7 @@ async fn stored(
     )
     .fetch_all(&mut *tx)
     .await?;
-    let letters = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY id")
+    let letters = sqlx::query_as("SELECT reason, detail FROM dead_letters ORDER BY id")
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -364,7 +353,8 @@ async fn births_outlive_an_ingest_restart() -> anyhow::Result<()> {
     })
     .await?;
     let (_, letters) = stored(&plant, tenant).await?;
-    assert_eq!(letters, ["no_birth"]);
+    let reasons: Vec<&str> = letters.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(reasons, ["no_birth"]);
     Plant::eventually(Duration::from_secs(10), "a rebirth request", || async {
         Ok((*rebirths.lock().expect("lock") == 1).then_some(()))
     })
