@@ -528,16 +528,9 @@ impl DecodeStage {
         let Some(birth) = kept.born else {
             return Ok(Followed::default());
         };
-        tracing::info!(%tenant, gateway = gateway.as_str(), devices = birth.devices.len(), "Sparkplug node restored from its kept births");
+        tracing::info!(%tenant, gateway = gateway.as_str(), devices = birth.births.devices.len(), "Sparkplug node restored from its kept births");
         Ok(Followed {
-            session: NodeSession::restore(
-                "",
-                &birth.node,
-                birth
-                    .devices
-                    .iter()
-                    .map(|(d, bytes)| (d.as_str(), &bytes[..])),
-            ),
+            session: birth.births.restore(""),
             born: birth.version,
         })
     }

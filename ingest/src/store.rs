@@ -71,9 +71,9 @@ pub struct BirthRecord {
     pub payload: Option<bytes::Bytes>,
 }
 
-/// The births kept for one Sparkplug B node.
+/// The births stored for one Sparkplug B node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeptBirths {
+pub struct StoredBirths {
     /// The highest version of any of the node's records: later records must be numbered
     /// above it.
     pub latest: i64,
@@ -81,13 +81,11 @@ pub struct KeptBirths {
     pub born: Option<CurrentBirth>,
 }
 
-/// A node's current birth and the births of the devices born under it.
+/// A node's current birth: its version, and its bytes with those of the devices born under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentBirth {
     pub version: i64,
-    pub node: bytes::Bytes,
-    /// `(device, bytes)`, by device.
-    pub devices: Vec<(String, bytes::Bytes)>,
+    pub births: model::sparkplug::KeptBirths,
 }
 
 /// One message, ready to store.
@@ -235,9 +233,9 @@ impl PgStore {
         &self,
         tenant: Uuid,
         gateway: Uuid,
-    ) -> Result<Option<KeptBirths>, StoreError> {
+    ) -> Result<Option<StoredBirths>, StoreError> {
         let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
-        let rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
+        let mut rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
             "SELECT device, version, node_version, payload FROM sparkplug_births
              WHERE gateway_id = $1",
         )
@@ -249,25 +247,21 @@ impl PgStore {
             return Ok(None);
         };
         let node = rows
-            .iter()
+            .iter_mut()
             .find(|(device, ..)| device.is_empty())
-            .and_then(|(_, version, _, payload)| Some((*version, payload.clone()?)));
-        let born = node.map(|(node_version, bytes)| {
-            let mut devices: Vec<(String, bytes::Bytes)> = rows
-                .iter()
-                .filter(|(device, _, of, _)| !device.is_empty() && *of == node_version)
-                .filter_map(|(device, _, _, payload)| {
-                    Some((device.clone(), bytes::Bytes::from(payload.clone()?)))
-                })
+            .and_then(|(_, version, _, payload)| Some((*version, payload.take()?)));
+        let born = node.map(|(version, node)| {
+            let devices = rows
+                .into_iter()
+                .filter(|(device, _, of, _)| !device.is_empty() && *of == version)
+                .filter_map(|(device, _, _, payload)| Some((device, payload?)))
                 .collect();
-            devices.sort();
             CurrentBirth {
-                version: node_version,
-                node: bytes::Bytes::from(bytes),
-                devices,
+                version,
+                births: model::sparkplug::KeptBirths { node, devices },
             }
         });
-        Ok(Some(KeptBirths { latest, born }))
+        Ok(Some(StoredBirths { latest, born }))
     }
 
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.

@@ -4,7 +4,7 @@
 //! under it. Needs `scripts/test.sh`.
 
 use bytes::Bytes;
-use ingest::store::{BirthRecord, Item, KeptBirths, PgStore};
+use ingest::store::{BirthRecord, Item, PgStore, StoredBirths};
 use migrations::testing::TestDatabase;
 use server::demo::{DEMO_GATEWAY, seed_plant};
 use uuid::Uuid;
@@ -81,20 +81,21 @@ impl World {
         Ok(())
     }
 
-    async fn kept(&self) -> anyhow::Result<Option<KeptBirths>> {
+    async fn kept(&self) -> anyhow::Result<Option<StoredBirths>> {
         Ok(self.store.load_births(self.tenant, self.gateway).await?)
     }
 
     /// The current birth's version, bytes, and devices with their bytes, as text.
     async fn born(&self) -> anyhow::Result<Born> {
-        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         Ok(self.kept().await?.and_then(|k| k.born).map(|b| {
             let devices = b
+                .births
                 .devices
                 .iter()
                 .map(|(d, p)| (d.clone(), text(p)))
                 .collect();
-            (b.version, text(&b.node), devices)
+            (b.version, text(&b.births.node), devices)
         }))
     }
 }
@@ -148,7 +149,7 @@ async fn kept_births_follow_the_order_ingest_read_them_in() -> anyhow::Result<()
     w.write(9, vec![record("", 30, 30, None)]).await?;
     assert_eq!(
         w.kept().await?,
-        Some(KeptBirths {
+        Some(StoredBirths {
             latest: 30,
             born: None
         })
