@@ -277,7 +277,10 @@ impl MqttSource {
         }
         let (session, kept) = self.nodes.get_mut(&key).expect("inserted above");
         let outcome = session.on_message(topic, payload, received);
-        if let Some(change) = &outcome.change {
+        // A source that keeps no births (the watcher) follows none.
+        if let Some(change) = &outcome.change
+            && self.births.is_some()
+        {
             *kept = KeptBirths::apply(kept.take(), change, payload);
             let kept = kept.clone();
             self.save_births(&key, kept).await;
