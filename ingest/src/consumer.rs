@@ -385,10 +385,16 @@ impl DecodeStage {
             queue_depth("decode", received.len());
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_ingest_messages_total").increment(1);
-            if !self.restore_node(&publish, &stop_intake).await {
+            let sparkplug = read_sparkplug_topic(&publish.topic);
+            if let Some(Ok((_, node))) = &sparkplug
+                && !self.restore_node(node, &publish.topic, &stop_intake).await
+            {
                 break; // stopped while the database was down: not stored, so not acked
             }
-            let decoding = self.decode(&publish);
+            let decoding = match sparkplug {
+                Some(topic) => self.decode_sparkplug(topic, &publish),
+                None => self.decode(&publish),
+            };
             let Some((item, mut inputs)) = self
                 .prepare_with_retry(&publish, &decoding, &stop_intake)
                 .await
@@ -474,24 +480,20 @@ impl DecodeStage {
     /// session from the births kept in the database, retrying while the database is
     /// unavailable. A node without kept births (or whose gateway is not registered) starts
     /// unborn. `false` when intake stops while the database is down.
-    async fn restore_node(&mut self, publish: &Publish, stop_intake: &CancellationToken) -> bool {
-        if !publish.topic.starts_with(sparkplug::NAMESPACE) {
-            return true;
-        }
-        let Ok(key) = sparkplug::Topic::parse(&publish.topic)
-            .map_err(|e| e.to_string())
-            .and_then(|topic| node_key(&topic))
-        else {
-            return true;
-        };
-        if self.nodes.contains_key(&key) {
+    async fn restore_node(
+        &mut self,
+        key: &(TenantId, GatewayId),
+        topic: &str,
+        stop_intake: &CancellationToken,
+    ) -> bool {
+        if self.nodes.contains_key(key) {
             return true;
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.kept_births(&key).await {
+            match self.kept_births(key).await {
                 Ok(followed) => {
-                    self.nodes.insert(key, followed);
+                    self.nodes.insert(key.clone(), followed);
                     return true;
                 }
                 Err(e) if e.is_transient() => {
@@ -500,8 +502,8 @@ impl DecodeStage {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, topic = %publish.topic, "cannot read the node's kept births; it is read from its next birth");
-                    self.nodes.insert(key, Followed::default());
+                    tracing::error!(error = %e, topic, "cannot read the node's kept births; it is read from its next birth");
+                    self.nodes.insert(key.clone(), Followed::default());
                     return true;
                 }
             }
@@ -535,12 +537,8 @@ impl DecodeStage {
         })
     }
 
-    /// Reads a message's topic and bytes, once per delivery (a Sparkplug B session moves on
-    /// with every message, so this is not repeated when a lookup is retried).
-    fn decode(&mut self, publish: &Publish) -> Decoding {
-        if publish.topic.starts_with(sparkplug::NAMESPACE) {
-            return self.decode_sparkplug(publish);
-        }
+    /// Reads a message of our wire format or of plain JSON: its topic and bytes.
+    fn decode(&self, publish: &Publish) -> Decoding {
         let (tenant, gateway, format) = match model::topic::parse_readings_topic(&publish.topic) {
             Ok(t) => t,
             Err(e) => return Decoding::BadTopic(e.to_string()),
@@ -562,14 +560,12 @@ impl DecodeStage {
     }
 
     /// A Sparkplug B message: group id = tenant, edge node id = gateway, tags named
-    /// `[<device>/]<metric>`; births, data and deaths go through the node's session.
-    fn decode_sparkplug(&mut self, publish: &Publish) -> Decoding {
-        let topic = match sparkplug::Topic::parse(&publish.topic) {
-            Ok(t) => t,
-            Err(e) => return Decoding::BadTopic(e.to_string()),
-        };
-        let (tenant, gateway) = match node_key(&topic) {
-            Ok(key) => key,
+    /// `[<device>/]<metric>`; births, data and deaths go through the node's session. Once per
+    /// delivery: the session moves on with every message, so this is not repeated when a
+    /// lookup is retried.
+    fn decode_sparkplug(&mut self, topic: SparkplugTopic, publish: &Publish) -> Decoding {
+        let (topic, (tenant, gateway)) = match topic {
+            Ok(read) => read,
             Err(detail) => return Decoding::BadTopic(detail),
         };
         let received = Timestamp::now();
@@ -1031,6 +1027,19 @@ impl StoreStage {
 
 /// The tenant and gateway of a Sparkplug B node or device topic (group id = tenant UUID, edge
 /// node id = gateway code), or why the topic is not one ingest reads.
+/// A Sparkplug B topic read once per message: the topic and its node (tenant, gateway), or
+/// why the message cannot be stored.
+type SparkplugTopic = Result<(sparkplug::Topic, (TenantId, GatewayId)), String>;
+
+/// `None` when `topic` is not in the Sparkplug B namespace.
+fn read_sparkplug_topic(topic: &str) -> Option<SparkplugTopic> {
+    topic.starts_with(sparkplug::NAMESPACE).then(|| {
+        let topic = sparkplug::Topic::parse(topic).map_err(|e| e.to_string())?;
+        let node = node_key(&topic)?;
+        Ok((topic, node))
+    })
+}
+
 fn node_key(topic: &sparkplug::Topic) -> Result<(TenantId, GatewayId), String> {
     if matches!(topic.kind, MessageType::NCmd | MessageType::DCmd) {
         return Err(format!(
