@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|history|edge|breach|cmms|rules|backtest|all]
+#   bench/run.sh [outbox|ingest|index|history|edge|breach|cmms|rules|backtest|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -17,6 +17,10 @@ if [ "$what" = ingest ] || [ "$what" = all ]; then
     # WAL buffers as docs/CONFIGURATION.md recommends for ingest (PostgreSQL's default is 4 MB
     # with the default shared_buffers); both the ingest and the raw COPY runs use them.
     target/release/ingest-bench --mosquitto "$MOSQUITTO" --pg-setting wal_buffers=64MB
+fi
+if [ "$what" = index ] || [ "$what" = all ]; then
+    echo "== where a reading's COPY goes: the readings table under each index layout"
+    target/release/index-bench --pg-setting wal_buffers=64MB
 fi
 if [ "$what" = history ] || [ "$what" = all ]; then
     echo "== readings layout at 100M rows: one tag over 24 h in 1,000 points, COPY empty vs full"

@@ -12,9 +12,11 @@
 //! - `bin/cmms-bench.rs`: filtered work-order lists under load, 1M work orders.
 //! - `bin/history-bench.rs`: one tag over 24 hours in 1,000 points with 100M readings stored,
 //!   and COPY into the empty and the full table.
+//! - `bin/index-bench.rs`: COPY into the readings table under each index layout: rows per
+//!   second, WAL per row, index size.
 //! - this library: small helpers shared by the programs (process and machine CPU from
-//!   `/proc`, a private Mosquitto on a free loopback port, a migrated throwaway database,
-//!   latency percentiles).
+//!   `/proc`, a private Mosquitto on a free loopback port, a migrated throwaway database and
+//!   its server settings, latency percentiles).
 //!
 //! Benchmarks only touch 127.0.0.1 and stop by themselves.
 
@@ -184,6 +186,49 @@ pub async fn migrated_cluster()
     let urls = migrations::bootstrap(&cluster.admin_url(), "bench", &secrets).await?;
     migrations::migrate(&urls.owner_url).await?;
     Ok((cluster, urls))
+}
+
+/// `name=value`, both of the characters setting names and plain values use, so that they can
+/// be written into `ALTER SYSTEM` as they are.
+pub fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write a setting as name=value"))?;
+    let plain = |s: &str, extra: &[char]| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
+    };
+    if !plain(name, &['.']) {
+        return Err(format!("{name:?} is not a setting name"));
+    }
+    if !plain(value, &['.', '-']) {
+        return Err(format!(
+            "{value:?}: a value may hold letters, digits, '_', '.' and '-' only"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Makes `settings` with `ALTER SYSTEM` and restarts `cluster` to apply them (nothing when
+/// there are none).
+pub async fn apply_settings(
+    cluster: &mut migrations::throwaway::Cluster,
+    settings: &[(String, String)],
+) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&cluster.admin_url()).await?;
+    for (name, value) in settings {
+        sqlx::raw_sql(&format!("ALTER SYSTEM SET {name} = '{value}'"))
+            .execute(&mut admin)
+            .await?;
+    }
+    sqlx::Connection::close(admin).await?;
+    cluster.restart().await?;
+    eprintln!("PostgreSQL restarted with {settings:?}");
+    Ok(())
 }
 
 /// The password the API benchmarks give their seeded admin.

@@ -40,35 +40,13 @@ struct Args {
     /// A PostgreSQL server setting, `name=value` (e.g. `max_wal_size=4GB`), made with `ALTER
     /// SYSTEM` before the run, which restarts the cluster to apply it; repeat for several.
     /// The output lists them. Without any, the server runs on PostgreSQL's defaults.
-    #[arg(long = "pg-setting", value_parser = parse_setting)]
+    #[arg(long = "pg-setting", value_parser = maintainpro_bench::parse_setting)]
     pg_settings: Vec<(String, String)>,
     /// Copy PostgreSQL's log here at the end (with `--pg-setting log_autovacuum_min_duration=0`
     /// it shows what the server did in the background during the paced run, whose start and
     /// end are printed to stderr).
     #[arg(long)]
     server_log: Option<std::path::PathBuf>,
-}
-
-/// `name=value`, both of the characters setting names and plain values use, so that they can
-/// be written into `ALTER SYSTEM` as they are.
-fn parse_setting(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?}: write a setting as name=value"))?;
-    let plain = |s: &str, extra: &[char]| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || extra.contains(&c))
-    };
-    if !plain(name, &['.']) {
-        return Err(format!("{name:?} is not a setting name"));
-    }
-    if !plain(value, &['.', '-']) {
-        return Err(format!(
-            "{value:?}: a value may hold letters, digits, '_', '.' and '-' only"
-        ));
-    }
-    Ok((name.to_owned(), value.to_owned()))
 }
 
 async fn wait_stored(
@@ -103,20 +81,7 @@ async fn main() -> anyhow::Result<()> {
     maintainpro_bench::log_warnings_to_stderr();
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
     let (mut cluster, urls) = maintainpro_bench::migrated_cluster().await?;
-    if !args.pg_settings.is_empty() {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&cluster.admin_url())
-            .await?;
-        for (name, value) in &args.pg_settings {
-            sqlx::raw_sql(&format!("ALTER SYSTEM SET {name} = '{value}'"))
-                .execute(&admin)
-                .await?;
-        }
-        admin.close().await;
-        cluster.restart().await?;
-        eprintln!("PostgreSQL restarted with {:?}", args.pg_settings);
-    }
+    maintainpro_bench::apply_settings(&mut cluster, &args.pg_settings).await?;
     let defaults = IngestConfig::new("");
     let writers = args.writers.unwrap_or(defaults.writers);
     // The writers, and one for the decode stage's look-ups.
