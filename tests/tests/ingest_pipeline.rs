@@ -2,13 +2,15 @@
 //! while its storage transaction still waits, the message is acknowledged only after its
 //! commit (and after the messages that arrived before it), and what the database could not
 //! store never reaches the rules. The storage
-//! transaction is held up by a lock another connection takes on the batch ledger. Needs
-//! `scripts/test.sh`.
+//! transaction is held up by a lock another connection takes on the batch ledger. A group's
+//! rows are written in the index's order. Needs `scripts/test.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ingest::copy::Row;
+use ingest::store::Item;
 use ingest::{Consumer, IngestConfig, IngestStats, PgStore, RuleInput};
 use maintainpro_tests::{Plant, mqtt_url, publish_all};
 use migrations::testing::TestDatabase;
@@ -387,5 +389,52 @@ async fn a_group_that_commits_first_is_acknowledged_only_after_the_group_ahead_o
     );
     second.stop().await?;
     assert_eq!(world.stored().await?, (2, 7));
+    Ok(())
+}
+
+/// A group's rows go into the table in the index's order (tag, then time), whatever order its
+/// messages brought them in, so that the COPY walks the index instead of jumping about it.
+#[tokio::test]
+async fn a_group_writes_its_rows_in_tag_and_time_order() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let pool = world.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let gateway: Uuid = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
+        .bind(DEMO_GATEWAY)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    // Seconds after 01:00 today (UTC): inside today's partition.
+    const DAY: i64 = 86_400_000_000;
+    let one_am = Timestamp::now().as_micros() / DAY * DAY + 3_600_000_000;
+    let row = |tag_id: i64, second: i64| Row {
+        tag_id,
+        ts: Timestamp::from_micros(one_am + second * 1_000_000),
+        value: 1.0,
+        quality: Quality::Good,
+    };
+    let batch = |seq: i64, rows: Vec<Row>| Item::Batch {
+        tenant: world.tenant,
+        gateway,
+        seq,
+        rows,
+        rejected: None,
+        birth: None,
+    };
+    let items = [
+        batch(1, vec![row(3, 1), row(1, 2), row(3, 0)]),
+        batch(2, vec![row(2, 1), row(1, 0)]),
+    ];
+    PgStore::new(pool).write_group(&items).await?;
+
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    let stored: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT tag_id, ((extract(epoch FROM ts) * 1000000)::int8 - $1) / 1000000
+         FROM readings ORDER BY ctid",
+    )
+    .bind(one_am)
+    .fetch_all(&mut owner)
+    .await?;
+    assert_eq!(stored, [(1, 0), (1, 2), (2, 1), (3, 0), (3, 1)]);
     Ok(())
 }
