@@ -824,8 +824,8 @@ impl KeptBirths {
     }
 
     /// Reads what [`KeptBirths::encode`] wrote; the error says why the bytes are not that.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let message = KeptBirthsMessage::decode(bytes).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        let message = KeptBirthsMessage::decode(bytes)?;
         Ok(Self {
             node: message.node,
             devices: message
