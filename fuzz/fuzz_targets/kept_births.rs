@@ -1,7 +1,8 @@
-//! Kept Sparkplug B births (`model::sparkplug::KeptBirths`), as read back at a start from the
-//! edge agent's births files or ingest's table: any bytes decode or give an error, decoded
-//! births encode to the same births again, and the session any births restore reads the
-//! node's next data into finite readings, never a panic.
+//! Kept Sparkplug B births, as read back at a start: any bytes as an edge agent's births file
+//! (`model::sparkplug::KeptBirths`) decode or give an error, decoded births encode to the same
+//! births again, and the session restored from them, or from any bytes as the node's and a
+//! device's birth (what ingest's `sparkplug_births` rows hold), reads the node's next data
+//! into finite readings, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

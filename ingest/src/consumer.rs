@@ -1025,8 +1025,6 @@ impl StoreStage {
     }
 }
 
-/// The tenant and gateway of a Sparkplug B node or device topic (group id = tenant UUID, edge
-/// node id = gateway code), or why the topic is not one ingest reads.
 /// A Sparkplug B topic read once per message: the topic and its node (tenant, gateway), or
 /// why the message cannot be stored.
 type SparkplugTopic = Result<(sparkplug::Topic, (TenantId, GatewayId)), String>;
@@ -1040,6 +1038,8 @@ fn read_sparkplug_topic(topic: &str) -> Option<SparkplugTopic> {
     })
 }
 
+/// The tenant and gateway of a Sparkplug B node or device topic (group id = tenant UUID, edge
+/// node id = gateway code), or why the topic is not one ingest reads.
 fn node_key(topic: &sparkplug::Topic) -> Result<(TenantId, GatewayId), String> {
     if matches!(topic.kind, MessageType::NCmd | MessageType::DCmd) {
         return Err(format!(

@@ -1,7 +1,9 @@
 //! Where a reading's COPY goes: the same rows COPYed in binary, in 10,000-row commits, into
 //! tables that differ only in their index, in alternating rounds on one throwaway PostgreSQL
 //! (fsync and synchronous commit on; autovacuum off, so that nothing else runs meanwhile):
-//! rows per second, WAL bytes per row, and the sizes of table and index afterwards.
+//! rows per second, WAL bytes per row, the checkpoints that ran meanwhile (at PostgreSQL's
+//! default `max_wal_size` the WAL of the heavier indexes brings them on), and the sizes of
+//! table and index afterwards.
 //!
 //! The rows have ingest-bench's shape: `--tags` tags (10,000) read once a second for
 //! `--seconds`, in time order, the tags of each second in id order as ingest receives a load
@@ -154,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                 "case": case.name,
                 "rows_per_s": pick("rows_per_s"),
                 "wal_bytes_per_row": pick("wal_bytes_per_row"),
+                "checkpoints": pick("checkpoints"),
                 "index_mb": pick("index_mb"),
             })
         })
@@ -221,6 +224,7 @@ async fn measure(
         case.table
     );
     let wal_before = wal_bytes(owner).await?;
+    let checkpoints_before = checkpoints(owner).await?;
     let started = Instant::now();
     for chunk in rows.chunks(commit_rows) {
         let mut tx = owner.begin().await?;
@@ -231,6 +235,7 @@ async fn measure(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let wal = wal_bytes(owner).await? - wal_before;
+    let checkpoints = checkpoints(owner).await? - checkpoints_before;
     let (table, index): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(pg_table_size(r)), 0)::int8, coalesce(sum(pg_indexes_size(r)), 0)::int8
          FROM (SELECT $1::regclass AS r UNION SELECT relid FROM pg_partition_tree($1::regclass)) t",
@@ -243,9 +248,19 @@ async fn measure(
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "rows_per_s": (rows.len() as f64 / elapsed).round(),
         "wal_bytes_per_row": (wal / rows.len() as f64).round(),
+        "checkpoints": checkpoints,
         "table_mb": mb(table),
         "index_mb": mb(index),
     }))
+}
+
+/// Checkpoints the server has started, timed or requested (by WAL volume).
+async fn checkpoints(conn: &mut PgConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (checkpoints_timed + checkpoints_req)::int8 FROM pg_stat_bgwriter",
+    )
+    .fetch_one(conn)
+    .await?)
 }
 
 /// The server's WAL position, in bytes.
