@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     follow(NodeSession::restore("g/n/", data, [("d", data)]));
 });
 
-/// Data by alias and by name, for the node and its device, after the restore.
+/// Data by alias (one alias not finite) for the node and its device, after the restore.
 fn follow(mut session: NodeSession) {
     let data = Payload {
         seq: Some(1),
