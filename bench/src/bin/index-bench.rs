@@ -94,6 +94,24 @@ const CASES: &[Case] = &[
         shuffled: false,
     },
     Case {
+        name: "tag first, time ascending (tag_id, ts)",
+        table: "ib_tag_asc",
+        create: &[
+            "CREATE TABLE ib_tag_asc (LIKE readings)",
+            "CREATE INDEX ON ib_tag_asc (tag_id, ts)",
+        ],
+        shuffled: false,
+    },
+    Case {
+        name: "covering, time ascending (tag_id, ts) INCLUDE (value, quality), one table",
+        table: "ib_covering_asc",
+        create: &[
+            "CREATE TABLE ib_covering_asc (LIKE readings)",
+            "CREATE INDEX ON ib_covering_asc (tag_id, ts) INCLUDE (value, quality)",
+        ],
+        shuffled: false,
+    },
+    Case {
         name: "readings (the migrations': covering, daily partitions)",
         table: "readings",
         create: &[],

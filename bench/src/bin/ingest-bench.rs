@@ -3,7 +3,9 @@
 //! measured in the same run against the same table: one connection COPYing the same rows in
 //! binary, 10,000 rows per commit. Then a paced run at a fixed rate measures receipt-to-commit
 //! latency. Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster with fsync on, and a
-//! private Mosquitto.
+//! private Mosquitto. During the paced run a superuser connection samples what the writers'
+//! backends wait on (`pg_stat_activity`, every 10 ms), so that a run's tail can be read
+//! against where PostgreSQL spent its time.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -47,6 +49,39 @@ struct Args {
     /// end are printed to stderr).
     #[arg(long)]
     server_log: Option<std::path::PathBuf>,
+}
+
+/// Every `every`, the wait events of the cluster's active client backends (other than this
+/// connection's), as `type:event` or `CPU` when a backend waits on nothing, until `stop`.
+/// Answers how many backend samples each one had, and how many polls were made.
+async fn sample_wait_events(
+    admin_url: String,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, u64)> {
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&admin_url).await?;
+    let mut counts = std::collections::BTreeMap::new();
+    let mut polls = 0;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let events: Vec<String> = sqlx::query_scalar(
+            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND state = 'active' \
+             AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        polls += 1;
+        for event in events {
+            *counts.entry(event).or_insert(0) += 1;
+        }
+    }
+    Ok((counts, polls))
 }
 
 async fn wait_stored(
@@ -242,6 +277,12 @@ async fn main() -> anyhow::Result<()> {
         args.paced_for,
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
     );
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn(sample_wait_events(
+        cluster.admin_url(),
+        Duration::from_millis(10),
+        sampling.clone(),
+    ));
     let started = Instant::now();
     let paced_report = publish(&paced).await?;
     wait_stored(
@@ -251,6 +292,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let paced_rate = paced_report.readings as f64 / started.elapsed().as_secs_f64();
+    sampling.cancel();
+    let (wait_events, polls) = sampler.await??;
     eprintln!(
         "paced run stored by {}",
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -269,6 +312,17 @@ async fn main() -> anyhow::Result<()> {
     cluster.stop().await;
 
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    // Each event's share of the backend samples, largest first: where the writers' time went.
+    let samples: u64 = wait_events.values().sum();
+    let mut shares: Vec<(String, u64)> = wait_events.into_iter().collect();
+    shares.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let shares: Vec<serde_json::Value> = shares
+        .into_iter()
+        .map(|(event, n)| {
+            let share = (n as f64 / samples.max(1) as f64 * 1000.0).round() / 1000.0;
+            serde_json::json!([event, share])
+        })
+        .collect();
     println!(
         "{}",
         serde_json::json!({
@@ -288,6 +342,9 @@ async fn main() -> anyhow::Result<()> {
             "paced_achieved_readings_per_s": paced_rate.round(),
             "receipt_to_commit_p50_ms_upper_bound": ms(p50),
             "receipt_to_commit_p99_ms_upper_bound": ms(p99),
+            "paced_wait_polls": polls,
+            "paced_active_backends_mean": (samples as f64 / polls.max(1) as f64 * 100.0).round() / 100.0,
+            "paced_wait_event_shares": shares,
         })
     );
     Ok(())
