@@ -8,7 +8,9 @@
 //! The rows have ingest-bench's shape: `--tags` tags (10,000) read once a second for
 //! `--seconds`, in time order, the tags of each second in id order as ingest receives a load
 //! generator's batches (one case shuffles them). The cases run from no index to the readings
-//! table the migrations make on stock PostgreSQL (daily partitions, the covering index).
+//! table the migrations make on stock PostgreSQL (daily partitions, the covering index); the
+//! last two COPY on three connections at once, as ingest's writers do, into one table or into
+//! a table each.
 //!
 //! Prints a JSON line per measurement, then a summary per case.
 
@@ -42,12 +44,30 @@ struct Args {
 }
 
 /// One table layout: its name in the output, the table, the statements that make it (none for
-/// the migrations' `readings`), and whether the tags of each second come shuffled.
+/// the migrations' `readings`), whether the tags of each second come shuffled, and how many
+/// connections COPY at once. With `writers` above one, writer `k` takes the tags with
+/// `tag_id % writers == k` (ingest's writers also split the tags between them), into `table`
+/// or, with `table_per_writer`, into `{table}_{k}`.
 struct Case {
     name: &'static str,
     table: &'static str,
     create: &'static [&'static str],
     shuffled: bool,
+    writers: usize,
+    table_per_writer: bool,
+}
+
+impl Case {
+    /// The tables the case writes to.
+    fn tables(&self) -> Vec<String> {
+        if self.table_per_writer {
+            (0..self.writers)
+                .map(|k| format!("{}_{k}", self.table))
+                .collect()
+        } else {
+            vec![self.table.to_owned()]
+        }
+    }
 }
 
 const CASES: &[Case] = &[
@@ -56,6 +76,8 @@ const CASES: &[Case] = &[
         table: "ib_none",
         create: &["CREATE TABLE ib_none (LIKE readings)"],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "time first (ts, tag_id)",
@@ -65,6 +87,8 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_time (ts, tag_id)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "tag first (tag_id, ts DESC)",
@@ -74,6 +98,8 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_tag (tag_id, ts DESC)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "tag first, deduplicate_items off",
@@ -83,6 +109,8 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_tag_nodedup (tag_id, ts DESC) WITH (deduplicate_items = off)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "covering (tag_id, ts DESC) INCLUDE (value, quality), one table",
@@ -92,6 +120,8 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_covering (tag_id, ts DESC) INCLUDE (value, quality)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "tag first, time ascending (tag_id, ts)",
@@ -101,6 +131,8 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_tag_asc (tag_id, ts)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "covering, time ascending (tag_id, ts) INCLUDE (value, quality), one table",
@@ -110,18 +142,44 @@ const CASES: &[Case] = &[
             "CREATE INDEX ON ib_covering_asc (tag_id, ts) INCLUDE (value, quality)",
         ],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "readings (the migrations': covering, daily partitions)",
         table: "readings",
         create: &[],
         shuffled: false,
+        writers: 1,
+        table_per_writer: false,
     },
     Case {
         name: "readings, tags of each second shuffled",
         table: "readings",
         create: &[],
         shuffled: true,
+        writers: 1,
+        table_per_writer: false,
+    },
+    Case {
+        name: "covering, one table, three writers at once",
+        table: "ib_covering",
+        create: &[],
+        shuffled: false,
+        writers: 3,
+        table_per_writer: false,
+    },
+    Case {
+        name: "covering, a table per writer, three writers at once",
+        table: "ib_own",
+        create: &[
+            "CREATE TABLE ib_own_0 (LIKE ib_covering INCLUDING INDEXES)",
+            "CREATE TABLE ib_own_1 (LIKE ib_covering INCLUDING INDEXES)",
+            "CREATE TABLE ib_own_2 (LIKE ib_covering INCLUDING INDEXES)",
+        ],
+        shuffled: false,
+        writers: 3,
+        table_per_writer: true,
     },
 ];
 
@@ -157,7 +215,15 @@ async fn main() -> anyhow::Result<()> {
     for round in 1..=args.rounds {
         for (case, result) in CASES.iter().zip(&mut results) {
             let rows = if case.shuffled { &shuffled } else { &ordered };
-            let measured = measure(&mut owner, &mut admin, case, rows, args.commit_rows).await?;
+            let measured = measure(
+                &mut owner,
+                &mut admin,
+                &urls.owner_url,
+                case,
+                rows,
+                args.commit_rows,
+            )
+            .await?;
             let line = json!({ "round": round, "case": case.name, "measured": measured });
             println!("{line}");
             result.push(measured);
@@ -225,44 +291,56 @@ fn rows(tags: i64, seconds: i64, start: i64, shuffled: bool) -> Vec<Row> {
     out
 }
 
-/// Empties the case's table, checkpoints, and COPYs `rows` in commits of `commit_rows`.
+/// Empties the case's tables, checkpoints, and COPYs `rows` in commits of `commit_rows`, on
+/// as many connections at once as the case has writers, each with its share of the tags.
 async fn measure(
     owner: &mut PgConnection,
     admin: &mut PgConnection,
+    owner_url: &str,
     case: &Case,
     rows: &[Row],
     commit_rows: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    sqlx::raw_sql(&format!("TRUNCATE {}", case.table))
+    let tables = case.tables();
+    sqlx::raw_sql(&format!("TRUNCATE {}", tables.join(", ")))
         .execute(&mut *owner)
         .await?;
     sqlx::raw_sql("CHECKPOINT").execute(&mut *admin).await?;
-    let statement = format!(
-        "COPY {} (tag_id, ts, value, quality) FROM STDIN (FORMAT binary)",
-        case.table
-    );
+    let writers = case.writers.max(1);
+    let mut shares: Vec<Vec<Row>> = vec![Vec::new(); writers];
+    for row in rows {
+        let k = usize::try_from(row.tag_id.rem_euclid(writers as i64)).unwrap_or(0);
+        shares[k].push(*row);
+    }
+    let mut connections = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        connections.push(PgConnection::connect(owner_url).await?);
+    }
     let wal_before = wal_bytes(owner).await?;
     let checkpoints_before = checkpoints(owner).await?;
     let started = Instant::now();
-    for chunk in rows.chunks(commit_rows) {
-        let mut tx = owner.begin().await?;
-        let mut copy_in = tx.copy_in_raw(&statement).await?;
-        copy_in.send(copy::encode(chunk.iter())).await?;
-        copy_in.finish().await?;
-        tx.commit().await?;
+    let mut copies = tokio::task::JoinSet::new();
+    for (k, (mut connection, share)) in connections.into_iter().zip(shares).enumerate() {
+        let table = tables[k % tables.len()].clone();
+        copies.spawn(async move { copy_rows(&mut connection, &table, &share, commit_rows).await });
+    }
+    while let Some(copied) = copies.join_next().await {
+        copied??;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let wal = wal_bytes(owner).await? - wal_before;
     let checkpoints = checkpoints(owner).await? - checkpoints_before;
     let (table, index): (i64, i64) = sqlx::query_as(
         "SELECT coalesce(sum(pg_table_size(r)), 0)::int8, coalesce(sum(pg_indexes_size(r)), 0)::int8
-         FROM (SELECT $1::regclass AS r UNION SELECT relid FROM pg_partition_tree($1::regclass)) t",
+         FROM (SELECT t::regclass AS r FROM unnest($1::text[]) AS t
+               UNION SELECT p.relid FROM unnest($1::text[]) AS t, pg_partition_tree(t::regclass) AS p) x",
     )
-    .bind(case.table)
+    .bind(&tables)
     .fetch_one(&mut *owner)
     .await?;
     let mb = |bytes: i64| (bytes as f64 / 1e6).round();
     Ok(json!({
+        "writers": writers,
         "seconds": (elapsed * 1000.0).round() / 1000.0,
         "rows_per_s": (rows.len() as f64 / elapsed).round(),
         "wal_bytes_per_row": (wal / rows.len() as f64).round(),
@@ -270,6 +348,24 @@ async fn measure(
         "table_mb": mb(table),
         "index_mb": mb(index),
     }))
+}
+
+/// COPYs `rows` into `table` in binary, `commit_rows` to a transaction.
+async fn copy_rows(
+    connection: &mut PgConnection,
+    table: &str,
+    rows: &[Row],
+    commit_rows: usize,
+) -> anyhow::Result<()> {
+    let statement = format!("COPY {table} (tag_id, ts, value, quality) FROM STDIN (FORMAT binary)");
+    for chunk in rows.chunks(commit_rows) {
+        let mut tx = connection.begin().await?;
+        let mut copy_in = tx.copy_in_raw(&statement).await?;
+        copy_in.send(copy::encode(chunk.iter())).await?;
+        copy_in.finish().await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Checkpoints the server has started, timed or requested (by WAL volume).
