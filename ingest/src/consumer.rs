@@ -105,6 +105,9 @@ pub enum IngestError {
 #[derive(Debug, Default)]
 pub struct IngestStats {
     pub messages: AtomicU64,
+    /// Readings decoded for storage (of known tags), redelivered copies included: what came
+    /// in, whether or not it is stored yet or turns out a duplicate.
+    pub readings: AtomicU64,
     pub readings_stored: AtomicU64,
     pub batches_stored: AtomicU64,
     pub batches_duplicate: AtomicU64,
@@ -418,6 +421,12 @@ impl DecodeStage {
                     tracing::warn!("rules engine stopped; readings are stored without evaluation");
                     self.rules = None;
                 }
+            }
+            if let Item::Batch { rows, .. } = &item {
+                self.stats
+                    .readings
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                metrics::counter!("maintainpro_ingest_readings_total").increment(rows.len() as u64);
             }
             let message = Decoded {
                 received: at,
@@ -944,8 +953,11 @@ impl StoreStage {
         }];
         while let Some(part) = parts.pop() {
             loop {
+                let started = Instant::now();
                 match self.store.write_group(&items[part.clone()]).await {
                     Ok(written) => {
+                        metrics::histogram!("maintainpro_ingest_flush_seconds")
+                            .record(started.elapsed().as_secs_f64());
                         self.account(&items[part], &written);
                         break;
                     }
@@ -996,11 +1008,24 @@ impl StoreStage {
         true
     }
 
-    /// Counts what a stored group did.
+    /// Counts what a stored group did, and how old each stored batch's newest reading was at
+    /// the commit (the ingest lag).
     fn account(&self, items: &[Item], written: &[Written]) {
+        let now = Timestamp::now();
         for (item, w) in items.iter().zip(written) {
             match (w, item) {
-                (Written::Stored { rows }, Item::Batch { rejected, .. }) => {
+                (
+                    Written::Stored { rows },
+                    Item::Batch {
+                        rejected,
+                        rows: batch,
+                        ..
+                    },
+                ) => {
+                    if let Some(newest) = batch.iter().map(|r| r.ts).max() {
+                        metrics::histogram!("maintainpro_ingest_lag_seconds")
+                            .record(lag_seconds(now, newest));
+                    }
                     self.stats.batches_stored.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .readings_stored
@@ -1073,6 +1098,12 @@ fn count_dead_letter(stats: &IngestStats, reason: &'static str) {
     metrics::counter!("maintainpro_ingest_dead_letters_total", "reason" => reason).increment(1);
 }
 
+/// Seconds from a reading's event time to `now`; zero for a reading stamped ahead of this
+/// clock (a gateway's clock a little fast), so that the lag never reads negative.
+fn lag_seconds(now: Timestamp, reading: Timestamp) -> f64 {
+    (now.as_micros().saturating_sub(reading.as_micros())).max(0) as f64 / 1e6
+}
+
 fn count_retry() {
     metrics::counter!("maintainpro_ingest_retries_total").increment(1);
 }
@@ -1133,5 +1164,21 @@ async fn drive(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lag_is_seconds_since_the_event_and_never_negative() {
+        let now = Timestamp::from_micros(10_000_000);
+        assert_eq!(lag_seconds(now, Timestamp::from_micros(7_500_000)), 2.5);
+        assert_eq!(lag_seconds(now, now), 0.0);
+        // A gateway's clock ahead of ours.
+        assert_eq!(lag_seconds(now, Timestamp::from_micros(12_000_000)), 0.0);
+        // The oldest time there is does not overflow.
+        assert!(lag_seconds(now, Timestamp::from_micros(i64::MIN)) > 9.0e12);
     }
 }

@@ -334,3 +334,99 @@ async fn a_burst_larger_than_the_queue_is_stored_without_stalling() -> anyhow::R
     assert_eq!(summary.readings_stored, 1500);
     Ok(())
 }
+
+/// What ingest did shows in the server's Prometheus metrics: messages and readings in, rows
+/// committed, duplicates, group sizes, flush and receipt-to-commit times, queue depths, and
+/// the lag from a reading's event time to its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_shows_what_ingest_did() -> anyhow::Result<()> {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let plant = Plant::start_configured(|_, config| config.metrics.listen = Some(addr)).await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let topic = model::topic::readings(tenant, &gateway);
+    // Two readings of a minute ago, and the same batch again as a redelivery would bring it.
+    let minute_ago = Timestamp::now().as_micros() - 60_000_000;
+    let readings = (0..2i64)
+        .map(|i| -> anyhow::Result<Reading> {
+            Ok(Reading {
+                tag: TagName::parse("press-1.vibration")?,
+                ts: Timestamp::from_micros(minute_ago + i * 1_000_000),
+                value: 1.5,
+                quality: Quality::Good,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let batch = Batch::from_readings(gateway.clone(), 1, &readings).encode();
+    publish_all(&plant.broker, &topic, vec![batch.clone(), batch]).await?;
+    Plant::eventually(
+        Duration::from_secs(30),
+        "the batch stored and its copy recognised",
+        || async {
+            let s = plant.services.summary();
+            Ok((s.readings_stored >= 2 && s.batches_duplicate >= 1).then_some(()))
+        },
+    )
+    .await?;
+
+    let text = plant
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    // A sample's value: the line that is `name value` (with labels when `name` has them).
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(
+        value("maintainpro_ingest_messages_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_readings_total"),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_readings_stored_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_duplicate_batches_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_receipt_to_commit_seconds_count"),
+        Some(2.0),
+        "{text}"
+    );
+    let groups = value("maintainpro_ingest_group_readings_count").unwrap_or(0.0);
+    assert!((1.0..=2.0).contains(&groups), "{text}");
+    assert_eq!(
+        value("maintainpro_ingest_flush_seconds_count"),
+        Some(groups),
+        "{text}"
+    );
+    // One batch stored, its newest reading 59 s old when it was committed.
+    assert_eq!(
+        value("maintainpro_ingest_lag_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    let lag = value("maintainpro_ingest_lag_seconds_sum").unwrap_or(0.0);
+    assert!((59.0..90.0).contains(&lag), "lag {lag}: {text}");
+    assert!(
+        value("maintainpro_ingest_queue_depth{stage=\"store\"}").is_some(),
+        "{text}"
+    );
+    plant.services.stop().await;
+    Ok(())
+}
