@@ -46,8 +46,8 @@ struct Args {
 /// One table layout: its name in the output, the table, the statements that make it (none for
 /// the migrations' `readings`), whether the tags of each second come shuffled, and how many
 /// connections COPY at once. With `writers` above one, writer `k` takes the tags with
-/// `tag_id % writers == k` (ingest's writers also split the tags between them), into `table`
-/// or, with `table_per_writer`, into `{table}_{k}`.
+/// `tag_id % writers == k`, into `table` or, with `table_per_writer`, into `{table}_{k}`.
+/// (Ingest's writers take whole groups of messages instead, whose tags may overlap.)
 struct Case {
     name: &'static str,
     table: &'static str,
