@@ -12,11 +12,11 @@
 //! - `bin/cmms-bench.rs`: filtered work-order lists under load, 1M work orders.
 //! - `bin/history-bench.rs`: one tag over 24 hours in 1,000 points with 100M readings stored,
 //!   and COPY into the empty and the full table.
-//! - `bin/index-bench.rs`: COPY into the readings table under each index layout: rows per
-//!   second, WAL per row, index size.
+//! - `bin/index-bench.rs`: COPY into the readings table under each index layout, on one
+//!   connection and on three: rows per second, WAL per row, index size.
 //! - this library: small helpers shared by the programs (process and machine CPU from
 //!   `/proc`, a private Mosquitto on a free loopback port, a migrated throwaway database and
-//!   its server settings, latency percentiles).
+//!   its server settings, binary COPY of readings, latency percentiles).
 //!
 //! Benchmarks only touch 127.0.0.1 and stop by themselves.
 
@@ -269,6 +269,34 @@ pub fn latency_summary(samples: &mut [Duration]) -> serde_json::Value {
         "p99_ms": pick(0.99),
         "max_ms": samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
     })
+}
+
+/// COPYs `rows` in binary with `statement` (a `COPY ... FROM STDIN (FORMAT binary)` naming
+/// `tag_id, ts, value, quality`) on `connection`, inside whatever transaction it has open.
+pub async fn copy_binary(
+    connection: &mut sqlx::PgConnection,
+    statement: &str,
+    rows: &[ingest::copy::Row],
+) -> anyhow::Result<()> {
+    let mut copy_in = connection.copy_in_raw(statement).await?;
+    copy_in.send(ingest::copy::encode(rows.iter())).await?;
+    copy_in.finish().await?;
+    Ok(())
+}
+
+/// COPYs `rows` in binary with `statement`, `commit_rows` to a transaction.
+pub async fn copy_in_commits(
+    connection: &mut sqlx::PgConnection,
+    statement: &str,
+    rows: &[ingest::copy::Row],
+    commit_rows: usize,
+) -> anyhow::Result<()> {
+    for chunk in rows.chunks(commit_rows.max(1)) {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        copy_binary(&mut tx, statement, chunk).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

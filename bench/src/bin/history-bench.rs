@@ -89,9 +89,7 @@ async fn copy_rate(
     let started = Instant::now();
     for chunk in rows.chunks(10_000) {
         let mut tx = migrations::begin_tenant(pool, tenant).await?;
-        let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
-        copy_in.send(copy::encode(chunk.iter())).await?;
-        copy_in.finish().await?;
+        maintainpro_bench::copy_binary(&mut tx, copy::COPY_READINGS, chunk).await?;
         tx.commit().await?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())

@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use ingest::copy::{self, Row};
+use ingest::copy::Row;
 use model::{Quality, Timestamp};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -322,7 +322,12 @@ async fn measure(
     let mut copies = tokio::task::JoinSet::new();
     for (k, (mut connection, share)) in connections.into_iter().zip(shares).enumerate() {
         let table = tables[k % tables.len()].clone();
-        copies.spawn(async move { copy_rows(&mut connection, &table, &share, commit_rows).await });
+        copies.spawn(async move {
+            let statement =
+                format!("COPY {table} (tag_id, ts, value, quality) FROM STDIN (FORMAT binary)");
+            maintainpro_bench::copy_in_commits(&mut connection, &statement, &share, commit_rows)
+                .await
+        });
     }
     while let Some(copied) = copies.join_next().await {
         copied??;
@@ -348,24 +353,6 @@ async fn measure(
         "table_mb": mb(table),
         "index_mb": mb(index),
     }))
-}
-
-/// COPYs `rows` into `table` in binary, `commit_rows` to a transaction.
-async fn copy_rows(
-    connection: &mut PgConnection,
-    table: &str,
-    rows: &[Row],
-    commit_rows: usize,
-) -> anyhow::Result<()> {
-    let statement = format!("COPY {table} (tag_id, ts, value, quality) FROM STDIN (FORMAT binary)");
-    for chunk in rows.chunks(commit_rows) {
-        let mut tx = connection.begin().await?;
-        let mut copy_in = tx.copy_in_raw(&statement).await?;
-        copy_in.send(copy::encode(chunk.iter())).await?;
-        copy_in.finish().await?;
-        tx.commit().await?;
-    }
-    Ok(())
 }
 
 /// Checkpoints the server has started, timed or requested (by WAL volume).

@@ -249,13 +249,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut conn = pool.acquire().await?;
     let started = Instant::now();
-    for chunk in rows.chunks(10_000) {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
-        copy_in.send(copy::encode(chunk.iter())).await?;
-        copy_in.finish().await?;
-        tx.commit().await?;
-    }
+    maintainpro_bench::copy_in_commits(&mut conn, copy::COPY_READINGS, &rows, 10_000).await?;
     let copy_rate = rows.len() as f64 / started.elapsed().as_secs_f64();
     drop(conn);
 
