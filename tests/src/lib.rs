@@ -4,6 +4,7 @@
 //! - [`mqtt_url`]: the broker the tests talk to (Mosquitto, started by `scripts/test.sh`).
 //! - [`Plant`]: a fresh database with a seeded demo plant and the server's services running
 //!   against it, plus helpers to log in and call the API.
+//! - [`series`], [`demo_batch`], [`publish_all`]: readings as a gateway publishes them.
 //!
 //! Tests built on this harness use real services only: PostgreSQL, an MQTT broker, the
 //! simulated PLC and the edge agent. Each test owns its database, its tenants and its MQTT
@@ -22,6 +23,32 @@ use server::config::{DatabaseConfig, MetricsConfig, Role, RulesConfig};
 use server::demo::{DEMO_RULES, SeededPlant, seed_plant};
 use server::{ServerConfig, Services};
 use uuid::Uuid;
+
+/// `n` good-quality readings of `tag`, `step_micros` apart from `from_micros`, the i-th
+/// valued `value(i)`.
+pub fn series(
+    tag: &str,
+    from_micros: i64,
+    step_micros: i64,
+    n: i64,
+    value: impl Fn(i64) -> f64,
+) -> anyhow::Result<Vec<model::Reading>> {
+    let tag = model::TagName::parse(tag)?;
+    Ok((0..n)
+        .map(|i| model::Reading {
+            tag: tag.clone(),
+            ts: model::Timestamp::from_micros(from_micros + i * step_micros),
+            value: value(i),
+            quality: model::Quality::Good,
+        })
+        .collect())
+}
+
+/// `readings` as the demo gateway's batch number `seq`, encoded as edge agents publish it.
+pub fn demo_batch(seq: u64, readings: &[model::Reading]) -> anyhow::Result<Vec<u8>> {
+    let gateway = model::GatewayId::parse(server::demo::DEMO_GATEWAY)?;
+    Ok(model::wire::Batch::from_readings(gateway, seq, readings).encode())
+}
 
 /// The environment variable naming the test broker.
 pub const MQTT_URL_VAR: &str = "MPTEST_MQTT_URL";

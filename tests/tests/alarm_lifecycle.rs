@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{AlarmOutcome, RetireReason, WorkOrderService};
 use chrono::Utc;
-use maintainpro_tests::{Plant, publish_all};
+use maintainpro_tests::{Plant, demo_batch, publish_all, series};
 use migrations::testing::TestDatabase;
 use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, WorkType, decide};
 use model::wire::Batch;
@@ -292,17 +292,10 @@ fn bearing_batch(
     n: i64,
     value: impl Fn(i64) -> f64,
 ) -> anyhow::Result<Vec<u8>> {
-    let readings = (0..n)
-        .map(|i| {
-            Ok(Reading {
-                tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(from + i * 1_000_000),
-                value: value(i),
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
+    demo_batch(
+        seq,
+        &series("press-1.bearing_temp", from, 1_000_000, n, value)?,
+    )
 }
 
 /// The readings topic of the demo gateway of `plant`'s tenant A.

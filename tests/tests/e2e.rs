@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edge_agent::{Agent, AgentConfig};
-use maintainpro_tests::{Plant, publish_all};
+use maintainpro_tests::{Plant, demo_batch, publish_all, series};
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
 use server::demo::{
@@ -347,17 +347,10 @@ async fn the_metrics_endpoint_shows_what_ingest_did() -> anyhow::Result<()> {
     let topic = model::topic::readings(tenant, &gateway);
     // Two readings of a minute ago, and the same batch again as a redelivery would bring it.
     let minute_ago = Timestamp::now().as_micros() - 60_000_000;
-    let readings = (0..2i64)
-        .map(|i| -> anyhow::Result<Reading> {
-            Ok(Reading {
-                tag: TagName::parse("press-1.vibration")?,
-                ts: Timestamp::from_micros(minute_ago + i * 1_000_000),
-                value: 1.5,
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let batch = Batch::from_readings(gateway.clone(), 1, &readings).encode();
+    let batch = demo_batch(
+        1,
+        &series("press-1.vibration", minute_ago, 1_000_000, 2, |_| 1.5)?,
+    )?;
     publish_all(&plant.broker, &topic, vec![batch.clone(), batch]).await?;
     // Some metrics are recorded just after the counters the summary reads: wait on the
     // endpoint itself. (The recorder is the process's; the test runner gives each test one.)

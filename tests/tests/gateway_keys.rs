@@ -11,9 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use api::config::{BrokerAccountsSettings, Secret};
 use edge_agent::{Agent, AgentConfig};
-use maintainpro_tests::{Plant, text};
-use model::wire::Batch;
-use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
+use maintainpro_tests::{Plant, demo_batch, series, text};
+use model::{GatewayId, TenantId, Timestamp};
 use reqwest::Method;
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::json;
@@ -128,18 +127,11 @@ async fn until_login(broker: &str, key: &str, want: bool, what: &str) -> anyhow:
 /// A batch of `n` readings of the demo press's bearing temperature, stamped half an hour ago
 /// (the agent's readings are current: [`old_readings_of`] tells them apart).
 fn batch(seq: u64, n: i64) -> anyhow::Result<Vec<u8>> {
-    let now = Timestamp::now().as_micros();
-    let readings: Vec<Reading> = (0..n)
-        .map(|i| {
-            Ok(Reading {
-                tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(now - 1_800_000_000 + i * 1_000),
-                value: 40.0 + i as f64,
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
+    let half_an_hour_ago = Timestamp::now().as_micros() - 1_800_000_000;
+    let readings = series("press-1.bearing_temp", half_an_hour_ago, 1_000, n, |i| {
+        40.0 + i as f64
+    })?;
+    demo_batch(seq, &readings)
 }
 
 async fn readings_of(plant: &Plant, tenant: Uuid) -> anyhow::Result<i64> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ingest::copy::Row;
 use ingest::store::Item;
 use ingest::{Consumer, IngestConfig, IngestStats, PgStore, RuleInput};
-use maintainpro_tests::{Plant, mqtt_url, publish_all};
+use maintainpro_tests::{Plant, demo_batch, mqtt_url, publish_all, series};
 use migrations::testing::TestDatabase;
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
@@ -197,17 +197,10 @@ fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
 
 /// `n` readings of the press bearing, a second apart, from `from` (microseconds).
 fn bearing(seq: u64, from: i64, n: i64) -> anyhow::Result<Vec<u8>> {
-    let readings = (0..n)
-        .map(|i| {
-            Ok(Reading {
-                tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(from + i * 1_000_000),
-                value: 60.0 + i as f64,
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, seq, &readings).encode())
+    let readings = series("press-1.bearing_temp", from, 1_000_000, n, |i| {
+        60.0 + i as f64
+    })?;
+    demo_batch(seq, &readings)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,10 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ingest::{Consumer, IngestConfig, PgStore};
-use maintainpro_tests::{Plant, publish_all};
+use maintainpro_tests::{Plant, demo_batch, publish_all, series};
 use migrations::testing::TestDatabase;
-use model::wire::Batch;
-use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
+use model::{GatewayId, TenantId};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use server::demo::{DEMO_GATEWAY, seed_plant};
 use simulators::mosquitto::PrivateBroker;
@@ -121,17 +120,14 @@ async fn ingest_reads_its_broker_over_tls_with_a_client_certificate() -> anyhow:
     .await?;
 
     // A gateway publishes on the plain listener; ingest receives it over TLS.
-    let readings = (0..5)
-        .map(|i| {
-            Ok(Reading {
-                tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(1_796_205_600_000_000 + i * 1_000_000),
-                value: 60.0 + i as f64,
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let batch = Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, 1, &readings).encode();
+    let readings = series(
+        "press-1.bearing_temp",
+        1_796_205_600_000_000,
+        1_000_000,
+        5,
+        |i| 60.0 + i as f64,
+    )?;
+    let batch = demo_batch(1, &readings)?;
     let topic = model::topic::readings(
         TenantId::from_uuid(tenant),
         &GatewayId::parse(DEMO_GATEWAY)?,

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use maintainpro_tests::{Plant, publish_all};
-use model::wire::Batch;
-use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
+use maintainpro_tests::{Plant, demo_batch, publish_all, series};
+use model::{GatewayId, TenantId, Timestamp};
 use server::demo::DEMO_GATEWAY;
 use sqlx::Row;
 
@@ -83,17 +82,10 @@ async fn rules_select_tags_by_asset_class_and_labels_stored_in_the_database() ->
         &GatewayId::parse(DEMO_GATEWAY)?,
     );
     let t0 = Timestamp::now().as_micros() - 5_000_000;
-    let readings = (0..3)
-        .map(|i| {
-            Ok(Reading {
-                tag: TagName::parse("press-1.bearing_temp")?,
-                ts: Timestamp::from_micros(t0 + i * 1_000_000),
-                value: 90.0,
-                quality: Quality::Good,
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let batch = Batch::from_readings(GatewayId::parse(DEMO_GATEWAY)?, 1, &readings).encode();
+    let batch = demo_batch(
+        1,
+        &series("press-1.bearing_temp", t0, 1_000_000, 3, |_| 90.0)?,
+    )?;
     publish_all(&plant.broker, &topic, vec![batch]).await?;
     Plant::eventually(Duration::from_secs(30), "two work orders", || async {
         Ok((plant.services.summary().work_orders_opened >= 2).then_some(()))
