@@ -105,9 +105,6 @@ pub enum IngestError {
 #[derive(Debug, Default)]
 pub struct IngestStats {
     pub messages: AtomicU64,
-    /// Readings decoded for storage (of known tags), redelivered copies included: what came
-    /// in, whether or not it is stored yet or turns out a duplicate.
-    pub readings: AtomicU64,
     pub readings_stored: AtomicU64,
     pub batches_stored: AtomicU64,
     pub batches_duplicate: AtomicU64,
@@ -422,10 +419,8 @@ impl DecodeStage {
                     self.rules = None;
                 }
             }
+            // Readings in: of known tags, decoded for storage, redelivered copies included.
             if let Item::Batch { rows, .. } = &item {
-                self.stats
-                    .readings
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
                 metrics::counter!("maintainpro_ingest_readings_total").increment(rows.len() as u64);
             }
             let message = Decoded {
