@@ -26,7 +26,8 @@
 //!   that commits before the one formed ahead of it waits for it, so the broker sees the
 //!   acknowledgements in the order it sent the messages.
 //!
-//! Nothing is acknowledged before its commit. A full queue stops the stage before it: while
+//! Nothing is acknowledged before its commit, nor on a connection other than the one the
+//! message came on ([`Connections`]). A full queue stops the stage before it: while
 //! the database is down the store stage holds its groups, the queues fill, and the driver stops
 //! taking messages from the broker.
 //!
@@ -99,6 +100,10 @@ pub enum IngestError {
     BadBroker(String),
     #[error("ingest TLS: {0}")]
     Tls(String),
+    /// A stage of the pipeline ended before it was told to (a panic, a bug): ingest takes no
+    /// more messages; what it had not stored is not acknowledged and comes again.
+    #[error("ingest stopped by itself: {0}; restart it (nothing unstored was acknowledged)")]
+    Stopped(String),
 }
 
 /// Counters ingest keeps; also exported as Prometheus metrics.
@@ -110,8 +115,14 @@ pub struct IngestStats {
     pub batches_duplicate: AtomicU64,
     pub dead_letters: AtomicU64,
     pub retries: AtomicU64,
-    /// Subscriptions the broker confirmed (one per connect): non-zero once messages flow.
+    /// Subscriptions the broker confirmed at QoS 1 or 2 (one per connect): non-zero once
+    /// messages flow.
     pub subscriptions: AtomicU64,
+    /// Subscriptions the broker refused, or granted only at QoS 0, in part or whole.
+    pub subscriptions_refused: AtomicU64,
+    /// Messages stored but not acknowledged because the connection they came on was lost
+    /// meanwhile (see [`Connections`]); the broker delivers them again and the ledger skips them.
+    pub acks_withheld: AtomicU64,
     /// From a message's receipt to the commit of what it carried.
     pub receipt_to_commit: crate::latency::Histogram,
 }
@@ -146,22 +157,29 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 /// How often upcoming readings partitions are created.
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 
-/// A message as the driver received it.
-type Received = (Instant, Publish);
+/// A message as the driver received it: when, on which connection ([`Connections`]), what.
+type Received = (Instant, u64, Publish);
 
 /// A decoded and resolved message on its way to the store stage.
 #[derive(Debug)]
 struct Decoded {
     received: Instant,
-    publish: Publish,
+    delivery: Delivery,
     item: Item,
+}
+
+/// A message to acknowledge once stored, and the connection it came on.
+#[derive(Debug)]
+struct Delivery {
+    connection: u64,
+    publish: Publish,
 }
 
 /// Messages the store stage writes in one transaction.
 #[derive(Debug, Default)]
 struct Group {
     received: Vec<Instant>,
-    publishes: Vec<Publish>,
+    deliveries: Vec<Delivery>,
     items: Vec<Item>,
     readings: usize,
 }
@@ -172,7 +190,7 @@ impl Group {
             self.readings += rows.len();
         }
         self.received.push(message.received);
-        self.publishes.push(message.publish);
+        self.deliveries.push(message.delivery);
         self.items.push(message.item);
     }
 }
@@ -238,11 +256,13 @@ impl Consumer {
         let (received_tx, received_rx) = mpsc::channel(self.config.queue);
         let (decoded_tx, decoded_rx) = mpsc::channel(STORE_QUEUE);
         let stop_intake = CancellationToken::new();
+        let connections = Arc::new(Connections::default());
         let mut driver = AbortOnDropHandle::new(tokio::spawn(drive(
             eventloop,
             client.clone(),
             self.config.subscribe.clone(),
             Arc::clone(&self.stats),
+            Arc::clone(&connections),
             received_tx,
         )));
         if let Err(e) = self.store.ensure_partitions().await {
@@ -266,6 +286,7 @@ impl Consumer {
                 store: self.store.clone(),
                 stats: Arc::clone(&self.stats),
                 client: client.clone(),
+                connections,
             }
             .run(decoded_rx, self.config.writers, stop_intake.clone()),
         ));
@@ -273,20 +294,27 @@ impl Consumer {
         // it has written what the decode stage passed on.
         let pipeline = async move {
             let (decode, storage) = tokio::join!(decode, storage);
-            for stage in [decode, storage] {
-                if let Err(e) = stage {
-                    tracing::error!(error = %e, "an ingest stage failed");
-                }
+            let failed: Vec<String> = [decode, storage]
+                .into_iter()
+                .filter_map(|stage| stage.err().map(|e| e.to_string()))
+                .collect();
+            for e in &failed {
+                tracing::error!(error = %e, "an ingest stage failed");
             }
+            failed
         };
         tokio::pin!(shutdown, pipeline);
+        let mut asked_to_stop = false;
         let mut upkeep = tokio::time::interval_at(
             tokio::time::Instant::now() + PARTITION_UPKEEP,
             PARTITION_UPKEEP,
         );
-        loop {
+        let mut failed = loop {
             tokio::select! {
-                _ = &mut shutdown, if !stop_intake.is_cancelled() => stop_intake.cancel(),
+                _ = &mut shutdown, if !stop_intake.is_cancelled() => {
+                    asked_to_stop = true;
+                    stop_intake.cancel();
+                }
                 _ = upkeep.tick(), if !stop_intake.is_cancelled() => {
                     match self.store.ensure_partitions().await {
                         Ok(n) if n > 0 => tracing::info!(created = n, "readings partitions created"),
@@ -294,19 +322,26 @@ impl Consumer {
                         Err(e) => tracing::warn!(error = %e, "readings partition upkeep failed"),
                     }
                 }
-                _ = &mut pipeline => break,
+                stages = &mut pipeline => break stages,
             }
-        }
+        };
         tracing::info!("ingest stopping");
         // The acknowledgements are ahead of the DISCONNECT in the client's request channel:
         // the driver writes them out, then the DISCONNECT, and returns. Ignored: the
         // connection may be gone already; unacked messages stay with the broker.
         let _ = client.disconnect().await;
-        if tokio::time::timeout(DISCONNECT_GRACE, &mut driver)
-            .await
-            .is_err()
-        {
-            tracing::warn!("broker connection did not close in time; dropping it");
+        match tokio::time::timeout(DISCONNECT_GRACE, &mut driver).await {
+            Err(_) => tracing::warn!("broker connection did not close in time; dropping it"),
+            Ok(Err(e)) => failed.push(format!("the broker connection's driver: {e}")),
+            Ok(Ok(())) => {}
+        }
+        if !failed.is_empty() {
+            return Err(IngestError::Stopped(failed.join("; ")));
+        }
+        if !asked_to_stop {
+            return Err(IngestError::Stopped(
+                "the pipeline ended without being asked to".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -374,7 +409,7 @@ impl DecodeStage {
         stop_intake: CancellationToken,
     ) {
         loop {
-            let (at, publish) = tokio::select! {
+            let (at, connection, publish) = tokio::select! {
                 biased;
                 _ = stop_intake.cancelled() => break,
                 next = received.recv() => match next {
@@ -425,7 +460,10 @@ impl DecodeStage {
             }
             let message = Decoded {
                 received: at,
-                publish,
+                delivery: Delivery {
+                    connection,
+                    publish,
+                },
                 item,
             };
             if decoded.send(message).await.is_err() {
@@ -455,7 +493,7 @@ impl DecodeStage {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
-                    return Some((store_rejected(publish, &e), Vec::new()));
+                    return Some((store_rejected(publish, None, &e), Vec::new()));
                 }
             }
         }
@@ -844,6 +882,7 @@ struct StoreStage {
     store: PgStore,
     stats: Arc<IngestStats>,
     client: AsyncClient,
+    connections: Arc<Connections>,
 }
 
 impl StoreStage {
@@ -862,10 +901,10 @@ impl StoreStage {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next() => {
-                    let Some(publishes) = done else {
+                    let Some(deliveries): Option<Vec<Delivery>> = done else {
                         break; // stopped while the database was down: not stored, so not acked
                     };
-                    if !self.ack(publishes).await {
+                    if !self.ack(&deliveries) {
                         break;
                     }
                 }
@@ -902,14 +941,17 @@ impl StoreStage {
 
     /// Stores a group and records its messages' receipt-to-commit latency. The group's
     /// messages, to be acknowledged, or `None` when intake stopped before it was stored.
-    async fn write(&self, group: Group, stop_intake: &CancellationToken) -> Option<Vec<Publish>> {
+    async fn write(&self, group: Group, stop_intake: &CancellationToken) -> Option<Vec<Delivery>> {
         let Group {
             received,
-            publishes,
+            deliveries,
             items,
             ..
         } = group;
-        if !self.store_with_retry(&publishes, &items, stop_intake).await {
+        if !self
+            .store_with_retry(&deliveries, &items, stop_intake)
+            .await
+        {
             return None;
         }
         for at in &received {
@@ -918,13 +960,23 @@ impl StoreStage {
             metrics::histogram!("maintainpro_ingest_receipt_to_commit_seconds")
                 .record(latency.as_secs_f64());
         }
-        Some(publishes)
+        Some(deliveries)
     }
 
-    /// Acknowledges stored messages; `false` when the client is gone.
-    async fn ack(&self, publishes: Vec<Publish>) -> bool {
-        for publish in &publishes {
-            if let Err(e) = self.client.ack(publish).await {
+    /// Acknowledges stored messages that came on the current connection; `false` when the
+    /// client is gone. One that came on an earlier connection is not acknowledged: its
+    /// packet id means nothing on this one, or another message (see [`Connections`]).
+    fn ack(&self, deliveries: &[Delivery]) -> bool {
+        let current = self.connections.lock();
+        for delivery in deliveries {
+            if delivery.connection != *current {
+                metrics::counter!("maintainpro_ingest_acks_withheld_total").increment(1);
+                self.stats.acks_withheld.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // The request channel has room for every packet id there is (see `run_until`),
+            // so it is never full: an error means the event loop has ended.
+            if let Err(e) = self.client.try_ack(&delivery.publish) {
                 tracing::warn!(error = %e, "ack not sent; the broker will redeliver");
                 return false;
             }
@@ -937,7 +989,7 @@ impl StoreStage {
     /// holding back the others. `false` when intake stopped before the group could be stored.
     async fn store_with_retry(
         &self,
-        publishes: &[Publish],
+        deliveries: &[Delivery],
         items: &[Item],
         stop_intake: &CancellationToken,
     ) -> bool {
@@ -976,31 +1028,53 @@ impl StoreStage {
                     Err(e) => {
                         // The database refuses this message for good: keep it as a dead letter
                         // so nothing is lost, and move on.
-                        let publish = &publishes[part.start];
+                        let publish = &deliveries[part.start].publish;
                         tracing::error!(error = %e, topic = %publish.topic, "message rejected by the database");
-                        match self.store.write_group(&[store_rejected(publish, &e)]).await {
-                            Ok(_) => {
-                                count_dead_letter(&self.stats, "store_rejected");
-                                break;
-                            }
-                            Err(e2) if e2.is_transient() => {
-                                tokio::select! {
-                                    _ = stop_intake.cancelled() => return false,
-                                    _ = tokio::time::sleep(backoff) => {}
-                                }
-                            }
-                            Err(e2) => {
-                                tracing::error!(error = %e2, "dead letter rejected too; dropping the message");
-                                metrics::counter!("maintainpro_ingest_messages_lost_total")
-                                    .increment(1);
-                                break;
-                            }
+                        let letter = store_rejected(publish, items[part.start].tenant(), &e);
+                        if !self.store_dead_letter(letter, stop_intake).await {
+                            return false;
                         }
+                        break;
                     }
                 }
             }
         }
         true
+    }
+
+    /// Stores the dead letter of a message the database refused, retrying with backoff
+    /// whatever the error: the message is acknowledged only once something of it is stored,
+    /// so a database that refuses even the dead letter (a permission revoked, the table
+    /// broken) holds ingest until an operator mends it. If the letter names a tenant, later
+    /// attempts name none, in case the tenant was the trouble. `false` when intake stopped
+    /// first.
+    async fn store_dead_letter(&self, mut letter: Item, stop_intake: &CancellationToken) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.write_group(std::slice::from_ref(&letter)).await {
+                Ok(_) => {
+                    count_dead_letter(&self.stats, "store_rejected");
+                    return true;
+                }
+                Err(e) => {
+                    count_retry();
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the message");
+                    } else {
+                        tracing::error!(error = %e, retry_in = ?backoff, "the database refuses the message's dead letter too; holding the message until it takes it");
+                        if let Item::Dead(d) = &mut letter {
+                            d.tenant = None;
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop_intake.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Counts what a stored group did, and how old each stored batch's newest reading was at
@@ -1077,10 +1151,11 @@ fn node_key(topic: &sparkplug::Topic) -> Result<(TenantId, GatewayId), String> {
     Ok((tenant, gateway))
 }
 
-/// The dead letter of a message the database refuses for good.
-fn store_rejected(publish: &Publish, error: &StoreError) -> Item {
+/// The dead letter of a message the database refuses for good, in `tenant`'s name when
+/// ingest knows the tenant.
+fn store_rejected(publish: &Publish, tenant: Option<uuid::Uuid>, error: &StoreError) -> Item {
     Item::Dead(DeadLetter {
-        tenant: None,
+        tenant,
         topic: publish.topic.clone(),
         reason: "store_rejected",
         detail: error.to_string(),
@@ -1109,6 +1184,71 @@ fn queue_depth(stage: &'static str, depth: usize) {
     metrics::gauge!("maintainpro_ingest_queue_depth", "stage" => stage).set(depth as f64);
 }
 
+/// Which connection to the broker is the current one, counted from zero, so that a message
+/// is acknowledged only on the connection it came on.
+///
+/// rumqttc acknowledges by packet id alone. When a connection fails it drops the
+/// acknowledgements still queued, but one queued after that goes out on the next connection,
+/// where the id names nothing, or another message: one of a new session (the broker lost the
+/// old one), or one the broker sent after the first copy's ack freed the id while the second
+/// copy of a resumed session was still being stored. Acknowledging such a message before it
+/// is stored could lose it. Not acknowledging a stored message is harmless: on a resumed
+/// session the broker delivers it again and the ledger skips it as a duplicate; a lost
+/// session does not expect the ack at all.
+#[derive(Debug, Default)]
+struct Connections(std::sync::Mutex<u64>);
+
+impl Connections {
+    /// The current connection, held: no connection starts while the guard lives.
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After the connection failed: counts the next one, and drops the acknowledgements
+    /// queued since rumqttc dropped its own (which it did when the failure surfaced), all
+    /// under the lock, so an acknowledgement is either dropped or never queued. The other
+    /// requests queued (subscriptions, rebirth commands, the DISCONNECT) are kept for the
+    /// next connection, as rumqttc keeps them.
+    fn next(&self, eventloop: &mut EventLoop) -> u64 {
+        let mut current = self.lock();
+        *current += 1;
+        eventloop.clean();
+        *current
+    }
+}
+
+/// Whether the broker granted every filter at QoS 1 or 2, reporting each one it did not:
+/// refused (its access rules), or granted at QoS 0, which would take deliveries without
+/// acknowledgements and lose whatever is in flight when ingest stops.
+fn granted(filters: &[String], codes: &[rumqttc::SubscribeReasonCode]) -> bool {
+    let mut all = codes.len() == filters.len();
+    for (i, code) in codes.iter().enumerate() {
+        let filter = filters.get(i).map_or("?", String::as_str);
+        match code {
+            rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce | QoS::ExactlyOnce) => {}
+            rumqttc::SubscribeReasonCode::Success(QoS::AtMostOnce) => {
+                all = false;
+                metrics::counter!("maintainpro_ingest_subscriptions_refused_total").increment(1);
+                tracing::error!(
+                    filter,
+                    "the broker granted only QoS 0, which could lose messages; allow QoS 1 on this filter in the broker's settings"
+                );
+            }
+            rumqttc::SubscribeReasonCode::Failure => {
+                all = false;
+                metrics::counter!("maintainpro_ingest_subscriptions_refused_total").increment(1);
+                tracing::error!(
+                    filter,
+                    "the broker refused the subscription; check its access rules for ingest's user"
+                );
+            }
+        }
+    }
+    all
+}
+
 /// Owns the event loop: subscribes after every connect, passes each PUBLISH into `queue`, and
 /// sends what the client asks for (acknowledgements, the DISCONNECT). Returns once the
 /// DISCONNECT is out, or when the connection fails after intake stopped.
@@ -1117,9 +1257,11 @@ async fn drive(
     client: AsyncClient,
     filters: Vec<String>,
     stats: Arc<IngestStats>,
+    connections: Arc<Connections>,
     queue: mpsc::Sender<Received>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let mut connection = *connections.lock();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -1129,17 +1271,22 @@ async fn drive(
                     .iter()
                     .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                 if let Err(e) = client.try_subscribe_many(topics) {
-                    tracing::error!(error = %e, "cannot subscribe");
+                    tracing::error!(error = %e, "cannot subscribe; reconnecting to try again");
+                    connection = connections.next(&mut eventloop);
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("subscribed to the readings topics");
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if granted(&filters, &ack.return_codes) {
+                    stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("subscribed to the readings topics");
+                } else {
+                    stats.subscriptions_refused.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Once intake has stopped the message is left unacknowledged: the broker
                 // delivers it again to the next session.
-                if queue.send((Instant::now(), p)).await.is_ok() {
+                if queue.send((Instant::now(), connection, p)).await.is_ok() {
                     queue_depth("decode", queue.max_capacity() - queue.capacity());
                 }
             }
@@ -1152,6 +1299,18 @@ async fn drive(
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                let lost = connection;
+                connection = connections.next(&mut eventloop);
+                // Messages rumqttc read off the lost connection but had not handed out yet
+                // would come after the next CONNACK, as if they came on the new one: passed on
+                // now, as the lost connection's.
+                for event in std::mem::take(&mut eventloop.state.events) {
+                    if let Event::Incoming(Packet::Publish(p)) = event
+                        && queue.send((Instant::now(), lost, p)).await.is_err()
+                    {
+                        break;
+                    }
+                }
                 tokio::select! {
                     _ = queue.closed() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -1165,6 +1324,24 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_counts_only_when_every_filter_is_granted_at_qos_1_or_more() {
+        use rumqttc::SubscribeReasonCode::{Failure, Success};
+        let filters = vec!["a/#".to_owned(), "b/#".to_owned()];
+        let at = |qos| Success(qos);
+        assert!(granted(
+            &filters,
+            &[at(QoS::AtLeastOnce), at(QoS::ExactlyOnce)]
+        ));
+        assert!(!granted(
+            &filters,
+            &[at(QoS::AtLeastOnce), at(QoS::AtMostOnce)]
+        ));
+        assert!(!granted(&filters, &[Failure, at(QoS::AtLeastOnce)]));
+        // An answer that does not cover every filter.
+        assert!(!granted(&filters, &[at(QoS::AtLeastOnce)]));
+    }
 
     #[test]
     fn the_lag_is_seconds_since_the_event_and_never_negative() {

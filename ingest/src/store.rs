@@ -106,6 +106,16 @@ pub enum Item {
     Dead(DeadLetter),
 }
 
+impl Item {
+    /// The tenant the item is stored for, when ingest knows it.
+    pub fn tenant(&self) -> Option<Uuid> {
+        match self {
+            Item::Batch { tenant, .. } => Some(*tenant),
+            Item::Dead(d) => d.tenant,
+        }
+    }
+}
+
 /// What storing an item did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
@@ -140,11 +150,7 @@ impl PgStore {
         let mut outcome = vec![Written::Duplicate; items.len()];
         let mut by_tenant: BTreeMap<Option<Uuid>, Vec<usize>> = BTreeMap::new();
         for (i, item) in items.iter().enumerate() {
-            let tenant = match item {
-                Item::Batch { tenant, .. } => Some(*tenant),
-                Item::Dead(d) => d.tenant,
-            };
-            by_tenant.entry(tenant).or_default().push(i);
+            by_tenant.entry(item.tenant()).or_default().push(i);
         }
         let mut tx = self.pool.begin().await?;
         let mut fresh_rows: Vec<&Row> = Vec::new();
@@ -335,6 +341,18 @@ async fn write_births<'a>(
     Ok(())
 }
 
+/// `text` as a PostgreSQL `text` value can hold it: the one character it cannot, NUL, shown
+/// as U+FFFD. A dead letter's topic and detail come from the network, and a letter the
+/// database refuses would hold ingest (the message is not acknowledged until something of it
+/// is stored); its payload keeps the exact bytes.
+fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 async fn insert_dead_letter(
     conn: &mut sqlx::PgConnection,
     letter: &DeadLetter,
@@ -344,11 +362,25 @@ async fn insert_dead_letter(
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(letter.tenant)
-    .bind(&letter.topic)
+    .bind(storable_text(&letter.topic).as_ref())
     .bind(letter.reason)
-    .bind(&letter.detail)
+    .bind(storable_text(&letter.detail).as_ref())
     .bind(letter.payload.as_ref())
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_the_database_cannot_hold_is_made_storable_and_the_rest_left_alone() {
+        assert_eq!(storable_text("plant/a\0b"), "plant/a\u{FFFD}b");
+        assert!(matches!(
+            storable_text("plant/ab"),
+            std::borrow::Cow::Borrowed("plant/ab")
+        ));
+    }
 }

@@ -41,8 +41,9 @@ fn scope(begin: &str, tenant: Uuid) -> String {
 }
 
 /// Whether a database error may pass by itself (connection lost, server restarting, too many
-/// connections, serialization failure), so that the same operation should be retried, as
-/// opposed to an error the same input will always get.
+/// connections, serialization failure, a server that is read-only until a failover ends), so
+/// that the same operation should be retried, as opposed to an error the same input will
+/// always get.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -53,11 +54,15 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Class 08 connection exceptions, 40 transaction rollback, 53 insufficient
-            // resources, 57P0x operator intervention (shutdown, restart).
+            // resources, 57P0x operator intervention (shutdown, restart), 57014 a statement
+            // cancelled (by an operator or a timeout), 25006 a read-only transaction (a
+            // standby, or a primary being failed over), 55P03 a lock not available, 58030 an
+            // I/O error of the server.
             code.starts_with("08")
                 || code.starts_with("40")
                 || code.starts_with("53")
                 || code.starts_with("57P")
+                || matches!(code.as_ref(), "57014" | "25006" | "55P03" | "58030")
         }),
         _ => false,
     }

@@ -1062,3 +1062,43 @@ async fn work_order_ancestry_follows_new_work_orders_status_changes_and_asset_mo
     );
     Ok(())
 }
+
+/// The errors a retry can outlast are told apart from those the same statement always gets,
+/// with the errors a real server gives.
+#[tokio::test]
+async fn errors_that_pass_are_told_from_errors_that_stay() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let mut admin = PgConnection::connect(db.admin_url()).await?;
+    let error = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| match r {
+        Ok(_) => Err("the statement should have failed"),
+        Err(e) => Ok(e),
+    };
+    // A read-only server (a standby, or a primary during a failover): 25006.
+    sqlx::query("SET default_transaction_read_only = on")
+        .execute(&mut admin)
+        .await?;
+    let e = error(
+        sqlx::query("CREATE TABLE t (x int)")
+            .execute(&mut admin)
+            .await,
+    )?;
+    assert!(migrations::is_transient(&e), "{e}");
+    sqlx::query("SET default_transaction_read_only = off")
+        .execute(&mut admin)
+        .await?;
+    // A statement cancelled by a timeout: 57014.
+    sqlx::query("SET statement_timeout = 10")
+        .execute(&mut admin)
+        .await?;
+    let e = error(sqlx::query("SELECT pg_sleep(5)").execute(&mut admin).await)?;
+    assert!(migrations::is_transient(&e), "{e}");
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut admin)
+        .await?;
+    // What the same statement always gets: a syntax error, a missing table, a bad value.
+    for statement in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT 'x'::int"] {
+        let e = error(sqlx::query(statement).execute(&mut admin).await)?;
+        assert!(!migrations::is_transient(&e), "{statement}: {e}");
+    }
+    Ok(())
+}

@@ -61,6 +61,8 @@ pub enum DemoError {
     Services(#[from] crate::services::ServicesError),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    #[error("a role of the server stopped by itself (see the log above); the demo stopped too")]
+    RoleEnded,
 }
 
 /// What the demo hands the user: where to look and how to log in.
@@ -444,9 +446,14 @@ pub async fn run(
     let mut status = tokio::time::interval(Duration::from_secs(5));
     status.tick().await;
     tokio::pin!(shutdown);
+    let mut role_ended = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = services.ended() => {
+                role_ended = true;
+                break;
+            }
             _ = status.tick() => {
                 let s = services.summary();
                 tracing::info!(
@@ -476,6 +483,9 @@ pub async fn run(
     match cluster {
         Some(c) => c.stop().await,
         None => drop_database(&admin_url, &db_name).await,
+    }
+    if role_ended {
+        return Err(DemoError::RoleEnded);
     }
     Ok(summary)
 }

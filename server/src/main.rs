@@ -318,8 +318,15 @@ async fn serve(path: &PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal().await;
+    let role_ended = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = services.ended() => true,
+    };
     let summary = services.stop().await;
     tracing::info!(?summary, "stopped");
+    if role_ended {
+        eprintln!("a role of the server stopped by itself (see the log); the server stopped too");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -1,6 +1,8 @@
 //! Starts the configured roles against one database pool, and stops them in order: ingest
 //! first (finish the message in hand, ack, disconnect), then the rules engine (drain what
-//! ingest handed it), then the API (let requests in flight finish).
+//! ingest handed it), then the API (let requests in flight finish). A role that ends before it
+//! is told to (a failure, a panic) is reported through [`Services::ended`], so that the
+//! process can stop and be restarted rather than run on without it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,6 +110,8 @@ pub struct Services {
     rules_stats: Arc<RulesStats>,
     stop_ingest: CancellationToken,
     stop_api: CancellationToken,
+    /// Cancelled when a role ends before it was told to.
+    ended: CancellationToken,
     ingest: Option<JoinHandle<()>>,
     rules: Option<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
@@ -147,6 +151,7 @@ impl Services {
             rules_stats: Arc::clone(&rules_stats),
             stop_ingest: stop_ingest.clone(),
             stop_api: stop_api.clone(),
+            ended: CancellationToken::new(),
             ingest: None,
             rules: None,
             api: None,
@@ -167,11 +172,16 @@ impl Services {
                 source,
             })?);
             let stop = stop_api.clone();
-            services.api = Some(tokio::spawn(async move {
-                if let Err(e) = api.run_until(async move { stop.cancelled().await }).await {
-                    tracing::error!(error = %e, "API server failed");
-                }
-            }));
+            services.api = Some(supervise(
+                "api",
+                async move {
+                    if let Err(e) = api.run_until(async move { stop.cancelled().await }).await {
+                        tracing::error!(error = %e, "API server failed");
+                    }
+                },
+                stop_api.clone(),
+                services.ended.clone(),
+            ));
         }
         let rules_tx = if config.runs(Role::Rules) {
             let rules = Arc::new(rules.ok_or(ServicesError::NoRules)?);
@@ -191,15 +201,20 @@ impl Services {
                 shards: config.rules.shards,
             };
             let (ready_tx, ready) = tokio::sync::oneshot::channel();
-            services.rules = Some(tokio::spawn(rules_task::run(
-                source,
-                rx,
-                wo,
-                pool.clone(),
-                rules_stats,
-                rules_status,
-                ready_tx,
-            )));
+            services.rules = Some(supervise(
+                "rules",
+                rules_task::run(
+                    source,
+                    rx,
+                    wo,
+                    pool.clone(),
+                    rules_stats,
+                    rules_status,
+                    ready_tx,
+                ),
+                stop_ingest.clone(),
+                services.ended.clone(),
+            ));
             // The engines are warmed up with what is stored now: nothing may be stored
             // before that is done. Waits as long as the database is away.
             let _ = ready.await;
@@ -212,16 +227,27 @@ impl Services {
                 Consumer::new(ingest_config.clone(), PgStore::new(pool.clone()), rules_tx);
             services.ingest_stats = consumer.stats();
             let stop = stop_ingest.clone();
-            services.ingest = Some(tokio::spawn(async move {
-                if let Err(e) = consumer
-                    .run_until(async move { stop.cancelled().await })
-                    .await
-                {
-                    tracing::error!(error = %e, "ingest failed");
-                }
-            }));
+            services.ingest = Some(supervise(
+                "ingest",
+                async move {
+                    if let Err(e) = consumer
+                        .run_until(async move { stop.cancelled().await })
+                        .await
+                    {
+                        tracing::error!(error = %e, "ingest failed");
+                    }
+                },
+                stop_ingest.clone(),
+                services.ended.clone(),
+            ));
         }
         Ok(services)
+    }
+
+    /// Completes when a role has ended before it was told to (its failure is logged): the
+    /// process should then stop, [`Services::stop`] the others, and exit with an error.
+    pub async fn ended(&self) {
+        self.ended.cancelled().await;
     }
 
     pub fn api_addr(&self) -> Option<SocketAddr> {
@@ -269,19 +295,39 @@ impl Services {
             .flatten()
         {
             if let Err(e) = task.await {
-                tracing::error!(error = %e, "a service task panicked");
+                tracing::error!(error = %e, "a service's supervisor panicked");
             }
         }
         self.stop_api.cancel();
         if let Some(task) = self.api.take()
             && let Err(e) = task.await
         {
-            tracing::error!(error = %e, "the API task panicked");
+            tracing::error!(error = %e, "the API's supervisor panicked");
         }
         let summary = self.summary();
         self.pool.close().await;
         summary
     }
+}
+
+/// Runs a role's task; when it ends, or panics, before `stopping` is cancelled, logs that and
+/// cancels `ended`.
+fn supervise(
+    role: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    stopping: CancellationToken,
+    ended: CancellationToken,
+) -> JoinHandle<()> {
+    let task = tokio::spawn(task);
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(role, error = %e, "the role's task panicked");
+        }
+        if !stopping.is_cancelled() {
+            tracing::error!(role, "the role stopped by itself; the server stops");
+            ended.cancel();
+        }
+    })
 }
 
 async fn serve_metrics(addr: SocketAddr) -> Result<(), ServicesError> {

@@ -3,7 +3,8 @@
 //! commit (and after the messages that arrived before it), and what the database could not
 //! store never reaches the rules. The storage
 //! transaction is held up by a lock another connection takes on the batch ledger. A group's
-//! rows are written in the index's order. Needs `scripts/test.sh`.
+//! rows are written in the index's order. A message whose dead letter the database refuses is
+//! held, not acknowledged, until the database takes it. Needs `scripts/test.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,6 +59,17 @@ impl World {
     /// Starts a consumer on its own pool, feeding a rules channel the test reads; returns
     /// once the broker has confirmed its subscription.
     async fn consumer(&self) -> anyhow::Result<Running> {
+        let running = self.start_consumer().await;
+        let stats = Arc::clone(&running.stats);
+        Plant::eventually(Duration::from_secs(20), "the subscription", || async {
+            Ok((stats.subscriptions.load(Ordering::Relaxed) > 0).then_some(()))
+        })
+        .await?;
+        Ok(running)
+    }
+
+    /// Starts a consumer as [`World::consumer`] does, without waiting for anything.
+    async fn start_consumer(&self) -> Running {
         let pool = self.db.app_pool().await;
         let (rules_tx, rules) = mpsc::channel(64);
         let consumer = Consumer::new(
@@ -71,17 +83,13 @@ impl World {
             let stop = stop.clone();
             tokio::spawn(consumer.run_until(async move { stop.cancelled().await }))
         };
-        Plant::eventually(Duration::from_secs(20), "the subscription", || async {
-            Ok((stats.subscriptions.load(Ordering::Relaxed) > 0).then_some(()))
-        })
-        .await?;
-        Ok(Running {
+        Running {
             pool,
             rules,
             stats,
             stop,
             task,
-        })
+        }
     }
 
     /// (ledger rows, stored readings) of the tenant.
@@ -429,5 +437,150 @@ async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
     .fetch_all(&mut owner)
     .await?;
     assert_eq!(stored, [(1, 2), (1, 0), (2, 1), (3, 1), (3, 0)]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_dead_letter_the_database_refuses_is_held_unacknowledged_until_it_is_stored()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    let revoke = format!(
+        "REVOKE INSERT ON dead_letters FROM {}",
+        migrations::APP_ROLE
+    );
+    sqlx::query(&revoke).execute(&mut owner).await?;
+    let first = world.consumer().await?;
+    let payload = b"not a batch of readings, only words".to_vec();
+    publish_all(&world.config.broker, &world.topic, vec![payload.clone()]).await?;
+
+    // The letter is refused for good (permission denied), over and over: the message is
+    // neither dropped nor acknowledged, whatever the error's class.
+    Plant::eventually(Duration::from_secs(20), "ingest retrying", || async {
+        Ok((get(&first.stats.retries) >= 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&first.stats.dead_letters), 0);
+    first.stop().await?;
+
+    // Mended: the resumed session gets the message again, and its dead letter is stored.
+    let grant = format!("GRANT INSERT ON dead_letters TO {}", migrations::APP_ROLE);
+    sqlx::query(&grant).execute(&mut owner).await?;
+    owner.close().await?;
+    let second = world.consumer().await?;
+    Plant::eventually(
+        Duration::from_secs(10),
+        "the dead letter stored",
+        || async { Ok((get(&second.stats.dead_letters) == 1).then_some(())) },
+    )
+    .await?;
+    second.stop().await?;
+    let pool = world.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let letters: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT reason, payload FROM dead_letters")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_ne!(
+        letters[0].0, "store_rejected",
+        "the decoder's reason is kept"
+    );
+    assert_eq!(letters[0].1, payload);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_broker_refuses_is_reported_and_not_taken_for_one() -> anyhow::Result<()>
+{
+    const ADMIN: (&str, &str) = ("admin", "admin password");
+    const INGEST: (&str, &str) = ("ingest-acl", "ingest password");
+    let dir = tempfile::tempdir()?;
+    let broker = simulators::mosquitto::PrivateBroker::start_with_accounts(dir.path(), ADMIN)?;
+    // Ingest's account may read Sparkplug B topics only.
+    for args in [
+        &["createRole", "sparkplug-only"][..],
+        &[
+            "addRoleACL",
+            "sparkplug-only",
+            "subscribePattern",
+            "spBv1.0/#",
+            "allow",
+        ],
+        &["createClient", INGEST.0, "-c", INGEST.0, "-p", INGEST.1],
+        &["addClientRole", INGEST.0, "sparkplug-only"],
+    ] {
+        broker.dynsec(args)?;
+    }
+    let mut world = World::new().await?;
+    world.config.broker = broker.url();
+    world.config.client_id = INGEST.0.to_owned();
+    world.config.username = Some(INGEST.0.to_owned());
+    world.config.password = Some(api::config::Secret::new(INGEST.1.to_owned()));
+    let allowed = "spBv1.0/#".to_owned();
+    world.config.subscribe = vec![allowed.clone(), world.config.subscribe[0].clone()];
+
+    // One filter of two refused: the subscription is not taken as made.
+    let refused = world.start_consumer().await;
+    Plant::eventually(Duration::from_secs(20), "the refusal", || async {
+        Ok((get(&refused.stats.subscriptions_refused) == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&refused.stats.subscriptions), 0);
+    refused.stop().await?;
+
+    // The allowed filter alone is.
+    world.config.subscribe = vec![allowed];
+    let granted = world.consumer().await?;
+    assert_eq!(get(&granted.stats.subscriptions_refused), 0);
+    granted.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_after_its_connection_was_lost_is_acknowledged_only_as_redelivered()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut broker = simulators::mosquitto::PrivateBroker::start(dir.path())?;
+    let mut world = World::new().await?;
+    world.config.broker = broker.url();
+    let ingest = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(3, t0, 4)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+
+    // The broker restarts while the message's transaction waits: the resumed session gets
+    // the message again, on the new connection.
+    broker.pause()?;
+    broker.resume()?;
+    Plant::eventually(
+        Duration::from_secs(20),
+        "the message delivered again",
+        || async { Ok((get(&ingest.stats.messages) == 2).then_some(())) },
+    )
+    .await?;
+
+    // Stored once; the first copy's ack is withheld (its packet id belongs to the lost
+    // connection), the second copy's goes out.
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    Plant::eventually(Duration::from_secs(10), "both copies handled", || async {
+        Ok(
+            (get(&ingest.stats.batches_stored) == 1 && get(&ingest.stats.batches_duplicate) == 1)
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(get(&ingest.stats.acks_withheld), 1);
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (1, 4));
+
+    // The broker has the message acknowledged: the session, resumed again, gets nothing.
+    let again = world.consumer().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&again.stats.messages), 0, "the message came back");
+    again.stop().await?;
     Ok(())
 }
