@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -184,83 +183,33 @@ impl SessionCache {
 
 /// Listens on [`CHANNEL`] with a connection made as `pool` makes them (outside it) until
 /// `closing` turns true, feeding `cache`; reconnects with backoff (1 s doubling to 30 s)
-/// when the connection fails. Does nothing when the cache is off.
+/// when the connection fails ([`migrations::announcements::follow`]). Does nothing when the
+/// cache is off.
 pub async fn run(pool: PgPool, cache: Arc<SessionCache>, mut closing: watch::Receiver<bool>) {
     if cache.max_age.is_zero() {
         return;
     }
-    let mut backoff = Duration::from_secs(1);
-    while !*closing.borrow() {
-        match listen(&pool, &cache, &mut closing).await {
-            Ok(()) => break,
-            Err(e) => {
-                if cache.listening() {
-                    // It had subscribed: a new failure starts the backoff over.
-                    backoff = Duration::from_secs(1);
-                }
-                cache.set_listening(false);
-                metrics::counter!("maintainpro_session_cache_reconnects_total").increment(1);
-                tracing::warn!(
-                    error = %e,
-                    retry_in = ?backoff,
-                    "the session-check listener lost its database connection; every check \
-                     reads the database until it is back"
-                );
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = closing.changed() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+    tokio::select! {
+        _ = migrations::announcements::follow(&pool, CHANNEL, "session-check", &*cache) => {}
+        _ = closing.wait_for(|closing| *closing) => {}
     }
     cache.set_listening(false);
 }
 
-/// One connection's life: subscribe, then forget each announced organisation's answers.
-/// `Ok` when closing.
-async fn listen(
-    pool: &PgPool,
-    cache: &SessionCache,
-    closing: &mut watch::Receiver<bool>,
-) -> Result<(), sqlx::Error> {
-    // A connection of its own, with the service pool's settings: the listener holds it for
-    // as long as it listens, which would take it from the requests.
-    let own = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut listener = PgListener::connect_with(&own).await?;
-    // Announcements made while disconnected are lost: a lost connection must end this
-    // subscription (and forget every answer), not be mended silently.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    cache.set_listening(true);
-    tracing::info!("session-check listener subscribed; session checks are remembered");
-    loop {
-        tokio::select! {
-            _ = closing.changed() => return Ok(()),
-            message = listener.try_recv() => match message? {
-                Some(notification) => match notification.payload().parse::<Uuid>() {
-                    Ok(tenant) => cache.forget_tenant(tenant),
-                    // A table emptied at once.
-                    Err(_) if notification.payload() == "*" => cache.forget_all(),
-                    Err(_) => {
-                        tracing::warn!(
-                            payload = notification.payload(),
-                            "an announcement on the session-check channel without an \
-                             organisation id; forgetting every session"
-                        );
-                        cache.forget_all();
-                    }
-                },
-                None => {
-                    return Err(sqlx::Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "the listening connection was lost",
-                    )));
-                }
-            }
+impl migrations::announcements::Audience for SessionCache {
+    fn set_listening(&self, listening: bool) {
+        if !listening {
+            metrics::counter!("maintainpro_session_cache_reconnects_total").increment(1);
         }
+        SessionCache::set_listening(self, listening);
+    }
+
+    fn forget_tenant(&self, tenant: Uuid) {
+        SessionCache::forget_tenant(self, tenant);
+    }
+
+    fn forget_all(&self) {
+        SessionCache::forget_all(self);
     }
 }
 

@@ -82,7 +82,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::IngestConfig;
 use crate::copy::{self, Row};
-use crate::directory::{Directory, Resolved};
+use crate::directory::{self, Changes, Directory, Resolved};
 use crate::store::{BirthRecord, DeadLetter, Item, PgStore, StoreError, Written};
 
 /// A reading on its way to the rules engine, handed over before it is stored.
@@ -123,6 +123,9 @@ pub struct IngestStats {
     /// Messages stored but not acknowledged because the connection they came on was lost
     /// meanwhile (see [`Connections`]); the broker delivers them again and the ledger skips them.
     pub acks_withheld: AtomicU64,
+    /// Announcements of changed gateways, tags or assets heard, and subscriptions of their
+    /// listener made or lost: each makes the decode stage forget what it cached of them.
+    pub directory_changes: AtomicU64,
     /// From a message's receipt to the commit of what it carried.
     pub receipt_to_commit: crate::latency::Histogram,
 }
@@ -265,13 +268,26 @@ impl Consumer {
             Arc::clone(&connections),
             received_tx,
         )));
+        let changes = Arc::new(Changes::new(Arc::clone(&self.stats)));
+        let _listener = AbortOnDropHandle::new(tokio::spawn({
+            let (pool, changes) = (self.store.pool().clone(), Arc::clone(&changes));
+            async move {
+                migrations::announcements::follow(
+                    &pool,
+                    directory::CHANNEL,
+                    "directory",
+                    &*changes,
+                )
+                .await;
+            }
+        }));
         if let Err(e) = self.store.ensure_partitions().await {
             tracing::warn!(error = %e, "could not create upcoming readings partitions; will retry");
         }
         let decode = AbortOnDropHandle::new(tokio::spawn(
             DecodeStage {
                 store: self.store.clone(),
-                directory: Directory::default(),
+                directory: Directory::new(changes),
                 stats: Arc::clone(&self.stats),
                 rules: self.rules,
                 client: client.clone(),

@@ -2,9 +2,18 @@
 //! context rules need, caching per gateway. Tags created after a gateway was cached are found
 //! by a fresh lookup of just the missing names; names still unknown then are registered when
 //! the tenant's ingest policy allows it.
+//!
+//! What is cached is forgotten when the database announces a change of the organisation's
+//! gateways, tags or assets on [`CHANNEL`] (migration `directory_notify`), heard by
+//! [`Changes`], so that an edit (a tag moved to another asset, a new unit, an asset's
+//! criticality) reaches the rules at the next message rather than at the next start. A message
+//! resolved in the moment between the edit's commit and its announcement's arrival (about a
+//! millisecond on one machine) still gets the old context. Names not found are not cached, so
+//! a tag registered is found at the next message without waiting for anything.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
 use rules::{Labels, TagContext};
@@ -13,6 +22,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::consumer::IngestStats;
 use crate::store::StoreError;
 
 /// A gateway of a tenant and the tags resolved so far.
@@ -25,6 +35,65 @@ pub struct GatewayEntry {
 #[derive(Debug, Default)]
 pub struct Directory {
     gateways: HashMap<(TenantId, GatewayId), GatewayEntry>,
+    changes: Arc<Changes>,
+}
+
+/// The channel the database announces changes of gateways, tags and assets on; the payload
+/// is the organisation's id, or `*` for every organisation.
+pub const CHANNEL: &str = "maintainpro_directory";
+
+/// What the announcements on [`CHANNEL`] made stale since the directory last looked, shared
+/// by the listener ([`migrations::announcements::follow`]) and the [`Directory`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    stale: Mutex<Stale>,
+    /// Counts what was heard ([`IngestStats::directory_changes`]).
+    stats: Arc<IngestStats>,
+}
+
+#[derive(Debug, Default)]
+struct Stale {
+    all: bool,
+    tenants: HashSet<Uuid>,
+}
+
+impl Changes {
+    pub fn new(stats: Arc<IngestStats>) -> Self {
+        Self {
+            stale: Mutex::default(),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Stale> {
+        // Nothing is left half-done under the lock: a flag set, a set inserted into or taken.
+        self.stale
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn mark(&self, stale: impl FnOnce(&mut Stale)) {
+        stale(&mut self.lock());
+        self.stats.directory_changes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("maintainpro_ingest_directory_changes_total").increment(1);
+    }
+}
+
+impl migrations::announcements::Audience for Changes {
+    fn set_listening(&self, _listening: bool) {
+        // What was announced while no connection listened is not known.
+        self.mark(|s| s.all = true);
+    }
+
+    fn forget_tenant(&self, tenant: Uuid) {
+        self.mark(|s| {
+            s.tenants.insert(tenant);
+        });
+    }
+
+    fn forget_all(&self) {
+        self.mark(|s| s.all = true);
+    }
 }
 
 /// What a lookup found.
@@ -35,6 +104,31 @@ pub enum Resolved<'a> {
 }
 
 impl Directory {
+    /// A directory that forgets what `changes` hears of.
+    pub fn new(changes: Arc<Changes>) -> Self {
+        Self {
+            gateways: HashMap::new(),
+            changes,
+        }
+    }
+
+    /// Forgets what was announced as changed since the last call.
+    fn forget_changed(&mut self) {
+        let stale = {
+            let mut s = self.changes.lock();
+            if !s.all && s.tenants.is_empty() {
+                return;
+            }
+            (std::mem::take(&mut s.all), std::mem::take(&mut s.tenants))
+        };
+        match stale {
+            (true, _) => self.gateways.clear(),
+            (false, tenants) => self
+                .gateways
+                .retain(|(tenant, _), _| !tenants.contains(&tenant.as_uuid())),
+        }
+    }
+
     /// Resolves the gateway and the given tag names, querying only what is not cached.
     pub async fn resolve<'a>(
         &'a mut self,
@@ -43,6 +137,9 @@ impl Directory {
         gateway: &GatewayId,
         names: &[TagName],
     ) -> Result<Resolved<'a>, StoreError> {
+        // Before the lookups, so that an announcement heard while they run is applied to
+        // what they cache, at the next message.
+        self.forget_changed();
         let key = (tenant, gateway.clone());
         if !self.gateways.contains_key(&key) {
             let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;

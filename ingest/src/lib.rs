@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: broker (plain or TLS), client id and subscription settings.
 //! - [`copy`]: the binary COPY encoding of reading rows and the times it can hold (pure).
-//! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached.
+//! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached
+//!   until the database announces a change.
 //! - [`latency`]: the receipt-to-commit latency histogram.
 //! - [`store`]: the PostgreSQL side: one transaction per group of messages with the batch
 //!   ledger, dead letters and the kept Sparkplug B births; partition upkeep.

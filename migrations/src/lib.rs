@@ -22,6 +22,8 @@
 //!   settings.
 //! - `tenant.rs`: [`begin_tenant`], the transaction every tenant-scoped query runs in, and
 //!   [`tenant_read_begin`], the same scope's statements for a client that sends them itself.
+//! - `announcements.rs`: [`announcements::follow`], a listener on a channel where the
+//!   database announces, by organisation, changes to what processes keep in memory.
 //! - `sql.rs`: quoting of identifiers and literals for statements that take no parameters.
 //! - `error.rs`: [`DbError`], the error of everything above.
 //! - `throwaway.rs`: [`throwaway::Cluster`], a private PostgreSQL server started from the
@@ -38,6 +40,7 @@ mod sql;
 mod tenant;
 mod urls;
 
+pub mod announcements;
 pub mod throwaway;
 
 #[cfg(feature = "testing")]

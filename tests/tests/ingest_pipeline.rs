@@ -584,3 +584,55 @@ async fn a_message_stored_after_its_connection_was_lost_is_acknowledged_only_as_
     again.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_a_tag_or_its_asset_reaches_the_rules_at_the_next_message() -> anyhow::Result<()>
+{
+    let world = World::new().await?;
+    let mut ingest = world.consumer().await?;
+    // The listener subscribed (which also counts as a change heard).
+    Plant::eventually(
+        Duration::from_secs(20),
+        "the directory listener",
+        || async { Ok((get(&ingest.stats.directory_changes) > 0).then_some(())) },
+    )
+    .await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 1)?]).await?;
+    let before = ingest.next_rule_inputs().await?[0].ctx.clone();
+
+    // Each edit, once announced, is what the next message resolves to.
+    let edits = [
+        "UPDATE tags SET unit = 'degF' WHERE name = 'press-1.bearing_temp'",
+        "UPDATE assets SET criticality = CASE criticality WHEN 5 THEN 4 ELSE 5 END
+         WHERE id = (SELECT asset_id FROM tags WHERE name = 'press-1.bearing_temp')",
+    ];
+    let mut contexts = Vec::new();
+    for (i, edit) in edits.into_iter().enumerate() {
+        let heard = get(&ingest.stats.directory_changes);
+        let mut tx = migrations::begin_tenant(&ingest.pool, world.tenant).await?;
+        let changed = sqlx::query(edit).execute(&mut *tx).await?;
+        anyhow::ensure!(changed.rows_affected() == 1, "{edit}");
+        tx.commit().await?;
+        Plant::eventually(Duration::from_secs(10), "the announcement", || async {
+            Ok((get(&ingest.stats.directory_changes) > heard).then_some(()))
+        })
+        .await?;
+        let seq = 2 + i as u64;
+        let at = t0 + (seq as i64) * 1_000_000;
+        publish_all(
+            &world.config.broker,
+            &world.topic,
+            vec![bearing(seq, at, 1)?],
+        )
+        .await?;
+        contexts.push(ingest.next_rule_inputs().await?[0].ctx.clone());
+    }
+    assert_ne!(before.unit.as_deref(), Some("degF"));
+    assert_eq!(contexts[0].unit.as_deref(), Some("degF"));
+    assert_eq!(contexts[0].criticality, before.criticality);
+    assert_ne!(contexts[1].criticality, before.criticality);
+    assert_eq!(contexts[1].unit.as_deref(), Some("degF"));
+    ingest.stop().await?;
+    Ok(())
+}

@@ -360,7 +360,8 @@ async fn a_lost_listener_connection_forgets_every_check_until_it_subscribes_agai
     let admin = sqlx::PgPool::connect(&migrations::testing::admin_url().await?).await?;
     let ended: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = $1 AND query LIKE 'LISTEN%' AND pg_terminate_backend(pid)",
+         WHERE datname = $1 AND query LIKE 'LISTEN%maintainpro_session_checks%'
+           AND pg_terminate_backend(pid)",
     )
     .bind(&plant.db.name)
     .fetch_one(&admin)

@@ -1,0 +1,99 @@
+//! Following a channel on which the database announces, by organisation, that something a
+//! process keeps in memory has changed (the triggers of the migrations `session_check_notify`
+//! and `directory_notify`). The payload of an announcement is the organisation's id, or `*`
+//! for every organisation (a table emptied at once).
+//!
+//! [`follow`] keeps one connection subscribed and tells an [`Audience`] what it hears. An
+//! announcement made while no connection was subscribed is lost, so the audience hears of
+//! every subscription and every lost connection, and forgets everything at both.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use uuid::Uuid;
+
+/// What keeps something per organisation that announcements make stale.
+pub trait Audience {
+    /// The connection subscribed (`true`) or was lost (`false`): what was announced while no
+    /// connection was subscribed is not known, so everything kept is stale.
+    fn set_listening(&self, listening: bool);
+    /// Something of `tenant`'s changed.
+    fn forget_tenant(&self, tenant: Uuid);
+    /// Something of an organisation not known here changed, or of every organisation.
+    fn forget_all(&self);
+}
+
+/// Subscribes to `channel` on a connection made as `pool` makes them (outside it, which it
+/// would hold for good) and tells `audience` what is announced; reconnects with backoff (1 s
+/// doubling to 30 s) when the connection fails. Runs until dropped. `what` names the listener
+/// in the log.
+pub async fn follow(pool: &PgPool, channel: &str, what: &str, audience: &impl Audience) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut subscribed = false;
+        let e = listen(pool, channel, what, audience, &mut subscribed).await;
+        if subscribed {
+            // It had subscribed: a new failure starts the backoff over.
+            backoff = Duration::from_secs(1);
+            audience.set_listening(false);
+        }
+        tracing::warn!(
+            error = %e,
+            retry_in = ?backoff,
+            "the {what} listener lost its database connection; what depends on it reads the \
+             database until it is back"
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One connection's life: subscribe, then pass each announcement on. Returns why it ended.
+async fn listen(
+    pool: &PgPool,
+    channel: &str,
+    what: &str,
+    audience: &impl Audience,
+    subscribed: &mut bool,
+) -> sqlx::Error {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = match PgListener::connect_with(&own).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    // Announcements made while disconnected are lost: a lost connection must end this
+    // subscription (and make the audience forget everything), not be mended silently.
+    listener.eager_reconnect(false);
+    if let Err(e) = listener.listen(channel).await {
+        return e;
+    }
+    *subscribed = true;
+    audience.set_listening(true);
+    tracing::info!(channel, "{what} listener subscribed");
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => match notification.payload().parse::<Uuid>() {
+                Ok(tenant) => audience.forget_tenant(tenant),
+                Err(_) if notification.payload() == "*" => audience.forget_all(),
+                Err(_) => {
+                    tracing::warn!(
+                        channel,
+                        payload = notification.payload(),
+                        "an announcement without an organisation id; forgetting everything"
+                    );
+                    audience.forget_all();
+                }
+            },
+            Ok(None) => {
+                return sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the listening connection was lost",
+                ));
+            }
+            Err(e) => return e,
+        }
+    }
+}
