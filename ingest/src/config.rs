@@ -125,6 +125,17 @@ impl IngestConfig {
                 "list at least one topic filter".to_owned(),
             ));
         }
+        for filter in &self.subscribe {
+            if filter.is_empty() || !rumqttc::valid_filter(filter) {
+                out.push((
+                    "ingest.subscribe".to_owned(),
+                    format!(
+                        "{filter:?} is not an MQTT topic filter ('#' only as the last level, \
+                         '+' and '#' only as whole levels)"
+                    ),
+                ));
+            }
+        }
         if self.password.is_some() != self.username.is_some() {
             out.push((
                 "ingest.password".to_owned(),

@@ -155,6 +155,9 @@ pub const GROUP_MESSAGES: usize = 64;
 /// Decoded messages waiting for the store stage: one full group can wait while the one before
 /// is written.
 const STORE_QUEUE: usize = GROUP_MESSAGES;
+/// Tries of a write whose statement was cancelled or denied a lock (a timeout, an operator)
+/// before it counts as refused, is split, and its poison message becomes a dead letter.
+const INTERRUPTED_RETRIES: usize = 3;
 /// How long a stopping consumer waits for its acknowledgements and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 /// How often upcoming readings partitions are created.
@@ -499,10 +502,15 @@ impl DecodeStage {
         stop_intake: &CancellationToken,
     ) -> Option<(Item, Vec<RuleInput>)> {
         let mut backoff = Duration::from_millis(100);
+        let mut interrupted = 0;
         loop {
             match self.prepare(publish, decoding).await {
                 Ok(prepared) => return Some(prepared),
-                Err(e) if e.is_transient() => {
+                Err(e)
+                    if e.is_transient()
+                        || (e.is_interrupted() && interrupted < INTERRUPTED_RETRIES) =>
+                {
+                    interrupted += usize::from(e.is_interrupted());
                     if !self.wait_to_retry(&e, &mut backoff, stop_intake).await {
                         return None;
                     }
@@ -1015,6 +1023,7 @@ impl StoreStage {
             end: items.len(),
         }];
         while let Some(part) = parts.pop() {
+            let mut interrupted = 0;
             loop {
                 let started = Instant::now();
                 match self.store.write_group(&items[part.clone()]).await {
@@ -1024,7 +1033,11 @@ impl StoreStage {
                         self.account(&items[part], &written);
                         break;
                     }
-                    Err(e) if e.is_transient() => {
+                    Err(e)
+                        if e.is_transient()
+                            || (e.is_interrupted() && interrupted < INTERRUPTED_RETRIES) =>
+                    {
+                        interrupted += usize::from(e.is_interrupted());
                         count_retry();
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
@@ -1281,17 +1294,25 @@ async fn drive(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(200);
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 let topics = filters
                     .iter()
                     .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                // The filters were checked with the configuration: this fails only when the
+                // request channel is closed or full.
                 if let Err(e) = client.try_subscribe_many(topics) {
-                    tracing::error!(error = %e, "cannot subscribe; reconnecting to try again");
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot subscribe; reconnecting to try again");
+                    tokio::select! {
+                        _ = queue.closed() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     connection = connections.next(&mut eventloop);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                // Connected and subscribed: the next failure starts the backoff over.
+                backoff = Duration::from_millis(200);
                 if granted(&filters, &ack.return_codes) {
                     stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("subscribed to the readings topics");

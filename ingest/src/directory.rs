@@ -9,11 +9,17 @@
 //! criticality) reaches the rules at the next message rather than at the next start. A message
 //! resolved in the moment between the edit's commit and its announcement's arrival (about a
 //! millisecond on one machine) still gets the old context. Names not found are not cached, so
-//! a tag registered is found at the next message without waiting for anything.
+//! a tag registered is found at the next message without waiting for anything. Everything is
+//! also forgotten every [`MAX_AGE`], in case the listener's connection died without an error
+//! (a dropped TCP flow) and announcements stopped coming. An edit reaches what the rules
+//! engine reads off each reading (unit, asset name, criticality); what it decided at a tag's
+//! first reading (which rules select the tag, by asset, class or labels) waits for its next
+//! reload.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
 use rules::{Labels, TagContext};
@@ -32,11 +38,16 @@ pub struct GatewayEntry {
     pub tags: HashMap<TagName, Arc<TagContext>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Directory {
     gateways: HashMap<(TenantId, GatewayId), GatewayEntry>,
     changes: Arc<Changes>,
+    /// When everything was last forgotten.
+    fresh_since: Instant,
 }
+
+/// The longest an entry is used without being looked up again, announcement or not.
+pub const MAX_AGE: Duration = Duration::from_secs(300);
 
 /// The channel the database announces changes of gateways, tags and assets on; the payload
 /// is the organisation's id, or `*` for every organisation.
@@ -109,11 +120,17 @@ impl Directory {
         Self {
             gateways: HashMap::new(),
             changes,
+            fresh_since: Instant::now(),
         }
     }
 
-    /// Forgets what was announced as changed since the last call.
+    /// Forgets what was announced as changed since the last call, and everything once
+    /// [`MAX_AGE`] has passed since it last did.
     fn forget_changed(&mut self) {
+        if self.fresh_since.elapsed() >= MAX_AGE {
+            self.gateways.clear();
+            self.fresh_since = Instant::now();
+        }
         let stale = {
             let mut s = self.changes.lock();
             if !s.all && s.tenants.is_empty() {
@@ -122,7 +139,10 @@ impl Directory {
             (std::mem::take(&mut s.all), std::mem::take(&mut s.tenants))
         };
         match stale {
-            (true, _) => self.gateways.clear(),
+            (true, _) => {
+                self.gateways.clear();
+                self.fresh_since = Instant::now();
+            }
             (false, tenants) => self
                 .gateways
                 .retain(|(tenant, _), _| !tenants.contains(&tenant.as_uuid())),

@@ -35,6 +35,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient(_))
     }
+
+    /// A statement cancelled or denied a lock ([`migrations::is_interrupted`]): permanent,
+    /// but worth a few more tries before the message is given up as refused.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, StoreError::Permanent(e) if migrations::is_interrupted(e))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -2,8 +2,9 @@
 -- that can make what ingest has resolved a message's gateway and tags to stale: a gateway or
 -- a tag changed or removed; an asset's name, criticality, class or labels changed, or an
 -- asset removed (the rules' context of its tags). Ingest forgets the organisation's cached
--- gateways and tags when it hears it (ingest/src/directory.rs), so that an edit reaches the
--- rules at the next message. Additions need no announcement: ingest caches only what it
+-- gateways and tags when it hears it (ingest/src/directory.rs), so that the next message
+-- carries the edited context to the rules (what the engine decides at a tag's first reading,
+-- which rules select it, waits for its next reload). Additions need no announcement: ingest caches only what it
 -- found, and looks up every name it has not found yet. NOTIFY is sent at commit, and only
 -- once per transaction and organisation.
 

@@ -41,8 +41,8 @@ pub async fn follow(pool: &PgPool, channel: &str, what: &str, audience: &impl Au
         tracing::warn!(
             error = %e,
             retry_in = ?backoff,
-            "the {what} listener lost its database connection; what depends on it reads the \
-             database until it is back"
+            "the {what} listener lost its database connection; changes are not heard until \
+             it is back"
         );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -54,18 +54,26 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Class 08 connection exceptions, 40 transaction rollback, 53 insufficient
-            // resources, 57P0x operator intervention (shutdown, restart), 57014 a statement
-            // cancelled (by an operator or a timeout), 25006 a read-only transaction (a
-            // standby, or a primary being failed over), 55P03 a lock not available, 58030 an
-            // I/O error of the server.
+            // resources, 57P0x operator intervention (shutdown, restart), 25006 a read-only
+            // transaction (a standby, or a primary being failed over), 58030 an I/O error of
+            // the server.
             code.starts_with("08")
                 || code.starts_with("40")
                 || code.starts_with("53")
                 || code.starts_with("57P")
-                || matches!(code.as_ref(), "57014" | "25006" | "55P03" | "58030")
+                || matches!(code.as_ref(), "25006" | "58030")
         }),
         _ => false,
     }
+}
+
+/// Whether a statement was interrupted rather than refused: cancelled (57014: an operator's
+/// `pg_cancel_backend`, or `statement_timeout`) or denied a lock (55P03: `lock_timeout`,
+/// `NOWAIT`). Worth a few more tries, but not an endless retry as [`is_transient`] errors
+/// get: a statement that always outlasts a timeout would be retried for ever.
+pub fn is_interrupted(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.code().is_some_and(|code| matches!(code.as_ref(), "57014" | "55P03")))
 }
 
 /// A test's switch that breaks the application's tenant filter on purpose: inside

@@ -1086,12 +1086,14 @@ async fn errors_that_pass_are_told_from_errors_that_stay() -> TestResult {
     sqlx::query("SET default_transaction_read_only = off")
         .execute(&mut admin)
         .await?;
-    // A statement cancelled by a timeout: 57014.
+    // A statement cancelled by a timeout (57014) is interrupted, not transient: it may be
+    // cancelled again every time.
     sqlx::query("SET statement_timeout = 10")
         .execute(&mut admin)
         .await?;
     let e = error(sqlx::query("SELECT pg_sleep(5)").execute(&mut admin).await)?;
-    assert!(migrations::is_transient(&e), "{e}");
+    assert!(migrations::is_interrupted(&e), "{e}");
+    assert!(!migrations::is_transient(&e), "{e}");
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut admin)
         .await?;
@@ -1099,6 +1101,7 @@ async fn errors_that_pass_are_told_from_errors_that_stay() -> TestResult {
     for statement in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT 'x'::int"] {
         let e = error(sqlx::query(statement).execute(&mut admin).await)?;
         assert!(!migrations::is_transient(&e), "{statement}: {e}");
+        assert!(!migrations::is_interrupted(&e), "{statement}: {e}");
     }
     Ok(())
 }

@@ -309,6 +309,27 @@ mod tests {
     }
 
     #[test]
+    fn ingest_topic_filters_must_be_filters() {
+        let load = |filters: &str| {
+            let text = format!(
+                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                 [ingest]\nbroker = 'mqtt://127.0.0.1'\nsubscribe = [{filters}]"
+            );
+            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                .err()
+                .map(|err| err.to_string())
+        };
+        assert_eq!(load("'maintainpro/v1/+/+/readings', 'spBv1.0/#'"), None);
+        let err = load("'plant/#/x', 'a/b+', ''").expect("refused");
+        for filter in ["\"plant/#/x\"", "\"a/b+\"", "\"\""] {
+            assert!(
+                err.contains(&format!("{filter} is not an MQTT topic filter")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn the_example_configuration_is_valid_but_for_its_placeholders() {
         let text = include_str!("../../config/server.example.toml");
         // Only what an operator must fill in may be reported: nothing about unknown keys or

