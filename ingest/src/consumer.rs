@@ -155,6 +155,9 @@ pub const GROUP_MESSAGES: usize = 64;
 /// Decoded messages waiting for the store stage: one full group can wait while the one before
 /// is written.
 const STORE_QUEUE: usize = GROUP_MESSAGES;
+/// Sparkplug B nodes whose sessions the decode stage keeps in memory before it forgets those
+/// offline (see `DecodeStage::restore_node`).
+const MAX_NODES: usize = 65_536;
 /// Tries of a write whose statement was cancelled or denied a lock (a timeout, an operator)
 /// before it counts as refused, is split, and its poison message becomes a dead letter.
 const INTERRUPTED_RETRIES: usize = 3;
@@ -554,6 +557,16 @@ impl DecodeStage {
     ) -> bool {
         if self.nodes.contains_key(key) {
             return true;
+        }
+        if self.nodes.len() >= MAX_NODES {
+            // Node names come from the network. Those offline (dead, or never born) are
+            // restored from the kept births as they were, should they speak again; only
+            // when that is not enough do the online ones go too (the next message of each
+            // is then taken as after a restart).
+            self.nodes.retain(|_, node| node.session.is_online());
+            if self.nodes.len() >= MAX_NODES {
+                self.nodes.clear();
+            }
         }
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -216,13 +216,28 @@ pub fn rebirth_request(now_ms: u64) -> Vec<u8> {
 pub const REBIRTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// When a host last asked each edge node for its births, so that a stream of unreadable
-/// messages gives one request per [`REBIRTH_INTERVAL`], not one per message.
+/// messages gives one request per [`REBIRTH_INTERVAL`], not one per message. Holds at most
+/// about [`RebirthRequests::TRACKED`] nodes: once that many were asked, those asked longer than
+/// the interval ago (which would be asked again anyway) are forgotten, so node names that
+/// come and go cannot grow it without end.
 #[derive(Debug, Default, Clone)]
 pub struct RebirthRequests {
     asked: HashMap<(String, String), std::time::Instant>,
 }
 
 impl RebirthRequests {
+    /// Nodes remembered before those asked more than [`REBIRTH_INTERVAL`] ago are forgotten.
+    pub const TRACKED: usize = 4096;
+
+    /// How many nodes are remembered.
+    pub fn len(&self) -> usize {
+        self.asked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.asked.is_empty()
+    }
+
     /// The `NCMD` topic and payload to publish for the node of `topic`, or `None` when it was
     /// asked less than [`REBIRTH_INTERVAL`] before `now`. `at` stamps the payload.
     pub fn due(
@@ -238,6 +253,10 @@ impl RebirthRequests {
             .is_some_and(|last| now.duration_since(*last) < REBIRTH_INTERVAL)
         {
             return None;
+        }
+        if self.asked.len() >= Self::TRACKED {
+            self.asked
+                .retain(|_, last| now.duration_since(*last) < REBIRTH_INTERVAL);
         }
         self.asked.insert(key, now);
         let ms = u64::try_from(at.as_micros() / 1000).unwrap_or(0);

@@ -529,6 +529,40 @@ fn rebirth_requests_are_spaced_per_node() {
 }
 
 #[test]
+fn rebirth_requests_forget_nodes_asked_long_ago_once_many_were_asked() {
+    let mut requests = RebirthRequests::default();
+    let start = std::time::Instant::now();
+    let node = |i: usize| topic(&format!("spBv1.0/plant/NDATA/n{i}"));
+    for i in 0..RebirthRequests::TRACKED {
+        assert!(requests.due(&node(i), start, received()).is_some());
+    }
+    assert_eq!(requests.len(), RebirthRequests::TRACKED);
+    // Within the interval nothing can be forgotten: each is still spaced.
+    let soon = start + std::time::Duration::from_secs(1);
+    assert!(requests.due(&node(0), soon, received()).is_none());
+    assert!(
+        requests
+            .due(&node(RebirthRequests::TRACKED), soon, received())
+            .is_some()
+    );
+    assert_eq!(requests.len(), RebirthRequests::TRACKED + 1);
+    // After it, the next new node makes room: only what was asked within the interval stays.
+    let later = start + REBIRTH_INTERVAL + std::time::Duration::from_millis(500);
+    assert!(
+        requests
+            .due(&node(RebirthRequests::TRACKED + 1), later, received())
+            .is_some()
+    );
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .due(&node(RebirthRequests::TRACKED), later, received())
+            .is_none(),
+        "asked a few seconds ago: still spaced"
+    );
+}
+
+#[test]
 fn births_and_deaths_that_take_effect_are_named_as_changes() {
     let mut s = NodeSession::new("");
     let out = s.on_message(
