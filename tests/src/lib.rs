@@ -53,6 +53,23 @@ pub fn demo_batch(seq: u64, readings: &[model::Reading]) -> anyhow::Result<Vec<u
 /// The environment variable naming the test broker.
 pub const MQTT_URL_VAR: &str = "MPTEST_MQTT_URL";
 
+/// On a broker whose accounts the dynamic-security plugin keeps, a client `(user, password)`
+/// (its client id the user name) with a role of its own allowed to subscribe to `patterns`.
+pub fn broker_account(
+    broker: &simulators::mosquitto::PrivateBroker,
+    (user, password): (&str, &str),
+    role: &str,
+    patterns: &[&str],
+) -> anyhow::Result<()> {
+    broker.dynsec(&["createRole", role])?;
+    for pattern in patterns {
+        broker.dynsec(&["addRoleACL", role, "subscribePattern", pattern, "allow"])?;
+    }
+    broker.dynsec(&["createClient", user, "-c", user, "-p", password])?;
+    broker.dynsec(&["addClientRole", user, role])?;
+    Ok(())
+}
+
 /// The test broker's URL. Tests need a real broker; `scripts/test.sh` starts Mosquitto.
 pub fn mqtt_url() -> anyhow::Result<String> {
     std::env::var(MQTT_URL_VAR).with_context(|| {

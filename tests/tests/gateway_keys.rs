@@ -29,27 +29,12 @@ const KEYS: &str = "/api/v1/api-keys";
 /// A private broker with the plugin, and ingest's account as the gateway guide makes it.
 fn accounts_broker(dir: &std::path::Path) -> anyhow::Result<PrivateBroker> {
     let broker = PrivateBroker::start_with_accounts(dir, ADMIN)?;
-    for args in [
-        &["createRole", "maintainpro-ingest"][..],
-        &[
-            "addRoleACL",
-            "maintainpro-ingest",
-            "subscribePattern",
-            "maintainpro/v1/#",
-            "allow",
-        ],
-        &[
-            "addRoleACL",
-            "maintainpro-ingest",
-            "subscribePattern",
-            "spBv1.0/#",
-            "allow",
-        ],
-        &["createClient", INGEST.0, "-c", INGEST.0, "-p", INGEST.1],
-        &["addClientRole", INGEST.0, "maintainpro-ingest"],
-    ] {
-        broker.dynsec(args)?;
-    }
+    maintainpro_tests::broker_account(
+        &broker,
+        INGEST,
+        "maintainpro-ingest",
+        &["maintainpro/v1/#", "spBv1.0/#"],
+    )?;
     Ok(broker)
 }
 

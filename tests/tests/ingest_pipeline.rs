@@ -499,20 +499,7 @@ async fn a_subscription_the_broker_refuses_is_reported_and_not_taken_for_one() -
     let dir = tempfile::tempdir()?;
     let broker = simulators::mosquitto::PrivateBroker::start_with_accounts(dir.path(), ADMIN)?;
     // Ingest's account may read Sparkplug B topics only.
-    for args in [
-        &["createRole", "sparkplug-only"][..],
-        &[
-            "addRoleACL",
-            "sparkplug-only",
-            "subscribePattern",
-            "spBv1.0/#",
-            "allow",
-        ],
-        &["createClient", INGEST.0, "-c", INGEST.0, "-p", INGEST.1],
-        &["addClientRole", INGEST.0, "sparkplug-only"],
-    ] {
-        broker.dynsec(args)?;
-    }
+    maintainpro_tests::broker_account(&broker, INGEST, "sparkplug-only", &["spBv1.0/#"])?;
     let mut world = World::new().await?;
     world.config.broker = broker.url();
     world.config.client_id = INGEST.0.to_owned();
