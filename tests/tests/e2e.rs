@@ -429,3 +429,30 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A role that ends before it is told to (here ingest, handed a broker address it cannot
+/// use, which the configuration file would have refused) is reported, so that the process
+/// stops rather than run on without it; the other roles still stop in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_stops_by_itself_is_reported() -> anyhow::Result<()> {
+    let db = migrations::testing::TestDatabase::create().await?;
+    let files = tempfile::tempdir()?;
+    let rules = files.path().join("rules.toml");
+    std::fs::write(&rules, server::demo::DEMO_RULES)?;
+    let text = format!(
+        "roles = ['ingest', 'rules']\n[database]\nurl = '{}'\n\
+         [ingest]\nbroker = 'mqtt://127.0.0.1'\n[rules]\nfiles = ['{}']\n",
+        db.urls.app_url,
+        rules.display()
+    );
+    let mut config = server::ServerConfig::from_toml("server.toml", &text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.ingest.as_mut().context("ingest section")?.broker = "not a broker".to_owned();
+    let rule_set = server::services::load_rule_files(&config.rules.files)?;
+    let services = server::Services::start(&config, Some(rule_set)).await?;
+    tokio::time::timeout(Duration::from_secs(20), services.ended())
+        .await
+        .context("the role's end was not reported")?;
+    services.stop().await;
+    Ok(())
+}
