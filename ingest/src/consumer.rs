@@ -509,11 +509,7 @@ impl DecodeStage {
         loop {
             match self.prepare(publish, decoding).await {
                 Ok(prepared) => return Some(prepared),
-                Err(e)
-                    if e.is_transient()
-                        || (e.is_interrupted() && interrupted < INTERRUPTED_RETRIES) =>
-                {
-                    interrupted += usize::from(e.is_interrupted());
+                Err(e) if worth_retrying(&e, &mut interrupted) => {
                     if !self.wait_to_retry(&e, &mut backoff, stop_intake).await {
                         return None;
                     }
@@ -526,23 +522,15 @@ impl DecodeStage {
         }
     }
 
-    /// Counts a transient error and waits `backoff` (doubled for the next time, up to 5 s).
-    /// `false` when intake stops meanwhile.
+    /// Logs a database error the message waits out, then [`pause_to_retry`].
     async fn wait_to_retry(
         &self,
         error: &StoreError,
         backoff: &mut Duration,
         stop_intake: &CancellationToken,
     ) -> bool {
-        count_retry();
-        self.stats.retries.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %error, retry_in = ?*backoff, "database unavailable; holding the message");
-        tokio::select! {
-            _ = stop_intake.cancelled() => return false,
-            _ = tokio::time::sleep(*backoff) => {}
-        }
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
-        true
+        pause_to_retry(&self.stats, backoff, stop_intake).await
     }
 
     /// At the first message of a Sparkplug B node since the start, restores the node's
@@ -1046,19 +1034,11 @@ impl StoreStage {
                         self.account(&items[part], &written);
                         break;
                     }
-                    Err(e)
-                        if e.is_transient()
-                            || (e.is_interrupted() && interrupted < INTERRUPTED_RETRIES) =>
-                    {
-                        interrupted += usize::from(e.is_interrupted());
-                        count_retry();
-                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    Err(e) if worth_retrying(&e, &mut interrupted) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
-                        tokio::select! {
-                            _ = stop_intake.cancelled() => return false,
-                            _ = tokio::time::sleep(backoff) => {}
+                        if !pause_to_retry(&self.stats, &mut backoff, stop_intake).await {
+                            return false;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     Err(e) if part.len() > 1 => {
                         tracing::warn!(error = %e, messages = part.len(), "group refused; storing its messages one by one");
@@ -1099,8 +1079,6 @@ impl StoreStage {
                     return true;
                 }
                 Err(e) => {
-                    count_retry();
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     if e.is_transient() {
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the message");
                     } else {
@@ -1109,11 +1087,9 @@ impl StoreStage {
                             d.tenant = None;
                         }
                     }
-                    tokio::select! {
-                        _ = stop_intake.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !pause_to_retry(&self.stats, &mut backoff, stop_intake).await {
+                        return false;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -1216,8 +1192,34 @@ fn lag_seconds(now: Timestamp, reading: Timestamp) -> f64 {
     (now.as_micros().saturating_sub(reading.as_micros())).max(0) as f64 / 1e6
 }
 
-fn count_retry() {
+/// Whether a failed database operation is tried again: a transient error always, an
+/// interrupted statement up to [`INTERRUPTED_RETRIES`] times (counted in `interrupted`).
+fn worth_retrying(error: &StoreError, interrupted: &mut usize) -> bool {
+    if error.is_transient() {
+        return true;
+    }
+    if error.is_interrupted() && *interrupted < INTERRUPTED_RETRIES {
+        *interrupted += 1;
+        return true;
+    }
+    false
+}
+
+/// Counts a retry and waits `backoff` (doubled for the next time, up to 5 s). `false` when
+/// intake stops meanwhile.
+async fn pause_to_retry(
+    stats: &IngestStats,
+    backoff: &mut Duration,
+    stop_intake: &CancellationToken,
+) -> bool {
     metrics::counter!("maintainpro_ingest_retries_total").increment(1);
+    stats.retries.fetch_add(1, Ordering::Relaxed);
+    tokio::select! {
+        _ = stop_intake.cancelled() => return false,
+        _ = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
 }
 
 /// Messages waiting in front of `stage`: `decode`, `store`, or `rules` (the rules task's

@@ -55,7 +55,7 @@ pub const CHANNEL: &str = "maintainpro_directory";
 
 /// What the announcements on [`CHANNEL`] made stale since the directory last looked, shared
 /// by the listener ([`migrations::announcements::follow`]) and the [`Directory`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Changes {
     stale: Mutex<Stale>,
     /// Counts what was heard ([`IngestStats::directory_changes`]).
