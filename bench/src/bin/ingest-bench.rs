@@ -4,8 +4,9 @@
 //! binary, 10,000 rows per commit. Then a paced run at a fixed rate measures receipt-to-commit
 //! latency. Everything runs on 127.0.0.1: a throwaway PostgreSQL cluster with fsync on, and a
 //! private Mosquitto. During the paced run a superuser connection samples what the writers'
-//! backends wait on (`pg_stat_activity`, every 10 ms), so that a run's tail can be read
-//! against where PostgreSQL spent its time.
+//! backends wait on (`pg_stat_activity`, every 10 ms), and the run reports who wrote the
+//! shared buffers out meanwhile (`pg_stat_bgwriter`), so that a run's tail can be read against
+//! where PostgreSQL spent its time.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -82,6 +83,29 @@ async fn sample_wait_events(
         }
     }
     Ok((counts, polls))
+}
+
+/// PostgreSQL's buffer-write counters (`pg_stat_bgwriter`): who wrote the shared buffers out
+/// (backends themselves, the background writer, checkpoints), how many were allocated, and
+/// how many checkpoints ran. Read before and after the paced run; the output gives the change.
+const BUFFER_COUNTERS: [&str; 6] = [
+    "buffers_backend",
+    "buffers_backend_fsync",
+    "buffers_clean",
+    "buffers_checkpoint",
+    "buffers_alloc",
+    "checkpoints",
+];
+
+async fn buffer_counters(admin_url: &str) -> anyhow::Result<Vec<i64>> {
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(admin_url).await?;
+    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT buffers_backend, buffers_backend_fsync, buffers_clean, buffers_checkpoint, \
+         buffers_alloc, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    Ok(vec![row.0, row.1, row.2, row.3, row.4, row.5])
 }
 
 async fn wait_stored(
@@ -271,6 +295,7 @@ async fn main() -> anyhow::Result<()> {
         args.paced_for,
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
     );
+    let counters_before = buffer_counters(&cluster.admin_url()).await?;
     let sampling = CancellationToken::new();
     let sampler = tokio::spawn(sample_wait_events(
         cluster.admin_url(),
@@ -288,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
     let paced_rate = paced_report.readings as f64 / started.elapsed().as_secs_f64();
     sampling.cancel();
     let (wait_events, polls) = sampler.await??;
+    let counters_after = buffer_counters(&cluster.admin_url()).await?;
     eprintln!(
         "paced run stored by {}",
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -339,6 +365,11 @@ async fn main() -> anyhow::Result<()> {
             "paced_wait_polls": polls,
             "paced_active_backends_mean": (samples as f64 / polls.max(1) as f64 * 100.0).round() / 100.0,
             "paced_wait_event_shares": shares,
+            "paced_buffer_writes": BUFFER_COUNTERS
+                .iter()
+                .zip(counters_after.iter().zip(&counters_before))
+                .map(|(name, (after, before))| ((*name).to_owned(), serde_json::json!(after - before)))
+                .collect::<serde_json::Map<_, _>>(),
         })
     );
     Ok(())
