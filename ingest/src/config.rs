@@ -12,6 +12,9 @@ fn default_queue() -> usize {
 fn default_writers() -> usize {
     3
 }
+fn default_database_timeout() -> std::time::Duration {
+    crate::store::DEFAULT_TIMEOUT
+}
 
 /// Most store writers a consumer runs.
 pub const MAX_WRITERS: usize = 16;
@@ -42,6 +45,13 @@ pub struct IngestConfig {
     /// disk; see BENCHMARKS.md for the measurement behind the default.
     #[serde(default = "default_writers")]
     pub writers: usize,
+    /// How long ingest waits for the database to answer one operation (a group's transaction,
+    /// a look-up) before it gives the connection up and tries again on a new one. Nothing is
+    /// acknowledged before its commit, and the ledger keeps a group tried again from being
+    /// stored twice. It bounds how long a connection that neither answers nor breaks holds
+    /// ingest, and its shutdown.
+    #[serde(default = "default_database_timeout", with = "humantime_serde")]
+    pub database_timeout: std::time::Duration,
     /// Topic filters to subscribe to. The default takes every tenant's gateways and every
     /// Sparkplug B group's births, data and deaths; a process that serves some tenants only
     /// lists theirs (`maintainpro/v1/<tenant>/+/readings`,
@@ -71,6 +81,7 @@ impl IngestConfig {
             password: None,
             queue: default_queue(),
             writers: default_writers(),
+            database_timeout: default_database_timeout(),
             subscribe: default_subscribe(),
         }
     }
@@ -117,6 +128,16 @@ impl IngestConfig {
             out.push((
                 "ingest.writers".to_owned(),
                 format!("must be 1-{MAX_WRITERS}; each writer holds a database connection"),
+            ));
+        }
+        if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))
+            .contains(&self.database_timeout)
+        {
+            out.push((
+                "ingest.database_timeout".to_owned(),
+                "must be 1s-1h; a busy database can take seconds to commit a group, so leave \
+                 it well above that"
+                    .to_owned(),
             ));
         }
         if self.subscribe.is_empty() {

@@ -55,7 +55,8 @@
 //!
 //! The decode stage stops taking messages and finishes the one in hand; the store stage
 //! stores and acknowledges everything decoded: the groups in flight, then the rest of its
-//! queue (it stops retrying if the database is down, without acknowledging). Then ingest
+//! queue (it stops retrying if the database is down, without acknowledging; an operation the
+//! database does not answer is given up after `ingest.database_timeout`). Then ingest
 //! disconnects once the acknowledgements are out. Messages not taken stay with the broker,
 //! which delivers them again to the next session.
 
@@ -115,6 +116,9 @@ pub struct IngestStats {
     pub batches_duplicate: AtomicU64,
     pub dead_letters: AtomicU64,
     pub retries: AtomicU64,
+    /// Database operations given up because the database did not answer in time
+    /// (`ingest.database_timeout`); each is retried on another connection.
+    pub database_timeouts: AtomicU64,
     /// Subscriptions the broker confirmed at QoS 1 or 2 (one per connect): non-zero once
     /// messages flow.
     pub subscriptions: AtomicU64,
@@ -206,12 +210,14 @@ impl Group {
 
 impl Consumer {
     /// `rules` receives each decoded message's readings, sorted by event time, before they
-    /// are stored (see the module's documentation).
+    /// are stored (see the module's documentation). The store waits for the database at
+    /// most `config.database_timeout`.
     pub fn new(
         config: IngestConfig,
         store: PgStore,
         rules: Option<mpsc::Sender<Vec<RuleInput>>>,
     ) -> Self {
+        let store = store.with_timeout(config.database_timeout);
         Self {
             config,
             store,
@@ -530,7 +536,7 @@ impl DecodeStage {
         stop_intake: &CancellationToken,
     ) -> bool {
         tracing::warn!(error = %error, retry_in = ?*backoff, "database unavailable; holding the message");
-        pause_to_retry(&self.stats, backoff, stop_intake).await
+        pause_to_retry(&self.stats, error, backoff, stop_intake).await
     }
 
     /// At the first message of a Sparkplug B node since the start, restores the node's
@@ -583,8 +589,11 @@ impl DecodeStage {
         (tenant, gateway): &(TenantId, GatewayId),
     ) -> Result<Followed, StoreError> {
         let id = match self
-            .directory
-            .resolve(self.store.pool(), *tenant, gateway, &[])
+            .store
+            .within(
+                self.directory
+                    .resolve(self.store.pool(), *tenant, gateway, &[]),
+            )
             .await?
         {
             Resolved::Gateway(entry) => entry.id,
@@ -792,8 +801,11 @@ impl DecodeStage {
             return Ok(dead(known, "bad_timestamp", detail));
         }
         let entry = match self
-            .directory
-            .resolve(self.store.pool(), tenant, gateway, &batch.tags)
+            .store
+            .within(
+                self.directory
+                    .resolve(self.store.pool(), tenant, gateway, &batch.tags),
+            )
             .await?
         {
             Resolved::Gateway(entry) => entry,
@@ -885,8 +897,11 @@ impl DecodeStage {
     ) -> Result<Option<TenantId>, StoreError> {
         Ok(
             match self
-                .directory
-                .resolve(self.store.pool(), tenant, gateway, &[])
+                .store
+                .within(
+                    self.directory
+                        .resolve(self.store.pool(), tenant, gateway, &[]),
+                )
                 .await?
             {
                 Resolved::Gateway(_)
@@ -1036,7 +1051,7 @@ impl StoreStage {
                     }
                     Err(e) if worth_retrying(&e, &mut interrupted) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
-                        if !pause_to_retry(&self.stats, &mut backoff, stop_intake).await {
+                        if !pause_to_retry(&self.stats, &e, &mut backoff, stop_intake).await {
                             return false;
                         }
                     }
@@ -1087,7 +1102,7 @@ impl StoreStage {
                             d.tenant = None;
                         }
                     }
-                    if !pause_to_retry(&self.stats, &mut backoff, stop_intake).await {
+                    if !pause_to_retry(&self.stats, &e, &mut backoff, stop_intake).await {
                         return false;
                     }
                 }
@@ -1205,15 +1220,20 @@ fn worth_retrying(error: &StoreError, interrupted: &mut usize) -> bool {
     false
 }
 
-/// Counts a retry and waits `backoff` (doubled for the next time, up to 5 s). `false` when
-/// intake stops meanwhile.
+/// Counts a retry (and a database that did not answer, when `error` says so) and waits
+/// `backoff` (doubled for the next time, up to 5 s). `false` when intake stops meanwhile.
 async fn pause_to_retry(
     stats: &IngestStats,
+    error: &StoreError,
     backoff: &mut Duration,
     stop_intake: &CancellationToken,
 ) -> bool {
     metrics::counter!("maintainpro_ingest_retries_total").increment(1);
     stats.retries.fetch_add(1, Ordering::Relaxed);
+    if matches!(error, StoreError::TimedOut(_)) {
+        metrics::counter!("maintainpro_ingest_database_timeouts_total").increment(1);
+        stats.database_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
     tokio::select! {
         _ = stop_intake.cancelled() => return false,
         _ = tokio::time::sleep(*backoff) => {}

@@ -13,8 +13,10 @@
 //! a start ([`PgStore::load_births`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use crate::copy::{self, Row};
@@ -29,11 +31,20 @@ pub enum StoreError {
     /// The data or the schema is wrong; retrying the same message cannot succeed.
     #[error("database rejected the write: {0}")]
     Permanent(sqlx::Error),
+    /// The database did not answer within the store's timeout ([`PgStore::with_timeout`]):
+    /// the connection was given up, and the operation may be tried again on another.
+    #[error(
+        "the database did not answer within {0:?}; trying again on a new connection \
+         (if it is only slow, raise ingest.database_timeout)"
+    )]
+    TimedOut(Duration),
 }
 
 impl StoreError {
+    /// Worth waiting out: the database was unreachable, refused for a passing reason, or did
+    /// not answer in time.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        matches!(self, StoreError::Transient(_) | StoreError::TimedOut(_))
     }
 
     /// A statement cancelled or denied a lock ([`migrations::is_interrupted`]): permanent,
@@ -134,115 +145,74 @@ pub enum Written {
     DeadLettered,
 }
 
+/// How long ingest waits for the database to answer one operation by default
+/// (`ingest.database_timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    timeout: Duration,
 }
 
 impl PgStore {
+    /// A store on `pool` that waits at most [`DEFAULT_TIMEOUT`] for an answer.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same store, waiting at most `timeout` for the database to answer one operation (a
+    /// group's transaction, a look-up). A connection that neither answers nor breaks (a
+    /// stalled network, a server that hangs) would otherwise hold ingest, and its shutdown,
+    /// for as long as the operating system keeps the connection open.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
+    /// Runs a database operation of ingest's with the store's timeout: when the database has
+    /// not answered in time, the operation is dropped and the answer is
+    /// [`StoreError::TimedOut`]. The connection it was using is not reused before it has
+    /// answered a ping (the pool's check of every connection handed back mid-operation).
+    pub async fn within<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, operation).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::TimedOut(self.timeout)),
+        }
+    }
+
     /// Stores a group of messages in one transaction: the ledger rows of every batch (per
     /// tenant, with row-level security scoped to that tenant), the dead letters, and one
     /// binary COPY with the rows of every batch not stored before, in the index's order.
     /// Either all of it commits or none does. Returns what became of each item, in order.
+    ///
+    /// When the database does not answer within the store's timeout, the connection is closed
+    /// and the answer is [`StoreError::TimedOut`]: the transaction may then have committed or
+    /// not, and a retry is safe either way, since the ledger skips the batches it stored.
     pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
-        let mut outcome = vec![Written::Duplicate; items.len()];
-        let mut by_tenant: BTreeMap<Option<Uuid>, Vec<usize>> = BTreeMap::new();
-        for (i, item) in items.iter().enumerate() {
-            by_tenant.entry(item.tenant()).or_default().push(i);
-        }
-        let mut tx = self.pool.begin().await?;
-        let mut fresh_rows: Vec<&Row> = Vec::new();
-        for (tenant, indexes) in &by_tenant {
-            sqlx::query("SELECT set_config($1, $2, true)")
-                .bind(migrations::TENANT_SETTING)
-                .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
-                .execute(&mut *tx)
-                .await?;
-            // The first item with a given (gateway, seq) claims it; later copies in the same
-            // group are duplicates, like copies already in the ledger. A copy in another
-            // group written at the same time waits for that group's transaction; the rows go
-            // in key order, so two groups never wait for each other.
-            let mut claimed = HashSet::new();
-            let (mut gateways, mut seqs, mut counts, mut candidates) =
-                (vec![], vec![], vec![], vec![]);
-            for &i in indexes {
-                if let Item::Batch {
-                    gateway, seq, rows, ..
-                } = &items[i]
-                    && claimed.insert((*gateway, *seq))
-                {
-                    gateways.push(*gateway);
-                    seqs.push(*seq);
-                    counts.push(i32::try_from(rows.len()).unwrap_or(i32::MAX));
-                    candidates.push(i);
-                }
+        let mut conn = self
+            .within(async { Ok(self.pool.acquire().await?) })
+            .await?;
+        match tokio::time::timeout(self.timeout, write_group_on(&mut conn, items)).await {
+            Ok(written) => written,
+            Err(_) => {
+                // Mid-statement, the connection's state is unknown: closed here rather than
+                // handed back to the pool, which would ping it first and could wait as long
+                // again for the answer.
+                drop(conn.detach());
+                Err(StoreError::TimedOut(self.timeout))
             }
-            let inserted: HashSet<(Uuid, i64)> = if candidates.is_empty() {
-                HashSet::new()
-            } else {
-                sqlx::query_as::<_, (Uuid, i64)>(
-                    "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
-                     SELECT $1, g, s, r FROM UNNEST($2::uuid[], $3::bigint[], $4::int[]) AS t(g, s, r)
-                     ORDER BY g, s
-                     ON CONFLICT DO NOTHING
-                     RETURNING gateway_id, seq",
-                )
-                .bind(tenant)
-                .bind(&gateways)
-                .bind(&seqs)
-                .bind(&counts)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-            };
-            // In message order, so that a group's dead letters are numbered as its messages
-            // came (groups written at once may interleave).
-            let candidates: HashSet<usize> = candidates.into_iter().collect();
-            for &i in indexes {
-                match &items[i] {
-                    Item::Batch {
-                        gateway,
-                        seq,
-                        rows,
-                        rejected,
-                        ..
-                    } if candidates.contains(&i) && inserted.contains(&(*gateway, *seq)) => {
-                        outcome[i] = Written::Stored { rows: rows.len() };
-                        fresh_rows.extend(rows.iter());
-                        if let Some(letter) = rejected {
-                            insert_dead_letter(&mut tx, letter).await?;
-                        }
-                    }
-                    Item::Dead(letter) => {
-                        insert_dead_letter(&mut tx, letter).await?;
-                        outcome[i] = Written::DeadLettered;
-                    }
-                    Item::Batch { .. } => {}
-                }
-            }
-            write_births(&mut tx, *tenant, indexes.iter().map(|&i| &items[i])).await?;
         }
-        if !fresh_rows.is_empty() {
-            // In the index's order (tag, newest first): consecutive rows then land on
-            // neighbouring index pages rather than scattered over one page per tag
-            // (bench/src/bin/index-bench.rs: about a tenth of the COPY's time when a second's
-            // tags come shuffled).
-            fresh_rows.sort_unstable_by_key(|r| (r.tag_id, std::cmp::Reverse(r.ts)));
-            let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
-            copy_in.send(copy::encode(fresh_rows.into_iter())).await?;
-            copy_in.finish().await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
     }
 
     /// The births kept for the node `gateway` of `tenant`, `None` when it has none.
@@ -251,15 +221,20 @@ impl PgStore {
         tenant: Uuid,
         gateway: Uuid,
     ) -> Result<Option<StoredBirths>, StoreError> {
-        let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
-        let mut rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT device, version, node_version, payload FROM sparkplug_births
-             WHERE gateway_id = $1",
-        )
-        .bind(gateway)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let mut rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = self
+            .within(async {
+                let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
+                let rows = sqlx::query_as(
+                    "SELECT device, version, node_version, payload FROM sparkplug_births
+                     WHERE gateway_id = $1",
+                )
+                .bind(gateway)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(rows)
+            })
+            .await?;
         let Some(latest) = rows.iter().map(|r| r.1).max() else {
             return Ok(None);
         };
@@ -283,11 +258,111 @@ impl PgStore {
 
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.
     pub async fn ensure_partitions(&self) -> Result<i32, StoreError> {
-        let created: i32 = sqlx::query_scalar("SELECT ensure_readings_partitions(7, 3)")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(created)
+        self.within(async {
+            Ok(
+                sqlx::query_scalar("SELECT ensure_readings_partitions(7, 3)")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+        .await
     }
+}
+
+/// [`PgStore::write_group`]'s transaction, on `conn`.
+async fn write_group_on(
+    conn: &mut sqlx::PgConnection,
+    items: &[Item],
+) -> Result<Vec<Written>, StoreError> {
+    let mut outcome = vec![Written::Duplicate; items.len()];
+    let mut by_tenant: BTreeMap<Option<Uuid>, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        by_tenant.entry(item.tenant()).or_default().push(i);
+    }
+    let mut tx = conn.begin().await?;
+    let mut fresh_rows: Vec<&Row> = Vec::new();
+    for (tenant, indexes) in &by_tenant {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(migrations::TENANT_SETTING)
+            .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        // The first item with a given (gateway, seq) claims it; later copies in the same
+        // group are duplicates, like copies already in the ledger. A copy in another
+        // group written at the same time waits for that group's transaction; the rows go
+        // in key order, so two groups never wait for each other.
+        let mut claimed = HashSet::new();
+        let (mut gateways, mut seqs, mut counts, mut candidates) = (vec![], vec![], vec![], vec![]);
+        for &i in indexes {
+            if let Item::Batch {
+                gateway, seq, rows, ..
+            } = &items[i]
+                && claimed.insert((*gateway, *seq))
+            {
+                gateways.push(*gateway);
+                seqs.push(*seq);
+                counts.push(i32::try_from(rows.len()).unwrap_or(i32::MAX));
+                candidates.push(i);
+            }
+        }
+        let inserted: HashSet<(Uuid, i64)> = if candidates.is_empty() {
+            HashSet::new()
+        } else {
+            sqlx::query_as::<_, (Uuid, i64)>(
+                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
+                 SELECT $1, g, s, r FROM UNNEST($2::uuid[], $3::bigint[], $4::int[]) AS t(g, s, r)
+                 ORDER BY g, s
+                 ON CONFLICT DO NOTHING
+                 RETURNING gateway_id, seq",
+            )
+            .bind(tenant)
+            .bind(&gateways)
+            .bind(&seqs)
+            .bind(&counts)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        // In message order, so that a group's dead letters are numbered as its messages
+        // came (groups written at once may interleave).
+        let candidates: HashSet<usize> = candidates.into_iter().collect();
+        for &i in indexes {
+            match &items[i] {
+                Item::Batch {
+                    gateway,
+                    seq,
+                    rows,
+                    rejected,
+                    ..
+                } if candidates.contains(&i) && inserted.contains(&(*gateway, *seq)) => {
+                    outcome[i] = Written::Stored { rows: rows.len() };
+                    fresh_rows.extend(rows.iter());
+                    if let Some(letter) = rejected {
+                        insert_dead_letter(&mut tx, letter).await?;
+                    }
+                }
+                Item::Dead(letter) => {
+                    insert_dead_letter(&mut tx, letter).await?;
+                    outcome[i] = Written::DeadLettered;
+                }
+                Item::Batch { .. } => {}
+            }
+        }
+        write_births(&mut tx, *tenant, indexes.iter().map(|&i| &items[i])).await?;
+    }
+    if !fresh_rows.is_empty() {
+        // In the index's order (tag, newest first): consecutive rows then land on
+        // neighbouring index pages rather than scattered over one page per tag
+        // (bench/src/bin/index-bench.rs: about a tenth of the COPY's time when a second's
+        // tags come shuffled).
+        fresh_rows.sort_unstable_by_key(|r| (r.tag_id, std::cmp::Reverse(r.ts)));
+        let mut copy_in = tx.copy_in_raw(copy::COPY_READINGS).await?;
+        copy_in.send(copy::encode(fresh_rows.into_iter())).await?;
+        copy_in.finish().await?;
+    }
+    tx.commit().await?;
+    Ok(outcome)
 }
 
 /// Writes the birth records of one tenant's items: per node and device the latest, in key

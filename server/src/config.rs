@@ -330,6 +330,26 @@ mod tests {
     }
 
     #[test]
+    fn ingest_database_timeout_is_a_duration_of_1s_to_1h() {
+        let load = |timeout: &str| {
+            let text = format!(
+                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                 [ingest]\nbroker = 'mqtt://127.0.0.1'\ndatabase_timeout = '{timeout}'"
+            );
+            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                .map(|config| config.ingest.map(|i| i.database_timeout))
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(load("5s"), Ok(Some(std::time::Duration::from_secs(5))));
+        for refused in ["0s", "2h"] {
+            let err = load(refused).expect_err(refused);
+            assert!(err.contains("ingest.database_timeout"), "{err}");
+            assert!(err.contains("must be 1s-1h"), "{err}");
+        }
+        assert!(load("soon").is_err());
+    }
+
+    #[test]
     fn the_example_configuration_is_valid_but_for_its_placeholders() {
         let text = include_str!("../../config/server.example.toml");
         // Only what an operator must fill in may be reported: nothing about unknown keys or

@@ -4,7 +4,9 @@
 //! store never reaches the rules. The storage
 //! transaction is held up by a lock another connection takes on the batch ledger. A group's
 //! rows are written in the index's order. A message whose dead letter the database refuses is
-//! held, not acknowledged, until the database takes it. Needs `scripts/test.sh`.
+//! held, not acknowledged, until the database takes it. A write the database does not answer
+//! in time is given up and tried again on a new connection, and does not hold a stop. Needs
+//! `scripts/test.sh`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -625,5 +627,96 @@ async fn an_edit_of_a_tag_or_its_asset_reaches_the_rules_at_the_next_message() -
     assert_ne!(contexts[1].criticality, before.criticality);
     assert_eq!(contexts[1].unit.as_deref(), Some("degF"));
     ingest.stop().await?;
+    Ok(())
+}
+
+/// Transactions waiting for a lock on the batch ledger: ingest's current one, and those of
+/// connections it gave up, whose server processes wait on until the lock frees.
+async fn ledger_waiters(conn: &mut PgConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'ingest_batches'::regclass AND NOT granted",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later()
+-> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.database_timeout = Duration::from_secs(1);
+    let ingest = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 5)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+
+    // Each second without an answer, ingest gives the connection up and tries on a new one;
+    // the server processes of those it gave up still wait for the lock.
+    Plant::eventually(Duration::from_secs(20), "two timeouts", || async {
+        Ok((get(&ingest.stats.database_timeouts) >= 2).then_some(()))
+    })
+    .await?;
+    assert!(
+        ledger_waiters(&mut lock).await? >= 2,
+        "the retry did not run on a new connection"
+    );
+    assert_eq!(get(&ingest.stats.batches_stored), 0);
+    assert_eq!(world.stored().await?, (0, 0));
+
+    // Released: the transactions given up find their client gone and roll back; the retry
+    // stores the batch once.
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    Plant::eventually(Duration::from_secs(10), "no waiter left", || async {
+        let mut conn = PgConnection::connect(&world.db.urls.owner_url).await?;
+        let left = ledger_waiters(&mut conn).await?;
+        conn.close().await?;
+        Ok((left == 0).then_some(()))
+    })
+    .await?;
+    lock.close().await?;
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (1, 5));
+
+    // Acknowledged: the resumed session gets nothing again.
+    let again = world.consumer().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&again.stats.messages), 0, "the message came back");
+    again.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_with_the_broker()
+-> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.database_timeout = Duration::from_secs(1);
+    let ingest = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(2, t0, 4)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+
+    // Asked to stop while its write waits: ingest gives the write up at the timeout and
+    // stops without acknowledging (the disconnect grace is 5 s).
+    tokio::time::timeout(Duration::from_secs(15), ingest.stop())
+        .await
+        .map_err(|_| anyhow::anyhow!("ingest did not stop while its write waited"))??;
+    assert_eq!(world.stored().await?, (0, 0));
+
+    // The broker kept the message: the resumed session stores it once.
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    let again = world.consumer().await?;
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&again.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    again.stop().await?;
+    assert_eq!(world.stored().await?, (1, 4));
     Ok(())
 }
