@@ -741,13 +741,13 @@ impl DecodeStage {
     ) -> Result<(Item, Vec<RuleInput>), StoreError> {
         let dead = |tenant: Option<TenantId>, reason: &'static str, detail: String| {
             (
-                Item::Dead(DeadLetter {
-                    tenant: tenant.map(|t| t.as_uuid()),
-                    topic: publish.topic.clone(),
+                Item::Dead(DeadLetter::new(
+                    tenant.map(|t| t.as_uuid()),
+                    &publish.topic,
                     reason,
                     detail,
-                    payload: publish.payload.clone(),
-                }),
+                    publish.payload.clone(),
+                )),
                 Vec::new(),
             )
         };
@@ -870,12 +870,14 @@ impl DecodeStage {
             )),
             (None, Some(unknown)) => Some(("unknown_tag", unknown)),
         }
-        .map(|(reason, detail)| DeadLetter {
-            tenant: Some(tenant.as_uuid()),
-            topic: publish.topic.clone(),
-            reason,
-            detail,
-            payload: publish.payload.clone(),
+        .map(|(reason, detail)| {
+            DeadLetter::new(
+                Some(tenant.as_uuid()),
+                &publish.topic,
+                reason,
+                detail,
+                publish.payload.clone(),
+            )
         });
         Ok((
             Item::Batch {
@@ -1187,13 +1189,13 @@ fn node_key(topic: &sparkplug::Topic) -> Result<(TenantId, GatewayId), String> {
 /// The dead letter of a message the database refuses for good, in `tenant`'s name when
 /// ingest knows the tenant.
 fn store_rejected(publish: &Publish, tenant: Option<uuid::Uuid>, error: &StoreError) -> Item {
-    Item::Dead(DeadLetter {
+    Item::Dead(DeadLetter::new(
         tenant,
-        topic: publish.topic.clone(),
-        reason: "store_rejected",
-        detail: error.to_string(),
-        payload: publish.payload.clone(),
-    })
+        &publish.topic,
+        "store_rejected",
+        error.to_string(),
+        publish.payload.clone(),
+    ))
 }
 
 fn count_dead_letter(stats: &IngestStats, reason: &'static str) {

@@ -67,11 +67,34 @@ impl From<sqlx::Error> for StoreError {
 /// A message ingest could not turn into readings.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// Made with the letter and kept through its retries: a letter written again after a
+    /// commit whose outcome ingest could not learn is skipped by its key (`letter_key`).
+    pub key: Uuid,
     pub tenant: Option<Uuid>,
     pub topic: String,
     pub reason: &'static str,
     pub detail: String,
     pub payload: bytes::Bytes,
+}
+
+impl DeadLetter {
+    /// A new letter of `payload` from `topic`, with a key of its own.
+    pub fn new(
+        tenant: Option<Uuid>,
+        topic: &str,
+        reason: &'static str,
+        detail: String,
+        payload: bytes::Bytes,
+    ) -> Self {
+        Self {
+            key: Uuid::new_v4(),
+            tenant,
+            topic: topic.to_owned(),
+            reason,
+            detail,
+            payload,
+        }
+    }
 }
 
 /// What a Sparkplug B birth or death changed in the births kept for its node.
@@ -179,8 +202,10 @@ impl PgStore {
 
     /// Runs a database operation of ingest's with the store's timeout: when the database has
     /// not answered in time, the operation is dropped and the answer is
-    /// [`StoreError::TimedOut`]. The connection it was using is not reused before it has
-    /// answered a ping (the pool's check of every connection handed back mid-operation).
+    /// [`StoreError::TimedOut`]. The connection it was using goes back to the pool, which
+    /// reuses it only once it has answered a ping; until then it holds its place in the pool
+    /// (a look-up is one connection; a group's write closes its own, see
+    /// [`PgStore::write_group`]).
     pub async fn within<T>(
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
@@ -439,9 +464,11 @@ async fn insert_dead_letter(
     letter: &DeadLetter,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO dead_letters (tenant_id, topic, reason, detail, payload)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO dead_letters (letter_key, tenant_id, topic, reason, detail, payload)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (letter_key) DO NOTHING",
     )
+    .bind(letter.key)
     .bind(letter.tenant)
     .bind(storable_text(&letter.topic).as_ref())
     .bind(letter.reason)

@@ -22,6 +22,9 @@ use crate::config::{Role, ServerConfig};
 use crate::rules_task::{self, RulesSource, RulesStats};
 
 /// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]).
+/// How long a stop waits for the pool's connections to close.
+const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 fn oltp_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     let options: sqlx::postgres::PgConnectOptions = url.parse()?;
     Ok(options.options(migrations::SERVICE_SETTINGS))
@@ -305,7 +308,16 @@ impl Services {
             tracing::error!(error = %e, "the API's supervisor panicked");
         }
         let summary = self.summary();
-        self.pool.close().await;
+        // Closing waits for every connection to come back; one that a role gave up on (a
+        // database that stopped answering) may never come back, and must not hold the stop.
+        if tokio::time::timeout(POOL_CLOSE_GRACE, self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "database connections still busy after {POOL_CLOSE_GRACE:?}; leaving them"
+            );
+        }
         summary
     }
 }

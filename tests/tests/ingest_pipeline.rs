@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ingest::copy::Row;
-use ingest::store::Item;
+use ingest::store::{DeadLetter, Item};
 use ingest::{Consumer, IngestConfig, IngestStats, PgStore, RuleInput};
 use maintainpro_tests::{Plant, demo_batch, mqtt_url, publish_all, series};
 use migrations::testing::TestDatabase;
@@ -439,6 +439,62 @@ async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
     .fetch_all(&mut owner)
     .await?;
     assert_eq!(stored, [(1, 2), (1, 0), (2, 1), (3, 1), (3, 0)]);
+    Ok(())
+}
+
+/// A group written again, as after a commit whose outcome ingest could not learn (its
+/// connection lost or given up at the commit), stores nothing twice: the ledger skips its
+/// batches, and each dead letter's key skips the letter.
+#[tokio::test]
+async fn a_group_written_again_stores_its_batches_and_dead_letters_once() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let pool = world.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let gateway: Uuid = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
+        .bind(DEMO_GATEWAY)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let letter = |reason| {
+        DeadLetter::new(
+            Some(world.tenant),
+            &world.topic,
+            reason,
+            "detail".to_owned(),
+            bytes::Bytes::from_static(b"\x00\x01"),
+        )
+    };
+    let items = [
+        Item::Dead(letter("decode_error")),
+        Item::Batch {
+            tenant: world.tenant,
+            gateway,
+            seq: 1,
+            rows: vec![Row {
+                tag_id: 1,
+                ts: Timestamp::now(),
+                value: 1.0,
+                quality: Quality::Good,
+            }],
+            rejected: Some(letter("unknown_tag")),
+            birth: None,
+        },
+    ];
+    let store = PgStore::new(pool);
+    store.write_group(&items).await?;
+    store.write_group(&items).await?;
+    // The same message decoded again (a redelivery) is a new letter.
+    store
+        .write_group(&[Item::Dead(letter("decode_error"))])
+        .await?;
+
+    let mut tx = migrations::begin_tenant(store.pool(), world.tenant).await?;
+    let letters: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    assert_eq!(letters, ["decode_error", "unknown_tag", "decode_error"]);
+    assert_eq!(world.stored().await?, (1, 1));
     Ok(())
 }
 
