@@ -51,7 +51,8 @@ impl DatabaseName {
 /// 2. creates the database, owned by [`OWNER_ROLE`]; an existing database of another owner is
 ///    an error, never taken over;
 /// 3. in the database, tries `CREATE EXTENSION timescaledb`; where the server does not have
-///    it, readings will use native daily partitions;
+///    it, or has only its Apache-2 edition (no compression), readings will use native daily
+///    partitions;
 /// 4. allows only the app role (and the owner) to connect, and only the owner to create
 ///    objects in schema `public`.
 ///
@@ -148,13 +149,22 @@ async fn ensure_database(conn: &mut PgConnection, name: &DatabaseName) -> Result
 }
 
 /// Installs TimescaleDB when the server has it. Its absence is the ordinary case on a plain
-/// PostgreSQL and never an error: the readings migration then uses native partitions.
+/// PostgreSQL and never an error: the readings migration then uses native partitions. So is
+/// its Apache-2 edition (what Debian and several cloud services ship): it has hypertables but
+/// not the compression and retention policies the readings migration sets, so the extension
+/// is left out again, unless readings were already migrated with it.
 async fn try_timescaledb(conn: &mut PgConnection) {
     match sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS timescaledb")
         .execute(&mut *conn)
         .await
     {
-        Ok(_) => tracing::info!("timescaledb extension installed: readings will be a hypertable"),
+        Ok(_) => match timescaledb_license(conn).await {
+            Ok(license) if license.as_deref() == Some(COMMUNITY_LICENSE) => {
+                tracing::info!("timescaledb extension installed: readings will be a hypertable")
+            }
+            Ok(license) => leave_out_timescaledb(conn, license.as_deref()).await,
+            Err(e) => tracing::warn!(error = %e, "reading timescaledb.license failed"),
+        },
         // feature_not_supported ("is not available", PostgreSQL 15+) and undefined_file
         // (no control file, older servers): the server does not have the extension.
         Err(e) if matches!(sql_state(&e).as_deref(), Some("0A000" | "58P01")) => tracing::info!(
@@ -165,6 +175,49 @@ async fn try_timescaledb(conn: &mut PgConnection) {
             error = %e,
             "timescaledb could not be installed: readings will use native daily partitions"
         ),
+    }
+}
+
+/// The `timescaledb.license` under which the compression and retention policies exist.
+pub(crate) const COMMUNITY_LICENSE: &str = "timescale";
+
+/// The server's `timescaledb.license` (`apache` or `timescale`), `None` when TimescaleDB's
+/// library is not loaded.
+pub(crate) async fn timescaledb_license(
+    conn: &mut PgConnection,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_setting('timescaledb.license', true)")
+        .fetch_one(conn)
+        .await
+}
+
+/// Drops the extension just installed under a license without compression, unless the
+/// readings are a hypertable already (a database migrated before the license changed).
+async fn leave_out_timescaledb(conn: &mut PgConnection, license: Option<&str>) {
+    let migrated: Result<bool, _> =
+        sqlx::query_scalar("SELECT to_regclass('public.readings_layout') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await;
+    match migrated {
+        Ok(true) => tracing::warn!(
+            license,
+            "timescaledb runs without the 'timescale' license: its compression and retention \
+             policies on readings do not run"
+        ),
+        Ok(false) => match sqlx::raw_sql("DROP EXTENSION timescaledb")
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                license,
+                "timescaledb is installed in its Apache-2 edition, which has no compression or \
+                 retention policies: readings will use native daily partitions; set \
+                 timescaledb.license = 'timescale' on the server (the free Community edition) \
+                 before bootstrapping to use a hypertable"
+            ),
+            Err(e) => tracing::warn!(error = %e, "dropping the unusable timescaledb failed"),
+        },
+        Err(e) => tracing::warn!(error = %e, "checking for readings_layout failed"),
     }
 }
 

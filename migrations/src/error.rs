@@ -125,6 +125,19 @@ pub enum DbError {
         found: String,
     },
 
+    /// TimescaleDB is installed in the database under a license without the compression
+    /// and retention policies the readings migration sets.
+    #[error(
+        "timescaledb is installed in this database with timescaledb.license = {license:?}, \
+         which has no compression or retention policies; either set timescaledb.license = \
+         'timescale' on the server (and shared_preload_libraries = 'timescaledb'), or run \
+         DROP EXTENSION timescaledb so that readings use native daily partitions"
+    )]
+    TimescaleDbWithoutCompression {
+        /// The license found.
+        license: String,
+    },
+
     /// The throwaway cluster for tests could not be started.
     #[error(transparent)]
     Cluster(#[from] ClusterError),

@@ -50,6 +50,7 @@ impl fmt::Display for StorageLayout {
 pub async fn migrate(owner_url: &str) -> Result<StorageLayout, DbError> {
     let options = role_options("owner", owner_url)?;
     let mut conn = connect(&options).await?;
+    refuse_timescaledb_without_compression(&mut conn).await?;
     crate::MIGRATOR
         .run(&mut conn)
         .await
@@ -64,6 +65,33 @@ pub async fn migrate(owner_url: &str) -> Result<StorageLayout, DbError> {
         tracing::debug!(error = %e, "closing the migration connection failed");
     }
     Ok(layout)
+}
+
+/// Before the readings are created: TimescaleDB installed in the database (by an operator;
+/// bootstrap leaves this edition out) under a license without compression would fail the
+/// readings migration halfway, with PostgreSQL's less helpful message.
+async fn refuse_timescaledb_without_compression(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(), DbError> {
+    let (installed, migrated): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'), \
+                to_regclass('public.readings_layout') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DbError::statement("checking for timescaledb"))?;
+    if !installed || migrated {
+        return Ok(());
+    }
+    let license = crate::bootstrap::timescaledb_license(conn)
+        .await
+        .map_err(DbError::statement("reading timescaledb.license"))?;
+    if license.as_deref() == Some(crate::bootstrap::COMMUNITY_LICENSE) {
+        return Ok(());
+    }
+    Err(DbError::TimescaleDbWithoutCompression {
+        license: license.unwrap_or_else(|| "(library not loaded)".to_owned()),
+    })
 }
 
 #[cfg(test)]

@@ -141,6 +141,15 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL (fsync on, synchronous_commit on) and Mosquitto");
     let (mut cluster, urls) = maintainpro_bench::migrated_cluster().await?;
     maintainpro_bench::apply_settings(&mut cluster, &args.pg_settings).await?;
+    let (server_version, layout): (String, String) = {
+        let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&urls.owner_url).await?;
+        sqlx::query_as(
+            "SELECT current_setting('server_version'), (SELECT layout FROM readings_layout)",
+        )
+        .fetch_one(&mut conn)
+        .await?
+    };
+    eprintln!("PostgreSQL {server_version}, readings layout {layout}");
     let defaults = IngestConfig::new("");
     let writers = args.writers.unwrap_or(defaults.writers);
     // The writers, and one for the decode stage's look-ups.
@@ -346,6 +355,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
+            "server_version": server_version,
+            "readings_layout": layout,
             "tags": args.tags,
             "writers": writers,
             "pg_settings": args
