@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
 #   bench/run.sh [outbox|ingest|index|history|edge|breach|cmms|rules|backtest|all]
+# The benchmarks start PostgreSQL from the machine's binaries, or from PG_BIN_DIR when set
+# (bench/postgresql17.sh prepares PostgreSQL 17 there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}

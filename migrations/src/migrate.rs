@@ -86,12 +86,13 @@ async fn refuse_timescaledb_without_compression(
     let license = crate::bootstrap::timescaledb_license(conn)
         .await
         .map_err(DbError::statement("reading timescaledb.license"))?;
-    if license.as_deref() == Some(crate::bootstrap::COMMUNITY_LICENSE) {
-        return Ok(());
+    match license {
+        // Not loaded in this session: the readings migration's first TimescaleDB call loads
+        // it, and fails with TimescaleDB's own message if it cannot.
+        None => Ok(()),
+        Some(license) if license == crate::bootstrap::COMMUNITY_LICENSE => Ok(()),
+        Some(license) => Err(DbError::TimescaleDbWithoutCompression { license }),
     }
-    Err(DbError::TimescaleDbWithoutCompression {
-        license: license.unwrap_or_else(|| "(library not loaded)".to_owned()),
-    })
 }
 
 #[cfg(test)]

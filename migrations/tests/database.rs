@@ -31,6 +31,37 @@ fn test_secrets() -> RoleSecrets {
     }
 }
 
+/// The license TimescaleDB runs under on the server of `admin` (`apache`, `timescale`), or
+/// `None` when the server cannot install it (no package, or not preloaded). The setting exists
+/// only in a session that has loaded the extension, so it is read in a scratch database.
+async fn timescaledb_license(admin: &str) -> Result<Option<String>, Box<dyn Error>> {
+    let mut conn = PgConnection::connect(admin).await?;
+    let scratch = format!("probe_{}", Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("CREATE DATABASE {scratch}"))
+        .execute(&mut conn)
+        .await?;
+    let mut url = url::Url::parse(admin)?;
+    url.set_path(&scratch);
+    let mut probe = PgConnection::connect(url.as_str()).await?;
+    let license = match sqlx::raw_sql("CREATE EXTENSION timescaledb")
+        .execute(&mut probe)
+        .await
+    {
+        Ok(_) => {
+            sqlx::query_scalar("SELECT current_setting('timescaledb.license', true)")
+                .fetch_one(&mut probe)
+                .await?
+        }
+        Err(_) => None,
+    };
+    probe.close().await?;
+    sqlx::raw_sql(&format!("DROP DATABASE {scratch}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(license)
+}
+
 /// A transaction with `tenant` as the current tenant (none when `None`).
 async fn begin_as(
     pool: &PgPool,
@@ -120,25 +151,16 @@ fn sql_state(error: &sqlx::Error) -> Option<String> {
 async fn fresh_database_gets_the_servers_layout_and_migrating_again_changes_nothing() -> TestResult
 {
     let db = TestDatabase::create().await?;
-    let mut admin = PgConnection::connect(db.admin_url()).await?;
-    let available: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
-    )
-    .fetch_one(&mut admin)
-    .await?;
     let owner = db.owner_pool().await;
     let installed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
     )
     .fetch_one(&owner)
     .await?;
-    // Loaded (preloaded) or not, and under which license: only the Community edition has
-    // the compression and retention policies the readings migration sets.
-    let license: Option<String> =
-        sqlx::query_scalar("SELECT current_setting('timescaledb.license', true)")
-            .fetch_one(&mut admin)
-            .await?;
-    let expected = if available && license.as_deref() == Some("timescale") {
+    // Only the Community edition has the compression and retention policies the readings
+    // migration sets.
+    let license = timescaledb_license(db.admin_url()).await?;
+    let expected = if license.as_deref() == Some("timescale") {
         StorageLayout::TimescaleDb
     } else {
         StorageLayout::NativePartitions
@@ -181,6 +203,45 @@ async fn fresh_database_gets_the_servers_layout_and_migrating_again_changes_noth
         .fetch_one(&owner)
         .await?;
     assert_eq!(usize::try_from(applied)?, MIGRATOR.iter().count());
+    Ok(())
+}
+
+/// On a server whose TimescaleDB lacks compression (the Apache-2 edition), an extension an
+/// operator installed by hand is refused before the readings are made, with what to change.
+/// Elsewhere (no extension, or the Community edition) there is nothing to refuse and the test
+/// ends at once; `bench/postgresql17.sh` prepares a server where it runs.
+#[tokio::test]
+async fn timescaledb_without_compression_is_refused_before_the_readings_exist() -> TestResult {
+    let admin = admin_url().await?;
+    let license = timescaledb_license(&admin).await?;
+    if license.is_none() || license.as_deref() == Some("timescale") {
+        return Ok(());
+    }
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let urls = bootstrap(&admin, &name, &test_secrets()).await?;
+    let mut url = url::Url::parse(&admin)?;
+    url.set_path(&name);
+    let mut conn = PgConnection::connect(url.as_str()).await?;
+    sqlx::raw_sql("CREATE EXTENSION timescaledb")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    match migrate(&urls.owner_url).await {
+        Err(DbError::TimescaleDbWithoutCompression { license: found }) => {
+            assert_eq!(Some(found), license);
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // Nothing was applied: dropping the extension is all it takes to migrate.
+    let mut conn = PgConnection::connect(url.as_str()).await?;
+    sqlx::raw_sql("DROP EXTENSION timescaledb")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    assert_eq!(
+        migrate(&urls.owner_url).await?,
+        StorageLayout::NativePartitions
+    );
     Ok(())
 }
 

@@ -99,12 +99,24 @@ const BUFFER_COUNTERS: [&str; 6] = [
 
 async fn buffer_counters(admin_url: &str) -> anyhow::Result<Vec<i64>> {
     let mut conn: sqlx::PgConnection = sqlx::Connection::connect(admin_url).await?;
-    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut conn)
+        .await?;
+    // PostgreSQL 17 moved the backends' writes to `pg_stat_io` and the checkpoints' to
+    // `pg_stat_checkpointer`.
+    let query = if version >= 170_000 {
+        "SELECT (SELECT coalesce(sum(writes), 0)::int8 FROM pg_stat_io \
+                 WHERE backend_type = 'client backend'), \
+                (SELECT coalesce(sum(fsyncs), 0)::int8 FROM pg_stat_io \
+                 WHERE backend_type = 'client backend'), \
+                b.buffers_clean, c.buffers_written, b.buffers_alloc, \
+                c.num_timed + c.num_requested \
+         FROM pg_stat_bgwriter b, pg_stat_checkpointer c"
+    } else {
         "SELECT buffers_backend, buffers_backend_fsync, buffers_clean, buffers_checkpoint, \
-         buffers_alloc, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+         buffers_alloc, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    };
+    let row: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(query).fetch_one(&mut conn).await?;
     Ok(vec![row.0, row.1, row.2, row.3, row.4, row.5])
 }
 
