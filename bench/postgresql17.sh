@@ -5,10 +5,11 @@
 # downloads the packages with that library and the few others whose versions Debian 12 lacks,
 # unpacks them into DIR (nothing is installed on the system), and puts small scripts in place
 # of `postgres`, `initdb` and `pg_ctl` that run each with that library. A server (started with
-# -p) preloads TimescaleDB, so the migrations make `readings` a hypertable.
+# -p) preloads TimescaleDB. Debian's TimescaleDB is its Apache-2 edition, without compression:
+# bootstrap leaves it out and `readings` is natively partitioned, as on PostgreSQL 15.
 #
 #   bench/postgresql17.sh DIR
-#   PG_BIN_DIR=DIR/usr/lib/postgresql/17/bin bench/run.sh ingest
+#   PG_BIN_DIR=DIR/root/usr/lib/postgresql/17/bin bench/run.sh ingest
 #
 # Needs network access to deb.debian.org. Benchmarks only: the tests and the demo use the
 # machine's PostgreSQL.

@@ -203,24 +203,30 @@ impl Directory {
             .bind(&missing)
             .fetch_all(&mut *tx)
             .await?;
+            let mut found = Vec::new();
             for row in &rows {
                 // A name the edge could never send has nothing to resolve.
                 if let Some(ctx) = tag_context(row, tenant)? {
-                    entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+                    found.push(ctx);
                 }
             }
             let unknown: Vec<&str> = missing
                 .into_iter()
-                .filter(|n| !entry.tags.keys().any(|t| t.as_str() == *n))
+                .filter(|n| !found.iter().any(|ctx| ctx.tag.as_str() == *n))
                 .collect();
             if !unknown.is_empty() {
                 for row in auto_register(&mut tx, tenant, entry.id, &unknown).await? {
                     if let Some(ctx) = tag_context(&row, tenant)? {
-                        entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+                        found.push(ctx);
                     }
                 }
             }
             tx.commit().await?;
+            // Cached only once committed: the tags auto-registered above exist only then,
+            // and a commit that fails or times out must leave no id of theirs behind.
+            for ctx in found {
+                entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+            }
         }
         Ok(Resolved::Gateway(entry))
     }

@@ -225,9 +225,8 @@ impl PgStore {
     /// and the answer is [`StoreError::TimedOut`]: the transaction may then have committed or
     /// not, and a retry is safe either way, since the ledger skips the batches it stored.
     pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
-        let mut conn = self
-            .within(async { Ok(self.pool.acquire().await?) })
-            .await?;
+        // Taking a connection is bounded by the pool's own acquire timeout.
+        let mut conn = self.pool.acquire().await?;
         match tokio::time::timeout(self.timeout, write_group_on(&mut conn, items)).await {
             Ok(written) => written,
             Err(_) => {

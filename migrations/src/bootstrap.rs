@@ -80,6 +80,10 @@ pub async fn bootstrap(
 
     let mut conn = connect(&admin.options_for(name.as_str())).await?;
     try_timescaledb(&mut conn).await;
+    close(conn).await;
+    // A fresh session: TimescaleDB ends the one that tried it when its library is not
+    // preloaded.
+    let mut conn = connect(&admin.options_for(name.as_str())).await?;
     restrict_access(&mut conn, &name).await?;
     close(conn).await;
 
@@ -159,10 +163,14 @@ async fn try_timescaledb(conn: &mut PgConnection) {
         .await
     {
         Ok(_) => match timescaledb_license(conn).await {
-            Ok(license) if license.as_deref() == Some(COMMUNITY_LICENSE) => {
+            Ok(Some(license)) if license != COMMUNITY_LICENSE => {
+                leave_out_timescaledb(conn, &license).await
+            }
+            // The Community edition, or one whose library this session has not loaded (the
+            // extension was there before): `migrate` checks again.
+            Ok(_) => {
                 tracing::info!("timescaledb extension installed: readings will be a hypertable")
             }
-            Ok(license) => leave_out_timescaledb(conn, license.as_deref()).await,
             Err(e) => tracing::warn!(error = %e, "reading timescaledb.license failed"),
         },
         // feature_not_supported ("is not available", PostgreSQL 15+) and undefined_file
@@ -193,12 +201,8 @@ pub(crate) async fn timescaledb_license(
 
 /// Drops the extension just installed under a license without compression, unless the
 /// readings are a hypertable already (a database migrated before the license changed).
-async fn leave_out_timescaledb(conn: &mut PgConnection, license: Option<&str>) {
-    let migrated: Result<bool, _> =
-        sqlx::query_scalar("SELECT to_regclass('public.readings_layout') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await;
-    match migrated {
+async fn leave_out_timescaledb(conn: &mut PgConnection, license: &str) {
+    match readings_are_a_hypertable(conn).await {
         Ok(true) => tracing::warn!(
             license,
             "timescaledb runs without the 'timescale' license: its compression and retention \
@@ -211,14 +215,30 @@ async fn leave_out_timescaledb(conn: &mut PgConnection, license: Option<&str>) {
             Ok(_) => tracing::warn!(
                 license,
                 "timescaledb is installed in its Apache-2 edition, which has no compression or \
-                 retention policies: readings will use native daily partitions; set \
-                 timescaledb.license = 'timescale' on the server (the free Community edition) \
-                 before bootstrapping to use a hypertable"
+                 retention policies: readings will use native daily partitions; for a \
+                 hypertable, install TimescaleDB's Community edition (timescaledb.license = \
+                 'timescale') before bootstrapping"
             ),
             Err(e) => tracing::warn!(error = %e, "dropping the unusable timescaledb failed"),
         },
         Err(e) => tracing::warn!(error = %e, "checking for readings_layout failed"),
     }
+}
+
+/// Whether the readings were migrated as a hypertable (not at all, or natively partitioned:
+/// `false`).
+async fn readings_are_a_hypertable(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let migrated: bool =
+        sqlx::query_scalar("SELECT to_regclass('public.readings_layout') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !migrated {
+        return Ok(false);
+    }
+    let layout: Option<String> = sqlx::query_scalar("SELECT layout FROM readings_layout")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(layout.as_deref() == Some("timescaledb"))
 }
 
 async fn restrict_access(conn: &mut PgConnection, name: &DatabaseName) -> Result<(), DbError> {

@@ -129,9 +129,10 @@ pub enum DbError {
     /// and retention policies the readings migration sets.
     #[error(
         "timescaledb is installed in this database with timescaledb.license = {license:?}, \
-         which has no compression or retention policies; either set timescaledb.license = \
-         'timescale' on the server (and shared_preload_libraries = 'timescaledb'), or run \
-         DROP EXTENSION timescaledb so that readings use native daily partitions"
+         which has no compression or retention policies; either install TimescaleDB's \
+         Community edition (timescaledb.license = 'timescale', with shared_preload_libraries \
+         = 'timescaledb'), or run DROP EXTENSION timescaledb so that readings use native \
+         daily partitions"
     )]
     TimescaleDbWithoutCompression {
         /// The license found.

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Role, ServerConfig};
 use crate::rules_task::{self, RulesSource, RulesStats};
 
-/// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]).
 /// How long a stop waits for the pool's connections to close.
 const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]).
 fn oltp_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     let options: sqlx::postgres::PgConnectOptions = url.parse()?;
     Ok(options.options(migrations::SERVICE_SETTINGS))

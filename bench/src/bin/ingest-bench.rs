@@ -106,9 +106,11 @@ async fn buffer_counters(admin_url: &str) -> anyhow::Result<Vec<i64>> {
     // `pg_stat_checkpointer`.
     let query = if version >= 170_000 {
         "SELECT (SELECT coalesce(sum(writes), 0)::int8 FROM pg_stat_io \
-                 WHERE backend_type = 'client backend'), \
+                 WHERE object = 'relation' \
+                   AND backend_type NOT IN ('checkpointer', 'background writer')), \
                 (SELECT coalesce(sum(fsyncs), 0)::int8 FROM pg_stat_io \
-                 WHERE backend_type = 'client backend'), \
+                 WHERE object = 'relation' \
+                   AND backend_type NOT IN ('checkpointer', 'background writer')), \
                 b.buffers_clean, c.buffers_written, b.buffers_alloc, \
                 c.num_timed + c.num_requested \
          FROM pg_stat_bgwriter b, pg_stat_checkpointer c"
