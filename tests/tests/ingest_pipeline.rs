@@ -70,6 +70,26 @@ impl World {
         Ok(running)
     }
 
+    /// The id of the seeded demo gateway.
+    async fn demo_gateway(&self, pool: &PgPool) -> anyhow::Result<Uuid> {
+        let mut tx = migrations::begin_tenant(pool, self.tenant).await?;
+        let gateway = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
+            .bind(DEMO_GATEWAY)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gateway)
+    }
+
+    /// Resumes the consumers' broker session and checks that nothing comes again: every
+    /// message was acknowledged.
+    async fn nothing_comes_again(&self) -> anyhow::Result<()> {
+        let again = self.consumer().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(get(&again.stats.messages), 0, "a message came back");
+        again.stop().await
+    }
+
     /// Starts a consumer as [`World::consumer`] does, without waiting for anything.
     async fn start_consumer(&self) -> Running {
         let pool = self.db.app_pool().await;
@@ -250,10 +270,7 @@ async fn the_rules_receive_readings_while_their_transaction_waits_and_the_ack_fo
     ingest.stop().await?;
 
     // Acknowledged: the same session, resumed, gets nothing again.
-    let again = world.consumer().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(get(&again.stats.messages), 0, "the message came back");
-    again.stop().await?;
+    world.nothing_comes_again().await?;
     lock.close().await?;
     Ok(())
 }
@@ -401,12 +418,7 @@ async fn a_group_that_commits_first_is_acknowledged_only_after_the_group_ahead_o
 async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
     let world = World::new().await?;
     let pool = world.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
-    let gateway: Uuid = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
-        .bind(DEMO_GATEWAY)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let gateway = world.demo_gateway(&pool).await?;
     // Seconds after 01:00 today (UTC): inside today's partition.
     const DAY: i64 = 86_400_000_000;
     let one_am = Timestamp::now().as_micros() / DAY * DAY + 3_600_000_000;
@@ -449,12 +461,7 @@ async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
 async fn a_group_written_again_stores_its_batches_and_dead_letters_once() -> anyhow::Result<()> {
     let world = World::new().await?;
     let pool = world.db.app_pool().await;
-    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
-    let gateway: Uuid = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
-        .bind(DEMO_GATEWAY)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let gateway = world.demo_gateway(&pool).await?;
     let letter = |reason| {
         DeadLetter::new(
             Some(world.tenant),
@@ -627,10 +634,7 @@ async fn a_message_stored_after_its_connection_was_lost_is_acknowledged_only_as_
     assert_eq!(world.stored().await?, (1, 4));
 
     // The broker has the message acknowledged: the session, resumed again, gets nothing.
-    let again = world.consumer().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(get(&again.stats.messages), 0, "the message came back");
-    again.stop().await?;
+    world.nothing_comes_again().await?;
     Ok(())
 }
 
@@ -696,16 +700,28 @@ async fn ledger_waiters(conn: &mut PgConnection) -> anyhow::Result<i64> {
     .await?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later()
--> anyhow::Result<()> {
+/// A consumer that gives the database a second to answer, and its write of a message (batch
+/// `seq`, `n` readings) waiting for the ledger lock the returned connection holds.
+async fn write_left_unanswered(seq: u64, n: i64) -> anyhow::Result<(World, Running, PgConnection)> {
     let mut world = World::new().await?;
     world.config.database_timeout = Duration::from_secs(1);
     let ingest = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 5)?]).await?;
+    publish_all(
+        &world.config.broker,
+        &world.topic,
+        vec![bearing(seq, t0, n)?],
+    )
+    .await?;
     world.ingest_waits_for(&mut lock).await?;
+    Ok((world, ingest, lock))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later()
+-> anyhow::Result<()> {
+    let (world, ingest, mut lock) = write_left_unanswered(1, 5).await?;
 
     // Each second without an answer, ingest gives the connection up and tries on a new one;
     // the server processes of those it gave up still wait for the lock.
@@ -739,23 +755,14 @@ async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later(
     assert_eq!(world.stored().await?, (1, 5));
 
     // Acknowledged: the resumed session gets nothing again.
-    let again = world.consumer().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(get(&again.stats.messages), 0, "the message came back");
-    again.stop().await?;
+    world.nothing_comes_again().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_with_the_broker()
 -> anyhow::Result<()> {
-    let mut world = World::new().await?;
-    world.config.database_timeout = Duration::from_secs(1);
-    let ingest = world.consumer().await?;
-    let mut lock = world.lock_ledger().await?;
-    let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(2, t0, 4)?]).await?;
-    world.ingest_waits_for(&mut lock).await?;
+    let (world, ingest, mut lock) = write_left_unanswered(2, 4).await?;
 
     // Asked to stop while its write waits: ingest gives the write up at the timeout and
     // stops without acknowledging (the disconnect grace is 5 s).
