@@ -589,11 +589,8 @@ impl DecodeStage {
         (tenant, gateway): &(TenantId, GatewayId),
     ) -> Result<Followed, StoreError> {
         let id = match self
-            .store
-            .within(
-                self.directory
-                    .resolve(self.store.pool(), *tenant, gateway, &[]),
-            )
+            .directory
+            .resolve(&self.store, *tenant, gateway, &[])
             .await?
         {
             Resolved::Gateway(entry) => entry.id,
@@ -801,11 +798,8 @@ impl DecodeStage {
             return Ok(dead(known, "bad_timestamp", detail));
         }
         let entry = match self
-            .store
-            .within(
-                self.directory
-                    .resolve(self.store.pool(), tenant, gateway, &batch.tags),
-            )
+            .directory
+            .resolve(&self.store, tenant, gateway, &batch.tags)
             .await?
         {
             Resolved::Gateway(entry) => entry,
@@ -899,11 +893,8 @@ impl DecodeStage {
     ) -> Result<Option<TenantId>, StoreError> {
         Ok(
             match self
-                .store
-                .within(
-                    self.directory
-                        .resolve(self.store.pool(), tenant, gateway, &[]),
-                )
+                .directory
+                .resolve(&self.store, tenant, gateway, &[])
                 .await?
             {
                 Resolved::Gateway(_)

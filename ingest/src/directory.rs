@@ -29,7 +29,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::consumer::IngestStats;
-use crate::store::StoreError;
+use crate::store::{PgStore, StoreError};
 
 /// A gateway of a tenant and the tags resolved so far.
 #[derive(Debug)]
@@ -149,8 +149,21 @@ impl Directory {
         }
     }
 
-    /// Resolves the gateway and the given tag names, querying only what is not cached.
+    /// Resolves the gateway and the given tag names, querying only what is not cached, within
+    /// the store's timeout ([`PgStore::within`]).
     pub async fn resolve<'a>(
+        &'a mut self,
+        store: &PgStore,
+        tenant: TenantId,
+        gateway: &GatewayId,
+        names: &[TagName],
+    ) -> Result<Resolved<'a>, StoreError> {
+        store
+            .within(self.look_up(store.pool(), tenant, gateway, names))
+            .await
+    }
+
+    async fn look_up<'a>(
         &'a mut self,
         pool: &PgPool,
         tenant: TenantId,

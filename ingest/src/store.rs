@@ -227,16 +227,14 @@ impl PgStore {
     pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
         // Taking a connection is bounded by the pool's own acquire timeout.
         let mut conn = self.pool.acquire().await?;
-        match tokio::time::timeout(self.timeout, write_group_on(&mut conn, items)).await {
-            Ok(written) => written,
-            Err(_) => {
-                // Mid-statement, the connection's state is unknown: closed here rather than
-                // handed back to the pool, which would ping it first and could wait as long
-                // again for the answer.
-                drop(conn.detach());
-                Err(StoreError::TimedOut(self.timeout))
-            }
+        let written = self.within(write_group_on(&mut conn, items)).await;
+        if matches!(written, Err(StoreError::TimedOut(_))) {
+            // Mid-statement, the connection's state is unknown: closed here rather than
+            // handed back to the pool, which would ping it first and could wait as long
+            // again for the answer.
+            drop(conn.detach());
         }
+        written
     }
 
     /// The births kept for the node `gateway` of `tenant`, `None` when it has none.
