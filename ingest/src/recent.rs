@@ -8,7 +8,9 @@
 //!
 //! Every query runs as the application role in a tenant-scoped transaction and reads the
 //! `tenant_readings` view, so row-level security scopes it to one tenant at a time. Rows are
-//! streamed, never collected.
+//! streamed, never collected. Each step (a statement, the next row) waits a bounded time for
+//! the database's answer, so a connection that neither answers nor breaks ends the read with
+//! [`StoreError::TimedOut`] instead of holding it for good.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use uuid::Uuid;
 
 use crate::consumer::RuleInput;
 use crate::directory::{TAG_CONTEXT_QUERY, tag_context};
-use crate::store::StoreError;
+use crate::store::{StoreError, answered_within};
 
 /// How old a tag's latest stored reading may be for its history to count as recent. It also
 /// bounds the search for that reading to the newest partitions of the readings table.
@@ -42,11 +44,14 @@ pub struct RecentStats {
 /// Hands `each` the stored readings of the last `span` before each tag's latest one (if that
 /// is no older than [`LATEST_WITHIN`] before `now`), for every tag linked to an asset (only
 /// those are evaluated), tenant after tenant, each tenant's in event-time order (tag id among
-/// equal times). Tags created while this runs are left out.
+/// equal times). Tags created while this runs are left out. Each step waits at most `step`
+/// for the database: then the read ends with [`StoreError::TimedOut`] (the readings handed
+/// on so far stay handed on; a caller that tries again starts from fresh engines).
 pub async fn recent_readings(
     pool: &PgPool,
     now: Timestamp,
     span: Duration,
+    step: Duration,
     mut each: impl FnMut(RuleInput),
 ) -> Result<RecentStats, StoreError> {
     let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
@@ -54,18 +59,17 @@ pub async fn recent_readings(
     let latest_since: DateTime<Utc> = latest_since
         .to_datetime()
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
-        .fetch_all(pool)
-        .await?;
+    let tenants: Vec<Uuid> = answered_within(
+        step,
+        sqlx::query_scalar("SELECT id FROM tenants ORDER BY id").fetch_all(pool),
+    )
+    .await?;
     let mut stats = RecentStats::default();
     for tenant in tenants {
         stats.tenants += 1;
-        let mut tx = migrations::begin_tenant(pool, tenant).await?;
-        let rows = sqlx::query(&format!(
-            "{TAG_CONTEXT_QUERY} WHERE t.asset_id IS NOT NULL ORDER BY t.id"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut tx = answered_within(step, migrations::begin_tenant(pool, tenant)).await?;
+        let tag_query = format!("{TAG_CONTEXT_QUERY} WHERE t.asset_id IS NOT NULL ORDER BY t.id");
+        let rows = answered_within(step, sqlx::query(&tag_query).fetch_all(&mut *tx)).await?;
         let mut tags: HashMap<i64, Arc<TagContext>> = HashMap::with_capacity(rows.len());
         for row in &rows {
             if let Some(ctx) = tag_context(row, TenantId::from_uuid(tenant))? {
@@ -93,7 +97,7 @@ pub async fn recent_readings(
             .bind(&ids)
             .bind(micros(span))
             .fetch(&mut *tx);
-            while let Some(row) = readings.try_next().await? {
+            while let Some(row) = answered_within(step, readings.try_next()).await? {
                 let tag_id: i64 = row.try_get(0)?;
                 let ts: DateTime<Utc> = row.try_get(1)?;
                 let code: i16 = row.try_get(3)?;
@@ -114,7 +118,7 @@ pub async fn recent_readings(
                 stats.readings += 1;
             }
         }
-        tx.commit().await?;
+        answered_within(step, tx.commit()).await?;
     }
     Ok(stats)
 }

@@ -172,6 +172,18 @@ pub enum Written {
 /// (`ingest.database_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `operation`'s answer, or [`StoreError::TimedOut`] (the operation dropped) when the
+/// database has not given it within `timeout`.
+pub async fn answered_within<T, E: Into<StoreError>>(
+    timeout: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, operation).await {
+        Ok(answer) => answer.map_err(Into::into),
+        Err(_) => Err(StoreError::TimedOut(timeout)),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -210,10 +222,7 @@ impl PgStore {
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, operation).await {
-            Ok(answer) => answer,
-            Err(_) => Err(StoreError::TimedOut(self.timeout)),
-        }
+        answered_within(self.timeout, operation).await
     }
 
     /// Stores a group of messages in one transaction: the ledger rows of every batch (per

@@ -90,6 +90,9 @@ fn default_replay_horizon() -> Duration {
 fn default_warm_up() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_rules_database_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_shards() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS))
 }
@@ -122,6 +125,11 @@ pub struct RulesConfig {
     /// Engines, each a task owning the tags of some assets (default: one per CPU).
     #[serde(default = "default_shards")]
     pub shards: usize,
+    /// How long building the engines (at start and at each reload) waits for the database
+    /// to answer one step (a query, the next rows of the history) before it gives the step
+    /// up and tries again.
+    #[serde(default = "default_rules_database_timeout", with = "humantime_serde")]
+    pub database_timeout: Duration,
 }
 
 impl Default for RulesConfig {
@@ -133,6 +141,7 @@ impl Default for RulesConfig {
             reorder_window: Duration::ZERO,
             warm_up: default_warm_up(),
             shards: default_shards(),
+            database_timeout: default_rules_database_timeout(),
         }
     }
 }
@@ -251,6 +260,15 @@ impl Validate for ServerConfig {
                 format!("must be 1 to {MAX_SHARDS}; one per CPU is a good start"),
             );
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.rules.database_timeout)
+        {
+            report.error(
+                "rules.database_timeout",
+                "must be 1s-1h; reading a large history back can take the database seconds per \
+                 step, so leave room",
+            );
+        }
         if self.runs(Role::Rules) && self.rules.files.is_empty() {
             report.error("rules.files", "the rules role needs at least one rule file");
         }
@@ -330,23 +348,36 @@ mod tests {
     }
 
     #[test]
-    fn ingest_database_timeout_is_a_duration_of_1s_to_1h() {
-        let load = |timeout: &str| {
-            let text = format!(
-                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
-                 [ingest]\nbroker = 'mqtt://127.0.0.1'\ndatabase_timeout = '{timeout}'"
-            );
-            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
-                .map(|config| config.ingest.map(|i| i.database_timeout))
-                .map_err(|err| err.to_string())
-        };
-        assert_eq!(load("5s"), Ok(Some(std::time::Duration::from_secs(5))));
-        for refused in ["0s", "2h"] {
-            let err = load(refused).expect_err(refused);
-            assert!(err.contains("ingest.database_timeout"), "{err}");
-            assert!(err.contains("must be 1s-1h"), "{err}");
+    fn database_timeouts_are_durations_of_1s_to_1h() {
+        for section in ["ingest", "rules"] {
+            let load = |timeout: &str| {
+                let setting = format!("database_timeout = '{timeout}'");
+                let (ingest, rules) = match section {
+                    "ingest" => (setting.as_str(), ""),
+                    _ => ("", setting.as_str()),
+                };
+                let text = format!(
+                    "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                     [ingest]\nbroker = 'mqtt://127.0.0.1'\n{ingest}\n[rules]\n{rules}"
+                );
+                settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                    .map(|config| match section {
+                        "ingest" => config.ingest.map(|i| i.database_timeout),
+                        _ => Some(config.rules.database_timeout),
+                    })
+                    .map_err(|err| err.to_string())
+            };
+            assert_eq!(load("5s"), Ok(Some(Duration::from_secs(5))), "{section}");
+            for refused in ["0s", "2h"] {
+                let err = load(refused).expect_err(refused);
+                assert!(
+                    err.contains(&format!("{section}.database_timeout")),
+                    "{err}"
+                );
+                assert!(err.contains("must be 1s-1h"), "{err}");
+            }
+            assert!(load("soon").is_err(), "{section}");
         }
-        assert!(load("soon").is_err());
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! - Reload: when rule files are given, they are re-read every [`RELOAD_EVERY`]; on a changed,
 //!   valid set every shard finishes what it has and pauses, new engines are built as at start
 //!   and handed over; an invalid set keeps the running rules and is reported in the log, a
-//!   metric and the API.
+//!   metric and the API. A stop during a reload gives the reload up: the shards carry on
+//!   with the engines they had.
+//! - Database: building engines waits at most [`RulesSource::database_timeout`] for each
+//!   answer and tries again after a backoff; the server's stop ends the waiting.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use api::{AlarmOutcome, RecordedAlarm, RetireReason, RulesStatus, WorkOrderService};
 use ingest::RuleInput;
+use ingest::store::StoreError;
 use model::Timestamp;
 use model::alarm::AlarmEvent;
 use rules::paging::{Page, Pager};
@@ -38,6 +42,7 @@ use rules::{ActiveAlarm, Engine, RuleSet, TagContext};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
 
 use crate::services::load_rule_files;
 
@@ -60,6 +65,9 @@ pub struct RulesStats {
     pub work_orders_appended: AtomicU64,
     pub work_orders_auto_closed: AtomicU64,
     pub reloads: AtomicU64,
+    /// Steps of building engines given up because the database did not answer within
+    /// [`RulesSource::database_timeout`] (each tried again).
+    pub database_timeouts: AtomicU64,
 }
 
 /// Where the rules come from and how they run.
@@ -76,6 +84,8 @@ pub struct RulesSource {
     pub warm_up: Duration,
     /// Engines, each owning the tags of some assets; at least one.
     pub shards: usize,
+    /// How long building engines waits for one answer of the database.
+    pub database_timeout: Duration,
 }
 
 /// What the coordinating task tells a shard.
@@ -83,6 +93,7 @@ enum ToShard {
     Readings(Vec<RuleInput>),
     /// A reload: once every event so far is applied, answer on `paused` with what the
     /// engine has seen of each tag, then carry on with the engine that comes on `next`.
+    /// A `next` dropped unsent (the reload given up) keeps the engine the shard has.
     Swap {
         paused: oneshot::Sender<Seen>,
         next: oneshot::Receiver<Engine>,
@@ -103,7 +114,10 @@ struct ShardContext {
 
 /// Runs until the ingest side closes the channel and every shard has applied its events.
 /// `ready` fires once the engines are built: ingest must not store anything before, or the
-/// warm-up would take readings that are still to come as live ones for history.
+/// warm-up would take readings that are still to come as live ones for history. Once
+/// `stopping` is cancelled no reload starts, and one under way is given up (as is the start,
+/// without `ready`).
+#[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, name = "rules")]
 pub async fn run(
     source: RulesSource,
@@ -113,6 +127,7 @@ pub async fn run(
     stats: Arc<RulesStats>,
     status: Arc<RulesStatus>,
     ready: oneshot::Sender<()>,
+    stopping: CancellationToken,
 ) {
     let shards = source.shards.max(1);
     let watching = !source.files.is_empty();
@@ -126,8 +141,14 @@ pub async fn run(
         work_orders: work_orders.clone(),
         pool,
         warm_up: source.warm_up,
+        timeout: source.database_timeout,
+        stats: Arc::clone(&stats),
+        stopping: stopping.clone(),
     };
-    let engines = build.engines(&source.rules, None).await;
+    let Some(engines) = build.engines(&source.rules, None).await else {
+        tracing::info!("rules engine stopped before it started");
+        return;
+    };
     let _ = ready.send(());
     status.loaded(
         &source.rules.source_name,
@@ -169,12 +190,15 @@ pub async fn run(
                     }
                 }
             }
-            _ = reload.tick(), if watching => {
+            _ = reload.tick(), if watching && !stopping.is_cancelled() => {
                 if let Some(rules) = changed_rules(&source.files, &mut loaded_text, &status).await {
-                    stats.reloads.fetch_add(1, Ordering::Relaxed);
-                    swap_engines(&build, &rules, &senders).await;
-                    status.loaded(&rules.source_name, rules.rules.len(), watching);
-                    tracing::info!(rules = rules.rules.len(), "rule files reloaded");
+                    if swap_engines(&build, &rules, &senders).await {
+                        stats.reloads.fetch_add(1, Ordering::Relaxed);
+                        status.loaded(&rules.source_name, rules.rules.len(), watching);
+                        tracing::info!(rules = rules.rules.len(), "rule files reloaded");
+                    } else {
+                        tracing::info!("rule reload given up: the server is stopping");
+                    }
                 }
             }
         }
@@ -202,8 +226,13 @@ fn shard_of(ctx: &TagContext, shards: usize) -> Option<usize> {
 /// them over. Readings queue up meanwhile, and push back on ingest. The new engines are
 /// warmed up with the stored readings the old ones had evaluated, and no others: a reading
 /// stored but still queued (ingest hands readings on before it commits them) comes to the
-/// new engine live, and its events with it.
-async fn swap_engines(build: &Builder, rules: &Arc<RuleSet>, senders: &[mpsc::Sender<ToShard>]) {
+/// new engine live, and its events with it. Returns false when the server began to stop
+/// before the engines were built: the shards then go on with their old ones.
+async fn swap_engines(
+    build: &Builder,
+    rules: &Arc<RuleSet>,
+    senders: &[mpsc::Sender<ToShard>],
+) -> bool {
     let mut paused = Vec::with_capacity(senders.len());
     let mut next = Vec::with_capacity(senders.len());
     for tx in senders {
@@ -228,12 +257,14 @@ async fn swap_engines(build: &Builder, rules: &Arc<RuleSet>, senders: &[mpsc::Se
             seen.extend(part);
         }
     }
-    for (tx, engine) in next
-        .into_iter()
-        .zip(build.engines(rules, Some(&seen)).await)
-    {
+    let Some(engines) = build.engines(rules, Some(&seen)).await else {
+        // Dropping `next` unsent tells each shard to keep its engine.
+        return false;
+    };
+    for (tx, engine) in next.into_iter().zip(engines) {
         let _ = tx.send(engine);
     }
+    true
 }
 
 /// One shard: evaluates its readings, pages and applies the events, moves its engine's time.
@@ -264,12 +295,9 @@ async fn shard(
                     Some(ToShard::Swap { paused, next }) => {
                         // Every event so far has been applied at the end of the last turn.
                         let _ = paused.send(engine.last_seen_all().collect());
-                        match next.await {
-                            Ok(fresh) => engine = fresh,
-                            Err(_) => {
-                                closed = true;
-                                reorder.drain(&mut ready);
-                            }
+                        // Without a new engine (the reload given up) the old one goes on.
+                        if let Ok(fresh) = next.await {
+                            engine = fresh;
                         }
                     }
                     None => {
@@ -342,26 +370,32 @@ struct Builder {
     work_orders: WorkOrderService,
     pool: PgPool,
     warm_up: Duration,
+    /// The longest wait for one answer of the database.
+    timeout: Duration,
+    stats: Arc<RulesStats>,
+    /// Cancelled when the server stops: building is given up.
+    stopping: CancellationToken,
 }
 
 impl Builder {
     /// Fresh engines for `rules`, one per shard: fed the recent history (with `seen`, only
     /// readings up to each tag's time in it), then given the alarms on record as active.
     /// Waits (retrying) for the database: evaluating without the active alarms would raise
-    /// them a second time.
-    async fn engines(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Vec<Engine> {
-        let recorded = retry("read the active alarms", || {
-            self.work_orders.active_alarms()
-        })
-        .await;
+    /// them a second time. None once the server is stopping.
+    async fn engines(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Option<Vec<Engine>> {
+        let recorded = self
+            .until_done("read the active alarms", || {
+                self.work_orders.active_alarms()
+            })
+            .await?;
         // An alarm of a rule no longer loaded could never clear: retire it.
         let (known, orphans): (Vec<RecordedAlarm>, Vec<RecordedAlarm>) = recorded
             .into_iter()
             .partition(|a| rules.rules.iter().any(|r| r.id == a.rule_id));
         for orphan in &orphans {
-            self.retire(orphan, RetireReason::RuleRemoved).await;
+            self.retire(orphan, RetireReason::RuleRemoved).await?;
         }
-        let mut engines = self.warmed_up(rules, seen).await;
+        let mut engines = self.warmed_up(rules, seen).await?;
         // Nor could an alarm whose rule no longer selects its tag, as far as an engine that
         // has set the tag up can tell.
         let (unselected, kept): (Vec<_>, Vec<_>) = known
@@ -378,7 +412,8 @@ impl Builder {
             })
             .partition(|(_, a)| engines.iter().any(|e| e.no_longer_selects(a)));
         for (alarm, _) in &unselected {
-            self.retire(alarm, RetireReason::TagNoLongerSelected).await;
+            self.retire(alarm, RetireReason::TagNoLongerSelected)
+                .await?;
         }
         // Each engine takes over the alarms of its own tags; the others wait unused in
         // case a tag moves to another asset, and so to another shard.
@@ -390,16 +425,64 @@ impl Builder {
             retired = orphans.len() + unselected.len(),
             "active alarms restored"
         );
-        engines
+        Some(engines)
+    }
+
+    /// Runs `op` until it succeeds, each try given at most the database timeout, backing off
+    /// between tries (100 ms doubling to 5 s). None once the server is stopping.
+    async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        &self,
+        what: &str,
+        mut op: impl FnMut() -> F,
+    ) -> Option<T> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let answer = tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => return None,
+                answer = tokio::time::timeout(self.timeout, op()) => answer,
+            };
+            match answer {
+                Ok(Ok(v)) => return Some(v),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
+                }
+                Err(_) => self.timed_out(what, backoff),
+            }
+            self.back_off(&mut backoff).await?;
+        }
+    }
+
+    /// Counts and logs a step the database did not answer in time.
+    fn timed_out(&self, what: &str, retry_in: Duration) {
+        self.stats.database_timeouts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("maintainpro_rules_database_timeouts_total").increment(1);
+        tracing::warn!(
+            timeout = ?self.timeout,
+            ?retry_in,
+            "cannot {what}: the database did not answer within the timeout (if it is only \
+             slow, raise rules.database_timeout); retrying"
+        );
+    }
+
+    /// Sleeps `backoff` and doubles it (at most 5 s). None, at once, when the server stops.
+    async fn back_off(&self, backoff: &mut Duration) -> Option<()> {
+        tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => return None,
+            () = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        Some(())
     }
 
     /// Retires an alarm that can no longer clear by itself (retrying until the database
-    /// has done it) and says so in the log.
-    async fn retire(&self, alarm: &RecordedAlarm, reason: RetireReason) {
-        retry("retire an alarm that can no longer clear", || {
+    /// has done it) and says so in the log. None once the server is stopping.
+    async fn retire(&self, alarm: &RecordedAlarm, reason: RetireReason) -> Option<()> {
+        self.until_done("retire an alarm that can no longer clear", || {
             self.work_orders.retire(alarm, reason)
         })
-        .await;
+        .await?;
         let why = match reason {
             RetireReason::RuleRemoved => "its rule is no longer loaded",
             RetireReason::TagNoLongerSelected => "its rule no longer selects its tag",
@@ -410,20 +493,22 @@ impl Builder {
             raised_at = %alarm.raised_at,
             "active alarm retired: {why}"
         );
+        Some(())
     }
 
     /// Engines fed the stored readings as far back as the rules' memory reaches (at most
     /// `warm_up`), and with `seen` no later than each tag's time there. A database that
     /// refuses the query for good leaves them empty, as before any history existed; one that
-    /// is away is waited for.
-    async fn warmed_up(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Vec<Engine> {
+    /// is away, or does not answer within the timeout, is waited for. None once the server
+    /// is stopping.
+    async fn warmed_up(&self, rules: &Arc<RuleSet>, seen: Option<&Seen>) -> Option<Vec<Engine>> {
         let fresh = || -> Vec<Engine> {
             (0..self.shards)
                 .map(|_| Engine::new(Arc::clone(rules)))
                 .collect()
         };
         if self.warm_up.is_zero() {
-            return fresh();
+            return Some(fresh());
         }
         // Even a span of zero feeds each tag's latest reading: its time is what a stale rule
         // needs, and a tag the engine knows takes its recorded alarms over at once.
@@ -433,14 +518,18 @@ impl Builder {
         loop {
             let started = Instant::now();
             let mut engines = fresh();
-            let result = ingest::recent::recent_readings(&self.pool, now, span, |r| {
+            let read = ingest::recent::recent_readings(&self.pool, now, span, self.timeout, |r| {
                 let evaluated_before = seen
                     .is_none_or(|seen| seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last));
                 if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {
                     engines[i].warm_up(&r.ctx, r.ts, r.value, r.quality);
                 }
-            })
-            .await;
+            });
+            let result = tokio::select! {
+                biased;
+                () = self.stopping.cancelled() => return None,
+                result = read => result,
+            };
             match result {
                 Ok(found) => {
                     metrics::counter!("maintainpro_rules_warm_up_readings_total")
@@ -458,18 +547,18 @@ impl Builder {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "rules engine warmed up from stored history"
                     );
-                    return engines;
+                    return Some(engines);
                 }
+                Err(StoreError::TimedOut(_)) => self.timed_out("read the recent history", backoff),
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the recent history; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the recent history: the rules start without it");
-                    return fresh();
+                    return Some(fresh());
                 }
             }
+            self.back_off(&mut backoff).await?;
         }
     }
 }

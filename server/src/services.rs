@@ -202,6 +202,7 @@ impl Services {
                 reorder_window: config.rules.reorder_window,
                 warm_up: config.rules.warm_up,
                 shards: config.rules.shards,
+                database_timeout: config.rules.database_timeout,
             };
             let (ready_tx, ready) = tokio::sync::oneshot::channel();
             services.rules = Some(supervise(
@@ -214,6 +215,7 @@ impl Services {
                     rules_stats,
                     rules_status,
                     ready_tx,
+                    stop_ingest.clone(),
                 ),
                 stop_ingest.clone(),
                 services.ended.clone(),
@@ -276,6 +278,11 @@ impl Services {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// What the rules role has done so far.
+    pub fn rules_stats(&self) -> &RulesStats {
+        &self.rules_stats
     }
 
     pub fn summary(&self) -> Summary {

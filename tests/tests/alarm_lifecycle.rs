@@ -16,7 +16,7 @@ use model::{
 };
 use serde_json::json;
 use server::demo::{DEMO_GATEWAY, seed_plant};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 const MIN: i64 = 60_000_000;
@@ -536,6 +536,44 @@ async fn an_edited_rule_file_is_reloaded_and_an_invalid_edit_keeps_the_running_r
     )
     .await?;
     plant.services.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_the_database_does_not_answer_is_tried_again_and_given_up_at_the_stop()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plant.toml");
+    std::fs::write(&file, server::demo::DEMO_RULES)?;
+    let plant = Plant::start_configured(|_, config| {
+        config.rules.files = vec![file.clone()];
+        config.rules.database_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    // The readings locked away: the reload's warm-up gets no answer.
+    let mut lock = PgConnection::connect(&plant.db.urls.owner_url).await?;
+    sqlx::query("BEGIN").execute(&mut lock).await?;
+    sqlx::query("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await?;
+    std::fs::write(
+        &file,
+        server::demo::DEMO_RULES.replace("above = 85.0", "above = 84.0"),
+    )?;
+    let stats = plant.services.rules_stats();
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    Plant::eventually(Duration::from_secs(30), "two timeouts", || async {
+        Ok((get(&stats.database_timeouts) >= 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&stats.reloads), 0);
+
+    // Asked to stop while the warm-up waits, the server gives the reload up at once.
+    tokio::time::timeout(Duration::from_secs(15), plant.services.stop())
+        .await
+        .context("the stop waited for the reload")?;
+    sqlx::query("ROLLBACK").execute(&mut lock).await?;
+    lock.close().await?;
     Ok(())
 }
 
