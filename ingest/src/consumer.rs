@@ -130,6 +130,9 @@ pub struct IngestStats {
     /// Announcements of changed gateways, tags or assets heard, and subscriptions of their
     /// listener made or lost: each makes the decode stage forget what it cached of them.
     pub directory_changes: AtomicU64,
+    /// Lookups of a gateway or of tag names in the database by the decode stage: what it had
+    /// not cached, found or not (see [`crate::directory`]).
+    pub directory_lookups: AtomicU64,
     /// From a message's receipt to the commit of what it carried.
     pub receipt_to_commit: crate::latency::Histogram,
 }

@@ -1,20 +1,21 @@
 //! Resolves what a batch names (tenant, gateway code, tag names) to database ids and the
-//! context rules need, caching per gateway. Tags created after a gateway was cached are found
-//! by a fresh lookup of just the missing names; names still unknown then are registered when
-//! the tenant's ingest policy allows it.
+//! context rules need, caching per gateway. Names not cached are looked up; names still
+//! unknown then are registered when the tenant's ingest policy allows it.
 //!
 //! What is cached is forgotten when the database announces a change of the organisation's
-//! gateways, tags or assets on [`CHANNEL`] (migration `directory_notify`), heard by
-//! [`Changes`], so that an edit (a tag moved to another asset, a new unit, an asset's
-//! criticality) reaches the rules at the next message rather than at the next start. A message
-//! resolved in the moment between the edit's commit and its announcement's arrival (about a
-//! millisecond on one machine) still gets the old context. Names not found are not cached, so
-//! a tag registered is found at the next message without waiting for anything. Everything is
-//! also forgotten every [`MAX_AGE`], in case the listener's connection died without an error
-//! (a dropped TCP flow) and announcements stopped coming. An edit reaches what the rules
-//! engine reads off each reading (unit, asset name, criticality); what it decided at a tag's
-//! first reading (which rules select the tag, by asset, class or labels) waits for its next
-//! reload.
+//! gateways, tags, assets or ingest policy on [`CHANNEL`] (migrations `directory_notify` and
+//! `directory_additions`), heard by [`Changes`], so that an edit (a tag moved to another
+//! asset, a new unit, an asset's criticality) reaches the rules at the next message rather
+//! than at the next start. Gateway codes and tag names not found (nor registered) are
+//! remembered too, at most [`MAX_UNKNOWN`] of them, so that a gateway that keeps sending a
+//! name nobody registered costs no lookup per message; an addition of a gateway, a tag or an
+//! organisation, or a policy change, is announced and makes them forgotten. A message
+//! resolved in the moment between a change's commit and its announcement's arrival (about a
+//! millisecond on one machine) still gets the old answer. Everything is also forgotten every
+//! [`MAX_AGE`], in case the listener's connection died without an error (a dropped TCP flow)
+//! and announcements stopped coming. An edit reaches what the rules engine reads off each
+//! reading (unit, asset name, criticality); what it decided at a tag's first reading (which
+//! rules select the tag, by asset, class or labels) waits for its next reload.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -36,11 +37,17 @@ use crate::store::{PgStore, StoreError};
 pub struct GatewayEntry {
     pub id: Uuid,
     pub tags: HashMap<TagName, Arc<TagContext>>,
+    /// Names looked up, not found and not registered.
+    unknown: HashSet<TagName>,
 }
 
 #[derive(Debug)]
 pub struct Directory {
     gateways: HashMap<(TenantId, GatewayId), GatewayEntry>,
+    /// Gateway codes not found, with whether their tenant exists.
+    unknown_gateways: HashMap<(TenantId, GatewayId), bool>,
+    /// Entries of `unknown_gateways` and of every gateway's `unknown`.
+    unknown_count: usize,
     changes: Arc<Changes>,
     /// When everything was last forgotten.
     fresh_since: Instant,
@@ -48,6 +55,11 @@ pub struct Directory {
 
 /// The longest an entry is used without being looked up again, announcement or not.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The most unknown gateway codes and tag names remembered at once (all tenants); past it,
+/// further ones are looked up at every message until everything is next forgotten. Bounds
+/// the memory a publisher sending ever new names can take.
+pub const MAX_UNKNOWN: usize = 100_000;
 
 /// The channel the database announces changes of gateways, tags and assets on; the payload
 /// is the organisation's id, or `*` for every organisation.
@@ -81,6 +93,12 @@ impl Changes {
         self.stale
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a lookup in the database ([`IngestStats::directory_lookups`]).
+    fn looked_up(&self) {
+        self.stats.directory_lookups.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("maintainpro_ingest_directory_lookups_total").increment(1);
     }
 
     fn mark(&self, stale: impl FnOnce(&mut Stale)) {
@@ -119,6 +137,8 @@ impl Directory {
     pub fn new(changes: Arc<Changes>) -> Self {
         Self {
             gateways: HashMap::new(),
+            unknown_gateways: HashMap::new(),
+            unknown_count: 0,
             changes,
             fresh_since: Instant::now(),
         }
@@ -128,8 +148,7 @@ impl Directory {
     /// [`MAX_AGE`] has passed since it last did.
     fn forget_changed(&mut self) {
         if self.fresh_since.elapsed() >= MAX_AGE {
-            self.gateways.clear();
-            self.fresh_since = Instant::now();
+            self.forget_all();
         }
         let stale = {
             let mut s = self.changes.lock();
@@ -139,14 +158,36 @@ impl Directory {
             (std::mem::take(&mut s.all), std::mem::take(&mut s.tenants))
         };
         match stale {
-            (true, _) => {
-                self.gateways.clear();
-                self.fresh_since = Instant::now();
+            (true, _) => self.forget_all(),
+            (false, tenants) => {
+                let kept =
+                    |(tenant, _): &(TenantId, GatewayId)| !tenants.contains(&tenant.as_uuid());
+                self.gateways.retain(|key, _| kept(key));
+                self.unknown_gateways.retain(|key, _| kept(key));
+                self.unknown_count = self.unknown_gateways.len()
+                    + self
+                        .gateways
+                        .values()
+                        .map(|g| g.unknown.len())
+                        .sum::<usize>();
             }
-            (false, tenants) => self
-                .gateways
-                .retain(|(tenant, _), _| !tenants.contains(&tenant.as_uuid())),
         }
+    }
+
+    fn forget_all(&mut self) {
+        self.gateways.clear();
+        self.unknown_gateways.clear();
+        self.unknown_count = 0;
+        self.fresh_since = Instant::now();
+    }
+
+    /// Whether another unknown name may be remembered; counts it when so.
+    fn room_for_unknown(unknown_count: &mut usize) -> bool {
+        let room = *unknown_count < MAX_UNKNOWN;
+        if room {
+            *unknown_count += 1;
+        }
+        room
     }
 
     /// Resolves the gateway and the given tag names, querying only what is not cached, within
@@ -174,7 +215,11 @@ impl Directory {
         // what they cache, at the next message.
         self.forget_changed();
         let key = (tenant, gateway.clone());
+        if let Some(&tenant_exists) = self.unknown_gateways.get(&key) {
+            return Ok(Resolved::UnknownGateway { tenant_exists });
+        }
         if !self.gateways.contains_key(&key) {
+            self.changes.looked_up();
             let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
             let row = sqlx::query("SELECT id FROM gateways WHERE code = $1")
                 .bind(gateway.as_str())
@@ -187,6 +232,9 @@ impl Directory {
                     .await?
                     .is_some();
                 tx.commit().await?;
+                if Self::room_for_unknown(&mut self.unknown_count) {
+                    self.unknown_gateways.insert(key, tenant_exists);
+                }
                 return Ok(Resolved::UnknownGateway { tenant_exists });
             };
             tx.commit().await?;
@@ -195,6 +243,7 @@ impl Directory {
                 GatewayEntry {
                     id: row.try_get("id")?,
                     tags: HashMap::new(),
+                    unknown: HashSet::new(),
                 },
             );
         }
@@ -204,10 +253,11 @@ impl Directory {
             .expect("inserted above when missing");
         let missing: Vec<&str> = names
             .iter()
-            .filter(|n| !entry.tags.contains_key(*n))
+            .filter(|n| !entry.tags.contains_key(*n) && !entry.unknown.contains(*n))
             .map(TagName::as_str)
             .collect();
         if !missing.is_empty() {
+            self.changes.looked_up();
             let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
             let rows = sqlx::query(&format!(
                 "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
@@ -239,6 +289,14 @@ impl Directory {
             // and a commit that fails or times out must leave no id of theirs behind.
             for ctx in found {
                 entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
+            }
+            for name in names {
+                if !entry.tags.contains_key(name)
+                    && !entry.unknown.contains(name)
+                    && Self::room_for_unknown(&mut self.unknown_count)
+                {
+                    entry.unknown.insert(name.clone());
+                }
             }
         }
         Ok(Resolved::Gateway(entry))

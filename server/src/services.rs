@@ -280,6 +280,11 @@ impl Services {
         &self.pool
     }
 
+    /// What the ingest role has done so far.
+    pub fn ingest_stats(&self) -> &IngestStats {
+        &self.ingest_stats
+    }
+
     /// What the rules role has done so far.
     pub fn rules_stats(&self) -> &RulesStats {
         &self.rules_stats

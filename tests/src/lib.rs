@@ -396,6 +396,25 @@ impl Plant {
             .to_owned())
     }
 
+    /// A CSV upload (an import) with a bearer token: status and JSON body.
+    pub async fn post_csv(
+        &self,
+        token: &str,
+        path: &str,
+        csv: &str,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body(csv.to_owned())
+            .send()
+            .await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
     /// A request with a JSON body that must succeed (2xx): its JSON answer.
     pub async fn send_ok(
         &self,

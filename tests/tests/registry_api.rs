@@ -7,24 +7,6 @@ use maintainpro_tests::{Plant, error_fields};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn post_csv(
-    plant: &Plant,
-    token: &str,
-    path: &str,
-    csv: &str,
-) -> anyhow::Result<(u16, Value)> {
-    let res = plant
-        .http
-        .post(format!("{}{path}", plant.api))
-        .bearer_auth(token)
-        .header("content-type", "text/csv")
-        .body(csv.to_owned())
-        .send()
-        .await?;
-    let status = res.status().as_u16();
-    Ok((status, res.json().await.unwrap_or(Value::Null)))
-}
-
 async fn get_text(plant: &Plant, token: &str, path: &str) -> anyhow::Result<String> {
     let res = plant
         .http
@@ -77,23 +59,21 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
                Line 9,Nowhere,,,3\n\
                Press 9,,,Line 404,4\n\
                Press 10,North,Hall 7,,2\n";
-    let (status, body) = post_csv(&plant, &admin, "/api/v1/assets/import", bad).await?;
+    let (status, body) = plant.post_csv(&admin, "/api/v1/assets/import", bad).await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         fields(&body),
         ["line 2: site", "line 3: parent", "line 4: area"]
     );
     // Cell problems are found before the database is asked.
-    let (status, body) = post_csv(
-        &plant,
-        &admin,
-        "/api/v1/assets/import",
-        "name,criticality\nX,7\n",
-    )
-    .await?;
+    let (status, body) = plant
+        .post_csv(&admin, "/api/v1/assets/import", "name,criticality\nX,7\n")
+        .await?;
     assert_eq!(status, 400);
     assert_eq!(fields(&body), ["line 2: criticality"]);
-    let (status, _) = post_csv(&plant, &tech, "/api/v1/assets/import", "name\nX\n").await?;
+    let (status, _) = plant
+        .post_csv(&tech, "/api/v1/assets/import", "name\nX\n")
+        .await?;
     assert_eq!(status, 403);
 
     // Children may come before their parents in the file.
@@ -102,8 +82,9 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
                 Press 9,,,Line 9,4,degraded,Schuler,,,,,line=9;zone=b\n\
                 Line 9,North,Hall 2,,5,operational,,,,,,\n\
                 Press 1,,,Line 9,,,,'=cmd,,,,\n";
-    let (status, report) =
-        post_csv(&plant, &admin, "/api/v1/assets/import?dry_run=true", good).await?;
+    let (status, report) = plant
+        .post_csv(&admin, "/api/v1/assets/import?dry_run=true", good)
+        .await?;
     assert_eq!(status, 200, "{report}");
     assert_eq!(
         report,
@@ -115,7 +96,9 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
         Some(1),
         "a dry run writes nothing"
     );
-    let (status, report) = post_csv(&plant, &admin, "/api/v1/assets/import", good).await?;
+    let (status, report) = plant
+        .post_csv(&admin, "/api/v1/assets/import", good)
+        .await?;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["created"], 3);
     let (_, pump) = plant.get("/api/v1/assets?q=pump", Some(&admin)).await?;
@@ -138,7 +121,9 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
     // The export imports back unchanged.
     let exported = get_text(&plant, &admin, "/api/v1/assets/export.csv").await?;
     assert!(exported.contains("'=cmd"), "{exported}");
-    let (status, report) = post_csv(&plant, &admin, "/api/v1/assets/import", &exported).await?;
+    let (status, report) = plant
+        .post_csv(&admin, "/api/v1/assets/import", &exported)
+        .await?;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["created"], 0);
     assert_eq!(
@@ -160,11 +145,11 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
                 north-gw,press9.pressure,Press 9,bar,Main pressure,0,350,signal=pressure\n\
                 north-gw,press9.temp,Press 9 pump,degC,,,,\n\
                 nowhere-gw,x,,,,,,\n";
-    let (status, body) = post_csv(&plant, &admin, "/api/v1/tags/import", tags).await?;
+    let (status, body) = plant.post_csv(&admin, "/api/v1/tags/import", tags).await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(fields(&body), ["line 4: gateway"]);
     let tags = tags.lines().take(3).collect::<Vec<_>>().join("\n");
-    let (status, report) = post_csv(&plant, &admin, "/api/v1/tags/import", &tags).await?;
+    let (status, report) = plant.post_csv(&admin, "/api/v1/tags/import", &tags).await?;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["created"], 2);
     let gw_id = gw["id"].as_str().context("gateway")?;
@@ -224,13 +209,13 @@ async fn registers_import_all_or_nothing_and_export_back_unchanged() -> anyhow::
     assert_eq!(status, 404);
     let theirs = get_text(&plant, &other, "/api/v1/assets/export.csv").await?;
     assert!(!theirs.contains("Press 9"), "{theirs}");
-    let (status, body) = post_csv(
-        &plant,
-        &other,
-        "/api/v1/assets/import?dry_run=true",
-        "name,parent\nMine,Press 9\n",
-    )
-    .await?;
+    let (status, body) = plant
+        .post_csv(
+            &other,
+            "/api/v1/assets/import?dry_run=true",
+            "name,parent\nMine,Press 9\n",
+        )
+        .await?;
     assert_eq!(status, 400, "{body}");
     assert_eq!(fields(&body), ["line 2: parent"]);
     Ok(())

@@ -2,6 +2,7 @@
 //! organisation's ingest policy is off, registered (up to the policy's limit per gateway,
 //! audited, marked for review in the registry) once it is on. Needs `scripts/test.sh`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,6 +41,31 @@ async fn stored(plant: &Plant, tag: &str) -> anyhow::Result<(Vec<String>, i64)> 
     Ok((letters, readings))
 }
 
+/// The announcements of changes ingest has heard so far, once its listener has subscribed
+/// (which counts as one: everything cached before is forgotten).
+async fn heard(plant: &Plant) -> anyhow::Result<u64> {
+    Plant::eventually(Duration::from_secs(20), "the listener", || async {
+        let n = changes_heard(plant);
+        Ok((n >= 1).then_some(n))
+    })
+    .await
+}
+
+/// Waits until ingest has heard an announcement after `before`: a change committed before
+/// that reaches the next message. (One resolved in the moment between a commit and its
+/// announcement still gets the old answer.)
+async fn heard_after(plant: &Plant, before: u64) -> anyhow::Result<()> {
+    Plant::eventually(Duration::from_secs(20), "the announcement", || async {
+        Ok((changes_heard(plant) > before).then_some(()))
+    })
+    .await
+}
+
+fn changes_heard(plant: &Plant) -> u64 {
+    let stats = plant.services.ingest_stats();
+    stats.directory_changes.load(Ordering::Relaxed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_limit()
 -> anyhow::Result<()> {
@@ -48,6 +74,7 @@ async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_l
     let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
     let gateway = GatewayId::parse(DEMO_GATEWAY)?;
     let topic = model::topic::readings(tenant, &gateway);
+    heard(&plant).await?;
 
     let (status, policy) = plant.get(POLICY, Some(&admin)).await?;
     assert_eq!(status, 200);
@@ -85,6 +112,7 @@ async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_l
     assert!(letters[0].contains("press-1.oil_temp"), "{letters:?}");
 
     // On, with room for one more tag on the gateway.
+    let before = heard(&plant).await?;
     let (_, tags) = plant.get("/api/v1/tags?limit=1000", Some(&admin)).await?;
     let count = tags["items"].as_array().context("items")?.len() as i64;
     let (status, set) = plant
@@ -106,6 +134,7 @@ async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_l
         .await?;
     assert_eq!(status, 400, "{bad}");
     assert_eq!(bad["error"]["details"][0]["field"], "max_tags_per_gateway");
+    heard_after(&plant, before).await?;
 
     let batch = Batch::from_readings(
         gateway.clone(),
@@ -149,5 +178,104 @@ async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_l
         .find(|e| e["action"] == "tag.auto_register")
         .with_context(|| format!("{audit}"))?;
     assert_eq!(entry["detail"]["tags"], json!(["press-1.oil_temp"]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_nobody_registered_is_looked_up_once_until_a_tag_is_added() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let lookups = || {
+        let stats = plant.services.ingest_stats();
+        stats.directory_lookups.load(Ordering::Relaxed)
+    };
+    // Each batch numbered anew: a number stored once is a duplicate the next time.
+    let next_seq = AtomicU64::new(1);
+    let publish = |gateway: &str| {
+        let gateway = gateway.to_owned();
+        let seq = next_seq.fetch_add(1, Ordering::Relaxed);
+        let plant = &plant;
+        async move {
+            let gateway = GatewayId::parse(gateway)?;
+            let readings = [
+                reading("press-1.bearing_temp", seq as i64)?,
+                reading("press-1.spare_probe", seq as i64)?,
+            ];
+            let batch = Batch::from_readings(gateway.clone(), seq, &readings);
+            let topic = model::topic::readings(tenant, &gateway);
+            publish_all(&plant.broker, &topic, vec![batch.encode()]).await
+        }
+    };
+    // Tenant A's dead letters once there are `n` naming `what`.
+    let letters = |what: &'static str, n: usize| {
+        let plant = &plant;
+        async move {
+            Plant::eventually(Duration::from_secs(20), "the dead letters", || async {
+                let (found, _) = stored(plant, "press-1.spare_probe").await?;
+                let naming = found.iter().filter(|l| l.contains(what)).count();
+                Ok((naming == n).then_some(found))
+            })
+            .await
+        }
+    };
+    heard(&plant).await?;
+
+    // A tag nobody registered: looked up with the first message only.
+    publish(DEMO_GATEWAY).await?;
+    letters("press-1.spare_probe", 1).await?;
+    let after_first = lookups();
+    for _ in 0..3 {
+        publish(DEMO_GATEWAY).await?;
+    }
+    letters("press-1.spare_probe", 4).await?;
+    assert_eq!(
+        lookups(),
+        after_first,
+        "an unknown name was looked up again"
+    );
+
+    // Registered through the registry: announced, and found by the next message.
+    let before = heard(&plant).await?;
+    let csv = format!(
+        "gateway,name,asset,unit,description,range_min,range_max,labels\n\
+         {DEMO_GATEWAY},press-1.spare_probe,,,,,,\n"
+    );
+    let (status, report) = plant.post_csv(&admin, "/api/v1/tags/import", &csv).await?;
+    assert_eq!(status, 200, "{report}");
+    heard_after(&plant, before).await?;
+    publish(DEMO_GATEWAY).await?;
+    Plant::eventually(Duration::from_secs(20), "the reading stored", || async {
+        let (_, readings) = stored(&plant, "press-1.spare_probe").await?;
+        Ok((readings == 1).then_some(()))
+    })
+    .await?;
+    assert!(lookups() > after_first);
+
+    // The same for a gateway nobody registered, and its registration.
+    publish("gw-ghost").await?;
+    letters("is not registered for tenant", 1).await?;
+    let after_ghost = lookups();
+    publish("gw-ghost").await?;
+    letters("is not registered for tenant", 2).await?;
+    assert_eq!(
+        lookups(),
+        after_ghost,
+        "an unknown gateway was looked up again"
+    );
+    let before = heard(&plant).await?;
+    let (status, gw) = plant
+        .send(
+            Method::POST,
+            "/api/v1/gateways",
+            Some(&admin),
+            Some(json!({ "code": "gw-ghost", "name": "Found at last" })),
+        )
+        .await?;
+    assert_eq!(status, 201, "{gw}");
+    heard_after(&plant, before).await?;
+    publish("gw-ghost").await?;
+    letters("not registered for gateway \"gw-ghost\"", 1).await?;
+    plant.services.stop().await;
     Ok(())
 }
