@@ -18,7 +18,7 @@
 //! rules select the tag, by asset, class or labels) waits for its next reload.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,8 +61,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// the memory a publisher sending ever new names can take.
 pub const MAX_UNKNOWN: usize = 100_000;
 
-/// The channel the database announces changes of gateways, tags and assets on; the payload
-/// is the organisation's id, or `*` for every organisation.
+/// The channel the database announces changes of gateways, tags, assets and ingest policies
+/// on; the payload is the organisation's id, `+` and the id for an addition, or `*` for every
+/// organisation.
 pub const CHANNEL: &str = "maintainpro_directory";
 
 /// What the announcements on [`CHANNEL`] made stale since the directory last looked, shared
@@ -70,6 +71,9 @@ pub const CHANNEL: &str = "maintainpro_directory";
 #[derive(Debug)]
 pub struct Changes {
     stale: Mutex<Stale>,
+    /// Whether the listener is subscribed: only then can an addition be heard, and so only
+    /// then are names not found remembered.
+    listening: AtomicBool,
     /// Counts what was heard ([`IngestStats::directory_changes`]).
     stats: Arc<IngestStats>,
 }
@@ -78,12 +82,15 @@ pub struct Changes {
 struct Stale {
     all: bool,
     tenants: HashSet<Uuid>,
+    /// Organisations with an addition: only their names not found are stale.
+    not_found: HashSet<Uuid>,
 }
 
 impl Changes {
     pub fn new(stats: Arc<IngestStats>) -> Self {
         Self {
             stale: Mutex::default(),
+            listening: AtomicBool::new(false),
             stats,
         }
     }
@@ -109,9 +116,16 @@ impl Changes {
 }
 
 impl migrations::announcements::Audience for Changes {
-    fn set_listening(&self, _listening: bool) {
+    fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
         // What was announced while no connection listened is not known.
         self.mark(|s| s.all = true);
+    }
+
+    fn forget_not_found(&self, tenant: Uuid) {
+        self.mark(|s| {
+            s.not_found.insert(tenant);
+        });
     }
 
     fn forget_tenant(&self, tenant: Uuid) {
@@ -150,28 +164,38 @@ impl Directory {
         if self.fresh_since.elapsed() >= MAX_AGE {
             self.forget_all();
         }
-        let stale = {
+        let (all, tenants, not_found) = {
             let mut s = self.changes.lock();
-            if !s.all && s.tenants.is_empty() {
+            if !s.all && s.tenants.is_empty() && s.not_found.is_empty() {
                 return;
             }
-            (std::mem::take(&mut s.all), std::mem::take(&mut s.tenants))
+            (
+                std::mem::take(&mut s.all),
+                std::mem::take(&mut s.tenants),
+                std::mem::take(&mut s.not_found),
+            )
         };
-        match stale {
-            (true, _) => self.forget_all(),
-            (false, tenants) => {
-                let kept =
-                    |(tenant, _): &(TenantId, GatewayId)| !tenants.contains(&tenant.as_uuid());
-                self.gateways.retain(|key, _| kept(key));
-                self.unknown_gateways.retain(|key, _| kept(key));
-                self.unknown_count = self.unknown_gateways.len()
-                    + self
-                        .gateways
-                        .values()
-                        .map(|g| g.unknown.len())
-                        .sum::<usize>();
+        if all {
+            self.forget_all();
+            return;
+        }
+        let of = |set: &HashSet<Uuid>, (tenant, _): &(TenantId, GatewayId)| {
+            set.contains(&tenant.as_uuid())
+        };
+        self.gateways.retain(|key, _| !of(&tenants, key));
+        self.unknown_gateways
+            .retain(|key, _| !of(&tenants, key) && !of(&not_found, key));
+        for (key, entry) in &mut self.gateways {
+            if of(&not_found, key) {
+                entry.unknown.clear();
             }
         }
+        self.unknown_count = self.unknown_gateways.len()
+            + self
+                .gateways
+                .values()
+                .map(|g| g.unknown.len())
+                .sum::<usize>();
     }
 
     fn forget_all(&mut self) {
@@ -181,9 +205,11 @@ impl Directory {
         self.fresh_since = Instant::now();
     }
 
-    /// Whether another unknown name may be remembered; counts it when so.
-    fn room_for_unknown(unknown_count: &mut usize) -> bool {
-        let room = *unknown_count < MAX_UNKNOWN;
+    /// Whether another name not found may be remembered (the listener subscribed, so that
+    /// its addition would be heard, and fewer than [`MAX_UNKNOWN`] remembered); counts it
+    /// when so.
+    fn room_for_unknown(listening: bool, unknown_count: &mut usize) -> bool {
+        let room = listening && *unknown_count < MAX_UNKNOWN;
         if room {
             *unknown_count += 1;
         }
@@ -214,6 +240,7 @@ impl Directory {
         // Before the lookups, so that an announcement heard while they run is applied to
         // what they cache, at the next message.
         self.forget_changed();
+        let listening = self.changes.listening.load(Ordering::Relaxed);
         let key = (tenant, gateway.clone());
         if let Some(&tenant_exists) = self.unknown_gateways.get(&key) {
             return Ok(Resolved::UnknownGateway { tenant_exists });
@@ -232,7 +259,7 @@ impl Directory {
                     .await?
                     .is_some();
                 tx.commit().await?;
-                if Self::room_for_unknown(&mut self.unknown_count) {
+                if Self::room_for_unknown(listening, &mut self.unknown_count) {
                     self.unknown_gateways.insert(key, tenant_exists);
                 }
                 return Ok(Resolved::UnknownGateway { tenant_exists });
@@ -293,7 +320,7 @@ impl Directory {
             for name in names {
                 if !entry.tags.contains_key(name)
                     && !entry.unknown.contains(name)
-                    && Self::room_for_unknown(&mut self.unknown_count)
+                    && Self::room_for_unknown(listening, &mut self.unknown_count)
                 {
                     entry.unknown.insert(name.clone());
                 }

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use model::{Quality, TenantId, Timestamp};
 use rules::TagContext;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::consumer::RuleInput;
@@ -45,14 +45,31 @@ pub struct RecentStats {
 /// is no older than [`LATEST_WITHIN`] before `now`), for every tag linked to an asset (only
 /// those are evaluated), tenant after tenant, each tenant's in event-time order (tag id among
 /// equal times). Tags created while this runs are left out. Each step waits at most `step`
-/// for the database: then the read ends with [`StoreError::TimedOut`] (the readings handed
-/// on so far stay handed on; a caller that tries again starts from fresh engines).
+/// for the database: then the read ends with [`StoreError::TimedOut`] and its connection is
+/// closed rather than handed back to the pool, where its statement could hold it (the
+/// readings handed on so far stay handed on; a caller that tries again starts from fresh
+/// engines).
 pub async fn recent_readings(
     pool: &PgPool,
     now: Timestamp,
     span: Duration,
     step: Duration,
     mut each: impl FnMut(RuleInput),
+) -> Result<RecentStats, StoreError> {
+    let mut conn = answered_within(step, pool.acquire()).await?;
+    let read = read_recent(&mut conn, now, span, step, &mut each).await;
+    if matches!(read, Err(StoreError::TimedOut(_))) {
+        drop(conn.detach());
+    }
+    read
+}
+
+async fn read_recent(
+    conn: &mut PgConnection,
+    now: Timestamp,
+    span: Duration,
+    step: Duration,
+    each: &mut impl FnMut(RuleInput),
 ) -> Result<RecentStats, StoreError> {
     let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     let latest_since = now.plus_micros(-micros(LATEST_WITHIN));
@@ -61,13 +78,13 @@ pub async fn recent_readings(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let tenants: Vec<Uuid> = answered_within(
         step,
-        sqlx::query_scalar("SELECT id FROM tenants ORDER BY id").fetch_all(pool),
+        sqlx::query_scalar("SELECT id FROM tenants ORDER BY id").fetch_all(&mut *conn),
     )
     .await?;
     let mut stats = RecentStats::default();
     for tenant in tenants {
         stats.tenants += 1;
-        let mut tx = answered_within(step, migrations::begin_tenant(pool, tenant)).await?;
+        let mut tx = answered_within(step, migrations::begin_tenant_on(conn, tenant)).await?;
         let tag_query = format!("{TAG_CONTEXT_QUERY} WHERE t.asset_id IS NOT NULL ORDER BY t.id");
         let rows = answered_within(step, sqlx::query(&tag_query).fetch_all(&mut *tx)).await?;
         let mut tags: HashMap<i64, Arc<TagContext>> = HashMap::with_capacity(rows.len());

@@ -1,7 +1,8 @@
 //! Following a channel on which the database announces, by organisation, that something a
 //! process keeps in memory has changed (the triggers of the migrations `session_check_notify`
-//! and `directory_notify`). The payload of an announcement is the organisation's id, or `*`
-//! for every organisation (a table emptied at once).
+//! `directory_notify` and `directory_additions`). The payload of an announcement is the
+//! organisation's id, `+` and the id for an addition (something new, which makes only what
+//! was not found stale), or `*` for every organisation (a table emptied at once).
 //!
 //! [`follow`] keeps one connection subscribed and tells an [`Audience`] what it hears. An
 //! announcement made while no connection was subscribed is lost, so the audience hears of
@@ -20,6 +21,11 @@ pub trait Audience {
     fn set_listening(&self, listening: bool);
     /// Something of `tenant`'s changed.
     fn forget_tenant(&self, tenant: Uuid);
+    /// Something was added to `tenant`'s: what was looked for and not found is stale.
+    /// By default, as [`Audience::forget_tenant`].
+    fn forget_not_found(&self, tenant: Uuid) {
+        self.forget_tenant(tenant);
+    }
     /// Something of an organisation not known here changed, or of every organisation.
     fn forget_all(&self);
 }
@@ -77,6 +83,14 @@ async fn listen(
         match listener.try_recv().await {
             Ok(Some(notification)) => match notification.payload().parse::<Uuid>() {
                 Ok(tenant) => audience.forget_tenant(tenant),
+                Err(_)
+                    if let Some(Ok(tenant)) = notification
+                        .payload()
+                        .strip_prefix('+')
+                        .map(str::parse::<Uuid>) =>
+                {
+                    audience.forget_not_found(tenant)
+                }
                 Err(_) if notification.payload() == "*" => audience.forget_all(),
                 Err(_) => {
                     tracing::warn!(

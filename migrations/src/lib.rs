@@ -52,7 +52,9 @@ pub use migrate::{StorageLayout, migrate};
 pub use roles::RoleSecrets;
 #[cfg(feature = "rls-probe")]
 pub use tenant::rls_probe;
-pub use tenant::{TENANT_SETTING, begin_tenant, is_interrupted, is_transient, tenant_read_begin};
+pub use tenant::{
+    TENANT_SETTING, begin_tenant, begin_tenant_on, is_interrupted, is_transient, tenant_read_begin,
+};
 pub use urls::DatabaseUrls;
 
 /// The schema migrations of `sql/`, embedded at compile time. Run them as [`OWNER_ROLE`]

@@ -1,6 +1,6 @@
 //! The per-transaction tenant setting that every row-level security policy reads.
 
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// The setting the policies read through `app_current_tenant()`.
@@ -18,6 +18,15 @@ pub async fn begin_tenant(
     tenant: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     pool.begin_with(scope("BEGIN", tenant)).await
+}
+
+/// As [`begin_tenant`], on a connection the caller holds (to close it rather than hand it
+/// back to the pool when it stops answering).
+pub async fn begin_tenant_on(
+    conn: &mut PgConnection,
+    tenant: Uuid,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    conn.begin_with(scope("BEGIN", tenant)).await
 }
 
 /// The statements that begin a read-only transaction scoped to `tenant`, for a client that

@@ -55,6 +55,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Batches waiting for one shard; a full queue holds up the routing, and so ingest.
 const SHARD_QUEUE: usize = 64;
+/// The longest wait for one step of the warm-up's read, however often it timed out.
+const MAX_WARM_UP_STEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
 pub struct RulesStats {
@@ -515,10 +517,14 @@ impl Builder {
         let span = rules.warm_up_span(self.warm_up);
         let now = Timestamp::now();
         let mut backoff = Duration::from_millis(100);
+        // The first rows of a long history come only once the database has sorted it: after
+        // a timeout, each try waits twice as long (at most an hour), so that a slow read
+        // finishes in the end rather than start over for good.
+        let mut step = self.timeout;
         loop {
             let started = Instant::now();
             let mut engines = fresh();
-            let read = ingest::recent::recent_readings(&self.pool, now, span, self.timeout, |r| {
+            let read = ingest::recent::recent_readings(&self.pool, now, span, step, |r| {
                 let evaluated_before = seen
                     .is_none_or(|seen| seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last));
                 if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {
@@ -549,7 +555,10 @@ impl Builder {
                     );
                     return Some(engines);
                 }
-                Err(StoreError::TimedOut(_)) => self.timed_out("read the recent history", backoff),
+                Err(StoreError::TimedOut(_)) => {
+                    self.timed_out("read the recent history", backoff);
+                    step = (step * 2).min(MAX_WARM_UP_STEP);
+                }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the recent history; retrying");
                 }

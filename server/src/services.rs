@@ -54,6 +54,10 @@ pub enum ServicesError {
     RuleErrors(String),
     #[error("cannot serve metrics on {addr}: {reason}")]
     Metrics { addr: SocketAddr, reason: String },
+    #[error(
+        "the rules engine stopped before it was ready (the log says why); ingest was not started"
+    )]
+    RulesNotReady,
 }
 
 /// What the services did, as the demo and scripts report it.
@@ -222,7 +226,10 @@ impl Services {
             ));
             // The engines are warmed up with what is stored now: nothing may be stored
             // before that is done. Waits as long as the database is away.
-            let _ = ready.await;
+            if ready.await.is_err() {
+                services.stop().await;
+                return Err(ServicesError::RulesNotReady);
+            }
             Some(tx)
         } else {
             None
