@@ -26,7 +26,7 @@ use model::{AssetId, Criticality, GatewayId, TagName, TenantId};
 use rules::{Labels, TagContext};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::consumer::IngestStats;
@@ -216,23 +216,12 @@ impl Directory {
         room
     }
 
-    /// Resolves the gateway and the given tag names, querying only what is not cached, within
-    /// the store's timeout ([`PgStore::within`]).
+    /// Resolves the gateway and the given tag names, querying only what is not cached. Each
+    /// lookup waits at most the store's timeout ([`PgStore::on_connection`]: a connection that
+    /// does not answer is closed).
     pub async fn resolve<'a>(
         &'a mut self,
         store: &PgStore,
-        tenant: TenantId,
-        gateway: &GatewayId,
-        names: &[TagName],
-    ) -> Result<Resolved<'a>, StoreError> {
-        store
-            .within(self.look_up(store.pool(), tenant, gateway, names))
-            .await
-    }
-
-    async fn look_up<'a>(
-        &'a mut self,
-        pool: &PgPool,
         tenant: TenantId,
         gateway: &GatewayId,
         names: &[TagName],
@@ -247,28 +236,22 @@ impl Directory {
         }
         if !self.gateways.contains_key(&key) {
             self.changes.looked_up();
-            let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
-            let row = sqlx::query("SELECT id FROM gateways WHERE code = $1")
-                .bind(gateway.as_str())
-                .fetch_optional(&mut *tx)
+            let found = store
+                .on_connection(async |conn| find_gateway(conn, tenant, gateway).await)
                 .await?;
-            let Some(row) = row else {
-                let tenant_exists = sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
-                    .bind(tenant.as_uuid())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                tx.commit().await?;
-                if Self::room_for_unknown(listening, &mut self.unknown_count) {
-                    self.unknown_gateways.insert(key, tenant_exists);
+            let id = match found {
+                Ok(id) => id,
+                Err(tenant_exists) => {
+                    if Self::room_for_unknown(listening, &mut self.unknown_count) {
+                        self.unknown_gateways.insert(key, tenant_exists);
+                    }
+                    return Ok(Resolved::UnknownGateway { tenant_exists });
                 }
-                return Ok(Resolved::UnknownGateway { tenant_exists });
             };
-            tx.commit().await?;
             self.gateways.insert(
                 key.clone(),
                 GatewayEntry {
-                    id: row.try_get("id")?,
+                    id,
                     tags: HashMap::new(),
                     unknown: HashSet::new(),
                 },
@@ -285,35 +268,12 @@ impl Directory {
             .collect();
         if !missing.is_empty() {
             self.changes.looked_up();
-            let mut tx = migrations::begin_tenant(pool, tenant.as_uuid()).await?;
-            let rows = sqlx::query(&format!(
-                "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
-            ))
-            .bind(entry.id)
-            .bind(&missing)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut found = Vec::new();
-            for row in &rows {
-                // A name the edge could never send has nothing to resolve.
-                if let Some(ctx) = tag_context(row, tenant)? {
-                    found.push(ctx);
-                }
-            }
-            let unknown: Vec<&str> = missing
-                .into_iter()
-                .filter(|n| !found.iter().any(|ctx| ctx.tag.as_str() == *n))
-                .collect();
-            if !unknown.is_empty() {
-                for row in auto_register(&mut tx, tenant, entry.id, &unknown).await? {
-                    if let Some(ctx) = tag_context(&row, tenant)? {
-                        found.push(ctx);
-                    }
-                }
-            }
-            tx.commit().await?;
-            // Cached only once committed: the tags auto-registered above exist only then,
-            // and a commit that fails or times out must leave no id of theirs behind.
+            let gateway_id = entry.id;
+            let found = store
+                .on_connection(async |conn| find_tags(conn, tenant, gateway_id, &missing).await)
+                .await?;
+            // Cached only once committed: the tags auto-registered exist only then, and a
+            // commit that fails or times out must leave no id of theirs behind.
             for ctx in found {
                 entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
             }
@@ -328,6 +288,68 @@ impl Directory {
         }
         Ok(Resolved::Gateway(entry))
     }
+}
+
+/// The id of `tenant`'s gateway `code`, or (`Err`) whether the tenant exists.
+async fn find_gateway(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    code: &GatewayId,
+) -> Result<Result<Uuid, bool>, StoreError> {
+    let mut tx = migrations::begin_tenant_on(conn, tenant.as_uuid()).await?;
+    let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1")
+        .bind(code.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let found = match id {
+        Some(id) => Ok(id),
+        None => Err(sqlx::query("SELECT 1 FROM tenants WHERE id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()),
+    };
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// The contexts of the `missing` tags of gateway `gateway` found, and of those registered
+/// when the tenant's policy allows it (committed when this returns).
+async fn find_tags(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    gateway: Uuid,
+    missing: &[&str],
+) -> Result<Vec<TagContext>, StoreError> {
+    let mut tx = migrations::begin_tenant_on(conn, tenant.as_uuid()).await?;
+    let rows = sqlx::query(&format!(
+        "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
+    ))
+    .bind(gateway)
+    .bind(missing)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut found = Vec::new();
+    for row in &rows {
+        // A name the edge could never send has nothing to resolve.
+        if let Some(ctx) = tag_context(row, tenant)? {
+            found.push(ctx);
+        }
+    }
+    let unknown: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|n| !found.iter().any(|ctx| ctx.tag.as_str() == *n))
+        .collect();
+    if !unknown.is_empty() {
+        for row in auto_register(&mut tx, tenant, gateway, &unknown).await? {
+            if let Some(ctx) = tag_context(&row, tenant)? {
+                found.push(ctx);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(found)
 }
 
 /// Registers the `unknown` tags of gateway `gateway` when the tenant's policy allows it

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::copy::{self, Row};
@@ -234,16 +234,24 @@ impl PgStore {
     /// and the answer is [`StoreError::TimedOut`]: the transaction may then have committed or
     /// not, and a retry is safe either way, since the ledger skips the batches it stored.
     pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
-        // Taking a connection is bounded by the pool's own acquire timeout.
+        self.on_connection(async |conn| write_group_on(conn, items).await)
+            .await
+    }
+
+    /// Runs `operation` on a connection of the pool (taking it is bounded by the pool's own
+    /// acquire timeout) with the store's timeout. When the database has not answered in
+    /// time the connection is closed rather than handed back to the pool: mid-statement its
+    /// state is unknown, and the pool would ping it first and could wait as long again.
+    pub async fn on_connection<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let written = self.within(write_group_on(&mut conn, items)).await;
-        if matches!(written, Err(StoreError::TimedOut(_))) {
-            // Mid-statement, the connection's state is unknown: closed here rather than
-            // handed back to the pool, which would ping it first and could wait as long
-            // again for the answer.
+        let answer = self.within(operation(&mut conn)).await;
+        if matches!(answer, Err(StoreError::TimedOut(_))) {
             drop(conn.detach());
         }
-        written
+        answer
     }
 
     /// The births kept for the node `gateway` of `tenant`, `None` when it has none.

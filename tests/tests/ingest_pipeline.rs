@@ -760,6 +760,40 @@ async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_up_the_database_does_not_answer_is_given_up_on_a_closed_connection()
+-> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.database_timeout = Duration::from_secs(1);
+    let ingest = world.consumer().await?;
+    // The gateways locked away: the decode stage's first look-up gets no answer.
+    let mut lock = PgConnection::connect(&world.db.urls.owner_url).await?;
+    sqlx::query("BEGIN").execute(&mut lock).await?;
+    sqlx::query("LOCK TABLE gateways IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    Plant::eventually(Duration::from_secs(20), "two timeouts", || async {
+        Ok((get(&ingest.stats.database_timeouts) >= 2).then_some(()))
+    })
+    .await?;
+    // Each look-up given up closed its connection instead of leaving it with the pool,
+    // whose ping would wait behind the lock: the pool holds the one being tried at most.
+    let busy = ingest.pool.size() as usize - ingest.pool.num_idle();
+    assert!(busy <= 1, "{busy} connections held by the pool");
+
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (1, 3));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_with_the_broker()
 -> anyhow::Result<()> {
     let (world, ingest, mut lock) = write_left_unanswered(2, 4).await?;
