@@ -45,19 +45,21 @@ pub struct RecentStats {
 /// is no older than [`LATEST_WITHIN`] before `now`), for every tag linked to an asset (only
 /// those are evaluated), tenant after tenant, each tenant's in event-time order (tag id among
 /// equal times). Tags created while this runs are left out. Each step waits at most `step`
-/// for the database: then the read ends with [`StoreError::TimedOut`] and its connection is
-/// closed rather than handed back to the pool, where its statement could hold it (the
-/// readings handed on so far stay handed on; a caller that tries again starts from fresh
-/// engines).
+/// for the database, but a tenant's first row of readings, which comes only once the
+/// database has sorted them all, `first_row`: then the read ends with
+/// [`StoreError::TimedOut`] and its connection is closed rather than handed back to the
+/// pool, where its statement could hold it (the readings handed on so far stay handed on; a
+/// caller that tries again starts from fresh engines).
 pub async fn recent_readings(
     pool: &PgPool,
     now: Timestamp,
     span: Duration,
     step: Duration,
+    first_row: Duration,
     mut each: impl FnMut(RuleInput),
 ) -> Result<RecentStats, StoreError> {
     let mut conn = answered_within(step, pool.acquire()).await?;
-    let read = read_recent(&mut conn, now, span, step, &mut each).await;
+    let read = read_recent(&mut conn, now, span, (step, first_row), &mut each).await;
     if matches!(read, Err(StoreError::TimedOut(_))) {
         drop(conn.detach());
     }
@@ -68,7 +70,7 @@ async fn read_recent(
     conn: &mut PgConnection,
     now: Timestamp,
     span: Duration,
-    step: Duration,
+    (step, first_row): (Duration, Duration),
     each: &mut impl FnMut(RuleInput),
 ) -> Result<RecentStats, StoreError> {
     let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
@@ -114,7 +116,9 @@ async fn read_recent(
             .bind(&ids)
             .bind(micros(span))
             .fetch(&mut *tx);
-            while let Some(row) = answered_within(step, readings.try_next()).await? {
+            let mut wait = first_row;
+            while let Some(row) = answered_within(wait, readings.try_next()).await? {
+                wait = step;
                 let tag_id: i64 = row.try_get(0)?;
                 let ts: DateTime<Utc> = row.try_get(1)?;
                 let code: i16 = row.try_get(3)?;

@@ -214,10 +214,9 @@ impl PgStore {
 
     /// Runs a database operation of ingest's with the store's timeout: when the database has
     /// not answered in time, the operation is dropped and the answer is
-    /// [`StoreError::TimedOut`]. The connection it was using goes back to the pool, which
-    /// reuses it only once it has answered a ping; until then it holds its place in the pool
-    /// (a look-up is one connection; a group's write closes its own, see
-    /// [`PgStore::write_group`]).
+    /// [`StoreError::TimedOut`]. A connection the operation took from the pool goes back to
+    /// it, which reuses it only once it has answered a ping; operations on one connection use
+    /// [`PgStore::on_connection`] instead, which closes it.
     pub async fn within<T>(
         &self,
         operation: impl Future<Output = Result<T, StoreError>>,
@@ -238,8 +237,9 @@ impl PgStore {
             .await
     }
 
-    /// Runs `operation` on a connection of the pool (taking it is bounded by the pool's own
-    /// acquire timeout) with the store's timeout. When the database has not answered in
+    /// Runs `operation` on a connection of the pool with the store's timeout (taking the
+    /// connection is bounded by the pool's own acquire timeout instead: a pool kept busy is
+    /// not the database failing to answer). When the database has not answered in
     /// time the connection is closed rather than handed back to the pool: mid-statement its
     /// state is unknown, and the pool would ping it first and could wait as long again.
     pub async fn on_connection<T>(
@@ -261,8 +261,8 @@ impl PgStore {
         gateway: Uuid,
     ) -> Result<Option<StoredBirths>, StoreError> {
         let mut rows: Vec<(String, i64, i64, Option<Vec<u8>>)> = self
-            .within(async {
-                let mut tx = migrations::begin_tenant(&self.pool, tenant).await?;
+            .on_connection(async |conn| {
+                let mut tx = migrations::begin_tenant_on(conn, tenant).await?;
                 let rows = sqlx::query_as(
                     "SELECT device, version, node_version, payload FROM sparkplug_births
                      WHERE gateway_id = $1",
@@ -297,10 +297,10 @@ impl PgStore {
 
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.
     pub async fn ensure_partitions(&self) -> Result<i32, StoreError> {
-        self.within(async {
+        self.on_connection(async |conn| {
             Ok(
                 sqlx::query_scalar("SELECT ensure_readings_partitions(7, 3)")
-                    .fetch_one(&self.pool)
+                    .fetch_one(conn)
                     .await?,
             )
         })

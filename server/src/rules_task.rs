@@ -55,8 +55,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Batches waiting for one shard; a full queue holds up the routing, and so ingest.
 const SHARD_QUEUE: usize = 64;
-/// The longest wait for one step of the warm-up's read, however often it timed out.
-const MAX_WARM_UP_STEP: Duration = Duration::from_secs(3600);
+/// The longest wait for the first row of the warm-up's history, however often it timed out.
+const MAX_FIRST_ROW_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Default)]
 pub struct RulesStats {
@@ -449,18 +449,18 @@ impl Builder {
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
                 }
-                Err(_) => self.timed_out(what, backoff),
+                Err(_) => self.timed_out(what, self.timeout, backoff),
             }
             self.back_off(&mut backoff).await?;
         }
     }
 
-    /// Counts and logs a step the database did not answer in time.
-    fn timed_out(&self, what: &str, retry_in: Duration) {
+    /// Counts and logs a step the database did not answer within `waited`.
+    fn timed_out(&self, what: &str, waited: Duration, retry_in: Duration) {
         self.stats.database_timeouts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("maintainpro_rules_database_timeouts_total").increment(1);
         tracing::warn!(
-            timeout = ?self.timeout,
+            timeout = ?waited,
             ?retry_in,
             "cannot {what}: the database did not answer within the timeout (if it is only \
              slow, raise rules.database_timeout); retrying"
@@ -517,20 +517,29 @@ impl Builder {
         let span = rules.warm_up_span(self.warm_up);
         let now = Timestamp::now();
         let mut backoff = Duration::from_millis(100);
-        // The first rows of a long history come only once the database has sorted it: after
-        // a timeout, each try waits twice as long (at most an hour), so that a slow read
-        // finishes in the end rather than start over for good.
-        let mut step = self.timeout;
+        // The first row of a long history comes only once the database has sorted it: after
+        // a timeout, each try waits twice as long for it (at most an hour), so that a slow
+        // read finishes in the end rather than start over for good. Every other step keeps
+        // the timeout.
+        let mut first_row = self.timeout;
         loop {
             let started = Instant::now();
             let mut engines = fresh();
-            let read = ingest::recent::recent_readings(&self.pool, now, span, step, |r| {
-                let evaluated_before = seen
-                    .is_none_or(|seen| seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last));
-                if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {
-                    engines[i].warm_up(&r.ctx, r.ts, r.value, r.quality);
-                }
-            });
+            let read = ingest::recent::recent_readings(
+                &self.pool,
+                now,
+                span,
+                self.timeout,
+                first_row,
+                |r| {
+                    let evaluated_before = seen.is_none_or(|seen| {
+                        seen.get(&r.ctx.tag_id).is_some_and(|&last| r.ts <= last)
+                    });
+                    if let (true, Some(i)) = (evaluated_before, shard_of(&r.ctx, self.shards)) {
+                        engines[i].warm_up(&r.ctx, r.ts, r.value, r.quality);
+                    }
+                },
+            );
             let result = tokio::select! {
                 biased;
                 () = self.stopping.cancelled() => return None,
@@ -555,9 +564,9 @@ impl Builder {
                     );
                     return Some(engines);
                 }
-                Err(StoreError::TimedOut(_)) => {
-                    self.timed_out("read the recent history", backoff);
-                    step = (step * 2).min(MAX_WARM_UP_STEP);
+                Err(StoreError::TimedOut(waited)) => {
+                    self.timed_out("read the recent history", waited, backoff);
+                    first_row = (first_row * 2).min(MAX_FIRST_ROW_WAIT);
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot read the recent history; retrying");
