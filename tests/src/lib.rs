@@ -517,6 +517,19 @@ async fn start_services(config: &ServerConfig) -> anyhow::Result<(Services, Stri
     Ok((services, api))
 }
 
+/// A connection (as `url`, the owner's to lock any table) holding `LOCK TABLE {table} IN
+/// {mode} MODE` in an open transaction: whatever needs the table in a conflicting mode waits
+/// until the connection commits or closes.
+pub async fn lock_table(url: &str, table: &str, mode: &str) -> anyhow::Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query("BEGIN").execute(&mut conn).await?;
+    sqlx::query(&format!("LOCK TABLE {table} IN {mode} MODE"))
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
 /// Publishes raw payloads with QoS 1 and waits for every PUBACK.
 pub async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
     let (host, port) = model::topic::broker_address(broker)?;

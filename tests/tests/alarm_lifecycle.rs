@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{AlarmOutcome, RetireReason, WorkOrderService};
 use chrono::Utc;
-use maintainpro_tests::{Plant, demo_batch, publish_all, series};
+use maintainpro_tests::{Plant, demo_batch, lock_table, publish_all, series};
 use migrations::testing::TestDatabase;
 use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, WorkType, decide};
 use model::wire::Batch;
@@ -16,7 +16,7 @@ use model::{
 };
 use serde_json::json;
 use server::demo::{DEMO_GATEWAY, seed_plant};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 use uuid::Uuid;
 
 const MIN: i64 = 60_000_000;
@@ -551,11 +551,7 @@ async fn a_reload_the_database_does_not_answer_is_tried_again_and_given_up_at_th
     })
     .await?;
     // The readings locked away: the reload's warm-up gets no answer.
-    let mut lock = PgConnection::connect(&plant.db.urls.owner_url).await?;
-    sqlx::query("BEGIN").execute(&mut lock).await?;
-    sqlx::query("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut lock)
-        .await?;
+    let mut lock = lock_table(&plant.db.urls.owner_url, "readings", "ACCESS EXCLUSIVE").await?;
     std::fs::write(
         &file,
         server::demo::DEMO_RULES.replace("above = 85.0", "above = 84.0"),

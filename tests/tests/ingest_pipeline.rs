@@ -15,7 +15,7 @@ use std::time::Duration;
 use ingest::copy::Row;
 use ingest::store::{DeadLetter, Item};
 use ingest::{Consumer, IngestConfig, IngestStats, PgStore, RuleInput};
-use maintainpro_tests::{Plant, demo_batch, mqtt_url, publish_all, series};
+use maintainpro_tests::{Plant, demo_batch, lock_table, mqtt_url, publish_all, series};
 use migrations::testing::TestDatabase;
 use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
@@ -132,12 +132,7 @@ impl World {
     /// Holds a lock on the batch ledger that stops ingest's first insert there, so its
     /// storage transaction waits, until the returned transaction ends.
     async fn lock_ledger(&self) -> anyhow::Result<PgConnection> {
-        let mut conn = PgConnection::connect(&self.db.urls.owner_url).await?;
-        sqlx::query("BEGIN").execute(&mut conn).await?;
-        sqlx::query("LOCK TABLE ingest_batches IN SHARE MODE")
-            .execute(&mut conn)
-            .await?;
-        Ok(conn)
+        lock_table(&self.db.urls.owner_url, "ingest_batches", "SHARE").await
     }
 
     /// Waits until some transaction waits for the ledger lock.
@@ -766,11 +761,7 @@ async fn a_look_up_the_database_does_not_answer_is_given_up_on_a_closed_connecti
     world.config.database_timeout = Duration::from_secs(1);
     let ingest = world.consumer().await?;
     // The gateways locked away: the decode stage's first look-up gets no answer.
-    let mut lock = PgConnection::connect(&world.db.urls.owner_url).await?;
-    sqlx::query("BEGIN").execute(&mut lock).await?;
-    sqlx::query("LOCK TABLE gateways IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut lock)
-        .await?;
+    let mut lock = lock_table(&world.db.urls.owner_url, "gateways", "ACCESS EXCLUSIVE").await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
     publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
     Plant::eventually(Duration::from_secs(20), "two timeouts", || async {
