@@ -46,8 +46,6 @@ pub struct Directory {
     gateways: HashMap<(TenantId, GatewayId), GatewayEntry>,
     /// Gateway codes not found, with whether their tenant exists.
     unknown_gateways: HashMap<(TenantId, GatewayId), bool>,
-    /// Entries of `unknown_gateways` and of every gateway's `unknown`.
-    unknown_count: usize,
     changes: Arc<Changes>,
     /// When everything was last forgotten.
     fresh_since: Instant,
@@ -152,7 +150,6 @@ impl Directory {
         Self {
             gateways: HashMap::new(),
             unknown_gateways: HashMap::new(),
-            unknown_count: 0,
             changes,
             fresh_since: Instant::now(),
         }
@@ -190,30 +187,28 @@ impl Directory {
                 entry.unknown.clear();
             }
         }
-        self.unknown_count = self.unknown_gateways.len()
-            + self
-                .gateways
-                .values()
-                .map(|g| g.unknown.len())
-                .sum::<usize>();
     }
 
     fn forget_all(&mut self) {
         self.gateways.clear();
         self.unknown_gateways.clear();
-        self.unknown_count = 0;
         self.fresh_since = Instant::now();
     }
 
-    /// Whether another name not found may be remembered (the listener subscribed, so that
-    /// its addition would be heard, and fewer than [`MAX_UNKNOWN`] remembered); counts it
-    /// when so.
-    fn room_for_unknown(listening: bool, unknown_count: &mut usize) -> bool {
-        let room = listening && *unknown_count < MAX_UNKNOWN;
-        if room {
-            *unknown_count += 1;
+    /// How many more names not found may be remembered: none while the listener is not
+    /// subscribed (an addition would go unheard), else up to [`MAX_UNKNOWN`] in all. Counted
+    /// only on a lookup, which costs a round trip to the database anyway.
+    fn room_for_unknown(&self, listening: bool) -> usize {
+        if !listening {
+            return 0;
         }
-        room
+        let remembered = self.unknown_gateways.len()
+            + self
+                .gateways
+                .values()
+                .map(|g| g.unknown.len())
+                .sum::<usize>();
+        MAX_UNKNOWN.saturating_sub(remembered)
     }
 
     /// Resolves the gateway and the given tag names, querying only what is not cached. Each
@@ -242,7 +237,7 @@ impl Directory {
             let id = match found {
                 Ok(id) => id,
                 Err(tenant_exists) => {
-                    if Self::room_for_unknown(listening, &mut self.unknown_count) {
+                    if self.room_for_unknown(listening) > 0 {
                         self.unknown_gateways.insert(key, tenant_exists);
                     }
                     return Ok(Resolved::UnknownGateway { tenant_exists });
@@ -257,17 +252,21 @@ impl Directory {
                 },
             );
         }
-        let entry = self
-            .gateways
-            .get_mut(&key)
-            .expect("inserted above when missing");
-        let missing: Vec<&str> = names
-            .iter()
-            .filter(|n| !entry.tags.contains_key(*n) && !entry.unknown.contains(*n))
-            .map(TagName::as_str)
-            .collect();
+        let missing: Vec<&str> = {
+            let entry = &self.gateways[&key];
+            names
+                .iter()
+                .filter(|n| !entry.tags.contains_key(*n) && !entry.unknown.contains(*n))
+                .map(TagName::as_str)
+                .collect()
+        };
         if !missing.is_empty() {
             self.changes.looked_up();
+            let mut room = self.room_for_unknown(listening);
+            let entry = self
+                .gateways
+                .get_mut(&key)
+                .expect("inserted above when missing");
             let gateway_id = entry.id;
             let found = store
                 .on_connection(async |conn| find_tags(conn, tenant, gateway_id, &missing).await)
@@ -278,15 +277,13 @@ impl Directory {
                 entry.tags.insert(ctx.tag.clone(), Arc::new(ctx));
             }
             for name in names {
-                if !entry.tags.contains_key(name)
-                    && !entry.unknown.contains(name)
-                    && Self::room_for_unknown(listening, &mut self.unknown_count)
+                if room > 0 && !entry.tags.contains_key(name) && entry.unknown.insert(name.clone())
                 {
-                    entry.unknown.insert(name.clone());
+                    room -= 1;
                 }
             }
         }
-        Ok(Resolved::Gateway(entry))
+        Ok(Resolved::Gateway(&self.gateways[&key]))
     }
 }
 

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::consumer::RuleInput;
 use crate::directory::{TAG_CONTEXT_QUERY, tag_context};
-use crate::store::{StoreError, answered_within};
+use crate::store::{StoreError, answered_within, release};
 
 /// How old a tag's latest stored reading may be for its history to count as recent. It also
 /// bounds the search for that reading to the newest partitions of the readings table.
@@ -60,9 +60,7 @@ pub async fn recent_readings(
 ) -> Result<RecentStats, StoreError> {
     let mut conn = answered_within(step, pool.acquire()).await?;
     let read = read_recent(&mut conn, now, span, (step, first_row), &mut each).await;
-    if matches!(read, Err(StoreError::TimedOut(_))) {
-        drop(conn.detach());
-    }
+    release(conn, &read);
     read
 }
 

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::copy::{self, Row};
@@ -184,6 +185,15 @@ pub async fn answered_within<T, E: Into<StoreError>>(
     }
 }
 
+/// Hands `conn` back to the pool, or closes it when `answer` is [`StoreError::TimedOut`]:
+/// mid-statement its state is unknown, and the pool would ping it first and could wait as
+/// long again for the answer.
+pub fn release<T>(conn: PoolConnection<Postgres>, answer: &Result<T, StoreError>) {
+    if matches!(answer, Err(StoreError::TimedOut(_))) {
+        drop(conn.detach());
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -239,18 +249,15 @@ impl PgStore {
 
     /// Runs `operation` on a connection of the pool with the store's timeout (taking the
     /// connection is bounded by the pool's own acquire timeout instead: a pool kept busy is
-    /// not the database failing to answer). When the database has not answered in
-    /// time the connection is closed rather than handed back to the pool: mid-statement its
-    /// state is unknown, and the pool would ping it first and could wait as long again.
+    /// not the database failing to answer). When the database has not answered in time the
+    /// connection is closed rather than handed back to the pool ([`release`]).
     pub async fn on_connection<T>(
         &self,
         operation: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let answer = self.within(operation(&mut conn)).await;
-        if matches!(answer, Err(StoreError::TimedOut(_))) {
-            drop(conn.detach());
-        }
+        release(conn, &answer);
         answer
     }
 
