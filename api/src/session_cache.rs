@@ -182,18 +182,18 @@ impl SessionCache {
 }
 
 /// Listens on [`CHANNEL`] with a connection made as `pool` makes them (outside it) until
-/// `closing` turns true, feeding `cache`; reconnects with backoff (1 s doubling to 30 s)
+/// `closing` turns true, feeding `cache`, then closes that connection; reconnects with backoff (1 s doubling to 30 s)
 /// when the connection fails ([`migrations::announcements::follow`]). Does nothing when the
 /// cache is off.
 pub async fn run(pool: PgPool, cache: Arc<SessionCache>, mut closing: watch::Receiver<bool>) {
     if cache.max_age.is_zero() {
         return;
     }
-    tokio::select! {
-        _ = migrations::announcements::follow(&pool, CHANNEL, "session-check", &*cache) => {}
-        _ = closing.wait_for(|closing| *closing) => {}
-    }
-    cache.set_listening(false);
+    let stop = async move {
+        // An error means the sender is gone: nothing can ask any more, so stop as well.
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    migrations::announcements::follow(&pool, CHANNEL, "session-check", &*cache, stop).await;
 }
 
 impl migrations::announcements::Audience for SessionCache {

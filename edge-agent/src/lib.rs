@@ -17,6 +17,7 @@
 //! - [`uplink`]: the MQTT publisher (QoS 1) that numbers batches and releases them on PUBACK.
 //! - [`agent`]: wires sources, buffer and uplink together and shuts them down gracefully.
 //! - [`exporter`]: the optional Prometheus endpoint (`[metrics] listen`).
+//! - [`logging`]: the log set-up, leaving out libraries' warnings about normal events.
 //!
 //! The agent runs on small gateways for years: it never links a database driver or an HTTP
 //! server framework, keeps every queue bounded, and never drops a reading without counting it.
@@ -25,6 +26,7 @@ pub mod agent;
 pub mod config;
 pub mod exception;
 pub mod exporter;
+pub mod logging;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;

@@ -284,14 +284,17 @@ impl Consumer {
             received_tx,
         )));
         let changes = Arc::new(Changes::new(Arc::clone(&self.stats)));
-        let _listener = AbortOnDropHandle::new(tokio::spawn({
+        let stop_listener = CancellationToken::new();
+        let mut listener = AbortOnDropHandle::new(tokio::spawn({
             let (pool, changes) = (self.store.pool().clone(), Arc::clone(&changes));
+            let stop = stop_listener.clone();
             async move {
                 migrations::announcements::follow(
                     &pool,
                     directory::CHANNEL,
                     "directory",
                     &*changes,
+                    stop.cancelled_owned(),
                 )
                 .await;
             }
@@ -365,6 +368,12 @@ impl Consumer {
             Err(_) => tracing::warn!("broker connection did not close in time; dropping it"),
             Ok(Err(e)) => failed.push(format!("the broker connection's driver: {e}")),
             Ok(Ok(())) => {}
+        }
+        // The listener closes its connection (within its own grace) before ingest returns, so
+        // that a database stopped next finds none of ingest's connections open.
+        stop_listener.cancel();
+        if let Err(e) = (&mut listener).await {
+            failed.push(format!("the directory listener: {e}"));
         }
         if !failed.is_empty() {
             return Err(IngestError::Stopped(failed.join("; ")));

@@ -30,15 +30,46 @@ pub trait Audience {
     fn forget_all(&self);
 }
 
+/// How long a stopping listener waits for its connection to be handed back and closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Subscribes to `channel` on a connection made as `pool` makes them (outside it, which it
 /// would hold for good) and tells `audience` what is announced; reconnects with backoff (1 s
-/// doubling to 30 s) when the connection fails. Runs until dropped. `what` names the listener
-/// in the log.
-pub async fn follow(pool: &PgPool, channel: &str, what: &str, audience: &impl Audience) {
+/// doubling to 30 s) when the connection fails. Runs until `stop` completes, then closes its
+/// connection (waiting at most 5 s), so that a database stopped right after finds none of
+/// ours still open. `what` names the listener in the log.
+pub async fn follow(
+    pool: &PgPool,
+    channel: &str,
+    what: &str,
+    audience: &impl Audience,
+    stop: impl Future<Output = ()>,
+) {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    tokio::select! {
+        () = follow_on(&own, channel, what, audience) => {}
+        () = stop => {}
+    }
+    audience.set_listening(false);
+    // The listener just dropped hands its connection back after an `UNLISTEN`; closing the
+    // pool waits for that and closes it.
+    if tokio::time::timeout(CLOSE_GRACE, own.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the {what} listener's connection did not close in {CLOSE_GRACE:?}; leaving it"
+        );
+    }
+}
+
+async fn follow_on(own: &PgPool, channel: &str, what: &str, audience: &impl Audience) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let mut subscribed = false;
-        let e = listen(pool, channel, what, audience, &mut subscribed).await;
+        let e = listen(own, channel, what, audience, &mut subscribed).await;
         if subscribed {
             // It had subscribed: a new failure starts the backoff over.
             backoff = Duration::from_secs(1);
@@ -57,16 +88,13 @@ pub async fn follow(pool: &PgPool, channel: &str, what: &str, audience: &impl Au
 
 /// One connection's life: subscribe, then pass each announcement on. Returns why it ended.
 async fn listen(
-    pool: &PgPool,
+    own: &PgPool,
     channel: &str,
     what: &str,
     audience: &impl Audience,
     subscribed: &mut bool,
 ) -> sqlx::Error {
-    let own = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut listener = match PgListener::connect_with(&own).await {
+    let mut listener = match PgListener::connect_with(own).await {
         Ok(l) => l,
         Err(e) => return e,
     };

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 
+use edge_agent::logging::Noise;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot find a free port for the embedded broker: {0}")]
@@ -12,6 +14,23 @@ pub enum BrokerError {
     #[error("cannot start the embedded broker thread: {0}")]
     Thread(std::io::Error),
 }
+
+/// rumqttd logs two errors when a client leaves cleanly (it sends DISCONNECT, then closes its
+/// socket), as its source notes: the router hears of the one connection's end twice and finds
+/// it gone the second time ("no-connection id N is already gone"), and the connection's task
+/// finds its channel from the router closed because the router has already removed it
+/// ("router-drop error=Recv(Disconnected)"). Neither is a fault; a connection lost to one is
+/// still logged, as "disconnected" with its error.
+pub const CLEAN_DISCONNECT: [Noise; 2] = [
+    Noise {
+        target: "rumqttd::router::routing",
+        message: |m| m.starts_with("no-connection id ") && m.ends_with(" is already gone"),
+    },
+    Noise {
+        target: "rumqttd::server::broker",
+        message: |m| m == "router-drop error=Recv(Disconnected)",
+    },
+];
 
 /// A running embedded broker. Its threads end with the process.
 #[derive(Debug)]
@@ -65,5 +84,23 @@ dynamic_filters = true
 
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clean_disconnect_counts_as_noise() {
+        let noise = edge_agent::logging::KnownNoise(&CLEAN_DISCONNECT);
+        let (routing, broker) = ("rumqttd::router::routing", "rumqttd::server::broker");
+        assert!(noise.is_noise(routing, "no-connection id 0 is already gone"));
+        assert!(noise.is_noise(routing, "no-connection id 17 is already gone"));
+        assert!(noise.is_noise(broker, "router-drop error=Recv(Disconnected)"));
+        assert!(!noise.is_noise(routing, "Failed to append to commitlog"));
+        assert!(!noise.is_noise(broker, "no-connection id 0 is already gone"));
+        assert!(!noise.is_noise(broker, "router-drop error=SessionEnd"));
+        assert!(!noise.is_noise(broker, "disconnected error=Timeout(Elapsed(()))"));
     }
 }

@@ -95,15 +95,15 @@ enum RulesCommand {
     },
 }
 
+/// Libraries' warnings and errors about normal events (see each entry).
+static NOISE: [edge_agent::logging::Noise; 3] = [
+    edge_agent::logging::OPCUA_CLOSED_CLEANLY,
+    server::broker::CLEAN_DISCONNECT[0],
+    server::broker::CLEAN_DISCONNECT[1],
+];
+
 fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edge_agent::logging::init("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn", &NOISE);
 }
 
 async fn shutdown_signal() {

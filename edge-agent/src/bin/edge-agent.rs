@@ -67,13 +67,7 @@ fn load(path: &PathBuf) -> Result<AgentConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edge_agent::logging::init("info", &[edge_agent::logging::OPCUA_CLOSED_CLEANLY]);
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(c) => {
