@@ -14,7 +14,11 @@
 //! - Paging: each shard's [`Pager`] holds raises found in replayed data until their outcome is
 //!   known; a condition that began and ended during an outage goes on the asset's history only.
 //! - Events: each is retried until the work-order service has applied it. The service is
-//!   idempotent, so a retry after an ambiguous failure cannot open a second work order.
+//!   idempotent, so a retry after an ambiguous failure cannot open a second work order. At
+//!   the server's stop, once ingest has ended, the events still to apply wait at most
+//!   [`RulesSource::database_timeout`] for the database ([`run`]'s `give_up`); what it has
+//!   not taken by then is logged and left to the next start, whose engines settle it
+//!   against the readings.
 //! - Healthy periods: every [`SWEEP_EVERY`], work orders whose condition has stayed clear
 //!   long enough before work started are closed.
 //! - Reload: when rule files are given, they are re-read every [`RELOAD_EVERY`]; on a changed,
@@ -70,6 +74,9 @@ pub struct RulesStats {
     /// Steps of building engines given up because the database did not answer within
     /// [`RulesSource::database_timeout`] (each tried again).
     pub database_timeouts: AtomicU64,
+    /// Alarm events (and replayed alarms) given up at the server's stop, the database not
+    /// having confirmed them within [`RulesSource::database_timeout`].
+    pub events_given_up: AtomicU64,
 }
 
 /// Where the rules come from and how they run.
@@ -86,7 +93,8 @@ pub struct RulesSource {
     pub warm_up: Duration,
     /// Engines, each owning the tags of some assets; at least one.
     pub shards: usize,
-    /// How long building engines waits for one answer of the database.
+    /// How long building engines waits for one answer of the database, and how long after
+    /// the server's stop the alarm events still to apply wait for it.
     pub database_timeout: Duration,
 }
 
@@ -112,13 +120,17 @@ struct ShardContext {
     stats: Arc<RulesStats>,
     replay_horizon: Duration,
     reorder_window: Duration,
+    /// Once cancelled (at the server's stop), events not yet applied are given up.
+    give_up: CancellationToken,
 }
 
 /// Runs until the ingest side closes the channel and every shard has applied its events.
 /// `ready` fires once the engines are built: ingest must not store anything before, or the
 /// warm-up would take readings that are still to come as live ones for history. Once
 /// `stopping` is cancelled no reload starts, and one under way is given up (as is the start,
-/// without `ready`).
+/// without `ready`). Once `give_up` is cancelled (by the stop, when the database has had long
+/// enough), the events not yet applied are given up, and so are readings still waiting for
+/// a shard that cannot take them.
 #[allow(clippy::too_many_arguments)]
 #[tracing::instrument(skip_all, name = "rules")]
 pub async fn run(
@@ -130,6 +142,7 @@ pub async fn run(
     status: Arc<RulesStatus>,
     ready: oneshot::Sender<()>,
     stopping: CancellationToken,
+    give_up: CancellationToken,
 ) {
     let shards = source.shards.max(1);
     let watching = !source.files.is_empty();
@@ -162,6 +175,7 @@ pub async fn run(
         stats: Arc::clone(&stats),
         replay_horizon: source.replay_horizon,
         reorder_window: source.reorder_window,
+        give_up: give_up.clone(),
     };
     let mut senders = Vec::with_capacity(shards);
     let mut tasks = Vec::with_capacity(shards);
@@ -186,8 +200,15 @@ pub async fn run(
                 for (tx, readings) in senders.iter().zip(split.iter_mut()) {
                     if !readings.is_empty() {
                         let readings = std::mem::take(readings);
-                        if tx.send(ToShard::Readings(readings)).await.is_err() {
-                            tracing::error!("a rules shard has stopped; its readings are not evaluated");
+                        tokio::select! {
+                            sent = tx.send(ToShard::Readings(readings)) => if sent.is_err() {
+                                tracing::error!("a rules shard has stopped; its readings are not evaluated");
+                            },
+                            // The shard is stuck applying events the database does not take.
+                            () = give_up.cancelled() => tracing::error!(
+                                "readings not evaluated: the server is stopping and their \
+                                 rules shard is waiting for the database"
+                            ),
                         }
                     }
                 }
@@ -327,10 +348,8 @@ async fn shard(
             .set(pager.held() as f64);
         for page in pages.drain(..) {
             match page {
-                Page::Now(event) => apply(&context.work_orders, &event, &context.stats).await,
-                Page::History(events) => {
-                    record_history(&context.work_orders, &events, &context.stats).await
-                }
+                Page::Now(event) => apply(&context, &event).await,
+                Page::History(events) => record_history(&context, &events).await,
             }
         }
     }
@@ -590,22 +609,48 @@ async fn sweep(work_orders: WorkOrderService, stats: Arc<RulesStats>) {
     }
 }
 
-/// Runs `op` until it succeeds, backing off on errors.
+/// Runs `op` until it succeeds, backing off on errors. None once `give_up` is cancelled,
+/// whether `op` was waiting for an answer or for its next try.
 async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     mut op: impl FnMut() -> F,
-) -> T {
+    give_up: &CancellationToken,
+) -> Option<T> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let e = tokio::select! {
+            // An answer that came in time wins over a give-up at the same moment.
+            biased;
+            result = op() => match result {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            },
+            () = give_up.cancelled() => return None,
+        };
+        tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = give_up.cancelled() => return None,
         }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Logs and counts an event (or a replayed alarm) the database did not take before the stop;
+/// `next` says what becomes of it.
+fn given_up(context: &ShardContext, event: &AlarmEvent, what: &str, next: &str) {
+    let s = event.subject();
+    context
+        .stats
+        .events_given_up
+        .fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("maintainpro_rules_events_given_up_total").increment(1);
+    tracing::error!(
+        rule = %s.rule_id,
+        tag = %s.tag,
+        key = %event.alarm_key(),
+        "{what} given up: the server is stopping and the database has not confirmed it; {next}"
+    );
 }
 
 async fn read_files(files: &[PathBuf]) -> std::io::Result<Vec<Vec<u8>>> {
@@ -680,7 +725,8 @@ async fn close_healthy(work_orders: &WorkOrderService, stats: &RulesStats) {
     }
 }
 
-async fn record_history(work_orders: &WorkOrderService, events: &[AlarmEvent], stats: &RulesStats) {
+async fn record_history(context: &ShardContext, events: &[AlarmEvent]) {
+    let (work_orders, stats) = (&context.work_orders, &context.stats);
     let Some(first) = events.first() else { return };
     let s = first.subject();
     stats.alarms_history.fetch_add(1, Ordering::Relaxed);
@@ -696,10 +742,21 @@ async fn record_history(work_orders: &WorkOrderService, events: &[AlarmEvent], s
             other => other,
         }
     };
-    retry("record a replayed alarm", write).await;
+    if retry("record a replayed alarm", write, &context.give_up)
+        .await
+        .is_none()
+    {
+        given_up(
+            context,
+            first,
+            "replayed alarm",
+            "unless the database still takes it, it stays off the asset's history",
+        );
+    }
 }
 
-async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &RulesStats) {
+async fn apply(context: &ShardContext, event: &AlarmEvent) {
+    let (work_orders, stats) = (&context.work_orders, &context.stats);
     let s = event.subject();
     match event {
         AlarmEvent::Raised { value, at, .. } => {
@@ -728,7 +785,18 @@ async fn apply(work_orders: &WorkOrderService, event: &AlarmEvent, stats: &Rules
             other => other.map(Some),
         }
     };
-    match retry("apply an alarm event", attempt).await {
+    let Some(outcome) = retry("apply an alarm event", attempt, &context.give_up).await else {
+        given_up(
+            context,
+            event,
+            "alarm event",
+            "the next start settles it against the record and the stored readings (an alarm \
+             on record clears when its tag reads normal; a breach still present without one \
+             is raised again)",
+        );
+        return;
+    };
+    match outcome {
         Some(AlarmOutcome::Created { work_order }) => {
             stats.work_orders_opened.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_work_orders_opened_total").increment(1);

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{Role, ServerConfig};
 use crate::rules_task::{self, RulesSource, RulesStats};
@@ -119,6 +120,11 @@ pub struct Services {
     stop_api: CancellationToken,
     /// Cancelled when a role ends before it was told to.
     ended: CancellationToken,
+    /// Cancelled by [`Services::stop`] once the rules have waited long enough for the
+    /// database to take their last alarm events.
+    give_up_rules: CancellationToken,
+    /// `rules.database_timeout`: how long that is, counted from ingest's end.
+    rules_database_timeout: Duration,
     ingest: Option<JoinHandle<()>>,
     rules: Option<JoinHandle<()>>,
     api: Option<JoinHandle<()>>,
@@ -159,6 +165,8 @@ impl Services {
             stop_ingest: stop_ingest.clone(),
             stop_api: stop_api.clone(),
             ended: CancellationToken::new(),
+            give_up_rules: CancellationToken::new(),
+            rules_database_timeout: config.rules.database_timeout,
             ingest: None,
             rules: None,
             api: None,
@@ -220,6 +228,7 @@ impl Services {
                     rules_status,
                     ready_tx,
                     stop_ingest.clone(),
+                    services.give_up_rules.clone(),
                 ),
                 stop_ingest.clone(),
                 services.ended.clone(),
@@ -287,14 +296,14 @@ impl Services {
         &self.pool
     }
 
-    /// What the ingest role has done so far.
-    pub fn ingest_stats(&self) -> &IngestStats {
-        &self.ingest_stats
+    /// What the ingest role has done so far (and does until it stops).
+    pub fn ingest_stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.ingest_stats)
     }
 
-    /// What the rules role has done so far.
-    pub fn rules_stats(&self) -> &RulesStats {
-        &self.rules_stats
+    /// What the rules role has done so far (and does until it stops).
+    pub fn rules_stats(&self) -> Arc<RulesStats> {
+        Arc::clone(&self.rules_stats)
     }
 
     pub fn summary(&self) -> Summary {
@@ -309,16 +318,30 @@ impl Services {
         }
     }
 
-    /// Stops every role in order and closes the pool.
+    /// Stops every role in order and closes the pool: ingest (which stores and acknowledges
+    /// what it has decoded, or leaves it to the broker when the database is away), the rules
+    /// (which apply their last alarm events, waiting at most `rules.database_timeout` for the
+    /// database), then the API.
     pub async fn stop(mut self) -> Summary {
         self.stop_ingest.cancel();
-        for task in [self.ingest.take(), self.rules.take()]
-            .into_iter()
-            .flatten()
+        if let Some(task) = self.ingest.take()
+            && let Err(e) = task.await
         {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "a service's supervisor panicked");
-            }
+            tracing::error!(error = %e, "ingest's supervisor panicked");
+        }
+        // Ingest has handed the rules all it will: the events they still have to apply wait
+        // at most the database timeout for the database (a database that is away would
+        // otherwise hold the stop until it is back).
+        let give_up = self.give_up_rules.clone();
+        let wait = self.rules_database_timeout;
+        let _give_up = AbortOnDropHandle::new(tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            give_up.cancel();
+        }));
+        if let Some(task) = self.rules.take()
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, "the rules' supervisor panicked");
         }
         self.stop_api.cancel();
         if let Some(task) = self.api.take()

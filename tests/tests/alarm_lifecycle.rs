@@ -574,6 +574,69 @@ async fn a_reload_the_database_does_not_answer_is_tried_again_and_given_up_at_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_event_the_database_does_not_take_is_given_up_at_the_stop_and_settled_at_the_start()
+-> anyhow::Result<()> {
+    let plant = Plant::start_configured(|_, config| {
+        config.rules.database_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    let tenant = plant.tenant_a.tenant;
+    let topic = demo_topic(&plant)?;
+    // The alarms locked away: applying the raise gets no answer.
+    let mut lock = lock_table(&plant.db.urls.owner_url, "alarms", "ACCESS EXCLUSIVE").await?;
+    let t0 = Timestamp::now().as_micros() - 10_000_000;
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(1, t0, 8, |_| 91.0)?],
+    )
+    .await?;
+    let stats = plant.services.rules_stats();
+    let get = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    Plant::eventually(Duration::from_secs(30), "the raise", || async {
+        Ok((get(&stats.alarms_raised) == 1).then_some(()))
+    })
+    .await?;
+
+    // The stop waits the database timeout for the raise, then gives it up; the table is
+    // free again before the next start.
+    let stopped = plant.restart_after(async {
+        assert_eq!(get(&stats.events_given_up), 1);
+        sqlx::query("ROLLBACK").execute(&mut lock).await?;
+        Ok(())
+    });
+    let (plant, before) = tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .context("the stop waited for the database")??;
+    assert_eq!(before.work_orders_opened, 0);
+
+    // Whether or not the statement given up went through once the table was free, the
+    // breach still present ends as one alarm and one work order.
+    publish_all(
+        &plant.broker,
+        &topic,
+        vec![bearing_batch(2, t0 + 8_000_000, 6, |_| 92.0)?],
+    )
+    .await?;
+    let rows = Plant::eventually(Duration::from_secs(30), "one active alarm", || async {
+        let rows = alarm_rows(&plant, tenant).await?;
+        Ok((rows.len() == 1 && plant.services.summary().readings_stored >= 6).then_some(rows))
+    })
+    .await?;
+    assert_eq!(rows[0].0, "active", "{rows:?}");
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let work_orders: i64 = sqlx::query_scalar("SELECT count(*) FROM work_orders")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    assert_eq!(work_orders, 1);
+    lock.close().await?;
+    plant.services.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_whose_rule_stops_selecting_its_tag_is_retired_at_the_reload() -> anyhow::Result<()>
 {
     let dir = tempfile::tempdir()?;
