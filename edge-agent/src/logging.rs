@@ -31,7 +31,7 @@ pub const OPCUA_CLOSED_CLEANLY: Noise = Noise {
 
 /// Installs the global subscriber: human-readable lines on standard error, filtered by
 /// `RUST_LOG` (or `default_filter` when it is unset or invalid), without `noise`.
-pub fn init(default_filter: &str, noise: &'static [Noise]) {
+pub fn init(default_filter: &str, noise: Vec<Noise>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
@@ -44,8 +44,8 @@ pub fn init(default_filter: &str, noise: &'static [Noise]) {
 
 /// A layer that disables the events matching any of its [`Noise`] entries, so that no other
 /// layer records them.
-#[derive(Debug, Clone, Copy)]
-pub struct KnownNoise(pub &'static [Noise]);
+#[derive(Debug, Clone)]
+pub struct KnownNoise(pub Vec<Noise>);
 
 impl KnownNoise {
     /// Whether an event of `target` with `message` is one of the known ones.
@@ -114,11 +114,10 @@ mod tests {
 
     #[test]
     fn only_the_listed_message_of_the_listed_target_is_left_out() {
-        static NOISE: [Noise; 1] = [OPCUA_CLOSED_CLEANLY];
         let seen = Seen::default();
         let subscriber = tracing_subscriber::registry()
             .with(seen.clone())
-            .with(KnownNoise(&NOISE));
+            .with(KnownNoise(vec![OPCUA_CLOSED_CLEANLY]));
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(target: "opcua_client::session::event_loop", "session:1 Transport disconnected: Good");
             tracing::warn!(target: "opcua_client::session::event_loop", "session:1 Transport disconnected: BadConnectionClosed");

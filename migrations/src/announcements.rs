@@ -8,6 +8,7 @@
 //! announcement made while no connection was subscribed is lost, so the audience hears of
 //! every subscription and every lost connection, and forgets everything at both.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -45,19 +46,22 @@ pub async fn follow(
     audience: &impl Audience,
     stop: impl Future<Output = ()>,
 ) {
-    let own = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with((*pool.connect_options()).clone());
+    let current = Mutex::new(None);
     tokio::select! {
-        () = follow_on(&own, channel, what, audience) => {}
+        () = follow_on(pool, &current, channel, what, audience) => {}
         () = stop => {}
     }
     audience.set_listening(false);
-    // The listener just dropped hands its connection back after an `UNLISTEN`; closing the
+    // The listener just dropped hands its connection back after an `UNLISTEN`; closing its
     // pool waits for that and closes it.
-    if tokio::time::timeout(CLOSE_GRACE, own.close())
-        .await
-        .is_err()
+    let own = current
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(own) = own
+        && tokio::time::timeout(CLOSE_GRACE, own.close())
+            .await
+            .is_err()
     {
         tracing::warn!(
             "the {what} listener's connection did not close in {CLOSE_GRACE:?}; leaving it"
@@ -65,11 +69,24 @@ pub async fn follow(
     }
 }
 
-async fn follow_on(own: &PgPool, channel: &str, what: &str, audience: &impl Audience) {
+/// Listens again and again, each time on a connection of a pool of its own (kept in
+/// `current` for the stop to close): a connection given up may take minutes to be
+/// released, and must not hold the next one back.
+async fn follow_on(
+    pool: &PgPool,
+    current: &Mutex<Option<PgPool>>,
+    channel: &str,
+    what: &str,
+    audience: &impl Audience,
+) {
     let mut backoff = Duration::from_secs(1);
     loop {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(own.clone());
         let mut subscribed = false;
-        let e = listen(own, channel, what, audience, &mut subscribed).await;
+        let e = listen(&own, channel, what, audience, &mut subscribed).await;
         if subscribed {
             // It had subscribed: a new failure starts the backoff over.
             backoff = Duration::from_secs(1);

@@ -17,10 +17,11 @@ pub enum BrokerError {
 
 /// rumqttd logs two errors when a client leaves cleanly (it sends DISCONNECT, then closes its
 /// socket), as its source notes: the router hears of the one connection's end twice and finds
-/// it gone the second time ("no-connection id N is already gone"), and the connection's task
-/// finds its channel from the router closed because the router has already removed it
-/// ("router-drop error=Recv(Disconnected)"). Neither is a fault; a connection lost to one is
-/// still logged, as "disconnected" with its error.
+/// it gone the second time ("no-connection id N is already gone"; the same words when data of
+/// a connection it has removed reaches it), and the connection's task finds its channel from
+/// the router closed because the router has already removed it ("router-drop
+/// error=Recv(Disconnected)"). Neither is a fault; a connection lost to one is still logged,
+/// as "disconnected" with its error.
 pub const CLEAN_DISCONNECT: [Noise; 2] = [
     Noise {
         target: "rumqttd::router::routing",
@@ -93,7 +94,7 @@ mod tests {
 
     #[test]
     fn only_a_clean_disconnect_counts_as_noise() {
-        let noise = edge_agent::logging::KnownNoise(&CLEAN_DISCONNECT);
+        let noise = edge_agent::logging::KnownNoise(CLEAN_DISCONNECT.to_vec());
         let (routing, broker) = ("rumqttd::router::routing", "rumqttd::server::broker");
         assert!(noise.is_noise(routing, "no-connection id 0 is already gone"));
         assert!(noise.is_noise(routing, "no-connection id 17 is already gone"));

@@ -95,15 +95,11 @@ enum RulesCommand {
     },
 }
 
-/// Libraries' warnings and errors about normal events (see each entry).
-static NOISE: [edge_agent::logging::Noise; 3] = [
-    edge_agent::logging::OPCUA_CLOSED_CLEANLY,
-    server::broker::CLEAN_DISCONNECT[0],
-    server::broker::CLEAN_DISCONNECT[1],
-];
-
 fn init_tracing() {
-    edge_agent::logging::init("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn", &NOISE);
+    // Libraries' warnings and errors about normal events (see each entry).
+    let mut noise = vec![edge_agent::logging::OPCUA_CLOSED_CLEANLY];
+    noise.extend(server::broker::CLEAN_DISCONNECT);
+    edge_agent::logging::init("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn", noise);
 }
 
 async fn shutdown_signal() {

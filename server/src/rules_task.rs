@@ -201,6 +201,8 @@ pub async fn run(
                     if !readings.is_empty() {
                         let readings = std::mem::take(readings);
                         tokio::select! {
+                            // A shard with room takes its readings even after the give-up.
+                            biased;
                             sent = tx.send(ToShard::Readings(readings)) => if sent.is_err() {
                                 tracing::error!("a rules shard has stopped; its readings are not evaluated");
                             },
@@ -618,6 +620,11 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 ) -> Option<T> {
     let mut backoff = Duration::from_millis(100);
     loop {
+        // After the give-up no try starts: it would hold a connection waiting for a database
+        // known not to answer, and might still be applied when it does.
+        if give_up.is_cancelled() {
+            return None;
+        }
         let e = tokio::select! {
             // An answer that came in time wins over a give-up at the same moment.
             biased;
@@ -790,9 +797,9 @@ async fn apply(context: &ShardContext, event: &AlarmEvent) {
             context,
             event,
             "alarm event",
-            "the next start settles it against the record and the stored readings (an alarm \
-             on record clears when its tag reads normal; a breach still present without one \
-             is raised again)",
+            "a statement already sent is not cancelled and may still be applied when the \
+             database gets to it; the next start settles the alarm against the record it \
+             reads and the stored readings",
         );
         return;
     };

@@ -67,7 +67,7 @@ fn load(path: &PathBuf) -> Result<AgentConfig, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    edge_agent::logging::init("info", &[edge_agent::logging::OPCUA_CLOSED_CLEANLY]);
+    edge_agent::logging::init("info", vec![edge_agent::logging::OPCUA_CLOSED_CLEANLY]);
     match cli.command {
         Command::Check { config } => match load(&config) {
             Ok(c) => {
