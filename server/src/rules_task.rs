@@ -797,9 +797,8 @@ async fn apply(context: &ShardContext, event: &AlarmEvent) {
             context,
             event,
             "alarm event",
-            "a statement already sent is not cancelled and may still be applied when the \
-             database gets to it; the next start settles the alarm against the record it \
-             reads and the stored readings",
+            "its statement, if still running, is cancelled at the end of the stop, and the \
+             next start settles the alarm against the record and the stored readings",
         );
         return;
     };

@@ -2,7 +2,9 @@
 //! first (finish the message in hand, ack, disconnect), then the rules engine (drain what
 //! ingest handed it), then the API (let requests in flight finish). A role that ends before it
 //! is told to (a failure, a panic) is reported through [`Services::ended`], so that the
-//! process can stop and be restarted rather than run on without it.
+//! process can stop and be restarted rather than run on without it. The pool's connections
+//! carry an `application_name` of their own per start (`maintainpro/<id>`), by which the
+//! stop finds and cancels the statements its roles gave up on and left running.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +16,12 @@ use ingest::{Consumer, IngestStats, PgStore};
 use rules::RuleSet;
 use serde::Serialize;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
 
 use crate::config::{Role, ServerConfig};
 use crate::rules_task::{self, RulesSource, RulesStats};
@@ -25,10 +29,37 @@ use crate::rules_task::{self, RulesSource, RulesStats};
 /// How long a stop waits for the pool's connections to close.
 const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]).
-fn oltp_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
-    let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-    Ok(options.options(migrations::SERVICE_SETTINGS))
+/// How long a stop tries to cancel the statements its roles left running.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// PostgreSQL keeps the first 63 bytes of an `application_name`.
+const APPLICATION_NAME_BYTES: usize = 63;
+
+/// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]), its
+/// connections named `name` (see [`connection_name`]).
+fn oltp_options(url: &str, name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    Ok(options
+        .options(migrations::SERVICE_SETTINGS)
+        .application_name(name))
+}
+
+/// The `application_name` of one start's connections: `maintainpro/` and a random id, so
+/// that [`Services::stop`] can tell its own backends from any other's, then the name the
+/// database URL gives, if any, cut to what PostgreSQL keeps (the id is never cut).
+fn connection_name(url: &str) -> Result<String, sqlx::Error> {
+    let given: PgConnectOptions = url.parse()?;
+    let id = &Uuid::new_v4().simple().to_string()[..12];
+    let mut name = format!("maintainpro/{id}");
+    if let Some(given) = given.get_application_name() {
+        name.push(' ');
+        for c in given.chars() {
+            if name.len() + c.len_utf8() > APPLICATION_NAME_BYTES {
+                break;
+            }
+            name.push(c);
+        }
+    }
+    Ok(name)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +144,8 @@ pub fn load_rule_files(paths: &[std::path::PathBuf]) -> Result<RuleSet, Services
 #[derive(Debug)]
 pub struct Services {
     pool: PgPool,
+    /// The `application_name` of this start's connections.
+    connection_name: String,
     api_addr: Option<SocketAddr>,
     ingest_stats: Arc<IngestStats>,
     rules_stats: Arc<RulesStats>,
@@ -140,6 +173,7 @@ impl Services {
         if let Some(owner_url) = &config.database.owner_url {
             migrations::migrate(owner_url).await?;
         }
+        let connection_name = connection_name(&config.database.url)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.database.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -148,8 +182,9 @@ impl Services {
             // (a database restart) fails that one request with a connection error, which
             // callers already treat as transient, and leaves the pool.
             .test_before_acquire(false)
-            .connect_with(oltp_options(&config.database.url)?)
+            .connect_with(oltp_options(&config.database.url, &connection_name)?)
             .await?;
+        tracing::info!(application_name = %connection_name, "connected to the database");
         if let Some(addr) = config.metrics.listen {
             serve_metrics(addr).await?;
         }
@@ -159,6 +194,7 @@ impl Services {
         let rules_status = Arc::new(RulesStatus::default());
         let mut services = Services {
             pool: pool.clone(),
+            connection_name: connection_name.clone(),
             api_addr: None,
             ingest_stats: Arc::new(IngestStats::default()),
             rules_stats: Arc::clone(&rules_stats),
@@ -321,7 +357,8 @@ impl Services {
     /// Stops every role in order and closes the pool: ingest (which stores and acknowledges
     /// what it has decoded, or leaves it to the broker when the database is away), the rules
     /// (which apply their last alarm events, waiting at most `rules.database_timeout` for the
-    /// database), then the API.
+    /// database), then the API. Statements the roles gave up on and that are still running
+    /// in the database are then cancelled.
     pub async fn stop(mut self) -> Summary {
         self.stop_ingest.cancel();
         if let Some(task) = self.ingest.take()
@@ -350,6 +387,20 @@ impl Services {
             tracing::error!(error = %e, "the API's supervisor panicked");
         }
         let summary = self.summary();
+        // Every role has stopped: a connection still out, or one a role closed after giving
+        // up on it, may have left a statement waiting in the database (for a lock, say),
+        // which it would apply once it gets it.
+        let busy = self.pool.size() > u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        let given_up = [
+            &self.ingest_stats.database_timeouts,
+            &self.rules_stats.database_timeouts,
+            &self.rules_stats.events_given_up,
+        ]
+        .iter()
+        .any(|n| n.load(Ordering::Relaxed) > 0);
+        if busy || given_up {
+            cancel_left_running(&self.pool.connect_options(), &self.connection_name).await;
+        }
         // Closing waits for every connection to come back; one that a role gave up on (a
         // database that stopped answering) may never come back, and must not hold the stop.
         if tokio::time::timeout(POOL_CLOSE_GRACE, self.pool.close())
@@ -361,6 +412,40 @@ impl Services {
             );
         }
         summary
+    }
+}
+
+/// Cancels the statements still running on the connections named `name` (this start's), from
+/// a connection of its own, so that none is applied after the stop. Waits at most
+/// [`CANCEL_GRACE`]; a database that cannot be reached is logged.
+async fn cancel_left_running(options: &PgConnectOptions, name: &str) {
+    let cancel = async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        let cancelled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok::<_, sqlx::Error>(cancelled)
+    };
+    match tokio::time::timeout(CANCEL_GRACE, cancel).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::warn!(
+            cancelled = n,
+            "statements the stopped roles had given up on were still running: cancelled"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "cannot cancel the statements the stopped roles gave up on; the database may \
+             still apply them"
+        ),
+        Err(_) => tracing::warn!(
+            "cannot cancel the statements the stopped roles gave up on within \
+             {CANCEL_GRACE:?}; the database may still apply them"
+        ),
     }
 }
 
@@ -406,4 +491,32 @@ async fn serve_metrics(addr: SocketAddr) -> Result<(), ServicesError> {
     });
     tracing::info!(%addr, "metrics at /metrics");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_name_keeps_its_id_and_as_much_of_the_given_name_as_fits() {
+        let plain = connection_name("postgres://app@localhost/db").unwrap();
+        assert!(plain.starts_with("maintainpro/"), "{plain}");
+        assert_eq!(plain.len(), "maintainpro/".len() + 12);
+        assert_ne!(
+            plain,
+            connection_name("postgres://app@localhost/db").unwrap()
+        );
+
+        let given =
+            connection_name("postgres://app@localhost/db?application_name=plant-a").unwrap();
+        assert!(given.ends_with(" plant-a"), "{given}");
+        let long = connection_name(&format!(
+            "postgres://app@localhost/db?application_name={}",
+            "é".repeat(40)
+        ))
+        .unwrap();
+        assert!(long.len() <= APPLICATION_NAME_BYTES, "{long}");
+        assert!(long.starts_with(&plain[..12]), "{long}");
+        assert_eq!(long.split_once(' ').unwrap().0.len(), plain.len());
+    }
 }
