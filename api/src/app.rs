@@ -1,6 +1,6 @@
 //! The router and the server around it.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -336,6 +336,10 @@ async fn forget_session_checks_after_account_changes(
     response
 }
 
+/// How long a stop waits, in all, for the API's requests in flight and its background tasks'
+/// current round.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A bound API server, ready to serve.
 #[derive(Debug)]
 pub struct Api {
@@ -381,7 +385,10 @@ impl Api {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish. Each request
+    /// Serves until `shutdown` completes, then lets in-flight requests finish and the
+    /// background tasks end their round, for at most [`STOP_GRACE`] in all (a database
+    /// that stopped answering must not hold the stop): requests still running then are
+    /// left to the process's exit, tasks still busy are aborted, each logged. Each request
     /// knows its peer's address, which [`protect`] resolves to the client's.
     pub async fn run_until(
         self,
@@ -393,53 +400,80 @@ impl Api {
             .into_make_service_with_connect_info::<SocketAddr>();
         let closing = self.closing;
         let pool = self.dispatcher.pool.clone();
-        let webhooks = tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe()));
-        let scheduler = tokio::spawn(pm::run(pool.clone(), self.pm_interval, closing.subscribe()));
-        let reconciler = self.broker_accounts.map(|admin| {
-            tokio::spawn(crate::broker_admin::run(
-                pool.clone(),
-                admin,
-                closing.subscribe(),
-            ))
-        });
-        let session_listener = tokio::spawn(crate::session_cache::run(
-            pool.clone(),
-            self.session_cache,
-            closing.subscribe(),
-        ));
-        let notifier = self
-            .smtp
-            .map(|smtp| tokio::spawn(crate::notify::run(pool, smtp, closing.subscribe())));
+        let mut tasks = vec![
+            (
+                "the webhook dispatcher",
+                tokio::spawn(crate::webhooks::run(self.dispatcher, closing.subscribe())),
+            ),
+            (
+                "the preventive-maintenance scheduler",
+                tokio::spawn(pm::run(pool.clone(), self.pm_interval, closing.subscribe())),
+            ),
+            (
+                "the session-check listener",
+                tokio::spawn(crate::session_cache::run(
+                    pool.clone(),
+                    self.session_cache,
+                    closing.subscribe(),
+                )),
+            ),
+        ];
+        if let Some(admin) = self.broker_accounts {
+            tasks.push((
+                "the broker account reconciler",
+                tokio::spawn(crate::broker_admin::run(
+                    pool.clone(),
+                    admin,
+                    closing.subscribe(),
+                )),
+            ));
+        }
+        if let Some(smtp) = self.smtp {
+            tasks.push((
+                "the email notifier",
+                tokio::spawn(crate::notify::run(pool, smtp, closing.subscribe())),
+            ));
+        }
+        let mut closed = closing.subscribe();
         let closing_after = Arc::clone(&closing);
         let shutdown = async move {
             shutdown.await;
             // Event streams end, so that graceful shutdown does not wait for them forever.
             closing.send_replace(true);
         };
-        let served = axum::serve(self.listener, service)
+        let serve = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
-            .await;
+            .into_future();
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            served = &mut serve => Some(served),
+            // An error means the sender is gone, which it is not while this runs.
+            _ = closed.wait_for(|closed| *closed) => None,
+        };
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let served = match served {
+            Some(served) => served,
+            None => match tokio::time::timeout_at(deadline, &mut serve).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still in flight {STOP_GRACE:?} after the stop; left to end \
+                         with the process"
+                    );
+                    Ok(())
+                }
+            },
+        };
         closing_after.send_replace(true);
-        if let Err(e) = webhooks.await {
-            tracing::error!(error = %e, "the webhook dispatcher failed");
-        }
-        if let Err(e) = scheduler.await {
-            tracing::error!(error = %e, "the preventive-maintenance scheduler failed");
-        }
-        if let Err(e) = session_listener.await {
-            tracing::error!(error = %e, "the session-check listener failed");
-        }
-        if let Some(Err(e)) = match reconciler {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
-            tracing::error!(error = %e, "the broker account reconciler failed");
-        }
-        if let Some(Err(e)) = match notifier {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
-            tracing::error!(error = %e, "the email notifier failed");
+        for (what, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!("{what} still busy {STOP_GRACE:?} after the stop; stopped");
+                }
+            }
         }
         served
     }

@@ -17,8 +17,9 @@
 //!   idempotent, so a retry after an ambiguous failure cannot open a second work order. At
 //!   the server's stop, once ingest has ended, the events still to apply wait at most
 //!   [`RulesSource::database_timeout`] for the database ([`run`]'s `give_up`); what it has
-//!   not taken by then is logged and left to the next start, whose engines settle it
-//!   against the readings.
+//!   not confirmed by then is logged, its statement is cancelled at the end of the stop
+//!   (`Services::stop`), and the next start settles the alarm against the record and the
+//!   readings.
 //! - Healthy periods: every [`SWEEP_EVERY`], work orders whose condition has stayed clear
 //!   long enough before work started are closed.
 //! - Reload: when rule files are given, they are re-read every [`RELOAD_EVERY`]; on a changed,
@@ -757,7 +758,8 @@ async fn record_history(context: &ShardContext, events: &[AlarmEvent]) {
             context,
             first,
             "replayed alarm",
-            "unless the database still takes it, it stays off the asset's history",
+            "its statement, if still running, is cancelled at the end of the stop, and the \
+             alarm stays off the asset's history",
         );
     }
 }

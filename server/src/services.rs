@@ -33,6 +33,12 @@ const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// PostgreSQL keeps the first 63 bytes of an `application_name`.
 const APPLICATION_NAME_BYTES: usize = 63;
+/// The part of [`connection_name`] that identifies one start: `maintainpro/` and 12 hex.
+const TAG_BYTES: usize = 24;
+/// A statement left running at the stop is cancelled only once it has run this long, so that
+/// a short write just finishing (an audit record a request left behind) is left alone;
+/// whatever a role gave up on has waited at least its timeout (1 s or more).
+const LEFT_RUNNING_AFTER: &str = "1 second";
 
 /// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]), its
 /// connections named `name` (see [`connection_name`]).
@@ -43,9 +49,10 @@ fn oltp_options(url: &str, name: &str) -> Result<PgConnectOptions, sqlx::Error> 
         .application_name(name))
 }
 
-/// The `application_name` of one start's connections: `maintainpro/` and a random id, so
-/// that [`Services::stop`] can tell its own backends from any other's, then the name the
-/// database URL gives, if any, cut to what PostgreSQL keeps (the id is never cut).
+/// The `application_name` of one start's connections: `maintainpro/` and a random id (the
+/// first [`TAG_BYTES`], ASCII, by which [`Services::stop`] tells its own backends from any
+/// other's), then the name the database URL (or `PGAPPNAME`) gives, if any, cut to what
+/// PostgreSQL keeps (which shows bytes outside printable ASCII as `?` or `\xNN`).
 fn connection_name(url: &str) -> Result<String, sqlx::Error> {
     let given: PgConnectOptions = url.parse()?;
     let id = &Uuid::new_v4().simple().to_string()[..12];
@@ -399,7 +406,11 @@ impl Services {
         .iter()
         .any(|n| n.load(Ordering::Relaxed) > 0);
         if busy || given_up {
-            cancel_left_running(&self.pool.connect_options(), &self.connection_name).await;
+            cancel_left_running(
+                &self.pool.connect_options(),
+                &self.connection_name[..TAG_BYTES],
+            )
+            .await;
         }
         // Closing waits for every connection to come back; one that a role gave up on (a
         // database that stopped answering) may never come back, and must not hold the stop.
@@ -415,27 +426,33 @@ impl Services {
     }
 }
 
-/// Cancels the statements still running on the connections named `name` (this start's), from
-/// a connection of its own, so that none is applied after the stop. Waits at most
-/// [`CANCEL_GRACE`]; a database that cannot be reached is logged.
-async fn cancel_left_running(options: &PgConnectOptions, name: &str) {
+/// Asks the database to cancel the statements still running, for over
+/// [`LEFT_RUNNING_AFTER`], on this start's connections (their `application_name` begins with
+/// `tag`), from a connection of its own, so that a statement a role gave up on is not
+/// applied after the stop. A cancel is a request: a statement already committing still
+/// commits. Waits at most [`CANCEL_GRACE`]; a database that cannot be reached is logged.
+async fn cancel_left_running(options: &PgConnectOptions, tag: &str) {
     let cancel = async {
         let mut conn = PgConnection::connect_with(options).await?;
-        let cancelled: i64 = sqlx::query_scalar(
+        let requested: i64 = sqlx::query_scalar(
             "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+             WHERE starts_with(application_name, $1) AND state = 'active'
+               AND query_start < now() - $2::interval AND pid <> pg_backend_pid()",
         )
-        .bind(name)
+        .bind(tag)
+        .bind(LEFT_RUNNING_AFTER)
         .fetch_one(&mut conn)
         .await?;
         conn.close().await?;
-        Ok::<_, sqlx::Error>(cancelled)
+        Ok::<_, sqlx::Error>(requested)
     };
     match tokio::time::timeout(CANCEL_GRACE, cancel).await {
         Ok(Ok(0)) => {}
+        // Each cancelled statement of the pool also shows as sqlx's warning about testing the
+        // connection on release (SQLSTATE 57014).
         Ok(Ok(n)) => tracing::warn!(
-            cancelled = n,
-            "statements the stopped roles had given up on were still running: cancelled"
+            statements = n,
+            "cancel requested for statements the stopped roles had given up on and left running"
         ),
         Ok(Err(e)) => tracing::warn!(
             error = %e,
@@ -517,6 +534,8 @@ mod tests {
         .unwrap();
         assert!(long.len() <= APPLICATION_NAME_BYTES, "{long}");
         assert!(long.starts_with(&plain[..12]), "{long}");
-        assert_eq!(long.split_once(' ').unwrap().0.len(), plain.len());
+        assert_eq!(long.split_once(' ').unwrap().0.len(), TAG_BYTES);
+        assert_eq!(plain.len(), TAG_BYTES);
+        assert!(plain.is_ascii());
     }
 }

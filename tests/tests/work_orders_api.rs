@@ -1205,3 +1205,74 @@ async fn a_body_of_the_wrong_shape_names_its_field() -> anyhow::Result<()> {
     assert_eq!(status, 415);
     Ok(())
 }
+
+/// A request waiting for a database that does not answer (here: its table locked) holds the
+/// server's stop for at most the API's grace, and what it was writing is cancelled rather
+/// than applied once the table is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_database_does_not_answer_does_not_hold_the_stop() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let tenant = plant.tenant_a.tenant;
+    let asset = plant.asset_id(tenant, "Press 1").await?;
+    let mut lock =
+        maintainpro_tests::lock_table(&plant.db.urls.owner_url, "work_orders", "ACCESS EXCLUSIVE")
+            .await?;
+    // A client of its own: the plant's gives up after 10 s, which would end the request.
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/work-orders", plant.api))
+            .bearer_auth(&admin)
+            .json(&json!({ "asset_id": asset, "title": "Written during the stop" }))
+            .send(),
+    );
+    // The request is in the database, waiting for the lock.
+    let admin_url = plant.db.admin_url().to_owned();
+    let db_name = plant.db.name.clone();
+    Plant::eventually(
+        std::time::Duration::from_secs(10),
+        "the request waiting",
+        || async {
+            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await?;
+            let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1",
+        )
+        .bind(&db_name)
+        .fetch_one(&mut admin)
+        .await?;
+            Ok((waiting > 0).then_some(()))
+        },
+    )
+    .await?;
+
+    let started = std::time::Instant::now();
+    let Plant { services, db, .. } = plant;
+    tokio::time::timeout(
+        api::app::STOP_GRACE + std::time::Duration::from_secs(15),
+        services.stop(),
+    )
+    .await
+    .context("the stop waited for the request")?;
+    assert!(
+        started.elapsed() >= api::app::STOP_GRACE,
+        "the request was given its grace"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await?;
+    drop(lock);
+    // The request was left to end with the process, its write cancelled: not created.
+    if let Ok(Ok(Ok(response))) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), request).await
+    {
+        assert_ne!(response.status().as_u16(), 201, "created after the stop");
+    }
+    let pool = db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM work_orders WHERE title = 'Written during the stop'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    assert_eq!(created, 0);
+    Ok(())
+}
