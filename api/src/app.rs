@@ -471,7 +471,7 @@ impl Api {
                 Ok(Err(e)) => tracing::error!(error = %e, "{what} failed"),
                 Err(_) => {
                     task.abort();
-                    tracing::warn!("{what} still busy {STOP_GRACE:?} after the stop; stopped");
+                    tracing::warn!("{what} still busy {STOP_GRACE:?} after the stop; aborted");
                 }
             }
         }

@@ -140,7 +140,7 @@ pub async fn run(pool: PgPool, settings: SmtpSettings, mut closing: watch::Recei
         if *closing.borrow() {
             break;
         }
-        if let Err(e) = round(&pool, &mailer, &from).await {
+        if let Err(e) = round(&pool, &mailer, &from, &closing).await {
             tracing::warn!(error = %e, "notification round failed; retrying");
         }
         tokio::select! {
@@ -150,13 +150,23 @@ pub async fn run(pool: PgPool, settings: SmtpSettings, mut closing: watch::Recei
     }
 }
 
-/// One pass over every tenant's new events.
-pub async fn round(pool: &PgPool, mailer: &Transport, from: &Mailbox) -> Result<(), sqlx::Error> {
+/// One pass over every tenant's new events. Once `closing` turns true no further event is
+/// mailed: the cursor is moved past those mailed and the round ends, so that a stop that
+/// has to abort the task (its grace spent) sends at most one event's mails again.
+pub async fn round(
+    pool: &PgPool,
+    mailer: &Transport,
+    from: &Mailbox,
+    closing: &watch::Receiver<bool>,
+) -> Result<(), sqlx::Error> {
     let tenants: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM tenants")
         .fetch_all(pool)
         .await?;
     let kinds: Vec<String> = KINDS.iter().map(|k| (*k).to_owned()).collect();
     for tenant in tenants {
+        if *closing.borrow() {
+            break;
+        }
         let mut tx = migrations::begin_tenant(pool, tenant).await?;
         // A tenant's first round starts at its latest event: no mail about the past.
         sqlx::query(
@@ -179,6 +189,9 @@ pub async fn round(pool: &PgPool, mailer: &Transport, from: &Mailbox) -> Result<
         };
         let events = events_after(pool, tenant, after, &kinds, 200).await?;
         for event in &events {
+            if *closing.borrow() {
+                break;
+            }
             mail_event(&mut tx, tenant, event, mailer, from).await?;
             after = event.seq;
         }

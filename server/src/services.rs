@@ -1,6 +1,7 @@
 //! Starts the configured roles against one database pool, and stops them in order: ingest
 //! first (finish the message in hand, ack, disconnect), then the rules engine (drain what
-//! ingest handed it), then the API (let requests in flight finish). A role that ends before it
+//! ingest handed it), then the API (let requests in flight finish, for at most
+//! `api::app::STOP_GRACE`). A role that ends before it
 //! is told to (a failure, a panic) is reported through [`Services::ended`], so that the
 //! process can stop and be restarted rather than run on without it. The pool's connections
 //! carry an `application_name` of their own per start (`maintainpro/<id>`), by which the
@@ -448,8 +449,9 @@ async fn cancel_left_running(options: &PgConnectOptions, tag: &str) {
     };
     match tokio::time::timeout(CANCEL_GRACE, cancel).await {
         Ok(Ok(0)) => {}
-        // Each cancelled statement of the pool also shows as sqlx's warning about testing the
-        // connection on release (SQLSTATE 57014).
+        // A statement whose future a role dropped also shows, once cancelled, as sqlx's
+        // warning about testing the connection on release (SQLSTATE 57014); a request still
+        // waiting gets the error itself and answers 500.
         Ok(Ok(n)) => tracing::warn!(
             statements = n,
             "cancel requested for statements the stopped roles had given up on and left running"

@@ -530,6 +530,21 @@ pub async fn lock_table(url: &str, table: &str, mode: &str) -> anyhow::Result<sq
     Ok(conn)
 }
 
+/// How many backends of database `db_name` wait for a lock, seen through the cluster's
+/// superuser (`admin_url`, which sees every role's backends).
+pub async fn waiting_for_locks(admin_url: &str, db_name: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    let waiting = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1",
+    )
+    .bind(db_name)
+    .fetch_one(&mut admin)
+    .await?;
+    admin.close().await?;
+    Ok(waiting)
+}
+
 /// Publishes raw payloads with QoS 1 and waits for every PUBACK.
 pub async fn publish_all(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) -> anyhow::Result<()> {
     let (host, port) = model::topic::broker_address(broker)?;

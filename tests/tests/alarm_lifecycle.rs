@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{AlarmOutcome, RetireReason, WorkOrderService};
 use chrono::Utc;
-use maintainpro_tests::{Plant, demo_batch, lock_table, publish_all, series};
+use maintainpro_tests::{Plant, demo_batch, lock_table, publish_all, series, waiting_for_locks};
 use migrations::testing::TestDatabase;
 use model::alarm::{AlarmEvent, AlarmSubject, Decision, WorkOrderDraft, WorkType, decide};
 use model::wire::Batch;
@@ -610,14 +610,7 @@ async fn a_raise_the_database_does_not_take_is_given_up_and_cancelled_at_the_sto
     let stopped = plant.restart_after(async {
         assert_eq!(get(&stats.events_given_up), 1);
         // Nothing waits for the lock any more (the superuser sees every role's backends).
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1",
-        )
-        .bind(&db_name)
-        .fetch_one(&mut admin)
-        .await?;
-        admin.close().await?;
+        let waiting = waiting_for_locks(&admin_url, &db_name).await?;
         assert_eq!(waiting, 0, "a statement still waits for the alarms");
         sqlx::query("ROLLBACK").execute(&mut lock).await?;
         assert_eq!(alarm_rows_in(&db_pool, tenant).await?, []);

@@ -1233,13 +1233,7 @@ async fn a_request_the_database_does_not_answer_does_not_hold_the_stop() -> anyh
         std::time::Duration::from_secs(10),
         "the request waiting",
         || async {
-            let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await?;
-            let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1",
-        )
-        .bind(&db_name)
-        .fetch_one(&mut admin)
-        .await?;
+            let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
             Ok((waiting > 0).then_some(()))
         },
     )
