@@ -182,9 +182,9 @@ impl SessionCache {
 }
 
 /// Listens on [`CHANNEL`] with a connection made as `pool` makes them (outside it) until
-/// `closing` turns true, feeding `cache`, then closes that connection; reconnects with backoff (1 s doubling to 30 s)
-/// when the connection fails ([`migrations::announcements::follow`]). Does nothing when the
-/// cache is off.
+/// `closing` turns true, feeding `cache`, then closes that connection; reconnects with
+/// backoff (1 s doubling to 30 s) when the connection fails
+/// ([`migrations::announcements::follow`]). Does nothing when the cache is off.
 pub async fn run(pool: PgPool, cache: Arc<SessionCache>, mut closing: watch::Receiver<bool>) {
     if cache.max_age.is_zero() {
         return;

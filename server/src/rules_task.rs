@@ -473,7 +473,7 @@ impl Builder {
                 }
                 Err(_) => self.timed_out(what, self.timeout, backoff),
             }
-            self.back_off(&mut backoff).await?;
+            back_off(&mut backoff, &self.stopping).await?;
         }
     }
 
@@ -487,17 +487,6 @@ impl Builder {
             "cannot {what}: the database did not answer within the timeout (if it is only \
              slow, raise rules.database_timeout); retrying"
         );
-    }
-
-    /// Sleeps `backoff` and doubles it (at most 5 s). None, at once, when the server stops.
-    async fn back_off(&self, backoff: &mut Duration) -> Option<()> {
-        tokio::select! {
-            biased;
-            () = self.stopping.cancelled() => return None,
-            () = tokio::time::sleep(*backoff) => {}
-        }
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
-        Some(())
     }
 
     /// Retires an alarm that can no longer clear by itself (retrying until the database
@@ -598,7 +587,7 @@ impl Builder {
                     return Some(fresh());
                 }
             }
-            self.back_off(&mut backoff).await?;
+            back_off(&mut backoff, &self.stopping).await?;
         }
     }
 }
@@ -636,12 +625,19 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
             () = give_up.cancelled() => return None,
         };
         tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = give_up.cancelled() => return None,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        back_off(&mut backoff, give_up).await?;
     }
+}
+
+/// Sleeps `backoff` and doubles it (at most 5 s). None, at once, when `stop` is cancelled.
+async fn back_off(backoff: &mut Duration, stop: &CancellationToken) -> Option<()> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => return None,
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    Some(())
 }
 
 /// Logs and counts an event (or a replayed alarm) the database did not take before the stop;

@@ -42,20 +42,21 @@ const TAG_BYTES: usize = 24;
 const LEFT_RUNNING_AFTER: &str = "1 second";
 
 /// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]), its
-/// connections named `name` (see [`connection_name`]).
-fn oltp_options(url: &str, name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+/// connections named as [`connection_name`] says: the options and that name.
+fn oltp_options(url: &str) -> Result<(PgConnectOptions, String), sqlx::Error> {
     let options: PgConnectOptions = url.parse()?;
-    Ok(options
+    let name = connection_name(&options);
+    let options = options
         .options(migrations::SERVICE_SETTINGS)
-        .application_name(name))
+        .application_name(&name);
+    Ok((options, name))
 }
 
 /// The `application_name` of one start's connections: `maintainpro/` and a random id (the
 /// first [`TAG_BYTES`], ASCII, by which [`Services::stop`] tells its own backends from any
-/// other's), then the name the database URL (or `PGAPPNAME`) gives, if any, cut to what
-/// PostgreSQL keeps (which shows bytes outside printable ASCII as `?` or `\xNN`).
-fn connection_name(url: &str) -> Result<String, sqlx::Error> {
-    let given: PgConnectOptions = url.parse()?;
+/// other's), then the name `given` (the database URL, or `PGAPPNAME`) has, if any, cut to
+/// what PostgreSQL keeps (which shows bytes outside printable ASCII as `?` or `\xNN`).
+fn connection_name(given: &PgConnectOptions) -> String {
     let id = &Uuid::new_v4().simple().to_string()[..12];
     let mut name = format!("maintainpro/{id}");
     if let Some(given) = given.get_application_name() {
@@ -67,7 +68,7 @@ fn connection_name(url: &str) -> Result<String, sqlx::Error> {
             name.push(c);
         }
     }
-    Ok(name)
+    name
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +153,8 @@ pub fn load_rule_files(paths: &[std::path::PathBuf]) -> Result<RuleSet, Services
 #[derive(Debug)]
 pub struct Services {
     pool: PgPool,
-    /// The `application_name` of this start's connections.
-    connection_name: String,
+    /// What begins the `application_name` of this start's connections (`maintainpro/<id>`).
+    connection_tag: String,
     api_addr: Option<SocketAddr>,
     ingest_stats: Arc<IngestStats>,
     rules_stats: Arc<RulesStats>,
@@ -181,7 +182,7 @@ impl Services {
         if let Some(owner_url) = &config.database.owner_url {
             migrations::migrate(owner_url).await?;
         }
-        let connection_name = connection_name(&config.database.url)?;
+        let (options, connection_name) = oltp_options(&config.database.url)?;
         let pool = PgPoolOptions::new()
             .max_connections(config.database.max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -190,7 +191,7 @@ impl Services {
             // (a database restart) fails that one request with a connection error, which
             // callers already treat as transient, and leaves the pool.
             .test_before_acquire(false)
-            .connect_with(oltp_options(&config.database.url, &connection_name)?)
+            .connect_with(options)
             .await?;
         tracing::info!(application_name = %connection_name, "connected to the database");
         if let Some(addr) = config.metrics.listen {
@@ -202,7 +203,7 @@ impl Services {
         let rules_status = Arc::new(RulesStatus::default());
         let mut services = Services {
             pool: pool.clone(),
-            connection_name: connection_name.clone(),
+            connection_tag: connection_name[..TAG_BYTES].to_owned(),
             api_addr: None,
             ingest_stats: Arc::new(IngestStats::default()),
             rules_stats: Arc::clone(&rules_stats),
@@ -407,11 +408,7 @@ impl Services {
         .iter()
         .any(|n| n.load(Ordering::Relaxed) > 0);
         if busy || given_up {
-            cancel_left_running(
-                &self.pool.connect_options(),
-                &self.connection_name[..TAG_BYTES],
-            )
-            .await;
+            cancel_left_running(&self.pool.connect_options(), &self.connection_tag).await;
         }
         // Closing waits for every connection to come back; one that a role gave up on (a
         // database that stopped answering) may never come back, and must not hold the stop.
@@ -516,24 +513,23 @@ async fn serve_metrics(addr: SocketAddr) -> Result<(), ServicesError> {
 mod tests {
     use super::*;
 
+    fn name(url: &str) -> String {
+        connection_name(&url.parse().unwrap())
+    }
+
     #[test]
     fn a_connection_name_keeps_its_id_and_as_much_of_the_given_name_as_fits() {
-        let plain = connection_name("postgres://app@localhost/db").unwrap();
+        let plain = name("postgres://app@localhost/db");
         assert!(plain.starts_with("maintainpro/"), "{plain}");
         assert_eq!(plain.len(), "maintainpro/".len() + 12);
-        assert_ne!(
-            plain,
-            connection_name("postgres://app@localhost/db").unwrap()
-        );
+        assert_ne!(plain, name("postgres://app@localhost/db"));
 
-        let given =
-            connection_name("postgres://app@localhost/db?application_name=plant-a").unwrap();
+        let given = name("postgres://app@localhost/db?application_name=plant-a");
         assert!(given.ends_with(" plant-a"), "{given}");
-        let long = connection_name(&format!(
+        let long = name(&format!(
             "postgres://app@localhost/db?application_name={}",
             "é".repeat(40)
-        ))
-        .unwrap();
+        ));
         assert!(long.len() <= APPLICATION_NAME_BYTES, "{long}");
         assert!(long.starts_with(&plain[..12]), "{long}");
         assert_eq!(long.split_once(' ').unwrap().0.len(), TAG_BYTES);
