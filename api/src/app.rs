@@ -9,6 +9,7 @@ use axum::routing::{delete, get, post, put};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::api_keys::ApiKeyHasher;
 use crate::auth::TokenKeys;
@@ -70,6 +71,9 @@ pub struct Shared {
     /// Turns true when the server shuts down: long-lived responses (event streams) end.
     pub closing: watch::Receiver<bool>,
     closing_tx: Arc<watch::Sender<bool>>,
+    /// What a request leaves to run after its answer (the audit entry of a refusal, a
+    /// password-reset mail): the stop waits for it within [`STOP_GRACE`].
+    pub after_answer: TaskTracker,
 }
 
 impl AppState {
@@ -112,6 +116,7 @@ impl AppState {
             session_cache: crate::session_cache::SessionCache::new(config.session_cache),
             closing,
             closing_tx: Arc::new(closing_tx),
+            after_answer: TaskTracker::new(),
         })))
     }
 }
@@ -351,6 +356,7 @@ pub struct Api {
     smtp: Option<crate::config::SmtpSettings>,
     broker_accounts: Option<Arc<crate::broker_admin::BrokerAdmin>>,
     session_cache: Arc<crate::session_cache::SessionCache>,
+    after_answer: TaskTracker,
 }
 
 impl Api {
@@ -377,6 +383,7 @@ impl Api {
             smtp: config.smtp.clone(),
             broker_accounts: state.broker_accounts.clone(),
             session_cache: Arc::clone(&state.session_cache),
+            after_answer: state.after_answer.clone(),
             router: router(state),
         })
     }
@@ -385,8 +392,8 @@ impl Api {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish and the
-    /// background tasks end their round, for at most [`STOP_GRACE`] in all (a database
+    /// Serves until `shutdown` completes, then lets in-flight requests finish (with what
+    /// they left to run after their answer) and the background tasks end their round, for at most [`STOP_GRACE`] in all (a database
     /// that stopped answering must not hold the stop): requests still running then are
     /// left to the process's exit, tasks still busy are aborted, each logged. Each request
     /// knows its peer's address, which [`protect`] resolves to the client's.
@@ -465,6 +472,17 @@ impl Api {
             },
         };
         closing_after.send_replace(true);
+        self.after_answer.close();
+        if tokio::time::timeout_at(deadline, self.after_answer.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.after_answer.len(),
+                "work requests left after their answer (audit entries, mails) still running \
+                 {STOP_GRACE:?} after the stop; left to end with the process"
+            );
+        }
         for (what, mut task) in tasks {
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(Ok(())) => {}

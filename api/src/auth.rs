@@ -253,6 +253,8 @@ pub struct AuthUser {
 #[derive(Debug)]
 struct DeniedRequest {
     pool: sqlx::PgPool,
+    /// Where the entry's write runs, so that the stop waits for it.
+    after_answer: tokio_util::task::TaskTracker,
     meta: RequestMeta,
     method: String,
     path: String,
@@ -326,7 +328,8 @@ impl AuthUser {
         if let Some(permission) = permission {
             detail["permission"] = permission.as_str().into();
         }
-        tokio::spawn(async move {
+        let after_answer = request.after_answer.clone();
+        after_answer.spawn(async move {
             let entry = Entry::new(
                 Some(tenant),
                 Some(user),
@@ -440,6 +443,7 @@ async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<AuthUser, A
         principal,
         request: Arc::new(DeniedRequest {
             pool: state.pool.clone(),
+            after_answer: state.after_answer.clone(),
             meta,
             method: parts.method.to_string(),
             // The path only: a query string may carry what does not belong in a log.

@@ -36,10 +36,6 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 const APPLICATION_NAME_BYTES: usize = 63;
 /// The part of [`connection_name`] that identifies one start: `maintainpro/` and 12 hex.
 const TAG_BYTES: usize = 24;
-/// A statement left running at the stop is cancelled only once it has run this long, so that
-/// a short write just finishing (an audit record a request left behind) is left alone;
-/// whatever a role gave up on has waited at least its timeout (1 s or more).
-const LEFT_RUNNING_AFTER: &str = "1 second";
 
 /// The connection options of the service pool ([`migrations::SERVICE_SETTINGS`]), its
 /// connections named as [`connection_name`] says: the options and that name.
@@ -424,10 +420,11 @@ impl Services {
     }
 }
 
-/// Asks the database to cancel the statements still running, for over
-/// [`LEFT_RUNNING_AFTER`], on this start's connections (their `application_name` begins with
-/// `tag`), from a connection of its own, so that a statement a role gave up on is not
-/// applied after the stop. A cancel is a request: a statement already committing still
+/// Asks the database to cancel the statements still running on this start's connections
+/// (their `application_name` begins with `tag`), from a connection of its own, so that a
+/// statement a role gave up on is not applied after the stop. Called once every role has
+/// stopped (the API having waited for the work its requests left after their answer), so
+/// whatever still runs was given up on, however young. A cancel is a request: a statement already committing still
 /// commits. Waits at most [`CANCEL_GRACE`]; a database that cannot be reached is logged.
 async fn cancel_left_running(options: &PgConnectOptions, tag: &str) {
     let cancel = async {
@@ -435,10 +432,9 @@ async fn cancel_left_running(options: &PgConnectOptions, tag: &str) {
         let requested: i64 = sqlx::query_scalar(
             "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity
              WHERE starts_with(application_name, $1) AND state = 'active'
-               AND query_start < now() - $2::interval AND pid <> pg_backend_pid()",
+               AND pid <> pg_backend_pid()",
         )
         .bind(tag)
-        .bind(LEFT_RUNNING_AFTER)
         .fetch_one(&mut conn)
         .await?;
         conn.close().await?;

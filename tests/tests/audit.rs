@@ -169,3 +169,50 @@ async fn admins_query_and_export_their_tenants_audit_log_and_denials_are_in_it()
     plant.services.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_entry_still_being_written_is_waited_for_at_the_stop() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = plant.tenant_a.tenant;
+    plant.add_user("tech@example.com", "technician").await?;
+    let technician = plant.login_as("plant-a", "tech@example.com").await?;
+    // Entries cannot be written while this lock is held.
+    let mut lock =
+        maintainpro_tests::lock_table(&plant.db.urls.owner_url, "audit_log", "SHARE").await?;
+    // The refusal is answered at once; its entry is written after the answer.
+    let (status, body) = plant.get("/api/v1/audit", Some(&technician)).await?;
+    assert_eq!(status, 403, "{body}");
+    let admin_url = plant.db.admin_url().to_owned();
+    let db_name = plant.db.name.clone();
+    Plant::eventually(Duration::from_secs(10), "the entry waiting", || async {
+        let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
+        Ok((waiting > 0).then_some(()))
+    })
+    .await?;
+
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        sqlx::query("ROLLBACK").execute(&mut lock).await
+    });
+    let Plant { services, db, .. } = plant;
+    tokio::time::timeout(
+        api::app::STOP_GRACE + Duration::from_secs(15),
+        services.stop(),
+    )
+    .await
+    .context("the stop waited for the entry beyond its grace")?;
+    // The stop returned only once the entry was written.
+    let pool = db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+    let denials: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'permission.denied'")
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    release.await??;
+    assert_eq!(
+        denials, 1,
+        "the stop returned before the denial's entry was written"
+    );
+    Ok(())
+}

@@ -143,7 +143,7 @@ pub async fn request(
     tx.commit().await?;
     let text = compose(&token, state.reset_link.as_deref(), &req.tenant);
     // Sent after the answer: how long mail takes must not tell which accounts exist.
-    tokio::spawn(async move {
+    state.after_answer.spawn(async move {
         match mailer
             .send(&email, &name, "Reset your MaintAInPro password", &text)
             .await
