@@ -16,6 +16,17 @@ fn default_database_timeout() -> std::time::Duration {
     crate::store::DEFAULT_TIMEOUT
 }
 
+fn default_max_clock_ahead() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
+}
+
+fn default_max_reading_age() -> std::time::Duration {
+    std::time::Duration::from_secs(90 * 86_400)
+}
+
+/// The longest `max_clock_ahead` or `max_reading_age` taken: about a century.
+const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 /// Most store writers a consumer runs.
 pub const MAX_WRITERS: usize = 16;
 
@@ -58,6 +69,14 @@ pub struct IngestConfig {
     /// `maintainpro/v1/<tenant>/+/readings/json`, `spBv1.0/<tenant>/NDATA/+`, ...).
     #[serde(default = "default_subscribe")]
     pub subscribe: Vec<String>,
+    /// How far ahead of this server's clock a reading's time may be; a message with one
+    /// further ahead becomes a `future_timestamp` dead letter.
+    #[serde(default = "default_max_clock_ahead", with = "humantime_serde")]
+    pub max_clock_ahead: std::time::Duration,
+    /// How far behind this server's clock a reading's time may be; a message with an older
+    /// one becomes an `old_timestamp` dead letter.
+    #[serde(default = "default_max_reading_age", with = "humantime_serde")]
+    pub max_reading_age: std::time::Duration,
 }
 
 fn default_subscribe() -> Vec<String> {
@@ -83,11 +102,31 @@ impl IngestConfig {
             writers: default_writers(),
             database_timeout: default_database_timeout(),
             subscribe: default_subscribe(),
+            max_clock_ahead: default_max_clock_ahead(),
+            max_reading_age: default_max_reading_age(),
         }
     }
 }
 
 impl IngestConfig {
+    /// The times of readings ingest takes.
+    pub fn clock_window(&self) -> crate::clock::Window {
+        crate::clock::Window {
+            ahead: self.max_clock_ahead,
+            age: self.max_reading_age,
+        }
+    }
+
+    /// How long the batch ledger keeps a batch: until a copy of it delivered again could no
+    /// longer be stored anyway (its readings would all be older than `max_reading_age`, having
+    /// been at most `max_clock_ahead` ahead when it was stored), and a day more.
+    pub fn ledger_keep(&self) -> std::time::Duration {
+        self.max_reading_age
+            .saturating_add(self.max_clock_ahead)
+            .saturating_add(std::time::Duration::from_secs(86_400))
+            .min(MAX_WINDOW.saturating_mul(3))
+    }
+
     /// The TLS files, for `mqtts://`.
     pub fn tls_files(&self) -> mqtt_tls::TlsFiles<'_> {
         mqtt_tls::TlsFiles {
@@ -156,6 +195,20 @@ impl IngestConfig {
                     ),
                 ));
             }
+        }
+        if !(std::time::Duration::from_secs(60)..=MAX_WINDOW).contains(&self.max_clock_ahead) {
+            out.push((
+                "ingest.max_clock_ahead".to_owned(),
+                "must be 1m-100y; gateways' clocks drift, so leave room for it".to_owned(),
+            ));
+        }
+        if !(std::time::Duration::from_secs(3600)..=MAX_WINDOW).contains(&self.max_reading_age) {
+            out.push((
+                "ingest.max_reading_age".to_owned(),
+                "must be 1h-100y, and longer than a gateway may hold readings while it cannot \
+                 reach the broker"
+                    .to_owned(),
+            ));
         }
         if self.password.is_some() != self.username.is_some() {
             out.push((

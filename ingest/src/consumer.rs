@@ -84,7 +84,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::IngestConfig;
 use crate::copy::{self, Row};
 use crate::directory::{self, Changes, Directory, Resolved};
-use crate::store::{BirthRecord, DeadLetter, Item, PgStore, StoreError, Written};
+use crate::store::{BirthRecord, DeadLetter, Item, Numbered, PgStore, StoreError, Written};
 
 /// A reading on its way to the rules engine, handed over before it is stored.
 #[derive(Debug, Clone)]
@@ -306,6 +306,7 @@ impl Consumer {
             DecodeStage {
                 store: self.store.clone(),
                 directory: Directory::new(changes),
+                clock: self.config.clock_window(),
                 stats: Arc::clone(&self.stats),
                 rules: self.rules,
                 client: client.clone(),
@@ -350,10 +351,14 @@ impl Consumer {
                     stop_intake.cancel();
                 }
                 _ = upkeep.tick(), if !stop_intake.is_cancelled() => {
-                    match self.store.ensure_partitions().await {
-                        Ok(n) if n > 0 => tracing::info!(created = n, "readings partitions created"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "readings partition upkeep failed"),
+                    // A stop does not wait for the upkeep: what is left is done next time.
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => {
+                            asked_to_stop = true;
+                            stop_intake.cancel();
+                        }
+                        () = upkeep_once(&self.store, self.config.ledger_keep()) => {}
                     }
                 }
                 stages = &mut pipeline => break stages,
@@ -392,6 +397,8 @@ impl Consumer {
 struct DecodeStage {
     store: PgStore,
     directory: Directory,
+    /// The times of readings taken (`ingest.max_clock_ahead`, `ingest.max_reading_age`).
+    clock: crate::clock::Window,
     stats: Arc<IngestStats>,
     rules: Option<mpsc::Sender<Vec<RuleInput>>>,
     /// Publishes Sparkplug B rebirth requests.
@@ -438,6 +445,9 @@ enum Decoding {
         /// What a Sparkplug B birth or death changed in its node's kept births (boxed: few
         /// messages have one).
         birth: Option<Box<BirthRecord>>,
+        /// Whether the publisher numbered the batch (rather than ingest, from its content):
+        /// then a second batch it numbered alike can be told from a redelivery.
+        numbered: bool,
     },
 }
 
@@ -635,12 +645,20 @@ impl DecodeStage {
             Format::Json => model::json_batch::decode(&gateway, &publish.payload)
                 .map_err(|e| (e.reason(), e.to_string())),
         };
+        // A JSON batch without `seq` is numbered from its bytes (at or above the base).
+        let numbered = match format {
+            Format::Wire => true,
+            Format::Json => batch
+                .as_ref()
+                .is_ok_and(|b| b.seq < model::json_batch::DERIVED_SEQ_BASE),
+        };
         Decoding::Batch {
             tenant,
             gateway,
             batch,
             partial: None,
             birth: None,
+            numbered,
         }
     }
 
@@ -722,6 +740,8 @@ impl DecodeStage {
             batch,
             partial,
             birth,
+            // By its topic and bytes, or for a death by the time it came.
+            numbered: false,
         }
     }
 
@@ -760,7 +780,7 @@ impl DecodeStage {
                 Vec::new(),
             )
         };
-        let (tenant, gateway, decoded, partial, birth) = match decoding {
+        let (tenant, gateway, decoded, partial, birth, numbered) = match decoding {
             Decoding::BadTopic(detail) => return Ok(dead(None, "bad_topic", detail.clone())),
             Decoding::Batch {
                 tenant,
@@ -768,7 +788,8 @@ impl DecodeStage {
                 batch,
                 partial,
                 birth,
-            } => (*tenant, gateway, batch, partial, birth),
+                numbered,
+            } => (*tenant, gateway, batch, partial, birth, *numbered),
         };
         let batch = match decoded {
             Ok(b) => b,
@@ -808,6 +829,17 @@ impl DecodeStage {
                 p.ts
             );
             return Ok(dead(known, "bad_timestamp", detail));
+        }
+        let now = Timestamp::now();
+        if let Some((index, p, untimely)) = batch
+            .points
+            .iter()
+            .enumerate()
+            .find_map(|(index, p)| self.clock.check(p.ts, now).err().map(|u| (index, p, u)))
+        {
+            let known = self.tenant_if_known(tenant, gateway).await?;
+            let detail = self.clock.explain(index, p.ts, untimely);
+            return Ok(dead(known, untimely.reason(), detail));
         }
         let entry = match self
             .directory
@@ -885,6 +917,24 @@ impl DecodeStage {
                 publish.payload.clone(),
             )
         });
+        let numbered = numbered.then(|| {
+            Box::new(Numbered {
+                digest: batch.content_digest(),
+                reused: DeadLetter::new(
+                    Some(tenant.as_uuid()),
+                    &publish.topic,
+                    "sequence_reused",
+                    format!(
+                        "batch {seq} of gateway {:?} was stored before with other readings: two \
+                     batches were numbered alike (a publisher's counter that started over?), so \
+                     this one is kept here, not stored; number batches on from the last one \
+                     stored, or publish JSON without seq",
+                        gateway.as_str()
+                    ),
+                    publish.payload.clone(),
+                ),
+            })
+        });
         Ok((
             Item::Batch {
                 tenant: tenant.as_uuid(),
@@ -893,6 +943,7 @@ impl DecodeStage {
                 rows,
                 rejected,
                 birth: birth.as_deref().cloned(),
+                numbered,
             },
             inputs,
         ))
@@ -1147,9 +1198,15 @@ impl StoreStage {
                     self.stats.batches_duplicate.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("maintainpro_ingest_duplicate_batches_total").increment(1);
                 }
+                (
+                    Written::Reused,
+                    Item::Batch {
+                        numbered: Some(numbered),
+                        ..
+                    },
+                ) => dead_lettered(&self.stats, &numbered.reused),
                 (Written::DeadLettered, Item::Dead(letter)) => {
-                    tracing::warn!(topic = %letter.topic, reason = letter.reason, detail = %letter.detail, "dead letter");
-                    count_dead_letter(&self.stats, letter.reason);
+                    dead_lettered(&self.stats, letter);
                 }
                 _ => {}
             }
@@ -1199,6 +1256,31 @@ fn store_rejected(publish: &Publish, tenant: Option<uuid::Uuid>, error: &StoreEr
         error.to_string(),
         publish.payload.clone(),
     ))
+}
+
+/// The hourly upkeep: the readings' upcoming partitions, and the batch ledger's rows older
+/// than `keep` ([`IngestConfig::ledger_keep`]).
+async fn upkeep_once(store: &PgStore, keep: Duration) {
+    match store.ensure_partitions().await {
+        Ok(n) if n > 0 => tracing::info!(created = n, "readings partitions created"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "readings partition upkeep failed"),
+    }
+    match store.prune_ledger(keep).await {
+        Ok(n) => {
+            metrics::counter!("maintainpro_ingest_ledger_pruned_total").increment(n);
+            if n > 0 {
+                tracing::info!(pruned = n, ?keep, "batch ledger pruned");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "batch ledger pruning failed; tried again in an hour"),
+    }
+}
+
+/// Logs and counts a message stored as a dead letter.
+fn dead_lettered(stats: &IngestStats, letter: &DeadLetter) {
+    tracing::warn!(topic = %letter.topic, reason = letter.reason, detail = %letter.detail, "dead letter");
+    count_dead_letter(stats, letter.reason);
 }
 
 fn count_dead_letter(stats: &IngestStats, reason: &'static str) {

@@ -351,8 +351,9 @@ async fn find_tags(
 
 /// Registers the `unknown` tags of gateway `gateway` when the tenant's policy allows it
 /// (`tenant_ingest_policy`), as many as its tag limit leaves room for, and audits it
-/// (`tag.auto_register`); returns their rows of [`TAG_CONTEXT_QUERY`]. Nothing when the policy
-/// does not allow it. In the caller's tenant transaction.
+/// (`tag.auto_register`); returns the rows of [`TAG_CONTEXT_QUERY`] of those registered and of
+/// those another transaction registered since the caller looked. Nothing when the policy does
+/// not allow it. In the caller's tenant transaction.
 async fn auto_register(
     tx: &mut sqlx::PgConnection,
     tenant: TenantId,
@@ -374,10 +375,13 @@ async fn auto_register(
         .bind(gateway)
         .execute(&mut *tx)
         .await?;
+    // Names another transaction registered since the look-up (the API, an import, another
+    // ingest process) exist now: they take no place under the limit, and are returned below.
     let registered: Vec<String> = sqlx::query_scalar(
         "INSERT INTO tags (tenant_id, gateway_id, name, auto_registered_at)
-         SELECT $1, $2, name, now()
-         FROM unnest($3::text[]) AS name
+         SELECT $1, $2, n.name, now()
+         FROM unnest($3::text[]) AS n(name)
+         WHERE NOT EXISTS (SELECT 1 FROM tags t WHERE t.gateway_id = $2 AND t.name = n.name)
          LIMIT greatest(0, $4 - (SELECT count(*) FROM tags WHERE gateway_id = $2))
          ON CONFLICT (gateway_id, name) DO NOTHING
          RETURNING name",
@@ -388,27 +392,27 @@ async fn auto_register(
     .bind(i64::from(limit))
     .fetch_all(&mut *tx)
     .await?;
-    if registered.is_empty() {
-        return Ok(Vec::new());
+    if !registered.is_empty() {
+        sqlx::query(
+            "INSERT INTO audit_log (tenant_id, action, outcome, target_type, target_id, detail)
+             VALUES ($1, 'tag.auto_register', 'success', 'gateway', $2,
+                     jsonb_build_object('tags', $3::text[]))",
+        )
+        .bind(tenant.as_uuid())
+        .bind(gateway.to_string())
+        .bind(&registered)
+        .execute(&mut *tx)
+        .await?;
+        metrics::counter!("maintainpro_ingest_tags_auto_registered_total")
+            .increment(registered.len() as u64);
+        tracing::info!(%tenant, %gateway, tags = registered.len(), "tags registered from ingest");
     }
-    sqlx::query(
-        "INSERT INTO audit_log (tenant_id, action, outcome, target_type, target_id, detail)
-         VALUES ($1, 'tag.auto_register', 'success', 'gateway', $2,
-                 jsonb_build_object('tags', $3::text[]))",
-    )
-    .bind(tenant.as_uuid())
-    .bind(gateway.to_string())
-    .bind(&registered)
-    .execute(&mut *tx)
-    .await?;
-    metrics::counter!("maintainpro_ingest_tags_auto_registered_total")
-        .increment(registered.len() as u64);
-    tracing::info!(%tenant, %gateway, tags = registered.len(), "tags registered from ingest");
+    // Those registered here and those registered meanwhile by others.
     Ok(sqlx::query(&format!(
         "{TAG_CONTEXT_QUERY} WHERE t.gateway_id = $1 AND t.name = ANY($2)"
     ))
     .bind(gateway)
-    .bind(&registered)
+    .bind(unknown)
     .fetch_all(&mut *tx)
     .await?)
 }

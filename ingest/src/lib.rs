@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: broker (plain or TLS), client id and subscription settings.
+//! - [`clock`]: whether a reading's time lies within reach of ingest's clock (pure).
 //! - [`copy`]: the binary COPY encoding of reading rows and the times it can hold (pure).
 //! - [`directory`]: resolves (tenant, gateway, tag name) to tag ids and rule context, cached
 //!   until the database announces a change.
@@ -21,6 +22,7 @@
 //! transaction as the rows. The rules get a message's readings before that commit, so a
 //! message delivered again hands them on again (the engine skips readings it has seen).
 
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod copy;

@@ -12,7 +12,8 @@
 //! birth or death that changed them, and are read back when ingest first meets a node after
 //! a start ([`PgStore::load_births`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -129,6 +130,17 @@ pub struct CurrentBirth {
     pub births: model::sparkplug::KeptBirths,
 }
 
+/// What a batch its publisher numbered said ([`model::wire::Batch::content_digest`]), and the
+/// dead letter it becomes when the ledger holds its number for a batch that said something
+/// else (`sequence_reused`: two batches numbered alike, as when a publisher's counter starts
+/// over). Batches numbered by their content (Sparkplug B, JSON without `seq`) have none: a
+/// second copy of one is a redelivery by construction.
+#[derive(Debug, Clone)]
+pub struct Numbered {
+    pub digest: i64,
+    pub reused: DeadLetter,
+}
+
 /// One message, ready to store.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -143,6 +155,8 @@ pub enum Item {
         rows: Vec<Row>,
         rejected: Option<DeadLetter>,
         birth: Option<BirthRecord>,
+        /// Boxed: it holds a dead letter, and the enum moves through queues.
+        numbered: Option<Box<Numbered>>,
     },
     Dead(DeadLetter),
 }
@@ -167,7 +181,13 @@ pub enum Written {
     /// nothing was written.
     Duplicate,
     DeadLettered,
+    /// The ledger had this (gateway, seq) for a batch that said something else: the batch
+    /// was kept as its [`Numbered::reused`] dead letter.
+    Reused,
 }
+
+/// Most ledger rows one pruning statement deletes ([`PgStore::prune_ledger`]).
+pub const PRUNE_STEP: i32 = 20_000;
 
 /// How long ingest waits for the database to answer one operation by default
 /// (`ingest.database_timeout`).
@@ -302,6 +322,32 @@ impl PgStore {
         Ok(Some(StoredBirths { latest, born }))
     }
 
+    /// Deletes ledger rows received more than `keep` ago, at most [`PRUNE_STEP`] per
+    /// statement, until none is left; returns how many. Each step is one short statement, so
+    /// the writers' inserts do not wait long for it, and dropping the future between steps
+    /// leaves the rest for another time.
+    pub async fn prune_ledger(&self, keep: Duration) -> Result<u64, StoreError> {
+        let mut pruned = 0;
+        loop {
+            let n: i32 = self
+                .on_connection(async |conn| {
+                    Ok(sqlx::query_scalar(
+                        "SELECT prune_ingest_batches(make_interval(secs => $1), $2)",
+                    )
+                    .bind(keep.as_secs_f64())
+                    .bind(PRUNE_STEP)
+                    .fetch_one(conn)
+                    .await?)
+                })
+                .await?;
+            pruned += u64::try_from(n).unwrap_or(0);
+            if n < PRUNE_STEP {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
     /// Creates upcoming daily partitions (a no-op on TimescaleDB). Returns how many were made.
     pub async fn ensure_partitions(&self) -> Result<i32, StoreError> {
         self.on_connection(async |conn| {
@@ -314,6 +360,15 @@ impl PgStore {
         .await
     }
 }
+
+/// The settings of a group's transaction, for one tenant at a time (`$1` the tenant setting's
+/// name, `$2` the tenant): the tenant, and a commit that waits for the disk even where the
+/// database or the role turned `synchronous_commit` off, since the acknowledgements that follow
+/// the commit promise that the rows survive a crash of the database. A setting that promises
+/// more (`remote_write`, `remote_apply`) stays.
+pub const TRANSACTION_SETTINGS: &str = "SELECT set_config($1, $2, true), set_config('synchronous_commit', \
+     CASE current_setting('synchronous_commit') WHEN 'off' THEN 'on' \
+     ELSE current_setting('synchronous_commit') END, true)";
 
 /// [`PgStore::write_group`]'s transaction, on `conn`.
 async fn write_group_on(
@@ -328,26 +383,35 @@ async fn write_group_on(
     let mut tx = conn.begin().await?;
     let mut fresh_rows: Vec<&Row> = Vec::new();
     for (tenant, indexes) in &by_tenant {
-        sqlx::query("SELECT set_config($1, $2, true)")
+        sqlx::query(TRANSACTION_SETTINGS)
             .bind(migrations::TENANT_SETTING)
             .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
             .execute(&mut *tx)
             .await?;
         // The first item with a given (gateway, seq) claims it; later copies in the same
-        // group are duplicates, like copies already in the ledger. A copy in another
+        // group are duplicates, like copies already in the ledger, unless they say something
+        // else than the batch the number stands for ([`Numbered`]). A copy in another
         // group written at the same time waits for that group's transaction; the rows go
         // in key order, so two groups never wait for each other.
-        let mut claimed = HashSet::new();
-        let (mut gateways, mut seqs, mut counts, mut candidates) = (vec![], vec![], vec![], vec![]);
+        let mut claimed: HashMap<(Uuid, i64), Option<i64>> = HashMap::new();
+        let (mut gateways, mut seqs, mut counts, mut digests, mut candidates) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for &i in indexes {
             if let Item::Batch {
-                gateway, seq, rows, ..
+                gateway,
+                seq,
+                rows,
+                numbered,
+                ..
             } = &items[i]
-                && claimed.insert((*gateway, *seq))
+                && let Entry::Vacant(slot) = claimed.entry((*gateway, *seq))
             {
+                let digest = numbered.as_ref().map(|n| n.digest);
+                slot.insert(digest);
                 gateways.push(*gateway);
                 seqs.push(*seq);
                 counts.push(i32::try_from(rows.len()).unwrap_or(i32::MAX));
+                digests.push(digest);
                 candidates.push(i);
             }
         }
@@ -355,8 +419,9 @@ async fn write_group_on(
             HashSet::new()
         } else {
             sqlx::query_as::<_, (Uuid, i64)>(
-                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings)
-                 SELECT $1, g, s, r FROM UNNEST($2::uuid[], $3::bigint[], $4::int[]) AS t(g, s, r)
+                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, digest)
+                 SELECT $1, g, s, r, d
+                 FROM UNNEST($2::uuid[], $3::bigint[], $4::int[], $5::bigint[]) AS t(g, s, r, d)
                  ORDER BY g, s
                  ON CONFLICT DO NOTHING
                  RETURNING gateway_id, seq",
@@ -365,11 +430,48 @@ async fn write_group_on(
             .bind(&gateways)
             .bind(&seqs)
             .bind(&counts)
+            .bind(&digests)
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
             .collect()
         };
+        // Numbers of numbered batches the ledger already had: what the batch stored under
+        // each said.
+        let (taken_gateways, taken_seqs): (Vec<Uuid>, Vec<i64>) = gateways
+            .iter()
+            .zip(&seqs)
+            .zip(&digests)
+            .filter(|&((&g, &s), digest)| digest.is_some() && !inserted.contains(&(g, s)))
+            .map(|((&g, &s), _)| (g, s))
+            .unzip();
+        // What each number stands for now: the batch stored under it before this group, or
+        // the group's first copy, now stored (`None`: a batch numbered by its content, or
+        // stored before digests were kept).
+        let mut stored_digests: HashMap<(Uuid, i64), i64> = if taken_gateways.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (Uuid, i64, i64)>(
+                "SELECT b.gateway_id, b.seq, b.digest
+                 FROM ingest_batches b
+                 JOIN UNNEST($1::uuid[], $2::bigint[]) AS t(g, s) ON b.gateway_id = g AND b.seq = s
+                 WHERE b.digest IS NOT NULL",
+            )
+            .bind(&taken_gateways)
+            .bind(&taken_seqs)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(g, s, d)| ((g, s), d))
+            .collect()
+        };
+        for (key, digest) in &claimed {
+            if let Some(digest) = digest
+                && inserted.contains(key)
+            {
+                stored_digests.insert(*key, *digest);
+            }
+        }
         // In message order, so that a group's dead letters are numbered as its messages
         // came (groups written at once may interleave).
         let candidates: HashSet<usize> = candidates.into_iter().collect();
@@ -391,6 +493,18 @@ async fn write_group_on(
                 Item::Dead(letter) => {
                     insert_dead_letter(&mut tx, letter).await?;
                     outcome[i] = Written::DeadLettered;
+                }
+                Item::Batch {
+                    gateway,
+                    seq,
+                    numbered: Some(numbered),
+                    ..
+                } if stored_digests
+                    .get(&(*gateway, *seq))
+                    .is_some_and(|&stored| stored != numbered.digest) =>
+                {
+                    insert_dead_letter(&mut tx, &numbered.reused).await?;
+                    outcome[i] = Written::Reused;
                 }
                 Item::Batch { .. } => {}
             }

@@ -9,6 +9,7 @@
 //! (tenant, gateway, seq) to recognise a redelivered batch.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{GatewayId, Quality, Reading, TagName, Timestamp};
 
@@ -50,6 +51,8 @@ pub enum WireError {
     BadMagic,
     #[error("wire version {0} is not supported (this build reads version {VERSION})")]
     UnsupportedVersion(u8),
+    #[error("batch body ends before its last field: the message was cut short")]
+    CutShort,
     #[error("batch body is malformed: {0}")]
     Malformed(String),
     #[error("{trailing} bytes follow the batch body")]
@@ -70,7 +73,7 @@ impl WireError {
     /// A short machine-readable reason, used as a dead-letter category and metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            WireError::TooShort(_) => "truncated",
+            WireError::TooShort(_) | WireError::CutShort => "truncated",
             WireError::TooLarge { .. } => "oversized",
             WireError::BadMagic => "bad_magic",
             WireError::UnsupportedVersion(_) => "unsupported_version",
@@ -83,6 +86,26 @@ impl WireError {
 }
 
 impl Batch {
+    /// A digest of what the batch says, however it was encoded: each point's tag name, time,
+    /// value and quality, in order (the first 8 bytes of their SHA-256). Two deliveries of one
+    /// batch have the same; two batches a publisher numbered alike almost surely do not.
+    /// Stable across versions: the ledger keeps it.
+    pub fn content_digest(&self) -> i64 {
+        let mut hash = Sha256::new();
+        for p in &self.points {
+            let name = self.tags.get(p.tag as usize).map_or("", |t| t.as_str());
+            hash.update(u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes());
+            hash.update(name.as_bytes());
+            hash.update(p.ts.as_micros().to_le_bytes());
+            hash.update(p.value.to_bits().to_le_bytes());
+            hash.update([p.quality.as_u8()]);
+        }
+        let digest = hash.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        i64::from_le_bytes(first)
+    }
+
     /// Builds a batch from readings, naming each distinct tag once.
     pub fn from_readings(gateway: GatewayId, seq: u64, readings: &[Reading]) -> Self {
         let mut tags: Vec<TagName> = Vec::new();
@@ -139,8 +162,11 @@ impl Batch {
         if message[4] != VERSION {
             return Err(WireError::UnsupportedVersion(message[4]));
         }
-        let (batch, rest): (Batch, &[u8]) = postcard::take_from_bytes(&message[5..])
-            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        let (batch, rest): (Batch, &[u8]) =
+            postcard::take_from_bytes(&message[5..]).map_err(|e| match e {
+                postcard::Error::DeserializeUnexpectedEnd => WireError::CutShort,
+                e => WireError::Malformed(e.to_string()),
+            })?;
         if !rest.is_empty() {
             return Err(WireError::TrailingBytes {
                 trailing: rest.len(),
@@ -257,8 +283,18 @@ mod tests {
         let mut v2 = good.clone();
         v2[4] = 2;
         assert_eq!(Batch::decode(&v2), Err(WireError::UnsupportedVersion(2)));
+        for cut in [1, 2, good.len() / 2, good.len() - 5] {
+            assert_eq!(
+                Batch::decode(&good[..good.len() - cut]),
+                Err(WireError::CutShort),
+                "{cut}"
+            );
+        }
+        assert_eq!(WireError::CutShort.reason(), "truncated");
+        let mut bad_varint = good[..5].to_vec();
+        bad_varint.extend_from_slice(&[0xff; 11]);
         assert_eq!(
-            Batch::decode(&good[..good.len() - 2]).map_err(|e| e.reason()),
+            Batch::decode(&bad_varint).map_err(|e| e.reason()),
             Err("malformed")
         );
         let mut trailing = good.clone();
@@ -267,6 +303,33 @@ mod tests {
             Batch::decode(&trailing),
             Err(WireError::TrailingBytes { trailing: 1 })
         );
+    }
+
+    #[test]
+    fn the_digest_follows_the_readings_not_their_encoding() {
+        let a = sample();
+        let digest = a.content_digest();
+        // The same readings with the dictionary in another order: the same digest.
+        let mut b = a.clone();
+        b.tags.push(TagName::parse("spare").unwrap());
+        b.tags.swap(0, 1);
+        for p in &mut b.points {
+            p.tag = 1;
+        }
+        assert_eq!(b.content_digest(), digest);
+        // Any change to what the batch says changes it.
+        let mut c = a.clone();
+        c.points[0].value += 1.0;
+        assert_ne!(c.content_digest(), digest);
+        let mut d = a.clone();
+        d.points[0].ts = d.points[0].ts.plus_micros(1);
+        assert_ne!(d.content_digest(), digest);
+        let mut e = a.clone();
+        e.points.pop();
+        assert_ne!(e.content_digest(), digest);
+        // Fixed: the ledger keeps digests across versions (computed independently: SHA-256
+        // of 01000000 74 0100000000000000 000000000000f03f 00, its first 8 bytes little-endian).
+        assert_eq!(digest, -1_840_434_021_496_574_215);
     }
 
     #[test]

@@ -381,6 +381,51 @@ mod tests {
     }
 
     #[test]
+    fn how_far_from_the_clock_a_reading_may_be_is_checked() {
+        let load = |settings: &str| {
+            let text = format!(
+                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                 [ingest]\nbroker = 'mqtt://127.0.0.1'\n{settings}"
+            );
+            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                .map(|config| {
+                    config
+                        .ingest
+                        .map(|i| (i.max_clock_ahead, i.max_reading_age))
+                })
+                .map_err(|err| err.to_string())
+        };
+        let day = Duration::from_secs(86_400);
+        assert_eq!(load(""), Ok(Some((Duration::from_secs(3600), 90 * day))));
+        assert_eq!(
+            load("max_clock_ahead = '5m'\nmax_reading_age = '2years'"),
+            Ok(Some((
+                Duration::from_secs(300),
+                Duration::from_secs(63_115_200)
+            )))
+        );
+        // Both wrong, both reported.
+        let err = load("max_clock_ahead = '10s'\nmax_reading_age = '200years'").unwrap_err();
+        assert!(
+            err.contains("ingest.max_clock_ahead") && err.contains("must be 1m-100y"),
+            "{err}"
+        );
+        assert!(
+            err.contains("ingest.max_reading_age") && err.contains("must be 1h-100y"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_ledger_keeps_a_batch_until_a_copy_of_it_could_not_be_stored() {
+        let mut ingest = ingest::IngestConfig::new("mqtt://127.0.0.1");
+        let day = Duration::from_secs(86_400);
+        assert_eq!(ingest.ledger_keep(), 91 * day + Duration::from_secs(3600));
+        ingest.max_reading_age = Duration::MAX;
+        assert!(ingest.ledger_keep() < Duration::from_secs(400 * 365 * 86_400));
+    }
+
+    #[test]
     fn the_example_configuration_is_valid_but_for_its_placeholders() {
         let text = include_str!("../../config/server.example.toml");
         // Only what an operator must fill in may be reported: nothing about unknown keys or

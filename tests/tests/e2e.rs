@@ -162,6 +162,133 @@ async fn a_simulated_breach_opens_one_work_order_that_only_its_tenant_sees() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_poison_becomes_a_dead_letter_with_its_reason() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let now = Timestamp::now().as_micros();
+    let batch = |seq: u64, ts: i64, value: f64| -> anyhow::Result<Vec<u8>> {
+        let reading = Reading {
+            tag: TagName::parse("press-1.bearing_temp")?,
+            ts: Timestamp::from_micros(ts),
+            value,
+            quality: Quality::Good,
+        };
+        Ok(Batch::from_readings(gateway.clone(), seq, &[reading]).encode())
+    };
+    let good = batch(1, now - 1_000_000, 50.0)?;
+    let mut wrong_version = good.clone();
+    wrong_version[4] = 9;
+    let mut oversized = good.clone();
+    oversized.resize(model::wire::MAX_MESSAGE_BYTES + 1, 0);
+    const DAY: i64 = 86_400_000_000;
+    // Each with its reason, in the order published.
+    let wire = [
+        (good[..good.len() / 2].to_vec(), "truncated"),
+        (good[..3].to_vec(), "truncated"),
+        (oversized, "oversized"),
+        (wrong_version, "unsupported_version"),
+        (batch(2, now, f64::NAN)?, "non_finite_value"),
+        (batch(3, now, f64::INFINITY)?, "non_finite_value"),
+        (batch(4, now, f64::NEG_INFINITY)?, "non_finite_value"),
+        (batch(5, now + 365 * DAY, 50.0)?, "future_timestamp"),
+        (batch(6, 0, 50.0)?, "old_timestamp"),
+        // Before 4714 BC: beyond what PostgreSQL stores.
+        (batch(7, -211_000_000_000_000_000, 50.0)?, "bad_timestamp"),
+    ];
+    let json = [
+        (
+            br#"{"readings": [{"tag": "press-1.bearing_temp", "value": 1, "ts": "2099-01-01T00:00:00Z"}]}"#.to_vec(),
+            "future_timestamp",
+        ),
+        (
+            br#"{"readings": [{"tag": "press-1.bearing_temp", "value": 1, "ts": 0}]}"#.to_vec(),
+            "old_timestamp",
+        ),
+        (
+            br#"{"readings": [{"tag": "press-1.bearing_temp", "value": 1e999, "ts": 0}]}"#.to_vec(),
+            "malformed_json",
+        ),
+        (
+            br#"{"readings": [{"tag": "press-1.bearing_temp", "value": 1, "ts": "2026-12-02T10:00:00"}]}"#.to_vec(),
+            "bad_timestamp",
+        ),
+    ];
+    let wire_count = wire.len();
+    let (wire_payloads, mut expected): (Vec<_>, Vec<_>) = wire.into_iter().unzip();
+    let (json_payloads, json_reasons): (Vec<_>, Vec<_>) = json.into_iter().unzip();
+    expected.extend(json_reasons);
+    let topic = model::topic::readings(tenant, &gateway);
+    publish_all(&plant.broker, &topic, wire_payloads).await?;
+    let json_topic = model::topic::json_readings(tenant, &gateway);
+    publish_all(&plant.broker, &json_topic, json_payloads).await?;
+    // Last, a good batch: once it is stored, everything before it has been handled.
+    publish_all(&plant.broker, &topic, vec![good]).await?;
+
+    Plant::eventually(Duration::from_secs(20), "the good batch stored", || async {
+        Ok((plant.services.summary().readings_stored >= 1).then_some(()))
+    })
+    .await?;
+    let pool = plant.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, tenant.as_uuid()).await?;
+    let letters = sqlx::query("SELECT topic, reason, detail, payload FROM dead_letters")
+        .fetch_all(&mut *tx)
+        .await?;
+    let readings: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_readings")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    // Writers store groups at once, so letters are numbered in no set order: compared sorted.
+    let mut reasons: Vec<(String, String)> = letters
+        .iter()
+        .map(|r| (r.get("topic"), r.get("reason")))
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<(String, String)> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, reason)| {
+            let topic = if i < wire_count { &topic } else { &json_topic };
+            (topic.clone(), (*reason).to_owned())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+    assert_eq!(readings, 1, "only the good batch is stored");
+    for letter in &letters {
+        let detail: String = letter.get("detail");
+        assert!(!detail.is_empty(), "{letter:?}");
+        assert!(
+            !letter.get::<Vec<u8>, _>("payload").is_empty(),
+            "raw bytes kept"
+        );
+    }
+    let detail = |topic: &str, reason: &str| -> anyhow::Result<String> {
+        letters
+            .iter()
+            .find(|r| {
+                r.get::<String, _>("topic") == topic && r.get::<String, _>("reason") == reason
+            })
+            .map(|r| r.get("detail"))
+            .context(format!("no {reason} letter on {topic}"))
+    };
+    let ahead = detail(&topic, "future_timestamp")?;
+    assert!(
+        ahead.contains("ahead of this server's clock") && ahead.contains("ingest.max_clock_ahead"),
+        "{ahead}"
+    );
+    let old = detail(&json_topic, "old_timestamp")?;
+    assert!(
+        old.contains("1970-01-01") && old.contains("ingest.max_reading_age"),
+        "{old}"
+    );
+    // The same, counted by reason.
+    let summary = plant.services.stop().await;
+    assert_eq!(summary.dead_letters, expected.len() as u64);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_batches_are_stored_once_and_poison_becomes_dead_letters() -> anyhow::Result<()>
 {
     let plant = Plant::start().await?;
@@ -227,7 +354,7 @@ async fn redelivered_batches_are_stored_once_and_poison_becomes_dead_letters() -
     assert_eq!(batches, 2);
     let mut reasons: Vec<String> = letters.iter().map(|r| r.get("reason")).collect();
     reasons.sort();
-    assert_eq!(reasons, ["bad_magic", "malformed", "unknown_tag"]);
+    assert_eq!(reasons, ["bad_magic", "truncated", "unknown_tag"]);
     assert!(
         letters.iter().all(|r| r.get::<i32, _>("bytes") > 0),
         "raw bytes are kept"

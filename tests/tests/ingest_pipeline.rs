@@ -306,7 +306,9 @@ async fn a_message_dropped_before_its_commit_is_delivered_again_and_handed_to_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see()
 -> anyhow::Result<()> {
-    let world = World::new().await?;
+    let mut world = World::new().await?;
+    // Any age taken: PostgreSQL's own limit is the one under test.
+    world.config.max_reading_age = Duration::MAX;
     let mut ingest = world.consumer().await?;
     let gateway = GatewayId::parse(DEMO_GATEWAY)?;
     let reading = |micros: i64| -> anyhow::Result<Reading> {
@@ -430,6 +432,7 @@ async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
         rows,
         rejected: None,
         birth: None,
+        numbered: None,
     };
     let items = [
         batch(1, vec![row(3, 1), row(1, 2), row(3, 0)]),
@@ -480,6 +483,7 @@ async fn a_group_written_again_stores_its_batches_and_dead_letters_once() -> any
             }],
             rejected: Some(letter("unknown_tag")),
             birth: None,
+            numbered: None,
         },
     ];
     let store = PgStore::new(pool);
@@ -806,5 +810,237 @@ async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_w
     .await?;
     again.stop().await?;
     assert_eq!(world.stored().await?, (1, 4));
+    Ok(())
+}
+
+/// A group's transaction commits with `synchronous_commit` on even where the role turned it
+/// off (its acknowledgements promise the rows survive a crash of the database), and keeps a
+/// setting that promises more.
+#[tokio::test]
+async fn a_groups_commit_waits_for_the_disk_where_the_role_turned_that_off() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut conn = PgConnection::connect(&world.db.urls.app_url).await?;
+    for (session, in_transaction) in [
+        ("off", "on"),
+        ("on", "on"),
+        ("local", "local"),
+        ("remote_write", "remote_write"),
+        ("remote_apply", "remote_apply"),
+    ] {
+        sqlx::query(&format!("SET synchronous_commit = {session}"))
+            .execute(&mut conn)
+            .await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query(ingest::store::TRANSACTION_SETTINGS)
+            .bind(migrations::TENANT_SETTING)
+            .bind(world.tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await?;
+        let tenant: String = sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(migrations::TENANT_SETTING)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        assert_eq!(setting, in_transaction, "with {session}");
+        assert_eq!(tenant, world.tenant.to_string());
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Two batches a publisher numbered alike (its counter started over) are told from a
+/// redelivery by what they say: the second is kept as a dead letter instead of being skipped,
+/// while a true redelivery is still skipped; so within one group too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_batch_numbered_alike_is_kept_not_skipped() -> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.subscribe.push(format!(
+        "{}/{}/+/readings/json",
+        model::topic::PREFIX,
+        world.tenant
+    ));
+    let ingest = world.consumer().await?;
+    let t0 = Timestamp::now().as_micros() - 600_000_000;
+    let first = bearing(1, t0, 5)?;
+    publish_all(&world.config.broker, &world.topic, vec![first.clone()]).await?;
+    Plant::eventually(Duration::from_secs(10), "the first batch", || async {
+        Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    // Batch 1 again, with other readings; then the first one delivered again.
+    let other = bearing(1, t0 + 100_000_000, 3)?;
+    publish_all(&world.config.broker, &world.topic, vec![other, first]).await?;
+    let json_topic = model::topic::json_readings(
+        TenantId::from_uuid(world.tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    let json = |value: f64| {
+        format!(
+            r#"{{"seq": 7, "readings": [{{"tag": "press-1.bearing_temp", "value": {value}, "ts": {}}}]}}"#,
+            t0 / 1000
+        )
+        .into_bytes()
+    };
+    publish_all(
+        &world.config.broker,
+        &json_topic,
+        vec![json(1.0), json(2.0), json(1.0)],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(10), "every message handled", || async {
+        Ok((get(&ingest.stats.batches_stored) == 2
+            && get(&ingest.stats.dead_letters) == 2
+            && get(&ingest.stats.batches_duplicate) == 2)
+            .then_some(()))
+    })
+    .await?;
+    ingest.stop().await?;
+    assert_eq!(
+        world.stored().await?,
+        (2, 6),
+        "the first of each number only"
+    );
+    let pool = world.db.app_pool().await;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let letters: Vec<(String, String, Vec<u8>)> =
+        sqlx::query_as("SELECT topic, reason, payload FROM dead_letters ORDER BY topic")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|(_, reason, _)| reason == "sequence_reused")
+    );
+    assert_eq!(
+        letters[0].2,
+        bearing(1, t0 + 100_000_000, 3)?,
+        "the other batch's bytes"
+    );
+    assert_eq!(letters[1].2, json(2.0));
+
+    // Within one group: the first copy claims the number, a copy that says the same is a
+    // duplicate, one that says something else is kept as a letter.
+    let store = PgStore::new(pool);
+    let gateway = world.demo_gateway(store.pool()).await?;
+    let numbered = |digest: i64| {
+        Some(Box::new(ingest::store::Numbered {
+            digest,
+            reused: DeadLetter::new(
+                Some(world.tenant),
+                &world.topic,
+                "sequence_reused",
+                format!("digest {digest}"),
+                bytes::Bytes::from(digest.to_string()),
+            ),
+        }))
+    };
+    let batch = |digest: i64, value: f64| Item::Batch {
+        tenant: world.tenant,
+        gateway,
+        seq: 9,
+        rows: vec![Row {
+            tag_id: 1,
+            ts: Timestamp::from_micros(t0 - 3_600_000_000),
+            value,
+            quality: Quality::Good,
+        }],
+        rejected: None,
+        birth: None,
+        numbered: numbered(digest),
+    };
+    let written = store
+        .write_group(&[batch(10, 1.0), batch(20, 2.0), batch(10, 1.0)])
+        .await?;
+    use ingest::store::Written;
+    assert_eq!(
+        written,
+        [
+            Written::Stored { rows: 1 },
+            Written::Reused,
+            Written::Duplicate
+        ]
+    );
+    // Against the ledger: the same again is a duplicate, something else a letter.
+    assert_eq!(
+        store.write_group(&[batch(10, 1.0)]).await?,
+        [Written::Duplicate]
+    );
+    assert_eq!(
+        store.write_group(&[batch(20, 2.0)]).await?,
+        [Written::Reused]
+    );
+    // A batch stored before digests were kept is taken as the same.
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    sqlx::query("SELECT set_config($1, $2, false)")
+        .bind(migrations::TENANT_SETTING)
+        .bind(world.tenant.to_string())
+        .execute(&mut owner)
+        .await?;
+    let cleared = sqlx::query("UPDATE ingest_batches SET digest = NULL WHERE seq = 9")
+        .execute(&mut owner)
+        .await?;
+    assert_eq!(cleared.rows_affected(), 1);
+    owner.close().await?;
+    assert_eq!(
+        store.write_group(&[batch(20, 2.0)]).await?,
+        [Written::Duplicate]
+    );
+    Ok(())
+}
+
+/// The upkeep's pruning deletes every organisation's ledger rows older than it keeps, a step
+/// at a time, and no newer one.
+#[tokio::test]
+async fn the_ledger_is_pruned_of_rows_older_than_it_keeps() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let other = seed_plant(&world.db.urls.app_url, "plant-b", "unused")
+        .await?
+        .tenant;
+    let pool = world.db.app_pool().await;
+    // Per organisation: `old` rows received 100 days ago, one received now.
+    let fill = |tenant: Uuid, old: i64| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+            sqlx::query(
+                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, received_at)
+                 SELECT $1, g.id, s, 1, now() - CASE WHEN s <= $2 THEN interval '100 days'
+                                                     ELSE interval '0' END
+                 FROM gateways g, generate_series(1, $2 + 1) AS s WHERE g.code = $3",
+            )
+            .bind(tenant)
+            .bind(old)
+            .bind(DEMO_GATEWAY)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(())
+        }
+    };
+    let many = i64::from(ingest::store::PRUNE_STEP) * 2 + 5;
+    fill(world.tenant, many).await?;
+    fill(other, 3).await?;
+    let store = PgStore::new(pool.clone());
+    let day = Duration::from_secs(86_400);
+    assert!(
+        store.prune_ledger(Duration::from_secs(60)).await.is_err(),
+        "less than an hour is refused"
+    );
+    assert_eq!(store.prune_ledger(99 * day).await?, (many + 3) as u64);
+    assert_eq!(store.prune_ledger(99 * day).await?, 0);
+    for tenant in [world.tenant, other] {
+        let mut tx = migrations::begin_tenant(&pool, tenant).await?;
+        let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM ingest_batches")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let newest = if tenant == other { 4 } else { many + 1 };
+        assert_eq!(left, [newest], "only the row received now");
+    }
     Ok(())
 }

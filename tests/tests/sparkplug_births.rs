@@ -75,6 +75,7 @@ impl World {
                 rows: Vec::new(),
                 rejected: None,
                 birth: Some(birth),
+                numbered: None,
             })
             .collect();
         self.store.write_group(&items).await?;

@@ -279,3 +279,76 @@ async fn a_name_nobody_registered_is_looked_up_once_until_a_tag_is_added() -> an
     plant.services.stop().await;
     Ok(())
 }
+
+/// A tag someone else registers while ingest waits to register it (here: while the gateway's
+/// registration lock is held) is found, not kept as unknown, and takes no place of the
+/// policy's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_registered_meanwhile_by_someone_else_is_found() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let plant = Plant::start().await?;
+    let admin = plant.login("plant-a").await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let gateway = GatewayId::parse(DEMO_GATEWAY)?;
+    let before = heard(&plant).await?;
+    // On, with room for one more tag on the gateway: the one registered meanwhile.
+    let (_, tags) = plant.get("/api/v1/tags?limit=1000", Some(&admin)).await?;
+    let count = tags["items"].as_array().context("items")?.len() as i64;
+    let (status, set) = plant
+        .send(
+            Method::PUT,
+            POLICY,
+            Some(&admin),
+            Some(json!({ "auto_register_tags": true, "max_tags_per_gateway": count + 1 })),
+        )
+        .await?;
+    assert_eq!(status, 200, "{set}");
+    heard_after(&plant, before).await?;
+
+    // Someone else holds the gateway's registration lock, about to add the tag.
+    let mut other = sqlx::PgConnection::connect(&plant.db.urls.owner_url).await?;
+    sqlx::query("BEGIN").execute(&mut other).await?;
+    sqlx::query("SELECT set_config($1, $2, true)")
+        .bind(migrations::TENANT_SETTING)
+        .bind(tenant.to_string())
+        .execute(&mut other)
+        .await?;
+    let gateway_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM gateways WHERE code = $1 FOR UPDATE")
+            .bind(DEMO_GATEWAY)
+            .fetch_one(&mut other)
+            .await?;
+    let batch = Batch::from_readings(gateway.clone(), 1, &[reading("press-1.meanwhile", 1)?]);
+    publish_all(
+        &plant.broker,
+        &model::topic::readings(tenant, &gateway),
+        vec![batch.encode()],
+    )
+    .await?;
+    let admin_url = plant.db.admin_url().to_owned();
+    let db_name = plant.db.name.clone();
+    Plant::eventually(Duration::from_secs(20), "ingest waiting", || async {
+        let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
+        Ok((waiting > 0).then_some(()))
+    })
+    .await?;
+    sqlx::query("INSERT INTO tags (tenant_id, gateway_id, name) VALUES ($1, $2, $3)")
+        .bind(tenant.as_uuid())
+        .bind(gateway_id)
+        .bind("press-1.meanwhile")
+        .execute(&mut other)
+        .await?;
+    sqlx::query("COMMIT").execute(&mut other).await?;
+    other.close().await?;
+
+    let (letters, readings) =
+        Plant::eventually(Duration::from_secs(20), "the message stored", || async {
+            let found = stored(&plant, "press-1.meanwhile").await?;
+            Ok((found.1 == 1 || !found.0.is_empty()).then_some(found))
+        })
+        .await?;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(readings, 1);
+    plant.services.stop().await;
+    Ok(())
+}
