@@ -1294,10 +1294,13 @@ fn lag_seconds(now: Timestamp, reading: Timestamp) -> f64 {
     (now.as_micros().saturating_sub(reading.as_micros())).max(0) as f64 / 1e6
 }
 
-/// Whether a failed database operation is tried again: a transient error always, an
-/// interrupted statement up to [`INTERRUPTED_RETRIES`] times (counted in `interrupted`).
+/// Whether a failed database operation is tried again: a transient error or a refusal of
+/// every write ([`StoreError::Refused`]) always, an interrupted statement up to
+/// [`INTERRUPTED_RETRIES`] times (counted in `interrupted`).
 fn worth_retrying(error: &StoreError, interrupted: &mut usize) -> bool {
-    if error.is_transient() {
+    // A database that refuses whatever is written is held out like one that is down: set
+    // aside as dead letters, every message would leave the broker unstored.
+    if error.is_transient() || matches!(error, StoreError::Refused(_)) {
         return true;
     }
     if error.is_interrupted() && *interrupted < INTERRUPTED_RETRIES {

@@ -30,9 +30,18 @@ pub enum StoreError {
     /// serialization failure, too many connections): retry later, do not ack.
     #[error("database unavailable: {0}")]
     Transient(sqlx::Error),
-    /// The data or the schema is wrong; retrying the same message cannot succeed.
+    /// The database refuses what the message would write (a value, a constraint, a limit),
+    /// or interrupted the statement; retrying the same message alone cannot succeed.
     #[error("database rejected the write: {0}")]
     Permanent(sqlx::Error),
+    /// The database refuses for a reason no message causes (a privilege revoked, a table or
+    /// function missing, a server fault): every write would be refused alike, so ingest holds
+    /// the messages, as while the database is down, until an operator mends it.
+    #[error(
+        "the database refuses ingest's writes whatever they hold, so the messages are held \
+         until that is mended (check the application role's privileges and the migrations): {0}"
+    )]
+    Refused(sqlx::Error),
     /// The database did not answer within the store's timeout ([`PgStore::with_timeout`]):
     /// the connection was given up, and the operation may be tried again on another.
     #[error(
@@ -56,12 +65,34 @@ impl StoreError {
     }
 }
 
+/// Whether a database error that does not pass by itself may come from what one message
+/// holds: a value refused (SQLSTATE class 22, data exception), a constraint (23), a limit
+/// (54: a row too large), an exception a function raised (P0), an interrupted statement
+/// ([`migrations::is_interrupted`]), or an error of the client's (encoding a value). Any
+/// other class (42: a privilege, a missing table or function; XX: an internal error; ...)
+/// refuses every write alike.
+fn could_be_the_message(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            migrations::is_interrupted(e)
+                || db.code().is_none_or(|code| {
+                    ["22", "23", "54", "P0"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                })
+        }
+        _ => true,
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if migrations::is_transient(&e) {
             StoreError::Transient(e)
-        } else {
+        } else if could_be_the_message(&e) {
             StoreError::Permanent(e)
+        } else {
+            StoreError::Refused(e)
         }
     }
 }

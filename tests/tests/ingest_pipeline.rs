@@ -555,6 +555,47 @@ async fn a_message_whose_dead_letter_the_database_refuses_is_held_unacknowledged
     Ok(())
 }
 
+/// A database that refuses every write whatever it holds (here the readings' privilege
+/// revoked) holds the messages, as one that is down does, instead of setting each aside as a
+/// dead letter; once mended they are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_the_database_refuses_whatever_they_hold_are_held_until_it_is_mended()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    let app = migrations::APP_ROLE;
+    sqlx::query(&format!("REVOKE INSERT ON readings FROM {app}"))
+        .execute(&mut owner)
+        .await?;
+    let ingest = world.consumer().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(
+        &world.config.broker,
+        &world.topic,
+        vec![bearing(1, t0, 5)?, bearing(2, t0 + 5_000_000, 5)?],
+    )
+    .await?;
+    Plant::eventually(Duration::from_secs(20), "ingest holding", || async {
+        Ok((get(&ingest.stats.retries) >= 3).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&ingest.stats.dead_letters), 0, "nothing set aside");
+    assert_eq!(get(&ingest.stats.batches_stored), 0);
+
+    sqlx::query(&format!("GRANT INSERT ON readings TO {app}"))
+        .execute(&mut owner)
+        .await?;
+    owner.close().await?;
+    Plant::eventually(Duration::from_secs(20), "both batches stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&ingest.stats.dead_letters), 0);
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (2, 10));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_the_broker_refuses_is_reported_and_not_taken_for_one() -> anyhow::Result<()>
 {
