@@ -24,6 +24,11 @@ fn default_max_reading_age() -> std::time::Duration {
     std::time::Duration::from_secs(90 * 86_400)
 }
 
+/// [`IngestConfig::ledger_keep`] with the default settings.
+pub fn default_ledger_keep() -> std::time::Duration {
+    IngestConfig::new("mqtt://unused").ledger_keep()
+}
+
 /// The longest `max_clock_ahead` or `max_reading_age` taken: about a century.
 const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
 

@@ -220,7 +220,9 @@ impl Consumer {
         store: PgStore,
         rules: Option<mpsc::Sender<Vec<RuleInput>>>,
     ) -> Self {
-        let store = store.with_timeout(config.database_timeout);
+        let store = store
+            .with_timeout(config.database_timeout)
+            .with_ledger_keep(config.ledger_keep());
         Self {
             config,
             store,
@@ -358,7 +360,7 @@ impl Consumer {
                             asked_to_stop = true;
                             stop_intake.cancel();
                         }
-                        () = upkeep_once(&self.store, self.config.ledger_keep()) => {}
+                        () = upkeep_once(&self.store) => {}
                     }
                 }
                 stages = &mut pipeline => break stages,
@@ -830,17 +832,6 @@ impl DecodeStage {
             );
             return Ok(dead(known, "bad_timestamp", detail));
         }
-        let now = Timestamp::now();
-        if let Some((index, p, untimely)) = batch
-            .points
-            .iter()
-            .enumerate()
-            .find_map(|(index, p)| self.clock.check(p.ts, now).err().map(|u| (index, p, u)))
-        {
-            let known = self.tenant_if_known(tenant, gateway).await?;
-            let detail = self.clock.explain(index, p.ts, untimely);
-            return Ok(dead(known, untimely.reason(), detail));
-        }
         let entry = match self
             .directory
             .resolve(&self.store, tenant, gateway, &batch.tags)
@@ -873,47 +864,70 @@ impl DecodeStage {
             .collect();
         let mut rows = Vec::with_capacity(batch.points.len());
         let mut inputs = Vec::with_capacity(batch.points.len());
-        for p in &batch.points {
-            if let Some(ctx) = &contexts[p.tag as usize] {
-                rows.push(Row {
-                    tag_id: ctx.tag_id,
-                    ts: p.ts,
-                    value: p.value,
-                    quality: p.quality,
-                });
-                inputs.push(RuleInput {
-                    ctx: Arc::clone(ctx),
-                    ts: p.ts,
-                    value: p.value,
-                    quality: p.quality,
-                });
+        // Readings stamped too far from this clock are left out, as those of unknown tags are:
+        // how many, and the first.
+        let now = Timestamp::now();
+        let (mut unknown_count, mut untimely_count) = (0, 0);
+        let mut first_untimely = None;
+        for (index, p) in batch.points.iter().enumerate() {
+            let Some(ctx) = &contexts[p.tag as usize] else {
+                unknown_count += 1;
+                continue;
+            };
+            if let Err(untimely) = self.clock.check(p.ts, now) {
+                untimely_count += 1;
+                first_untimely.get_or_insert((index, p.ts, untimely));
+                continue;
             }
+            rows.push(Row {
+                tag_id: ctx.tag_id,
+                ts: p.ts,
+                value: p.value,
+                quality: p.quality,
+            });
+            inputs.push(RuleInput {
+                ctx: Arc::clone(ctx),
+                ts: p.ts,
+                value: p.value,
+                quality: p.quality,
+            });
         }
-        let unknown_tags = (!unknown.is_empty()).then(|| {
-            format!(
-                "{} of {} readings name tags not registered for gateway {:?}: {}",
-                batch.points.len() - rows.len(),
-                batch.points.len(),
-                gateway.as_str(),
-                unknown.join(", ")
-            )
-        });
-        // What of the message could not be stored (metrics it could not read, readings of
-        // unknown tags) is kept whole as one dead letter.
-        let rejected = match (partial, unknown_tags) {
-            (None, None) => None,
-            (Some((reason, detail)), unknown) => Some((
-                *reason,
-                unknown.map_or_else(|| detail.clone(), |u| format!("{detail}; {u}")),
-            )),
-            (None, Some(unknown)) => Some(("unknown_tag", unknown)),
+        // What of the message could not be stored (metrics it could not read, readings
+        // stamped too far from this clock, readings of unknown tags) is kept whole as one dead
+        // letter, with the reason of its first problem and each problem in the detail.
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
+        if let Some((reason, detail)) = partial {
+            problems.push((reason, detail.clone()));
         }
-        .map(|(reason, detail)| {
+        if let Some((index, ts, untimely)) = first_untimely {
+            problems.push((
+                untimely.reason(),
+                format!(
+                    "{untimely_count} of {} readings are not stored, being stamped too far from \
+                     this server's clock; the first: {}",
+                    batch.points.len(),
+                    self.clock.explain(index, ts, untimely)
+                ),
+            ));
+        }
+        if !unknown.is_empty() {
+            problems.push((
+                "unknown_tag",
+                format!(
+                    "{unknown_count} of {} readings name tags not registered for gateway {:?}: {}",
+                    batch.points.len(),
+                    gateway.as_str(),
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        let rejected = problems.first().map(|&(reason, _)| {
+            let detail: Vec<&str> = problems.iter().map(|(_, d)| d.as_str()).collect();
             DeadLetter::new(
                 Some(tenant.as_uuid()),
                 &publish.topic,
                 reason,
-                detail,
+                detail.join("; "),
                 publish.payload.clone(),
             )
         });
@@ -1105,7 +1119,12 @@ impl StoreStage {
                         self.account(&items[part], &written);
                         break;
                     }
-                    Err(e) if worth_retrying(&e, &mut interrupted) => {
+                    // A refusal of every write is told from one of a message's by splitting
+                    // first: only a message refused alone holds ingest.
+                    Err(e)
+                        if !(part.len() > 1 && matches!(e, StoreError::Refused(_)))
+                            && worth_retrying(&e, &mut interrupted) =>
+                    {
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
                         if !pause_to_retry(&self.stats, &e, &mut backoff, stop_intake).await {
                             return false;
@@ -1258,19 +1277,19 @@ fn store_rejected(publish: &Publish, tenant: Option<uuid::Uuid>, error: &StoreEr
     ))
 }
 
-/// The hourly upkeep: the readings' upcoming partitions, and the batch ledger's rows older
-/// than `keep` ([`IngestConfig::ledger_keep`]).
-async fn upkeep_once(store: &PgStore, keep: Duration) {
+/// The hourly upkeep: the readings' upcoming partitions, and the batch ledger's rows no longer
+/// kept ([`PgStore::prune_ledger`]).
+async fn upkeep_once(store: &PgStore) {
     match store.ensure_partitions().await {
         Ok(n) if n > 0 => tracing::info!(created = n, "readings partitions created"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "readings partition upkeep failed"),
     }
-    match store.prune_ledger(keep).await {
+    match store.prune_ledger().await {
         Ok(n) => {
             metrics::counter!("maintainpro_ingest_ledger_pruned_total").increment(n);
             if n > 0 {
-                tracing::info!(pruned = n, ?keep, "batch ledger pruned");
+                tracing::info!(pruned = n, "batch ledger pruned");
             }
         }
         Err(e) => tracing::warn!(error = %e, "batch ledger pruning failed; tried again in an hour"),

@@ -249,6 +249,8 @@ pub fn release<T>(conn: PoolConnection<Postgres>, answer: &Result<T, StoreError>
 pub struct PgStore {
     pool: PgPool,
     timeout: Duration,
+    /// How long the ledger keeps the number of a batch this store writes.
+    ledger_keep: Duration,
 }
 
 impl PgStore {
@@ -257,7 +259,16 @@ impl PgStore {
         Self {
             pool,
             timeout: DEFAULT_TIMEOUT,
+            ledger_keep: crate::config::default_ledger_keep(),
         }
+    }
+
+    /// The same store, keeping the number of each batch it writes in the ledger for `keep`
+    /// ([`crate::IngestConfig::ledger_keep`]: until a copy of the batch could not be stored
+    /// anyway); after that the hourly upkeep ([`PgStore::prune_ledger`]) deletes it.
+    pub fn with_ledger_keep(mut self, keep: Duration) -> Self {
+        self.ledger_keep = keep;
+        self
     }
 
     /// The same store, waiting at most `timeout` for the database to answer one operation (a
@@ -294,7 +305,8 @@ impl PgStore {
     /// and the answer is [`StoreError::TimedOut`]: the transaction may then have committed or
     /// not, and a retry is safe either way, since the ledger skips the batches it stored.
     pub async fn write_group(&self, items: &[Item]) -> Result<Vec<Written>, StoreError> {
-        self.on_connection(async |conn| write_group_on(conn, items).await)
+        let keep = self.ledger_keep;
+        self.on_connection(async |conn| write_group_on(conn, items, keep).await)
             .await
     }
 
@@ -353,22 +365,20 @@ impl PgStore {
         Ok(Some(StoredBirths { latest, born }))
     }
 
-    /// Deletes ledger rows received more than `keep` ago, at most [`PRUNE_STEP`] per
-    /// statement, until none is left; returns how many. Each step is one short statement, so
-    /// the writers' inserts do not wait long for it, and dropping the future between steps
-    /// leaves the rest for another time.
-    pub async fn prune_ledger(&self, keep: Duration) -> Result<u64, StoreError> {
+    /// Deletes the ledger rows whose time to be kept has passed (every organisation's; see
+    /// [`PgStore::with_ledger_keep`]), at most [`PRUNE_STEP`] per statement, until none is
+    /// left; returns how many. Each step is one short statement, so the writers' inserts do
+    /// not wait long for it, and dropping the future between steps leaves the rest for
+    /// another time.
+    pub async fn prune_ledger(&self) -> Result<u64, StoreError> {
         let mut pruned = 0;
         loop {
             let n: i32 = self
                 .on_connection(async |conn| {
-                    Ok(sqlx::query_scalar(
-                        "SELECT prune_ingest_batches(make_interval(secs => $1), $2)",
-                    )
-                    .bind(keep.as_secs_f64())
-                    .bind(PRUNE_STEP)
-                    .fetch_one(conn)
-                    .await?)
+                    Ok(sqlx::query_scalar("SELECT prune_ingest_batches($1)")
+                        .bind(PRUNE_STEP)
+                        .fetch_one(conn)
+                        .await?)
                 })
                 .await?;
             pruned += u64::try_from(n).unwrap_or(0);
@@ -405,6 +415,7 @@ pub const TRANSACTION_SETTINGS: &str = "SELECT set_config($1, $2, true), set_con
 async fn write_group_on(
     conn: &mut sqlx::PgConnection,
     items: &[Item],
+    ledger_keep: Duration,
 ) -> Result<Vec<Written>, StoreError> {
     let mut outcome = vec![Written::Duplicate; items.len()];
     let mut by_tenant: BTreeMap<Option<Uuid>, Vec<usize>> = BTreeMap::new();
@@ -450,8 +461,9 @@ async fn write_group_on(
             HashSet::new()
         } else {
             sqlx::query_as::<_, (Uuid, i64)>(
-                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, digest)
-                 SELECT $1, g, s, r, d
+                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, digest,
+                                             keep_until)
+                 SELECT $1, g, s, r, d, now() + make_interval(secs => $6)
                  FROM UNNEST($2::uuid[], $3::bigint[], $4::int[], $5::bigint[]) AS t(g, s, r, d)
                  ORDER BY g, s
                  ON CONFLICT DO NOTHING
@@ -462,6 +474,7 @@ async fn write_group_on(
             .bind(&seqs)
             .bind(&counts)
             .bind(&digests)
+            .bind(ledger_keep.as_secs_f64())
             .fetch_all(&mut *tx)
             .await?
             .into_iter()

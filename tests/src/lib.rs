@@ -476,6 +476,17 @@ impl Plant {
         Ok((status, body))
     }
 
+    /// Waits (at most 20 s) until a statement in the plant's database waits for a lock, such
+    /// as one a test holds: `what` names it in the error.
+    pub async fn until_one_waits_for_a_lock(&self, what: &str) -> anyhow::Result<()> {
+        let (admin_url, db_name) = (self.db.admin_url(), self.db.name.as_str());
+        Self::eventually(Duration::from_secs(20), what, || async {
+            let waiting = waiting_for_locks(admin_url, db_name).await?;
+            Ok((waiting > 0).then_some(()))
+        })
+        .await
+    }
+
     /// Polls `check` every 250 ms until it returns `Some`, or fails after `within`.
     pub async fn eventually<T, F, Fut>(
         within: Duration,

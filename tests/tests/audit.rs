@@ -182,13 +182,9 @@ async fn a_denial_entry_still_being_written_is_waited_for_at_the_stop() -> anyho
     // The refusal is answered at once; its entry is written after the answer.
     let (status, body) = plant.get("/api/v1/audit", Some(&technician)).await?;
     assert_eq!(status, 403, "{body}");
-    let admin_url = plant.db.admin_url().to_owned();
-    let db_name = plant.db.name.clone();
-    Plant::eventually(Duration::from_secs(10), "the entry waiting", || async {
-        let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
-        Ok((waiting > 0).then_some(()))
-    })
-    .await?;
+    plant
+        .until_one_waits_for_a_lock("the entry waiting")
+        .await?;
 
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;

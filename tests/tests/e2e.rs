@@ -195,6 +195,29 @@ async fn every_kind_of_poison_becomes_a_dead_letter_with_its_reason() -> anyhow:
         (batch(6, 0, 50.0)?, "old_timestamp"),
         // Before 4714 BC: beyond what PostgreSQL stores.
         (batch(7, -211_000_000_000_000_000, 50.0)?, "bad_timestamp"),
+        // One reading a year ahead among good ones: it alone is left out.
+        (
+            Batch::from_readings(
+                gateway.clone(),
+                8,
+                &[
+                    Reading {
+                        tag: TagName::parse("press-1.bearing_temp")?,
+                        ts: Timestamp::from_micros(now - 2_000_000),
+                        value: 51.0,
+                        quality: Quality::Good,
+                    },
+                    Reading {
+                        tag: TagName::parse("press-1.bearing_temp")?,
+                        ts: Timestamp::from_micros(now + 365 * DAY),
+                        value: 40.0,
+                        quality: Quality::Good,
+                    },
+                ],
+            )
+            .encode(),
+            "future_timestamp",
+        ),
     ];
     let json = [
         (
@@ -226,7 +249,7 @@ async fn every_kind_of_poison_becomes_a_dead_letter_with_its_reason() -> anyhow:
     publish_all(&plant.broker, &topic, vec![good]).await?;
 
     Plant::eventually(Duration::from_secs(20), "the good batch stored", || async {
-        Ok((plant.services.summary().readings_stored >= 1).then_some(()))
+        Ok((plant.services.summary().readings_stored >= 2).then_some(()))
     })
     .await?;
     let pool = plant.db.app_pool().await;
@@ -254,7 +277,10 @@ async fn every_kind_of_poison_becomes_a_dead_letter_with_its_reason() -> anyhow:
         .collect();
     expected.sort();
     assert_eq!(reasons, expected);
-    assert_eq!(readings, 1, "only the good batch is stored");
+    assert_eq!(
+        readings, 2,
+        "the good batch, and the good reading of the one with a reading ahead"
+    );
     for letter in &letters {
         let detail: String = letter.get("detail");
         assert!(!detail.is_empty(), "{letter:?}");
@@ -272,10 +298,22 @@ async fn every_kind_of_poison_becomes_a_dead_letter_with_its_reason() -> anyhow:
             .map(|r| r.get("detail"))
             .context(format!("no {reason} letter on {topic}"))
     };
-    let ahead = detail(&topic, "future_timestamp")?;
+    let ahead: Vec<String> = letters
+        .iter()
+        .filter(|r| r.get::<String, _>("topic") == topic)
+        .map(|r| r.get::<String, _>("detail"))
+        .filter(|d| d.contains("ahead of this server's clock"))
+        .collect();
+    assert_eq!(ahead.len(), 2, "{ahead:?}");
     assert!(
-        ahead.contains("ahead of this server's clock") && ahead.contains("ingest.max_clock_ahead"),
-        "{ahead}"
+        ahead.iter().all(|d| d.contains("ingest.max_clock_ahead")),
+        "{ahead:?}"
+    );
+    assert!(
+        ahead
+            .iter()
+            .any(|d| d.starts_with("1 of 2 readings are not stored")),
+        "{ahead:?}"
     );
     let old = detail(&json_topic, "old_timestamp")?;
     assert!(

@@ -1034,28 +1034,30 @@ async fn a_second_batch_numbered_alike_is_kept_not_skipped() -> anyhow::Result<(
     Ok(())
 }
 
-/// The upkeep's pruning deletes every organisation's ledger rows older than it keeps, a step
-/// at a time, and no newer one.
+/// The upkeep's pruning deletes every organisation's ledger rows whose time to be kept has
+/// passed, a step at a time, and no other; a batch written now is kept for as long as its
+/// store says.
 #[tokio::test]
-async fn the_ledger_is_pruned_of_rows_older_than_it_keeps() -> anyhow::Result<()> {
+async fn the_ledger_is_pruned_of_rows_no_longer_kept() -> anyhow::Result<()> {
     let world = World::new().await?;
     let other = seed_plant(&world.db.urls.app_url, "plant-b", "unused")
         .await?
         .tenant;
     let pool = world.db.app_pool().await;
-    // Per organisation: `old` rows received 100 days ago, one received now.
-    let fill = |tenant: Uuid, old: i64| {
+    // Per organisation: `expired` rows kept until yesterday, one kept until tomorrow, one
+    // from before the ledger kept a time (kept for good).
+    let fill = |tenant: Uuid, expired: i64| {
         let pool = pool.clone();
         async move {
             let mut tx = migrations::begin_tenant(&pool, tenant).await?;
             sqlx::query(
-                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, received_at)
-                 SELECT $1, g.id, s, 1, now() - CASE WHEN s <= $2 THEN interval '100 days'
-                                                     ELSE interval '0' END
-                 FROM gateways g, generate_series(1, $2 + 1) AS s WHERE g.code = $3",
+                "INSERT INTO ingest_batches (tenant_id, gateway_id, seq, readings, keep_until)
+                 SELECT $1, g.id, s, 1, CASE WHEN s <= $2 THEN now() - interval '1 day'
+                                             WHEN s = $2 + 1 THEN now() + interval '1 day' END
+                 FROM gateways g, generate_series(1, $2 + 2) AS s WHERE g.code = $3",
             )
             .bind(tenant)
-            .bind(old)
+            .bind(expired)
             .bind(DEMO_GATEWAY)
             .execute(&mut *tx)
             .await?;
@@ -1067,21 +1069,43 @@ async fn the_ledger_is_pruned_of_rows_older_than_it_keeps() -> anyhow::Result<()
     fill(world.tenant, many).await?;
     fill(other, 3).await?;
     let store = PgStore::new(pool.clone());
-    let day = Duration::from_secs(86_400);
-    assert!(
-        store.prune_ledger(Duration::from_secs(60)).await.is_err(),
-        "less than an hour is refused"
-    );
-    assert_eq!(store.prune_ledger(99 * day).await?, (many + 3) as u64);
-    assert_eq!(store.prune_ledger(99 * day).await?, 0);
+    assert_eq!(store.prune_ledger().await?, (many + 3) as u64);
+    assert_eq!(store.prune_ledger().await?, 0);
     for tenant in [world.tenant, other] {
         let mut tx = migrations::begin_tenant(&pool, tenant).await?;
-        let left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM ingest_batches")
+        let mut left: Vec<i64> = sqlx::query_scalar("SELECT seq FROM ingest_batches")
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let newest = if tenant == other { 4 } else { many + 1 };
-        assert_eq!(left, [newest], "only the row received now");
+        left.sort_unstable();
+        let expired = if tenant == other { 3 } else { many };
+        assert_eq!(left, [expired + 1, expired + 2], "the rows still kept");
     }
+
+    // A batch written now is kept for as long as its store was told.
+    let gateway = world.demo_gateway(&pool).await?;
+    let day = Duration::from_secs(86_400);
+    let batch = Item::Batch {
+        tenant: world.tenant,
+        gateway,
+        seq: 1_000_000,
+        rows: Vec::new(),
+        rejected: None,
+        birth: None,
+        numbered: None,
+    };
+    PgStore::new(pool.clone())
+        .with_ledger_keep(10 * day)
+        .write_group(std::slice::from_ref(&batch))
+        .await?;
+    let mut tx = migrations::begin_tenant(&pool, world.tenant).await?;
+    let days: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM keep_until - received_at)::float8 / 86400
+         FROM ingest_batches WHERE seq = 1000000",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    assert!((days - 10.0).abs() < 0.01, "{days}");
     Ok(())
 }

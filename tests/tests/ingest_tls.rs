@@ -10,7 +10,7 @@ use std::time::Duration;
 use ingest::{Consumer, IngestConfig, PgStore};
 use maintainpro_tests::{Plant, demo_batch, publish_all, series};
 use migrations::testing::TestDatabase;
-use model::{GatewayId, TenantId};
+use model::{GatewayId, TenantId, Timestamp};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use server::demo::{DEMO_GATEWAY, seed_plant};
 use simulators::mosquitto::PrivateBroker;
@@ -122,7 +122,7 @@ async fn ingest_reads_its_broker_over_tls_with_a_client_certificate() -> anyhow:
     // A gateway publishes on the plain listener; ingest receives it over TLS.
     let readings = series(
         "press-1.bearing_temp",
-        1_796_205_600_000_000,
+        Timestamp::now().as_micros() - 60_000_000,
         1_000_000,
         5,
         |i| 60.0 + i as f64,

@@ -61,6 +61,22 @@ async fn heard_after(plant: &Plant, before: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// Turns the policy on with room for one more tag on the demo gateway.
+async fn room_for_one_more(plant: &Plant, admin: &str) -> anyhow::Result<()> {
+    let (_, tags) = plant.get("/api/v1/tags?limit=1000", Some(admin)).await?;
+    let count = tags["items"].as_array().context("items")?.len() as i64;
+    let (status, set) = plant
+        .send(
+            Method::PUT,
+            POLICY,
+            Some(admin),
+            Some(json!({ "auto_register_tags": true, "max_tags_per_gateway": count + 1 })),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "the policy answered {status}: {set}");
+    Ok(())
+}
+
 fn changes_heard(plant: &Plant) -> u64 {
     let stats = plant.services.ingest_stats();
     stats.directory_changes.load(Ordering::Relaxed)
@@ -113,17 +129,7 @@ async fn unknown_tags_are_registered_only_when_the_policy_allows_and_up_to_its_l
 
     // On, with room for one more tag on the gateway.
     let before = heard(&plant).await?;
-    let (_, tags) = plant.get("/api/v1/tags?limit=1000", Some(&admin)).await?;
-    let count = tags["items"].as_array().context("items")?.len() as i64;
-    let (status, set) = plant
-        .send(
-            Method::PUT,
-            POLICY,
-            Some(&admin),
-            Some(json!({ "auto_register_tags": true, "max_tags_per_gateway": count + 1 })),
-        )
-        .await?;
-    assert_eq!(status, 200, "{set}");
+    room_for_one_more(&plant, &admin).await?;
     let (status, bad) = plant
         .send(
             Method::PUT,
@@ -290,19 +296,9 @@ async fn a_tag_registered_meanwhile_by_someone_else_is_found() -> anyhow::Result
     let admin = plant.login("plant-a").await?;
     let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
     let gateway = GatewayId::parse(DEMO_GATEWAY)?;
-    let before = heard(&plant).await?;
     // On, with room for one more tag on the gateway: the one registered meanwhile.
-    let (_, tags) = plant.get("/api/v1/tags?limit=1000", Some(&admin)).await?;
-    let count = tags["items"].as_array().context("items")?.len() as i64;
-    let (status, set) = plant
-        .send(
-            Method::PUT,
-            POLICY,
-            Some(&admin),
-            Some(json!({ "auto_register_tags": true, "max_tags_per_gateway": count + 1 })),
-        )
-        .await?;
-    assert_eq!(status, 200, "{set}");
+    let before = heard(&plant).await?;
+    room_for_one_more(&plant, &admin).await?;
     heard_after(&plant, before).await?;
 
     // Someone else holds the gateway's registration lock, about to add the tag.
@@ -325,13 +321,7 @@ async fn a_tag_registered_meanwhile_by_someone_else_is_found() -> anyhow::Result
         vec![batch.encode()],
     )
     .await?;
-    let admin_url = plant.db.admin_url().to_owned();
-    let db_name = plant.db.name.clone();
-    Plant::eventually(Duration::from_secs(20), "ingest waiting", || async {
-        let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
-        Ok((waiting > 0).then_some(()))
-    })
-    .await?;
+    plant.until_one_waits_for_a_lock("ingest waiting").await?;
     sqlx::query("INSERT INTO tags (tenant_id, gateway_id, name) VALUES ($1, $2, $3)")
         .bind(tenant.as_uuid())
         .bind(gateway_id)

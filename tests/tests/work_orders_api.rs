@@ -1227,17 +1227,9 @@ async fn a_request_the_database_does_not_answer_does_not_hold_the_stop() -> anyh
             .send(),
     );
     // The request is in the database, waiting for the lock.
-    let admin_url = plant.db.admin_url().to_owned();
-    let db_name = plant.db.name.clone();
-    Plant::eventually(
-        std::time::Duration::from_secs(10),
-        "the request waiting",
-        || async {
-            let waiting = maintainpro_tests::waiting_for_locks(&admin_url, &db_name).await?;
-            Ok((waiting > 0).then_some(()))
-        },
-    )
-    .await?;
+    plant
+        .until_one_waits_for_a_lock("the request waiting")
+        .await?;
 
     let started = std::time::Instant::now();
     let Plant { services, db, .. } = plant;
