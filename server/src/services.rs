@@ -481,10 +481,37 @@ fn supervise(
     })
 }
 
+/// Upper bounds of the buckets of the histograms in seconds (`..._seconds`): from a
+/// millisecond to an hour, so that a backlog's lag still lands in a bucket.
+const SECONDS_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0,
+];
+/// Upper bounds of the buckets of the size histograms of ingest's groups.
+const GROUP_MESSAGES_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+const GROUP_READINGS_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0];
+
+/// The Prometheus exporter, its histograms exported as histograms (buckets that sum across
+/// processes) rather than as summaries (quantiles of one process, which do not).
+fn metrics_builder()
+-> Result<metrics_exporter_prometheus::PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::Matcher;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("maintainpro_ingest_group_messages".into()),
+            &GROUP_MESSAGES_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("maintainpro_ingest_group_readings".into()),
+            &GROUP_READINGS_BUCKETS,
+        )
+}
+
 async fn serve_metrics(addr: SocketAddr) -> Result<(), ServicesError> {
     let err = |reason: String| ServicesError::Metrics { addr, reason };
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let handle = metrics_builder()
+        .and_then(|builder| builder.install_recorder())
         .map_err(|e| err(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -580,6 +580,28 @@ async fn the_metrics_endpoint_shows_what_ingest_did() -> anyhow::Result<()> {
     );
     let lag = value("maintainpro_ingest_lag_seconds_sum").unwrap_or(0.0);
     assert!((59.0..90.0).contains(&lag), "lag {lag}: {text}");
+    // Histograms, with buckets that add up across processes, not per-process quantiles.
+    assert_eq!(
+        value("maintainpro_ingest_lag_seconds_bucket{le=\"30\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_lag_seconds_bucket{le=\"300\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_receipt_to_commit_seconds_bucket{le=\"+Inf\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("maintainpro_ingest_group_readings_bucket{le=\"+Inf\"}"),
+        Some(groups),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "{text}");
     assert!(
         value("maintainpro_ingest_queue_depth{stage=\"store\"}").is_some(),
         "{text}"
