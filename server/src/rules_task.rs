@@ -193,6 +193,9 @@ pub async fn run(
             batch = input.recv() => {
                 // Ingest has stopped: the shards evaluate what they hold, apply, and stop.
                 let Some(batch) = batch else { break };
+                // Ingest sets the rules channel's depth as it sends; here as it drains.
+                metrics::gauge!("maintainpro_ingest_queue_depth", "stage" => "rules")
+                    .set(input.len() as f64);
                 for r in batch {
                     if let Some(i) = shard_of(&r.ctx, shards) {
                         split[i].push(r);
@@ -215,6 +218,12 @@ pub async fn run(
                         }
                     }
                 }
+                let fullest = senders
+                    .iter()
+                    .map(|tx| tx.max_capacity() - tx.capacity())
+                    .max()
+                    .unwrap_or(0);
+                metrics::gauge!("maintainpro_rules_shard_queue_depth_max").set(fullest as f64);
             }
             _ = reload.tick(), if watching && !stopping.is_cancelled() => {
                 if let Some(rules) = changed_rules(&source.files, &mut loaded_text, &status).await {
