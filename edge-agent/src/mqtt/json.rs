@@ -400,4 +400,57 @@ mod tests {
         assert!(problems.is_empty());
         assert_eq!(readings[0].value, 12.25);
     }
+
+    /// What a broker may hand the mapper: any topic, any bytes, JSON of any shape.
+    fn payload() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            any::<i64>().prop_map(|i| serde_json::json!(i)),
+            "[a-z0-9:. -]{0,12}".prop_map(Value::String),
+        ];
+        let json = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("(v|ts|q|[a-z]{1,3})", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop_oneof![
+            json.prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a message holds, the mapper answers with readings and problems, never a
+        /// panic; every reading has a finite value and a valid name, and a message either
+        /// gives readings or says what was wrong.
+        #[test]
+        fn any_message_is_mapped_or_refused_without_a_panic(
+            topic in "[a-z0-9/+# ]{0,24}",
+            payload in payload(),
+        ) {
+            let mut timed = mapping("t/+/x", "{2}.v", "/v");
+            timed.timestamp = Some("/ts".into());
+            timed.quality = Some("/q".into());
+            let mapper = JsonMapper::new(&[
+                timed,
+                mapping("t/#", "{2}.{3}", "/v/0"),
+                mapping("#", "whole", ""),
+            ]);
+            let (readings, problems) = mapper.map(&topic, &payload, received());
+            for r in &readings {
+                proptest::prop_assert!(r.value.is_finite(), "{r:?}");
+                proptest::prop_assert!(TagName::parse(r.tag.as_str()).is_ok(), "{r:?}");
+            }
+            for p in &problems {
+                proptest::prop_assert!(!p.reason().is_empty());
+            }
+        }
+    }
 }
