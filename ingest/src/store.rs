@@ -490,8 +490,8 @@ async fn write_group_on(
             .map(|((&g, &s), _)| (g, s))
             .unzip();
         // What each number stands for now: the batch stored under it before this group, or
-        // the group's first copy, now stored (`None`: a batch numbered by its content, or
-        // stored before digests were kept).
+        // the group's first copy, now stored (absent for a batch numbered by its content, or
+        // one stored before digests were kept: such copies are duplicates).
         let mut stored_digests: HashMap<(Uuid, i64), i64> = if taken_gateways.is_empty() {
             HashMap::new()
         } else {
