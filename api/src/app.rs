@@ -393,10 +393,11 @@ impl Api {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish (with what
-    /// they left to run after their answer) and the background tasks end their round, for at most [`STOP_GRACE`] in all (a database
-    /// that stopped answering must not hold the stop): requests still running then are
-    /// left to the process's exit, tasks still busy are aborted, each logged. Each request
-    /// knows its peer's address, which [`protect`] resolves to the client's.
+    /// they left to run after their answer) and the background tasks end their round, for at
+    /// most [`STOP_GRACE`] in all (a database that stopped answering must not hold the
+    /// stop): requests still running then are left to the process's exit, tasks still busy
+    /// are aborted, each logged. Each request knows its peer's address, which [`protect`]
+    /// resolves to the client's.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

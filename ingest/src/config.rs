@@ -26,7 +26,19 @@ fn default_max_reading_age() -> std::time::Duration {
 
 /// [`IngestConfig::ledger_keep`] with the default settings.
 pub fn default_ledger_keep() -> std::time::Duration {
-    IngestConfig::new("mqtt://unused").ledger_keep()
+    ledger_keep(default_max_reading_age(), default_max_clock_ahead())
+}
+
+/// How long the ledger keeps a batch's number under these settings: a day more than a copy
+/// of the batch could still be stored.
+fn ledger_keep(
+    max_reading_age: std::time::Duration,
+    max_clock_ahead: std::time::Duration,
+) -> std::time::Duration {
+    max_reading_age
+        .saturating_add(max_clock_ahead)
+        .saturating_add(std::time::Duration::from_secs(86_400))
+        .min(MAX_WINDOW.saturating_mul(3))
 }
 
 /// The longest `max_clock_ahead` or `max_reading_age` taken: about a century.
@@ -126,10 +138,7 @@ impl IngestConfig {
     /// longer be stored anyway (its readings would all be older than `max_reading_age`, having
     /// been at most `max_clock_ahead` ahead when it was stored), and a day more.
     pub fn ledger_keep(&self) -> std::time::Duration {
-        self.max_reading_age
-            .saturating_add(self.max_clock_ahead)
-            .saturating_add(std::time::Duration::from_secs(86_400))
-            .min(MAX_WINDOW.saturating_mul(3))
+        ledger_keep(self.max_reading_age, self.max_clock_ahead)
     }
 
     /// The TLS files, for `mqtts://`.

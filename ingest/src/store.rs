@@ -12,7 +12,6 @@
 //! birth or death that changed them, and are read back when ingest first meets a node after
 //! a start ([`PgStore::load_births`]).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
@@ -432,10 +431,10 @@ async fn write_group_on(
             .await?;
         // The first item with a given (gateway, seq) claims it; later copies in the same
         // group are duplicates, like copies already in the ledger, unless they say something
-        // else than the batch the number stands for ([`Numbered`]). A copy in another
+        // other than the batch the number stands for ([`Numbered`]). A copy in another
         // group written at the same time waits for that group's transaction; the rows go
         // in key order, so two groups never wait for each other.
-        let mut claimed: HashMap<(Uuid, i64), Option<i64>> = HashMap::new();
+        let mut claimed = HashSet::new();
         let (mut gateways, mut seqs, mut counts, mut digests, mut candidates) =
             (vec![], vec![], vec![], vec![], vec![]);
         for &i in indexes {
@@ -446,14 +445,12 @@ async fn write_group_on(
                 numbered,
                 ..
             } = &items[i]
-                && let Entry::Vacant(slot) = claimed.entry((*gateway, *seq))
+                && claimed.insert((*gateway, *seq))
             {
-                let digest = numbered.as_ref().map(|n| n.digest);
-                slot.insert(digest);
                 gateways.push(*gateway);
                 seqs.push(*seq);
                 counts.push(i32::try_from(rows.len()).unwrap_or(i32::MAX));
-                digests.push(digest);
+                digests.push(numbered.as_ref().map(|n| n.digest));
                 candidates.push(i);
             }
         }
@@ -480,22 +477,22 @@ async fn write_group_on(
             .into_iter()
             .collect()
         };
-        // Numbers of numbered batches the ledger already had: what the batch stored under
-        // each said.
-        let (taken_gateways, taken_seqs): (Vec<Uuid>, Vec<i64>) = gateways
-            .iter()
-            .zip(&seqs)
-            .zip(&digests)
-            .filter(|&((&g, &s), digest)| digest.is_some() && !inserted.contains(&(g, s)))
-            .map(|((&g, &s), _)| (g, s))
-            .unzip();
-        // What each number stands for now: the batch stored under it before this group, or
-        // the group's first copy, now stored (absent for a batch numbered by its content, or
-        // one stored before digests were kept: such copies are duplicates).
-        let mut stored_digests: HashMap<(Uuid, i64), i64> = if taken_gateways.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query_as::<_, (Uuid, i64, i64)>(
+        // What each number of a numbered batch stands for now: the group's first copy, where
+        // it was inserted; otherwise the batch stored under it before this group, read back
+        // (absent for one stored before digests were kept: copies of it are duplicates).
+        let mut stored_digests: HashMap<(Uuid, i64), i64> = HashMap::new();
+        let (mut taken_gateways, mut taken_seqs) = (vec![], vec![]);
+        for ((&g, &s), digest) in gateways.iter().zip(&seqs).zip(&digests) {
+            let Some(digest) = *digest else { continue };
+            if inserted.contains(&(g, s)) {
+                stored_digests.insert((g, s), digest);
+            } else {
+                taken_gateways.push(g);
+                taken_seqs.push(s);
+            }
+        }
+        if !taken_gateways.is_empty() {
+            let stored = sqlx::query_as::<_, (Uuid, i64, i64)>(
                 "SELECT b.gateway_id, b.seq, b.digest
                  FROM ingest_batches b
                  JOIN UNNEST($1::uuid[], $2::bigint[]) AS t(g, s) ON b.gateway_id = g AND b.seq = s
@@ -504,17 +501,8 @@ async fn write_group_on(
             .bind(&taken_gateways)
             .bind(&taken_seqs)
             .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(g, s, d)| ((g, s), d))
-            .collect()
-        };
-        for (key, digest) in &claimed {
-            if let Some(digest) = digest
-                && inserted.contains(key)
-            {
-                stored_digests.insert(*key, *digest);
-            }
+            .await?;
+            stored_digests.extend(stored.into_iter().map(|(g, s, d)| ((g, s), d)));
         }
         // In message order, so that a group's dead letters are numbered as its messages
         // came (groups written at once may interleave).

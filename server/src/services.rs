@@ -1,9 +1,9 @@
 //! Starts the configured roles against one database pool, and stops them in order: ingest
 //! first (finish the message in hand, ack, disconnect), then the rules engine (drain what
 //! ingest handed it), then the API (let requests in flight finish, for at most
-//! `api::app::STOP_GRACE`). A role that ends before it
-//! is told to (a failure, a panic) is reported through [`Services::ended`], so that the
-//! process can stop and be restarted rather than run on without it. The pool's connections
+//! `api::app::STOP_GRACE`). A role that ends before it is told to (a failure, a panic) is
+//! reported through [`Services::ended`], so that the process can stop and be restarted
+//! rather than run on without it. The pool's connections
 //! carry an `application_name` of their own per start (`maintainpro/<id>`), by which the
 //! stop finds and cancels the statements its roles gave up on and left running.
 
@@ -424,8 +424,9 @@ impl Services {
 /// (their `application_name` begins with `tag`), from a connection of its own, so that a
 /// statement a role gave up on is not applied after the stop. Called once every role has
 /// stopped (the API having waited for the work its requests left after their answer), so
-/// whatever still runs was given up on, however young. A cancel is a request: a statement already committing still
-/// commits. Waits at most [`CANCEL_GRACE`]; a database that cannot be reached is logged.
+/// whatever still runs was given up on, however young. A cancel is a request: a statement
+/// already committing still commits. Waits at most [`CANCEL_GRACE`]; a database that cannot
+/// be reached is logged.
 async fn cancel_left_running(options: &PgConnectOptions, tag: &str) {
     let cancel = async {
         let mut conn = PgConnection::connect_with(options).await?;

@@ -325,6 +325,19 @@ async fn alarm_rows(plant: &Plant, tenant: Uuid) -> anyhow::Result<Vec<(String, 
     alarm_rows_in(&plant.db.app_pool().await, tenant).await
 }
 
+/// Waits (at most 30 s) until the tenant has an alarm on record; its rows. `what` names it.
+async fn some_alarm_rows(
+    plant: &Plant,
+    tenant: Uuid,
+    what: &str,
+) -> anyhow::Result<Vec<(String, bool, i64)>> {
+    Plant::eventually(Duration::from_secs(30), what, || async {
+        let rows = alarm_rows(plant, tenant).await?;
+        Ok((!rows.is_empty()).then_some(rows))
+    })
+    .await
+}
+
 /// The tenant's alarms: state, replayed, raised at (epoch seconds), oldest first.
 async fn alarm_rows_in(pool: &PgPool, tenant: Uuid) -> anyhow::Result<Vec<(String, bool, i64)>> {
     let mut tx = migrations::begin_tenant(pool, tenant).await?;
@@ -427,11 +440,7 @@ async fn an_on_delay_running_at_a_restart_goes_on_from_the_stored_history() -> a
         vec![bearing_batch(2, t0 + 2_000_000, 4, |_| 92.0)?],
     )
     .await?;
-    let rows = Plant::eventually(Duration::from_secs(30), "the alarm raised", || async {
-        let rows = alarm_rows(&plant, tenant).await?;
-        Ok((!rows.is_empty()).then_some(rows))
-    })
-    .await?;
+    let rows = some_alarm_rows(&plant, tenant, "the alarm raised").await?;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
         rows[0].2,
@@ -460,15 +469,7 @@ async fn a_breach_that_began_and_ended_in_replayed_data_goes_on_the_history_only
         bearing_batch(3, t0 + 2 * MIN, 60, |_| 70.0)?,
     ];
     publish_all(&plant.broker, &topic, replay).await?;
-    let rows = Plant::eventually(
-        Duration::from_secs(30),
-        "the replayed alarm recorded",
-        || async {
-            let rows = alarm_rows(&plant, tenant).await?;
-            Ok((!rows.is_empty()).then_some(rows))
-        },
-    )
-    .await?;
+    let rows = some_alarm_rows(&plant, tenant, "the replayed alarm recorded").await?;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0].0.as_str(), rows[0].1), ("cleared", true));
     assert!(work_order_events(&plant, tenant).await?.is_empty());
@@ -628,11 +629,7 @@ async fn a_raise_the_database_does_not_take_is_given_up_and_cancelled_at_the_sto
         vec![bearing_batch(2, t0 + 8_000_000, 6, |_| 92.0)?],
     )
     .await?;
-    let rows = Plant::eventually(Duration::from_secs(30), "the alarm raised anew", || async {
-        let rows = alarm_rows(&plant, tenant).await?;
-        Ok((!rows.is_empty()).then_some(rows))
-    })
-    .await?;
+    let rows = some_alarm_rows(&plant, tenant, "the alarm raised anew").await?;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].0, "active", "{rows:?}");
     let mut tx = migrations::begin_tenant(&db_pool, tenant).await?;
