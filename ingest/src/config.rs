@@ -9,6 +9,9 @@ fn default_client_id() -> String {
 fn default_queue() -> usize {
     256
 }
+/// The largest `ingest.queue`: MQTT's packet ids are 16 bits, so no more deliveries can
+/// await an acknowledgement at once.
+const MAX_QUEUE: usize = u16::MAX as usize;
 fn default_writers() -> usize {
     3
 }
@@ -170,11 +173,13 @@ impl IngestConfig {
                 "must be 1-128 characters".to_owned(),
             ));
         }
-        if self.queue == 0 {
+        if !(1..=MAX_QUEUE).contains(&self.queue) {
             out.push((
                 "ingest.queue".to_owned(),
-                "must be at least 1, and should exceed the broker's in-flight limit per client"
-                    .to_owned(),
+                format!(
+                    "must be 1-{MAX_QUEUE} (no more messages can await an acknowledgement), and \
+                     should exceed the broker's in-flight limit per client"
+                ),
             ));
         }
         if !(1..=MAX_WRITERS).contains(&self.writers) {

@@ -11,14 +11,15 @@
 //! ```
 //!
 //! - The driver owns rumqttc's event loop: it (re)subscribes after every connect and passes each
-//!   PUBLISH, with the instant it arrived, into the decode queue. When that queue is full it
-//!   stops polling, so the broker holds further messages.
+//!   PUBLISH, with the instant it arrived, into the decode queue. When that queue is full, or
+//!   the messages not yet acknowledged hold `PIPELINE_BYTES`, it stops polling, so the broker
+//!   holds further messages.
 //! - The decode stage takes messages in arrival order: parses the topic, decodes the batch and
 //!   resolves its gateway and tags (cached; a name not seen before is looked up, retrying
 //!   transient database errors). It hands the message's readings, sorted by event time, to the
 //!   rules, then passes the message on to the store queue.
-//! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings or
-//!   [`GROUP_MESSAGES`] messages, and writes it in one transaction ([`crate::store`]),
+//! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings,
+//!   [`GROUP_MESSAGES`] messages or `GROUP_BYTES` of them, and writes it in one transaction ([`crate::store`]),
 //!   retrying transient errors and splitting a group the database refuses until the poison
 //!   message is alone and becomes a dead letter. It writes up to `ingest.writers` groups at
 //!   once, each on its own connection, so that one group is copied while another waits for its
@@ -55,7 +56,8 @@
 //!
 //! The decode stage stops taking messages and finishes the one in hand; the store stage
 //! stores and acknowledges everything decoded: the groups in flight, then the rest of its
-//! queue (it stops retrying if the database is down, without acknowledging; an operation the
+//! queue (it stops retrying if the database is down, without acknowledging, but retries a
+//! write the database refused for a passing reason a few quick times; an operation the
 //! database does not answer is given up after `ingest.database_timeout`). Then ingest
 //! disconnects once the acknowledgements are out. Messages not taken stay with the broker,
 //! which delivers them again to the next session.
@@ -77,7 +79,7 @@ use rules::TagContext;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -159,6 +161,16 @@ pub const GROUP_READINGS: usize = 8_000;
 /// Most messages in one transaction, for groups of small batches. A quiet queue commits each
 /// message at once, so grouping adds no latency.
 pub const GROUP_MESSAGES: usize = 64;
+/// Most bytes of messages in one transaction (a group stops growing once it holds this many).
+/// A dead letter keeps its message's bytes, up to 16 MiB for an oversized one: without this
+/// bound, 64 of them would make one transaction of a gigabyte that could outlast
+/// `ingest.database_timeout` at every try. A batch of 1,000 readings is about 20 KB.
+const GROUP_BYTES: usize = 8 << 20;
+/// Bytes of messages received and not yet acknowledged (or let go at a stop) the pipeline
+/// holds at most: beyond them the driver waits before it takes the next message, as it does
+/// when the decode queue is full, so that large messages cannot fill memory before the queues
+/// do. A message larger than this takes the whole budget.
+const PIPELINE_BYTES: usize = 64 << 20;
 /// Decoded messages waiting for the store stage: one full group can wait while the one before
 /// is written.
 const STORE_QUEUE: usize = GROUP_MESSAGES;
@@ -168,13 +180,22 @@ const MAX_NODES: usize = 65_536;
 /// Tries of a write whose statement was cancelled or denied a lock (a timeout, an operator)
 /// before it counts as refused, is split, and its poison message becomes a dead letter.
 const INTERRUPTED_RETRIES: usize = 3;
+/// The longest backoff after which a stopping store stage still retries a write the
+/// database refused for a passing reason (a deadlock, a serialization failure, too many
+/// connections): the first three retries, 700 ms in all. The database is up, so the messages
+/// are stored and acknowledged instead of left with the broker; one that does not answer is
+/// not waited for at a stop.
+const STOPPING_BACKOFF: Duration = Duration::from_millis(400);
 /// How long a stopping consumer waits for its acknowledgements and DISCONNECT to go out.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// The reason of the dead letter of a message from a gateway not registered.
+const UNKNOWN_GATEWAY: &str = "unknown_gateway";
 /// How often upcoming readings partitions are created.
 const PARTITION_UPKEEP: Duration = Duration::from_secs(3600);
 
-/// A message as the driver received it: when, on which connection ([`Connections`]), what.
-type Received = (Instant, u64, Publish);
+/// A message as the driver received it: when, on which connection ([`Connections`]), what,
+/// and its share of [`PIPELINE_BYTES`], given back when the message is let go.
+type Received = (Instant, u64, Publish, OwnedSemaphorePermit);
 
 /// A decoded and resolved message on its way to the store stage.
 #[derive(Debug)]
@@ -189,6 +210,8 @@ struct Decoded {
 struct Delivery {
     connection: u64,
     publish: Publish,
+    /// The message's share of [`PIPELINE_BYTES`].
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Messages the store stage writes in one transaction.
@@ -198,6 +221,7 @@ struct Group {
     deliveries: Vec<Delivery>,
     items: Vec<Item>,
     readings: usize,
+    bytes: usize,
 }
 
 impl Group {
@@ -205,6 +229,7 @@ impl Group {
         if let Item::Batch { rows, .. } = &message.item {
             self.readings += rows.len();
         }
+        self.bytes += message.delivery.publish.payload.len();
         self.received.push(message.received);
         self.deliveries.push(message.delivery);
         self.items.push(message.item);
@@ -461,7 +486,7 @@ impl DecodeStage {
         stop_intake: CancellationToken,
     ) {
         loop {
-            let (at, connection, publish) = tokio::select! {
+            let (at, connection, publish, bytes) = tokio::select! {
                 biased;
                 _ = stop_intake.cancelled() => break,
                 next = received.recv() => match next {
@@ -473,7 +498,11 @@ impl DecodeStage {
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("maintainpro_ingest_messages_total").increment(1);
             let sparkplug = read_sparkplug_topic(&publish.topic);
-            if let Some(Ok((_, node))) = &sparkplug
+            let node = match &sparkplug {
+                Some(Ok((_, node))) => Some(node.clone()),
+                _ => None,
+            };
+            if let Some(node) = &node
                 && !self.restore_node(node, &publish.topic, &stop_intake).await
             {
                 break; // stopped while the database was down: not stored, so not acked
@@ -488,6 +517,14 @@ impl DecodeStage {
             else {
                 break; // stopped while the database was down: not stored, so not acked
             };
+            // Topics come from the network: no session is kept for a node of a gateway (or
+            // organisation) not registered, whose births could otherwise fill memory. Should
+            // it be registered, its next message starts a session as after a restart.
+            if let (Some(node), Item::Dead(letter)) = (&node, &item)
+                && letter.reason == UNKNOWN_GATEWAY
+            {
+                self.nodes.remove(node);
+            }
             if !inputs.is_empty()
                 && let Some(rules) = &self.rules
             {
@@ -499,12 +536,15 @@ impl DecodeStage {
                     sent = rules.send(inputs) => sent,
                     _ = stop_intake.cancelled() => break,
                 };
-                if sent.is_ok() {
-                    queue_depth("rules", rules.max_capacity() - rules.capacity());
-                } else {
-                    tracing::warn!("rules engine stopped; readings are stored without evaluation");
-                    self.rules = None;
+                if sent.is_err() {
+                    // The rules engine ended by itself (it outlives ingest at a stop): storing
+                    // on would keep readings the rules never see, and a restarted engine
+                    // takes stored readings for history. The message is neither stored nor
+                    // acknowledged; intake stops, and the broker delivers it again.
+                    tracing::error!("the rules engine has stopped; ingest stops");
+                    break;
                 }
+                queue_depth("rules", rules.max_capacity() - rules.capacity());
             }
             // Readings in: of known tags, decoded for storage, redelivered copies included.
             if let Item::Batch { rows, .. } = &item {
@@ -515,6 +555,7 @@ impl DecodeStage {
                 delivery: Delivery {
                     connection,
                     publish,
+                    _bytes: bytes,
                 },
                 item,
             };
@@ -714,7 +755,13 @@ impl DecodeStage {
                 // connection), so its number also takes the receipt time: two deaths are two
                 // batches, each stored. A death delivered again finds the node or device
                 // already dead (or, after a restart, not yet born) and gives no readings.
-                let seq = if matches!(topic.kind, MessageType::NDeath | MessageType::DDeath) {
+                // So do the bytes of a message whose readings carry no time of their own (a
+                // steady value under a sequence number that wraps at 256): each receipt is new
+                // readings, stored at its time, and a copy delivered again after a crash
+                // between commit and acknowledgement is stored again at the time it came.
+                let seq = if outcome.stamped_on_receipt
+                    || matches!(topic.kind, MessageType::NDeath | MessageType::DDeath)
+                {
                     let at = format!("{}@{}", publish.topic, received.as_micros());
                     sparkplug::derived_seq(&at, &publish.payload)
                 } else {
@@ -742,7 +789,8 @@ impl DecodeStage {
             batch,
             partial,
             birth,
-            // By its topic and bytes, or for a death by the time it came.
+            // By its topic and bytes, and for a death or readings without a time of their own
+            // also by the time it came.
             numbered: false,
         }
     }
@@ -845,7 +893,7 @@ impl DecodeStage {
                 );
                 return Ok(dead(
                     tenant_exists.then_some(tenant),
-                    "unknown_gateway",
+                    UNKNOWN_GATEWAY,
                     detail,
                 ));
             }
@@ -1037,7 +1085,10 @@ impl StoreStage {
     fn group(first: Decoded, decoded: &mut mpsc::Receiver<Decoded>) -> Group {
         let mut group = Group::default();
         group.push(first);
-        while group.items.len() < GROUP_MESSAGES && group.readings < GROUP_READINGS {
+        while group.items.len() < GROUP_MESSAGES
+            && group.readings < GROUP_READINGS
+            && group.bytes < GROUP_BYTES
+        {
             match decoded.try_recv() {
                 Ok(next) => group.push(next),
                 Err(_) => break,
@@ -1103,13 +1154,13 @@ impl StoreStage {
         items: &[Item],
         stop_intake: &CancellationToken,
     ) -> bool {
-        let mut backoff = Duration::from_millis(100);
         let mut parts = vec![Range {
             start: 0,
             end: items.len(),
         }];
         while let Some(part) = parts.pop() {
             let mut interrupted = 0;
+            let mut backoff = Duration::from_millis(100);
             loop {
                 let started = Instant::now();
                 match self.store.write_group(&items[part.clone()]).await {
@@ -1330,7 +1381,9 @@ fn worth_retrying(error: &StoreError, interrupted: &mut usize) -> bool {
 }
 
 /// Counts a retry (and a database that did not answer, when `error` says so) and waits
-/// `backoff` (doubled for the next time, up to 5 s). `false` when intake stops meanwhile.
+/// `backoff` (doubled for the next time, up to 5 s). `false` when intake stops meanwhile,
+/// unless the database answered `error` itself and the backoff is still short
+/// ([`STOPPING_BACKOFF`]).
 async fn pause_to_retry(
     stats: &IngestStats,
     error: &StoreError,
@@ -1343,9 +1396,14 @@ async fn pause_to_retry(
         metrics::counter!("maintainpro_ingest_database_timeouts_total").increment(1);
         stats.database_timeouts.fetch_add(1, Ordering::Relaxed);
     }
-    tokio::select! {
-        _ = stop_intake.cancelled() => return false,
-        _ = tokio::time::sleep(*backoff) => {}
+    let answered = matches!(error, StoreError::Transient(sqlx::Error::Database(_)));
+    if answered && *backoff <= STOPPING_BACKOFF {
+        tokio::time::sleep(*backoff).await;
+    } else {
+        tokio::select! {
+            _ = stop_intake.cancelled() => return false,
+            _ = tokio::time::sleep(*backoff) => {}
+        }
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
     true
@@ -1435,6 +1493,7 @@ async fn drive(
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut connection = *connections.lock();
+    let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -1467,7 +1526,12 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Once intake has stopped the message is left unacknowledged: the broker
                 // delivers it again to the next session.
-                if queue.send((Instant::now(), connection, p)).await.is_ok() {
+                if let Some(bytes) = take_share(&budget, &p, &queue).await
+                    && queue
+                        .send((Instant::now(), connection, p, bytes))
+                        .await
+                        .is_ok()
+                {
                     queue_depth("decode", queue.max_capacity() - queue.capacity());
                 }
             }
@@ -1486,10 +1550,13 @@ async fn drive(
                 // would come after the next CONNACK, as if they came on the new one: passed on
                 // now, as the lost connection's.
                 for event in std::mem::take(&mut eventloop.state.events) {
-                    if let Event::Incoming(Packet::Publish(p)) = event
-                        && queue.send((Instant::now(), lost, p)).await.is_err()
-                    {
-                        break;
+                    if let Event::Incoming(Packet::Publish(p)) = event {
+                        let Some(bytes) = take_share(&budget, &p, &queue).await else {
+                            break;
+                        };
+                        if queue.send((Instant::now(), lost, p, bytes)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 tokio::select! {
@@ -1502,9 +1569,79 @@ async fn drive(
     }
 }
 
+/// Waits until the pipeline can hold `publish` ([`PIPELINE_BYTES`]); `None` once intake has
+/// stopped (the queue closed), so the message is left with the broker.
+async fn take_share(
+    budget: &Arc<Semaphore>,
+    publish: &Publish,
+    queue: &mpsc::Sender<Received>,
+) -> Option<OwnedSemaphorePermit> {
+    // Within u32 as PIPELINE_BYTES is.
+    let share = publish.payload.len().clamp(1, PIPELINE_BYTES) as u32;
+    tokio::select! {
+        taken = Arc::clone(budget).acquire_many_owned(share) => taken.ok(),
+        _ = queue.closed() => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dead letter of `bytes` bytes as the decode stage passes it on, holding its share of
+    /// `budget`.
+    fn letter(bytes: usize, budget: &Arc<Semaphore>) -> Decoded {
+        let payload = vec![0u8; bytes];
+        let publish = Publish::new("t/readings", QoS::AtLeastOnce, payload.clone());
+        let share = u32::try_from(bytes.clamp(1, PIPELINE_BYTES)).expect("within u32");
+        Decoded {
+            received: Instant::now(),
+            delivery: Delivery {
+                connection: 0,
+                publish,
+                _bytes: Arc::clone(budget)
+                    .try_acquire_many_owned(share)
+                    .expect("room in the budget"),
+            },
+            item: Item::Dead(DeadLetter::new(
+                None,
+                "t/readings",
+                "oversized",
+                String::new(),
+                payload.into(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_group_of_large_messages_stops_at_its_bytes_and_gives_their_budget_back() {
+        let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
+        let (tx, mut rx) = mpsc::channel(STORE_QUEUE);
+        let large = 3 << 20;
+        for _ in 0..5 {
+            tx.try_send(letter(large, &budget))
+                .expect("room in the queue");
+        }
+        assert_eq!(budget.available_permits(), PIPELINE_BYTES - 5 * large);
+        // The first message always, then more until the group holds GROUP_BYTES.
+        let first = StoreStage::group(letter(large, &budget), &mut rx);
+        assert_eq!(first.items.len(), 3, "3 MiB messages: 9 MiB in the group");
+        assert!(first.bytes >= GROUP_BYTES);
+        let second = StoreStage::group(rx.try_recv().expect("queued"), &mut rx);
+        assert_eq!(second.items.len(), 3);
+        assert!(rx.try_recv().is_err());
+        // The budget comes back as the messages are let go (acknowledged or left).
+        drop(first);
+        assert_eq!(budget.available_permits(), PIPELINE_BYTES - 3 * large);
+        drop(second);
+        assert_eq!(budget.available_permits(), PIPELINE_BYTES);
+        // Small messages group by their count as before.
+        for _ in 0..GROUP_MESSAGES + 1 {
+            tx.try_send(letter(100, &budget)).ok();
+        }
+        let small = StoreStage::group(rx.try_recv().expect("queued"), &mut rx);
+        assert_eq!(small.items.len(), GROUP_MESSAGES);
+    }
 
     #[test]
     fn a_subscription_counts_only_when_every_filter_is_granted_at_qos_1_or_more() {

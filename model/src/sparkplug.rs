@@ -353,6 +353,9 @@ pub struct Outcome {
     pub rebirth: bool,
     /// What the message changed in the births the session follows, if anything.
     pub change: Option<SessionChange>,
+    /// A reading took the receipt time for want of a timestamp in its metric and payload: the
+    /// same bytes received again are then new readings, not the same ones delivered again.
+    pub stamped_on_receipt: bool,
 }
 
 /// A change to what a session knows from births: what a caller keeps to restore it.
@@ -689,7 +692,10 @@ impl NodeSession {
         let name = || tag.as_str().to_owned();
         let ms = metric.timestamp.or(payload.timestamp);
         let ts = match ms {
-            None => received,
+            None => {
+                out.stamped_on_receipt = true;
+                received
+            }
             Some(ms) => match ms_to_timestamp(ms) {
                 Some(ts) => ts,
                 None => {

@@ -166,7 +166,20 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn from_toml(source_name: &str, text: &str) -> Result<Self, ConfigErrors> {
-        settings::load(source_name, text, ENV_PREFIX, std::env::vars())
+        Self::from_toml_and(source_name, text, std::env::vars())
+    }
+
+    /// [`ServerConfig::from_toml`] with the environment `env`. The variables the program reads
+    /// for itself under the same prefix (the admin command's new password) are not settings.
+    fn from_toml_and(
+        source_name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigErrors> {
+        let env = env
+            .into_iter()
+            .filter(|(name, _)| name != crate::admin_cli::PASSWORD_VAR);
+        settings::load(source_name, text, ENV_PREFIX, env)
     }
 
     pub fn runs(&self, role: Role) -> bool {
@@ -321,6 +334,41 @@ mod tests {
             let err = load(writers, pool).expect("refused");
             assert!(
                 err.contains("ingest.writers") && err.contains(says),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_commands_new_password_is_not_taken_for_a_setting() {
+        let text = "roles = ['api']\n[database]\nurl = 'postgres://x/y'\n[api]\n\
+                    jwt_secret = '0123456789abcdef0123456789abcdef'\n\
+                    password_pepper = '0123456789abcdef0123456789abcdef'";
+        let env = |name: &str| vec![(name.to_owned(), "a new password".to_owned())];
+        ServerConfig::from_toml_and("server.toml", text, env(crate::admin_cli::PASSWORD_VAR))
+            .expect("the password variable is not a setting");
+        let err = ServerConfig::from_toml_and("server.toml", text, env("MAINTAINPRO_NEW_PASSWRD"))
+            .expect_err("an unknown setting");
+        assert!(err.to_string().contains("new_passwrd"), "{err}");
+    }
+
+    #[test]
+    fn the_ingest_queue_is_checked_against_the_packet_ids() {
+        let load = |queue: u64| {
+            let text = format!(
+                "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                 [ingest]\nbroker = 'mqtt://127.0.0.1'\nqueue = {queue}"
+            );
+            settings::load::<ServerConfig, _>("server.toml", &text, ENV_PREFIX, Vec::new())
+                .err()
+                .map(|err| err.to_string())
+        };
+        assert_eq!(load(1), None);
+        assert_eq!(load(65_535), None);
+        for queue in [0, 65_536, 1 << 62] {
+            let err = load(queue).expect("refused");
+            assert!(
+                err.contains("ingest.queue") && err.contains("must be 1-65535"),
                 "{err}"
             );
         }

@@ -46,6 +46,7 @@ use rules::reorder::Reorder;
 use rules::{ActiveAlarm, Engine, RuleSet, TagContext};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -179,10 +180,10 @@ pub async fn run(
         give_up: give_up.clone(),
     };
     let mut senders = Vec::with_capacity(shards);
-    let mut tasks = Vec::with_capacity(shards);
+    let mut tasks = JoinSet::new();
     for (id, engine) in engines.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-        tasks.push(tokio::spawn(shard(id, engine, rx, context.clone())));
+        tasks.spawn(shard(id, engine, rx, context.clone()));
         senders.push(tx);
     }
     let sweeper = tokio::spawn(sweep(work_orders, Arc::clone(&stats)));
@@ -190,6 +191,17 @@ pub async fn run(
     let mut reload = interval(RELOAD_EVERY);
     loop {
         tokio::select! {
+            // A shard ends only when its channel closes, after this loop. One that ended
+            // before (a panic) would leave its assets unevaluated while ingest stores their
+            // readings: the task ends instead, so that the server stops (and ingest stops
+            // storing what the rules can no longer see) and can be restarted.
+            Some(ended) = tasks.join_next() => {
+                match ended {
+                    Err(e) => tracing::error!(error = %e, "a rules shard failed; the rules engine stops"),
+                    Ok(()) => tracing::error!("a rules shard stopped; the rules engine stops"),
+                }
+                break;
+            }
             batch = input.recv() => {
                 // Ingest has stopped: the shards evaluate what they hold, apply, and stop.
                 let Some(batch) = batch else { break };
@@ -207,6 +219,7 @@ pub async fn run(
                         tokio::select! {
                             // A shard with room takes its readings even after the give-up.
                             biased;
+                            // A shard that has stopped is seen above at the next turn.
                             sent = tx.send(ToShard::Readings(readings)) => if sent.is_err() {
                                 tracing::error!("a rules shard has stopped; its readings are not evaluated");
                             },
@@ -239,8 +252,8 @@ pub async fn run(
         }
     }
     drop(senders);
-    for task in tasks {
-        if let Err(e) = task.await {
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended {
             tracing::error!(error = %e, "a rules shard failed");
         }
     }

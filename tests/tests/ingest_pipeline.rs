@@ -304,6 +304,42 @@ async fn a_message_dropped_before_its_commit_is_delivered_again_and_handed_to_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rules_engine_that_ended_stops_ingest_before_it_stores_what_the_rules_did_not_see()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let Running {
+        pool,
+        rules,
+        stats,
+        task,
+        ..
+    } = world.consumer().await?;
+    // The rules engine ends by itself (a failure): its end of the channel goes.
+    drop(rules);
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(3, t0, 4)?]).await?;
+
+    // Ingest ends with an error at the message, which it neither stores nor acknowledges.
+    let ended = tokio::time::timeout(Duration::from_secs(10), task).await??;
+    assert!(ended.is_err(), "ingest ended as if asked to: {ended:?}");
+    assert_eq!(get(&stats.messages), 1);
+    assert_eq!(get(&stats.batches_stored), 0);
+    pool.close().await;
+    assert_eq!(world.stored().await?, (0, 0));
+
+    // The broker delivers it again to the next session, whose rules see it.
+    let mut again = world.consumer().await?;
+    assert_eq!(again.next_rule_inputs().await?.len(), 4);
+    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+        Ok((get(&again.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    again.stop().await?;
+    assert_eq!(world.stored().await?, (1, 4));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see()
 -> anyhow::Result<()> {
     let mut world = World::new().await?;
@@ -852,6 +888,53 @@ async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_w
     again.stop().await?;
     assert_eq!(world.stored().await?, (1, 4));
     Ok(())
+}
+
+/// At a stop, a write the database refuses for a passing reason (here a serialization
+/// failure, once) is tried again: the database is up, so the message is stored and
+/// acknowledged rather than left with the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_a_passing_reason_during_a_stop_is_stored_and_acknowledged()
+-> anyhow::Result<()> {
+    let world = World::new().await?;
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    sqlx::raw_sql(
+        "CREATE SEQUENCE ledger_refusals;
+         CREATE FUNCTION refuse_the_first_ledger_row() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER AS $$
+         BEGIN
+             IF nextval('ledger_refusals') = 1 THEN
+                 RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_the_first_ledger_row BEFORE INSERT ON ingest_batches
+             FOR EACH ROW EXECUTE FUNCTION refuse_the_first_ledger_row();",
+    )
+    .execute(&mut owner)
+    .await?;
+    owner.close().await?;
+    let ingest = world.consumer().await?;
+    let mut lock = world.lock_ledger().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(5, t0, 3)?]).await?;
+    world.ingest_waits_for(&mut lock).await?;
+
+    // Asked to stop while its write waits; the write, let go, is refused once.
+    ingest.stop.cancel();
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    let Running {
+        pool, stats, task, ..
+    } = ingest;
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .map_err(|_| anyhow::anyhow!("ingest did not stop"))???;
+    assert_eq!(get(&stats.retries), 1);
+    assert_eq!(get(&stats.batches_stored), 1);
+    pool.close().await;
+    assert_eq!(world.stored().await?, (1, 3));
+    world.nothing_comes_again().await
 }
 
 /// A group's transaction commits with `synchronous_commit` on even where the role turned it

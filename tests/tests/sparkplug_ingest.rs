@@ -361,3 +361,54 @@ async fn births_outlive_an_ingest_restart() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bytes_without_a_time_are_new_readings_at_each_receipt() -> anyhow::Result<()> {
+    let plant = Plant::start().await?;
+    let tenant = TenantId::from_uuid(plant.tenant_a.tenant);
+    let group = tenant.to_string();
+    let topic = |kind| Topic::node(&group, kind, DEMO_GATEWAY);
+    let ms = u64::try_from(Timestamp::now().as_micros() / 1000 - 60_000)?;
+    let birth = payload(
+        Some(0),
+        vec![
+            Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1)),
+            Metric::new(
+                "press-1.bearing_temp",
+                DataType::Double,
+                MetricValue::Double(60.0),
+            )
+            .with_alias(1)
+            .at(ms),
+        ],
+    );
+    // A node that dates nothing, with a steady value: its bytes repeat whenever its sequence
+    // number comes round again (every 256 messages), here at once.
+    let steady = payload(Some(1), vec![Metric::aliased(1, MetricValue::Double(61.0))]);
+    publish_all(&plant.broker, &topic(MessageType::NBirth), vec![birth]).await?;
+    for stored in [2, 3] {
+        publish_all(
+            &plant.broker,
+            &topic(MessageType::NData),
+            vec![steady.clone()],
+        )
+        .await?;
+        Plant::eventually(Duration::from_secs(20), "the data stored", || async {
+            Ok((plant.services.summary().readings_stored >= stored).then_some(()))
+        })
+        .await?;
+    }
+    let bearing = "press-1.bearing_temp".to_owned();
+    let (readings, letters) = stored(&plant, tenant).await?;
+    assert_eq!(
+        readings,
+        [
+            (bearing.clone(), 60.0, 0),
+            (bearing.clone(), 61.0, 0),
+            (bearing, 61.0, 0),
+        ]
+    );
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(plant.services.summary().batches_duplicate, 0);
+    Ok(())
+}

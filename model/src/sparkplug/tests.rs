@@ -163,6 +163,34 @@ fn data_by_alias_and_by_name_after_birth() {
 }
 
 #[test]
+fn readings_without_a_time_of_their_own_take_the_receipt_time_and_say_so() {
+    let mut s = born();
+    let stamped = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &Payload {
+            seq: Some(1),
+            metrics: vec![
+                Metric::aliased(1, MetricValue::Float(42.0)).at(T0 + 500),
+                Metric::aliased(2, MetricValue::Long(11)),
+            ],
+            ..Payload::default()
+        }
+        .encode_to_vec(),
+        received(),
+    );
+    assert_eq!(stamped.readings[1].ts, received());
+    assert!(stamped.stamped_on_receipt);
+    // Each metric dated, or the payload: nothing takes the receipt time.
+    let dated = s.on_message(
+        &topic("spBv1.0/plant/NDATA/n1"),
+        &message(Some(2), vec![Metric::aliased(2, MetricValue::Long(12))]),
+        received(),
+    );
+    assert_eq!(dated.readings.len(), 1);
+    assert!(!dated.stamped_on_receipt);
+}
+
+#[test]
 fn sequence_gaps_and_unknown_aliases_ask_for_a_rebirth() {
     let mut s = born();
     let ndata = topic("spBv1.0/plant/NDATA/n1");
