@@ -19,13 +19,13 @@
 //!   transient database errors). It hands the message's readings, sorted by event time, to the
 //!   rules, then passes the message on to the store queue.
 //! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings,
-//!   [`GROUP_MESSAGES`] messages or `GROUP_BYTES` of them, and writes it in one transaction ([`crate::store`]),
-//!   retrying transient errors and splitting a group the database refuses until the poison
-//!   message is alone and becomes a dead letter. It writes up to `ingest.writers` groups at
-//!   once, each on its own connection, so that one group is copied while another waits for its
-//!   commit to reach the disk. Groups are acknowledged in the order they were formed: a group
-//!   that commits before the one formed ahead of it waits for it, so the broker sees the
-//!   acknowledgements in the order it sent the messages.
+//!   [`GROUP_MESSAGES`] messages or `GROUP_BYTES` of them, and writes it in one transaction
+//!   ([`crate::store`]), retrying transient errors and splitting a group the database refuses
+//!   until the poison message is alone and becomes a dead letter. It writes up to
+//!   `ingest.writers` groups at once, each on its own connection, so that one group is copied
+//!   while another waits for its commit to reach the disk. Groups are acknowledged in the
+//!   order they were formed: a group that commits before the one formed ahead of it waits for
+//!   it, so the broker sees the acknowledgements in the order it sent the messages.
 //!
 //! Nothing is acknowledged before its commit, nor on a connection other than the one the
 //! message came on ([`Connections`]). A full queue stops the stage before it: while
@@ -1636,11 +1636,13 @@ mod tests {
         drop(second);
         assert_eq!(budget.available_permits(), PIPELINE_BYTES);
         // Small messages group by their count as before.
-        for _ in 0..GROUP_MESSAGES + 1 {
-            tx.try_send(letter(100, &budget)).ok();
+        for _ in 0..STORE_QUEUE {
+            tx.try_send(letter(100, &budget))
+                .expect("room in the queue");
         }
-        let small = StoreStage::group(rx.try_recv().expect("queued"), &mut rx);
+        let small = StoreStage::group(letter(100, &budget), &mut rx);
         assert_eq!(small.items.len(), GROUP_MESSAGES);
+        assert_eq!(rx.len(), STORE_QUEUE + 1 - GROUP_MESSAGES);
     }
 
     #[test]
