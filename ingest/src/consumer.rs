@@ -54,13 +54,15 @@
 //!
 //! # Shutdown
 //!
-//! The decode stage stops taking messages and finishes the one in hand; the store stage
-//! stores and acknowledges everything decoded: the groups in flight, then the rest of its
-//! queue (it stops retrying if the database is down, without acknowledging, but retries a
-//! write the database refused for a passing reason a few quick times; an operation the
-//! database does not answer is given up after `ingest.database_timeout`). Then ingest
-//! disconnects once the acknowledgements are out. Messages not taken stay with the broker,
-//! which delivers them again to the next session.
+//! The driver stops passing messages on (what it receives from then on stays with the
+//! broker). The decode stage decodes what it was passed before, its queue included, unless
+//! the database is down or the rules cannot take readings (then it leaves the rest with the
+//! broker); the store stage stores and acknowledges everything decoded: the groups in flight,
+//! then the rest of its queue (it stops retrying if the database is down, without
+//! acknowledging, but retries a write the database refused for a passing reason a few quick
+//! times; an operation the database does not answer is given up after
+//! `ingest.database_timeout`). Then ingest disconnects once the acknowledgements are out.
+//! Messages not taken stay with the broker, which delivers them again to the next session.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -112,6 +114,9 @@ pub enum IngestError {
 /// Counters ingest keeps; also exported as Prometheus metrics.
 #[derive(Debug, Default)]
 pub struct IngestStats {
+    /// Messages the driver passed into the decode queue (redelivered copies included).
+    pub received: AtomicU64,
+    /// Messages the decode stage took from its queue.
     pub messages: AtomicU64,
     pub readings_stored: AtomicU64,
     pub batches_stored: AtomicU64,
@@ -309,6 +314,7 @@ impl Consumer {
             Arc::clone(&self.stats),
             Arc::clone(&connections),
             received_tx,
+            stop_intake.clone(),
         )));
         let changes = Arc::new(Changes::new(Arc::clone(&self.stats)));
         let stop_listener = CancellationToken::new();
@@ -486,13 +492,20 @@ impl DecodeStage {
         stop_intake: CancellationToken,
     ) {
         loop {
-            let (at, connection, publish, bytes) = tokio::select! {
-                biased;
-                _ = stop_intake.cancelled() => break,
-                next = received.recv() => match next {
-                    Some(next) => next,
-                    None => break,
-                },
+            let next = if stop_intake.is_cancelled() {
+                // Stopping: the driver passes nothing more on, and what it passed before is
+                // still decoded and handed on, to be stored and acknowledged now rather than
+                // delivered again.
+                received.try_recv().ok()
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = stop_intake.cancelled() => continue,
+                    next = received.recv() => next,
+                }
+            };
+            let Some((at, connection, publish, bytes)) = next else {
+                break;
             };
             queue_depth("decode", received.len());
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
@@ -1480,9 +1493,9 @@ fn granted(filters: &[String], codes: &[rumqttc::SubscribeReasonCode]) -> bool {
     all
 }
 
-/// Owns the event loop: subscribes after every connect, passes each PUBLISH into `queue`, and
-/// sends what the client asks for (acknowledgements, the DISCONNECT). Returns once the
-/// DISCONNECT is out, or when the connection fails after intake stopped.
+/// Owns the event loop: subscribes after every connect, passes each PUBLISH into `queue`
+/// until intake stops, and sends what the client asks for (acknowledgements, the DISCONNECT).
+/// Returns once the DISCONNECT is out, or when the connection fails after intake stopped.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -1490,6 +1503,7 @@ async fn drive(
     stats: Arc<IngestStats>,
     connections: Arc<Connections>,
     queue: mpsc::Sender<Received>,
+    stop_intake: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut connection = *connections.lock();
@@ -1526,12 +1540,15 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Once intake has stopped the message is left unacknowledged: the broker
                 // delivers it again to the next session.
-                if let Some(bytes) = take_share(&budget, &p, &queue).await
-                    && queue
-                        .send((Instant::now(), connection, p, bytes))
-                        .await
-                        .is_ok()
+                if pass_on(
+                    &budget,
+                    &queue,
+                    (Instant::now(), connection, p),
+                    &stop_intake,
+                )
+                .await
                 {
+                    stats.received.fetch_add(1, Ordering::Relaxed);
                     queue_depth("decode", queue.max_capacity() - queue.capacity());
                 }
             }
@@ -1551,12 +1568,11 @@ async fn drive(
                 // now, as the lost connection's.
                 for event in std::mem::take(&mut eventloop.state.events) {
                     if let Event::Incoming(Packet::Publish(p)) = event {
-                        let Some(bytes) = take_share(&budget, &p, &queue).await else {
-                            break;
-                        };
-                        if queue.send((Instant::now(), lost, p, bytes)).await.is_err() {
+                        if !pass_on(&budget, &queue, (Instant::now(), lost, p), &stop_intake).await
+                        {
                             break;
                         }
+                        stats.received.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 tokio::select! {
@@ -1569,18 +1585,27 @@ async fn drive(
     }
 }
 
-/// Waits until the pipeline can hold `publish` ([`PIPELINE_BYTES`]); `None` once intake has
-/// stopped (the queue closed), so the message is left with the broker.
-async fn take_share(
+/// Puts a message the driver received into the decode queue, once the pipeline can hold it
+/// ([`PIPELINE_BYTES`]) and the queue has room. `false` when intake stops first: the message
+/// is left with the broker, which delivers it again to the next session.
+async fn pass_on(
     budget: &Arc<Semaphore>,
-    publish: &Publish,
     queue: &mpsc::Sender<Received>,
-) -> Option<OwnedSemaphorePermit> {
+    (at, connection, publish): (Instant, u64, Publish),
+    stop_intake: &CancellationToken,
+) -> bool {
     // Within u32 as PIPELINE_BYTES is.
     let share = publish.payload.len().clamp(1, PIPELINE_BYTES) as u32;
     tokio::select! {
-        taken = Arc::clone(budget).acquire_many_owned(share) => taken.ok(),
-        _ = queue.closed() => None,
+        biased;
+        _ = stop_intake.cancelled() => false,
+        _ = queue.closed() => false,
+        passed = async {
+            let Ok(bytes) = Arc::clone(budget).acquire_many_owned(share).await else {
+                return false;
+            };
+            queue.send((at, connection, publish, bytes)).await.is_ok()
+        } => passed,
     }
 }
 

@@ -890,6 +890,53 @@ async fn a_stop_while_the_database_does_not_answer_ends_and_leaves_the_message_w
     Ok(())
 }
 
+/// A stop stores and acknowledges what ingest had received before it, the decode queue
+/// included, rather than leaving it to be delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_stores_and_acknowledges_what_was_received_before_it() -> anyhow::Result<()> {
+    let world = World::new().await?;
+    let ingest = world.consumer().await?;
+    // The decode stage's first look-up of the gateway's tags waits behind this lock, so the
+    // messages after the first wait in its queue.
+    let mut lock = lock_table(&world.db.urls.owner_url, "tags", "ACCESS EXCLUSIVE").await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    let messages: Vec<Vec<u8>> = (1..=8)
+        .map(|seq| bearing(seq, t0 + seq as i64 * 10_000_000, 3))
+        .collect::<anyhow::Result<_>>()?;
+    publish_all(&world.config.broker, &world.topic, messages).await?;
+    wait_for_waiter(
+        &mut lock,
+        "SELECT count(*) FROM pg_locks WHERE relation = 'tags'::regclass AND NOT granted",
+    )
+    .await?;
+    let stats = Arc::clone(&ingest.stats);
+    Plant::eventually(Duration::from_secs(10), "all eight received", || async {
+        Ok((get(&stats.received) == 8).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        get(&ingest.stats.messages),
+        1,
+        "seven wait in the decode queue"
+    );
+
+    // Asked to stop, then the look-up goes on: all eight are stored and acknowledged.
+    ingest.stop.cancel();
+    sqlx::query("COMMIT").execute(&mut lock).await?;
+    lock.close().await?;
+    let Running {
+        pool, stats, task, ..
+    } = ingest;
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .map_err(|_| anyhow::anyhow!("ingest did not stop"))???;
+    assert_eq!(get(&stats.messages), 8);
+    assert_eq!(get(&stats.batches_stored), 8);
+    pool.close().await;
+    assert_eq!(world.stored().await?, (8, 24));
+    world.nothing_comes_again().await
+}
+
 /// At a stop, a write the database refuses for a passing reason (here a serialization
 /// failure, once) is tried again: the database is up, so the message is stored and
 /// acknowledged rather than left with the broker.
