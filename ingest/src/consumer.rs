@@ -1171,6 +1171,9 @@ impl StoreStage {
             start: 0,
             end: items.len(),
         }];
+        // Whether an attempt may have committed without ingest learning it (it did not
+        // answer, or its connection broke): a batch the ledger then has is this group's own.
+        let mut maybe_committed = false;
         while let Some(part) = parts.pop() {
             let mut interrupted = 0;
             let mut backoff = Duration::from_millis(100);
@@ -1180,7 +1183,7 @@ impl StoreStage {
                     Ok(written) => {
                         metrics::histogram!("maintainpro_ingest_flush_seconds")
                             .record(started.elapsed().as_secs_f64());
-                        self.account(&items[part], &written);
+                        self.account(&items[part], &written, maybe_committed);
                         break;
                     }
                     // A refusal of every write is told from one of a message's by splitting
@@ -1189,6 +1192,7 @@ impl StoreStage {
                         if !(part.len() > 1 && matches!(e, StoreError::Refused(_)))
                             && worth_retrying(&e, &mut interrupted) =>
                     {
+                        maybe_committed |= outcome_unknown(&e);
                         tracing::warn!(error = %e, retry_in = ?backoff, "database unavailable; holding the messages");
                         if !pause_to_retry(&self.stats, &e, &mut backoff, stop_intake).await {
                             return false;
@@ -1251,9 +1255,18 @@ impl StoreStage {
 
     /// Counts what a stored group did, and how old each stored batch's newest reading was at
     /// the commit (the ingest lag).
-    fn account(&self, items: &[Item], written: &[Written]) {
+    fn account(&self, items: &[Item], written: &[Written], maybe_committed: bool) {
         let now = Timestamp::now();
         for (item, w) in items.iter().zip(written) {
+            // After an attempt that may have committed, a batch the ledger has is taken for
+            // one that attempt stored (a copy delivered again at that very moment is counted
+            // as stored too).
+            let w = match (w, item) {
+                (Written::Duplicate, Item::Batch { rows, .. }) if maybe_committed => {
+                    &Written::Stored { rows: rows.len() }
+                }
+                _ => w,
+            };
             match (w, item) {
                 (
                     Written::Stored { rows },
@@ -1391,6 +1404,20 @@ fn worth_retrying(error: &StoreError, interrupted: &mut usize) -> bool {
         return true;
     }
     false
+}
+
+/// Whether the attempt that failed with `error` may have committed: the database did not
+/// answer, or the connection broke. An error the database itself returned means the
+/// transaction was rolled back.
+fn outcome_unknown(error: &StoreError) -> bool {
+    match error {
+        StoreError::TimedOut(_) => true,
+        StoreError::Transient(e) => !matches!(
+            e,
+            sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+        ),
+        StoreError::Permanent(_) | StoreError::Refused(_) => false,
+    }
 }
 
 /// Counts a retry (and a database that did not answer, when `error` says so) and waits

@@ -835,6 +835,47 @@ async fn a_write_the_database_does_not_answer_is_given_up_and_stored_once_later(
     Ok(())
 }
 
+/// A commit that outlasts `ingest.database_timeout` is given up but goes through: the retry
+/// finds the batch in the ledger, and counts it as stored (once), not as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_given_up_that_went_through_counts_as_stored_once() -> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.database_timeout = Duration::from_secs(2);
+    let mut owner = PgConnection::connect(&world.db.urls.owner_url).await?;
+    // The first ledger row's commit takes 3 s: ingest gives it up after 2 s and closes the
+    // connection, but the server finishes the commit.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE slow_commits;
+         CREATE FUNCTION slow_first_commit() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER AS $$
+         BEGIN
+             IF nextval('slow_commits') = 1 THEN
+                 PERFORM pg_sleep(3);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER slow_first_commit AFTER INSERT ON ingest_batches
+             DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION slow_first_commit();",
+    )
+    .execute(&mut owner)
+    .await?;
+    owner.close().await?;
+    let ingest = world.consumer().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(4, t0, 6)?]).await?;
+    Plant::eventually(Duration::from_secs(20), "the batch stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(get(&ingest.stats.database_timeouts), 1);
+    assert_eq!(get(&ingest.stats.readings_stored), 6);
+    assert_eq!(get(&ingest.stats.batches_duplicate), 0);
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (1, 6));
+    world.nothing_comes_again().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_look_up_the_database_does_not_answer_is_given_up_on_a_closed_connection()
 -> anyhow::Result<()> {
