@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         breach_after: Duration,
     },
-    /// Run the configured roles (api, ingest, rules) until SIGTERM or Ctrl-C.
+    /// Run the configured roles (api, ingest, rules) until SIGTERM or Ctrl-C (a second one
+    /// while stopping exits at once, with status 130).
     Serve {
         #[arg(long, short)]
         config: PathBuf,
@@ -101,6 +102,9 @@ fn init_tracing() {
     noise.extend(server::broker::CLEAN_DISCONNECT);
     edge_agent::logging::init("info,rumqttd=warn,sqlx=warn,tokio_modbus=warn", noise);
 }
+
+/// The exit status of `serve` stopped by a second SIGTERM or Ctrl-C while it was stopping.
+const SECOND_SIGNAL: u8 = 130;
 
 async fn shutdown_signal() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -318,7 +322,19 @@ async fn serve(path: &PathBuf) -> ExitCode {
         _ = shutdown_signal() => false,
         _ = services.ended() => true,
     };
-    let summary = services.stop().await;
+    // A stop waits for the database at most each role's database_timeout; a second signal
+    // ends it at once. Nothing unstored has been acknowledged, so the broker delivers again
+    // what was not stored, as after a crash.
+    let summary = tokio::select! {
+        summary = services.stop() => summary,
+        _ = shutdown_signal() => {
+            eprintln!(
+                "stopped at a second signal without waiting for the roles to finish; what was \
+                 not stored stays with the broker"
+            );
+            return ExitCode::from(SECOND_SIGNAL);
+        }
+    };
     tracing::info!(?summary, "stopped");
     if role_ended {
         eprintln!("a role of the server stopped by itself (see the log); the server stopped too");

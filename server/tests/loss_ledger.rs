@@ -6,6 +6,8 @@
 //! Everything is private to the test and on 127.0.0.1: a throwaway PostgreSQL cluster, a
 //! Mosquitto with persistent sessions (the `mosquitto` binary, installed by
 //! `scripts/test.sh`), and the ingest process.
+//!
+//! The same process also shows that a second SIGTERM ends a stop that waits for the database.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -168,6 +170,32 @@ impl Ingest {
         }
         Ok(())
     }
+
+    fn sigterm(&self) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("ingest is not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(())
+    }
+
+    /// The process's exit status, if it exits within `limit`.
+    async fn exit_within(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let child = self.child.as_mut().context("ingest is not running")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(None)
+    }
 }
 
 impl Drop for Ingest {
@@ -293,5 +321,73 @@ async fn every_reading_is_stored_once_through_kills_and_restarts() -> anyhow::Re
     assert!(!log.contains("panicked"), "{log}");
     drop(ingest);
     cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_a_stop_that_waits_for_the_database() -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir()?;
+    let db = TestDatabase::create().await?;
+    let plant = seed_plant(&db.urls.app_url, "signals", "unused").await?;
+    let broker = PrivateBroker::start(dir.path())?;
+    let mut ingest = Ingest {
+        config: write_config(dir.path(), &db.urls.app_url, &broker.url())?,
+        log: dir.path().join("ingest.log"),
+        child: None,
+        starts: 0,
+    };
+    ingest.spawn()?;
+    ingest.subscribed().await?;
+    // The ledger locked: ingest's first write waits for it, for up to its database_timeout
+    // (30 s by default), and so does its stop.
+    let mut lock = sqlx::PgConnection::connect(&db.urls.owner_url).await?;
+    sqlx::query("BEGIN").execute(&mut lock).await?;
+    sqlx::query("LOCK TABLE ingest_batches IN SHARE MODE")
+        .execute(&mut lock)
+        .await?;
+    let topic = model::topic::readings(
+        TenantId::from_uuid(plant.tenant),
+        &GatewayId::parse(DEMO_GATEWAY)?,
+    );
+    let publishing = publisher(
+        broker.url(),
+        topic,
+        Timestamp::now().plus_micros(-60_000_000),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'ingest_batches'::regclass AND NOT granted",
+        )
+        .fetch_one(&mut lock)
+        .await?;
+        if waiting > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ingest's write did not wait for the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    ingest.sigterm()?;
+    assert_eq!(
+        ingest.exit_within(Duration::from_secs(1)).await?,
+        None,
+        "the stop waits for the write"
+    );
+    ingest.sigterm()?;
+    let status = ingest
+        .exit_within(Duration::from_secs(5))
+        .await?
+        .context("a second SIGTERM did not end the stop within 5 s")?;
+    assert_eq!(status.code(), Some(130));
+    publishing.abort();
+    sqlx::query("ROLLBACK").execute(&mut lock).await?;
+    lock.close().await?;
+    let log = std::fs::read_to_string(&ingest.log)?;
+    assert!(log.contains("second signal"), "{log}");
     Ok(())
 }
