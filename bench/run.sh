@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the benchmarks in release mode and prints their results; BENCHMARKS.md records them.
-#   bench/run.sh [outbox|ingest|index|history|edge|breach|cmms|rules|backtest|all]
+#   bench/run.sh [outbox|ingest|index|history|edge|breach|cmms|rules|backtest|queues|all]
 # The benchmarks start PostgreSQL from the machine's binaries, or from PG_BIN_DIR when set
 # (bench/postgresql17.sh prepares PostgreSQL 17 there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-if [ "$what" != rules ] && [ "$what" != backtest ]; then
+if [ "$what" != rules ] && [ "$what" != backtest ] && [ "$what" != queues ]; then
     cargo build --release -p edge-agent -p maintainpro-bench
 fi
 if [ "$what" = outbox ] || [ "$what" = all ]; then
@@ -49,4 +49,8 @@ fi
 if [ "$what" = backtest ] || [ "$what" = all ]; then
     echo "== backtest replay: readings per second through the replay of \`rules backtest\`"
     cargo bench -p maintainpro-bench --bench backtest
+fi
+if [ "$what" = queues ] || [ "$what" = all ]; then
+    echo "== bounded queues between two stages: tokio mpsc (ingest's) against crossbeam"
+    cargo bench -p maintainpro-bench --bench queues
 fi

@@ -1,0 +1,85 @@
+//! What a bounded queue between two of ingest's stages costs per message: tokio's `mpsc`,
+//! which joins ingest's stages (async tasks: a full queue makes the sender wait without
+//! holding a thread), against crossbeam's bounded channel between two threads of their own
+//! (each stage would then own a thread and block it while it waits).
+//!
+//! A producer passes 100,000 messages of 128 bytes (by value, as ingest's queues carry their
+//! messages) through a queue of 256 (`ingest.queue`'s default) to a consumer that adds up one
+//! field. Ingest passes about 250 messages a second at 250,000 readings/s, each spending
+//! milliseconds in decoding and storage, so what matters is the queue's cost next to that.
+//! Run with `bench/run.sh queues`; the results are recorded in BENCHMARKS.md.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const MESSAGES: u64 = 100_000;
+/// `ingest.queue`'s default.
+const CAPACITY: usize = 256;
+
+/// A message of 128 bytes.
+type Message = [u64; 16];
+
+fn message(n: u64) -> Message {
+    let mut m = [0; 16];
+    m[0] = n;
+    m
+}
+
+/// Through tokio's bounded channel, producer and consumer as tasks of a runtime of two
+/// threads (ingest's stages run on the server's runtime the same way).
+fn tokio_mpsc(runtime: &tokio::runtime::Runtime) -> u64 {
+    runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(CAPACITY);
+        let producer = tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                if tx.send(message(n)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sum = 0;
+        while let Some(m) = rx.recv().await {
+            sum += m[0];
+        }
+        producer.await.expect("the producer ran to its end");
+        sum
+    })
+}
+
+/// Through crossbeam's bounded channel, producer and consumer each on a thread of its own.
+fn crossbeam_bounded() -> u64 {
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(CAPACITY);
+    let producer = std::thread::spawn(move || {
+        for n in 0..MESSAGES {
+            if tx.send(message(n)).is_err() {
+                break;
+            }
+        }
+    });
+    let sum = rx.iter().map(|m| m[0]).sum();
+    producer.join().expect("the producer ran to its end");
+    sum
+}
+
+fn queues(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a runtime");
+    let expected = MESSAGES * (MESSAGES - 1) / 2;
+    assert_eq!(tokio_mpsc(&runtime), expected);
+    assert_eq!(crossbeam_bounded(), expected);
+    let mut group = c.benchmark_group("bounded queue, 128-byte messages");
+    group.throughput(Throughput::Elements(MESSAGES));
+    group.bench_function("tokio mpsc, two tasks", |b| {
+        b.iter(|| black_box(tokio_mpsc(&runtime)));
+    });
+    group.bench_function("crossbeam bounded, two threads", |b| {
+        b.iter(|| black_box(crossbeam_bounded()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, queues);
+criterion_main!(benches);
