@@ -126,6 +126,20 @@ struct Ingest {
 }
 
 impl Ingest {
+    /// Starts ingest on `app_url` and the broker `broker` with a configuration written into
+    /// `dir`, and waits until it has subscribed.
+    async fn start(dir: &Path, app_url: &str, broker: &str) -> anyhow::Result<Ingest> {
+        let mut ingest = Ingest {
+            config: write_config(dir, app_url, broker)?,
+            log: dir.join("ingest.log"),
+            child: None,
+            starts: 0,
+        };
+        ingest.spawn()?;
+        ingest.subscribed().await?;
+        Ok(ingest)
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -245,14 +259,7 @@ async fn every_reading_is_stored_once_through_kills_and_restarts() -> anyhow::Re
         .hash("correct horse battery staple")?;
     let plant = seed_plant(&db.urls.app_url, "ledger", &hash).await?;
     let mut broker = PrivateBroker::start(dir.path())?;
-    let mut ingest = Ingest {
-        config: write_config(dir.path(), &db.urls.app_url, &broker.url())?,
-        log: dir.path().join("ingest.log"),
-        child: None,
-        starts: 0,
-    };
-    ingest.spawn()?;
-    ingest.subscribed().await?;
+    let mut ingest = Ingest::start(dir.path(), &db.urls.app_url, &broker.url()).await?;
 
     let topic = model::topic::readings(
         TenantId::from_uuid(plant.tenant),
@@ -331,14 +338,7 @@ async fn a_second_sigterm_ends_a_stop_that_waits_for_the_database() -> anyhow::R
     let db = TestDatabase::create().await?;
     let plant = seed_plant(&db.urls.app_url, "signals", "unused").await?;
     let broker = PrivateBroker::start(dir.path())?;
-    let mut ingest = Ingest {
-        config: write_config(dir.path(), &db.urls.app_url, &broker.url())?,
-        log: dir.path().join("ingest.log"),
-        child: None,
-        starts: 0,
-    };
-    ingest.spawn()?;
-    ingest.subscribed().await?;
+    let mut ingest = Ingest::start(dir.path(), &db.urls.app_url, &broker.url()).await?;
     // The ledger locked: ingest's first write waits for it, for up to its database_timeout
     // (30 s by default), and so does its stop.
     let mut lock = sqlx::PgConnection::connect(&db.urls.owner_url).await?;

@@ -90,6 +90,20 @@ impl World {
         again.stop().await
     }
 
+    /// Resumes the consumers' broker session, which gets the one message nothing stored yet:
+    /// its `readings` go to the rules, and it is stored once.
+    async fn delivered_again_and_stored_once(&self, readings: usize) -> anyhow::Result<()> {
+        let mut again = self.consumer().await?;
+        assert_eq!(again.next_rule_inputs().await?.len(), readings);
+        Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
+            Ok((get(&again.stats.batches_stored) == 1).then_some(()))
+        })
+        .await?;
+        again.stop().await?;
+        assert_eq!(self.stored().await?, (1, i64::try_from(readings)?));
+        Ok(())
+    }
+
     /// Starts a consumer as [`World::consumer`] does, without waiting for anything.
     async fn start_consumer(&self) -> Running {
         let pool = self.db.app_pool().await;
@@ -214,6 +228,19 @@ impl Running {
         self.pool.close().await;
         Ok(())
     }
+
+    /// Asks ingest to stop, then ends the transaction of `lock` that held it up, and waits
+    /// (at most 15 s) for the stop; the counters as the stop left them.
+    async fn stop_then_release(self, mut lock: PgConnection) -> anyhow::Result<Arc<IngestStats>> {
+        self.stop.cancel();
+        sqlx::query("COMMIT").execute(&mut lock).await?;
+        lock.close().await?;
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .map_err(|_| anyhow::anyhow!("ingest did not stop"))???;
+        self.pool.close().await;
+        Ok(self.stats)
+    }
 }
 
 fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
@@ -291,16 +318,7 @@ async fn a_message_dropped_before_its_commit_is_delivered_again_and_handed_to_th
 
     // The broker delivers the message to the resumed session; it is stored once, and the
     // rules receive its readings a second time (the engine skips readings it has seen).
-    let mut second = world.consumer().await?;
-    let inputs = second.next_rule_inputs().await?;
-    assert_eq!(inputs.len(), 3);
-    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
-        Ok((get(&second.stats.batches_stored) == 1).then_some(()))
-    })
-    .await?;
-    second.stop().await?;
-    assert_eq!(world.stored().await?, (1, 3));
-    Ok(())
+    world.delivered_again_and_stored_once(3).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,15 +346,7 @@ async fn a_rules_engine_that_ended_stops_ingest_before_it_stores_what_the_rules_
     assert_eq!(world.stored().await?, (0, 0));
 
     // The broker delivers it again to the next session, whose rules see it.
-    let mut again = world.consumer().await?;
-    assert_eq!(again.next_rule_inputs().await?.len(), 4);
-    Plant::eventually(Duration::from_secs(10), "the batch stored", || async {
-        Ok((get(&again.stats.batches_stored) == 1).then_some(()))
-    })
-    .await?;
-    again.stop().await?;
-    assert_eq!(world.stored().await?, (1, 4));
-    Ok(())
+    world.delivered_again_and_stored_once(4).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -962,18 +972,9 @@ async fn a_stop_stores_and_acknowledges_what_was_received_before_it() -> anyhow:
     );
 
     // Asked to stop, then the look-up goes on: all eight are stored and acknowledged.
-    ingest.stop.cancel();
-    sqlx::query("COMMIT").execute(&mut lock).await?;
-    lock.close().await?;
-    let Running {
-        pool, stats, task, ..
-    } = ingest;
-    tokio::time::timeout(Duration::from_secs(15), task)
-        .await
-        .map_err(|_| anyhow::anyhow!("ingest did not stop"))???;
+    let stats = ingest.stop_then_release(lock).await?;
     assert_eq!(get(&stats.messages), 8);
     assert_eq!(get(&stats.batches_stored), 8);
-    pool.close().await;
     assert_eq!(world.stored().await?, (8, 24));
     world.nothing_comes_again().await
 }
@@ -1009,18 +1010,9 @@ async fn a_write_refused_for_a_passing_reason_during_a_stop_is_stored_and_acknow
     world.ingest_waits_for(&mut lock).await?;
 
     // Asked to stop while its write waits; the write, let go, is refused once.
-    ingest.stop.cancel();
-    sqlx::query("COMMIT").execute(&mut lock).await?;
-    lock.close().await?;
-    let Running {
-        pool, stats, task, ..
-    } = ingest;
-    tokio::time::timeout(Duration::from_secs(15), task)
-        .await
-        .map_err(|_| anyhow::anyhow!("ingest did not stop"))???;
+    let stats = ingest.stop_then_release(lock).await?;
     assert_eq!(get(&stats.retries), 1);
     assert_eq!(get(&stats.batches_stored), 1);
-    pool.close().await;
     assert_eq!(world.stored().await?, (1, 3));
     world.nothing_comes_again().await
 }

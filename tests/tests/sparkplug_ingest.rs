@@ -26,6 +26,22 @@ fn payload(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The birth sequence number metric of an `NBIRTH` or `NDEATH`.
+fn bd_seq(n: u64) -> Metric {
+    Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(n))
+}
+
+/// The press bearing's temperature as a birth names it: alias 1, `value` at `ms`.
+fn bearing_born(value: f64, ms: u64) -> Metric {
+    Metric::new(
+        "press-1.bearing_temp",
+        DataType::Double,
+        MetricValue::Double(value),
+    )
+    .with_alias(1)
+    .at(ms)
+}
+
 /// Counts the rebirth commands published on `topic`.
 async fn watch_commands(broker: &str, topic: String) -> anyhow::Result<Arc<Mutex<usize>>> {
     let (host, port) = model::topic::broker_address(broker)?;
@@ -79,14 +95,8 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
     let birth = payload(
         Some(0),
         vec![
-            Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1)),
-            Metric::new(
-                "press-1.bearing_temp",
-                DataType::Double,
-                MetricValue::Double(61.5),
-            )
-            .with_alias(1)
-            .at(ms),
+            bd_seq(1),
+            bearing_born(61.5, ms),
             Metric::new(
                 "press-1.vibration",
                 DataType::Float,
@@ -104,10 +114,7 @@ async fn sparkplug_nodes_are_stored_once_and_what_cannot_be_read_is_kept() -> an
             Metric::aliased(99, MetricValue::Double(1.0)).at(ms + 2),
         ],
     );
-    let death = payload(
-        None,
-        vec![Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1))],
-    );
+    let death = payload(None, vec![bd_seq(1)]);
     // Data before any birth: nothing can be read, the node is asked for its births.
     publish_all(
         &plant.broker,
@@ -250,20 +257,7 @@ async fn births_outlive_an_ingest_restart() -> anyhow::Result<()> {
     let rebirths = watch_commands(&plant.broker, node(MessageType::NCmd)).await?;
     let ms = u64::try_from(Timestamp::now().as_micros() / 1000 - 60_000)?;
     let value = |alias, v, at| Metric::aliased(alias, MetricValue::Double(v)).at(at);
-    let bd_seq = || Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(4));
-    let node_birth = payload(
-        Some(0),
-        vec![
-            bd_seq(),
-            Metric::new(
-                "press-1.bearing_temp",
-                DataType::Double,
-                MetricValue::Double(60.0),
-            )
-            .with_alias(1)
-            .at(ms),
-        ],
-    );
+    let node_birth = payload(Some(0), vec![bd_seq(4), bearing_born(60.0, ms)]);
     let pump_birth = payload(
         Some(1),
         vec![
@@ -325,7 +319,7 @@ async fn births_outlive_an_ingest_restart() -> anyhow::Result<()> {
     publish_all(
         &plant.broker,
         &node(MessageType::NDeath),
-        vec![payload(None, vec![bd_seq()])],
+        vec![payload(None, vec![bd_seq(4)])],
     )
     .await?;
     Plant::eventually(Duration::from_secs(20), "the death stored", || async {
@@ -369,19 +363,7 @@ async fn the_same_bytes_without_a_time_are_new_readings_at_each_receipt() -> any
     let group = tenant.to_string();
     let topic = |kind| Topic::node(&group, kind, DEMO_GATEWAY);
     let ms = u64::try_from(Timestamp::now().as_micros() / 1000 - 60_000)?;
-    let birth = payload(
-        Some(0),
-        vec![
-            Metric::new(BD_SEQ, DataType::Int64, MetricValue::Long(1)),
-            Metric::new(
-                "press-1.bearing_temp",
-                DataType::Double,
-                MetricValue::Double(60.0),
-            )
-            .with_alias(1)
-            .at(ms),
-        ],
-    );
+    let birth = payload(Some(0), vec![bd_seq(1), bearing_born(60.0, ms)]);
     // A node that dates nothing, with a steady value: its bytes repeat whenever its sequence
     // number comes round again (every 256 messages), here at once.
     let steady = payload(Some(1), vec![Metric::aliased(1, MetricValue::Double(61.0))]);
