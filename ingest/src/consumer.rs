@@ -1535,6 +1535,9 @@ async fn drive(
     let mut backoff = Duration::from_millis(200);
     let mut connection = *connections.lock();
     let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
+    let pass_on = async |connection, publish| {
+        pass_into(&queue, &budget, &stop_intake, &stats, connection, publish).await
+    };
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -1567,17 +1570,7 @@ async fn drive(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Once intake has stopped the message is left unacknowledged: the broker
                 // delivers it again to the next session.
-                if pass_on(
-                    &budget,
-                    &queue,
-                    (Instant::now(), connection, p),
-                    &stop_intake,
-                )
-                .await
-                {
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    queue_depth("decode", queue.max_capacity() - queue.capacity());
-                }
+                pass_on(connection, p).await;
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
@@ -1594,12 +1587,10 @@ async fn drive(
                 // would come after the next CONNACK, as if they came on the new one: passed on
                 // now, as the lost connection's.
                 for event in std::mem::take(&mut eventloop.state.events) {
-                    if let Event::Incoming(Packet::Publish(p)) = event {
-                        if !pass_on(&budget, &queue, (Instant::now(), lost, p), &stop_intake).await
-                        {
-                            break;
-                        }
-                        stats.received.fetch_add(1, Ordering::Relaxed);
+                    if let Event::Incoming(Packet::Publish(p)) = event
+                        && !pass_on(lost, p).await
+                    {
+                        break;
                     }
                 }
                 tokio::select! {
@@ -1612,18 +1603,21 @@ async fn drive(
     }
 }
 
-/// Puts a message the driver received into the decode queue, once the pipeline can hold it
-/// ([`PIPELINE_BYTES`]) and the queue has room. `false` when intake stops first: the message
-/// is left with the broker, which delivers it again to the next session.
-async fn pass_on(
-    budget: &Arc<Semaphore>,
+/// Puts a message the driver received on `connection` into the decode queue, once the
+/// pipeline can hold it ([`PIPELINE_BYTES`]) and the queue has room, and counts it. `false`
+/// when intake stops first: the message is left with the broker, which delivers it again to
+/// the next session.
+async fn pass_into(
     queue: &mpsc::Sender<Received>,
-    (at, connection, publish): (Instant, u64, Publish),
+    budget: &Arc<Semaphore>,
     stop_intake: &CancellationToken,
+    stats: &IngestStats,
+    connection: u64,
+    publish: Publish,
 ) -> bool {
-    // Within u32 as PIPELINE_BYTES is.
-    let share = publish.payload.len().clamp(1, PIPELINE_BYTES) as u32;
-    tokio::select! {
+    let at = Instant::now();
+    let share = share_of(&publish);
+    let passed = tokio::select! {
         biased;
         _ = stop_intake.cancelled() => false,
         _ = queue.closed() => false,
@@ -1633,7 +1627,18 @@ async fn pass_on(
             };
             queue.send((at, connection, publish, bytes)).await.is_ok()
         } => passed,
+    };
+    if passed {
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        queue_depth("decode", queue.max_capacity() - queue.capacity());
     }
+    passed
+}
+
+/// A message's share of [`PIPELINE_BYTES`]: its size, within the budget.
+fn share_of(publish: &Publish) -> u32 {
+    // Within u32 as PIPELINE_BYTES is.
+    publish.payload.len().clamp(1, PIPELINE_BYTES) as u32
 }
 
 #[cfg(test)]
@@ -1645,7 +1650,7 @@ mod tests {
     fn letter(bytes: usize, budget: &Arc<Semaphore>) -> Decoded {
         let payload = vec![0u8; bytes];
         let publish = Publish::new("t/readings", QoS::AtLeastOnce, payload.clone());
-        let share = u32::try_from(bytes.clamp(1, PIPELINE_BYTES)).expect("within u32");
+        let share = share_of(&publish);
         Decoded {
             received: Instant::now(),
             delivery: Delivery {
