@@ -51,6 +51,6 @@ if [ "$what" = backtest ] || [ "$what" = all ]; then
     cargo bench -p maintainpro-bench --bench backtest
 fi
 if [ "$what" = queues ] || [ "$what" = all ]; then
-    echo "== bounded queues between two stages: tokio mpsc (ingest's) against crossbeam"
+    echo "== bounded queues between two stages: ingest's (crossbeam's ring) against tokio mpsc and crossbeam's channel"
     cargo bench -p maintainpro-bench --bench queues
 fi

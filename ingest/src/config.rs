@@ -15,6 +15,11 @@ const MAX_QUEUE: usize = u16::MAX as usize;
 fn default_writers() -> usize {
     3
 }
+fn default_linger() -> std::time::Duration {
+    std::time::Duration::ZERO
+}
+/// The longest `ingest.linger`.
+const MAX_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 fn default_database_timeout() -> std::time::Duration {
     crate::store::DEFAULT_TIMEOUT
 }
@@ -76,6 +81,12 @@ pub struct IngestConfig {
     /// disk; see BENCHMARKS.md for the measurement behind the default.
     #[serde(default = "default_writers")]
     pub writers: usize,
+    /// How long a group of messages that is not full waits for more before it is written,
+    /// from its first message. With none (the default) a free writer writes what is queued at
+    /// once, and messages gather into larger groups only while every writer is busy. A linger
+    /// makes fewer, larger transactions out of a steady trickle, at that much latency.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: std::time::Duration,
     /// How long ingest waits for the database to answer one operation (a group's transaction,
     /// a look-up) before it gives the connection up and tries again on a new one. Nothing is
     /// acknowledged before its commit, and the ledger keeps a group tried again from being
@@ -120,6 +131,7 @@ impl IngestConfig {
             password: None,
             queue: default_queue(),
             writers: default_writers(),
+            linger: default_linger(),
             database_timeout: default_database_timeout(),
             subscribe: default_subscribe(),
             max_clock_ahead: default_max_clock_ahead(),
@@ -186,6 +198,12 @@ impl IngestConfig {
             out.push((
                 "ingest.writers".to_owned(),
                 format!("must be 1-{MAX_WRITERS}; each writer holds a database connection"),
+            ));
+        }
+        if self.linger > MAX_LINGER {
+            out.push((
+                "ingest.linger".to_owned(),
+                "must be 0-1s; every message of a group waits for it before its commit".to_owned(),
             ));
         }
         if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600))

@@ -1,6 +1,7 @@
 //! The MQTT consumer and the pipeline every message goes through.
 //!
-//! Three stages joined by bounded queues, so that the rules never wait for the database:
+//! Three stages joined by bounded lock-free queues ([`crate::queue`]), so that the rules never
+//! wait for the database:
 //!
 //! ```text
 //! broker -> driver -[ingest.queue]-> decode -+-[STORE_QUEUE]-> store: up to ingest.writers
@@ -19,7 +20,8 @@
 //!   transient database errors). It hands the message's readings, sorted by event time, to the
 //!   rules, then passes the message on to the store queue.
 //! - The store stage takes what is queued, up to [`GROUP_READINGS`] readings,
-//!   [`GROUP_MESSAGES`] messages or `GROUP_BYTES` of them, and writes it in one transaction
+//!   [`GROUP_MESSAGES`] messages or `GROUP_BYTES` of them (waiting `ingest.linger` for more
+//!   when there is one and the group is not full), and writes it in one transaction
 //!   ([`crate::store`]), retrying transient errors and splitting a group the database refuses
 //!   until the poison message is alone and becomes a dead letter. It writes up to
 //!   `ingest.writers` groups at once, each on its own connection, so that one group is copied
@@ -81,13 +83,14 @@ use rules::TagContext;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::IngestConfig;
 use crate::copy::{self, Row};
 use crate::directory::{self, Changes, Directory, Resolved};
+use crate::queue::{Receiver, Sender};
 use crate::store::{BirthRecord, DeadLetter, Item, Numbered, PgStore, StoreError, Written};
 
 /// A reading on its way to the rules engine, handed over before it is stored.
@@ -154,7 +157,7 @@ impl IngestStats {
 pub struct Consumer {
     config: IngestConfig,
     store: PgStore,
-    rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+    rules: Option<Sender<Vec<RuleInput>>>,
     stats: Arc<IngestStats>,
 }
 
@@ -239,6 +242,13 @@ impl Group {
         self.deliveries.push(message.delivery);
         self.items.push(message.item);
     }
+
+    /// Whether the group has reached one of its limits.
+    fn full(&self) -> bool {
+        self.items.len() >= GROUP_MESSAGES
+            || self.readings >= GROUP_READINGS
+            || self.bytes >= GROUP_BYTES
+    }
 }
 
 impl Consumer {
@@ -248,7 +258,7 @@ impl Consumer {
     pub fn new(
         config: IngestConfig,
         store: PgStore,
-        rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+        rules: Option<Sender<Vec<RuleInput>>>,
     ) -> Self {
         let store = store
             .with_timeout(config.database_timeout)
@@ -303,8 +313,8 @@ impl Consumer {
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
-        let (received_tx, received_rx) = mpsc::channel(self.config.queue);
-        let (decoded_tx, decoded_rx) = mpsc::channel(STORE_QUEUE);
+        let (received_tx, received_rx) = crate::queue::bounded(self.config.queue);
+        let (decoded_tx, decoded_rx) = crate::queue::bounded(STORE_QUEUE);
         let stop_intake = CancellationToken::new();
         let connections = Arc::new(Connections::default());
         let mut driver = AbortOnDropHandle::new(tokio::spawn(drive(
@@ -356,7 +366,12 @@ impl Consumer {
                 client: client.clone(),
                 connections,
             }
-            .run(decoded_rx, self.config.writers, stop_intake.clone()),
+            .run(
+                decoded_rx,
+                self.config.writers,
+                self.config.linger,
+                stop_intake.clone(),
+            ),
         ));
         // Both stages end once intake stops: the decode stage at once, the store stage when
         // it has written what the decode stage passed on.
@@ -433,7 +448,7 @@ struct DecodeStage {
     /// The times of readings taken (`ingest.max_clock_ahead`, `ingest.max_reading_age`).
     clock: crate::clock::Window,
     stats: Arc<IngestStats>,
-    rules: Option<mpsc::Sender<Vec<RuleInput>>>,
+    rules: Option<Sender<Vec<RuleInput>>>,
     /// Publishes Sparkplug B rebirth requests.
     client: AsyncClient,
     /// Sparkplug B edge nodes by (tenant, gateway), each restored from its kept births at its
@@ -487,8 +502,8 @@ enum Decoding {
 impl DecodeStage {
     async fn run(
         mut self,
-        mut received: mpsc::Receiver<Received>,
-        decoded: mpsc::Sender<Decoded>,
+        mut received: Receiver<Received>,
+        decoded: Sender<Decoded>,
         stop_intake: CancellationToken,
     ) {
         loop {
@@ -496,7 +511,7 @@ impl DecodeStage {
                 // Stopping: the driver passes nothing more on, and what it passed before is
                 // still decoded and handed on, to be stored and acknowledged now rather than
                 // delivered again.
-                received.try_recv().ok()
+                received.try_recv()
             } else {
                 tokio::select! {
                     biased;
@@ -557,7 +572,7 @@ impl DecodeStage {
                     tracing::error!("the rules engine has stopped; ingest stops");
                     break;
                 }
-                queue_depth("rules", rules.max_capacity() - rules.capacity());
+                queue_depth("rules", rules.len());
             }
             // Readings in: of known tags, decoded for storage, redelivered copies included.
             if let Item::Batch { rows, .. } = &item {
@@ -575,7 +590,7 @@ impl DecodeStage {
             if decoded.send(message).await.is_err() {
                 break; // the store stage has stopped
             }
-            queue_depth("store", decoded.max_capacity() - decoded.capacity());
+            queue_depth("store", decoded.len());
         }
     }
 
@@ -1060,15 +1075,22 @@ impl StoreStage {
     /// Forms groups from the queue and writes up to `writers` of them at once, each in its
     /// own transaction; acknowledges the groups in the order they were formed, which is the
     /// order their messages arrived (MQTT wants acknowledgements in that order).
+    ///
+    /// A group is written once it is full, or once nothing more is queued and `linger` has
+    /// passed since its first message was taken (at once with no linger, and at a stop).
     async fn run(
         self,
-        mut decoded: mpsc::Receiver<Decoded>,
+        mut decoded: Receiver<Decoded>,
         writers: usize,
+        linger: Duration,
         stop_intake: CancellationToken,
     ) {
         let mut in_flight = FuturesOrdered::new();
         let mut open = true;
+        // The group waiting for more messages, and when it is written all the same.
+        let mut forming: Option<(Group, tokio::time::Instant)> = None;
         loop {
+            let due = forming.as_ref().map(|(_, due)| *due);
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next() => {
@@ -1080,12 +1102,37 @@ impl StoreStage {
                     }
                 }
                 next = decoded.recv(), if open && in_flight.len() < writers => {
-                    let Some(first) = next else {
+                    let Some(next) = next else {
                         open = false;
+                        if let Some((group, _)) = forming.take() {
+                            in_flight.push_back(self.write(group, &stop_intake));
+                        }
                         continue;
                     };
-                    let group = Self::group(first, &mut decoded);
-                    in_flight.push_back(self.write(group, &stop_intake));
+                    let (mut group, due) = forming.take().unwrap_or_else(|| {
+                        (Group::default(), tokio::time::Instant::now() + linger)
+                    });
+                    group.push(next);
+                    Self::fill(&mut group, &mut decoded);
+                    if group.full()
+                        || stop_intake.is_cancelled()
+                        || tokio::time::Instant::now() >= due
+                    {
+                        in_flight.push_back(self.write(group, &stop_intake));
+                    } else {
+                        forming = Some((group, due));
+                    }
+                }
+                // Only a writer free to take the group forms one, so it is written at once.
+                () = sleep_until_due(due), if due.is_some() => {
+                    if let Some((group, _)) = forming.take() {
+                        in_flight.push_back(self.write(group, &stop_intake));
+                    }
+                }
+                () = stop_intake.cancelled(), if forming.is_some() => {
+                    if let Some((group, _)) = forming.take() {
+                        in_flight.push_back(self.write(group, &stop_intake));
+                    }
                 }
                 else => break,
             }
@@ -1095,27 +1142,30 @@ impl StoreStage {
     }
 
     /// `first` and what else is queued, up to a group's limits.
-    fn group(first: Decoded, decoded: &mut mpsc::Receiver<Decoded>) -> Group {
+    #[cfg(test)]
+    fn group(first: Decoded, decoded: &mut Receiver<Decoded>) -> Group {
         let mut group = Group::default();
         group.push(first);
-        while group.items.len() < GROUP_MESSAGES
-            && group.readings < GROUP_READINGS
-            && group.bytes < GROUP_BYTES
-        {
+        Self::fill(&mut group, decoded);
+        group
+    }
+
+    /// Adds what is queued to `group`, up to its limits.
+    fn fill(group: &mut Group, decoded: &mut Receiver<Decoded>) {
+        while !group.full() {
             match decoded.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
+                Some(next) => group.push(next),
+                None => break,
             }
         }
         queue_depth("store", decoded.len());
-        metrics::histogram!("maintainpro_ingest_group_messages").record(group.items.len() as f64);
-        metrics::histogram!("maintainpro_ingest_group_readings").record(group.readings as f64);
-        group
     }
 
     /// Stores a group and records its messages' receipt-to-commit latency. The group's
     /// messages, to be acknowledged, or `None` when intake stopped before it was stored.
     async fn write(&self, group: Group, stop_intake: &CancellationToken) -> Option<Vec<Delivery>> {
+        metrics::histogram!("maintainpro_ingest_group_messages").record(group.items.len() as f64);
+        metrics::histogram!("maintainpro_ingest_group_readings").record(group.readings as f64);
         let Group {
             received,
             deliveries,
@@ -1451,6 +1501,14 @@ async fn pause_to_retry(
 
 /// Messages waiting in front of `stage`: `decode`, `store`, or `rules` (the rules task's
 /// channel, in messages' worth of readings).
+/// Completes at `due`, or never without one.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn queue_depth(stage: &'static str, depth: usize) {
     metrics::gauge!("maintainpro_ingest_queue_depth", "stage" => stage).set(depth as f64);
 }
@@ -1529,7 +1587,7 @@ async fn drive(
     filters: Vec<String>,
     stats: Arc<IngestStats>,
     connections: Arc<Connections>,
-    queue: mpsc::Sender<Received>,
+    queue: Sender<Received>,
     stop_intake: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -1608,7 +1666,7 @@ async fn drive(
 /// when intake stops first: the message is left with the broker, which delivers it again to
 /// the next session.
 async fn pass_into(
-    queue: &mpsc::Sender<Received>,
+    queue: &Sender<Received>,
     budget: &Arc<Semaphore>,
     stop_intake: &CancellationToken,
     stats: &IngestStats,
@@ -1630,7 +1688,7 @@ async fn pass_into(
     };
     if passed {
         stats.received.fetch_add(1, Ordering::Relaxed);
-        queue_depth("decode", queue.max_capacity() - queue.capacity());
+        queue_depth("decode", queue.len());
     }
     passed
 }
@@ -1673,7 +1731,7 @@ mod tests {
     #[test]
     fn a_group_of_large_messages_stops_at_its_bytes_and_gives_their_budget_back() {
         let budget = Arc::new(Semaphore::new(PIPELINE_BYTES));
-        let (tx, mut rx) = mpsc::channel(STORE_QUEUE);
+        let (tx, mut rx) = crate::queue::bounded(STORE_QUEUE);
         let large = 3 << 20;
         for _ in 0..5 {
             tx.try_send(letter(large, &budget))
@@ -1686,7 +1744,7 @@ mod tests {
         assert!(first.bytes >= GROUP_BYTES);
         let second = StoreStage::group(rx.try_recv().expect("queued"), &mut rx);
         assert_eq!(second.items.len(), 3);
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
         // The budget comes back as the messages are let go (acknowledged or left).
         drop(first);
         assert_eq!(budget.available_permits(), PIPELINE_BYTES - 3 * large);

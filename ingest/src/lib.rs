@@ -11,6 +11,8 @@
 //!   ledger, dead letters and the kept Sparkplug B births; partition upkeep.
 //! - [`recent`]: recent stored readings read back, tenant by tenant, to warm up a fresh
 //!   rules engine.
+//! - [`queue`]: the bounded lock-free queues (crossbeam's ring, a waker per end) that join the
+//!   pipeline's tasks, and the rules engine's dispatcher to its shards.
 //! - [`consumer`]: the MQTT session (fixed client id, persistent session, manual acks) and the
 //!   pipeline of three tasks joined by bounded queues: the driver (the broker connection), the
 //!   decode stage (decode, resolve, hand the readings to the rules at once; restore a Sparkplug
@@ -28,6 +30,7 @@ pub mod consumer;
 pub mod copy;
 pub mod directory;
 pub mod latency;
+pub mod queue;
 pub mod recent;
 pub mod store;
 

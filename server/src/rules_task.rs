@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use api::{AlarmOutcome, RecordedAlarm, RetireReason, RulesStatus, WorkOrderService};
 use ingest::RuleInput;
+use ingest::queue;
 use ingest::store::StoreError;
 use model::Timestamp;
 use model::alarm::AlarmEvent;
@@ -45,7 +46,7 @@ use rules::paging::{Page, Pager};
 use rules::reorder::Reorder;
 use rules::{ActiveAlarm, Engine, RuleSet, TagContext};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -137,7 +138,7 @@ struct ShardContext {
 #[tracing::instrument(skip_all, name = "rules")]
 pub async fn run(
     source: RulesSource,
-    mut input: mpsc::Receiver<Vec<RuleInput>>,
+    mut input: queue::Receiver<Vec<RuleInput>>,
     work_orders: WorkOrderService,
     pool: PgPool,
     stats: Arc<RulesStats>,
@@ -182,7 +183,7 @@ pub async fn run(
     let mut senders = Vec::with_capacity(shards);
     let mut tasks = JoinSet::new();
     for (id, engine) in engines.into_iter().enumerate() {
-        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+        let (tx, rx) = queue::bounded(SHARD_QUEUE);
         tasks.spawn(shard(id, engine, rx, context.clone()));
         senders.push(tx);
     }
@@ -233,7 +234,7 @@ pub async fn run(
                 }
                 let fullest = senders
                     .iter()
-                    .map(|tx| tx.max_capacity() - tx.capacity())
+                    .map(|tx| tx.len())
                     .max()
                     .unwrap_or(0);
                 metrics::gauge!("maintainpro_rules_shard_queue_depth_max").set(fullest as f64);
@@ -279,7 +280,7 @@ fn shard_of(ctx: &TagContext, shards: usize) -> Option<usize> {
 async fn swap_engines(
     build: &Builder,
     rules: &Arc<RuleSet>,
-    senders: &[mpsc::Sender<ToShard>],
+    senders: &[queue::Sender<ToShard>],
 ) -> bool {
     let mut paused = Vec::with_capacity(senders.len());
     let mut next = Vec::with_capacity(senders.len());
@@ -320,7 +321,7 @@ async fn swap_engines(
 async fn shard(
     id: usize,
     mut engine: Engine,
-    mut input: mpsc::Receiver<ToShard>,
+    mut input: queue::Receiver<ToShard>,
     context: ShardContext,
 ) {
     let label = id.to_string();

@@ -242,7 +242,7 @@ impl Services {
         let rules_tx = if config.runs(Role::Rules) {
             let rules = Arc::new(rules.ok_or(ServicesError::NoRules)?);
             tracing::info!(rules = rules.rules.len(), source = %rules.source_name, "rules loaded");
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let (tx, rx) = ingest::queue::bounded(64);
             let wo = WorkOrderService::new(pool.clone());
             let source = RulesSource {
                 rules,

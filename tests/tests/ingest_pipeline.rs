@@ -21,7 +21,6 @@ use model::wire::Batch;
 use model::{GatewayId, Quality, Reading, TagName, TenantId, Timestamp};
 use server::demo::{DEMO_GATEWAY, seed_plant};
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -107,7 +106,7 @@ impl World {
     /// Starts a consumer as [`World::consumer`] does, without waiting for anything.
     async fn start_consumer(&self) -> Running {
         let pool = self.db.app_pool().await;
-        let (rules_tx, rules) = mpsc::channel(64);
+        let (rules_tx, rules) = ingest::queue::bounded(64);
         let consumer = Consumer::new(
             self.config.clone(),
             PgStore::new(pool.clone()),
@@ -209,7 +208,7 @@ async fn wait_for_waiter(conn: &mut PgConnection, count: &str) -> anyhow::Result
 
 struct Running {
     pool: PgPool,
-    rules: mpsc::Receiver<Vec<RuleInput>>,
+    rules: ingest::queue::Receiver<Vec<RuleInput>>,
     stats: Arc<IngestStats>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ingest::consumer::IngestError>>,
@@ -388,7 +387,7 @@ async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see(
     })
     .await?;
     assert!(
-        ingest.rules.try_recv().is_err(),
+        ingest.rules.try_recv().is_none(),
         "nothing else reached the rules"
     );
     ingest.stop().await?;
@@ -457,6 +456,51 @@ async fn a_group_that_commits_first_is_acknowledged_only_after_the_group_ahead_o
 
 /// A group's rows go into the table in the index's order (tag, newest first), whatever order
 /// its messages brought them in, so that the COPY walks the index instead of jumping about it.
+/// With a linger, a group that is not full waits for more messages: two published apart are
+/// committed in one transaction, and acknowledged; a stop writes a lingering group at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_within_a_linger_of_each_other_are_committed_together() -> anyhow::Result<()> {
+    let mut world = World::new().await?;
+    world.config.linger = Duration::from_secs(1);
+    let mut ingest = world.consumer().await?;
+    let t0 = Timestamp::now().as_micros() - 60_000_000;
+    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    // Decoded and handed to the rules, and not written: its group waits.
+    assert_eq!(ingest.next_rule_inputs().await?.len(), 3);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(world.stored().await?, (0, 0), "the group lingers");
+    publish_all(
+        &world.config.broker,
+        &world.topic,
+        vec![bearing(2, t0 + 3_000_000, 2)?],
+    )
+    .await?;
+    assert_eq!(ingest.next_rule_inputs().await?.len(), 2);
+    Plant::eventually(Duration::from_secs(10), "both batches stored", || async {
+        Ok((get(&ingest.stats.batches_stored) == 2).then_some(()))
+    })
+    .await?;
+    assert_eq!(world.stored().await?, (2, 5));
+    let mut tx = migrations::begin_tenant(&ingest.pool, world.tenant).await?;
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM ingest_batches")
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    assert_eq!(transactions, 1, "one transaction for both messages");
+    // A stop does not wait for a lingering group: it is stored and acknowledged.
+    publish_all(
+        &world.config.broker,
+        &world.topic,
+        vec![bearing(3, t0 + 5_000_000, 1)?],
+    )
+    .await?;
+    assert_eq!(ingest.next_rule_inputs().await?.len(), 1);
+    ingest.stop().await?;
+    assert_eq!(world.stored().await?, (3, 6));
+    world.nothing_comes_again().await
+}
+
 #[tokio::test]
 async fn a_group_writes_its_rows_in_the_index_order() -> anyhow::Result<()> {
     let world = World::new().await?;

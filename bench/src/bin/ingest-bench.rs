@@ -40,6 +40,10 @@ struct Args {
     /// Store writers of the consumer (`ingest.writers`); its default when not given.
     #[arg(long)]
     writers: Option<usize>,
+    /// How long a group that is not full waits for more messages (`ingest.linger`); its
+    /// default when not given.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    linger: Option<Duration>,
     /// A PostgreSQL server setting, `name=value` (e.g. `max_wal_size=4GB`), made with `ALTER
     /// SYSTEM` before the run, which restarts the cluster to apply it; repeat for several.
     /// The output lists them. Without any, the server runs on PostgreSQL's defaults.
@@ -166,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("PostgreSQL {server_version}, readings layout {layout}");
     let defaults = IngestConfig::new("");
     let writers = args.writers.unwrap_or(defaults.writers);
+    let linger = args.linger.unwrap_or(defaults.linger);
     // The writers, and one for the decode stage's look-ups.
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(writers)? + 1)
@@ -217,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
         IngestConfig {
             queue: 512,
             writers,
+            linger,
             ..IngestConfig::new(broker.clone())
         },
         PgStore::new(pool.clone()),
@@ -373,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
             "readings_layout": layout,
             "tags": args.tags,
             "writers": writers,
+            "linger_ms": linger.as_millis(),
             "pg_settings": args
                 .pg_settings
                 .iter()
