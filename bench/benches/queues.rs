@@ -27,45 +27,38 @@ fn message(n: u64) -> Message {
     m
 }
 
-/// Through tokio's bounded channel, producer and consumer as tasks of a runtime of two
-/// threads (ingest's stages run on the server's runtime the same way).
-fn tokio_mpsc(runtime: &tokio::runtime::Runtime) -> u64 {
-    runtime.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(CAPACITY);
-        let producer = tokio::spawn(async move {
-            for n in 0..MESSAGES {
-                if tx.send(message(n)).await.is_err() {
-                    break;
+/// Passes the messages from a producer to a consumer, tasks of a runtime of two threads (as
+/// ingest's stages run on the server's runtime), through the queue `$queue` makes: its sender
+/// waits in `send`, its receiver in `recv`, which gives `None` once the sender has gone.
+macro_rules! through_two_tasks {
+    ($runtime:expr, $queue:expr) => {
+        $runtime.block_on(async {
+            let (tx, mut rx) = $queue;
+            let producer = tokio::spawn(async move {
+                for n in 0..MESSAGES {
+                    if tx.send(message(n)).await.is_err() {
+                        break;
+                    }
                 }
+            });
+            let mut sum = 0;
+            while let Some(m) = rx.recv().await {
+                sum += m[0];
             }
-        });
-        let mut sum = 0;
-        while let Some(m) = rx.recv().await {
-            sum += m[0];
-        }
-        producer.await.expect("the producer ran to its end");
-        sum
-    })
+            producer.await.expect("the producer ran to its end");
+            sum
+        })
+    };
 }
 
-/// Through ingest's queue, producer and consumer as tasks of a runtime of two threads.
+/// Through tokio's bounded channel.
+fn tokio_mpsc(runtime: &tokio::runtime::Runtime) -> u64 {
+    through_two_tasks!(runtime, tokio::sync::mpsc::channel::<Message>(CAPACITY))
+}
+
+/// Through ingest's queue.
 fn ingest_queue(runtime: &tokio::runtime::Runtime) -> u64 {
-    runtime.block_on(async {
-        let (tx, mut rx) = ingest::queue::bounded::<Message>(CAPACITY);
-        let producer = tokio::spawn(async move {
-            for n in 0..MESSAGES {
-                if tx.send(message(n)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sum = 0;
-        while let Some(m) = rx.recv().await {
-            sum += m[0];
-        }
-        producer.await.expect("the producer ran to its end");
-        sum
-    })
+    through_two_tasks!(runtime, ingest::queue::bounded::<Message>(CAPACITY))
 }
 
 /// Through crossbeam's bounded channel, producer and consumer each on a thread of its own.

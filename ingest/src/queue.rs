@@ -47,6 +47,15 @@ struct Shared<T> {
     receiver_gone: AtomicBool,
 }
 
+impl<T> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("queued", &self.ring.len())
+            .field("capacity", &self.ring.capacity())
+            .finish()
+    }
+}
+
 impl<T> Shared<T> {
     /// Drops what is queued, waking the sender in case it waits for room.
     fn drain(&self) {
@@ -84,10 +93,7 @@ pub struct Sender<T> {
 
 impl<T> std::fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sender")
-            .field("queued", &self.len())
-            .field("capacity", &self.capacity())
-            .finish()
+        f.debug_tuple("Sender").field(&self.shared).finish()
     }
 }
 
@@ -188,10 +194,7 @@ pub struct Receiver<T> {
 
 impl<T> std::fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Receiver")
-            .field("queued", &self.len())
-            .field("capacity", &self.shared.ring.capacity())
-            .finish()
+        f.debug_tuple("Receiver").field(&self.shared).finish()
     }
 }
 

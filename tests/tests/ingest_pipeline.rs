@@ -57,6 +57,11 @@ impl World {
         })
     }
 
+    /// Publishes `messages` to the demo gateway's readings topic.
+    async fn publish(&self, messages: Vec<Vec<u8>>) -> anyhow::Result<()> {
+        publish_all(&self.config.broker, &self.topic, messages).await
+    }
+
     /// Starts a consumer on its own pool, feeding a rules channel the test reads; returns
     /// once the broker has confirmed its subscription.
     async fn consumer(&self) -> anyhow::Result<Running> {
@@ -261,7 +266,7 @@ async fn the_rules_receive_readings_while_their_transaction_waits_and_the_ack_fo
     let mut ingest = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 5)?]).await?;
+    world.publish(vec![bearing(1, t0, 5)?]).await?;
     world.ingest_waits_for(&mut lock).await?;
 
     // The storage transaction is blocked; the rules have the readings all the same, in order.
@@ -303,7 +308,7 @@ async fn a_message_dropped_before_its_commit_is_delivered_again_and_handed_to_th
     let mut first = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(7, t0, 3)?]).await?;
+    world.publish(vec![bearing(7, t0, 3)?]).await?;
     world.ingest_waits_for(&mut lock).await?;
     assert_eq!(first.next_rule_inputs().await?.len(), 3);
 
@@ -334,7 +339,7 @@ async fn a_rules_engine_that_ended_stops_ingest_before_it_stores_what_the_rules_
     // The rules engine ends by itself (a failure): its end of the channel goes.
     drop(rules);
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(3, t0, 4)?]).await?;
+    world.publish(vec![bearing(3, t0, 4)?]).await?;
 
     // Ingest ends with an error at the message, which it neither stores nor acknowledges.
     let ended = tokio::time::timeout(Duration::from_secs(10), task).await??;
@@ -374,7 +379,7 @@ async fn a_time_postgresql_cannot_store_makes_a_dead_letter_the_rules_never_see(
     )
     .encode();
     let edge = Batch::from_readings(gateway, 2, &[reading(now)?, reading(earliest)?]).encode();
-    publish_all(&world.config.broker, &world.topic, vec![too_early, edge]).await?;
+    world.publish(vec![too_early, edge]).await?;
 
     let inputs = ingest.next_rule_inputs().await?;
     let times: Vec<i64> = inputs.iter().map(|r| r.ts.as_micros()).collect();
@@ -411,17 +416,12 @@ async fn a_group_that_commits_first_is_acknowledged_only_after_the_group_ahead_o
     // Batch 1's group waits for another transaction that has claimed the same ledger key.
     let mut claim = world.claim_batch(1).await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    world.publish(vec![bearing(1, t0, 3)?]).await?;
     world.someone_waits(&mut claim).await?;
 
     // Batch 2 arrives after that group was formed: another writer commits it meanwhile.
     let later = t0 + 10_000_000;
-    publish_all(
-        &world.config.broker,
-        &world.topic,
-        vec![bearing(2, later, 4)?],
-    )
-    .await?;
+    world.publish(vec![bearing(2, later, 4)?]).await?;
     Plant::eventually(Duration::from_secs(10), "batch 2 stored", || async {
         Ok((get(&first.stats.batches_stored) == 1).then_some(()))
     })
@@ -464,17 +464,12 @@ async fn messages_within_a_linger_of_each_other_are_committed_together() -> anyh
     world.config.linger = Duration::from_secs(1);
     let mut ingest = world.consumer().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    world.publish(vec![bearing(1, t0, 3)?]).await?;
     // Decoded and handed to the rules, and not written: its group waits.
     assert_eq!(ingest.next_rule_inputs().await?.len(), 3);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(world.stored().await?, (0, 0), "the group lingers");
-    publish_all(
-        &world.config.broker,
-        &world.topic,
-        vec![bearing(2, t0 + 3_000_000, 2)?],
-    )
-    .await?;
+    world.publish(vec![bearing(2, t0 + 3_000_000, 2)?]).await?;
     assert_eq!(ingest.next_rule_inputs().await?.len(), 2);
     Plant::eventually(Duration::from_secs(10), "both batches stored", || async {
         Ok((get(&ingest.stats.batches_stored) == 2).then_some(()))
@@ -489,12 +484,7 @@ async fn messages_within_a_linger_of_each_other_are_committed_together() -> anyh
     tx.commit().await?;
     assert_eq!(transactions, 1, "one transaction for both messages");
     // A stop does not wait for a lingering group: it is stored and acknowledged.
-    publish_all(
-        &world.config.broker,
-        &world.topic,
-        vec![bearing(3, t0 + 5_000_000, 1)?],
-    )
-    .await?;
+    world.publish(vec![bearing(3, t0 + 5_000_000, 1)?]).await?;
     assert_eq!(ingest.next_rule_inputs().await?.len(), 1);
     ingest.stop().await?;
     assert_eq!(world.stored().await?, (3, 6));
@@ -606,7 +596,7 @@ async fn a_message_whose_dead_letter_the_database_refuses_is_held_unacknowledged
     sqlx::query(&revoke).execute(&mut owner).await?;
     let first = world.consumer().await?;
     let payload = b"not a batch of readings, only words".to_vec();
-    publish_all(&world.config.broker, &world.topic, vec![payload.clone()]).await?;
+    world.publish(vec![payload.clone()]).await?;
 
     // The letter is refused for good (permission denied), over and over: the message is
     // neither dropped nor acknowledged, whatever the error's class.
@@ -659,12 +649,9 @@ async fn readings_the_database_refuses_whatever_they_hold_are_held_until_it_is_m
         .await?;
     let ingest = world.consumer().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(
-        &world.config.broker,
-        &world.topic,
-        vec![bearing(1, t0, 5)?, bearing(2, t0 + 5_000_000, 5)?],
-    )
-    .await?;
+    world
+        .publish(vec![bearing(1, t0, 5)?, bearing(2, t0 + 5_000_000, 5)?])
+        .await?;
     Plant::eventually(Duration::from_secs(20), "ingest holding", || async {
         Ok((get(&ingest.stats.retries) >= 3).then_some(()))
     })
@@ -730,7 +717,7 @@ async fn a_message_stored_after_its_connection_was_lost_is_acknowledged_only_as_
     let ingest = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(3, t0, 4)?]).await?;
+    world.publish(vec![bearing(3, t0, 4)?]).await?;
     world.ingest_waits_for(&mut lock).await?;
 
     // The broker restarts while the message's transaction waits: the resumed session gets
@@ -781,7 +768,7 @@ async fn an_edit_of_a_tag_or_its_asset_reaches_the_rules_at_the_next_message() -
     )
     .await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 1)?]).await?;
+    world.publish(vec![bearing(1, t0, 1)?]).await?;
     let before = ingest.next_rule_inputs().await?[0].ctx.clone();
 
     // Each edit, once announced, is what the next message resolves to.
@@ -803,12 +790,7 @@ async fn an_edit_of_a_tag_or_its_asset_reaches_the_rules_at_the_next_message() -
         .await?;
         let seq = 2 + i as u64;
         let at = t0 + (seq as i64) * 1_000_000;
-        publish_all(
-            &world.config.broker,
-            &world.topic,
-            vec![bearing(seq, at, 1)?],
-        )
-        .await?;
+        world.publish(vec![bearing(seq, at, 1)?]).await?;
         contexts.push(ingest.next_rule_inputs().await?[0].ctx.clone());
     }
     assert_ne!(before.unit.as_deref(), Some("degF"));
@@ -838,12 +820,7 @@ async fn write_left_unanswered(seq: u64, n: i64) -> anyhow::Result<(World, Runni
     let ingest = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(
-        &world.config.broker,
-        &world.topic,
-        vec![bearing(seq, t0, n)?],
-    )
-    .await?;
+    world.publish(vec![bearing(seq, t0, n)?]).await?;
     world.ingest_waits_for(&mut lock).await?;
     Ok((world, ingest, lock))
 }
@@ -917,7 +894,7 @@ async fn a_commit_given_up_that_went_through_counts_as_stored_once() -> anyhow::
     owner.close().await?;
     let ingest = world.consumer().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(4, t0, 6)?]).await?;
+    world.publish(vec![bearing(4, t0, 6)?]).await?;
     Plant::eventually(Duration::from_secs(20), "the batch stored", || async {
         Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
     })
@@ -939,7 +916,7 @@ async fn a_look_up_the_database_does_not_answer_is_given_up_on_a_closed_connecti
     // The gateways locked away: the decode stage's first look-up gets no answer.
     let mut lock = lock_table(&world.db.urls.owner_url, "gateways", "ACCESS EXCLUSIVE").await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(1, t0, 3)?]).await?;
+    world.publish(vec![bearing(1, t0, 3)?]).await?;
     Plant::eventually(Duration::from_secs(20), "two timeouts", || async {
         Ok((get(&ingest.stats.database_timeouts) >= 2).then_some(()))
     })
@@ -998,7 +975,7 @@ async fn a_stop_stores_and_acknowledges_what_was_received_before_it() -> anyhow:
     let messages: Vec<Vec<u8>> = (1..=8)
         .map(|seq| bearing(seq, t0 + seq as i64 * 10_000_000, 3))
         .collect::<anyhow::Result<_>>()?;
-    publish_all(&world.config.broker, &world.topic, messages).await?;
+    world.publish(messages).await?;
     wait_for_waiter(
         &mut lock,
         "SELECT count(*) FROM pg_locks WHERE relation = 'tags'::regclass AND NOT granted",
@@ -1050,7 +1027,7 @@ async fn a_write_refused_for_a_passing_reason_during_a_stop_is_stored_and_acknow
     let ingest = world.consumer().await?;
     let mut lock = world.lock_ledger().await?;
     let t0 = Timestamp::now().as_micros() - 60_000_000;
-    publish_all(&world.config.broker, &world.topic, vec![bearing(5, t0, 3)?]).await?;
+    world.publish(vec![bearing(5, t0, 3)?]).await?;
     world.ingest_waits_for(&mut lock).await?;
 
     // Asked to stop while its write waits; the write, let go, is refused once.
@@ -1113,14 +1090,14 @@ async fn a_second_batch_numbered_alike_is_kept_not_skipped() -> anyhow::Result<(
     let ingest = world.consumer().await?;
     let t0 = Timestamp::now().as_micros() - 600_000_000;
     let first = bearing(1, t0, 5)?;
-    publish_all(&world.config.broker, &world.topic, vec![first.clone()]).await?;
+    world.publish(vec![first.clone()]).await?;
     Plant::eventually(Duration::from_secs(10), "the first batch", || async {
         Ok((get(&ingest.stats.batches_stored) == 1).then_some(()))
     })
     .await?;
     // Batch 1 again, with other readings; then the first one delivered again.
     let other = bearing(1, t0 + 100_000_000, 3)?;
-    publish_all(&world.config.broker, &world.topic, vec![other, first]).await?;
+    world.publish(vec![other, first]).await?;
     let json_topic = model::topic::json_readings(
         TenantId::from_uuid(world.tenant),
         &GatewayId::parse(DEMO_GATEWAY)?,
