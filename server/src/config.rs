@@ -375,6 +375,24 @@ mod tests {
     }
 
     #[test]
+    fn the_ingest_linger_is_at_most_a_second_and_comes_from_the_environment_too() {
+        let text = "roles = ['ingest']\n[database]\nurl = 'postgres://x/y'\n\
+                    [ingest]\nbroker = 'mqtt://127.0.0.1'\nlinger = '5ms'";
+        let config =
+            ServerConfig::from_toml_and("server.toml", text, Vec::new()).expect("a valid file");
+        let ingest = config.ingest.expect("the ingest section");
+        assert_eq!(ingest.linger, std::time::Duration::from_millis(5));
+        let over = vec![("MAINTAINPRO_INGEST__LINGER".to_owned(), "2s".to_owned())];
+        let err =
+            ServerConfig::from_toml_and("server.toml", text, over).expect_err("over a second");
+        let err = err.to_string();
+        assert!(
+            err.contains("ingest.linger") && err.contains("must be 0-1s"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn ingest_topic_filters_must_be_filters() {
         let load = |filters: &str| {
             let text = format!(
