@@ -1123,13 +1123,9 @@ impl StoreStage {
                         forming = Some((group, due));
                     }
                 }
-                // Only a writer free to take the group forms one, so it is written at once.
-                () = sleep_until_due(due), if due.is_some() => {
-                    if let Some((group, _)) = forming.take() {
-                        in_flight.push_back(self.write(group, &stop_intake));
-                    }
-                }
-                () = stop_intake.cancelled(), if forming.is_some() => {
+                // Only a writer free to take the group forms one, so it is written at once:
+                // when it is due, or at a stop.
+                () = due_or_stop(due, &stop_intake), if due.is_some() => {
                     if let Some((group, _)) = forming.take() {
                         in_flight.push_back(self.write(group, &stop_intake));
                     }
@@ -1499,16 +1495,22 @@ async fn pause_to_retry(
     true
 }
 
-/// Messages waiting in front of `stage`: `decode`, `store`, or `rules` (the rules task's
-/// channel, in messages' worth of readings).
-/// Completes at `due`, or never without one.
-async fn sleep_until_due(due: Option<tokio::time::Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
+/// Completes at `due` (never without one) or once intake stops, whichever comes first.
+async fn due_or_stop(due: Option<tokio::time::Instant>, stop_intake: &CancellationToken) {
+    let due = async {
+        match due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = due => {}
+        () = stop_intake.cancelled() => {}
     }
 }
 
+/// Messages waiting in front of `stage`: `decode`, `store`, or `rules` (the rules task's
+/// channel, in messages' worth of readings).
 fn queue_depth(stage: &'static str, depth: usize) {
     metrics::gauge!("maintainpro_ingest_queue_depth", "stage" => stage).set(depth as f64);
 }
